@@ -1,0 +1,5 @@
+"""`python -m skinaug ...` (and `torchrun ... -m skinaug ...`)."""
+
+from .cli import run
+
+run()

@@ -1,0 +1,157 @@
+"""A generated dataset (OUT_DIR): images/, labels.csv, codes.h5, run.json; streamed and resumable.
+
+Work is planned up front as numbered batches, each with its own seed, so a batch's images do not
+depend on which batches ran before it. After a batch's images are written, a record of it (its
+rows and codes) lands atomically in OUT_DIR/.progress/; --resume skips recorded batches and redoes
+the rest, so an interrupted run neither duplicates nor loses an image. When all batches are done,
+labels.csv and codes.h5 are assembled from the records, run.json is written and .progress/ removed.
+Under torchrun every rank writes its own batches and rank 0 assembles.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import platform
+import shutil
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .codes import CodeWriter, model_attrs
+from .errors import SkinaugError
+from .io import atomic_path, prepare_output, read_json, write_json, write_text
+
+LABEL_COLUMNS = ["image", "label", "method", "source_top", "source_bottom", "temperature", "seed", "model_fingerprint"]
+METHODS = ("original", "reconstruction", "mix", "resample", "synthesize", "rand-bottom", "rand-top")
+PROGRESS = ".progress"
+
+
+def versions() -> dict:
+    import torch
+
+    return {"skinaug": __version__, "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
+
+
+def plan_digest(plan) -> str:
+    return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class DatasetWriter:
+    """Writes a generated dataset batch by batch; see the module docstring for the resume design."""
+
+    def __init__(self, out_dir, *, model_config: dict, plan: dict, overwrite=False, resume=False,
+                 image_format: str = "png", quality: int = 95, is_main: bool = True):
+        self.out = Path(out_dir)
+        self.model_config = model_config
+        self.image_format = image_format.lower()
+        if self.image_format not in ("png", "jpg"):
+            raise SkinaugError(f"--format must be png or jpg, not {image_format}")
+        self.quality = quality
+        self.progress_dir = self.out / PROGRESS
+        self.digest = plan_digest(plan)
+        self.started = time.perf_counter()
+        resuming = prepare_output(self.out, overwrite=overwrite, resume=resume, kind="output") if is_main else resume
+        if resuming and is_main:
+            self._check_resumable()
+        (self.out / "images").mkdir(parents=True, exist_ok=True)
+        self.progress_dir.mkdir(exist_ok=True)
+        if is_main:
+            write_json(self.progress_dir / "plan.json", {"digest": self.digest, "plan": plan})
+            # rows of a batch that was cut off before its record landed must not linger
+            self._rewrite_labels(self._records())
+
+    def _check_resumable(self) -> None:
+        if not self.progress_dir.is_dir():
+            if (self.out / "run.json").is_file():
+                raise SkinaugError(f"{self.out} is already complete: nothing to resume (use --overwrite to generate it again)")
+            raise SkinaugError(f"{self.out} exists but was not written by an interrupted skinaug run: choose another --out")
+        saved = read_json(self.progress_dir / "plan.json").get("digest") if (self.progress_dir / "plan.json").is_file() else None
+        if saved != self.digest:
+            raise SkinaugError(f"{self.out} holds an interrupted run of a different command or options: "
+                               "repeat the original command with --resume, or pass --overwrite")
+
+    def done_batches(self) -> set[int]:
+        return {int(path.stem.split("-")[1]) for path in self.progress_dir.glob("batch-*.npz")}
+
+    def image_path(self, name: str) -> Path:
+        return self.out / "images" / f"{name}.{self.image_format}"
+
+    def write_batch(self, batch_index: int, images: np.ndarray, rows: list[dict], codes: dict[str, np.ndarray]) -> None:
+        """Writes the images (each atomically), then the batch record; appends to labels.csv.
+
+        Rows hold the LABEL_COLUMNS and may carry a "group" (the source's lesion id) for codes.h5.
+        """
+        from PIL import Image
+
+        for image, row in zip(images, rows):
+            with atomic_path(self.image_path(row["image"])) as tmp:
+                if self.image_format == "png":
+                    Image.fromarray(image).save(tmp, format="PNG")
+                else:
+                    Image.fromarray(image).save(tmp, format="JPEG", quality=self.quality)
+        with atomic_path(self.progress_dir / f"batch-{batch_index:06d}.npz") as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, rows=np.array(json.dumps(rows)), **{f"codes_{level}": np.asarray(v, np.uint16) for level, v in codes.items()})
+        with open(self.out / "labels.csv", "a", encoding="utf-8", newline="") as handle:
+            csv.DictWriter(handle, LABEL_COLUMNS, extrasaction="ignore", lineterminator="\n").writerows(rows)
+
+    def _records(self):
+        """(rows, codes) of every finished batch, in batch order."""
+        records = []
+        for path in sorted(self.progress_dir.glob("batch-*.npz")):
+            with np.load(path) as archive:
+                rows = json.loads(str(archive["rows"]))
+                codes = {key[len("codes_"):]: archive[key] for key in archive.files if key.startswith("codes_")}
+            records.append((rows, codes))
+        return records
+
+    def _rewrite_labels(self, records) -> None:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, LABEL_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for rows, _ in records:
+            writer.writerows(rows)
+        write_text(self.out / "labels.csv", buffer.getvalue())
+
+    def finish(self, *, command: str, seed, device: str, extra: dict | None = None) -> dict:
+        """Assembles labels.csv, codes.h5 and run.json from the batch records; returns the summary."""
+        records = self._records()
+        self._rewrite_labels(records)
+        all_rows = [row for rows, _ in records for row in rows]
+        names = [row["image"] for row in all_rows]
+        if len(set(names)) != len(names):
+            raise SkinaugError(f"internal error: duplicate image names in {self.out}")
+        class_names = self.model_config.get("class_names", [])
+        grid = {level: tuple(shape) for level, shape in self.model_config["grid"].items()}
+        with atomic_path(self.out / "codes.h5") as tmp, CodeWriter(tmp, model_attrs(self.model_config), grid) as writer:
+            for rows, codes in records:
+                labels = [class_names.index(row["label"]) if row["label"] in class_names else -1 for row in rows]
+                writer.append(codes, [row["image"] for row in rows], labels, [row.get("group", "") for row in rows])
+        counts: dict = {}
+        for (label, method), count in sorted(Counter((r["label"], r["method"]) for r in all_rows).items()):
+            counts.setdefault(label, {})[method] = count
+        summary = {
+            "out": str(self.out),
+            "images": len(all_rows),
+            "counts": counts,
+            "model_fingerprint": self.model_config["fingerprint"],
+            "seed": seed,
+            "seconds": round(time.perf_counter() - self.started, 3),
+            **(extra or {}),
+        }
+        write_json(self.out / "run.json", {
+            "command": command,
+            "argv": sys.argv,
+            "versions": versions(),
+            "device": device,
+            "format": self.image_format,
+            **summary,
+        })
+        shutil.rmtree(self.progress_dir)
+        return summary

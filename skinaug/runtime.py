@@ -1,0 +1,56 @@
+"""Device choice, logging and progress on stderr: shared by every command."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from .errors import SkinaugError
+
+_quiet = False
+
+
+def set_quiet(quiet: bool) -> None:
+    global _quiet
+    _quiet = quiet
+
+
+def log(message: str) -> None:
+    """A line for the user on stderr (stdout carries data only)."""
+    if not _quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def progress(total: int | None = None, desc: str = "", unit: str = "img", **kwargs):
+    """A tqdm bar on stderr; it disappears when stderr is not a terminal or with --quiet."""
+    from tqdm.auto import tqdm
+
+    disable = _quiet or not sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=disable, dynamic_ncols=True, leave=False, **kwargs)
+
+
+def resolve_device(name: str = "auto"):
+    """'auto' picks CUDA when it is available; asking for CUDA without one is a clear error."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SkinaugError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SkinaugError(f"--device {name} asked for CUDA but this machine has no usable GPU: use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise SkinaugError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) visible")
+    if device.type not in ("cpu", "cuda"):
+        raise SkinaugError(f"unsupported device {name!r}: use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))

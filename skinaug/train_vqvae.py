@@ -1,0 +1,358 @@
+"""Stage-1 training: `skinaug train vqvae`.
+
+One process: `skinaug train vqvae DATA --labels CSV --out MODEL_DIR`.
+Several: `torchrun --nproc_per_node N -m skinaug train vqvae ...` (see README, "Several GPUs").
+
+Images are decoded once into a uint8 cache (MODEL_DIR/train/image_cache.npy); each step gathers a
+batch from it, augments on the device (flips, 90-degree rotations, mild colour jitter) and runs the
+VQ-VAE under bf16 autocast on CUDA. A checkpoint at the end of every epoch carries everything
+needed to continue bit-exactly on CPU with --resume.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .codes import code_statistics
+from .data import check_image_size, group_split, scan_dataset
+from .errors import SkinaugError, UsageError
+from .image_cache import build_cache
+from .io import atomic_path, prepare_output, write_json
+from .modeldir import ModelDir
+from .runtime import log, progress, resolve_device, warn
+from .vqvae import VQVAE2, VQVAEConfig, to_model_input, to_uint8, vqvae_loss
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainOptions:
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 200  # short linear warm-up keeps early EMA codebooks from chasing huge updates
+    val_fraction: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+    augment: bool = True
+    strict: bool = False
+    workers: int | None = None
+    image_col: str | None = None
+    label_col: str | None = None
+    group_col: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Linear warm-up to 1, then cosine decay to 0 at total_steps."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress_ = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return 0.5 * (1.0 + math.cos(math.pi * progress_))
+
+
+def augment_batch(images: torch.Tensor) -> torch.Tensor:
+    """Random flips, 90-degree rotations and mild colour jitter for a (B, 3, S, S) batch in [-1, 1].
+
+    Done on the device as whole-batch tensor ops: per-image CPU augmentation would starve a GPU.
+    Lesions have no canonical orientation, so every dihedral transform is a valid view.
+    """
+    b = images.shape[0]
+    draws = torch.rand(b, 6, device=images.device)
+    flip = (draws[:, 0] < 0.5).view(b, 1, 1, 1)
+    images = torch.where(flip, images.flip(-1), images)
+    quarter_turns = (draws[:, 1] * 4).long().view(b, 1, 1, 1)
+    rotated = images
+    for k in range(1, 4):
+        rotated = torch.where(quarter_turns == k, torch.rot90(images, k, (2, 3)), rotated)
+    images = rotated
+    brightness = (draws[:, 2] - 0.5) * 0.2  # +-0.1 on the [-1, 1] scale
+    contrast = 1.0 + (draws[:, 3] - 0.5) * 0.2
+    saturation = 1.0 + (draws[:, 4] - 0.5) * 0.2
+    gray = images.mean(1, keepdim=True)
+    images = gray + (images - gray) * saturation.view(b, 1, 1, 1)
+    mean = images.mean((1, 2, 3), keepdim=True)
+    images = mean + (images - mean) * contrast.view(b, 1, 1, 1) + brightness.view(b, 1, 1, 1)
+    return images.clamp(-1.0, 1.0)
+
+
+class BatchSource:
+    """Batches of images from the uint8 cache, already on the device.
+
+    When the cache fits comfortably in GPU memory it is moved there once; otherwise batches are
+    gathered on the CPU into pinned memory and copied without blocking.
+    """
+
+    def __init__(self, cache: np.ndarray, device: torch.device):
+        self.device = device
+        self.on_device = None
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            if cache.nbytes < 0.25 * free:
+                self.on_device = torch.from_numpy(np.ascontiguousarray(cache)).to(device)
+        self.cache = cache
+
+    def __call__(self, indices: np.ndarray) -> torch.Tensor:
+        if self.on_device is not None:
+            batch = self.on_device[torch.from_numpy(indices).to(self.device)]
+        else:
+            # sorted reads are sequential on the memory map; order within a batch does not matter
+            batch = torch.from_numpy(self.cache[np.sort(indices)])
+            if self.device.type == "cuda":
+                batch = batch.pin_memory().to(self.device, non_blocking=True)
+        return to_model_input(batch)
+
+
+def _state(model, optimizer, scheduler, step, epoch, meta) -> dict:
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "step": step,
+        "epoch": epoch,
+        "rng": rng,
+        "meta": meta,
+    }
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise SkinaugError(f"cannot read checkpoint {path} ({str(error).splitlines()[0]})") from None
+
+
+@torch.no_grad()
+def evaluate(model: VQVAE2, batches, source: BatchSource, autocast) -> dict:
+    """Validation MSE on [0, 1] pixels and per-level code usage and perplexity."""
+    model.eval()
+    squared_error, pixels = 0.0, 0
+    codes: dict[str, list[np.ndarray]] = {level: [] for level in model.quantizers}
+    for indices in batches:
+        images = source(indices)
+        with autocast():
+            reconstruction, batch_codes, _ = model(images)
+        # [-1, 1] -> [0, 1] halves the scale, so squared errors shrink by 4
+        squared_error += ((reconstruction.float().clamp(-1, 1) - images) ** 2).sum().item() / 4.0
+        pixels += images.numel()
+        for level, values in batch_codes.items():
+            codes[level].append(values.cpu().numpy())
+    model.train()
+    stats = code_statistics({k: np.concatenate(v) for k, v in codes.items()}, model.config.codebook_size)
+    return {"val_mse": squared_error / max(1, pixels), **stats}
+
+
+def reconstruction_grid(model: VQVAE2, images: torch.Tensor, path: Path) -> None:
+    """Originals on the top row, reconstructions below: a quick look at what the codes keep."""
+    from PIL import Image
+
+    model.eval()
+    with torch.no_grad():
+        reconstruction = model(images)[0]
+    model.train()
+    rows = torch.cat([to_uint8(images), to_uint8(reconstruction)], 0).cpu().numpy()
+    n, size = images.shape[0], images.shape[-1]
+    grid = rows.reshape(2, n, size, size, 3).transpose(0, 2, 1, 3, 4).reshape(2 * size, n * size, 3)
+    with atomic_path(path) as tmp:
+        Image.fromarray(grid).save(tmp, format="PNG")
+
+
+def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig, options: TrainOptions, resume=False, overwrite=False) -> dict:
+    """Trains (or resumes) a VQ-VAE-2 into the model directory `out`; returns the final metrics."""
+    from .distributed import Distributed
+
+    dist = Distributed.from_environment(options.device)
+    device = dist.device if dist.enabled else resolve_device(options.device)
+    model_dir = ModelDir(out)
+    checkpoint_path = model_dir.train_dir / CHECKPOINT
+    if dist.is_main:
+        resuming = prepare_output(out, overwrite=overwrite, resume=resume, kind="model directory")
+    else:
+        resuming = resume and Path(out).exists()
+    dist.barrier()
+    if resuming and not checkpoint_path.is_file():
+        raise SkinaugError(f"{out} has no checkpoint to resume ({checkpoint_path} is missing)")
+    if not resuming and resume and dist.is_main:
+        log(f"nothing to resume in {out}: starting a new run")
+
+    checkpoint = load_checkpoint(checkpoint_path) if resuming else None
+    if checkpoint is not None:
+        # the shape-defining config comes from the checkpoint, not from the command line
+        model_config = VQVAEConfig.from_dict(checkpoint["meta"]["vqvae"])
+        options.seed = checkpoint["meta"]["seed"]
+    check_image_size(model_config.image_size)
+    if model_config.levels not in (1, 2):
+        raise UsageError(f"--levels must be 1 or 2, not {model_config.levels}")
+
+    dataset = scan_dataset(data, labels, image_col=options.image_col, label_col=options.label_col,
+                           group_col=options.group_col, strict=options.strict)
+    for name, reason in dataset.skipped[:20]:
+        log(f"skipped {name}: {reason}")
+    if dataset.rows_without_file or dataset.files_without_row:
+        log(f"{dataset.rows_without_file} CSV rows without a file, {dataset.files_without_row} files without a CSV row (left out)")
+    model_dir.train_dir.mkdir(parents=True, exist_ok=True)
+    if dist.is_main:
+        cache, samples = build_cache(dataset.samples, model_config.image_size, model_dir.train_dir / "image_cache.npy",
+                                     strict=options.strict, workers=options.workers)
+    dist.barrier()
+    if not dist.is_main:
+        cache, samples = build_cache(dataset.samples, model_config.image_size, model_dir.train_dir / "image_cache.npy")
+    train_index, val_index = group_split([s.group or s.name for s in samples], options.val_fraction, options.seed,
+                                         labels=np.array([s.label for s in samples]))
+    if len(train_index) == 0:
+        raise SkinaugError("not enough images to train: the training split is empty")
+
+    torch.manual_seed(options.seed + dist.rank)
+    model = VQVAE2(model_config).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+    batch_size = max(1, options.batch_size // dist.world_size)
+    steps_per_epoch = max(1, len(dist.shard(train_index)) // batch_size)
+    total_steps = options.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, min(options.warmup_steps, total_steps // 10 + 1), total_steps))
+    step, start_epoch = 0, 0
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        step, start_epoch = checkpoint["step"], checkpoint["epoch"]
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        if "cuda" in checkpoint["rng"] and device.type == "cuda":
+            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+        if dist.is_main:
+            log(f"resuming from epoch {start_epoch} (step {step})")
+    network = dist.wrap(model)
+
+    source = BatchSource(cache, device)
+    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")  # noqa: E731
+    val_batches = [val_index[i : i + 2 * batch_size] for i in range(0, len(val_index), 2 * batch_size)] or [train_index[:batch_size]]
+    grid_images = source(val_batches[0][:8])
+    meta = {
+        "vqvae": model_config.to_dict(),
+        "seed": options.seed,
+        "class_names": dataset.class_names,
+        "data": str(Path(data).resolve()),
+        "labels": str(Path(labels).resolve()) if labels else None,
+    }
+    metrics: dict = {}
+    metrics_path = model_dir.train_dir / "metrics.jsonl"
+    if not resuming and metrics_path.exists():
+        metrics_path.unlink()
+    per_class = {name: int(sum(1 for s in samples if s.label == i)) for i, name in enumerate(dataset.class_names)}
+    if dist.is_main:
+        log(f"training on {len(train_index)} images, validating on {len(val_index)}; {device}, batch {options.batch_size}, "
+            f"{total_steps} steps ({options.epochs} epochs)")
+
+    for epoch in range(start_epoch, options.epochs):
+        started = time.perf_counter()
+        order = dist.shard(train_index[torch.randperm(len(train_index)).numpy()])
+        restarted_before = {level: q.restarted_total for level, q in model.quantizers.items()}
+        loss_sum = torch.zeros((), device=device)
+        mse_sum = torch.zeros((), device=device)
+        with progress(steps_per_epoch * batch_size, desc=f"epoch {epoch + 1}/{options.epochs}") as bar:
+            for batch_number in range(steps_per_epoch):
+                images = source(order[batch_number * batch_size : (batch_number + 1) * batch_size])
+                if options.augment:
+                    images = augment_batch(images)
+                if device.type == "cuda":
+                    images = images.contiguous(memory_format=torch.channels_last)
+                with autocast():
+                    # through the (possibly DDP-wrapped) network so gradients are all-reduced
+                    loss, mse = vqvae_loss(network(images), images, model_config.commitment_weight)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                loss_sum += loss.detach()
+                mse_sum += mse.detach()
+                # checking finiteness costs a host sync: every step on CPU (free), every 25 on GPU
+                if device.type == "cpu" or batch_number % 25 == 24:
+                    if not torch.isfinite(loss_sum):
+                        raise SkinaugError(
+                            f"training diverged: the loss became {loss.item()} at epoch {epoch + 1}, step {step}; "
+                            f"the last good checkpoint is kept in {checkpoint_path.parent} "
+                            "(resume with --resume after lowering --lr)")
+                if bar.disable is False:
+                    bar.update(images.shape[0])
+                    used = {level: int(q.steps_unused.eq(0).sum()) for level, q in model.quantizers.items()}
+                    bar.set_postfix(loss=f"{loss.item():.4f}", **{f"codes_{k}": v for k, v in used.items()})
+        if not torch.isfinite(loss_sum):
+            raise SkinaugError(f"training diverged: the loss became non-finite in epoch {epoch + 1}; the last good "
+                               f"checkpoint is kept in {checkpoint_path.parent} (resume with --resume after lowering --lr)")
+        dist.sync_codebooks(model)
+        elapsed = time.perf_counter() - started
+        if dist.is_main:
+            evaluation = evaluate(model, val_batches, source, autocast)
+            metrics = {
+                "epoch": epoch + 1,
+                "step": step,
+                "lr": scheduler.get_last_lr()[0],
+                "train_loss": loss_sum.item() / steps_per_epoch,
+                "train_mse": mse_sum.item() / steps_per_epoch / 4.0,
+                **evaluation,
+                **{f"codes_restarted_{level}": q.restarted_total - restarted_before[level] for level, q in model.quantizers.items()},
+                "images_per_s": steps_per_epoch * batch_size * dist.world_size / elapsed,
+                "seconds": elapsed,
+            }
+            with open(metrics_path, "a", encoding="utf-8") as handle:
+                import json
+
+                handle.write(json.dumps(metrics) + "\n")
+            reconstruction_grid(model, grid_images, model_dir.train_dir / f"reconstructions_epoch{epoch + 1:03d}.png")
+            save_checkpoint(checkpoint_path, _state(model, optimizer, scheduler, step, epoch + 1, meta))
+            usage = ", ".join(f"{level} {metrics[f'used_codes_{level}']}/{model_config.codebook_size} codes"
+                              for level in model.quantizers)
+            log(f"epoch {epoch + 1}/{options.epochs}: train MSE {metrics['train_mse']:.5f}, val MSE {metrics['val_mse']:.5f}, "
+                f"{usage}, {metrics['images_per_s']:.0f} img/s")
+        dist.barrier()
+
+    if dist.is_main:
+        if not metrics:
+            metrics = _last_metrics(metrics_path)
+        for level in model.quantizers:
+            used = metrics.get(f"used_codes_{level}", 0)
+            if used < 0.1 * model_config.codebook_size:
+                warn(f"the {level} level uses only {used} of {model_config.codebook_size} codes (under 10%): "
+                     "try a smaller --codebook-size or --code-dim, or train longer")
+        training_data = {
+            "data": meta["data"], "labels": meta["labels"], "dialect": dataset.dialect,
+            "images": len(samples), "train_images": int(len(train_index)), "val_images": int(len(val_index)),
+            "per_class": per_class, "skipped": len(dataset.skipped) + len(dataset.samples) - len(samples),
+        }
+        final = {k: metrics[k] for k in metrics if k.startswith(("val_mse", "used_codes", "perplexity", "co_occurring"))}
+        final.update(epochs=options.epochs, steps=step)
+        model_dir.save_vqvae(model, class_names=dataset.class_names, training_data=training_data, metrics=final)
+        write_json(model_dir.train_dir / "train_config.json", {**meta, "options": _options_dict(options), "device": str(device)})
+    dist.barrier()
+    return metrics
+
+
+def _last_metrics(path: Path) -> dict:
+    import json
+
+    lines = path.read_text().splitlines() if path.exists() else []
+    return json.loads(lines[-1]) if lines else {}
+
+
+def _options_dict(options: TrainOptions) -> dict:
+    from dataclasses import asdict
+
+    return asdict(options)

@@ -1,0 +1,185 @@
+"""The stage-1 model: a one- or two-level VQ-VAE-2 (Razavi et al. 2019).
+
+Bottom codes live at 1/4 of the image side, top codes at 1/8 (256px: 64x64 and 32x32). The top
+level sees the whole lesion coarsely; the bottom level, conditioned on the decoded top, adds texture.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .quantize import VectorQuantizer
+
+# pixels are scaled from [0, 255] to [-1, 1]; MSE on [0, 1] pixels is a quarter of MSE on this scale
+PIXEL_SCALE = 127.5
+
+
+@dataclass
+class VQVAEConfig:
+    image_size: int = 256
+    levels: int = 2
+    codebook_size: int = 256  # K=256, D=8 used every code in both levels on dermoscopy (paper, Table 2)
+    code_dim: int = 8
+    channels: int = 128
+    res_channels: int = 32
+    n_res_blocks: int = 2
+    commitment_weight: float = 0.25
+    ema_decay: float = 0.99
+    restart_after: int = 200  # training steps without use before a code is re-seeded
+
+    def grid_shapes(self) -> dict[str, tuple[int, int]]:
+        """Code-map shape per level; the one source of truth for grid sizes."""
+        shapes = {"bottom": (self.image_size // 4, self.image_size // 4)}
+        if self.levels == 2:
+            shapes["top"] = (self.image_size // 8, self.image_size // 8)
+        return shapes
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "VQVAEConfig":
+        known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, channels: int, res_channels: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.ReLU(),
+            nn.Conv2d(channels, res_channels, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(res_channels, channels, 1),
+        )
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+def _res_stack(channels: int, res_channels: int, n_res_blocks: int) -> list[nn.Module]:
+    return [ResBlock(channels, res_channels) for _ in range(n_res_blocks)] + [nn.ReLU(inplace=True)]
+
+
+class Encoder(nn.Module):
+    """Downsamples by `stride` (2 or 4) with strided 4x4 convolutions, then residual blocks."""
+
+    def __init__(self, in_channels, channels, res_channels, n_res_blocks, stride):
+        super().__init__()
+        if stride == 4:
+            layers = [
+                nn.Conv2d(in_channels, channels // 2, 4, stride=2, padding=1),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(channels // 2, channels, 4, stride=2, padding=1),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(channels, channels, 3, padding=1),
+            ]
+        else:
+            layers = [
+                nn.Conv2d(in_channels, channels // 2, 4, stride=2, padding=1),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(channels // 2, channels, 3, padding=1),
+            ]
+        self.net = nn.Sequential(*layers, *_res_stack(channels, res_channels, n_res_blocks))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class Decoder(nn.Module):
+    """Residual blocks, then upsamples by `stride` (2 or 4) with transposed convolutions."""
+
+    def __init__(self, in_channels, out_channels, channels, res_channels, n_res_blocks, stride):
+        super().__init__()
+        layers = [nn.Conv2d(in_channels, channels, 3, padding=1), *_res_stack(channels, res_channels, n_res_blocks)]
+        if stride == 4:
+            layers += [
+                nn.ConvTranspose2d(channels, channels // 2, 4, stride=2, padding=1),
+                nn.ReLU(inplace=True),
+                nn.ConvTranspose2d(channels // 2, out_channels, 4, stride=2, padding=1),
+            ]
+        else:
+            layers += [nn.ConvTranspose2d(channels, out_channels, 4, stride=2, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class VQVAE2(nn.Module):
+    """Images in [-1, 1] (B, 3, S, S) <-> code maps {"top": (B, S/8, S/8), "bottom": (B, S/4, S/4)}."""
+
+    def __init__(self, config: VQVAEConfig):
+        super().__init__()
+        self.config = config
+        c, r, n, d = config.channels, config.res_channels, config.n_res_blocks, config.code_dim
+        quantizer = lambda: VectorQuantizer(config.codebook_size, d, config.ema_decay, restart_after=config.restart_after)  # noqa: E731
+        self.encode_bottom = Encoder(3, c, r, n, stride=4)
+        self.quantize_conv_bottom = nn.Conv2d(c + (d if config.levels == 2 else 0), d, 1)
+        self.quantize_bottom = quantizer()
+        if config.levels == 2:
+            self.encode_top = Encoder(c, c, r, n, stride=2)
+            self.quantize_conv_top = nn.Conv2d(c, d, 1)
+            self.quantize_top = quantizer()
+            # decodes the top codes to the bottom grid so the bottom level encodes only what the top missed
+            self.decode_top = Decoder(d, d, c, r, n, stride=2)
+            self.upsample_top = nn.ConvTranspose2d(d, d, 4, stride=2, padding=1)
+        self.decoder = Decoder(d * config.levels, 3, c, r, n, stride=4)
+
+    @property
+    def quantizers(self) -> dict[str, VectorQuantizer]:
+        found = {"bottom": self.quantize_bottom}
+        if self.config.levels == 2:
+            found["top"] = self.quantize_top
+        return found
+
+    def encode(self, images: torch.Tensor):
+        """Returns (quantized vectors per level, code maps per level, summed commitment loss)."""
+        features_bottom = self.encode_bottom(images)
+        quantized, codes, commitment = {}, {}, 0.0
+        if self.config.levels == 2:
+            features_top = self.encode_top(features_bottom)
+            quantized["top"], codes["top"], loss_top = self.quantize_top(self.quantize_conv_top(features_top))
+            features_bottom = torch.cat([features_bottom, self.decode_top(quantized["top"])], 1)
+            commitment = commitment + loss_top
+        quantized["bottom"], codes["bottom"], loss_bottom = self.quantize_bottom(self.quantize_conv_bottom(features_bottom))
+        return quantized, codes, commitment + loss_bottom
+
+    def decode(self, quantized: dict[str, torch.Tensor]) -> torch.Tensor:
+        parts = [quantized["bottom"]]
+        if self.config.levels == 2:
+            parts.insert(0, self.upsample_top(quantized["top"]))
+        return self.decoder(torch.cat(parts, 1))
+
+    def decode_codes(self, codes: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.decode({level: self.quantizers[level].lookup(codes[level]) for level in self.quantizers})
+
+    def forward(self, images: torch.Tensor):
+        quantized, codes, commitment = self.encode(images)
+        reconstruction = self.decode(quantized)
+        return reconstruction, codes, commitment
+
+
+
+def vqvae_loss(outputs, images: torch.Tensor, commitment_weight: float):
+    """MSE + commitment_weight x commitment from forward()'s outputs; returns (loss, mse)."""
+    reconstruction, _, commitment = outputs
+    mse = F.mse_loss(reconstruction.float(), images.float())
+    return mse + commitment_weight * commitment, mse
+
+
+def to_model_input(images_uint8: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, 3) or (B, 3, H, W) uint8 -> float (B, 3, H, W) in [-1, 1]."""
+    if images_uint8.shape[-1] == 3:
+        images_uint8 = images_uint8.permute(0, 3, 1, 2)
+    return images_uint8.float() / PIXEL_SCALE - 1.0
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Model output (B, 3, H, W) in [-1, 1] -> uint8 (B, H, W, 3)."""
+    pixels = ((images.float() + 1.0) * PIXEL_SCALE).round().clamp(0, 255)
+    return pixels.to(torch.uint8).permute(0, 2, 3, 1).contiguous()

@@ -97,6 +97,7 @@ class CodeFile:
     images: list[str]
     labels: np.ndarray
     groups: list[str]
+    files: dict[str, Path] | None = None  # name -> image file, when the codes were made from DATA just now
 
     @property
     def class_names(self) -> list[str]:

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import SkinaugError
+from .errors import SkinaugError, UsageError
 
 
 @contextlib.contextmanager
@@ -56,7 +56,7 @@ def prepare_output(path, *, overwrite: bool, resume: bool = False, kind: str = "
     """
     path = Path(path)
     if overwrite and resume:
-        raise SkinaugError("--overwrite and --resume contradict each other: choose one")
+        raise UsageError("--overwrite and --resume contradict each other: choose one")
     exists = path.exists() and (path.is_file() or any(path.iterdir()))
     if not exists:
         return False

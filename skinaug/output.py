@@ -14,6 +14,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import platform
 import shutil
 import sys
@@ -31,6 +32,20 @@ from .io import atomic_path, prepare_output, read_json, write_json, write_text
 LABEL_COLUMNS = ["image", "label", "method", "source_top", "source_bottom", "temperature", "seed", "model_fingerprint"]
 METHODS = ("original", "reconstruction", "mix", "resample", "synthesize", "rand-bottom", "rand-top")
 PROGRESS = ".progress"
+
+
+def link_or_copy(source: Path, target: Path, link: bool) -> None:
+    """A hard link when asked and allowed (no extra space), else a copy; atomic either way."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    if link:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+    else:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
 
 
 def versions() -> dict:
@@ -96,6 +111,16 @@ class DatasetWriter:
                     Image.fromarray(image).save(tmp, format="PNG")
                 else:
                     Image.fromarray(image).save(tmp, format="JPEG", quality=self.quality)
+        self._record(batch_index, rows, codes)
+
+    def write_originals(self, batch_index: int, rows: list[dict], codes: dict[str, np.ndarray], *, link: bool = True) -> None:
+        """The input images themselves (rows carry their "file"), linked or copied, never re-encoded."""
+        for row in rows:
+            source = Path(row["file"])
+            link_or_copy(source, self.out / "images" / f"{row['image']}{source.suffix.lower()}", link)
+        self._record(batch_index, rows, codes)
+
+    def _record(self, batch_index: int, rows: list[dict], codes: dict[str, np.ndarray]) -> None:
         with atomic_path(self.progress_dir / f"batch-{batch_index:06d}.npz") as tmp, open(tmp, "wb") as handle:
             np.savez(handle, rows=np.array(json.dumps(rows)), **{f"codes_{level}": np.asarray(v, np.uint16) for level, v in codes.items()})
         with open(self.out / "labels.csv", "a", encoding="utf-8", newline="") as handle:

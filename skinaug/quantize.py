@@ -65,13 +65,16 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("steps_unused", torch.zeros(codebook_size, dtype=torch.long))
         self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
         self.restarted_total = 0  # for metrics; not part of the state
+        self._initialised_seen = False
 
     def forward(self, z: torch.Tensor):
         with torch.autocast(device_type=z.device.type, enabled=False):
             z32 = z.float()
             vectors = z32.permute(0, 2, 3, 1).reshape(-1, self.code_dim)
-            if self.training and not bool(self.initialised):
-                self._initialise(vectors)
+            if self.training and not self._initialised_seen:
+                if not bool(self.initialised):
+                    self._initialise(vectors)
+                self._initialised_seen = True  # spares a host sync per step once known
             codes = nearest_codes(vectors, self.codebook)
             if self.training:
                 self._ema_update(vectors, codes)
@@ -107,9 +110,9 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _ema_update(self, vectors: torch.Tensor, codes: torch.Tensor) -> None:
-        one_hot = F.one_hot(codes, self.codebook_size).type(vectors.dtype)
-        counts = _all_reduce_sum(one_hot.sum(0))
-        sums = _all_reduce_sum(one_hot.t() @ vectors)
+        # scatter-adds, not a one-hot matmul: at 256px a batch has ~500k vectors and the one-hot would be 0.5 GB
+        counts = _all_reduce_sum(torch.bincount(codes, minlength=self.codebook_size).to(vectors.dtype))
+        sums = _all_reduce_sum(torch.zeros_like(self.code_sum).index_add_(0, codes, vectors))
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         self.code_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         total = self.cluster_size.sum()

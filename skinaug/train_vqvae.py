@@ -23,7 +23,7 @@ from .codes import code_statistics
 from .data import check_image_size, group_split, scan_dataset
 from .errors import SkinaugError, UsageError
 from .image_cache import build_cache
-from .io import atomic_path, prepare_output, write_json
+from .io import atomic_path, prepare_output, write_json, write_text
 from .modeldir import ModelDir
 from .runtime import log, progress, resolve_device, warn
 from .vqvae import VQVAE2, VQVAEConfig, to_model_input, to_uint8, vqvae_loss
@@ -96,7 +96,7 @@ class BatchSource:
         if device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(device)
             if cache.nbytes < 0.25 * free:
-                self.on_device = torch.from_numpy(np.ascontiguousarray(cache)).to(device)
+                self.on_device = torch.from_numpy(np.array(cache)).to(device)
         self.cache = cache
 
     def __call__(self, indices: np.ndarray) -> torch.Tensor:
@@ -255,6 +255,9 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig, options: T
     metrics_path = model_dir.train_dir / "metrics.jsonl"
     if not resuming and metrics_path.exists():
         metrics_path.unlink()
+    elif resuming and dist.is_main:
+        # a run cut off between logging an epoch and saving its checkpoint trains that epoch again
+        _drop_metrics_after(metrics_path, start_epoch)
     per_class = {name: int(sum(1 for s in samples if s.label == i)) for i, name in enumerate(dataset.class_names)}
     if dist.is_main:
         log(f"training on {len(train_index)} images, validating on {len(val_index)}; {device}, batch {options.batch_size}, "
@@ -286,22 +289,19 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig, options: T
                 # checking finiteness costs a host sync: every step on CPU (free), every 25 on GPU
                 if device.type == "cpu" or batch_number % 25 == 24:
                     if not torch.isfinite(loss_sum):
-                        raise SkinaugError(
-                            f"training diverged: the loss became {loss.item()} at epoch {epoch + 1}, step {step}; "
-                            f"the last good checkpoint is kept in {checkpoint_path.parent} "
-                            "(resume with --resume after lowering --lr)")
+                        raise _diverged(f"the loss became {loss.item()} at epoch {epoch + 1}, step {step}", checkpoint_path)
                 if bar.disable is False:
                     bar.update(images.shape[0])
                     used = {level: int(q.steps_unused.eq(0).sum()) for level, q in model.quantizers.items()}
                     bar.set_postfix(loss=f"{loss.item():.4f}", **{f"codes_{k}": v for k, v in used.items()})
         if not torch.isfinite(loss_sum):
-            raise SkinaugError(f"training diverged: the loss became non-finite in epoch {epoch + 1}; the last good "
-                               f"checkpoint is kept in {checkpoint_path.parent} (resume with --resume after lowering --lr)")
+            raise _diverged(f"the loss became non-finite in epoch {epoch + 1}", checkpoint_path)
         dist.sync_codebooks(model)
         elapsed = time.perf_counter() - started
         if dist.is_main:
             evaluation = evaluate(model, val_batches, source, autocast)
             metrics = {
+                "stage": "vqvae",
                 "epoch": epoch + 1,
                 "step": step,
                 "lr": scheduler.get_last_lr()[0],
@@ -343,6 +343,24 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig, options: T
         write_json(model_dir.train_dir / "train_config.json", {**meta, "options": _options_dict(options), "device": str(device)})
     dist.barrier()
     return metrics
+
+
+def _diverged(what: str, checkpoint_path: Path) -> SkinaugError:
+    if checkpoint_path.is_file():
+        kept = f"the last good checkpoint is kept in {checkpoint_path.parent} (resume with --resume after lowering --lr)"
+    else:
+        kept = "no checkpoint was saved yet (start again with --overwrite and a lower --lr)"
+    return SkinaugError(f"training diverged: {what}; {kept}")
+
+
+def _drop_metrics_after(path: Path, epoch: int) -> None:
+    """Keeps the metrics lines of epochs up to `epoch` (the checkpoint's)."""
+    import json
+
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("epoch", 0) <= epoch]
+    write_text(path, "".join(line + "\n" for line in lines))
 
 
 def _last_metrics(path: Path) -> dict:

@@ -21,11 +21,9 @@ class TinyDataset:
 TINY_CLASSES = ("bkl", "melanoma", "nevus")
 
 
-@pytest.fixture
-def tiny_dataset(tmp_path) -> TinyDataset:
-    """Twelve 48x40 solid-colour PNGs (lossless, so colours can be asserted exactly): three classes of four
-    images, two images per lesion, listed in a generic labels.csv."""
-    images = tmp_path / "data" / "images"
+def make_tiny_dataset(root: Path) -> TinyDataset:
+    """Writes the tiny dataset under root (root/images, root/labels.csv); see `tiny_dataset`."""
+    images = root / "images"
     images.mkdir(parents=True)
     names, labels, lesions, colours = [], [], [], []
     for i in range(12):
@@ -37,7 +35,53 @@ def tiny_dataset(tmp_path) -> TinyDataset:
         labels.append(label)
         lesions.append(f"lesion_{i // 2}")
         colours.append(colour)
-    labels_csv = tmp_path / "data" / "labels.csv"
+    labels_csv = root / "labels.csv"
     rows = ["image,label,lesion_id"] + [f"{n},{l},{g}" for n, l, g in zip(names, labels, lesions)]
     labels_csv.write_text("\n".join(rows) + "\n")
     return TinyDataset(images, labels_csv, names, labels, lesions, colours)
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path) -> TinyDataset:
+    """Twelve 48x40 solid-colour PNGs (lossless, so colours can be asserted exactly): three classes of four
+    images, two images per lesion, listed in a generic labels.csv."""
+    return make_tiny_dataset(tmp_path / "data")
+
+
+# ------------------------------------------------------------------------- tiny trained VQ-VAE models
+
+# The smallest VQ-VAE that still has every part: 32px images, bottom grid 8x8, top grid 4x4.
+TINY_VQVAE = dict(image_size=32, channels=16, res_channels=8, n_res_blocks=1, codebook_size=16, code_dim=4)
+TINY_VQVAE_ARGS = ["--image-size", "32", "--channels", "16", "--res-channels", "8", "--res-blocks", "1",
+                   "--codebook-size", "16", "--code-dim", "4", "--device", "cpu"]
+
+
+@dataclass
+class TinyModel:
+    path: Path  # the model directory
+    dataset: TinyDataset  # what it was trained on (its own copy, shared by the session: do not modify)
+    levels: int
+
+
+def _train_tiny_model(tmp_path_factory, levels: int, seed: int) -> TinyModel:
+    from skinaug.train_vqvae import TrainOptions, train_vqvae
+    from skinaug.vqvae import VQVAEConfig
+
+    root = tmp_path_factory.mktemp(f"tiny_model_{levels}level")
+    dataset = make_tiny_dataset(root / "data")
+    out = root / "model"
+    train_vqvae(dataset.images, out, labels=dataset.labels_csv, model_config=VQVAEConfig(levels=levels, **TINY_VQVAE),
+                options=TrainOptions(epochs=1, batch_size=4, seed=seed, device="cpu"))
+    return TinyModel(out, dataset, levels)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> TinyModel:
+    """A two-level VQ-VAE trained for one epoch on (a session copy of) the tiny dataset. Read-only."""
+    return _train_tiny_model(tmp_path_factory, levels=2, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_one_level(tmp_path_factory) -> TinyModel:
+    """A one-level VQ-VAE (bottom codes only), trained like `tiny_model` with another seed. Read-only."""
+    return _train_tiny_model(tmp_path_factory, levels=1, seed=1)

@@ -36,32 +36,43 @@ def _root(
     """Expand skin-lesion image datasets with a VQ-VAE-2 and class-conditional priors over its codes."""
 
 
-from . import codes, train  # noqa: E402  (commands register themselves on `app`)
+from . import codes, generate, train  # noqa: E402  (commands register themselves on `app`)
 
 app.add_typer(train.app, name="train")
 codes.register(app)
+generate.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs the CLI; known errors become one line on stderr and an exit code (1 runtime, 2 usage).
-
-    Typer (click) reports usage errors itself with exit code 2; skinaug's own errors reach here.
-    """
+    """Runs the CLI; returns the exit code: 0 success, 1 runtime error (one line), 2 usage error, 130 interrupted."""
     try:
-        app(args=argv, prog_name="skinaug")
-    except SystemExit as done:
-        return done.code if isinstance(done.code, int) else int(done.code is not None)
+        result = app(args=argv, prog_name="skinaug", standalone_mode=False)
+        return result if isinstance(result, int) else 0
     except SkinaugError as error:
         if os.environ.get("SKINAUG_DEBUG"):
             raise
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
-    except Exception as error:  # a bug: one line, traceback on request
+    except KeyboardInterrupt:
+        return _interrupted()
+    except Exception as error:
+        # typer's (click's) own signals, matched by shape: their classes moved between typer releases
+        if type(error).__name__ == "Abort":
+            return _interrupted()
+        if hasattr(error, "exit_code") and not hasattr(error, "show"):  # Exit (e.g. after --help or --version)
+            return error.exit_code
+        if hasattr(error, "show") and hasattr(error, "exit_code"):  # usage errors
+            error.show(file=sys.stderr)
+            return error.exit_code
         if os.environ.get("SKINAUG_DEBUG"):
             raise
         print(f"error: internal error: {type(error).__name__}: {error} (set SKINAUG_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
-    return 0
+
+
+def _interrupted() -> int:
+    print("interrupted: finished batches are kept; run the same command with --resume to continue", file=sys.stderr)
+    return 130
 
 
 def run() -> None:

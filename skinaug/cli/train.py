@@ -58,3 +58,49 @@ def vqvae(
                            augment=not no_augment, strict=strict, workers=workers, **columns(image_col, label_col, group_col))
     metrics = train_vqvae(data, out, labels=labels, model_config=config, options=options, resume=resume, overwrite=overwrite)
     emit({"model": str(out), **metrics}, json_, out)
+
+
+@app.command("prior")
+def prior(
+    model: Annotated[Path, typer.Option("--model", help="Model directory with a trained VQ-VAE.", show_default=False)],
+    data: Annotated[Optional[Path], typer.Argument(help="Image folder to encode on the fly (instead of --codes).", show_default=False)] = None,
+    codes: Annotated[Optional[Path], typer.Option("--codes", help="Code file from `skinaug encode`.")] = None,
+    labels: LabelsOpt = None,
+    level: Annotated[str, typer.Option("--level", help="top, bottom or both.")] = "both",
+    arch: Annotated[str, typer.Option("--arch", help="pixelsnail or gated-pixelcnn.")] = "pixelsnail",
+    classes: Annotated[str, typer.Option("--classes", help="'all', or a comma-separated list of classes to train on.")] = "all",
+    unconditional: Annotated[bool, typer.Option("--unconditional", help="Ignore labels: no class conditioning.")] = False,
+    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 20,
+    batch_size: BatchOpt = 32,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate (AdamW, warm-up then cosine).")] = 3e-4,
+    val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.0, max=0.9)] = 0.1,
+    channels: Annotated[Optional[int], typer.Option("--channels", min=8, help="Width (default: sized from the grid).")] = None,
+    blocks: Annotated[Optional[int], typer.Option("--blocks", min=1, help="Blocks (default: sized from the grid).")] = None,
+    res_blocks: Annotated[Optional[int], typer.Option("--res-blocks", min=1, help="Gated residual blocks per block.")] = None,
+    kernel_size: Annotated[Optional[int], typer.Option("--kernel-size", min=2, help="Causal convolution kernel.")] = None,
+    dropout: Annotated[Optional[float], typer.Option("--dropout", min=0.0, max=0.9)] = None,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = 0,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
+    strict: StrictOpt = False,
+    image_col: ImageColOpt = None,
+    label_col: LabelColOpt = None,
+    group_col: GroupColOpt = None,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+):
+    """Train the autoregressive priors over the codes (stage 2): top given class, bottom given top and class.
+
+    Example: skinaug train prior --model models/derm128 --codes codes.h5 --level both
+    """
+    set_quiet(quiet)
+    from ..train_prior import PriorOptions, train_priors
+
+    overrides = {"channels": channels, "n_blocks": blocks, "n_res_blocks": res_blocks, "kernel_size": kernel_size, "dropout": dropout}
+    options = PriorOptions(arch=arch, classes=None if classes == "all" else [c.strip() for c in classes.split(",") if c.strip()],
+                           unconditional=unconditional, epochs=epochs, batch_size=batch_size, lr=lr, val_fraction=val_fraction,
+                           seed=seed, device=device, overrides=overrides)
+    metrics = train_priors(model, codes=codes, data=data, labels=labels, level=level, options=options, resume=resume,
+                           overwrite=overwrite, strict=strict, **columns(image_col, label_col, group_col))
+    emit({"model": str(model), "priors": metrics}, json_, model)

@@ -1,0 +1,219 @@
+"""`skinaug mix`, `resample`, `synthesize` and `augment`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..runtime import set_quiet
+from .options import (BatchOpt, DeviceOpt, FormatOpt, GroupColOpt, ImageColOpt, JsonOpt, LabelColOpt, LabelsOpt, ModelOpt,
+                      OverwriteOpt, QualityOpt, QuietOpt, ResumeOpt, SeedOpt, StrictOpt, columns, emit)
+
+SourceArg = Annotated[Optional[Path], typer.Argument(help="Image folder (or use --codes).", show_default=False)]
+CodesOpt = Annotated[Optional[Path], typer.Option("--codes", help="Code file from `skinaug encode` (instead of DATA).")]
+OutOpt = Annotated[Path, typer.Option("--out", help="Output folder: images/, labels.csv, codes.h5, run.json.", show_default=False)]
+TemperatureOpt = Annotated[float, typer.Option("--temperature", help="Sampling temperature (lower: closer to the most likely codes).")]
+TopKOpt = Annotated[Optional[int], typer.Option("--top-k", min=1, help="Sample only among the k most likely codes.")]
+BF16Opt = Annotated[bool, typer.Option("--bf16", help="Sample in bfloat16 on CUDA (faster; logits differ slightly from fp32).")]
+
+
+def _dtype(bf16: bool):
+    import torch
+
+    return torch.bfloat16 if bf16 else None
+
+
+def _finish(summary: dict, as_json: bool, out: Path) -> None:
+    emit(summary, as_json, out)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("mix")
+    def mix(
+        model: ModelOpt,
+        out: OutOpt,
+        n: Annotated[int, typer.Option("-n", "--count", min=1, help="Images to make.", show_default=False)],
+        data: SourceArg = None,
+        codes: CodesOpt = None,
+        labels: LabelsOpt = None,
+        class_name: Annotated[Optional[str], typer.Option("--class", help="Mix only images of this class.")] = None,
+        any_label: Annotated[bool, typer.Option("--any-label", help="Allow the two sources to have different labels (the top's label is kept).")] = False,
+        device: DeviceOpt = "auto", seed: SeedOpt = 0, batch_size: BatchOpt = 64,
+        image_format: FormatOpt = "png", quality: QualityOpt = 95,
+        overwrite: OverwriteOpt = False, resume: ResumeOpt = False, strict: StrictOpt = False,
+        image_col: ImageColOpt = None, label_col: LabelColOpt = None, group_col: GroupColOpt = None,
+        json_: JsonOpt = False, quiet: QuietOpt = False,
+    ):
+        """Top codes of one image with the bottom codes of another of the same label.
+
+        Example: skinaug mix images/ --labels labels.csv --model models/derm64 --out mixed/ -n 500
+        """
+        set_quiet(quiet)
+        import numpy as np
+
+        from ..generate import Generator, class_index, job_plan, load_sources, name_jobs, plan_mix, run_jobs
+
+        generator = Generator(model, device)
+        generator.require(["mix"])
+        source = load_sources(model, codes, data, labels, device, strict=strict, **columns(image_col, label_col, group_col))
+        label = class_index(generator.class_names, class_name) if class_name else None
+        jobs = plan_mix(source, n, np.random.default_rng(seed), any_label=any_label, label=label)
+        name_jobs(jobs, generator.class_names)
+        plan = job_plan(jobs, command="mix", source=str(codes or data), seed=seed, batch_size=batch_size, format=image_format)
+        summary = run_jobs(generator, jobs, source, out, seed=seed, batch_size=batch_size, command="mix", plan=plan,
+                           overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
+                           extra={"any_label": any_label})
+        _finish(summary, json_, out)
+
+    @app.command("resample")
+    def resample(
+        model: ModelOpt,
+        out: OutOpt,
+        data: SourceArg = None,
+        codes: CodesOpt = None,
+        labels: LabelsOpt = None,
+        per_image: Annotated[int, typer.Option("--per-image", min=1, help="Variants per source image.")] = 1,
+        temperature: TemperatureOpt = 1.0,
+        top_k: TopKOpt = None,
+        method: Annotated[str, typer.Option("--method", help="resample, or a baseline: rand-bottom | rand-top (uniformly random codes in one level).")] = "resample",
+        mask_dir: Annotated[Optional[Path], typer.Option("--mask-dir", help="Resample only inside each image's lesion mask DIR/<image>.png.")] = None,
+        class_name: Annotated[Optional[str], typer.Option("--class", help="Only images of this class.")] = None,
+        device: DeviceOpt = "auto", seed: SeedOpt = 0, batch_size: BatchOpt = 64, bf16: BF16Opt = False,
+        image_format: FormatOpt = "png", quality: QualityOpt = 95,
+        overwrite: OverwriteOpt = False, resume: ResumeOpt = False, strict: StrictOpt = False,
+        image_col: ImageColOpt = None, label_col: LabelColOpt = None, group_col: GroupColOpt = None,
+        json_: JsonOpt = False, quiet: QuietOpt = False,
+    ):
+        """Keep each image's top codes and draw its bottom codes again from the bottom prior.
+
+        Example: skinaug resample images/ --labels labels.csv --model models/derm64 --out resampled/ --per-image 2 --temperature 0.9
+        """
+        set_quiet(quiet)
+        import numpy as np
+
+        from ..errors import UsageError
+        from ..generate import Generator, class_index, job_plan, load_sources, name_jobs, plan_per_source, run_jobs
+
+        if method not in ("resample", "rand-bottom", "rand-top"):
+            raise UsageError(f"--method must be resample, rand-bottom or rand-top, not {method}")
+        if mask_dir is not None and method != "resample":
+            raise UsageError("--mask-dir goes with --method resample")
+        if mask_dir is not None and not mask_dir.is_dir():
+            raise UsageError(f"--mask-dir {mask_dir} is not a folder")
+        generator = Generator(model, device, temperature=temperature, top_k=top_k, mask_dir=mask_dir, dtype=_dtype(bf16))
+        generator.require([method])
+        source = load_sources(model, codes, data, labels, device, strict=strict, **columns(image_col, label_col, group_col))
+        indices = np.arange(len(source))
+        if class_name:
+            indices = indices[source.labels == class_index(generator.class_names, class_name)]
+        jobs = plan_per_source(method, indices, per_image, source)
+        name_jobs(jobs, generator.class_names)
+        plan = job_plan(jobs, command=method, source=str(codes or data), seed=seed, batch_size=batch_size,
+                        temperature=temperature, top_k=top_k, mask_dir=str(mask_dir) if mask_dir else None, format=image_format,
+                        bf16=bf16)
+        summary = run_jobs(generator, jobs, source, out, seed=seed, batch_size=batch_size, command=method, plan=plan,
+                           overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
+                           extra={"mask_dir": str(mask_dir) if mask_dir else None})
+        _finish(summary, json_, out)
+
+    @app.command("synthesize")
+    def synthesize(
+        model: ModelOpt,
+        out: OutOpt,
+        class_name: Annotated[Optional[str], typer.Option("--class", help="Class to synthesize (with -n).")] = None,
+        n: Annotated[Optional[int], typer.Option("-n", "--count", min=1, help="Images of --class to make.")] = None,
+        per_class: Annotated[Optional[int], typer.Option("--per-class", min=1, help="Images to make for every class.")] = None,
+        temperature: TemperatureOpt = 1.0,
+        top_k: TopKOpt = None,
+        device: DeviceOpt = "auto", seed: SeedOpt = 0, batch_size: BatchOpt = 64, bf16: BF16Opt = False,
+        image_format: FormatOpt = "png", quality: QualityOpt = 95,
+        overwrite: OverwriteOpt = False, resume: ResumeOpt = False,
+        json_: JsonOpt = False, quiet: QuietOpt = False,
+    ):
+        """Sample top codes for a class, then bottom codes given them, and decode: new images.
+
+        Example: skinaug synthesize --model models/derm64 --out synth/ --class melanoma -n 2000
+        """
+        set_quiet(quiet)
+        from ..errors import UsageError
+        from ..generate import Generator, Job, class_index, job_plan, name_jobs, run_jobs
+
+        if (class_name is None) == (per_class is None) or (class_name is not None and n is None):
+            raise UsageError("give --class NAME with -n N, or --per-class N")
+        generator = Generator(model, device, temperature=temperature, top_k=top_k, dtype=_dtype(bf16))
+        generator.require(["synthesize"])
+        if class_name is not None:
+            jobs = [Job("synthesize", class_index(generator.class_names, class_name)) for _ in range(n)]
+        else:
+            if not generator.class_names:
+                raise UsageError("this model has no classes: use --class with a class name of a labelled model")
+            jobs = [Job("synthesize", label) for label in range(len(generator.class_names)) for _ in range(per_class)]
+        name_jobs(jobs, generator.class_names)
+        plan = job_plan(jobs, command="synthesize", seed=seed, batch_size=batch_size, temperature=temperature, top_k=top_k,
+                        format=image_format, bf16=bf16)
+        summary = run_jobs(generator, jobs, None, out, seed=seed, batch_size=batch_size, command="synthesize", plan=plan,
+                           overwrite=overwrite, resume=resume, image_format=image_format, quality=quality)
+        _finish(summary, json_, out)
+
+    @app.command("augment")
+    def augment(
+        data: Annotated[Path, typer.Argument(help="Labelled image folder to expand.", show_default=False)],
+        model: ModelOpt,
+        out: OutOpt,
+        labels: LabelsOpt = None,
+        factor: Annotated[Optional[float], typer.Option("--factor", help="Make the output F times the size of the input (per class).")] = None,
+        balance: Annotated[bool, typer.Option("--balance", help="Bring every class up to the largest one.")] = False,
+        methods: Annotated[str, typer.Option("--methods", help="Methods with optional weights, e.g. mix:1,resample:2,synthesize:1.")] = "mix,resample,synthesize",
+        no_originals: Annotated[bool, typer.Option("--no-originals", help="Leave the input images out of the output.")] = False,
+        copy_originals: Annotated[bool, typer.Option("--copy-originals", help="Copy the input images instead of hard-linking them.")] = False,
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (images per class and method) and stop.")] = False,
+        temperature: TemperatureOpt = 1.0,
+        top_k: TopKOpt = None,
+        device: DeviceOpt = "auto", seed: SeedOpt = 0, batch_size: BatchOpt = 64, bf16: BF16Opt = False,
+        image_format: FormatOpt = "png", quality: QualityOpt = 95,
+        overwrite: OverwriteOpt = False, resume: ResumeOpt = False, strict: StrictOpt = False,
+        image_col: ImageColOpt = None, label_col: LabelColOpt = None, group_col: GroupColOpt = None,
+        json_: JsonOpt = False, quiet: QuietOpt = False,
+    ):
+        """Expand a labelled folder into a training-ready one: originals plus generated images.
+
+        Example: skinaug augment images/ --labels labels.csv --model models/derm64 --out train_aug/ --balance
+        """
+        set_quiet(quiet)
+        from ..generate import Generator, job_plan, load_sources, name_jobs, original_rows, parse_methods, plan_augment, run_jobs
+
+        weights = parse_methods(methods)
+        generator = Generator(model, device, temperature=temperature, top_k=top_k, dtype=_dtype(bf16))
+        generator.require([m for m, w in weights.items() if w > 0])
+        source = load_sources(model, None, data, labels, device, strict=strict, **columns(image_col, label_col, group_col))
+        jobs, table = plan_augment(source, generator.class_names, factor=factor, balance=balance, weights=weights,
+                                   originals=not no_originals, seed=seed)
+        if dry_run:
+            _print_plan(table, weights)
+            emit({"plan": table}, json_)
+            return
+        name_jobs(jobs, generator.class_names, prefix="gen_")
+        originals = None if no_originals else original_rows(source, generator.class_names, generator.config["fingerprint"])
+        plan = job_plan(jobs, command="augment", data=str(data), seed=seed, batch_size=batch_size, temperature=temperature,
+                        top_k=top_k, originals=not no_originals, format=image_format, bf16=bf16)
+        summary = run_jobs(generator, jobs, source, out, seed=seed, batch_size=batch_size, command="augment", plan=plan,
+                           overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
+                           originals=originals, link_originals=not copy_originals, extra={"plan": table})
+        _finish(summary, json_, out)
+
+
+def _print_plan(table: dict, weights: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    view = Table(title="augment plan (images per class)")
+    columns_ = ["originals", *weights, "total"]
+    view.add_column("class")
+    for column in columns_:
+        view.add_column(column, justify="right")
+    for name, row in table.items():
+        view.add_row(name, *(str(row.get(column, 0)) for column in columns_))
+    Console(file=sys.stderr).print(view)

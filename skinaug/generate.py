@@ -1,0 +1,365 @@
+"""The augmentations: mix, resample, synthesize, the random-code baselines, and augment.
+
+Every command plans its work up front as a list of jobs (one per image to make: method, label,
+sources, temperature), cuts it into batches of one method, and gives each batch its own seed derived
+from --seed and the batch number. A batch's images therefore depend only on the plan, which is what
+makes --resume exact and lets torchrun ranks take disjoint batches.
+
+- mix: top codes of one image with the bottom codes of another image of the same label.
+- resample: an image's top codes kept, its bottom codes drawn again from the bottom prior at a
+  temperature (optionally only inside a lesion mask).
+- synthesize: top codes drawn for a class, then bottom codes given them.
+- rand-bottom / rand-top: one level replaced by uniformly random codes (baselines for scoring).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .codes import CodeFile, read_codes
+from .errors import SkinaugError, UsageError
+from .modeldir import ModelDir
+from .output import DatasetWriter
+from .runtime import log, progress, resolve_device
+
+SOURCE_METHODS = ("mix", "resample", "rand-bottom", "rand-top")
+AUGMENT_METHODS = ("mix", "resample", "synthesize", "rand-bottom", "rand-top")
+PRIORS_NEEDED = {"resample": ("bottom",), "synthesize": ("top", "bottom")}
+
+
+@dataclass
+class Job:
+    """One image to make. Sources are indices into the source codes (-1: none)."""
+
+    method: str
+    label: int
+    source_top: int = -1
+    source_bottom: int = -1
+    name: str = ""
+
+
+def batch_seed(seed: int, batch_index: int) -> int:
+    return (seed * 1_000_003 + batch_index * 7919 + 17) % (2**63 - 1)
+
+
+class Generator:
+    """Turns batches of jobs into code maps and images with one model directory on one device."""
+
+    def __init__(self, model, device="auto", *, temperature=1.0, top_k=None, mask_dir=None, dtype=None):
+        self.model_dir = ModelDir(model)
+        self.config = self.model_dir.config()
+        self.device = resolve_device(device)
+        self.temperature = temperature
+        self.top_k = top_k
+        self.mask_dir = Path(mask_dir) if mask_dir else None
+        self.dtype = dtype
+        self.class_names = self.config.get("class_names", [])
+        self.levels = list(self.config["grid"])
+        self.vqvae = self.model_dir.load_vqvae(self.device)
+        self._priors: dict = {}
+        if temperature <= 0:
+            raise UsageError(f"--temperature must be positive, not {temperature}")
+
+    def require(self, methods) -> None:
+        """Fails early, naming the missing prior file and the command that trains it."""
+        for method in methods:
+            if method in ("mix", "rand-top", "synthesize") and "top" not in self.levels:
+                raise SkinaugError(f"{method} needs a two-level model; {self.model_dir.path} has one level")
+            for level in PRIORS_NEEDED.get(method, ()):
+                if level in self.levels:
+                    self.model_dir.require_prior(level)
+
+    def prior(self, level: str):
+        if level not in self._priors:
+            from .train_prior import load_prior
+
+            self._priors[level] = load_prior(self.model_dir, level, self.device)
+        return self._priors[level]
+
+    def check_class(self, level: str, label: int) -> None:
+        _, trained_classes = self.prior(level)
+        if trained_classes is not None and self.class_names[label] not in trained_classes:
+            raise SkinaugError(f"the {level} prior was trained on {', '.join(trained_classes)} only, not on {self.class_names[label]}")
+
+    def _sample(self, level: str, labels: torch.Tensor, condition, generator, keep=None):
+        from .priors import sample
+
+        prior, _ = self.prior(level)
+        class_labels = labels if prior.config.num_classes else None
+        kwargs = {"keep": keep} if keep is not None else {}
+        return sample(prior, class_labels, condition, n=labels.shape[0], temperature=self.temperature, top_k=self.top_k,
+                      generator=generator, dtype=self.dtype, **kwargs)
+
+    def _mask(self, name: str) -> torch.Tensor:
+        """A lesion mask (DIR/<image>.png) reduced to the bottom grid: True where codes are resampled."""
+        from PIL import Image
+
+        path = self.mask_dir / f"{name}.png"
+        if not path.is_file():
+            raise SkinaugError(f"no mask for {name}: {path} is missing")
+        height, width = self.config["grid"]["bottom"]
+        try:
+            with Image.open(path) as image:
+                mask = np.asarray(image.convert("L").resize((width, height), Image.Resampling.BOX)) >= 128
+        except OSError as error:
+            raise SkinaugError(f"cannot read mask {path} ({error})") from None
+        return torch.from_numpy(mask)
+
+    @torch.no_grad()
+    def codes_for(self, method: str, jobs: list[Job], source: CodeFile | None, seed: int) -> dict[str, np.ndarray]:
+        """Code maps (uint16 per level) for a batch of jobs of one method."""
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        labels = torch.tensor([job.label for job in jobs], device=self.device)
+        take = lambda level, attr: torch.as_tensor(  # noqa: E731
+            source.codes[level][[getattr(job, attr) for job in jobs]].astype(np.int64), device=self.device)
+        n = len(jobs)
+        codebook_size = self.config["codebook_size"]
+        if method == "mix":
+            codes = {"top": take("top", "source_top"), "bottom": take("bottom", "source_bottom")}
+        elif method == "rand-bottom":
+            codes = {level: take(level, "source_top") for level in self.levels}
+            codes["bottom"] = torch.randint(codebook_size, (n, *self.config["grid"]["bottom"]), generator=generator, device=self.device)
+        elif method == "rand-top":
+            codes = {"bottom": take("bottom", "source_bottom"),
+                     "top": torch.randint(codebook_size, (n, *self.config["grid"]["top"]), generator=generator, device=self.device)}
+        elif method == "resample":
+            codes = {level: take(level, "source_top") for level in self.levels}
+            keep = None
+            if self.mask_dir is not None:
+                resampled = torch.stack([self._mask(source.images[job.source_top]) for job in jobs]).to(self.device)
+                keep = (codes["bottom"], ~resampled)
+            codes["bottom"] = self._sample("bottom", labels, codes.get("top"), generator, keep)
+        elif method == "synthesize":
+            codes = {"top": self._sample("top", labels, None, generator)}
+            codes["bottom"] = self._sample("bottom", labels, codes["top"], generator)
+        else:
+            raise UsageError(f"unknown method {method}")
+        return {level: codes[level].to(torch.int32).cpu().numpy().astype(np.uint16) for level in self.levels}
+
+    def images_for(self, codes: dict[str, np.ndarray]) -> np.ndarray:
+        from .encode import decode_batch
+
+        return decode_batch(self.vqvae, codes, self.device)
+
+
+def load_sources(model, codes=None, data=None, labels=None, device="auto", **scan_options) -> CodeFile:
+    """Source images' codes: from a code file (checked against the model) or encoded from DATA now."""
+    model_dir = ModelDir(model)
+    config = model_dir.config()
+    if (codes is None) == (data is None):
+        raise UsageError("give either an image folder DATA or --codes CODES.h5")
+    if codes is not None:
+        source = read_codes(codes)
+        source.check_model(config)
+        return source
+    from .train_prior import codes_from_images
+
+    return codes_from_images(model_dir, data, labels, resolve_device(device), **scan_options)
+
+
+def class_index(class_names: list[str], name: str) -> int:
+    if name not in class_names:
+        raise SkinaugError(f"unknown class {name!r}: the model knows {', '.join(class_names) or 'no classes'}")
+    return class_names.index(name)
+
+
+def plan_mix(source: CodeFile, n: int, rng: np.random.Generator, *, any_label=False, label: int | None = None) -> list[Job]:
+    """n (top source, bottom source) pairs: same label unless any_label; a different image when there is one."""
+    candidates = np.flatnonzero(source.labels == label) if label is not None else np.arange(len(source))
+    if label is None and not any_label:
+        candidates = candidates[source.labels[candidates] >= 0]
+    if candidates.size == 0:
+        raise SkinaugError("no source image to mix" + (f" of class {label}" if label is not None else " with a label (use --any-label)"))
+    by_label = {lab: np.flatnonzero(source.labels == lab) for lab in np.unique(source.labels[candidates])}
+    jobs = []
+    for top in rng.choice(candidates, size=n):
+        pool = np.arange(len(source)) if any_label else by_label[source.labels[top]]
+        others = pool[pool != top]
+        bottom = int(rng.choice(others)) if others.size else int(top)
+        jobs.append(Job("mix", int(source.labels[top]), int(top), bottom))
+    return jobs
+
+
+def plan_per_source(method: str, indices, per_image: int, source: CodeFile) -> list[Job]:
+    return [Job(method, int(source.labels[i]), int(i), int(i)) for i in indices for _ in range(per_image)]
+
+
+def name_jobs(jobs: list[Job], class_names: list[str], prefix: str = "") -> None:
+    counters: Counter = Counter()
+    for job in jobs:
+        label = class_names[job.label] if 0 <= job.label < len(class_names) else "unlabelled"
+        key = (job.method, label)
+        job.name = f"{prefix}{job.method}_{label}_{counters[key]:06d}"
+        counters[key] += 1
+
+
+def make_batches(jobs: list[Job], batch_size: int) -> list[tuple[str, list[Job]]]:
+    """Consecutive jobs of one method, at most batch_size each (plans are already grouped by method)."""
+    batches = []
+    for job in jobs:
+        if batches and batches[-1][0] == job.method and len(batches[-1][1]) < batch_size:
+            batches[-1][1].append(job)
+        else:
+            batches.append((job.method, [job]))
+    return batches
+
+
+def run_jobs(generator: Generator, jobs: list[Job], source: CodeFile | None, out, *, seed: int, batch_size: int,
+             command: str, plan: dict, overwrite=False, resume=False, image_format="png", quality=95,
+             originals: list | None = None, link_originals=True, extra: dict | None = None) -> dict:
+    """Makes every job's image into OUT_DIR (streamed, resumable, sharded under torchrun)."""
+    from .distributed import Distributed
+
+    dist = Distributed.from_environment("cpu" if generator.device.type == "cpu" else "auto")
+    generator.require({job.method for job in jobs})
+    for job in jobs:
+        for level in PRIORS_NEEDED.get(job.method, ()):
+            if level in generator.levels and job.label >= 0:
+                generator.check_class(level, job.label)
+    if any(job.method in PRIORS_NEEDED and job.label < 0 for job in jobs) and generator.class_names:
+        raise SkinaugError("a class-conditional prior cannot resample unlabelled images: give --labels")
+    fingerprint = generator.config["fingerprint"]
+    if dist.is_main:
+        writer = DatasetWriter(out, model_config=generator.config, plan=plan, overwrite=overwrite, resume=resume,
+                               image_format=image_format, quality=quality)
+    dist.barrier()
+    if not dist.is_main:
+        writer = DatasetWriter(out, model_config=generator.config, plan=plan, resume=True, image_format=image_format,
+                               quality=quality, is_main=False)
+    done = writer.done_batches()
+    offset = 0
+    if originals:
+        offset = 1
+        if dist.is_main and 0 not in done:
+            indices = [row["index"] for row in originals]
+            writer.write_originals(0, originals, {level: values[indices] for level, values in source.codes.items()},
+                                   link=link_originals)
+    batches = make_batches(jobs, batch_size)
+    timings: Counter = Counter()
+    counts: Counter = Counter()
+    class_names = generator.class_names
+    started = time.perf_counter()
+    todo = [(index + offset, method, batch) for index, (method, batch) in enumerate(batches)
+            if (index + offset) % dist.world_size == dist.rank and (index + offset) not in done]
+    with progress(sum(len(batch) for _, _, batch in todo), desc=command) as bar:
+        for batch_index, method, batch in todo:
+            began = time.perf_counter()
+            seed_value = batch_seed(seed, batch_index)
+            codes = generator.codes_for(method, batch, source, seed_value)
+            images = generator.images_for(codes)
+            rows = [{
+                "image": job.name,
+                "label": class_names[job.label] if 0 <= job.label < len(class_names) else "",
+                "method": method,
+                "source_top": source.images[job.source_top] if job.source_top >= 0 else "",
+                "source_bottom": source.images[job.source_bottom] if job.source_bottom >= 0 else "",
+                "temperature": generator.temperature if method in PRIORS_NEEDED else "",
+                "seed": seed_value,
+                "model_fingerprint": fingerprint,
+                "group": source.groups[job.source_top] if job.source_top >= 0 and source.groups[job.source_top] else "",
+            } for job in batch]
+            writer.write_batch(batch_index, images, rows, codes)
+            timings[method] += time.perf_counter() - began
+            counts[method] += len(batch)
+            bar.update(len(batch))
+            bar.set_postfix(img_s=f"{sum(counts.values()) / (time.perf_counter() - started):.1f}")
+    dist.barrier()
+    if not dist.is_main:
+        return {}
+    made = sum(counts.values())
+    elapsed = time.perf_counter() - started
+    log(f"made {made} images in {elapsed:.1f}s ({made / max(elapsed, 1e-9):.1f} img/s)")
+    return writer.finish(command=command, seed=seed, device=str(generator.device), extra={
+        "temperature": generator.temperature,
+        "seconds_per_method_this_run": {k: round(v, 3) for k, v in timings.items()},
+        "images_per_s_this_run": made / max(elapsed, 1e-9),
+        **(extra or {}),
+    })
+
+
+def job_plan(jobs: list[Job], **options) -> dict:
+    return {"jobs": [asdict(job) for job in jobs], **{k: str(v) if isinstance(v, Path) else v for k, v in options.items()}}
+
+
+def weighted_counts(total: int, weights: dict[str, float]) -> dict[str, int]:
+    """Splits total by weights with the largest-remainder rule, so the parts add up exactly."""
+    weight_sum = sum(weights.values())
+    raw = {m: total * w / weight_sum for m, w in weights.items()}
+    counts = {m: int(np.floor(v)) for m, v in raw.items()}
+    for m in sorted(raw, key=lambda m: raw[m] - counts[m], reverse=True)[: total - sum(counts.values())]:
+        counts[m] += 1
+    return counts
+
+
+def parse_methods(text: str) -> dict[str, float]:
+    """'mix:1,resample:2,synthesize' -> {'mix': 1.0, 'resample': 2.0, 'synthesize': 1.0}."""
+    weights = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, weight = part.partition(":")
+        if name not in AUGMENT_METHODS:
+            raise UsageError(f"unknown method {name!r} in --methods: choose from {', '.join(AUGMENT_METHODS)}")
+        try:
+            weights[name] = float(weight) if weight else 1.0
+        except ValueError:
+            raise UsageError(f"bad weight {weight!r} for {name} in --methods") from None
+        if weights[name] < 0:
+            raise UsageError(f"negative weight for {name} in --methods")
+    if not weights or sum(weights.values()) <= 0:
+        raise UsageError("--methods names no method with a positive weight")
+    return weights
+
+
+def plan_augment(source: CodeFile, class_names: list[str], *, factor=None, balance=False, weights: dict[str, float],
+                 originals=True, seed=0) -> tuple[list[Job], dict]:
+    """Jobs per class and method so the output holds F x the input (--factor) or equal classes (--balance)."""
+    if (factor is None) == (not balance):
+        raise UsageError("give exactly one of --factor F or --balance")
+    if factor is not None and factor < (1.0 if originals else 0.0):
+        raise UsageError(f"--factor {factor} would remove images: use a factor of at least 1 (or --no-originals)")
+    rng = np.random.default_rng(seed)
+    per_class = {c: int((source.labels == c).sum()) for c in range(len(class_names))}
+    present = {c: n for c, n in per_class.items() if n > 0}
+    if not present:
+        raise SkinaugError("no labelled image to augment: give --labels or class sub-folders")
+    largest = max(present.values())
+    jobs: list[Job] = []
+    table: dict = {}
+    for label, count in present.items():
+        target = round(factor * count) if factor is not None else largest
+        to_make = max(0, target - (count if originals else 0))
+        split = weighted_counts(to_make, weights)
+        table[class_names[label]] = {"originals": count if originals else 0, **split, "total": target}
+        members = np.flatnonzero(source.labels == label)
+        for method, n in split.items():
+            if n == 0:
+                continue
+            if method == "mix":
+                jobs += plan_mix(source, n, rng, label=label)
+            elif method == "synthesize":
+                jobs += [Job("synthesize", label) for _ in range(n)]
+            else:
+                # each source used as evenly as possible, in a seeded order
+                picks = np.resize(rng.permutation(members), n)
+                jobs += [Job(method, label, int(i), int(i)) for i in picks]
+    jobs.sort(key=lambda job: AUGMENT_METHODS.index(job.method))  # one method per batch, fewer batches
+    return jobs, table
+
+
+def original_rows(source: CodeFile, class_names: list[str], fingerprint: str) -> list[dict]:
+    """labels.csv rows for the input images themselves (method 'original'), with their files."""
+    if source.files is None:
+        raise UsageError("originals need the image files: give DATA rather than --codes")
+    rows = []
+    for index, name in enumerate(source.images):
+        label = int(source.labels[index])
+        rows.append({"image": name, "label": class_names[label] if label >= 0 else "", "method": "original",
+                     "source_top": name, "source_bottom": name, "temperature": "", "seed": "",
+                     "model_fingerprint": fingerprint, "group": source.groups[index], "file": str(source.files[name]),
+                     "index": index})
+    return rows

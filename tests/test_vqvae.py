@@ -1,0 +1,87 @@
+"""The VQ-VAE-2 network: code-map shapes per image size and level, decoding codes, pixel scaling."""
+
+import pytest
+import torch
+
+from skinaug.vqvae import VQVAE2, VQVAEConfig, to_model_input, to_uint8, vqvae_loss
+
+TINY_WIDTHS = dict(channels=16, res_channels=8, n_res_blocks=1)
+
+
+@pytest.mark.parametrize("codebook_size, code_dim", [(16, 4), (32, 8)])
+@pytest.mark.parametrize("levels", [1, 2])
+@pytest.mark.parametrize("image_size", [32, 48, 64])
+def test_code_maps_have_the_grid_shapes_and_decode_back_to_images(image_size, levels, codebook_size, code_dim):
+    torch.manual_seed(0)
+    config = VQVAEConfig(image_size=image_size, levels=levels, codebook_size=codebook_size, code_dim=code_dim, **TINY_WIDTHS)
+    model = VQVAE2(config)
+    images = torch.rand(2, 3, image_size, image_size) * 2 - 1
+
+    model.train()
+    reconstruction, codes, commitment = model(images)  # one training step's forward initialises the codebooks
+    assert reconstruction.shape == images.shape
+    assert commitment.ndim == 0 and torch.isfinite(commitment)
+
+    model.eval()
+    quantized, codes, _ = model.encode(images)
+    expected = {"bottom": (image_size // 4, image_size // 4)}
+    if levels == 2:
+        expected["top"] = (image_size // 8, image_size // 8)
+    assert {level: tuple(c.shape[1:]) for level, c in codes.items()} == expected
+    assert set(model.quantizers) == set(expected)
+    assert {level: tuple(q.shape) for level, q in quantized.items()} == {
+        level: (2, code_dim, *shape) for level, shape in expected.items()}
+    for values in codes.values():
+        assert values.dtype == torch.long and values.shape[0] == 2
+        assert 0 <= int(values.min()) and int(values.max()) < codebook_size
+
+    with torch.no_grad():
+        from_codes = model.decode_codes(codes)
+        from_vectors = model.decode(quantized)
+    assert from_codes.shape == (2, 3, image_size, image_size)
+    # the code maps carry everything the decoder uses: decoding them equals decoding the quantized vectors
+    torch.testing.assert_close(from_codes, from_vectors, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("levels, expected", [
+    (1, {"bottom": (32, 32)}),
+    (2, {"bottom": (32, 32), "top": (16, 16)}),
+])
+def test_grid_shapes_are_a_quarter_and_an_eighth_of_the_image(levels, expected):
+    assert VQVAEConfig(image_size=128, levels=levels).grid_shapes() == expected
+    assert VQVAEConfig().grid_shapes() == {"bottom": (64, 64), "top": (32, 32)}  # 256px default (paper)
+    assert VQVAEConfig(image_size=48, levels=2).grid_shapes() == {"bottom": (12, 12), "top": (6, 6)}
+
+
+def test_config_round_trips_through_a_dict_and_ignores_unknown_keys():
+    config = VQVAEConfig(image_size=64, levels=1, codebook_size=32, code_dim=4, restart_after=7)
+    values = config.to_dict()
+    assert VQVAEConfig.from_dict(values) == config
+    assert VQVAEConfig.from_dict({**values, "added_in_a_later_version": 1}) == config
+
+
+def test_uint8_pixels_round_trip_exactly_in_both_layouts():
+    every_value = torch.arange(256, dtype=torch.uint8)
+    channels_last = every_value[torch.randperm(256, generator=torch.Generator().manual_seed(0))].view(1, 16, 16, 1).repeat(2, 1, 1, 3)
+    channels_last[1] = 255 - channels_last[1]
+    model_input = to_model_input(channels_last)
+    assert model_input.shape == (2, 3, 16, 16) and model_input.dtype == torch.float32
+    assert model_input.min().item() == -1.0 and model_input.max().item() == 1.0
+    assert torch.equal(to_uint8(model_input), channels_last)
+
+    channels_first = channels_last.permute(0, 3, 1, 2).contiguous()
+    assert torch.equal(to_model_input(channels_first), model_input)
+    assert torch.equal(to_uint8(to_model_input(channels_first)), channels_last)
+
+
+def test_to_uint8_rounds_and_clamps_out_of_range_outputs():
+    values = torch.tensor([-3.0, -1.0, 0.0, 1.0, 5.0, (10 + 0.4) / 127.5 - 1, (10 + 0.6) / 127.5 - 1])
+    pixels = to_uint8(values.view(1, 1, 1, 7).expand(1, 3, 1, 7))
+    assert pixels[0, 0, :, 0].tolist() == [0, 0, 128, 255, 255, 10, 11]  # 0.0 is 127.5, rounded half to even
+
+
+def test_loss_is_mse_plus_weighted_commitment():
+    images = torch.zeros(1, 3, 4, 4)
+    reconstruction = torch.full((1, 3, 4, 4), 0.5)
+    loss, mse = vqvae_loss((reconstruction, {}, torch.tensor(2.0)), images, commitment_weight=0.25)
+    assert mse.item() == 0.25 and loss.item() == 0.25 + 0.25 * 2.0

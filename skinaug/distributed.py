@@ -73,6 +73,21 @@ class Distributed:
         for name, buffer in model.named_buffers():
             dist.broadcast(buffer, 0)
 
+    def broadcast_object(self, value):
+        """Rank 0's value on every rank."""
+        if not self.enabled:
+            return value
+        holder = [value]
+        dist.broadcast_object_list(holder, src=0)
+        return holder[0]
+
+    def all_finite(self, value: torch.Tensor) -> bool:
+        """Whether `value` is finite on every rank: all ranks must stop together, or the others hang."""
+        finite = torch.isfinite(value).all().to(torch.float32).reshape(1)
+        if self.enabled:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        return bool(finite.item())
+
     def all_gather_objects(self, value):
         if not self.enabled:
             return [value]

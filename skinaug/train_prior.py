@@ -137,8 +137,11 @@ def evaluate(prior, batches: CodeBatches, batch_size: int, autocast) -> dict:
 def train_prior_level(model_dir: ModelDir, code_file: CodeFile, level: str, options: PriorOptions, *,
                       resume: bool, overwrite: bool) -> dict:
     """Trains one level's prior; returns its final metrics."""
+    from .distributed import Distributed
+
     config = model_dir.config()
-    device = resolve_device(options.device)
+    dist = Distributed.from_environment(options.device)
+    device = dist.device if dist.enabled else resolve_device(options.device)
     weights_path = model_dir.path / PRIOR_WEIGHTS[level]
     checkpoint_path = model_dir.train_dir / f"prior_{level}_checkpoint.pt"
     if weights_path.exists() and not (overwrite or resume):
@@ -166,10 +169,12 @@ def train_prior_level(model_dir: ModelDir, code_file: CodeFile, level: str, opti
     train_data = CodeBatches(code_file, level, chosen[train_index], device, conditional)
     val_data = CodeBatches(code_file, level, chosen[val_index], device, conditional) if len(val_index) else train_data
 
-    torch.manual_seed(options.seed)
+    torch.manual_seed(options.seed)  # the same initial weights on every rank (DDP checks), dropout offset below
     prior = build_prior(prior_config).to(device)
+    torch.manual_seed(options.seed + dist.rank)
+    batch_size = max(1, options.batch_size // dist.world_size)
     optimizer = torch.optim.AdamW(prior.parameters(), lr=options.lr, weight_decay=options.weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(train_data) / options.batch_size))
+    steps_per_epoch = max(1, math.ceil(len(dist.shard(np.arange(len(train_data)))) / batch_size))
     total_steps = options.epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, min(options.warmup_steps, total_steps // 10 + 1), total_steps))
@@ -182,23 +187,28 @@ def train_prior_level(model_dir: ModelDir, code_file: CodeFile, level: str, opti
         torch.set_rng_state(checkpoint["rng"]["torch"])
         if "cuda" in checkpoint["rng"] and device.type == "cuda":
             torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
-        log(f"resuming the {level} prior from epoch {start_epoch}")
+        if dist.is_main:
+            log(f"resuming the {level} prior from epoch {start_epoch}")
+    network = dist.wrap(prior)
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")  # noqa: E731
     meta = {"prior": prior_config.to_dict(), "seed": options.seed, "classes": options.classes, "level": level}
     model_dir.train_dir.mkdir(parents=True, exist_ok=True)
-    log(f"{level} prior ({prior_config.arch}, {sum(p.numel() for p in prior.parameters()) / 1e6:.1f}M parameters): "
-        f"{len(train_data)} training and {len(val_index)} validation code maps, {device}")
+    if dist.is_main:
+        log(f"{level} prior ({prior_config.arch}, {sum(p.numel() for p in prior.parameters()) / 1e6:.1f}M parameters): "
+            f"{len(train_data)} training and {len(val_index)} validation code maps, {device}")
 
     metrics: dict = {}
     for epoch in range(start_epoch, options.epochs):
         started = time.perf_counter()
-        order = torch.randperm(len(train_data)).to(device)
+        # one permutation for all ranks (seed and epoch), then each rank takes its shard
+        permutation = torch.randperm(len(train_data), generator=torch.Generator().manual_seed(options.seed * 1_000_003 + epoch))
+        order = torch.as_tensor(dist.shard(permutation.numpy())).to(device)
         bits_sum = torch.zeros((), device=device)
         with progress(len(train_data), desc=f"{level} prior, epoch {epoch + 1}/{options.epochs}", unit="map") as bar:
             for batch_number in range(steps_per_epoch):
-                targets, labels, condition = train_data(order[batch_number * options.batch_size : (batch_number + 1) * options.batch_size])
+                targets, labels, condition = train_data(order[batch_number * batch_size : (batch_number + 1) * batch_size])
                 with autocast():
-                    logits = prior(targets, labels, condition)
+                    logits = network(targets, labels, condition)
                 loss = nll_bits(logits, targets)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -208,33 +218,38 @@ def train_prior_level(model_dir: ModelDir, code_file: CodeFile, level: str, opti
                 step += 1
                 bits_sum += loss.detach()
                 if device.type == "cpu" or batch_number % 25 == 24:
-                    if not torch.isfinite(bits_sum):
+                    if not dist.all_finite(bits_sum):
                         raise SkinaugError(
                             f"{level} prior training diverged (non-finite loss at epoch {epoch + 1}, step {step}); the last "
                             f"good checkpoint is kept in {model_dir.train_dir} (resume with --resume after lowering --lr)")
                 bar.update(targets.shape[0])
-        if not torch.isfinite(bits_sum):
+        if not dist.all_finite(bits_sum):
             raise SkinaugError(f"{level} prior training diverged in epoch {epoch + 1}; the last good checkpoint is kept "
                                f"in {model_dir.train_dir} (resume with --resume after lowering --lr)")
-        metrics = {
-            "stage": f"prior_{level}",
-            "epoch": epoch + 1,
-            "step": step,
-            "train_bits_per_code": bits_sum.item() / steps_per_epoch,
-            **evaluate(prior, val_data, 2 * options.batch_size, autocast),
-            "maps_per_s": len(train_data) / (time.perf_counter() - started),
-        }
-        with open(model_dir.train_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(metrics) + "\n")
-        state = {
-            "model": prior.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "step": step, "epoch": epoch + 1, "meta": meta,
-            "rng": {"torch": torch.get_rng_state(), **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {})},
-        }
-        save_checkpoint(checkpoint_path, state)
-        log(f"{level} prior epoch {epoch + 1}/{options.epochs}: train {metrics['train_bits_per_code']:.3f} bits/code, "
-            f"validation {metrics['val_bits_per_code']:.3f} bits/code, accuracy {metrics['val_accuracy']:.3f}")
+        if dist.is_main:
+            metrics = {
+                "stage": f"prior_{level}",
+                "epoch": epoch + 1,
+                "step": step,
+                "train_bits_per_code": bits_sum.item() / steps_per_epoch,
+                **evaluate(prior, val_data, 2 * options.batch_size, autocast),
+                "maps_per_s": len(train_data) / (time.perf_counter() - started),
+            }
+            with open(model_dir.train_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(metrics) + "\n")
+            state = {
+                "model": prior.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "step": step, "epoch": epoch + 1, "meta": meta,
+                "rng": {"torch": torch.get_rng_state(), **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {})},
+            }
+            save_checkpoint(checkpoint_path, state)
+            log(f"{level} prior epoch {epoch + 1}/{options.epochs}: train {metrics['train_bits_per_code']:.3f} bits/code, "
+                f"validation {metrics['val_bits_per_code']:.3f} bits/code, accuracy {metrics['val_accuracy']:.3f}")
+        dist.barrier()
 
+    final = {k: metrics[k] for k in ("epoch", "train_bits_per_code", "val_bits_per_code", "val_accuracy") if k in metrics}
+    if not dist.is_main:
+        return final
     save_weights(weights_path, prior.state_dict())
     final = {k: metrics[k] for k in ("epoch", "train_bits_per_code", "val_bits_per_code", "val_accuracy") if k in metrics}
     priors = dict(model_dir.config().get("priors", {}))

@@ -180,11 +180,9 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig, options: T
     device = dist.device if dist.enabled else resolve_device(options.device)
     model_dir = ModelDir(out)
     checkpoint_path = model_dir.train_dir / CHECKPOINT
-    if dist.is_main:
-        resuming = prepare_output(out, overwrite=overwrite, resume=resume, kind="model directory")
-    else:
-        resuming = resume and Path(out).exists()
-    dist.barrier()
+    # rank 0 alone applies the output policy; the others follow its decision
+    resuming = dist.broadcast_object(prepare_output(out, overwrite=overwrite, resume=resume, kind="model directory")
+                                     if dist.is_main else None)
     if resuming and not checkpoint_path.is_file():
         raise SkinaugError(f"{out} has no checkpoint to resume ({checkpoint_path} is missing)")
     if not resuming and resume and dist.is_main:
@@ -253,7 +251,7 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig, options: T
     }
     metrics: dict = {}
     metrics_path = model_dir.train_dir / "metrics.jsonl"
-    if not resuming and metrics_path.exists():
+    if not resuming and metrics_path.exists() and dist.is_main:
         metrics_path.unlink()
     elif resuming and dist.is_main:
         # a run cut off between logging an epoch and saving its checkpoint trains that epoch again
@@ -265,7 +263,9 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig, options: T
 
     for epoch in range(start_epoch, options.epochs):
         started = time.perf_counter()
-        order = dist.shard(train_index[torch.randperm(len(train_index)).numpy()])
+        # the same permutation on every rank (each then takes its shard), fixed by seed and epoch for exact resumes
+        epoch_order = torch.randperm(len(train_index), generator=torch.Generator().manual_seed(options.seed * 1_000_003 + epoch))
+        order = dist.shard(train_index[epoch_order.numpy()])
         restarted_before = {level: q.restarted_total for level, q in model.quantizers.items()}
         loss_sum = torch.zeros((), device=device)
         mse_sum = torch.zeros((), device=device)
@@ -288,13 +288,13 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig, options: T
                 mse_sum += mse.detach()
                 # checking finiteness costs a host sync: every step on CPU (free), every 25 on GPU
                 if device.type == "cpu" or batch_number % 25 == 24:
-                    if not torch.isfinite(loss_sum):
+                    if not dist.all_finite(loss_sum):
                         raise _diverged(f"the loss became {loss.item()} at epoch {epoch + 1}, step {step}", checkpoint_path)
                 if bar.disable is False:
                     bar.update(images.shape[0])
                     used = {level: int(q.steps_unused.eq(0).sum()) for level, q in model.quantizers.items()}
                     bar.set_postfix(loss=f"{loss.item():.4f}", **{f"codes_{k}": v for k, v in used.items()})
-        if not torch.isfinite(loss_sum):
+        if not dist.all_finite(loss_sum):
             raise _diverged(f"the loss became non-finite in epoch {epoch + 1}", checkpoint_path)
         dist.sync_codebooks(model)
         elapsed = time.perf_counter() - started

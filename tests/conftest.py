@@ -1,5 +1,6 @@
 """Shared fixtures: tiny generated datasets that any test can build in a temporary folder."""
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,28 @@ def tiny_dataset(tmp_path) -> TinyDataset:
 
 # ------------------------------------------------------------------------- tiny trained VQ-VAE models
 
+
+@contextlib.contextmanager
+def torch_threads(count: int):
+    """Runs the block with `count` intra-op threads, then restores the previous setting."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread for a test module: tiny convolutions spend more time synchronising threads than computing
+    (5x slower with two threads on a busy 2-core machine), and bit-exact comparisons need one thread count."""
+    with torch_threads(1):
+        yield
+
+
 # The smallest VQ-VAE that still has every part: 32px images, bottom grid 8x8, top grid 4x4.
 TINY_VQVAE = dict(image_size=32, channels=16, res_channels=8, n_res_blocks=1, codebook_size=16, code_dim=4)
 TINY_VQVAE_ARGS = ["--image-size", "32", "--channels", "16", "--res-channels", "8", "--res-blocks", "1",
@@ -70,8 +93,9 @@ def _train_tiny_model(tmp_path_factory, levels: int, seed: int) -> TinyModel:
     root = tmp_path_factory.mktemp(f"tiny_model_{levels}level")
     dataset = make_tiny_dataset(root / "data")
     out = root / "model"
-    train_vqvae(dataset.images, out, labels=dataset.labels_csv, model_config=VQVAEConfig(levels=levels, **TINY_VQVAE),
-                options=TrainOptions(epochs=1, batch_size=4, seed=seed, device="cpu"))
+    with torch_threads(1):  # as in the modules that compare against it (see `single_thread`)
+        train_vqvae(dataset.images, out, labels=dataset.labels_csv, model_config=VQVAEConfig(levels=levels, **TINY_VQVAE),
+                    options=TrainOptions(epochs=1, batch_size=4, seed=seed, device="cpu"))
     return TinyModel(out, dataset, levels)
 
 
@@ -85,3 +109,27 @@ def tiny_model(tmp_path_factory) -> TinyModel:
 def tiny_model_one_level(tmp_path_factory) -> TinyModel:
     """A one-level VQ-VAE (bottom codes only), trained like `tiny_model` with another seed. Read-only."""
     return _train_tiny_model(tmp_path_factory, levels=1, seed=1)
+
+
+# ------------------------------------------------------------------------- a tiny model with both priors
+
+PRIOR_ARGS = ["--channels", "16", "--blocks", "1", "--res-blocks", "1", "--kernel-size", "3", "--epochs", "1",
+              "--batch-size", "4", "--device", "cpu"]
+
+
+@pytest.fixture(scope="session")
+def generator_model(tiny_model, tmp_path_factory):
+    """A copy of the tiny VQ-VAE with both priors trained for one epoch, and the tiny data's code file."""
+    import shutil
+
+    from skinaug.cli import main
+
+    root = tmp_path_factory.mktemp("generator")
+    model = root / "model"
+    shutil.copytree(tiny_model.path, model)
+    codes = root / "codes.h5"
+    data = tiny_model.dataset
+    assert main(["encode", str(data.images), "--labels", str(data.labels_csv), "--model", str(model), "--out", str(codes),
+                 "--device", "cpu", "--quiet"]) == 0
+    assert main(["train", "prior", "--model", str(model), "--codes", str(codes), "--quiet", *PRIOR_ARGS]) == 0
+    return {"model": model, "codes": codes, "data": data}

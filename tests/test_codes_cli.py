@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CLASSES, TINY_VQVAE
+from conftest import TINY_CLASSES
 from PIL import Image
 
 from skinaug import __version__
@@ -25,12 +25,14 @@ from skinaug.encode import encode_dataset
 from skinaug.modeldir import ModelDir
 from skinaug.vqvae import to_model_input, to_uint8
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CONTRACT_COLUMNS = ["image", "label", "method", "source_top", "source_bottom", "temperature", "seed", "model_fingerprint"]
 
 
 @pytest.fixture(scope="module")
-def tiny_codes(tiny_model, tmp_path_factory) -> Path:
+def tiny_codes(single_thread, tiny_model, tmp_path_factory) -> Path:
     """CODES.h5 of the tiny dataset under the two-level tiny model. Read-only."""
     out = tmp_path_factory.mktemp("codes") / "codes.h5"
     encode_dataset(tiny_model.dataset.images, out, model=tiny_model.path, labels=tiny_model.dataset.labels_csv, device="cpu")
@@ -216,7 +218,8 @@ def test_decode_writes_the_reconstruction_set(tiny_model, tiny_codes, tmp_path, 
     # every image is the decoder's output for its codes
     model = ModelDir(tiny_model.path).load_vqvae()
     with torch.no_grad():
-        expected = to_uint8(model.decode_codes({k: torch.from_numpy(v.astype(np.int64)) for k, v in source.codes.items()}).clamp(-1, 1))
+        decoded = model.decode_codes({level: torch.from_numpy(v.astype(np.int64)) for level, v in source.codes.items()})
+    expected = to_uint8(decoded.clamp(-1, 1))
     for i, name in enumerate(names):
         with Image.open(out / "images" / f"{name}_rec.png") as image:
             assert (image.format, image.mode, image.size) == ("PNG", "RGB", (32, 32))
@@ -251,6 +254,41 @@ def test_decode_writes_the_reconstruction_set(tiny_model, tiny_codes, tmp_path, 
     assert main(args) == 1
     assert "already exists" in one_line(capsys.readouterr().err)
     assert sorted((p.name, p.stat().st_mtime_ns) for p in out.rglob("*")) == before
+
+
+def test_interrupted_decode_resumes_to_the_same_dataset(tiny_model, tiny_codes, tmp_path, monkeypatch, capsys):
+    import skinaug.encode as encode_module
+
+    def decode(out, *extra):
+        return main(["decode", str(tiny_codes), "--model", str(tiny_model.path), "--out", str(out), "--device", "cpu",
+                     "--batch-size", "5", "--quiet", *extra])
+
+    assert decode(tmp_path / "straight") == 0
+    original, calls = encode_module.decode_batch, []
+
+    def crash_on_second_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C after the first batch
+        return original(*args, **kwargs)
+
+    out = tmp_path / "resumed"
+    with monkeypatch.context() as patch:
+        patch.setattr(encode_module, "decode_batch", crash_on_second_batch)
+        assert decode(out) in (1, 130)  # click reports Ctrl-C as "Aborted!" with 130 (older versions: 1)
+    with open(out / "labels.csv", newline="") as handle:
+        assert [row["image"] for row in csv.DictReader(handle)] == [f"img_{i:02d}_rec" for i in range(5)]
+    assert not (out / "run.json").exists()
+    assert decode(out) == 1 and "--resume" in capsys.readouterr().err  # without --resume: refused
+    assert decode(out, "--batch-size", "4", "--resume") == 1  # a different plan cannot continue it
+    assert "different command or options" in capsys.readouterr().err
+
+    assert decode(out, "--resume") == 0
+    assert (out / "labels.csv").read_text() == (tmp_path / "straight" / "labels.csv").read_text()
+    for image in sorted((tmp_path / "straight" / "images").iterdir()):
+        assert image.read_bytes() == (out / "images" / image.name).read_bytes()
+    assert len(list((out / "images").iterdir())) == 12
+    assert np.array_equal(read_codes(out / "codes.h5").codes["bottom"], read_codes(tiny_codes).codes["bottom"])
 
 
 def test_decode_with_jpg_format(tiny_model, tiny_codes, tmp_path, capsys):
@@ -332,7 +370,8 @@ def test_missing_model_is_one_line_and_exit_1_without_traceback(tiny_dataset, tm
     done = subprocess.run([sys.executable, "-m", "skinaug", "encode", str(tiny_dataset.images), "--model",
                            str(tmp_path / "no-model"), "--out", str(out)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and done.stdout == ""
-    assert one_line(done.stderr) == f"error: model directory {tmp_path / 'no-model'} does not exist (train one with `skinaug train vqvae`)"
+    expected = f"error: model directory {tmp_path / 'no-model'} does not exist (train one with `skinaug train vqvae`)"
+    assert one_line(done.stderr) == expected
     assert not out.exists()
 
 

@@ -11,32 +11,14 @@ from PIL import Image
 from skinaug.cli import main
 from skinaug.codes import read_codes
 
-PRIOR_ARGS = ["--channels", "16", "--blocks", "1", "--res-blocks", "1", "--kernel-size", "3", "--epochs", "1",
-              "--batch-size", "4", "--device", "cpu"]
-
-
-@pytest.fixture(scope="module")
-def generator_model(tiny_model, tmp_path_factory):
-    """A copy of the tiny VQ-VAE with both priors trained for one epoch, and the tiny data's code file."""
-    root = tmp_path_factory.mktemp("generator")
-    model = root / "model"
-    shutil.copytree(tiny_model.path, model)
-    codes = root / "codes.h5"
-    data = tiny_model.dataset
-    assert main(["encode", str(data.images), "--labels", str(data.labels_csv), "--model", str(model), "--out", str(codes),
-                 "--device", "cpu", "--quiet"]) == 0
-    assert main(["train", "prior", "--model", str(model), "--codes", str(codes), "--quiet", *PRIOR_ARGS]) == 0
-    return {"model": model, "codes": codes, "data": data}
-
 
 def read_rows(out):
     with open(out / "labels.csv", newline="") as handle:
         return list(csv.DictReader(handle))
 
 
-def run(args, capsys=None):
-    code = main([str(a) for a in args])
-    return code
+def run(args):
+    return main([str(a) for a in args])
 
 
 def label_of(data):

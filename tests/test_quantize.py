@@ -5,6 +5,8 @@ import torch
 
 from skinaug.quantize import VectorQuantizer, nearest_codes
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def as_feature_map(vectors: torch.Tensor, batch: int, height: int, width: int) -> torch.Tensor:
     """(B*H*W, D) rows -> (B, D, H, W), in the row order the quantizer flattens them back to."""
@@ -165,23 +167,27 @@ def test_eval_mode_leaves_every_buffer_untouched():
     assert trained.restarted_total == 0
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("input_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("training", [False, True])
-def test_codebook_maths_stays_fp32_under_autocast(input_dtype, training):
+def test_codebook_maths_stays_fp32_under_autocast(input_dtype, training, device):
     # Codes 4 units from the origin and 0.1 apart: fp32 distances pick the right code, bf16 ones mostly do not
     # (bf16 keeps 8 bits, so |v|^2 ~ 64 is rounded by 0.25, more than the gaps between the distances).
     generator = torch.Generator().manual_seed(0)
     codebook = 4 + 0.1 * torch.randn(16, 4, generator=generator)
-    vectors = (4 + 0.1 * torch.randn(256, 4, generator=generator)).to(input_dtype)
-    expected = brute_force_nearest(vectors.float(), codebook)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        bf16_codes = nearest_codes(vectors.float(), codebook)  # what the quantizer would do without its guard
-    assert (bf16_codes != expected).float().mean() > 0.5
+    vectors = 4 + 0.1 * torch.randn(256, 4, generator=generator)
+    expected = brute_force_nearest(vectors.to(input_dtype).float(), codebook)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        bf16_codes = nearest_codes(vectors.to(device), codebook.to(device))  # what the quantizer would do unguarded
+    assert (bf16_codes.cpu() != expected).float().mean() > 0.5
 
-    quantizer = ready_quantizer(codebook, restart_after=1000).train(training)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        quantized, code_map, commitment = quantizer(as_feature_map(vectors, 4, 8, 8))
-    assert torch.equal(code_map.reshape(-1), expected)
+    quantizer = ready_quantizer(codebook, restart_after=1000).train(training).to(device)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        quantized, code_map, commitment = quantizer(as_feature_map(vectors.to(device, input_dtype), 4, 8, 8))
+    assert torch.equal(code_map.reshape(-1).cpu(), expected)
     assert quantized.dtype == input_dtype and commitment.dtype == torch.float32
     for name, buffer in quantizer.named_buffers():
         if buffer.is_floating_point():

@@ -17,6 +17,8 @@ from skinaug.modeldir import ModelDir, fingerprint
 from skinaug.train_vqvae import lr_factor
 from skinaug.vqvae import VQVAE2, VQVAEConfig
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 TIMING_KEYS = ("images_per_s", "seconds")
 
 
@@ -113,27 +115,33 @@ def test_cli_trains_a_complete_model_directory(tiny_dataset, tmp_path, capsys):
         assert torch.equal(value, weights[name]), name
 
 
-def test_library_and_cli_train_the_same_model(tiny_dataset, tmp_path):
-    from skinaug.train_vqvae import TrainOptions, train_vqvae
+def test_library_and_cli_train_the_same_model(tiny_model, tiny_dataset, tmp_path):
+    # tiny_model is trained by the library (1 epoch, batch 4, seed 0) on its own copy of the same images
+    assert train_cli(tiny_dataset, tmp_path / "cli", "--epochs", "1", "--batch-size", "4", "--seed", "0", "--quiet") == 0
+    assert ModelDir(tmp_path / "cli").fingerprint() == ModelDir(tiny_model.path).fingerprint()
+    assert without_timings(read_metrics(tmp_path / "cli")) == without_timings(read_metrics(tiny_model.path))
 
-    from conftest import TINY_VQVAE
 
-    library_metrics = train_vqvae(tiny_dataset.images, tmp_path / "library", labels=tiny_dataset.labels_csv,
-                                  model_config=VQVAEConfig(**TINY_VQVAE),
-                                  options=TrainOptions(epochs=1, batch_size=4, seed=5, device="cpu"))
-    assert train_cli(tiny_dataset, tmp_path / "cli", "--epochs", "1", "--batch-size", "4", "--seed", "5", "--quiet") == 0
-    assert ModelDir(tmp_path / "library").fingerprint() == ModelDir(tmp_path / "cli").fingerprint()
-    assert without_timings([library_metrics]) == without_timings(read_metrics(tmp_path / "cli"))
+RESUME_ARGS = ("--epochs", "2", "--batch-size", "2", "--seed", "3", "--quiet")  # 6 training images: 3 steps per epoch
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(single_thread, tmp_path_factory):
+    """A model trained with RESUME_ARGS in one go, on its own copy of the tiny dataset."""
+    from conftest import make_tiny_dataset
+
+    root = tmp_path_factory.mktemp("uninterrupted")
+    assert train_cli(make_tiny_dataset(root / "data"), root / "model", *RESUME_ARGS) == 0
+    return root / "model"
 
 
 @pytest.mark.parametrize("crash_in, call", [
     ("vqvae_loss", 5),  # second step of epoch 2 (3 steps per epoch)
     ("reconstruction_grid", 2),  # after epoch 2's metrics line was written but before its checkpoint
 ])
-def test_resume_after_a_crash_is_bit_identical_to_an_uninterrupted_run(tiny_dataset, tmp_path, monkeypatch, crash_in, call):
-    args = ("--epochs", "2", "--batch-size", "2", "--seed", "3", "--quiet")  # 6 training images: 3 steps per epoch
-    assert train_cli(tiny_dataset, tmp_path / "straight", *args) == 0
-
+def test_resume_after_a_crash_is_bit_identical_to_an_uninterrupted_run(uninterrupted_run, tiny_dataset, tmp_path, monkeypatch,
+                                                                      crash_in, call):
+    args = RESUME_ARGS
     out = tmp_path / "interrupted"
     with monkeypatch.context() as patch:
         interrupt_on_call(patch, crash_in, call)
@@ -142,14 +150,14 @@ def test_resume_after_a_crash_is_bit_identical_to_an_uninterrupted_run(tiny_data
     assert torch.load(out / "train" / "checkpoint.pt", weights_only=True)["epoch"] == 1
 
     assert train_cli(tiny_dataset, out, *args, "--resume") == 0
-    straight = load_file(str(tmp_path / "straight" / "vqvae.safetensors"))
+    straight = load_file(str(uninterrupted_run / "vqvae.safetensors"))
     resumed = load_file(str(out / "vqvae.safetensors"))
     assert straight.keys() == resumed.keys()
     for name in straight:  # weights, codebooks and EMA state alike
         assert torch.equal(straight[name], resumed[name]), name
-    assert ModelDir(out).fingerprint() == ModelDir(tmp_path / "straight").fingerprint()
+    assert ModelDir(out).fingerprint() == ModelDir(uninterrupted_run).fingerprint()
     # one metrics line per epoch, with the same values: nothing repeated from the cut-off epoch
-    assert without_timings(read_metrics(out)) == without_timings(read_metrics(tmp_path / "straight"))
+    assert without_timings(read_metrics(out)) == without_timings(read_metrics(uninterrupted_run))
 
 
 def test_resume_takes_the_shape_defining_config_from_the_checkpoint(tiny_dataset, tmp_path):

@@ -41,6 +41,8 @@ from . import codes, generate, train  # noqa: E402  (commands register themselve
 app.add_typer(train.app, name="train")
 codes.register(app)
 generate.register(app)
+from . import score  # noqa: E402
+app.add_typer(score.app, name="score")
 
 
 def main(argv: list[str] | None = None) -> int:

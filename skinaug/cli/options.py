@@ -33,7 +33,11 @@ def columns(image_col, label_col, group_col) -> dict:
 
 
 def emit(summary: dict, as_json: bool, path=None) -> None:
-    """stdout carries data only: the JSON summary, or the output path."""
+    """stdout carries data only: the JSON summary, or the output path (once: rank 0 under torchrun)."""
+    import os
+
+    if os.environ.get("RANK", "0") != "0":
+        return
     if as_json:
         print(json.dumps(summary, indent=None, default=str))
     elif path is not None:

@@ -118,7 +118,7 @@ class _CachedSampler:
             counted_step()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, stream=side):
             counted_step()
         for _ in range(self.plan.shape[0] - 1):
             graph.replay()

@@ -1,0 +1,266 @@
+"""`skinaug score cas | codes | sweep | fid | memorization`: thin shells over `skinaug.scores`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..runtime import set_quiet
+from .options import (BatchOpt, DataArg, DeviceOpt, GroupColOpt, ImageColOpt, JsonOpt, LabelColOpt, LabelsOpt,
+                      OverwriteOpt, QuietOpt, SeedOpt, StrictOpt, WorkersOpt, columns, emit)
+
+app = typer.Typer(help="Judge a model and its generated datasets: CAS, code usage, FID, memorization.", no_args_is_help=True)
+
+ArchOpt = Annotated[str, typer.Option("--arch", help="Classifier: efficientnet-b0 (the paper's), resnet10 or resnet18 (MONAI).")]
+ClassifierImageSizeOpt = Annotated[int, typer.Option("--image-size", min=16, help="Side of the square images the classifier sees.")]
+EpochsOpt = Annotated[int, typer.Option("--epochs", min=1, help="Classifier budget in passes over the real training images (the same number of steps for every set).")]
+StepsOpt = Annotated[Optional[int], typer.Option("--steps", min=1, help="Classifier budget in optimizer steps (overrides --epochs).")]
+LrOpt = Annotated[float, typer.Option("--lr", min=0.0, help="Classifier peak learning rate (AdamW, warm-up then cosine).")]
+WeightsOpt = Annotated[Optional[Path], typer.Option("--weights", help="Local pretrained backbone weights (.safetensors, or a torch file read with weights_only=True). Nothing is downloaded.")]
+OutDirOpt = Annotated[Optional[Path], typer.Option("--out", help="Folder for the detailed results.")]
+GenArg = Annotated[Path, typer.Argument(help="Generated images: an OUT_DIR (its images/) or an image folder.", show_default=False)]
+RealArg = Annotated[Path, typer.Argument(help="Real images: an image folder or an OUT_DIR.", show_default=False)]
+
+
+def _budget(arch: str, image_size: int, batch_size: int, lr: float):
+    from ..scores.classifier import Budget
+
+    return Budget(arch=arch, image_size=image_size, batch_size=batch_size, lr=lr)
+
+
+@app.command("cas")
+def cas(
+    real: Annotated[Path, typer.Option("--real", help="Real image folder (split by lesion into train and test).", show_default=False)],
+    train: Annotated[str, typer.Option("--train", help="Comma-separated training sets: 'real', a generated OUT_DIR, or OUT_DIRs joined with '+' (one set).", show_default=False)],
+    labels: LabelsOpt = None,
+    positive: Annotated[Optional[str], typer.Option("--positive", help="Positive class (e.g. melanoma); omit both for all classes.")] = None,
+    negative: Annotated[Optional[str], typer.Option("--negative", help="Negative class (e.g. nevus).")] = None,
+    mode: Annotated[str, typer.Option("--mode", help="replace: train on the set alone (the paper's); add: real train split + the set.")] = "replace",
+    test_fraction: Annotated[float, typer.Option("--test-fraction", help="Share of the real data held out for testing (by lesion).")] = 0.2,
+    real_fraction: Annotated[float, typer.Option("--real-fraction", help="Share of the real train split used (low-data regime).")] = 1.0,
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Classifiers per set (seeds --seed, --seed+1, ...): mean and std.")] = 1,
+    arch: ArchOpt = "efficientnet-b0",
+    image_size: ClassifierImageSizeOpt = 64,
+    epochs: EpochsOpt = 3,
+    steps: StepsOpt = None,
+    batch_size: BatchOpt = 32,
+    lr: LrOpt = 1e-3,
+    weights: WeightsOpt = None,
+    out: OutDirOpt = None,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = 0,
+    overwrite: OverwriteOpt = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Refuse a set made from test images, and unreadable inputs.")] = False,
+    workers: WorkersOpt = None,
+    image_col: ImageColOpt = None,
+    label_col: LabelColOpt = None,
+    group_col: GroupColOpt = None,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+):
+    """Classification accuracy score: train a classifier on each set, AUC on real held-out images (Table 3).
+
+    Example: skinaug score cas --real images/ --labels labels.csv --train real,recon/,mixed/ --positive melanoma --negative nevus --out cas/
+    """
+    set_quiet(quiet)
+    from ..scores.cas import CasOptions, print_cas_table, run_cas
+
+    options = CasOptions(positive=positive, negative=negative, mode=mode, test_fraction=test_fraction, real_fraction=real_fraction,
+                         seeds=seeds, seed=seed, epochs=epochs, steps=steps, budget=_budget(arch, image_size, batch_size, lr),
+                         device=device, weights=str(weights) if weights else None, strict=strict, workers=workers,
+                         columns=columns(image_col, label_col, group_col))
+    specs = [spec.strip() for spec in train.split(",") if spec.strip()]
+    summary = run_cas(real, labels, specs, options, out=out, overwrite=overwrite)
+    if not quiet:
+        print_cas_table(summary)
+    emit(summary, json_, out)
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    from ..errors import UsageError
+
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(f"{option} takes comma-separated integers, e.g. 128,256,512; got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise UsageError(f"{option} takes positive integers, got {text!r}")
+    return list(dict.fromkeys(values))
+
+
+@app.command("codes")
+def codes(
+    codes_path: Annotated[Path, typer.Argument(help="Code file (CODES.h5).", show_default=False)],
+    model: Annotated[Optional[Path], typer.Option("--model", help="Model directory, for the reconstruction MSE (with --data).")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="Image folder to reconstruct for the MSE (with --model).")] = None,
+    labels: LabelsOpt = None,
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 64,
+    strict: StrictOpt = False,
+    workers: WorkersOpt = None,
+    image_col: ImageColOpt = None,
+    label_col: LabelColOpt = None,
+    group_col: GroupColOpt = None,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+):
+    """Table 2 columns of a code file: used codes per level, co-occurring pairs, and MSE given --model and --data.
+
+    Example: skinaug score codes codes.h5 --model models/derm64 --data images/ --labels labels.csv
+    """
+    set_quiet(quiet)
+    from ..scores.code_usage import score_codes
+    from .codes import print_code_table
+
+    stats = score_codes(codes_path, model=model, data=data, labels=labels, device=device, batch_size=batch_size,
+                        strict=strict, workers=workers, **columns(image_col, label_col, group_col))
+    if not quiet:
+        print_code_table(stats, stats["codebook_size"])
+    emit(stats, json_, codes_path)
+
+
+@app.command("sweep")
+def sweep(
+    data: DataArg,
+    out: Annotated[Path, typer.Option("--out", help="Sweep folder: one model per configuration, sweep.csv and sweep.json.", show_default=False)],
+    labels: LabelsOpt = None,
+    codebook_size: Annotated[str, typer.Option("--codebook-size", help="Codebook sizes K to try, comma-separated.")] = "128,256,512",
+    code_dim: Annotated[str, typer.Option("--code-dim", help="Code dimensions D to try, comma-separated.")] = "8,32,64",
+    image_size: Annotated[int, typer.Option("--image-size", help="Training image side: a multiple of 8 from 32 to 512.")] = 64,
+    levels: Annotated[int, typer.Option("--levels", min=1, max=2, help="1 (bottom codes only) or 2 (top and bottom).")] = 2,
+    channels: Annotated[int, typer.Option("--channels", min=8, help="Width of the encoder and decoder.")] = 128,
+    res_channels: Annotated[int, typer.Option("--res-channels", min=4, help="Width inside residual blocks.")] = 32,
+    res_blocks: Annotated[int, typer.Option("--res-blocks", min=0, help="Residual blocks per encoder/decoder.")] = 2,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Training epochs per configuration.")] = 10,
+    batch_size: BatchOpt = 64,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate (AdamW, warm-up then cosine).")] = 3e-4,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start the sweep folder again (a rerun otherwise continues it).")] = False,
+    strict: StrictOpt = False,
+    workers: WorkersOpt = None,
+    image_col: ImageColOpt = None,
+    label_col: LabelColOpt = None,
+    group_col: GroupColOpt = None,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+):
+    """Train one VQ-VAE per (codebook size, code dimension), encode the data, tabulate Table 2. Rerun to continue.
+
+    Example: skinaug score sweep images/ --labels labels.csv --codebook-size 128,256,512 --code-dim 8,32,64 --out sweep/
+    """
+    set_quiet(quiet)
+    from ..scores.sweep import print_sweep_table, run_sweep
+    from ..train_vqvae import TrainOptions
+    from ..vqvae import VQVAEConfig
+
+    sizes, dims = _int_list(codebook_size, "--codebook-size"), _int_list(code_dim, "--code-dim")
+    base = VQVAEConfig(image_size=image_size, levels=levels, channels=channels, res_channels=res_channels, n_res_blocks=res_blocks)
+    options = TrainOptions(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, strict=strict, workers=workers,
+                           **columns(image_col, label_col, group_col))
+    rows = run_sweep(data, out, labels=labels, codebook_sizes=sizes, code_dims=dims, base=base, options=options, overwrite=overwrite)
+    if not quiet:
+        print_sweep_table(rows)
+    emit({"out": str(out), "rows": rows}, json_, out)
+
+
+@app.command("fid")
+def fid(
+    generated: GenArg,
+    real: RealArg,
+    features: Annotated[str, typer.Option("--features", help="inception (the standard FID, needs --inception-weights) or classifier (a classifier trained on the real labels).")] = "inception",
+    inception_weights: Annotated[Optional[Path], typer.Option("--inception-weights", help="Local pt_inception-2015-12-05-6726825d.pth (default: the torch hub cache). Nothing is downloaded.")] = None,
+    labels: Annotated[Optional[Path], typer.Option("--labels", help="Labels of REAL_DIR for --features classifier (else its class sub-folders or its labels.csv).")] = None,
+    image_size: Annotated[Optional[int], typer.Option("--image-size", min=16, help="Both sets are decoded at this side first (default: the generated images').")] = None,
+    k: Annotated[int, typer.Option("--k", min=1, help="Neighbours for the precision/recall manifolds.")] = 3,
+    arch: ArchOpt = "efficientnet-b0",
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Feature classifier budget in passes over the real images.")] = 3,
+    lr: LrOpt = 1e-3,
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 32,
+    seed: SeedOpt = 0,
+    strict: StrictOpt = False,
+    workers: WorkersOpt = None,
+    image_col: ImageColOpt = None,
+    label_col: LabelColOpt = None,
+    group_col: GroupColOpt = None,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+):
+    """Fréchet distance of GEN_DIR to REAL_DIR (Inception or classifier features), with k-NN precision and recall.
+
+    Example: skinaug score fid mixed/ images/ --inception-weights pt_inception-2015-12-05-6726825d.pth
+    """
+    set_quiet(quiet)
+    from ..scores.fid import compute_fid
+
+    result = compute_fid(generated, real, features=features, inception_weights=inception_weights, real_labels=labels,
+                         image_size=image_size, k=k, device=device, batch_size=batch_size, budget=_budget(arch, 64, batch_size, lr),
+                         epochs=epochs, seed=seed, strict=strict, workers=workers, columns=columns(image_col, label_col, group_col))
+    if not quiet:
+        _print_fid(result)
+    emit(result, json_, None)
+    if not json_:
+        print(f"{result['fid']:.4f}")
+
+
+def _print_fid(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    name = "FID" if result["features"] == "inception" else "Fréchet distance (classifier features)"
+    table = Table(title=f"{result['generated']} vs {result['real']} at {result['image_size']}px")
+    for column in (name, f"precision (k={result['k']})", f"recall (k={result['k']})", "generated", "real"):
+        table.add_column(column, justify="right")
+    table.add_row(f"{result['fid']:.3f}", f"{result['precision']:.3f}", f"{result['recall']:.3f}",
+                  f"{result['generated_images']:,}", f"{result['real_images']:,}")
+    Console(file=sys.stderr).print(table)
+
+
+@app.command("memorization")
+def memorization(
+    generated: GenArg,
+    real: RealArg,
+    out: OutDirOpt = None,
+    threshold: Annotated[float, typer.Option("--threshold", min=0.0, help="Flag generated images whose RMS pixel distance (on [0, 1]) to a real image is at most this.")] = 0.02,
+    feature_threshold: Annotated[Optional[float], typer.Option("--feature-threshold", min=0.0, help="Also flag those whose feature (cosine) distance is at most this.")] = None,
+    size: Annotated[int, typer.Option("--size", min=8, help="Side at which pixels are compared.")] = 32,
+    embedding: Annotated[str, typer.Option("--embedding", help="fixed (thumbnail, flip/rotation-invariant) or classifier (trained on the real labels).")] = "fixed",
+    labels: Annotated[Optional[Path], typer.Option("--labels", help="Labels of REAL_DIR for --embedding classifier.")] = None,
+    pairs: Annotated[int, typer.Option("--pairs", min=1, help="Closest pairs drawn in closest_pairs.png.")] = 16,
+    arch: ArchOpt = "efficientnet-b0",
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Embedding classifier budget in passes over the real images.")] = 3,
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 32,
+    seed: SeedOpt = 0,
+    overwrite: OverwriteOpt = False,
+    strict: StrictOpt = False,
+    workers: WorkersOpt = None,
+    image_col: ImageColOpt = None,
+    label_col: LabelColOpt = None,
+    group_col: GroupColOpt = None,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+):
+    """Each generated image's nearest real image; near-copies flagged; closest pairs drawn side by side.
+
+    Example: skinaug score memorization synth/ images/ --out memo/ --threshold 0.02
+    """
+    set_quiet(quiet)
+    from ..scores.memorization import check_memorization
+
+    summary = check_memorization(generated, real, out=out, threshold=threshold, feature_threshold=feature_threshold, size=size,
+                                 embedding=embedding, real_labels=labels, pairs=pairs, device=device,
+                                 budget=_budget(arch, size, batch_size, 1e-3), epochs=epochs, seed=seed, strict=strict,
+                                 workers=workers, columns=columns(image_col, label_col, group_col), overwrite=overwrite)
+    if not quiet:
+        from rich.console import Console
+
+        Console(file=sys.stderr).print(
+            f"{summary['flagged']} of {summary['generated_images']} generated images flagged as near-copies "
+            f"(pixel RMS <= {threshold}); pixel distance min {summary['pixel_distance']['min']:.4f}, "
+            f"median {summary['pixel_distance']['median']:.4f}; nearest real image is the source for {summary['nearest_is_source']}")
+    emit(summary, json_, out)

@@ -1,0 +1,294 @@
+"""The classification accuracy score (CAS): train a classifier on a set, measure AUC on real held-out images.
+
+The real data is split once by lesion (or patient), seeded. Test images never train a classifier: a
+generated image made from a test image (its name, source_top or source_bottom is a test image, or an image
+of a test lesion) is left out and counted, or refused under `strict`. Every set gets the same budget
+(network, image size, batch, optimizer steps); `seeds` classifiers per set give a mean and a spread.
+
+    skinaug score cas --real DATA --labels CSV --train real,OUT_DIR,A+B --positive melanoma --negative nevus
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..data import Sample, group_split, load_images, scan_dataset
+from ..errors import SkinaugError, UsageError
+from ..io import prepare_output, write_json, write_text
+from ..runtime import log, resolve_device, warn
+from .classifier import Budget, predict, steps_for, train_classifier
+from .roc import draw_roc_png, macro_auc, macro_roc_curve, roc_auc, roc_curve
+from .sets import open_set
+
+MODES = ("replace", "add")
+
+
+@dataclass
+class CasOptions:
+    positive: str | None = None  # with negative: a binary task, AUC of P(positive); without: macro one-vs-rest
+    negative: str | None = None
+    mode: str = "replace"  # replace: train on the set alone (the paper's); add: real train split + the set
+    test_fraction: float = 0.2
+    real_fraction: float = 1.0  # share of the real train split used (low-data regime), drawn by lesion
+    seeds: int = 1
+    seed: int = 0  # fixes the split; classifier k is trained with seed + k
+    epochs: int = 3  # passes over the real train split, turned into a step budget shared by every set
+    steps: int | None = None  # overrides epochs
+    budget: Budget = field(default_factory=Budget)
+    device: str = "auto"
+    weights: str | None = None
+    strict: bool = False
+    workers: int | None = None
+    columns: dict = field(default_factory=dict)
+
+
+@dataclass
+class Task:
+    class_names: list[str]  # task classes, index order; binary tasks are [negative, positive]
+    binary: bool
+
+    @property
+    def title(self) -> str:
+        return f"{self.class_names[1]} vs {self.class_names[0]}" if self.binary else f"{len(self.class_names)} classes, macro one-vs-rest"
+
+
+@dataclass
+class Split:
+    train: list[Sample]
+    test: list[Sample]
+    train_labels: np.ndarray  # task indices
+    test_labels: np.ndarray
+    test_names: set[str]
+    test_groups: set[str]
+    group_of: dict[str, str]  # every real image (all classes) -> its lesion, or itself when it has none
+
+
+@dataclass
+class TrainingSet:
+    name: str
+    mode: str
+    names: list[str]  # the image behind each training row: what the classifier really sees
+    images: np.ndarray  # uint8 (N, S, S, 3)
+    labels: np.ndarray  # task indices
+    generated: int  # generated images used
+    left_out_test: int  # generated images made from test images or test lesions
+    left_out_other: int  # generated images of classes outside the task
+
+
+def choose_task(class_names: list[str], positive: str | None, negative: str | None) -> Task:
+    if (positive is None) != (negative is None):
+        raise UsageError("give both --positive and --negative, or neither (all classes, macro one-vs-rest AUC)")
+    if positive is not None:
+        for name in (positive, negative):
+            if name not in class_names:
+                raise SkinaugError(f"class {name!r} is not in the real labels ({', '.join(class_names)})")
+        if positive == negative:
+            raise UsageError("--positive and --negative must differ")
+        return Task([negative, positive], True)
+    if len(class_names) < 2:
+        raise SkinaugError(f"the real data has {len(class_names)} class(es): AUC needs two or more")
+    return Task(list(class_names), False)
+
+
+def split_real(real, task: Task, options: CasOptions) -> Split:
+    """The seeded lesion-aware split, restricted to the task's classes; the train side optionally thinned."""
+    group_of = {s.name: s.group or s.name for s in real.samples}
+    index = {name: i for i, name in enumerate(task.class_names)}
+    samples = [s for s in real.samples if s.label >= 0 and real.class_names[s.label] in index]
+    labels = np.array([index[real.class_names[s.label]] for s in samples], dtype=np.int64)
+    if len(samples) < 4:
+        raise SkinaugError(f"only {len(samples)} real images of the classes {', '.join(task.class_names)}")
+    if not 0 < options.test_fraction < 1:
+        raise UsageError(f"--test-fraction must be between 0 and 1, got {options.test_fraction}")
+    train, test = group_split([group_of[s.name] for s in samples], options.test_fraction, options.seed, labels=labels)
+    if not 0 < options.real_fraction <= 1:
+        raise UsageError(f"--real-fraction must be in (0, 1], got {options.real_fraction}")
+    if options.real_fraction < 1:
+        # the kept share is the 'validation' side of a second lesion-aware split of the train side
+        _, kept = group_split([group_of[samples[i].name] for i in train], options.real_fraction, options.seed + 1,
+                              labels=labels[train])
+        train = train[kept]
+    missing = [task.class_names[c] for c in range(len(task.class_names)) if not (labels[test] == c).any()]
+    if missing:
+        raise SkinaugError(f"no test image of class {', '.join(missing)}: use more data or a larger --test-fraction")
+    test_samples = [samples[i] for i in test]
+    return Split([samples[i] for i in train], test_samples, labels[train], labels[test], {s.name for s in test_samples},
+                 {group_of[s.name] for s in test_samples}, group_of)
+
+
+def _load(samples: list[Sample], labels: np.ndarray, options: CasOptions, what: str) -> tuple[np.ndarray, np.ndarray, list[Sample]]:
+    """Decodes the images at the budget's size; unreadable ones are dropped with their labels (fatal under strict)."""
+    images, kept, skipped = load_images(samples, options.budget.image_size, strict=options.strict, workers=options.workers)
+    for name, reason in skipped[:10]:
+        log(f"skipped {what} image {name}: {reason}")
+    if len(skipped) > 10:
+        log(f"... and {len(skipped) - 10} more {what} images skipped")
+    if skipped:
+        kept_names = {s.name for s in kept}
+        labels = np.asarray(labels)[[s.name in kept_names for s in samples]]
+    return images, np.asarray(labels, dtype=np.int64), kept
+
+
+def load_training_set(spec: str, task: Task, split: Split, real_images: np.ndarray, options: CasOptions) -> TrainingSet:
+    """'real', an OUT_DIR, or several OUT_DIRs joined with '+', with test-derived images left out."""
+    if spec == "real":
+        return TrainingSet("real", "replace", [s.name for s in split.train], real_images, split.train_labels, 0, 0, 0)
+    index = {name: i for i, name in enumerate(task.class_names)}
+    parts, names, labels, image_names = [], [], [], []
+    left_out_test = left_out_other = 0
+    for part in spec.split("+"):
+        image_set = open_set(part, strict=options.strict)
+        if not image_set.generated:
+            raise SkinaugError(f"{part} is not a generated set (an OUT_DIR with images/ and labels.csv with "
+                               "source_top/source_bottom): give such a folder, or the word real")
+        keep, keep_labels, leaked = [], [], []
+        for sample in image_set.dataset.samples:
+            label = image_set.dataset.class_names[sample.label] if sample.label >= 0 else None
+            if label not in index:
+                left_out_other += 1
+                continue
+            origins = (sample.name, *image_set.sources.get(sample.name, ()))
+            if any(o in split.test_names or split.group_of.get(o) in split.test_groups for o in origins):
+                leaked.append(sample.name)
+                continue
+            keep.append(sample)
+            keep_labels.append(index[label])
+        if leaked and options.strict:
+            raise SkinaugError(f"{len(leaked)} images of {part} were made from real test images (e.g. {leaked[0]}); "
+                               "--strict refuses such a set: generate it from the training split only")
+        left_out_test += len(leaked)
+        images, part_labels, kept = _load(keep, np.array(keep_labels, dtype=np.int64), options, image_set.name)
+        image_names += [s.name for s in kept]
+        parts.append(images)
+        labels.append(part_labels)
+        names.append(image_set.name)
+    images = np.concatenate(parts) if parts else np.zeros((0, options.budget.image_size, options.budget.image_size, 3), np.uint8)
+    labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
+    if len(images) == 0:
+        raise SkinaugError(f"no usable image of the classes {', '.join(task.class_names)} in {spec} "
+                           f"({left_out_test} made from test images, {left_out_other} of other classes)")
+    generated = len(images)
+    if options.mode == "add":
+        images, labels = np.concatenate([real_images, images]), np.concatenate([split.train_labels, labels])
+        image_names = [s.name for s in split.train] + image_names
+    absent = [task.class_names[c] for c in range(len(task.class_names)) if not (labels == c).any()]
+    if absent:
+        warn(f"{spec} has no training image of class {', '.join(absent)}")
+    return TrainingSet("+".join(names), options.mode, image_names, images, labels, generated, left_out_test, left_out_other)
+
+
+def score_set(training: TrainingSet, task: Task, test_images: np.ndarray, test_labels: np.ndarray, options: CasOptions,
+              device) -> tuple[list[float], list[np.ndarray]]:
+    """One classifier per seed; returns the AUCs and the test probabilities (N, C) of each."""
+    aucs, probabilities = [], []
+    for k in range(options.seeds):
+        seed = options.seed + k
+        model = train_classifier(training.images, training.labels, len(task.class_names), options.budget, seed=seed,
+                                 device=device, weights=options.weights, desc=f"{training.name} seed {seed}")
+        probs = predict(model, test_images, device)
+        auc = roc_auc(test_labels == 1, probs[:, 1]) if task.binary else macro_auc(test_labels, probs)
+        log(f"{training.name} ({training.mode}), seed {seed}: AUC {auc:.4f}")
+        aucs.append(auc)
+        probabilities.append(probs)
+    return aucs, probabilities
+
+
+def run_cas(real_dir, labels_csv, train_specs: list[str], options: CasOptions, out=None, overwrite=False) -> dict:
+    """The CAS table: one entry per training set (see the module docstring); writes `out` when given."""
+    if options.mode not in MODES:
+        raise UsageError(f"--mode must be replace or add, not {options.mode!r}")
+    if options.seeds < 1:
+        raise UsageError("--seeds must be at least 1")
+    if not train_specs:
+        raise UsageError("--train needs at least one set: real, or a generated OUT_DIR")
+    if out is not None:
+        prepare_output(out, overwrite=overwrite, kind="output folder")
+    device = resolve_device(options.device)
+    real = scan_dataset(real_dir, labels_csv, strict=options.strict, **options.columns)
+    task = choose_task(real.class_names, options.positive, options.negative)
+    split = split_real(real, task, options)
+    real_images, split.train_labels, split.train = _load(split.train, split.train_labels, options, "real")
+    test_images, test_labels, test_samples = _load(split.test, split.test_labels, options, "real test")
+    if options.steps is None:
+        options.budget.steps = steps_for(options.epochs, len(real_images), options.budget.batch_size)
+    else:
+        options.budget.steps = options.steps
+    log(f"task: {task.title}; real train {len(real_images)} images, test {len(test_images)} images "
+        f"({len(split.test_groups)} lesions); budget {options.budget.arch} {options.budget.image_size}px, "
+        f"{options.budget.steps} steps of batch {options.budget.batch_size}, {options.seeds} seed(s), {device}")
+
+    entries, predictions, curves = [], [], []
+    used_names: set[str] = set()
+    for spec in train_specs:
+        training = load_training_set(spec, task, split, real_images, options)
+        name = training.name
+        suffix = 2
+        while name in used_names:  # two folders of the same name stay apart in the table
+            name, suffix = f"{training.name}#{suffix}", suffix + 1
+        used_names.add(name)
+        training.name = name
+        if training.left_out_test:
+            log(f"{name}: left out {training.left_out_test} images made from real test images")
+        aucs, probabilities = score_set(training, task, test_images, test_labels, options, device)
+        entries.append({
+            "name": name, "mode": training.mode, "seeds": [options.seed + k for k in range(options.seeds)],
+            "aucs": aucs, "auc_mean": float(np.mean(aucs)), "auc_std": float(np.std(aucs, ddof=1)) if len(aucs) > 1 else 0.0,
+            "train_images": int(len(training.images)), "generated_images": training.generated,
+            "left_out_test_provenance": training.left_out_test, "left_out_other_classes": training.left_out_other,
+        })
+        seed_curves = []
+        for k, probs in enumerate(probabilities):
+            predictions.append((name, options.seed + k, probs))
+            seed_curves.append(roc_curve(test_labels == 1, probs[:, 1]) if task.binary else macro_roc_curve(test_labels, probs))
+        curves.append((f"{name}  AUC {entries[-1]['auc_mean']:.3f}", seed_curves))
+
+    summary = {
+        "task": task.title, "classes": task.class_names, "test_images": int(len(test_images)),
+        "train_real_images": int(len(real_images)), "budget": asdict(options.budget), "sets": entries,
+    }
+    if out is not None:
+        out = Path(out)
+        write_text(out / "predictions.csv", predictions_csv(predictions, [s.name for s in test_samples], test_labels, task))
+        draw_roc_png(curves, out / "roc.png", title=f"ROC on {len(test_images)} real test images: {task.title}")
+        write_json(out / "cas.json", summary)
+        summary["out"] = str(out)
+    return summary
+
+
+def predictions_csv(predictions, test_names: list[str], test_labels: np.ndarray, task: Task) -> str:
+    """set, seed, image, label, score: score is P(positive) for a binary task; for several classes it is
+    P(true label), followed by one p_<class> column per class."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    extra = [] if task.binary else [f"p_{name}" for name in task.class_names]
+    writer.writerow(["set", "seed", "image", "label", "score", *extra])
+    for name, seed, probs in predictions:
+        for image, label, row in zip(test_names, test_labels, probs):
+            score = row[1] if task.binary else row[label]
+            writer.writerow([name, seed, image, task.class_names[label], repr(float(score)),
+                             *([repr(float(p)) for p in row] if extra else [])])
+    return buffer.getvalue()
+
+
+def print_cas_table(summary: dict) -> None:
+    """The paper's Table 3 layout on stderr."""
+    import sys
+
+    from rich.console import Console
+    from rich.table import Table
+
+    budget = summary["budget"]
+    table = Table(title=f"Classification accuracy score: AUC on {summary['test_images']} real test images ({summary['task']})",
+                  caption=f"{budget['arch']}, {budget['image_size']}px, {budget['steps']} steps of batch {budget['batch_size']} per classifier")
+    for column in ("training set", "mode", "images", "left out (test provenance)", "AUC", "per seed"):
+        table.add_column(column, justify="left" if column in ("training set", "mode") else "right")
+    for entry in summary["sets"]:
+        spread = f" ± {entry['auc_std']:.3f}" if len(entry["aucs"]) > 1 else ""
+        table.add_row(entry["name"], entry["mode"], f"{entry['train_images']:,}", f"{entry['left_out_test_provenance']:,}",
+                      f"{entry['auc_mean']:.3f}{spread}", " ".join(f"{a:.3f}" for a in entry["aucs"]))
+    Console(file=sys.stderr).print(table)

@@ -1,0 +1,143 @@
+"""Fréchet distance between generated and real images, and k-NN precision and recall (Kynkäänniemi et al. 2019).
+
+Features come from the FID Inception network (the usual FID, needing its local weights file) or from a
+classifier trained on the real images' labels (`features="classifier"`): a lesion-aware space that needs no
+download. Both sets are decoded at the same square size first (default: the generated images' side), so the
+score compares content rather than resolution.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..data import load_images
+from ..errors import SkinaugError, UsageError
+from ..runtime import log, resolve_device
+from .sets import open_set
+
+FEATURES = ("inception", "classifier")
+
+
+def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance (unbiased, as pytorch-fid) of (N, D) features, in float64."""
+    features = np.asarray(features, dtype=np.float64)
+    if len(features) < 2:
+        raise SkinaugError(f"a Fréchet distance needs at least 2 images per set, got {len(features)}")
+    return features.mean(axis=0), np.cov(features, rowvar=False)
+
+
+def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
+    values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
+    return (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^1/2).
+
+    tr((S1 S2)^1/2) is computed as the sum of square roots of the eigenvalues of S1^1/2 S2 S1^1/2, which is
+    symmetric positive semi-definite: stabler than a general matrix square root, and exact for S1 = S2.
+    """
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
+    root1 = _sqrt_psd(sigma1)
+    middle = root1 @ sigma2 @ root1
+    trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0, None)).sum()
+    diff = mu1 - mu2
+    return float(max(0.0, diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt))
+
+
+def _pairwise_distances(a: np.ndarray, b: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """Euclidean distances (len(a), len(b)) in float64, chunked over a."""
+    tb = torch.from_numpy(np.asarray(b, np.float64))
+    out = [torch.cdist(torch.from_numpy(np.asarray(a[i : i + chunk], np.float64)), tb).numpy() for i in range(0, len(a), chunk)]
+    return np.concatenate(out) if out else np.zeros((0, len(b)))
+
+
+def knn_radii(features: np.ndarray, k: int) -> np.ndarray:
+    """Distance from each point to its k-th nearest other point of the same set."""
+    if len(features) <= k:
+        raise SkinaugError(f"k-NN precision/recall with k={k} needs more than {k} images per set, got {len(features)}")
+    distances = _pairwise_distances(features, features)
+    return np.partition(distances, k, axis=1)[:, k]  # column 0 after partition is the point itself (distance 0)
+
+
+def precision_recall(real: np.ndarray, generated: np.ndarray, k: int = 3) -> tuple[float, float]:
+    """Precision: share of generated samples inside the real manifold (the union of k-NN balls around real
+    samples); recall: share of real samples inside the generated manifold."""
+    real_radii, generated_radii = knn_radii(real, k), knn_radii(generated, k)
+    distances = _pairwise_distances(generated, real)  # (G, R)
+    precision = float((distances <= real_radii[None, :]).any(axis=1).mean())
+    recall = float((distances <= generated_radii[:, None]).any(axis=0).mean())
+    return precision, recall
+
+
+@torch.no_grad()
+def inception_features(model, images: np.ndarray, device, batch_size: int = 64) -> np.ndarray:
+    """(N, 2048) pool features of uint8 (N, S, S, 3) images."""
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        batch = torch.from_numpy(images[start : start + batch_size]).to(device).permute(0, 3, 1, 2).float() / 255.0
+        outputs.append(model(batch).double().cpu().numpy())
+    return np.concatenate(outputs)
+
+
+def _first_image_side(samples) -> int | None:
+    from PIL import Image
+
+    for sample in samples[:1]:
+        with Image.open(sample.path) as image:
+            return min(image.size)
+    return None
+
+
+def compute_fid(generated, real, *, features: str = "inception", inception_weights=None, real_labels=None,
+                image_size: int | None = None, k: int = 3, device="auto", batch_size: int = 64, budget=None,
+                epochs: int = 3, seed: int = 0, strict: bool = False, workers=None, columns: dict | None = None) -> dict:
+    """FID (or the classifier-feature Fréchet distance) of `generated` against `real`, with precision/recall."""
+    if features not in FEATURES:
+        raise UsageError(f"--features must be inception or classifier, not {features!r}")
+    device = resolve_device(device)
+    generated_set = open_set(generated, labelled=False, strict=strict)
+    real_set = open_set(real, real_labels, labelled=features == "classifier", strict=strict, **(columns or {}))
+    if features == "inception":
+        from .inception import load_fid_inception
+
+        model = load_fid_inception(inception_weights, device)  # fails before any image is decoded
+    size = image_size or _first_image_side(generated_set.dataset.samples) or 299
+    generated_images, _, skipped_generated = load_images(generated_set.dataset, size, strict=strict, workers=workers)
+    real_images, real_kept, skipped_real = load_images(real_set.dataset, size, strict=strict, workers=workers)
+    log(f"{len(generated_images)} generated and {len(real_images)} real images at {size}px "
+        f"({len(skipped_generated) + len(skipped_real)} unreadable, skipped)")
+    if features == "inception":
+        generated_features = inception_features(model, generated_images, device, batch_size)
+        real_features = inception_features(model, real_images, device, batch_size)
+    else:
+        generated_features, real_features = classifier_feature_pair(real_images, real_kept, real_set.dataset.class_names,
+                                                                    generated_images, size, device, budget, epochs, seed)
+    mu_g, sigma_g = feature_statistics(generated_features)
+    mu_r, sigma_r = feature_statistics(real_features)
+    precision, recall = precision_recall(real_features, generated_features, k)
+    return {
+        "generated": str(generated), "real": str(real), "features": features, "feature_dim": int(generated_features.shape[1]),
+        "image_size": size, "generated_images": int(len(generated_images)), "real_images": int(len(real_images)),
+        "fid": frechet_distance(mu_g, sigma_g, mu_r, sigma_r), "precision": precision, "recall": recall, "k": k,
+    }
+
+
+def classifier_feature_pair(real_images, real_samples, class_names, generated_images, size, device, budget, epochs, seed):
+    """Trains a classifier on the labelled real images, then embeds both sets with its pooled features."""
+    from .classifier import Budget, features, steps_for, train_classifier
+
+    labels = np.array([s.label for s in real_samples], dtype=np.int64)
+    labelled = labels >= 0
+    if len(set(labels[labelled].tolist())) < 2:
+        raise SkinaugError("classifier features need real images of at least two classes: give --labels CSV, "
+                           "class sub-folders, or a labelled OUT_DIR as REAL_DIR")
+    budget = budget or Budget()
+    budget.image_size = size
+    budget.steps = steps_for(epochs, int(labelled.sum()), budget.batch_size)
+    log(f"training a {budget.arch} on {int(labelled.sum())} real images ({len(class_names)} classes, {budget.steps} steps) for its features")
+    model = train_classifier(real_images[labelled], labels[labelled], len(class_names), budget, seed=seed, device=device,
+                             desc="feature classifier")
+    return features(model, generated_images, device), features(model, real_images, device)

@@ -1,0 +1,66 @@
+"""The image sets scores read: a plain image folder, or a generated OUT_DIR (images/ + labels.csv).
+
+A generated set's labels.csv also says where each image came from (source_top, source_bottom): the
+provenance that `score cas` checks against the real test images, and `score memorization` reports.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..data import Dataset, scan_dataset
+from ..errors import SkinaugError
+
+SOURCE_COLUMNS = ("source_top", "source_bottom")
+
+
+@dataclass
+class ImageSet:
+    name: str  # the folder's name: what tables and JSON call the set
+    path: Path  # the folder given (the OUT_DIR itself for a generated set)
+    dataset: Dataset
+    sources: dict[str, tuple[str, ...]] | None  # image -> its non-empty source names; None: no provenance columns
+
+    @property
+    def generated(self) -> bool:
+        return self.sources is not None
+
+
+def is_generated(path) -> bool:
+    path = Path(path)
+    return (path / "images").is_dir() and (path / "labels.csv").is_file()
+
+
+def read_sources(labels_csv) -> dict[str, tuple[str, ...]] | None:
+    """image name -> the real images it was made from, or None when the CSV has no provenance columns."""
+    with open(labels_csv, encoding="utf-8-sig", newline="") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None or not all(c in reader.fieldnames for c in ("image", *SOURCE_COLUMNS)):
+            return None
+        sources = {}
+        for row in reader:
+            name = (row["image"] or "").strip()
+            stem = name.rsplit(".", 1)[0] if "." in name.rsplit("/", 1)[-1] else name
+            sources[stem] = tuple(dict.fromkeys(s.strip() for s in (row[c] or "" for c in SOURCE_COLUMNS) if s.strip()))
+        return sources
+
+
+def open_set(path, labels=None, *, labelled: bool = True, strict: bool = False, **columns) -> ImageSet:
+    """An image folder (labels from `labels` or class sub-folders), or a generated OUT_DIR.
+
+    With `labelled=False` every image counts, labelled or not (FID and memorization need no labels).
+    """
+    path = Path(path).expanduser()
+    if is_generated(path) and labels is None:
+        dataset = scan_dataset(path / "images", path / "labels.csv" if labelled else None, strict=strict)
+        sources = read_sources(path / "labels.csv")
+        if sources is None and strict:
+            raise SkinaugError(f"{path / 'labels.csv'} has no source_top/source_bottom columns (--strict)")
+    else:
+        if not path.is_dir():
+            raise SkinaugError(f"image folder not found: {path}")
+        dataset = scan_dataset(path, labels if labelled else None, strict=strict, **(columns if labelled else {}))
+        sources = read_sources(labels) if labels is not None and labelled else None
+    return ImageSet(path.resolve().name or str(path), path, dataset, sources)

@@ -1,0 +1,153 @@
+"""The cached sampler computes exactly what the reference sampler computes, from the same uniforms."""
+
+import itertools
+
+import pytest
+import torch
+
+from skinaug.errors import UsageError
+from skinaug.priors import PriorConfig, build_prior, draw_codes, sample, sample_reference
+from skinaug.priors.cache import GridLayout
+
+HEIGHT, WIDTH = 5, 7  # non-square on purpose
+
+
+def random_prior(arch, *, attention=True, classes=0, conditioned=False, kernel_size=3):
+    condition = dict(condition_codebook_size=6, condition_height=3, condition_width=4) if conditioned else {}
+    config = PriorConfig(arch=arch, codebook_size=11, height=HEIGHT, width=WIDTH, channels=16, n_blocks=2,
+                         n_res_blocks=2, kernel_size=kernel_size, attention=attention, n_heads=2, dropout=0.1,
+                         num_classes=classes, **condition)
+    model = build_prior(config)
+    with torch.no_grad():  # larger than the default init, so logits are far from uniform
+        for parameter in model.parameters():
+            if parameter.dim() >= 2:
+                parameter.normal_(0, parameter[0].numel() ** -0.5)
+            else:
+                parameter.normal_(0, 0.2)
+    return model
+
+
+def conditioning(model, batch=3, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    config = model.config
+    labels = torch.randint(config.num_classes, (batch,), generator=generator) if config.num_classes else None
+    condition = (torch.randint(config.condition_codebook_size, (batch, config.condition_height,
+                                                                config.condition_width), generator=generator)
+                 if config.conditioned else None)
+    return labels, condition
+
+
+MATRIX = list(itertools.product(("pixelsnail", "gated-pixelcnn"), (True, False), (0, 3), (False, True), (3, 5)))
+
+
+@pytest.mark.parametrize("arch, attention, classes, conditioned, kernel_size", MATRIX)
+def test_cached_logits_and_codes_equal_the_reference(arch, attention, classes, conditioned, kernel_size):
+    model = random_prior(arch, attention=attention, classes=classes, conditioned=conditioned,
+                         kernel_size=kernel_size).train()  # the samplers must switch dropout off themselves
+    labels, condition = conditioning(model)
+    uniforms = torch.rand(3, HEIGHT * WIDTH, generator=torch.Generator().manual_seed(1))
+    codes, logits = sample(model, labels, condition, n=3, uniforms=uniforms, return_logits=True)
+    reference = sample_reference(model, labels, condition, n=3, uniforms=uniforms)
+    assert model.training
+    with torch.no_grad():
+        teacher_forced = model.eval()(codes, labels, condition)
+    assert teacher_forced.std() > 0.3  # logits worth comparing
+    assert (logits - teacher_forced).abs().max() < 1e-4
+    assert torch.equal(codes, reference)
+    assert len(codes.unique()) > 3
+
+
+def test_the_same_seed_gives_the_same_codes_and_another_seed_other_codes():
+    model = random_prior("pixelsnail", classes=2)
+    labels = torch.tensor([0, 1, 1, 0])
+
+    def seeded(seed):
+        return sample(model, labels, generator=torch.Generator().manual_seed(seed))
+
+    assert torch.equal(seeded(5), seeded(5))
+    assert not torch.equal(seeded(5), seeded(6))
+    # uniforms are drawn once, up front, in raster order
+    uniforms = torch.rand(4, HEIGHT * WIDTH, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(sample(model, labels, uniforms=uniforms), seeded(5))
+
+
+@pytest.mark.parametrize("attention", (True, False))
+def test_top_k_one_is_greedy_decoding(attention):
+    model = random_prior("pixelsnail", attention=attention, conditioned=True)
+    _, condition = conditioning(model)
+    codes = sample(model, condition=condition, top_k=1, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(codes, model.eval()(codes, None, condition).argmax(dim=1))
+    assert torch.equal(codes, sample_reference(model, condition=condition, top_k=1))
+
+
+def test_draws_follow_the_tempered_top_k_softmax():
+    logits = torch.tensor([[2.0, 0.5, -1.0, 1.0, 0.0]])
+    draws = 10_000
+    uniforms = (torch.arange(draws) + 0.5) / draws  # evenly spaced: frequencies are the probabilities to 1/draws
+    for temperature, top_k in ((1.0, None), (0.5, None), (2.0, 3), (1.0, 1)):
+        codes = draw_codes(logits.expand(draws, -1), uniforms, temperature, top_k)
+        tempered = logits[0] / temperature
+        if top_k is not None:
+            tempered[tempered < tempered.topk(top_k).values[-1]] = float("-inf")
+        expected = tempered.softmax(dim=0)
+        observed = torch.bincount(codes, minlength=5) / draws
+        assert (observed - expected).abs().max() <= 1.5 / draws, (temperature, top_k)
+    assert draw_codes(logits, torch.tensor([0.9999999])).item() == 4  # the last code, never past it
+
+
+def test_bfloat16_sampling_stays_close_to_float32():
+    model = random_prior("pixelsnail", classes=3, conditioned=True, kernel_size=5)
+    labels, condition = conditioning(model)
+    codes, logits = sample(model, labels, condition, dtype=torch.bfloat16, return_logits=True,
+                           generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        difference = (logits - model.eval()(codes, labels, condition)).abs().max()
+    assert 0 < difference < 0.1  # bfloat16 really ran, and kept about two decimals of logits around 1
+
+
+def test_without_attention_rows_run_as_a_wavefront_and_visit_every_position_once():
+    layout = GridLayout(height=HEIGHT, width=WIDTH, kernel_size=5)
+    plan = layout.plan(skew=3)
+    raster = plan[:, :, 1]
+    assert plan.shape[0] == WIDTH + 3 * (HEIGHT - 1)  # instead of HEIGHT * WIDTH
+    assert sorted(raster[raster < HEIGHT * WIDTH].tolist()) == list(range(HEIGHT * WIDTH))
+    step_of = {p: t for t, row in enumerate(raster.tolist()) for p in row}
+    assert all(step_of[i * WIDTH + j] == j + 3 * i for i in range(HEIGHT) for j in range(WIDTH))
+    assert random_prior("gated-pixelcnn", attention=False, kernel_size=5).wavefront_skew == 3
+    assert random_prior("pixelsnail", attention=True).wavefront_skew is None
+
+
+def test_sampling_arguments_are_checked():
+    model = random_prior("pixelsnail", classes=2)
+    with pytest.raises(UsageError, match="class-conditional"):
+        sample(model, n=2)
+    with pytest.raises(UsageError, match="disagree on the batch size"):
+        sample(model, torch.tensor([0, 1]), n=3)
+    with pytest.raises(UsageError, match="temperature"):
+        sample(model, torch.tensor([0, 1]), temperature=0.0)
+    with pytest.raises(UsageError, match="uniforms must be"):
+        sample(model, torch.tensor([0, 1]), uniforms=torch.rand(2, 3))
+    with pytest.raises(UsageError, match="CUDA graphs"):
+        sample(model, torch.tensor([0, 1]), use_cuda_graph=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("arch, attention", (("pixelsnail", True), ("pixelsnail", False), ("gated-pixelcnn", False)))
+def test_cuda_graph_replays_give_the_eager_and_the_reference_codes(arch, attention):
+    model = random_prior(arch, attention=attention, classes=3, conditioned=True).cuda()
+    labels, condition = (t.cuda() for t in conditioning(model))
+
+    def seeded():
+        return torch.Generator(device="cuda").manual_seed(0)
+
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # float32 on both sides
+        codes, logits = sample(model, labels, condition, generator=seeded(), return_logits=True)
+        eager_codes, eager_logits = sample(model, labels, condition, generator=seeded(), return_logits=True,
+                                           use_cuda_graph=False)
+        reference = sample_reference(model, labels, condition, generator=seeded())
+        with torch.no_grad():
+            teacher_forced = model.eval()(codes, labels, condition)
+    assert torch.equal(codes, eager_codes) and torch.equal(logits, eager_logits)
+    assert torch.equal(codes, reference)
+    assert (logits - teacher_forced).abs().max() < 1e-4

@@ -9,6 +9,7 @@ Random weights (speed does not depend on training). Prints JSON (last line).
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 
 from _common import SHARED_DATA, device_name, print_json, synchronize, timed
@@ -30,6 +31,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: up to 8)")
     parser.add_argument("--repeats", type=int, default=3, help="passes over the cache for the cached figure")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -45,7 +47,8 @@ def main() -> None:
 
     @torch.no_grad()
     def encode(batch_uint8) -> torch.Tensor:
-        images = to_model_input(torch.as_tensor(np.asarray(batch_uint8)).to(device, non_blocking=True))
+        batch = batch_uint8 if torch.is_tensor(batch_uint8) else torch.from_numpy(np.asarray(batch_uint8))
+        images = to_model_input(batch.to(device, non_blocking=True))
         if device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
@@ -55,7 +58,7 @@ def main() -> None:
 
     def from_files() -> int:
         count = 0
-        for images, kept in decode_in_chunks(samples, args.image_size, chunk=args.batch_size * 4):
+        for images, kept in decode_in_chunks(samples, args.image_size, chunk=args.batch_size * 4, workers=args.workers):
             for start in range(0, len(kept), args.batch_size):
                 encode(images[start : start + args.batch_size])
             count += len(kept)
@@ -80,6 +83,7 @@ def main() -> None:
         "batch_size": args.batch_size,
         "precision": "bf16" if use_bf16 else "fp32",
         "images": files_count,
+        "decode_workers": args.workers or min(8, os.cpu_count() or 1),
         "images_per_s_from_files": round(files_count / files_s, 1),
         "images_per_s_from_cache": round(args.repeats * len(kept) / cache_s, 1),
     })

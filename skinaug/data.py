@@ -415,7 +415,7 @@ def load_images(
         except BadImage as error:
             reasons[i] = str(error)
 
-    workers = workers or min(8, os.cpu_count() or 1)
+    workers = workers or min(8, os.cpu_count() or 1)  # measured: more threads decode no faster (GIL-bound glue)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {pool.submit(decode, i): i for i in range(len(samples))}
         for future in as_completed(futures):

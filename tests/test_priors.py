@@ -12,8 +12,17 @@ from skinaug.priors import PriorConfig, build_prior
 ARCHS = ("pixelsnail", "gated-pixelcnn")
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and idle-spinning threads stall on a shared, busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_prior(arch="pixelsnail", *, height=4, width=5, attention=True, classes=0, conditioned=False, **overrides):
-    condition = dict(condition_codebook_size=6, condition_height=2, condition_width=3) if conditioned else {}
+    condition = {"condition_codebook_size": 6, "condition_height": 2, "condition_width": 3} if conditioned else {}
     config = PriorConfig(arch=arch, codebook_size=9, height=height, width=width, channels=16, n_blocks=2,
                          n_res_blocks=2, kernel_size=3, attention=attention, n_heads=2, dropout=0.0,
                          num_classes=classes, **{**condition, **overrides})
@@ -127,11 +136,11 @@ def test_config_round_trips_through_a_dict():
         PriorConfig.from_dict({**config.to_dict(), "colour": 1})
 
 
-@pytest.mark.parametrize("bad", [dict(arch="transformer"), dict(kernel_size=4), dict(channels=30, n_heads=8),
-                                 dict(dropout=1.0), dict(condition_height=4)])
+@pytest.mark.parametrize("bad", [{"arch": "transformer"}, {"kernel_size": 4}, {"channels": 30, "n_heads": 8},
+                                 {"dropout": 1.0}, {"condition_height": 4}])
 def test_config_rejects_impossible_values(bad):
     with pytest.raises(UsageError):
-        PriorConfig(**{**dict(arch="pixelsnail", codebook_size=8, height=4, width=4, channels=32), **bad})
+        PriorConfig(**{"arch": "pixelsnail", "codebook_size": 8, "height": 4, "width": 4, "channels": 32, **bad})
 
 
 def test_defaults_match_the_reference_at_256px_and_shrink_for_64px():

@@ -119,7 +119,7 @@ def codes(
                         strict=strict, workers=workers, **columns(image_col, label_col, group_col))
     if not quiet:
         print_code_table(stats, stats["codebook_size"])
-    emit(stats, json_, codes_path)
+    emit(stats, json_, None)  # no output file: stdout carries only the --json summary
 
 
 @app.command("sweep")
@@ -217,7 +217,7 @@ def _print_fid(result: dict) -> None:
         table.add_column(column, justify="right")
     table.add_row(f"{result['fid']:.3f}", f"{result['precision']:.3f}", f"{result['recall']:.3f}",
                   f"{result['generated_images']:,}", f"{result['real_images']:,}")
-    Console(file=sys.stderr).print(table)
+    Console(file=sys.stderr, width=None if sys.stderr.isatty() else 140).print(table)
 
 
 @app.command("memorization")

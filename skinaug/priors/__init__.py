@@ -15,7 +15,7 @@ from .gated_pixelcnn import GatedPixelCNN
 from .pixelsnail import PixelSNAIL
 from .sampling import draw_codes, sample_reference
 
-__all__ = ["PriorConfig", "build_prior", "sample", "sample_reference", "draw_codes", "PixelSNAIL", "GatedPixelCNN"]
+__all__ = ["GatedPixelCNN", "PixelSNAIL", "PriorConfig", "build_prior", "draw_codes", "sample", "sample_reference"]
 
 
 def build_prior(config: PriorConfig) -> nn.Module:

@@ -71,7 +71,7 @@ class CausalPrior(nn.Module, metaclass=ABCMeta):
 
     def start_sampling(self, spec: CacheSpec, labels: Tensor | None, condition: Tensor | None) -> SimpleNamespace:
         """Everything that depends on nothing sampled, computed once: class and condition projections, packed
-        weights; plus zeroed caches. Memory: see `fast.sample`."""
+        weights; plus zeroed caches (their memory: the `fast` module docstring)."""
         embedded = spec.grid(self.config.channels)
         features = None
         if self.condition_stack is not None:  # (B, H * W + 1, C): raster order plus the scratch position

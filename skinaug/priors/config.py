@@ -96,8 +96,8 @@ class PriorConfig:
             if top_shape is None or top_codebook_size is None:
                 raise UsageError("the bottom prior is conditioned on the top codes: give top_shape and "
                                  "top_codebook_size")
-            condition = dict(condition_codebook_size=top_codebook_size, condition_height=top_shape[0],
-                             condition_width=top_shape[1])
+            condition = {"condition_codebook_size": top_codebook_size, "condition_height": top_shape[0],
+                         "condition_width": top_shape[1]}
         return cls(arch=arch, codebook_size=codebook_size, height=height, width=width, channels=channels,
                    n_blocks=n_blocks, n_res_blocks=n_res_blocks, kernel_size=5,
                    attention=level == "top" and arch == "pixelsnail", num_classes=num_classes, **condition)

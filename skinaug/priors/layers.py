@@ -164,34 +164,36 @@ class CausalSelfAttention(nn.Module):
         return out.transpose(1, 2).reshape(batch, channels, height, width)
 
     def start(self, spec: CacheSpec) -> SimpleNamespace:
-        """Projection tables and a key/value cache of H * W + 1 slots (the last one is scratch), rounded up to a
-        multiple of 16, which the fused attention kernels want; slots past H * W are never attended to by a real
-        position."""
+        """One matmul's weight and per-position bias table for query, key and value from [context, h] (the query
+        ignores the context and carries the softmax scale), and a key/value cache of H * W + 1 slots (the last is
+        scratch) rounded up to a multiple of 16; slots past a position's own are masked."""
         channels = self.query.weight.shape[0]
-        position = self.position(self.coordinates)
-        position = torch.cat([position, position.new_zeros(1, 3 * channels)])  # the scratch slot
+        scale = (channels // self.n_heads) ** -0.5
+        context_channels = self.key_value.weight.shape[1] - channels
+        query_weight = F.pad(self.query.weight, (context_channels, 0)) * scale
+        table = self.position(self.coordinates) + torch.cat([self.query.bias, self.key_value.bias])
+        table = torch.cat([table[:, :channels] * scale, table[:, channels:]], dim=1)
         slots = -(-(spec.layout.positions + 1) // 16) * 16
-        head_dim = channels // self.n_heads
-        cache = torch.zeros(2, spec.batch, self.n_heads, slots, head_dim, dtype=spec.dtype, device=spec.device)
+        cache = torch.zeros(2, spec.batch, self.n_heads, slots, channels // self.n_heads, dtype=spec.dtype,
+                            device=spec.device)
         return SimpleNamespace(
-            query_table=spec.cast(position[:, :channels] + self.query.bias),
-            kv_table=spec.cast(position[:, channels:] + self.key_value.bias),
-            query=spec.matrix(self.query.weight), key_value=spec.matrix(self.key_value.weight),
-            merge=spec.matrix(self.merge.weight), merge_bias=spec.cast(self.merge.bias),
-            cache=cache, slot_index=torch.arange(slots, device=spec.device))
+            weight=spec.matrix(torch.cat([query_weight, self.key_value.weight])),
+            table=spec.cast(F.pad(table, (0, 0, 0, 1))), merge=spec.matrix(self.merge.weight),
+            merge_bias=spec.cast(self.merge.bias), cache=cache, slot_index=torch.arange(slots, device=spec.device))
 
     def step(self, state: SimpleNamespace, step: Step, h: Tensor, context: Tensor | None = None) -> Tensor:
-        batch, slots = step.batch, step.slots
-        query = torch.addmm(step.rows(state.query_table), h, state.query)
-        kv_input = h if context is None else torch.cat([context, h], dim=1)
-        key_value = torch.addmm(step.rows(state.kv_table), kv_input, state.key_value)
-        # (B * slots, 2C) -> (2, B, heads, slots, head_dim), written at each position's raster slot
-        state.cache.index_copy_(3, step.raster, key_value.view(batch, slots, 2, self.n_heads, -1).permute(2, 0, 3, 1, 4))
-        visible = state.slot_index <= step.raster[:, None]  # (slots, cache slots)
-        attended = F.scaled_dot_product_attention(self._heads(query.view(batch, slots, -1)), state.cache[0],
-                                                  state.cache[1], attn_mask=visible)
-        merged = torch.addmm(state.merge_bias, torch.cat([F.elu(h), attended.transpose(1, 2).reshape(batch * slots, -1)],
-                                                         dim=1), state.merge)
+        batch, slots, channels = step.batch, step.slots, h.shape[1]
+        qkv_input = h if context is None else torch.cat([context, h], dim=1)
+        qkv = torch.addmm(step.rows(state.table), qkv_input, state.weight)
+        # keys and values, (B * slots, 2C) -> (2, B, heads, slots, head_dim), go to each position's raster slot
+        key_value = qkv[:, channels:].reshape(batch, slots, 2, self.n_heads, -1).permute(2, 0, 3, 1, 4)
+        state.cache.index_copy_(3, step.raster, key_value)
+        # a handful of queries against the cache: plain matmuls, where fused kernels would tile 64 queries at a time
+        query = qkv[:, :channels].reshape(batch, slots, self.n_heads, -1).transpose(1, 2)
+        scores = torch.matmul(query, state.cache[0].transpose(-1, -2))
+        scores.masked_fill_(state.slot_index > step.raster[:, None], float("-inf"))
+        attended = torch.matmul(scores.softmax(dim=-1), state.cache[1]).transpose(1, 2).reshape(batch * slots, -1)
+        merged = torch.addmm(state.merge_bias, torch.cat([F.elu(h), attended], dim=1), state.merge)
         return h + F.glu(merged, dim=1)
 
 

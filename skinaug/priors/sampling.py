@@ -29,23 +29,31 @@ def draw_codes(logits: Tensor, uniforms: Tensor, temperature: float = 1.0, top_k
 
 def sample_reference(model: nn.Module, labels: Tensor | None = None, condition: Tensor | None = None, *,
                      n: int | None = None, temperature: float = 1.0, top_k: int | None = None,
-                     generator: torch.Generator | None = None, uniforms: Tensor | None = None) -> Tensor:
+                     generator: torch.Generator | None = None, uniforms: Tensor | None = None,
+                     keep: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Codes (B, H, W): for each position in raster order, run the whole prior on the rows up to the current one
     (what the public VQ-VAE-2 code does) and draw from that position's logits. H * W forwards: slow, obviously
-    right, and the yardstick for `sample`."""
+    right, and the yardstick for `sample`.
+
+    keep: (codes (B, H, W), mask (B, H, W) bool): where the mask is True the given code is kept instead of drawn,
+    and later positions are conditioned on it (resampling inside a region)."""
     config = model.config
     batch, device = resolve_batch(model, labels, condition, n)
     labels, condition = to_device(labels, device), to_device(condition, device)
     model.check_inputs(batch, labels, condition)
     check_draw_args(temperature, top_k)
-    uniforms = resolve_uniforms(uniforms, batch, config.height * config.width, generator, device)
-    codes = torch.zeros(batch, config.height, config.width, dtype=torch.long, device=device)
+    positions = config.height * config.width
+    uniforms = resolve_uniforms(uniforms, batch, positions, generator, device)
+    kept_codes, kept = resolve_keep(keep, batch, config.height, config.width, device)
+    codes = torch.zeros(batch, positions, dtype=torch.long, device=device)
     with torch.no_grad(), evaluating(model):
-        for i in range(config.height):
-            for j in range(config.width):
-                logits = model(codes[:, : i + 1], labels, condition)[:, :, i, j]
-                codes[:, i, j] = draw_codes(logits, uniforms[:, i * config.width + j], temperature, top_k)
-    return codes
+        for p in range(positions):
+            i, j = divmod(p, config.width)
+            logits = model(codes[:, : (i + 1) * config.width].view(batch, i + 1, -1), labels, condition)[:, :, i, j]
+            codes[:, p] = draw_codes(logits, uniforms[:, p], temperature, top_k)
+            if keep is not None:
+                codes[:, p] = torch.where(kept[:, p], kept_codes[:, p], codes[:, p])
+    return codes.view(batch, config.height, config.width)
 
 
 def resolve_batch(model: nn.Module, labels: Tensor | None, condition: Tensor | None,
@@ -68,6 +76,17 @@ def resolve_uniforms(uniforms: Tensor | None, batch: int, positions: int, genera
     if tuple(uniforms.shape) != (batch, positions):
         raise UsageError(f"uniforms must be (batch, H*W) = ({batch}, {positions}), not {tuple(uniforms.shape)}")
     return uniforms.to(device=device, dtype=torch.float32)
+
+
+def resolve_keep(keep: tuple[Tensor, Tensor] | None, batch: int, height: int, width: int,
+                 device: torch.device) -> tuple[Tensor | None, Tensor | None]:
+    """(codes, mask) flattened to (B, H * W) in raster order, or (None, None)."""
+    if keep is None:
+        return None, None
+    codes, mask = keep
+    if tuple(codes.shape) != (batch, height, width) or tuple(mask.shape) != (batch, height, width):
+        raise UsageError(f"keep must be (codes, mask), both of shape ({batch}, {height}, {width})")
+    return codes.to(device=device, dtype=torch.long).flatten(1), mask.to(device=device, dtype=torch.bool).flatten(1)
 
 
 def check_draw_args(temperature: float, top_k: int | None) -> None:

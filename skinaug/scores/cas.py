@@ -46,6 +46,17 @@ class CasOptions:
     workers: int | None = None
     columns: dict = field(default_factory=dict)
 
+    def validate(self) -> None:
+        """Usage errors, found before any output is touched or any image decoded."""
+        if self.mode not in MODES:
+            raise UsageError(f"--mode must be replace or add, not {self.mode!r}")
+        if self.seeds < 1:
+            raise UsageError("--seeds must be at least 1")
+        if not 0 < self.test_fraction < 1:
+            raise UsageError(f"--test-fraction must be between 0 and 1, got {self.test_fraction}")
+        if not 0 < self.real_fraction <= 1:
+            raise UsageError(f"--real-fraction must be in (0, 1], got {self.real_fraction}")
+
 
 @dataclass
 class Task:
@@ -103,11 +114,7 @@ def split_real(real, task: Task, options: CasOptions) -> Split:
     labels = np.array([index[real.class_names[s.label]] for s in samples], dtype=np.int64)
     if len(samples) < 4:
         raise SkinaugError(f"only {len(samples)} real images of the classes {', '.join(task.class_names)}")
-    if not 0 < options.test_fraction < 1:
-        raise UsageError(f"--test-fraction must be between 0 and 1, got {options.test_fraction}")
     train, test = group_split([group_of[s.name] for s in samples], options.test_fraction, options.seed, labels=labels)
-    if not 0 < options.real_fraction <= 1:
-        raise UsageError(f"--real-fraction must be in (0, 1], got {options.real_fraction}")
     if options.real_fraction < 1:
         # the kept share is the 'validation' side of a second lesion-aware split of the train side
         _, kept = group_split([group_of[samples[i].name] for i in train], options.real_fraction, options.seed + 1,
@@ -200,10 +207,7 @@ def score_set(training: TrainingSet, task: Task, test_images: np.ndarray, test_l
 
 def run_cas(real_dir, labels_csv, train_specs: list[str], options: CasOptions, out=None, overwrite=False) -> dict:
     """The CAS table: one entry per training set (see the module docstring); writes `out` when given."""
-    if options.mode not in MODES:
-        raise UsageError(f"--mode must be replace or add, not {options.mode!r}")
-    if options.seeds < 1:
-        raise UsageError("--seeds must be at least 1")
+    options.validate()
     if not train_specs:
         raise UsageError("--train needs at least one set: real, or a generated OUT_DIR")
     if out is not None:
@@ -255,6 +259,7 @@ def run_cas(real_dir, labels_csv, train_specs: list[str], options: CasOptions, o
         out = Path(out)
         write_text(out / "predictions.csv", predictions_csv(predictions, [s.name for s in test_samples], test_labels, task))
         draw_roc_png(curves, out / "roc.png", title=f"ROC on {len(test_images)} real test images: {task.title}")
+        write_text(out / "split.csv", split_csv({"train": (split.train, split.train_labels), "test": (test_samples, test_labels)}, task))
         write_json(out / "cas.json", summary)
         summary["out"] = str(out)
     return summary
@@ -275,6 +280,17 @@ def predictions_csv(predictions, test_names: list[str], test_labels: np.ndarray,
     return buffer.getvalue()
 
 
+def split_csv(sides: dict[str, tuple[list[Sample], np.ndarray]], task: Task) -> str:
+    """image,label,lesion_id,side: the real images of each side, e.g. to train a generator on the train side only
+    (a generator that saw the test images leaks them in a way no provenance column shows)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["image", "label", "lesion_id", "side"])
+    for side, (samples, labels) in sides.items():
+        writer.writerows([sample.name, task.class_names[label], sample.group, side] for sample, label in zip(samples, labels))
+    return buffer.getvalue()
+
+
 def print_cas_table(summary: dict) -> None:
     """The paper's Table 3 layout on stderr."""
     import sys
@@ -285,10 +301,11 @@ def print_cas_table(summary: dict) -> None:
     budget = summary["budget"]
     table = Table(title=f"Classification accuracy score: AUC on {summary['test_images']} real test images ({summary['task']})",
                   caption=f"{budget['arch']}, {budget['image_size']}px, {budget['steps']} steps of batch {budget['batch_size']} per classifier")
-    for column in ("training set", "mode", "images", "left out (test provenance)", "AUC", "per seed"):
-        table.add_column(column, justify="left" if column in ("training set", "mode") else "right")
+    for column in ("training set", "mode", "images", "left out (from test images)", "AUC", "per seed"):
+        table.add_column(column, justify="left" if column in ("training set", "mode") else "right", no_wrap=column != "left out (from test images)")
     for entry in summary["sets"]:
         spread = f" ± {entry['auc_std']:.3f}" if len(entry["aucs"]) > 1 else ""
         table.add_row(entry["name"], entry["mode"], f"{entry['train_images']:,}", f"{entry['left_out_test_provenance']:,}",
                       f"{entry['auc_mean']:.3f}{spread}", " ".join(f"{a:.3f}" for a in entry["aucs"]))
-    Console(file=sys.stderr).print(table)
+    # a log file gets the whole table rather than rich's 80-column default
+    Console(file=sys.stderr, width=None if sys.stderr.isatty() else 140).print(table)

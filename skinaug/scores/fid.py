@@ -35,14 +35,14 @@ def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^1/2).
 
-    tr((S1 S2)^1/2) is computed as the sum of square roots of the eigenvalues of S1^1/2 S2 S1^1/2, which is
-    symmetric positive semi-definite: stabler than a general matrix square root, and exact for S1 = S2.
+    tr((S1 S2)^1/2) equals the sum of the singular values of S1^1/2 S2^1/2 (the eigenvalues of
+    S1^1/2 S2 S1^1/2 are their squares): symmetric square roots and an SVD, stabler than a general matrix
+    square root, and exact to rounding for S1 = S2 even when the covariances are singular (fewer images
+    than feature dimensions).
     """
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
-    root1 = _sqrt_psd(sigma1)
-    middle = root1 @ sigma2 @ root1
-    trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0, None)).sum()
+    trace_sqrt = np.linalg.svd(_sqrt_psd(sigma1) @ _sqrt_psd(sigma2), compute_uv=False).sum()
     diff = mu1 - mu2
     return float(max(0.0, diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt))
 
@@ -137,7 +137,7 @@ def classifier_feature_pair(real_images, real_samples, class_names, generated_im
     budget = budget or Budget()
     budget.image_size = size
     budget.steps = steps_for(epochs, int(labelled.sum()), budget.batch_size)
-    log(f"training a {budget.arch} on {int(labelled.sum())} real images ({len(class_names)} classes, {budget.steps} steps) for its features")
+    log(f"training {budget.arch} on {int(labelled.sum())} real images ({len(class_names)} classes, {budget.steps} steps) for its features")
     model = train_classifier(real_images[labelled], labels[labelled], len(class_names), budget, seed=seed, device=device,
                              desc="feature classifier")
     return features(model, generated_images, device), features(model, real_images, device)

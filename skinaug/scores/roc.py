@@ -82,14 +82,14 @@ def draw_roc_png(curves: list[tuple[str, list[tuple[np.ndarray, np.ndarray]]]], 
     from ..io import atomic_path
 
     size, margin = 480, 56
-    image = Image.new("RGB", (size + margin + 16, size + margin + 40), "white")
+    image = Image.new("RGB", (size + margin + 16, size + margin + 52), "white")
     draw = ImageDraw.Draw(image)
-    left, top = margin, 32
+    left, top = margin, 44
 
     def xy(fpr, tpr):
         return [(left + float(f) * size, top + (1.0 - float(t)) * size) for f, t in zip(fpr, tpr)]
 
-    draw.text((left, 10), title, fill="black")
+    draw.text((left, 6), title, fill="black")
     for tick in np.linspace(0, 1, 6):
         x, y = left + tick * size, top + (1 - tick) * size
         draw.line([(x, top), (x, top + size)], fill=(235, 235, 235))
@@ -99,7 +99,7 @@ def draw_roc_png(curves: list[tuple[str, list[tuple[np.ndarray, np.ndarray]]]], 
     draw.rectangle([left, top, left + size, top + size], outline="black")
     draw.line(xy([0, 1], [0, 1]), fill=(160, 160, 160))
     draw.text((left + size / 2 - 60, top + size + 20), "false positive rate", fill="black")
-    draw.text((4, top - 18), "true positive rate", fill="black")
+    draw.text((4, top - 16), "true positive rate", fill="black")
     for i, (legend, seed_curves) in enumerate(curves):
         colour = PALETTE[i % len(PALETTE)]
         for fpr, tpr in seed_curves:

@@ -10,7 +10,7 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data import Dataset, scan_dataset
+from ..data import IMAGE_EXTENSIONS, Dataset, scan_dataset
 from ..errors import SkinaugError
 
 SOURCE_COLUMNS = ("source_top", "source_bottom")
@@ -41,10 +41,15 @@ def read_sources(labels_csv) -> dict[str, tuple[str, ...]] | None:
             return None
         sources = {}
         for row in reader:
-            name = (row["image"] or "").strip()
-            stem = name.rsplit(".", 1)[0] if "." in name.rsplit("/", 1)[-1] else name
-            sources[stem] = tuple(dict.fromkeys(s.strip() for s in (row[c] or "" for c in SOURCE_COLUMNS) if s.strip()))
+            names = [_stem(row[c] or "") for c in SOURCE_COLUMNS]
+            sources[_stem(row["image"] or "")] = tuple(dict.fromkeys(name for name in names if name))
         return sources
+
+
+def _stem(name: str) -> str:
+    """Names are file stems, as scan_dataset makes them: 'a/ISIC_1.jpg' -> 'ISIC_1'."""
+    stem = name.strip().replace("\\", "/").rsplit("/", 1)[-1]
+    return stem.rsplit(".", 1)[0] if stem.lower().endswith(IMAGE_EXTENSIONS) else stem
 
 
 def open_set(path, labels=None, *, labelled: bool = True, strict: bool = False, **columns) -> ImageSet:

@@ -130,4 +130,4 @@ def print_sweep_table(rows: list[dict]) -> None:
         val_mse = row.get("val_mse")
         table.add_row(str(row["codebook_size"]), str(row["code_dim"]), used(row, "top"), used(row, "bottom"),
                       "-" if pairs is None else f"{pairs:,}", "-" if val_mse is None else f"{val_mse:.5f}", f"{row['mse']:.5f}")
-    Console(file=sys.stderr).print(table)
+    Console(file=sys.stderr, width=None if sys.stderr.isatty() else 140).print(table)

@@ -51,7 +51,7 @@ def batch_seed(seed: int, batch_index: int) -> int:
 class Generator:
     """Turns batches of jobs into code maps and images with one model directory on one device."""
 
-    def __init__(self, model, device="auto", *, temperature=1.0, top_k=None, mask_dir=None, dtype=None):
+    def __init__(self, model, device="auto", *, temperature=1.0, top_k=None, mask_dir=None, dtype=None, sampler="fast"):
         self.model_dir = ModelDir(model)
         self.config = self.model_dir.config()
         self.device = resolve_device(device)
@@ -59,6 +59,9 @@ class Generator:
         self.top_k = top_k
         self.mask_dir = Path(mask_dir) if mask_dir else None
         self.dtype = dtype
+        if sampler not in ("fast", "reference"):
+            raise UsageError(f"--sampler must be fast or reference, not {sampler}")
+        self.sampler = sampler  # "reference": one full forward per position, the ground truth (slow)
         self.class_names = self.config.get("class_names", [])
         self.levels = list(self.config["grid"])
         self.vqvae = self.model_dir.load_vqvae(self.device)
@@ -88,13 +91,14 @@ class Generator:
             raise SkinaugError(f"the {level} prior was trained on {', '.join(trained_classes)} only, not on {self.class_names[label]}")
 
     def _sample(self, level: str, labels: torch.Tensor, condition, generator, keep=None):
-        from .priors import sample
+        from .priors import sample, sample_reference
 
         prior, _ = self.prior(level)
         class_labels = labels if prior.config.num_classes else None
-        kwargs = {"keep": keep} if keep is not None else {}
-        return sample(prior, class_labels, condition, n=labels.shape[0], temperature=self.temperature, top_k=self.top_k,
-                      generator=generator, dtype=self.dtype, **kwargs)
+        options = dict(n=labels.shape[0], temperature=self.temperature, top_k=self.top_k, generator=generator, keep=keep)
+        if self.sampler == "reference":
+            return sample_reference(prior, class_labels, condition, **options)
+        return sample(prior, class_labels, condition, dtype=self.dtype, **options)
 
     def _mask(self, name: str) -> torch.Tensor:
         """A lesion mask (DIR/<image>.png) reduced to the bottom grid: True where codes are resampled."""

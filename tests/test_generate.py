@@ -252,3 +252,14 @@ def test_errors_are_one_line_with_exit_1(generator_model, tiny_model_one_level, 
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err and "Traceback" not in err
     assert list(existing.iterdir()) == [existing / "images"]
+
+
+def test_reference_sampler_through_the_cli_draws_the_same_codes_as_the_fast_one(generator_model, tmp_path):
+    made = {}
+    for sampler in ("fast", "reference"):
+        out = tmp_path / sampler
+        assert run(["synthesize", "--model", generator_model["model"], "--out", out, "--per-class", 2, "--seed", 3,
+                    "--sampler", sampler, "--device", "cpu", "--quiet"]) == 0
+        made[sampler] = read_codes(out / "codes.h5")
+    for level in ("top", "bottom"):
+        np.testing.assert_array_equal(made["fast"].codes[level], made["reference"].codes[level])

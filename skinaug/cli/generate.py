@@ -18,6 +18,7 @@ OutOpt = Annotated[Path, typer.Option("--out", help="Output folder: images/, lab
 TemperatureOpt = Annotated[float, typer.Option("--temperature", help="Sampling temperature (lower: closer to the most likely codes).")]
 TopKOpt = Annotated[Optional[int], typer.Option("--top-k", min=1, help="Sample only among the k most likely codes.")]
 BF16Opt = Annotated[bool, typer.Option("--bf16", help="Sample in bfloat16 on CUDA (faster; logits differ slightly from fp32).")]
+SamplerOpt = Annotated[str, typer.Option("--sampler", help="fast (cached, exact) or reference (one full forward per code: slow, for checks).")]
 
 
 def _dtype(bf16: bool):
@@ -82,6 +83,7 @@ def register(app: typer.Typer) -> None:
         mask_dir: Annotated[Optional[Path], typer.Option("--mask-dir", help="Resample only inside each image's lesion mask DIR/<image>.png.")] = None,
         class_name: Annotated[Optional[str], typer.Option("--class", help="Only images of this class.")] = None,
         device: DeviceOpt = "auto", seed: SeedOpt = 0, batch_size: BatchOpt = 64, bf16: BF16Opt = False,
+        sampler: SamplerOpt = "fast",
         image_format: FormatOpt = "png", quality: QualityOpt = 95,
         overwrite: OverwriteOpt = False, resume: ResumeOpt = False, strict: StrictOpt = False,
         image_col: ImageColOpt = None, label_col: LabelColOpt = None, group_col: GroupColOpt = None,
@@ -103,7 +105,8 @@ def register(app: typer.Typer) -> None:
             raise UsageError("--mask-dir goes with --method resample")
         if mask_dir is not None and not mask_dir.is_dir():
             raise UsageError(f"--mask-dir {mask_dir} is not a folder")
-        generator = Generator(model, device, temperature=temperature, top_k=top_k, mask_dir=mask_dir, dtype=_dtype(bf16))
+        generator = Generator(model, device, temperature=temperature, top_k=top_k, mask_dir=mask_dir, dtype=_dtype(bf16),
+                              sampler=sampler)
         generator.require([method])
         source = load_sources(model, codes, data, labels, device, strict=strict, **columns(image_col, label_col, group_col))
         indices = np.arange(len(source))
@@ -113,7 +116,7 @@ def register(app: typer.Typer) -> None:
         name_jobs(jobs, generator.class_names)
         plan = job_plan(jobs, command=method, source=str(codes or data), seed=seed, batch_size=batch_size,
                         temperature=temperature, top_k=top_k, mask_dir=str(mask_dir) if mask_dir else None, format=image_format,
-                        bf16=bf16)
+                        bf16=bf16, sampler=sampler)
         summary = run_jobs(generator, jobs, source, out, seed=seed, batch_size=batch_size, command=method, plan=plan,
                            overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
                            extra={"mask_dir": str(mask_dir) if mask_dir else None})
@@ -129,6 +132,7 @@ def register(app: typer.Typer) -> None:
         temperature: TemperatureOpt = 1.0,
         top_k: TopKOpt = None,
         device: DeviceOpt = "auto", seed: SeedOpt = 0, batch_size: BatchOpt = 64, bf16: BF16Opt = False,
+        sampler: SamplerOpt = "fast",
         image_format: FormatOpt = "png", quality: QualityOpt = 95,
         overwrite: OverwriteOpt = False, resume: ResumeOpt = False,
         json_: JsonOpt = False, quiet: QuietOpt = False,
@@ -143,7 +147,7 @@ def register(app: typer.Typer) -> None:
 
         if (class_name is None) == (per_class is None) or (class_name is not None and n is None):
             raise UsageError("give --class NAME with -n N, or --per-class N")
-        generator = Generator(model, device, temperature=temperature, top_k=top_k, dtype=_dtype(bf16))
+        generator = Generator(model, device, temperature=temperature, top_k=top_k, dtype=_dtype(bf16), sampler=sampler)
         generator.require(["synthesize"])
         if class_name is not None:
             jobs = [Job("synthesize", class_index(generator.class_names, class_name)) for _ in range(n)]
@@ -153,7 +157,7 @@ def register(app: typer.Typer) -> None:
             jobs = [Job("synthesize", label) for label in range(len(generator.class_names)) for _ in range(per_class)]
         name_jobs(jobs, generator.class_names)
         plan = job_plan(jobs, command="synthesize", seed=seed, batch_size=batch_size, temperature=temperature, top_k=top_k,
-                        format=image_format, bf16=bf16)
+                        format=image_format, bf16=bf16, sampler=sampler)
         summary = run_jobs(generator, jobs, None, out, seed=seed, batch_size=batch_size, command="synthesize", plan=plan,
                            overwrite=overwrite, resume=resume, image_format=image_format, quality=quality)
         _finish(summary, json_, out)

@@ -263,3 +263,17 @@ def test_reference_sampler_through_the_cli_draws_the_same_codes_as_the_fast_one(
         made[sampler] = read_codes(out / "codes.h5")
     for level in ("top", "bottom"):
         np.testing.assert_array_equal(made["fast"].codes[level], made["reference"].codes[level])
+
+
+def test_preview_writes_one_captioned_row_per_method(generator_model, tmp_path, capsys):
+    mix, synth = tmp_path / "mix", tmp_path / "synth"
+    assert run(["mix", "--codes", generator_model["codes"], "--model", generator_model["model"], "--out", mix, "-n", 3,
+                "--device", "cpu", "--quiet"]) == 0
+    assert run(["synthesize", "--model", generator_model["model"], "--out", synth, "--per-class", 1, "--device", "cpu",
+                "--quiet"]) == 0
+    capsys.readouterr()
+    assert run(["preview", mix, synth, "--out", tmp_path / "sheet.png", "--per-row", 4, "--size", 16, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["rows"] == {"mix": 3, "synthesize": 3}
+    with Image.open(tmp_path / "sheet.png") as sheet:
+        assert sheet.size == (4 * 16, 2 * (16 + 14))

@@ -36,12 +36,12 @@ def _root(
     """Expand skin-lesion image datasets with a VQ-VAE-2 and class-conditional priors over its codes."""
 
 
-from . import codes, generate, train  # noqa: E402  (commands register themselves on `app`)
+from . import codes, generate, preview, score, train  # noqa: E402  (commands register themselves on `app`)
 
 app.add_typer(train.app, name="train")
 codes.register(app)
 generate.register(app)
-from . import score  # noqa: E402
+preview.register(app)
 app.add_typer(score.app, name="score")
 
 

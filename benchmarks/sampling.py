@@ -3,6 +3,7 @@
     PYTHONPATH=. python benchmarks/sampling.py --device cpu --config small
     PYTHONPATH=. python3 benchmarks/sampling.py --device cuda --config reference              # batch 64
     PYTHONPATH=. python3 benchmarks/sampling.py --device cuda --config reference --dtype bf16
+    PYTHONPATH=. python3 benchmarks/sampling.py --device cuda --config reference --tf32 --compile off
 
 Priors come from PriorConfig.default_for (small: a 64px image, top 8x8 and bottom 16x16, 128 channels, 2 blocks of
 2; reference: 256px, top 32x32 with attention and bottom 64x64 conditioned on it, 256 channels, 4 blocks of 4,
@@ -92,6 +93,8 @@ def main() -> None:
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls and convolutions (CUDA)")
     parser.add_argument("--repeats", type=int, default=2,
                         help="timings of the fast sampler and of each reference step (the minimum counts)")
+    parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                        help="sample(compile=...): auto compiles the raster-order (attention) prior's step on CUDA")
     parser.add_argument("--check-eager", action="store_true", help="CUDA: also sample without CUDA graphs and compare")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     parser.add_argument("--seed", type=int, default=0)
@@ -109,7 +112,10 @@ def main() -> None:
     def generator() -> torch.Generator:
         return torch.Generator(device=device).manual_seed(args.seed)
 
+    compile_option = {"auto": "auto", "on": True, "off": False}[args.compile]
+
     def fast(return_logits: bool = False, **options):
+        options.setdefault("compile", compile_option)
         top_out, top_s = timed(lambda: sample(top, labels, generator=generator(), dtype=dtype,
                                               return_logits=return_logits, **options), device)
         top_codes = top_out[0] if return_logits else top_out
@@ -117,7 +123,7 @@ def main() -> None:
                                                     return_logits=return_logits, **options), device)
         return top_out, bottom_out, top_s, bottom_s
 
-    fast()  # warm-up: allocator, cuBLAS/cuDNN, first graph capture
+    fast()  # warm-up: allocator, cuBLAS/cuDNN, torch.compile, first graph capture
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     runs = [fast()[2:] for _ in range(args.repeats)]
@@ -144,7 +150,7 @@ def main() -> None:
         "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
                    else f"cpu ({torch.get_num_threads()} threads)"),
         "config": args.config, "arch": args.arch, "batch": batch, "dtype": args.dtype, "tf32": args.tf32,
-        "torch": torch.__version__, "cuda_graph": device.type == "cuda",
+        "torch": torch.__version__, "cuda_graph": device.type == "cuda", "compile": args.compile,
         "reference_s_per_image": round(reference_per_image, 4), "fast_s_per_image": round(fast_per_image, 5),
         "speedup": round(reference_per_image / fast_per_image, 1),
         "max_abs_logit_diff": max(reference_top["max_abs_logit_diff"], reference_bottom["max_abs_logit_diff"]),

@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .codes import CodeWriter, code_statistics, model_attrs, read_codes
 from .data import scan_dataset
@@ -16,33 +15,40 @@ from .image_cache import decode_in_chunks
 from .io import atomic_path, prepare_output
 from .modeldir import ModelDir
 from .output import DatasetWriter
-from .runtime import log, progress, resolve_device
-from .vqvae import to_model_input, to_uint8
+from .runtime import log, progress, resolve_backend, resolve_device
 
 
-def autocast_for(device: torch.device):
+def autocast_for(device):
     """bf16 autocast on CUDA (the quantizer itself stays fp32); nothing on CPU."""
+    import torch
+
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-@torch.no_grad()
-def encode_batch(model, images_uint8: np.ndarray | torch.Tensor, device) -> tuple[dict[str, np.ndarray], torch.Tensor]:
+def encode_batch(model, images_uint8, device) -> tuple[dict[str, np.ndarray], "torch.Tensor"]:
     """uint8 (B,S,S,3) -> (code maps per level as uint16 arrays, squared error sum on [0, 1] pixels)."""
+    import torch
+
+    from .vqvae import to_model_input
+
     images = to_model_input(torch.as_tensor(np.asarray(images_uint8)).to(device))
     if device.type == "cuda":
         images = images.contiguous(memory_format=torch.channels_last)
-    with autocast_for(device):
+    with torch.no_grad(), autocast_for(device):
         quantized, codes, _ = model.encode(images)
         reconstruction = model.decode(quantized)
     squared_error = ((reconstruction.float().clamp(-1, 1) - images) ** 2).sum() / 4.0
     return {level: values.to(torch.int32).cpu().numpy().astype(np.uint16) for level, values in codes.items()}, squared_error
 
 
-@torch.no_grad()
 def decode_batch(model, codes: dict[str, np.ndarray], device) -> np.ndarray:
     """Code maps per level (B,H,W) -> uint8 images (B,S,S,3)."""
+    import torch
+
+    from .vqvae import to_uint8
+
     tensors = {level: torch.as_tensor(np.asarray(values, dtype=np.int64)).to(device) for level, values in codes.items()}
-    with autocast_for(device):
+    with torch.no_grad(), autocast_for(device):
         images = model.decode_codes(tensors)
     return to_uint8(images.clamp(-1, 1)).cpu().numpy()
 
@@ -53,30 +59,46 @@ def dataset_for_model(data, labels, config: dict, **scan_options):
     return scan_dataset(data, labels, class_names=class_names, **scan_options)
 
 
+def open_vqvae(model_dir: ModelDir, device, backend: str):
+    """(encode_batch, decode_batch, squared-error accumulator, device name, backend summary) for one backend: the
+    onnx backend runs the exported graphs with onnxruntime and never imports torch."""
+    if backend == "onnx":
+        from .onnx.runtime import OnnxModel
+
+        runtime = OnnxModel(model_dir, device)
+        vqvae = runtime.vqvae
+        return vqvae.encode_batch, vqvae.decode_batch, np.zeros((), np.float64), runtime.device_name, runtime.info()
+    import torch
+
+    device = resolve_device(device)
+    network = model_dir.load_vqvae(device)
+    if device.type == "cuda":
+        network = network.to(memory_format=torch.channels_last)
+    return (lambda images: encode_batch(network, images, device), lambda codes: decode_batch(network, codes, device),
+            torch.zeros((), dtype=torch.float64, device=device), str(device), {"backend": "torch", "provider": str(device)})
+
+
 def encode_dataset(data, out, *, model, labels=None, device="auto", batch_size=64, overwrite=False,
-                   strict=False, workers=None, **columns) -> dict:
+                   strict=False, workers=None, backend=None, **columns) -> dict:
     """Writes CODES.h5 for every readable image in DATA; returns the Table 2 statistics."""
     model_dir = ModelDir(model)
     config = model_dir.config()
-    device = resolve_device(device)
+    backend = resolve_backend(backend)
     dataset = dataset_for_model(data, labels, config, strict=strict, **columns)
     for name, reason in dataset.skipped:
         log(f"skipped {name}: {reason}")
     prepare_output(out, overwrite=overwrite, kind="code file")
-    network = model_dir.load_vqvae(device)
-    if device.type == "cuda":
-        network = network.to(memory_format=torch.channels_last)
+    encode, _, squared_error, _, backend_info = open_vqvae(model_dir, device, backend)
     attrs = {**model_attrs(config), "class_names": json.dumps(dataset.class_names)}
     grid = {level: tuple(shape) for level, shape in config["grid"].items()}
     started = time.perf_counter()
-    squared_error = torch.zeros((), dtype=torch.float64, device=device)
     all_codes: dict[str, list[np.ndarray]] = {level: [] for level in grid}
     count = pixels = 0
     with atomic_path(out) as tmp, CodeWriter(tmp, attrs, grid) as writer:
         for images, kept in decode_in_chunks(dataset.samples, config["image_size"], strict=strict, workers=workers):
             for start in range(0, len(kept), batch_size):
                 batch = kept[start : start + batch_size]
-                codes, error = encode_batch(network, images[start : start + batch_size], device)
+                codes, error = encode(images[start : start + batch_size])
                 squared_error += error
                 writer.append(codes, [s.name for s in batch], [s.label for s in batch], [s.group for s in batch])
                 for level, values in codes.items():
@@ -92,19 +114,19 @@ def encode_dataset(data, out, *, model, labels=None, device="auto", batch_size=6
         **code_statistics({k: np.concatenate(v) for k, v in all_codes.items()}, config["codebook_size"]),
         "mse": float(squared_error.item() / pixels),
         "images_per_s": count / (time.perf_counter() - started),
+        **backend_info,
     }
     return stats
 
 
 def decode_codes(codes_path, out, *, model, device="auto", batch_size=64, overwrite=False, resume=False,
-                 image_format="png", quality=95) -> dict:
+                 image_format="png", quality=95, backend=None) -> dict:
     """The paper's 'reconstruction' set: every code map decoded, in the generated-dataset layout."""
     model_dir = ModelDir(model)
     config = model_dir.config()
     code_file = read_codes(codes_path)
     code_file.check_model(config)
-    device = resolve_device(device)
-    network = model_dir.load_vqvae(device)
+    _, decode, _, device_name, backend_info = open_vqvae(model_dir, device, resolve_backend(backend))
     class_names = code_file.class_names
     plan = {"command": "decode", "codes": str(Path(codes_path).resolve()), "n": len(code_file), "batch_size": batch_size,
             "format": image_format}
@@ -122,6 +144,6 @@ def decode_codes(codes_path, out, *, model, device="auto", batch_size=64, overwr
                     "method": "reconstruction", "source_top": name, "source_bottom": name,
                     "temperature": "", "seed": "", "model_fingerprint": config["fingerprint"], "group": group,
                 } for name, label, group in zip(code_file.images[start:stop], code_file.labels[start:stop], code_file.groups[start:stop])]
-                writer.write_batch(batch_index, decode_batch(network, codes, device), rows, codes)
+                writer.write_batch(batch_index, decode(codes), rows, codes)
             bar.update(stop - start)
-    return writer.finish(command="decode", seed=None, device=str(device))
+    return writer.finish(command="decode", seed=None, device=device_name, extra=backend_info)

@@ -20,13 +20,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .codes import CodeFile, read_codes
 from .errors import SkinaugError, UsageError
 from .modeldir import ModelDir
 from .output import DatasetWriter
-from .runtime import log, progress, resolve_device
+from .runtime import log, progress, resolve_backend, resolve_device
 
 SOURCE_METHODS = ("mix", "resample", "rand-bottom", "rand-top")
 AUGMENT_METHODS = ("mix", "resample", "synthesize", "rand-bottom", "rand-top")
@@ -46,6 +45,15 @@ class Job:
 
 def batch_seed(seed: int, batch_index: int) -> int:
     return (seed * 1_000_003 + batch_index * 7919 + 17) % (2**63 - 1)
+
+
+def open_generator(model, device="auto", *, backend=None, **options) -> "Generator":
+    """The Generator of --backend: PyTorch, or the exported graphs through onnxruntime (which never import torch)."""
+    if resolve_backend(backend) == "onnx":
+        from .onnx.generate import OnnxGenerator
+
+        return OnnxGenerator(model, device, **options)
+    return Generator(model, device, **options)
 
 
 class Generator:
@@ -90,7 +98,17 @@ class Generator:
         if trained_classes is not None and self.class_names[label] not in trained_classes:
             raise SkinaugError(f"the {level} prior was trained on {', '.join(trained_classes)} only, not on {self.class_names[label]}")
 
-    def _sample(self, level: str, labels: torch.Tensor, condition, generator, keep=None):
+    def backend_info(self) -> dict:
+        """run.json's "backend" and "provider"."""
+        return {"backend": "torch", "provider": str(self.device)}
+
+    def distributed(self):
+        """This process's share of the work (torchrun ranks take disjoint batches)."""
+        from .distributed import Distributed
+
+        return Distributed.from_environment("cpu" if self.device.type == "cpu" else "auto")
+
+    def _sample(self, level: str, labels, condition, generator, keep=None):
         from .priors import sample, sample_reference
 
         prior, _ = self.prior(level)
@@ -100,7 +118,12 @@ class Generator:
             return sample_reference(prior, class_labels, condition, **options)
         return sample(prior, class_labels, condition, dtype=self.dtype, **options)
 
-    def _mask(self, name: str) -> torch.Tensor:
+    def _mask(self, name: str):
+        import torch
+
+        return torch.from_numpy(self.mask_array(name))
+
+    def mask_array(self, name: str) -> np.ndarray:
         """A lesion mask (DIR/<image>.png) reduced to the bottom grid: True where codes are resampled."""
         from PIL import Image
 
@@ -113,11 +136,18 @@ class Generator:
                 mask = np.asarray(image.convert("L").resize((width, height), Image.Resampling.BOX)) >= 128
         except OSError as error:
             raise SkinaugError(f"cannot read mask {path} ({error})") from None
-        return torch.from_numpy(mask)
+        return mask
 
-    @torch.no_grad()
     def codes_for(self, method: str, jobs: list[Job], source: CodeFile | None, seed: int) -> dict[str, np.ndarray]:
         """Code maps (uint16 per level) for a batch of jobs of one method."""
+        import torch
+
+        with torch.no_grad():
+            return self._codes_for(method, jobs, source, seed)
+
+    def _codes_for(self, method: str, jobs: list[Job], source: CodeFile | None, seed: int) -> dict[str, np.ndarray]:
+        import torch
+
         generator = torch.Generator(device=self.device).manual_seed(seed)
         labels = torch.tensor([job.label for job in jobs], device=self.device)
         take = lambda level, attr: torch.as_tensor(  # noqa: E731
@@ -152,7 +182,7 @@ class Generator:
         return decode_batch(self.vqvae, codes, self.device)
 
 
-def load_sources(model, codes=None, data=None, labels=None, device="auto", **scan_options) -> CodeFile:
+def load_sources(model, codes=None, data=None, labels=None, device="auto", backend=None, **scan_options) -> CodeFile:
     """Source images' codes: from a code file (checked against the model) or encoded from DATA now."""
     model_dir = ModelDir(model)
     config = model_dir.config()
@@ -162,6 +192,10 @@ def load_sources(model, codes=None, data=None, labels=None, device="auto", **sca
         source = read_codes(codes)
         source.check_model(config)
         return source
+    if resolve_backend(backend) == "onnx":
+        from .onnx.generate import codes_from_images
+
+        return codes_from_images(model_dir, data, labels, device, **scan_options)
     from .train_prior import codes_from_images
 
     return codes_from_images(model_dir, data, labels, resolve_device(device), **scan_options)
@@ -218,9 +252,7 @@ def run_jobs(generator: Generator, jobs: list[Job], source: CodeFile | None, out
              command: str, plan: dict, overwrite=False, resume=False, image_format="png", quality=95,
              originals: list | None = None, link_originals=True, extra: dict | None = None) -> dict:
     """Makes every job's image into OUT_DIR (streamed, resumable, sharded under torchrun)."""
-    from .distributed import Distributed
-
-    dist = Distributed.from_environment("cpu" if generator.device.type == "cpu" else "auto")
+    dist = generator.distributed()
     generator.require({job.method for job in jobs})
     for job in jobs:
         for level in PRIORS_NEEDED.get(job.method, ()):
@@ -283,6 +315,7 @@ def run_jobs(generator: Generator, jobs: list[Job], source: CodeFile | None, out
         "temperature": generator.temperature,
         "seconds_per_method_this_run": {k: round(v, 3) for k, v in timings.items()},
         "images_per_s_this_run": made / max(elapsed, 1e-9),
+        **generator.backend_info(),
         **(extra or {}),
     })
 

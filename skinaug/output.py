@@ -49,9 +49,15 @@ def link_or_copy(source: Path, target: Path, link: bool) -> None:
 
 
 def versions() -> dict:
-    import torch
-
-    return {"skinaug": __version__, "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
+    """Versions of what made the output; torch and onnxruntime as loaded (the onnx backend never imports torch)."""
+    found = {"skinaug": __version__, "python": platform.python_version()}
+    torch = sys.modules.get("torch")
+    found["torch"] = torch.__version__ if torch is not None else None
+    found["numpy"] = np.__version__
+    onnxruntime = sys.modules.get("onnxruntime")
+    if onnxruntime is not None:
+        found["onnxruntime"] = onnxruntime.__version__
+    return found
 
 
 def plan_digest(plan) -> str:

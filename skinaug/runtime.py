@@ -57,3 +57,29 @@ def resolve_device(name: str = "auto"):
 
 def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
+
+
+BACKENDS = ("torch", "onnx")
+
+
+def torch_installed() -> bool:
+    """Whether PyTorch can be imported here, without importing it."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def resolve_backend(name: str | None = None) -> str:
+    """--backend: torch or onnx; by default torch when it is installed, onnx otherwise."""
+    if name is None or name == "auto":
+        return "torch" if torch_installed() else "onnx"
+    if name not in BACKENDS:
+        from .errors import UsageError
+
+        raise UsageError(f"unknown backend {name!r}: use torch or onnx")
+    if name == "torch" and not torch_installed():
+        raise SkinaugError("--backend torch needs PyTorch, which is not installed: use --backend onnx")
+    return name

@@ -24,7 +24,7 @@ from .errors import SkinaugError, UsageError
 from .modeldir import PRIOR_WEIGHTS, ModelDir, load_weights, save_weights
 from .priors import PriorConfig, build_prior
 from .runtime import log, progress, resolve_device
-from .train_vqvae import load_checkpoint, lr_factor, save_checkpoint
+from .train_vqvae import load_checkpoint, lr_factor, restore_training_state, save_checkpoint, training_state
 
 
 @dataclass
@@ -180,13 +180,7 @@ def train_prior_level(model_dir: ModelDir, code_file: CodeFile, level: str, opti
         optimizer, lambda step: lr_factor(step, min(options.warmup_steps, total_steps // 10 + 1), total_steps))
     step, start_epoch = 0, 0
     if checkpoint is not None:
-        prior.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        step, start_epoch = checkpoint["step"], checkpoint["epoch"]
-        torch.set_rng_state(checkpoint["rng"]["torch"])
-        if "cuda" in checkpoint["rng"] and device.type == "cuda":
-            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+        step, start_epoch = restore_training_state(checkpoint, prior, optimizer, scheduler, device)
         if dist.is_main:
             log(f"resuming the {level} prior from epoch {start_epoch}")
     network = dist.wrap(prior)
@@ -237,12 +231,7 @@ def train_prior_level(model_dir: ModelDir, code_file: CodeFile, level: str, opti
             }
             with open(model_dir.train_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(metrics) + "\n")
-            state = {
-                "model": prior.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "step": step, "epoch": epoch + 1, "meta": meta,
-                "rng": {"torch": torch.get_rng_state(), **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {})},
-            }
-            save_checkpoint(checkpoint_path, state)
+            save_checkpoint(checkpoint_path, training_state(prior, optimizer, scheduler, step, epoch + 1, meta))
             log(f"{level} prior epoch {epoch + 1}/{options.epochs}: train {metrics['train_bits_per_code']:.3f} bits/code, "
                 f"validation {metrics['val_bits_per_code']:.3f} bits/code, accuracy {metrics['val_accuracy']:.3f}")
         dist.barrier()

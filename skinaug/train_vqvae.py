@@ -110,7 +110,8 @@ class BatchSource:
         return to_model_input(batch)
 
 
-def _state(model, optimizer, scheduler, step, epoch, meta) -> dict:
+def training_state(model, optimizer, scheduler, step, epoch, meta) -> dict:
+    """Everything --resume needs: weights, optimizer, schedule, position, RNG state and the run's meta."""
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -123,6 +124,17 @@ def _state(model, optimizer, scheduler, step, epoch, meta) -> dict:
         "rng": rng,
         "meta": meta,
     }
+
+
+def restore_training_state(checkpoint: dict, model, optimizer, scheduler, device) -> tuple[int, int]:
+    """The inverse of training_state; returns (step, epoch) to continue from."""
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    torch.set_rng_state(checkpoint["rng"]["torch"])
+    if "cuda" in checkpoint["rng"] and device.type == "cuda":
+        torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+    return checkpoint["step"], checkpoint["epoch"]
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -227,13 +239,7 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig, options: T
         optimizer, lambda step: lr_factor(step, min(options.warmup_steps, total_steps // 10 + 1), total_steps))
     step, start_epoch = 0, 0
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        step, start_epoch = checkpoint["step"], checkpoint["epoch"]
-        torch.set_rng_state(checkpoint["rng"]["torch"])
-        if "cuda" in checkpoint["rng"] and device.type == "cuda":
-            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+        step, start_epoch = restore_training_state(checkpoint, model, optimizer, scheduler, device)
         if dist.is_main:
             log(f"resuming from epoch {start_epoch} (step {step})")
     network = dist.wrap(model)
@@ -317,7 +323,7 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig, options: T
 
                 handle.write(json.dumps(metrics) + "\n")
             reconstruction_grid(model, grid_images, model_dir.train_dir / f"reconstructions_epoch{epoch + 1:03d}.png")
-            save_checkpoint(checkpoint_path, _state(model, optimizer, scheduler, step, epoch + 1, meta))
+            save_checkpoint(checkpoint_path, training_state(model, optimizer, scheduler, step, epoch + 1, meta))
             usage = ", ".join(f"{level} {metrics[f'used_codes_{level}']}/{model_config.codebook_size} codes"
                               for level in model.quantizers)
             log(f"epoch {epoch + 1}/{options.epochs}: train MSE {metrics['train_mse']:.5f}, val MSE {metrics['val_mse']:.5f}, "

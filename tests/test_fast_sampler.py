@@ -157,6 +157,8 @@ def test_sampling_arguments_are_checked():
         sample(model, torch.tensor([0, 1]), keep=(torch.zeros(2, HEIGHT, WIDTH), torch.ones(2, 1, 1)))
     with pytest.raises(UsageError, match="CUDA graphs"):
         sample(model, torch.tensor([0, 1]), use_cuda_graph=True)
+    with pytest.raises(UsageError, match="compile must be"):
+        sample(model, torch.tensor([0, 1]), compile="yes")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -178,3 +180,21 @@ def test_cuda_graph_replays_give_the_eager_and_the_reference_codes(arch, attenti
     assert torch.equal(codes, eager_codes) and (logits - eager_logits).abs().max() < 1e-5
     assert torch.equal(codes, reference)
     assert (logits - teacher_forced).abs().max() < 1e-4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("attention", (True, False))
+def test_the_compiled_step_gives_the_reference_codes_on_cuda(attention):
+    model = random_prior("pixelsnail", attention=attention, classes=3, conditioned=True).cuda()
+    labels, condition = (t.cuda() for t in conditioning(model))
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    uniforms = torch.rand(3, HEIGHT * WIDTH, generator=generator, device="cuda")
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        for cuda_graph in (True, False):
+            codes, logits = sample(model, labels, condition, uniforms=uniforms, return_logits=True, compile=True,
+                                   use_cuda_graph=cuda_graph)
+            reference = sample_reference(model, labels, condition, uniforms=uniforms)
+            with torch.no_grad():
+                teacher_forced = model.eval()(codes, labels, condition)
+            assert torch.equal(codes, reference)
+            assert (logits - teacher_forced).abs().max() < 1e-4

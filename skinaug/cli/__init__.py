@@ -43,6 +43,8 @@ codes.register(app)
 generate.register(app)
 preview.register(app)
 app.add_typer(score.app, name="score")
+from . import export  # noqa: E402
+app.add_typer(export.app, name="export")
 
 
 def main(argv: list[str] | None = None) -> int:

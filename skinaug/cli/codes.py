@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from ..runtime import set_quiet
-from .options import (BatchOpt, DataArg, DeviceOpt, FormatOpt, GroupColOpt, ImageColOpt, JsonOpt, LabelColOpt, LabelsOpt,
+from .options import (BackendOpt, BatchOpt, DataArg, DeviceOpt, FormatOpt, GroupColOpt, ImageColOpt, JsonOpt, LabelColOpt, LabelsOpt,
                       ModelOpt, OverwriteOpt, QualityOpt, QuietOpt, ResumeOpt, StrictOpt, WorkersOpt, columns, emit)
 
 
@@ -50,6 +50,7 @@ def register(app: typer.Typer) -> None:
         image_col: ImageColOpt = None,
         label_col: LabelColOpt = None,
         group_col: GroupColOpt = None,
+        backend: BackendOpt = None,
         json_: JsonOpt = False,
         quiet: QuietOpt = False,
     ):
@@ -62,7 +63,7 @@ def register(app: typer.Typer) -> None:
         from ..modeldir import ModelDir
 
         stats = encode_dataset(data, out, model=model, labels=labels, device=device, batch_size=batch_size,
-                               overwrite=overwrite, strict=strict, workers=workers, **columns(image_col, label_col, group_col))
+                               overwrite=overwrite, strict=strict, workers=workers, backend=backend, **columns(image_col, label_col, group_col))
         if not quiet:
             print_code_table(stats, ModelDir(model).config()["codebook_size"])
         emit(stats, json_, out)
@@ -78,6 +79,7 @@ def register(app: typer.Typer) -> None:
         quality: QualityOpt = 95,
         overwrite: OverwriteOpt = False,
         resume: ResumeOpt = False,
+        backend: BackendOpt = None,
         json_: JsonOpt = False,
         quiet: QuietOpt = False,
     ):
@@ -89,5 +91,5 @@ def register(app: typer.Typer) -> None:
         from ..encode import decode_codes
 
         summary = decode_codes(codes, out, model=model, device=device, batch_size=batch_size, overwrite=overwrite,
-                               resume=resume, image_format=image_format, quality=quality)
+                               resume=resume, image_format=image_format, quality=quality, backend=backend)
         emit(summary, json_, out)

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..runtime import set_quiet
-from .options import (BatchOpt, DeviceOpt, FormatOpt, GroupColOpt, ImageColOpt, JsonOpt, LabelColOpt, LabelsOpt, ModelOpt,
+from .options import (BackendOpt, BatchOpt, DeviceOpt, FormatOpt, GroupColOpt, ImageColOpt, JsonOpt, LabelColOpt, LabelsOpt, ModelOpt,
                       OverwriteOpt, QualityOpt, QuietOpt, ResumeOpt, SeedOpt, StrictOpt, columns, emit)
 
 SourceArg = Annotated[Optional[Path], typer.Argument(help="Image folder (or use --codes).", show_default=False)]
@@ -22,9 +22,11 @@ SamplerOpt = Annotated[str, typer.Option("--sampler", help="fast (cached, exact)
 
 
 def _dtype(bf16: bool):
+    if not bf16:
+        return None  # without importing torch: the onnx backend runs where it is not installed
     import torch
 
-    return torch.bfloat16 if bf16 else None
+    return torch.bfloat16
 
 
 def _finish(summary: dict, as_json: bool, out: Path) -> None:
@@ -42,7 +44,7 @@ def register(app: typer.Typer) -> None:
         labels: LabelsOpt = None,
         class_name: Annotated[Optional[str], typer.Option("--class", help="Mix only images of this class.")] = None,
         any_label: Annotated[bool, typer.Option("--any-label", help="Allow the two sources to have different labels (the top's label is kept).")] = False,
-        device: DeviceOpt = "auto", seed: SeedOpt = 0, batch_size: BatchOpt = 64,
+        device: DeviceOpt = "auto", backend: BackendOpt = None, seed: SeedOpt = 0, batch_size: BatchOpt = 64,
         image_format: FormatOpt = "png", quality: QualityOpt = 95,
         overwrite: OverwriteOpt = False, resume: ResumeOpt = False, strict: StrictOpt = False,
         image_col: ImageColOpt = None, label_col: LabelColOpt = None, group_col: GroupColOpt = None,
@@ -55,11 +57,11 @@ def register(app: typer.Typer) -> None:
         set_quiet(quiet)
         import numpy as np
 
-        from ..generate import Generator, class_index, job_plan, load_sources, name_jobs, plan_mix, run_jobs
+        from ..generate import open_generator, class_index, job_plan, load_sources, name_jobs, plan_mix, run_jobs
 
-        generator = Generator(model, device)
+        generator = open_generator(model, device, backend=backend)
         generator.require(["mix"])
-        source = load_sources(model, codes, data, labels, device, strict=strict, **columns(image_col, label_col, group_col))
+        source = load_sources(model, codes, data, labels, device, backend=backend, strict=strict, **columns(image_col, label_col, group_col))
         label = class_index(generator.class_names, class_name) if class_name else None
         jobs = plan_mix(source, n, np.random.default_rng(seed), any_label=any_label, label=label)
         name_jobs(jobs, generator.class_names)
@@ -82,7 +84,7 @@ def register(app: typer.Typer) -> None:
         method: Annotated[str, typer.Option("--method", help="resample, or a baseline: rand-bottom | rand-top (uniformly random codes in one level).")] = "resample",
         mask_dir: Annotated[Optional[Path], typer.Option("--mask-dir", help="Resample only inside each image's lesion mask DIR/<image>.png.")] = None,
         class_name: Annotated[Optional[str], typer.Option("--class", help="Only images of this class.")] = None,
-        device: DeviceOpt = "auto", seed: SeedOpt = 0, batch_size: BatchOpt = 64, bf16: BF16Opt = False,
+        device: DeviceOpt = "auto", backend: BackendOpt = None, seed: SeedOpt = 0, batch_size: BatchOpt = 64, bf16: BF16Opt = False,
         sampler: SamplerOpt = "fast",
         image_format: FormatOpt = "png", quality: QualityOpt = 95,
         overwrite: OverwriteOpt = False, resume: ResumeOpt = False, strict: StrictOpt = False,
@@ -97,7 +99,7 @@ def register(app: typer.Typer) -> None:
         import numpy as np
 
         from ..errors import UsageError
-        from ..generate import Generator, class_index, job_plan, load_sources, name_jobs, plan_per_source, run_jobs
+        from ..generate import open_generator, class_index, job_plan, load_sources, name_jobs, plan_per_source, run_jobs
 
         if method not in ("resample", "rand-bottom", "rand-top"):
             raise UsageError(f"--method must be resample, rand-bottom or rand-top, not {method}")
@@ -105,10 +107,10 @@ def register(app: typer.Typer) -> None:
             raise UsageError("--mask-dir goes with --method resample")
         if mask_dir is not None and not mask_dir.is_dir():
             raise UsageError(f"--mask-dir {mask_dir} is not a folder")
-        generator = Generator(model, device, temperature=temperature, top_k=top_k, mask_dir=mask_dir, dtype=_dtype(bf16),
+        generator = open_generator(model, device, backend=backend, temperature=temperature, top_k=top_k, mask_dir=mask_dir, dtype=_dtype(bf16),
                               sampler=sampler)
         generator.require([method])
-        source = load_sources(model, codes, data, labels, device, strict=strict, **columns(image_col, label_col, group_col))
+        source = load_sources(model, codes, data, labels, device, backend=backend, strict=strict, **columns(image_col, label_col, group_col))
         indices = np.arange(len(source))
         if class_name:
             indices = indices[source.labels == class_index(generator.class_names, class_name)]
@@ -131,7 +133,7 @@ def register(app: typer.Typer) -> None:
         per_class: Annotated[Optional[int], typer.Option("--per-class", min=1, help="Images to make for every class.")] = None,
         temperature: TemperatureOpt = 1.0,
         top_k: TopKOpt = None,
-        device: DeviceOpt = "auto", seed: SeedOpt = 0, batch_size: BatchOpt = 64, bf16: BF16Opt = False,
+        device: DeviceOpt = "auto", backend: BackendOpt = None, seed: SeedOpt = 0, batch_size: BatchOpt = 64, bf16: BF16Opt = False,
         sampler: SamplerOpt = "fast",
         image_format: FormatOpt = "png", quality: QualityOpt = 95,
         overwrite: OverwriteOpt = False, resume: ResumeOpt = False,
@@ -143,11 +145,11 @@ def register(app: typer.Typer) -> None:
         """
         set_quiet(quiet)
         from ..errors import UsageError
-        from ..generate import Generator, Job, class_index, job_plan, name_jobs, run_jobs
+        from ..generate import open_generator, Job, class_index, job_plan, name_jobs, run_jobs
 
         if (class_name is None) == (per_class is None) or (class_name is not None and n is None):
             raise UsageError("give --class NAME with -n N, or --per-class N")
-        generator = Generator(model, device, temperature=temperature, top_k=top_k, dtype=_dtype(bf16), sampler=sampler)
+        generator = open_generator(model, device, backend=backend, temperature=temperature, top_k=top_k, dtype=_dtype(bf16), sampler=sampler)
         generator.require(["synthesize"])
         if class_name is not None:
             jobs = [Job("synthesize", class_index(generator.class_names, class_name)) for _ in range(n)]
@@ -176,7 +178,7 @@ def register(app: typer.Typer) -> None:
         dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (images per class and method) and stop.")] = False,
         temperature: TemperatureOpt = 1.0,
         top_k: TopKOpt = None,
-        device: DeviceOpt = "auto", seed: SeedOpt = 0, batch_size: BatchOpt = 64, bf16: BF16Opt = False,
+        device: DeviceOpt = "auto", backend: BackendOpt = None, seed: SeedOpt = 0, batch_size: BatchOpt = 64, bf16: BF16Opt = False,
         image_format: FormatOpt = "png", quality: QualityOpt = 95,
         overwrite: OverwriteOpt = False, resume: ResumeOpt = False, strict: StrictOpt = False,
         image_col: ImageColOpt = None, label_col: LabelColOpt = None, group_col: GroupColOpt = None,
@@ -187,12 +189,12 @@ def register(app: typer.Typer) -> None:
         Example: skinaug augment images/ --labels labels.csv --model models/derm64 --out train_aug/ --balance
         """
         set_quiet(quiet)
-        from ..generate import Generator, job_plan, load_sources, name_jobs, original_rows, parse_methods, plan_augment, run_jobs
+        from ..generate import open_generator, job_plan, load_sources, name_jobs, original_rows, parse_methods, plan_augment, run_jobs
 
         weights = parse_methods(methods)
-        generator = Generator(model, device, temperature=temperature, top_k=top_k, dtype=_dtype(bf16))
+        generator = open_generator(model, device, backend=backend, temperature=temperature, top_k=top_k, dtype=_dtype(bf16))
         generator.require([m for m, w in weights.items() if w > 0])
-        source = load_sources(model, None, data, labels, device, strict=strict, **columns(image_col, label_col, group_col))
+        source = load_sources(model, None, data, labels, device, backend=backend, strict=strict, **columns(image_col, label_col, group_col))
         jobs, table = plan_augment(source, generator.class_names, factor=factor, balance=balance, weights=weights,
                                    originals=not no_originals, seed=seed)
         if dry_run:

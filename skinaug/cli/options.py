@@ -25,6 +25,8 @@ LabelColOpt = Annotated[Optional[str], typer.Option("--label-col", help="CSV col
 GroupColOpt = Annotated[Optional[str], typer.Option("--group-col", help="CSV column with lesion or patient ids (for group-aware splits).")]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=1, help="Threads decoding images (default: up to 8).")]
 FormatOpt = Annotated[str, typer.Option("--format", help="Image format of generated files: png or jpg.")]
+BackendOpt = Annotated[Optional[str], typer.Option(
+    "--backend", help="torch or onnx (onnxruntime on an exported model: `skinaug export onnx`). Default: torch when installed.")]
 QualityOpt = Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG quality with --format jpg.")]
 
 

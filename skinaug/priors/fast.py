@@ -29,6 +29,7 @@ i.e. O(B * L * C * H * W). The reference bottom prior (64x64, C 256, L 16) at ba
 
 from __future__ import annotations
 
+import warnings
 from functools import partial
 
 import torch
@@ -44,14 +45,19 @@ from .sampling import (check_draw_args, draw_codes, evaluating, resolve_batch, r
 def sample(model: nn.Module, labels: Tensor | None = None, condition: Tensor | None = None, *, n: int | None = None,
            temperature: float = 1.0, top_k: int | None = None, generator: torch.Generator | None = None,
            uniforms: Tensor | None = None, keep: tuple[Tensor, Tensor] | None = None, dtype: torch.dtype | None = None,
-           use_cuda_graph: bool | str = "auto", return_logits: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+           use_cuda_graph: bool | str = "auto", compile: bool | str = "auto",
+           return_logits: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """Codes (B, H, W) from the prior, the same as `sample_reference` given the same uniforms, much faster.
 
     n: the batch size when neither labels nor condition gives it. uniforms: (B, H * W) in raster order, else drawn
     once from `generator`. keep: (codes, mask), both (B, H, W): keep the given code where the mask is True (see
     `sample_reference`). dtype: compute dtype of the caches and matmuls (e.g. torch.bfloat16); codes are always
-    drawn from float32 logits. use_cuda_graph: "auto" (on CUDA), True or False. return_logits: also return the
-    logits (B, K, H, W) the codes were drawn from, before temperature and top_k.
+    drawn from float32 logits. use_cuda_graph: "auto" (on CUDA), True or False. compile: run the step through
+    torch.compile (inductor, static shapes, one compiled step per width), which fuses its element-wise chains;
+    "auto": on CUDA for priors sampled in raster order (attention), where the step's kernel count is the limit, and
+    back to the plain step, with a warning, if compilation fails; True: on any device and every width, errors raised.
+    The first call in a process pays the compilation (tens of seconds); later calls of the same shapes reuse it.
+    return_logits: also return the logits (B, K, H, W) the codes were drawn from, before temperature and top_k.
     """
     config = model.config
     batch, device = resolve_batch(model, labels, condition, n)
@@ -64,9 +70,13 @@ def sample(model: nn.Module, labels: Tensor | None = None, condition: Tensor | N
         raise UsageError(f"use_cuda_graph must be True, False or 'auto', not {use_cuda_graph!r}")
     if use_cuda_graph is True and device.type != "cuda":
         raise UsageError(f"CUDA graphs need the model on a CUDA device, not {device}")
+    if compile not in (True, False, "auto"):
+        raise UsageError(f"compile must be True, False or 'auto', not {compile!r}")
+    if compile == "auto":
+        compile = "fallback" if device.type == "cuda" and model.wavefront_skew is None else False
     with torch.no_grad(), evaluating(model):
         sampler = _CachedSampler(model, batch, labels, condition, uniforms, keep, temperature, top_k,
-                                 dtype or next(model.parameters()).dtype, return_logits)
+                                 dtype or next(model.parameters()).dtype, return_logits, compile)
         sampler.run(cuda_graph=use_cuda_graph is True or (use_cuda_graph == "auto" and device.type == "cuda"))
     positions = config.height * config.width
     codes = sampler.codes[:, :positions].view(batch, config.height, config.width)
@@ -82,13 +92,15 @@ class _CachedSampler:
 
     def __init__(self, model: nn.Module, batch: int, labels: Tensor | None, condition: Tensor | None,
                  uniforms: Tensor, keep: tuple[Tensor | None, Tensor | None], temperature: float, top_k: int | None,
-                 dtype: torch.dtype, record_logits: bool):
+                 dtype: torch.dtype, record_logits: bool, compile: bool | str = False):
         config, device = model.config, uniforms.device
         layout = GridLayout(config.height, config.width, config.kernel_size)
         self.model, self.batch, self.temperature, self.top_k = model, batch, temperature, top_k
         plan = layout.plan(model.wavefront_skew)
         self.plan = plan.to(device)
         self.slots_used = (plan[:, :, 1] < layout.positions).sum(dim=1).tolist()  # per step, for the eager loop
+        self.compile = compile  # False, True, or "fallback": compile, else the plain step with a warning
+        self.compiled_step = torch.compile(self.step, fullgraph=True, dynamic=False) if compile else None
         self.state = model.start_sampling(CacheSpec(batch, layout, dtype, device), labels, condition)
         self.uniforms = F.pad(uniforms, (0, 1))
         self.kept_codes, self.kept = (None, None) if keep[0] is None else (F.pad(t, (0, 1)) for t in keep)
@@ -109,25 +121,55 @@ class _CachedSampler:
             self.logits.index_copy_(1, step.raster, logits.view(self.batch, step.slots, -1))
         self.model.write_codes(self.state, step, codes)
 
+    def first_step(self, plan_row: Tensor) -> None:
+        """The first step of a width, compiled when asked: compilation fails before the step changes any state, so
+        the plain step can take over."""
+        if self.compiled_step is not None:
+            try:
+                self.compiled_step(plan_row)
+                return
+            except Exception as error:  # torch.compile raises many kinds (backend, tracing, toolchain)
+                if self.compile is True:
+                    raise
+                warnings.warn(f"torch.compile failed, sampling without it: {type(error).__name__}: {error}",
+                              RuntimeWarning, stacklevel=3)
+                self.compiled_step = None
+        self.step(plan_row)
+
+    def next_step(self, plan_row: Tensor) -> None:
+        (self.step if self.compiled_step is None else self.compiled_step)(plan_row)
+
     def run(self, cuda_graph: bool) -> None:
         if cuda_graph:
             self._run_cuda_graphs()
             return
-        for plan_row, used in zip(self.plan, self.slots_used):  # the host knows each step: no unused slots
-            self.step(plan_row[:used])
+        if self.compiled_step is None:
+            for plan_row, used in zip(self.plan, self.slots_used):  # the host knows each step: no unused slots
+                self.step(plan_row[:used])
+            return
+        widths, seen = self.widths(), set()  # compiled: the graphs' widths, so that few shapes get compiled
+        for plan_row, used in zip(self.plan, self.slots_used):
+            width = next(w for w in widths if w >= used)
+            (self.next_step if width in seen else self.first_step)(plan_row[:width])
+            seen.add(width)
+
+    def widths(self) -> list[int]:
+        """Step widths: halving from the widest step down to 1, so a wavefront's ramps do not pay for the full
+        width."""
+        widest = self.plan.shape[1]
+        return sorted({-(-widest // 2**k) for k in range(widest.bit_length() + 1)})
 
     def _run_cuda_graphs(self) -> None:
         """Replay captured steps. A step reads its plan row through a counter on the device, so one graph serves every
         step of the same width; widths halve from the widest step down to 1, so a wavefront's ramps do not pay for
-        the full width. A width's graph is captured at its first step, which first runs eagerly on the side stream
-        (warming up cuBLAS and the allocator, as capture requires); capture records without running, and the counter
-        moves on only when a replay runs."""
+        the full width (`widths`). A width's graph is captured at its first step, which first runs on the side stream
+        (compiling the step when asked, warming up cuBLAS and the allocator, as capture requires); capture records
+        without running, and the counter moves on only when a replay runs."""
         step_index = torch.zeros(1, dtype=torch.long, device=self.plan.device)
-        widest = self.plan.shape[1]
-        widths = sorted({-(-widest // 2**k) for k in range(widest.bit_length() + 1)})
+        widths = self.widths()
 
-        def counted_step(width: int) -> None:
-            self.step(self.plan.index_select(0, step_index)[0, :width])
+        def counted_step(width: int, first: bool = False) -> None:
+            (self.first_step if first else self.next_step)(self.plan.index_select(0, step_index)[0, :width])
             step_index.add_(1)
 
         graphs: dict[int, torch.cuda.CUDAGraph] = {}
@@ -139,7 +181,7 @@ class _CachedSampler:
                 continue
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                counted_step(width)
+                counted_step(width, first=True)
             pool = next(iter(graphs.values())).pool() if graphs else None  # one memory pool: steps never overlap
             graphs[width] = _capture(partial(counted_step, width), side, pool)
             torch.cuda.current_stream().wait_stream(side)

@@ -1,0 +1,15 @@
+"""ONNX export of a model directory and an onnxruntime backend that needs neither PyTorch nor a GPU.
+
+    skinaug export onnx --model MODEL_DIR          # writes MODEL_DIR/onnx/ and config.json["onnx"] (needs torch)
+    skinaug encode DATA --model MODEL_DIR --out codes.h5 --backend onnx   # runs with onnxruntime alone
+
+- `export.py` (imports torch): the graphs, the parity check against PyTorch, the atomic write.
+- `runtime.py` (numpy + onnxruntime only): sessions and providers, the VQ-VAE, and the priors' samplers.
+- `generate.py` (numpy + onnxruntime only): the augmentations' `Generator` on the onnx backend.
+
+Nothing in this package's runtime half imports torch, directly or through another skinaug module: a CI test runs
+the commands in a process where `import torch` fails.
+"""
+
+ONNX_DIR = "onnx"
+OPSET = 17

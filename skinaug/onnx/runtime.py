@@ -1,0 +1,297 @@
+"""The onnx backend: the exported graphs run by onnxruntime, the sampling loop in numpy. Never imports torch.
+
+Providers: CUDA then CPU (`--device auto`), CPU only (`--device cpu`), CUDA device N then CPU (`--device cuda:N`).
+onnxruntime drops a provider it cannot start without a word; `OnnxModel` says so on stderr when CUDA was asked for
+and the session ended up elsewhere, and reports the provider actually used.
+
+Sampling draws codes exactly like `skinaug.priors.sampling.draw_codes` (inverse CDF with pre-drawn uniforms), so
+given the same uniforms the onnx and torch samplers draw the same codes, up to positions where a uniform falls
+within float rounding of a CDF step. Seeded runs draw their uniforms from numpy's Generator rather than torch's:
+onnx-backend samples are reproducible per seed but differ from torch-backend samples of the same seed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import SkinaugError
+from ..modeldir import PRIOR_WEIGHTS, VQVAE_WEIGHTS, ModelDir
+from ..runtime import log, warn
+from . import ONNX_DIR
+
+CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+PIXEL_SCALE = np.float32(127.5)  # as skinaug.vqvae.PIXEL_SCALE: uint8 [0, 255] <-> [-1, 1]
+
+
+def import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise SkinaugError("--backend onnx needs onnxruntime: pip install 'skinaug[onnx]' (or 'skinaug[onnx-gpu]')") from None
+    return onnxruntime
+
+
+def requested_providers(device: str, available: list[str]) -> list:
+    """The provider list for --device, CUDA first where it may be used."""
+    name = device or "auto"
+    if name == "cpu":
+        return [CPU]
+    if name == "auto":
+        return [CUDA, CPU] if CUDA in available else [CPU]
+    if name == "cuda" or name.startswith("cuda:"):
+        index = name.partition(":")[2]
+        if index and not index.isdigit():
+            raise SkinaugError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
+        return [(CUDA, {"device_id": int(index or 0)}), CPU]
+    raise SkinaugError(f"unsupported device {device!r}: use auto, cpu, cuda or cuda:N")
+
+
+def file_digest(path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:12]
+
+
+class OnnxModel:
+    """A model directory's exported graphs: one onnxruntime session per graph, opened on first use."""
+
+    def __init__(self, model, device: str = "auto", *, manifest: dict | None = None, onnx_dir=None):
+        self.ort = import_onnxruntime()
+        self.model_dir = model if isinstance(model, ModelDir) else ModelDir(model)
+        self.config = self.model_dir.config()
+        self.onnx_dir = Path(onnx_dir) if onnx_dir is not None else self.model_dir.path / ONNX_DIR
+        if manifest is None:
+            manifest = self.config.get("onnx")
+            if not manifest or not self.onnx_dir.is_dir():
+                raise SkinaugError(f"{self.model_dir.path} has no ONNX export: run `skinaug export onnx --model {self.model_dir.path}`")
+            self._check_fresh(manifest)
+        self.manifest = manifest
+        self.device = device or "auto"
+        self.providers = requested_providers(self.device, self.ort.get_available_providers())
+        self._sessions: dict = {}
+        self.provider: str | None = None
+        self._priors: dict = {}
+
+    def _check_fresh(self, manifest: dict) -> None:
+        """An export made from other weights than the ones in the folder now is stale: say how to refresh it."""
+        weights = {"vqvae": VQVAE_WEIGHTS, **{f"prior_{lv}": name for lv, name in PRIOR_WEIGHTS.items()}}
+        for key, digest in manifest.get("weights", {}).items():
+            path = self.model_dir.path / weights[key]
+            if not path.is_file() or file_digest(path) != digest:
+                raise SkinaugError(f"{self.onnx_dir} was exported from other {weights[key]} weights: run "
+                                   f"`skinaug export onnx --model {self.model_dir.path} --overwrite`")
+
+    def session(self, file: str):
+        if file not in self._sessions:
+            options = self.ort.SessionOptions()
+            options.log_severity_level = 3  # onnxruntime's own warnings (e.g. a provider that did not start) stay quiet
+            session = self.ort.InferenceSession(str(self.onnx_dir / file), options, providers=self.providers)
+            used = session.get_providers()[0]
+            if self.provider is None:
+                wanted = self.providers[0][0] if isinstance(self.providers[0], tuple) else self.providers[0]
+                if wanted == CUDA and used != CUDA:
+                    warn(f"onnxruntime could not use {CUDA} and fell back to {used}")
+                elif self.device.startswith("cuda") and CUDA not in self.ort.get_available_providers():
+                    warn(f"--device {self.device}: this onnxruntime has no {CUDA} (install skinaug[onnx-gpu]); using {used}")
+                log(f"backend onnx: onnxruntime {self.ort.__version__} on {used}")
+            self.provider = used
+            self._sessions[file] = session
+        return self._sessions[file]
+
+    @property
+    def device_name(self) -> str:
+        """'cuda' or 'cpu', as the torch backend would name the device (for run.json)."""
+        self.session(self.manifest["files"]["decoder"]["file"])
+        return "cuda" if self.provider == CUDA else "cpu"
+
+    def info(self) -> dict:
+        """What run.json and --json report: the backend and the provider actually used."""
+        self.session(self.manifest["files"]["decoder"]["file"])
+        return {"backend": "onnx", "provider": self.provider}
+
+    def run(self, entry: dict, feeds: dict) -> list[np.ndarray]:
+        return self.session(entry["file"]).run(None, feeds)
+
+    @property
+    def vqvae(self) -> "OnnxVQVAE":
+        return OnnxVQVAE(self)
+
+    def prior(self, level: str) -> "OnnxPrior":
+        if level not in self._priors:
+            entry = self.manifest["files"].get(f"prior_{level}")
+            if entry is None:
+                raise SkinaugError(f"{self.onnx_dir} has no {level} prior: train it, then run "
+                                   f"`skinaug export onnx --model {self.model_dir.path} --overwrite`")
+            self._priors[level] = OnnxPrior(self, entry)
+        return self._priors[level]
+
+
+class OnnxVQVAE:
+    """`encode.encode_batch` and `encode.decode_batch` through encoder.onnx and decoder.onnx."""
+
+    def __init__(self, model: OnnxModel):
+        self.model = model
+        self.levels = ["top", "bottom"] if model.config["levels"] == 2 else ["bottom"]
+
+    def encode_float(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """float (B, 3, S, S) in [-1, 1] -> code maps per level (int64)."""
+        return self._encode(images)[0]
+
+    def _encode(self, images: np.ndarray):
+        outputs = self.model.run(self.model.manifest["files"]["encoder"], {"images": np.ascontiguousarray(images, np.float32)})
+        return dict(zip(self.levels, outputs[:-1])), outputs[-1]
+
+    def encode_batch(self, images_uint8: np.ndarray) -> tuple[dict[str, np.ndarray], np.float64]:
+        """uint8 (B, S, S, 3) -> (code maps per level as uint16, squared error sum on [0, 1] pixels)."""
+        images = np.asarray(images_uint8).transpose(0, 3, 1, 2).astype(np.float32) / PIXEL_SCALE - np.float32(1.0)
+        codes, squared_error = self._encode(images)
+        return ({level: values.astype(np.uint16) for level, values in codes.items()},
+                np.float64(squared_error.astype(np.float64).sum()))
+
+    def decode_float(self, codes: dict[str, np.ndarray]) -> np.ndarray:
+        feeds = {f"codes_{level}": np.ascontiguousarray(codes[level], np.int64) for level in self.levels}
+        return self.model.run(self.model.manifest["files"]["decoder"], feeds)[0]
+
+    def decode_batch(self, codes: dict[str, np.ndarray]) -> np.ndarray:
+        """Code maps per level (B, H, W) -> uint8 images (B, S, S, 3), rounded like `skinaug.vqvae.to_uint8`."""
+        pixels = np.clip(np.round((self.decode_float(codes) + np.float32(1.0)) * PIXEL_SCALE), 0, 255)
+        return np.ascontiguousarray(pixels.astype(np.uint8).transpose(0, 2, 3, 1))
+
+
+def draw_codes(logits: np.ndarray, uniforms: np.ndarray, temperature: float = 1.0, top_k: int | None = None) -> np.ndarray:
+    """numpy twin of `skinaug.priors.sampling.draw_codes`: logits (B, K), uniforms (B,) -> codes (B,) int64."""
+    logits = logits.astype(np.float32) / np.float32(temperature)
+    size = logits.shape[-1]
+    if top_k is not None and top_k < size:
+        kth_largest = np.partition(logits, size - top_k, axis=-1)[:, size - top_k : size - top_k + 1]
+        logits = np.where(logits < kth_largest, np.float32(-np.inf), logits)
+    probabilities = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    cdf = np.cumsum(probabilities / probabilities.sum(axis=-1, keepdims=True), axis=-1, dtype=np.float32)
+    codes = (cdf <= np.asarray(uniforms, np.float32).reshape(-1, 1)).sum(axis=-1)  # searchsorted(right=True)
+    return np.minimum(codes, size - 1).astype(np.int64)
+
+
+def check_draw_args(temperature: float, top_k: int | None) -> None:
+    from ..errors import UsageError
+
+    if not temperature > 0:
+        raise UsageError(f"temperature must be positive, not {temperature}")
+    if top_k is not None and not 1 <= top_k:
+        raise UsageError(f"top_k must be at least 1, not {top_k}")
+
+
+class OnnxPrior:
+    """A prior's graphs: `logits` (full forward), `sample` (cached steps) and `sample_reference` (full forwards)."""
+
+    def __init__(self, model: OnnxModel, entry: dict):
+        self.model, self.entry = model, entry
+        self.height, self.width = entry["height"], entry["width"]
+        self.codebook_size = entry["codebook_size"]
+
+    def _extra(self, labels, condition, batch: int) -> dict:
+        feeds = {}
+        if self.entry["num_classes"]:
+            if labels is None or np.shape(labels) != (batch,):
+                raise SkinaugError(f"this prior is class-conditional: give labels of shape ({batch},)")
+            feeds["labels"] = np.asarray(labels, np.int64)
+        if self.entry["conditioned"]:
+            if condition is None:
+                raise SkinaugError("this prior is conditioned on the top codes: give condition")
+            feeds["condition"] = np.asarray(condition, np.int64)
+        return feeds
+
+    def logits(self, codes: np.ndarray, labels=None, condition=None) -> np.ndarray:
+        """codes (B, rows, W) -> logits (B, K, rows, W)."""
+        feeds = {"codes": np.asarray(codes, np.int64), **self._extra(labels, condition, len(codes))}
+        return self.model.run(self.entry["full"], feeds)[0]
+
+    def sample(self, labels=None, condition=None, *, n: int, temperature: float = 1.0, top_k: int | None = None,
+               uniforms: np.ndarray | None = None, rng: np.random.Generator | None = None, keep=None,
+               return_logits: bool = False):
+        """Codes (B, H, W) int64 by the cached per-step graph (see `skinaug.priors.fast`); the same codes as the torch
+        `sample` given the same uniforms. keep: (codes, mask) as there."""
+        check_draw_args(temperature, top_k)
+        positions = self.height * self.width
+        uniforms = self._uniforms(uniforms, rng, n, positions)
+        kept_codes, kept = self._keep(keep, n)
+        extra = self._extra(labels, condition, n)
+        feeds = {}
+        if "labels" in extra:
+            feeds["labels"] = extra["labels"]
+        if "condition" in extra:
+            feeds["condition_features"] = self.model.run(self.entry["condition"], {"condition": extra["condition"]})[0]
+        step = self.entry["step"]
+        caches = []
+        for spec in step["caches"]:
+            shape = list(spec["shape"])
+            shape[spec["batch_axis"]] = n
+            caches.append(np.zeros(shape, np.float32))
+        plan = np.load(self.model.onnx_dir / self.entry["plan"], allow_pickle=False)
+        embedding = np.load(self.model.onnx_dir / self.entry["embedding"], allow_pickle=False)
+        slots_used = (plan[:, :, 1] < positions).sum(axis=1)
+        codes = np.zeros((n, positions), np.int64)
+        logits_out = np.zeros((n, positions, self.codebook_size), np.float32) if return_logits else None
+        session = self.model.session(step["file"])
+        for row, used in zip(plan, slots_used):
+            row = row[:used]
+            cells, raster = row[:, 0], row[:, 1]
+            feeds.update(cells=np.ascontiguousarray(cells), raster=np.ascontiguousarray(raster),
+                         windows=np.ascontiguousarray(row[:, 2:]))
+            feeds.update({f"cache_{i}": cache for i, cache in enumerate(caches)})
+            logits, *rows = session.run(None, feeds)
+            for spec, cache, values in zip(step["caches"][1:], caches[1:], rows):
+                if spec["batch_axis"] == 0:
+                    cache[:, cells] = values
+                else:  # attention keys and values (2, B, heads, slots, head_dim), by raster index
+                    cache[:, :, :, raster] = values
+            drawn = draw_codes(logits.reshape(n * used, -1), uniforms[:, raster].reshape(-1), temperature, top_k)
+            drawn = drawn.reshape(n, used)
+            if kept is not None:
+                drawn = np.where(kept[:, raster], kept_codes[:, raster], drawn)
+            codes[:, raster] = drawn
+            if logits_out is not None:
+                logits_out[:, raster] = logits
+            caches[0][:, cells] = embedding[drawn]
+        codes = codes.reshape(n, self.height, self.width)
+        if not return_logits:
+            return codes
+        return codes, logits_out.transpose(0, 2, 1).reshape(n, -1, self.height, self.width)
+
+    def sample_reference(self, labels=None, condition=None, *, n: int, temperature: float = 1.0,
+                         top_k: int | None = None, uniforms: np.ndarray | None = None,
+                         rng: np.random.Generator | None = None, keep=None) -> np.ndarray:
+        """The reference algorithm through the full-forward graph: H * W forwards on the rows so far. Slow; the
+        yardstick for `sample`."""
+        check_draw_args(temperature, top_k)
+        positions = self.height * self.width
+        uniforms = self._uniforms(uniforms, rng, n, positions)
+        kept_codes, kept = self._keep(keep, n)
+        codes = np.zeros((n, positions), np.int64)
+        for p in range(positions):
+            i, j = divmod(p, self.width)
+            logits = self.logits(codes[:, : (i + 1) * self.width].reshape(n, i + 1, self.width), labels, condition)
+            codes[:, p] = draw_codes(logits[:, :, i, j], uniforms[:, p], temperature, top_k)
+            if kept is not None:
+                codes[:, p] = np.where(kept[:, p], kept_codes[:, p], codes[:, p])
+        return codes.reshape(n, self.height, self.width)
+
+    @staticmethod
+    def _uniforms(uniforms, rng, n: int, positions: int) -> np.ndarray:
+        if uniforms is None:
+            return (rng or np.random.default_rng()).random((n, positions), dtype=np.float32)
+        uniforms = np.asarray(uniforms, np.float32)
+        if uniforms.shape != (n, positions):
+            raise SkinaugError(f"uniforms must be (batch, H*W) = ({n}, {positions}), not {uniforms.shape}")
+        return uniforms
+
+    def _keep(self, keep, n: int):
+        if keep is None:
+            return None, None
+        codes, mask = keep
+        return (np.asarray(codes, np.int64).reshape(n, -1), np.asarray(mask, bool).reshape(n, -1))

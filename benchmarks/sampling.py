@@ -94,7 +94,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2,
                         help="timings of the fast sampler and of each reference step (the minimum counts)")
     parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
-                        help="sample(compile=...): auto compiles the raster-order (attention) prior's step on CUDA")
+                        help="sample(compile=...): auto compiles the step on CUDA")
     parser.add_argument("--check-eager", action="store_true", help="CUDA: also sample without CUDA graphs and compare")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     parser.add_argument("--seed", type=int, default=0)

@@ -59,7 +59,8 @@ def open_generator(model, device="auto", *, backend=None, **options) -> "Generat
 class Generator:
     """Turns batches of jobs into code maps and images with one model directory on one device."""
 
-    def __init__(self, model, device="auto", *, temperature=1.0, top_k=None, mask_dir=None, dtype=None, sampler="fast"):
+    def __init__(self, model, device="auto", *, temperature=1.0, top_k=None, mask_dir=None, dtype=None, sampler="fast",
+                 compile_step=False):
         self.model_dir = ModelDir(model)
         self.config = self.model_dir.config()
         self.device = resolve_device(device)
@@ -70,6 +71,9 @@ class Generator:
         if sampler not in ("fast", "reference"):
             raise UsageError(f"--sampler must be fast or reference, not {sampler}")
         self.sampler = sampler  # "reference": one full forward per position, the ground truth (slow)
+        # torch.compile of the sampling step: ~30% faster steps on CUDA, but ~20 s of compilation per step width
+        # (about 2 minutes for a 256px model) that only pays off for thousands of images
+        self.compile_step = compile_step
         self.class_names = self.config.get("class_names", [])
         self.levels = list(self.config["grid"])
         self.vqvae = self.model_dir.load_vqvae(self.device)
@@ -116,7 +120,7 @@ class Generator:
         options = dict(n=labels.shape[0], temperature=self.temperature, top_k=self.top_k, generator=generator, keep=keep)
         if self.sampler == "reference":
             return sample_reference(prior, class_labels, condition, **options)
-        return sample(prior, class_labels, condition, dtype=self.dtype, **options)
+        return sample(prior, class_labels, condition, dtype=self.dtype, compile=self.compile_step, **options)
 
     def _mask(self, name: str):
         import torch

@@ -7,6 +7,7 @@ import torch
 
 from skinaug.errors import UsageError
 from skinaug.priors import PriorConfig, build_prior, draw_codes, sample, sample_reference
+from skinaug.priors import fast
 from skinaug.priors.cache import GridLayout
 
 HEIGHT, WIDTH = 5, 7  # non-square on purpose
@@ -159,6 +160,27 @@ def test_sampling_arguments_are_checked():
         sample(model, torch.tensor([0, 1]), use_cuda_graph=True)
     with pytest.raises(UsageError, match="compile must be"):
         sample(model, torch.tensor([0, 1]), compile="yes")
+
+
+def test_a_failing_compilation_falls_back_to_the_plain_step_unless_compile_was_asked_for(monkeypatch):
+    def broken_compiler():
+        def compiled(*args):
+            raise RuntimeError("no compiler here")
+        return compiled
+
+    monkeypatch.setattr(fast, "_compiled_step", broken_compiler)
+    model = random_prior("pixelsnail", classes=2)
+    labels = torch.tensor([0, 1])
+    uniforms = torch.rand(2, HEIGHT * WIDTH, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(RuntimeError, match="no compiler here"):
+        sample(model, labels, uniforms=uniforms, compile=True)
+    with torch.no_grad():  # "fallback" is what compile="auto" means on CUDA
+        sampler = fast._CachedSampler(model.eval(), 2, labels, None, uniforms, (None, None), 1.0, None,
+                                      torch.float32, False, compile="fallback")
+        with pytest.warns(RuntimeWarning, match="torch.compile failed"):
+            sampler.run(cuda_graph=False)
+    codes = sampler.codes[:, : HEIGHT * WIDTH].view(2, HEIGHT, WIDTH)
+    assert torch.equal(codes, sample(model, labels, uniforms=uniforms, compile=False))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -197,9 +197,12 @@ def test_the_five_commands_run_on_onnxruntime_where_torch_cannot_be_imported(exp
     summary = json.loads(run("-m", "skinaug", "encode", str(data.images), "--labels", str(data.labels_csv), "--model", model,
                              "--out", str(codes), "--json", "--quiet").stdout)
     assert summary["backend"] == "onnx" and summary["images"] == 12
-    expected = read_codes(exported["codes"])
+    # the same codes as onnxruntime in a process with torch (torch's own agree on 99.9%: the test above)
+    assert main(["encode", str(data.images), "--labels", str(data.labels_csv), "--model", model, "--out",
+                 str(tmp_path / "in_process.h5"), "--backend", "onnx", "--quiet"]) == 0
+    expected = read_codes(tmp_path / "in_process.h5")
     for level, values in read_codes(codes).items():
-        assert np.mean(values == expected[level]) >= 0.999
+        np.testing.assert_array_equal(values, expected[level])
     outputs = {
         "decode": ["decode", str(codes), "--model", model],
         "mix": ["mix", "--codes", str(codes), "--model", model, "-n", "4"],

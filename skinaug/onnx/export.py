@@ -198,7 +198,9 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
     import onnx
 
     onnx.checker.check_model(str(path))
-    return {"file": path.name, "inputs": inputs, "outputs": outputs}
+    graph = onnx.load(str(path), load_external_data=False).graph
+    # the tracer drops inputs a graph does not read (a step without attention never reads `raster`)
+    return {"file": path.name, "inputs": [i.name for i in graph.input], "outputs": [o.name for o in graph.output]}
 
 
 def export_onnx(model, *, overwrite: bool = False, opset: int = OPSET, batch: int = 3, seed: int = 0) -> dict:

@@ -29,7 +29,10 @@ class SingleProcess:
 
 
 class OnnxGenerator(Generator):
-    def __init__(self, model, device="auto", *, temperature=1.0, top_k=None, mask_dir=None, dtype=None, sampler="fast"):
+    def __init__(self, model, device="auto", *, temperature=1.0, top_k=None, mask_dir=None, dtype=None, sampler="fast",
+                 compile_step=False):
+        if compile_step:
+            raise UsageError("--compile compiles the PyTorch sampling step: it does not apply to --backend onnx")
         if sampler not in ("fast", "reference"):
             raise UsageError(f"--sampler must be fast or reference, not {sampler}")
         if temperature <= 0:

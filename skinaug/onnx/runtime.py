@@ -238,13 +238,14 @@ class OnnxPrior:
         codes = np.zeros((n, positions), np.int64)
         logits_out = np.zeros((n, positions, self.codebook_size), np.float32) if return_logits else None
         session = self.model.session(step["file"])
+        wanted = set(step["inputs"])
         for row, used in zip(plan, slots_used):
             row = row[:used]
             cells, raster = row[:, 0], row[:, 1]
             feeds.update(cells=np.ascontiguousarray(cells), raster=np.ascontiguousarray(raster),
                          windows=np.ascontiguousarray(row[:, 2:]))
             feeds.update({f"cache_{i}": cache for i, cache in enumerate(caches)})
-            logits, *rows = session.run(None, feeds)
+            logits, *rows = session.run(None, {name: value for name, value in feeds.items() if name in wanted})
             for spec, cache, values in zip(step["caches"][1:], caches[1:], rows):
                 if spec["batch_axis"] == 0:
                     cache[:, cells] = values

@@ -14,8 +14,9 @@ all rows whose turn it is go in the same step: W + (r + 1)(H - 1) steps instead 
 
 On CUDA a step is captured in a CUDA graph and replayed for every step of its width: it reads its positions from
 the schedule through a counter on the device, so nothing in the loop waits on the host (uniforms are drawn up front,
-codes are written into device buffers, no .item()). Measured on an H100 at batch 64 (reference sizes, fp32 without
-TF32 on both sides): 0.047 s per image against 53 s for the reference algorithm; benchmarks/RESULTS_sampling.md.
+codes are written into device buffers, no .item()); by default the captured step is the torch.compile'd one, which
+fuses the step's element-wise kernels. Measured on an H100 at batch 64 (reference sizes, TF32 on both sides): 0.022 s
+per image against 5.06 s for the reference algorithm; benchmarks/RESULTS.md.
 
 Memory of the caches, with batch B, r = kernel_size // 2, cells = (H + r + 1)(W + 2r), N = H * W, C channels and
 L = n_blocks * n_res_blocks, in the sampling dtype:
@@ -30,7 +31,7 @@ i.e. O(B * L * C * H * W). The reference bottom prior (64x64, C 256, L 16) at ba
 from __future__ import annotations
 
 import warnings
-from functools import partial
+from functools import cache, partial
 
 import torch
 import torch.nn.functional as F
@@ -53,10 +54,10 @@ def sample(model: nn.Module, labels: Tensor | None = None, condition: Tensor | N
     once from `generator`. keep: (codes, mask), both (B, H, W): keep the given code where the mask is True (see
     `sample_reference`). dtype: compute dtype of the caches and matmuls (e.g. torch.bfloat16); codes are always
     drawn from float32 logits. use_cuda_graph: "auto" (on CUDA), True or False. compile: run the step through
-    torch.compile (inductor, static shapes, one compiled step per width), which fuses its element-wise chains;
-    "auto": on CUDA for priors sampled in raster order (attention), where the step's kernel count is the limit, and
-    back to the plain step, with a warning, if compilation fails; True: on any device and every width, errors raised.
-    The first call in a process pays the compilation (tens of seconds); later calls of the same shapes reuse it.
+    torch.compile (inductor, static shapes, one compiled step per width), which fuses its gathers, cache writes and
+    element-wise chains; "auto": on CUDA, back to the plain step with a warning if compilation fails; True: on any
+    device, errors raised. The first call in a process pays the compilation (about 20 s per step width; a wavefront
+    has about log2(widest) + 1 widths); later calls of the same shapes reuse it.
     return_logits: also return the logits (B, K, H, W) the codes were drawn from, before temperature and top_k.
     """
     config = model.config
@@ -73,7 +74,7 @@ def sample(model: nn.Module, labels: Tensor | None = None, condition: Tensor | N
     if compile not in (True, False, "auto"):
         raise UsageError(f"compile must be True, False or 'auto', not {compile!r}")
     if compile == "auto":
-        compile = "fallback" if device.type == "cuda" and model.wavefront_skew is None else False
+        compile = "fallback" if device.type == "cuda" else False
     with torch.no_grad(), evaluating(model):
         sampler = _CachedSampler(model, batch, labels, condition, uniforms, keep, temperature, top_k,
                                  dtype or next(model.parameters()).dtype, return_logits, compile)
@@ -100,7 +101,7 @@ class _CachedSampler:
         self.plan = plan.to(device)
         self.slots_used = (plan[:, :, 1] < layout.positions).sum(dim=1).tolist()  # per step, for the eager loop
         self.compile = compile  # False, True, or "fallback": compile, else the plain step with a warning
-        self.compiled_step = torch.compile(self.step, fullgraph=True, dynamic=False) if compile else None
+        self.compiled = bool(compile)
         self.state = model.start_sampling(CacheSpec(batch, layout, dtype, device), labels, condition)
         self.uniforms = F.pad(uniforms, (0, 1))
         self.kept_codes, self.kept = (None, None) if keep[0] is None else (F.pad(t, (0, 1)) for t in keep)
@@ -124,26 +125,30 @@ class _CachedSampler:
     def first_step(self, plan_row: Tensor) -> None:
         """The first step of a width, compiled when asked: compilation fails before the step changes any state, so
         the plain step can take over."""
-        if self.compiled_step is not None:
+        if self.compiled:
             try:
-                self.compiled_step(plan_row)
+                with torch._dynamo.config.patch(recompile_limit=64):
+                    _compiled_step()(self, plan_row)
                 return
             except Exception as error:  # torch.compile raises many kinds (backend, tracing, toolchain)
                 if self.compile is True:
                     raise
                 warnings.warn(f"torch.compile failed, sampling without it: {type(error).__name__}: {error}",
                               RuntimeWarning, stacklevel=3)
-                self.compiled_step = None
+                self.compiled = False
         self.step(plan_row)
 
     def next_step(self, plan_row: Tensor) -> None:
-        (self.step if self.compiled_step is None else self.compiled_step)(plan_row)
+        if self.compiled:
+            _compiled_step()(self, plan_row)
+        else:
+            self.step(plan_row)
 
     def run(self, cuda_graph: bool) -> None:
         if cuda_graph:
             self._run_cuda_graphs()
             return
-        if self.compiled_step is None:
+        if not self.compiled:
             for plan_row, used in zip(self.plan, self.slots_used):  # the host knows each step: no unused slots
                 self.step(plan_row[:used])
             return
@@ -185,6 +190,16 @@ class _CachedSampler:
             pool = next(iter(graphs.values())).pool() if graphs else None  # one memory pool: steps never overlap
             graphs[width] = _capture(partial(counted_step, width), side, pool)
             torch.cuda.current_stream().wait_stream(side)
+
+
+@cache
+def _compiled_step():
+    """`_CachedSampler.step` through torch.compile, made on first use (importing dynamo takes a while). One function
+    for all calls: its compiled graphs are reused while the shapes stay, and no sampler holds a reference to it (a
+    bound method would tie the sampler's caches in a reference cycle until the garbage collector runs). Each width,
+    prior and option set is its own static-shape graph: more than dynamo's default limit of 8 per function (a
+    wavefront alone has about log2(widest) + 1 widths), hence the higher limit where a step first runs."""
+    return torch.compile(_CachedSampler.step, fullgraph=True, dynamic=False)
 
 
 def _capture(fn, stream: torch.cuda.Stream, pool) -> torch.cuda.CUDAGraph:

@@ -36,14 +36,13 @@ def _root(
     """Expand skin-lesion image datasets with a VQ-VAE-2 and class-conditional priors over its codes."""
 
 
-from . import codes, generate, preview, score, train  # noqa: E402  (commands register themselves on `app`)
+from . import codes, export, generate, preview, score, train  # noqa: E402  (commands register themselves on `app`)
 
 app.add_typer(train.app, name="train")
 codes.register(app)
 generate.register(app)
 preview.register(app)
 app.add_typer(score.app, name="score")
-from . import export  # noqa: E402
 app.add_typer(export.app, name="export")
 
 
@@ -51,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     """Runs the CLI; returns the exit code: 0 success, 1 runtime error (one line), 2 usage error, 130 interrupted."""
     try:
         result = app(args=argv, prog_name="skinaug", standalone_mode=False)
+        if result == 130:  # typer turns Ctrl-C into Exit(130), which click returns when not standalone
+            return _interrupted()
         return result if isinstance(result, int) else 0
     except SkinaugError as error:
         if os.environ.get("SKINAUG_DEBUG"):

@@ -13,13 +13,7 @@ from skinaug.priors.cache import GridLayout
 HEIGHT, WIDTH = 5, 7  # non-square on purpose
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and idle-spinning threads stall on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest: tiny models, busy shared cores
 
 
 def random_prior(arch, *, attention=True, classes=0, conditioned=False, kernel_size=3):

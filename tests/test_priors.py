@@ -12,13 +12,7 @@ from skinaug.priors import PriorConfig, build_prior
 ARCHS = ("pixelsnail", "gated-pixelcnn")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and idle-spinning threads stall on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest: tiny models, busy shared cores
 
 
 def tiny_prior(arch="pixelsnail", *, height=4, width=5, attention=True, classes=0, conditioned=False, **overrides):

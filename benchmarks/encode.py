@@ -12,7 +12,7 @@ import argparse
 import os
 import tempfile
 
-from _common import SHARED_DATA, device_name, print_json, synchronize, timed
+from _common import SHARED_DATA, device_name, print_json, timed
 
 import numpy as np
 import torch

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
+
+from _common import timed
 
 import numpy as np
 import torch
@@ -40,19 +41,6 @@ def build_priors(config: str, arch: str, device: torch.device):
     bottom = PriorConfig.default_for("bottom", CODEBOOK_SIZE, *bottom_shape, NUM_CLASSES, arch=arch,
                                      top_shape=top_shape, top_codebook_size=CODEBOOK_SIZE)
     return build_prior(top).to(device).eval(), build_prior(bottom).to(device).eval()
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device: torch.device):
-    synchronize(device)
-    start = time.perf_counter()
-    out = fn()
-    synchronize(device)
-    return out, time.perf_counter() - start
 
 
 def reference_estimate(model, codes, fast_logits, labels, condition, device, repeats: int) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,11 +21,12 @@ import torch.nn.functional as F
 
 from .codes import CodeFile, read_codes
 from .data import group_split
+from .encode import autocast_for
 from .errors import SkinaugError, UsageError
 from .modeldir import PRIOR_WEIGHTS, ModelDir, load_weights, save_weights
 from .priors import PriorConfig, build_prior
 from .runtime import log, progress, resolve_device
-from .train_vqvae import load_checkpoint, lr_factor, restore_training_state, save_checkpoint, training_state
+from .train_vqvae import load_checkpoint, restore_training_state, save_checkpoint, training_state, warmup_cosine
 
 
 @dataclass
@@ -176,15 +178,14 @@ def train_prior_level(model_dir: ModelDir, code_file: CodeFile, level: str, opti
     optimizer = torch.optim.AdamW(prior.parameters(), lr=options.lr, weight_decay=options.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(dist.shard(np.arange(len(train_data)))) / batch_size))
     total_steps = options.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, min(options.warmup_steps, total_steps // 10 + 1), total_steps))
+    scheduler = warmup_cosine(optimizer, options.warmup_steps, total_steps)
     step, start_epoch = 0, 0
     if checkpoint is not None:
         step, start_epoch = restore_training_state(checkpoint, prior, optimizer, scheduler, device)
         if dist.is_main:
             log(f"resuming the {level} prior from epoch {start_epoch}")
     network = dist.wrap(prior)
-    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")  # noqa: E731
+    autocast = partial(autocast_for, device)
     meta = {"prior": prior_config.to_dict(), "seed": options.seed, "classes": options.classes, "level": level}
     model_dir.train_dir.mkdir(parents=True, exist_ok=True)
     if dist.is_main:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import torch
 
 from .codes import code_statistics
 from .data import check_image_size, group_split, scan_dataset
+from .encode import autocast_for
 from .errors import SkinaugError, UsageError
 from .image_cache import build_cache
 from .io import atomic_path, prepare_output, write_json, write_text
@@ -56,6 +58,12 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
         return (step + 1) / warmup_steps
     progress_ = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return 0.5 * (1.0 + math.cos(math.pi * progress_))
+
+
+def warmup_cosine(optimizer, warmup_steps: int, total_steps: int):
+    """AdamW's schedule for both stages: warm-up of at most a tenth of the run, then cosine decay."""
+    warmup = min(warmup_steps, total_steps // 10 + 1)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total_steps))
 
 
 def augment_batch(images: torch.Tensor) -> torch.Tensor:
@@ -235,8 +243,7 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig, options: T
     batch_size = max(1, options.batch_size // dist.world_size)
     steps_per_epoch = max(1, len(dist.shard(train_index)) // batch_size)
     total_steps = options.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, min(options.warmup_steps, total_steps // 10 + 1), total_steps))
+    scheduler = warmup_cosine(optimizer, options.warmup_steps, total_steps)
     step, start_epoch = 0, 0
     if checkpoint is not None:
         step, start_epoch = restore_training_state(checkpoint, model, optimizer, scheduler, device)
@@ -245,7 +252,7 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig, options: T
     network = dist.wrap(model)
 
     source = BatchSource(cache, device)
-    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")  # noqa: E731
+    autocast = partial(autocast_for, device)
     val_batches = [val_index[i : i + 2 * batch_size] for i in range(0, len(val_index), 2 * batch_size)] or [train_index[:batch_size]]
     grid_images = source(val_batches[0][:8])
     meta = {

@@ -111,25 +111,33 @@ class CodeFile:
         return len(self.images)
 
     def check_model(self, config: dict) -> None:
-        """A code file is only meaningful for the VQ-VAE that wrote it."""
+        """A code file is only meaningful for the VQ-VAE that wrote it, and only with that model's grids."""
         if self.fingerprint != config["fingerprint"]:
             raise SkinaugError(
                 f"{self.path} was written by model {self.fingerprint}, not by this model ({config['fingerprint']}): "
                 "re-encode the images with `skinaug encode --model ...`"
             )
+        grids = {level: tuple(shape) for level, shape in config["grid"].items()}
+        found = {level: values.shape[1:] for level, values in self.codes.items()}
+        if found != grids:
+            raise SkinaugError(f"{self.path} holds code maps {_shapes(found)}, but this model's grids are {_shapes(grids)}: "
+                               "re-encode the images with `skinaug encode --model ...`")
 
 
 def read_codes(path) -> CodeFile:
+    """A code file, read whole and checked: a damaged or hand-made file is refused here with one clear line,
+    rather than failing inside a network (a code >= K) or quietly mixing classes (a label out of range)."""
     import h5py
 
     path = Path(path)
     if not path.is_file():
-        raise SkinaugError(f"code file {path} does not exist")
+        raise SkinaugError(f"code file {path} {'is not a file' if path.exists() else 'does not exist'}")
     try:
         with h5py.File(path, "r") as file:
             attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in file.attrs.items()}
             if "codes" not in file or "bottom" not in file["codes"] or "model_fingerprint" not in attrs:
                 raise SkinaugError(f"{path} is not a skinaug code file (no /codes/bottom or model_fingerprint)")
+            _check_layout(file, path)
             codes = {level: file[f"codes/{level}"][:] for level in ("top", "bottom") if level in file["codes"]}
             images = [s.decode() if isinstance(s, bytes) else s for s in file["image"][:]]
             labels = file["label"][:].astype(np.int64)
@@ -139,7 +147,71 @@ def read_codes(path) -> CodeFile:
     for key in ("model_fingerprint", "class_names"):
         if isinstance(attrs.get(key), bytes):
             attrs[key] = attrs[key].decode()
-    return CodeFile(path, attrs, codes, images, labels, groups)
+    code_file = CodeFile(path, attrs, codes, images, labels, groups)
+    _check_values(code_file)
+    return code_file
+
+
+def _shapes(grids: dict) -> str:
+    return ", ".join(f"{level} {'x'.join(map(str, shape))}" for level, shape in sorted(grids.items()))
+
+
+def _check_layout(file, path: Path) -> None:
+    """Datasets present, with the contract's ranks and kinds, one entry per image in each (read nothing yet)."""
+    missing = [name for name in ("image", "label", "group") if name not in file]
+    if missing:
+        raise SkinaugError(f"{path} lacks /{', /'.join(missing)}: it is not a complete skinaug code file")
+    count = _check_entries(file, path)
+    levels = [level for level in ("top", "bottom") if level in file["codes"]]
+    expected_levels = file.attrs.get("levels")
+    if expected_levels is not None and len(levels) != expected_levels:
+        held = " and ".join(f"/codes/{level}" for level in levels)
+        raise SkinaugError(f"{path} says levels={expected_levels} but holds {held}: it is damaged or not from skinaug")
+    for level in levels:
+        dataset = file[f"codes/{level}"]
+        if dataset.ndim != 3 or dataset.dtype.kind not in "ui":
+            raise SkinaugError(f"{path}: /codes/{level} must be (N, H, W) integer codes, not {dataset.ndim}-d {dataset.dtype}")
+        if dataset.shape[0] != count:
+            raise SkinaugError(f"{path}: /codes/{level} holds {dataset.shape[0]} code maps for {count} images")
+
+
+def _check_entries(file, path: Path) -> int:
+    """/image, /label and /group: one entry per image, names as text and labels as integers; returns the count."""
+    import h5py
+
+    count = file["image"].shape[0] if file["image"].ndim == 1 else None
+    for name in ("image", "label", "group"):
+        dataset = file[name]
+        if dataset.ndim != 1 or dataset.shape[0] != count:
+            raise SkinaugError(f"{path}: /{name} must hold one entry per image, not shape {dataset.shape}"
+                               + (f" for {count} images" if count is not None else ""))
+        is_text = h5py.check_string_dtype(dataset.dtype) is not None
+        if (name == "label" and dataset.dtype.kind not in "ui") or (name != "label" and not is_text):
+            raise SkinaugError(f"{path}: /{name} has the wrong type ({dataset.dtype})")
+    return count
+
+
+def _check_values(code_file: CodeFile) -> None:
+    """Codes within the codebook and labels within the class names (a max over the data: code maps are small)."""
+    path, attrs = code_file.path, code_file.attrs
+    codebook_size = attrs.get("codebook_size")  # a Python int: read_codes unpacks numpy scalars
+    if isinstance(codebook_size, bool) or not isinstance(codebook_size, int) or codebook_size < 1:
+        raise SkinaugError(f"{path}: the codebook_size attribute must be a positive integer, not {codebook_size!r}")
+    for level, values in code_file.codes.items():
+        outside = values[(values < 0) | (values >= codebook_size)]
+        if outside.size:
+            raise SkinaugError(f"{path}: /codes/{level} holds code {int(outside[0])}, outside the codebook's "
+                               f"0..{codebook_size - 1}: the file is damaged or from another model")
+    try:
+        class_names = code_file.class_names
+    except (TypeError, ValueError):  # not JSON
+        class_names = None
+    if not isinstance(class_names, list) or not all(isinstance(name, str) for name in class_names):
+        raise SkinaugError(f"{path}: the class_names attribute must be a JSON list of names, not {attrs.get('class_names')!r}")
+    outside = code_file.labels[(code_file.labels < -1) | (code_file.labels >= len(class_names))]
+    if outside.size:
+        raise SkinaugError(f"{path}: /label holds {int(outside[0])}, outside -1..{len(class_names) - 1} "
+                           f"(-1 for unlabelled, else an index into its {len(class_names)} class names)")
 
 
 def code_statistics(codes: dict[str, np.ndarray], codebook_size: int) -> dict:

@@ -2,29 +2,51 @@
 
 Everything downstream (training, encoding, augmenting, scoring) sees a dataset only through `scan_dataset`
 and `load_images`, so the rules about what counts as an image live here: names are file stems, labels come
-from a CSV in one of the known dialects or from class sub-folders, nothing outside the image folder is ever
-opened, and a bad image is skipped with a reason (or is fatal under `strict`).
+from a CSV in one of the known dialects or from class sub-folders, symlinked files and folders are followed
+(a folder of links is the usual way to build a subset) but CSV names never leave the image folder, and
+whatever is left out (a CSV row without a file, a file of a type skinaug does not read, an image that
+cannot be decoded) is reported, never dropped in silence: one warning line on stderr, and the counts in
+the summary of a command that records them (`recording_intake`). `strict` makes any of them fatal.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageMode, ImageOps, UnidentifiedImageError
 
 from .errors import BadImage, SkinaugError, UsageError
+from .runtime import log, warn
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+# The decoders Image.open may use. Pillow picks a decoder by content, not by name, so without this list a
+# file named .png could reach any of its plugins (EPS even runs Ghostscript). JPEG covers MPO camera files.
+PIL_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "GIF")
 MAX_IMAGE_PIXELS = 100_000_000  # larger images are refused as decompression bombs (a 10k x 10k photo fits)
+# Memory of one decoded image, judged from its header before decoding: the pixel count alone lets a 16-bit
+# or float image cost several times more. An 8k x 8k RGB PNG fits; JPEGs are decoded at a reduced scale.
+MAX_DECODED_BYTES = 256 * 2**20
+# Above this many pixels an image is cut and box-averaged down before any conversion (see `_shrink_large`).
+LARGE_PIXELS = 2048 * 2048
 ESCAPES = "escapes the image folder"
+NO_FILE = "no image file"
+UNSUPPORTED = "unsupported file type"
+EXAMPLES = 10  # names kept per report: enough to find the problem, few enough for one line
+# Files of image types that skinaug does not read (Pillow's list, and formats Pillow lacks): reported when
+# met, unlike other files (labels.csv, README, ...), which are no images and are ignored.
+OTHER_IMAGE_TYPES = (".heic", ".heif", ".avif", ".jxl", ".dcm", ".dicom", ".svg", ".dng", ".cr2", ".nef", ".arw", ".raw")
+NOT_IMAGE_TYPES = (".h5", ".hdf", ".pdf", ".mpeg", ".mpg", ".grib", ".bufr")  # in Pillow's list, but data files
 
 # Column names of the known CSV dialects, matched case-insensitively.
 GROUP_COLUMNS = ("lesion_id", "patient_id")
@@ -48,6 +70,7 @@ class Dataset:
     skipped: list[tuple[str, str]]  # (name, reason) rejected at scan time
     rows_without_file: int
     files_without_row: int
+    missing: list[str] = field(default_factory=list)  # CSV image names without a file, in CSV order
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -69,45 +92,163 @@ def check_image_size(image_size: int) -> int:
     return int(image_size)
 
 
+# ---------------------------------------------------------------------------------------------- reporting
+
+
+def _kind(reason: str) -> str:
+    """'decompression bomb: 50x40 pixels ...' -> 'decompression bomb': what reports count by."""
+    return reason.split(":", 1)[0]
+
+
+def _examples(items: Sequence[tuple[str, str]], limit: int = 3) -> str:
+    names = ", ".join(name for name, _ in items[:limit])
+    return names + (", ..." if len(items) > limit else "")
+
+
+@dataclass
+class Intake:
+    """What one command took from DATA and what it left out, for its --json summary and run.json.
+
+    Filled by every scan and decode while `recording_intake()` is open, so a command learns what its
+    helpers left out without each of them passing it along.
+    """
+
+    images: int = 0  # images found by the scans, less those that could not be decoded
+    files_without_row: int = 0  # image files a CSV did not list (a CSV may select a subset: not a problem)
+    left_out: list[tuple[str, str]] = field(default_factory=list)  # (name, reason), in the order met
+
+    @classmethod
+    def of(cls, dataset: Dataset, unreadable: Sequence[tuple[str, str]] = ()) -> Intake:
+        """A scan's account, less the images that then could not be decoded (`unreadable`)."""
+        left_out = [(name, NO_FILE) for name in dataset.missing] + list(dataset.skipped) + list(unreadable)
+        return cls(len(dataset.samples) - len(unreadable), dataset.files_without_row, left_out)
+
+    def add(self, other: Intake) -> None:
+        self.images += other.images
+        self.files_without_row += other.files_without_row
+        self.left_out.extend(other.left_out)
+
+    def summary(self) -> dict:
+        return {
+            "images": self.images,
+            "left_out": len(self.left_out),
+            "left_out_by_reason": dict(Counter(_kind(reason) for _, reason in self.left_out)),
+            "left_out_first": [{"name": name, "reason": reason} for name, reason in self.left_out[:EXAMPLES]],
+            "files_without_row": self.files_without_row,
+        }
+
+
+_recording: ContextVar[Intake | None] = ContextVar("skinaug_intake", default=None)
+
+
+@contextlib.contextmanager
+def recording_intake():
+    """Collects what the scans and decodes inside the block left out: `with recording_intake() as intake:`."""
+    intake = Intake()
+    token = _recording.set(intake)
+    try:
+        yield intake
+    finally:
+        _recording.reset(token)
+
+
+def _report_scan(dataset: Dataset, what: str) -> None:
+    """One warning for everything the scan left out, grouped by reason, and a note on unlisted files.
+
+    A warning, so it shows under --quiet too: --quiet silences progress and chatter, but a result made
+    from fewer inputs than given must not look complete. It is one line, whatever the number of files.
+    """
+    scanned, recording = Intake.of(dataset), _recording.get()
+    if recording is not None:
+        recording.add(scanned)
+    left_out = scanned.left_out
+    if left_out:
+        groups: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        for name, reason in left_out:
+            groups[_kind(reason)].append((name, reason))
+        parts = [f"{kind}: {len(items)} ({_examples(items)})" for kind, items in groups.items()]
+        warn(f"{len(left_out)} inputs of {what} left out: {'; '.join(parts)}. --strict makes this an error")
+    if dataset.files_without_row:
+        log(f"{dataset.files_without_row} image files in {dataset.root} have no CSV row (not used)")
+
+
+def report_unreadable(skipped: Sequence[tuple[str, str]]) -> None:
+    """One warning for the images that could not be decoded (the same rules as `_report_scan`)."""
+    recording = _recording.get()
+    if recording is not None:
+        recording.add(Intake(-len(skipped), 0, list(skipped)))
+    if skipped:
+        shown = ", ".join(f"{name} ({reason})" for name, reason in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        warn(f"{len(skipped)} unreadable image{'s' if len(skipped) != 1 else ''} left out: {shown}. "
+             "--strict makes this an error")
+
+
 # ---------------------------------------------------------------------------------------------- scanning
 
 
 @dataclass(frozen=True)
 class _File:
-    rel: str  # path relative to the root, '/'-separated
+    rel: str  # path relative to the root, '/'-separated (through links, as the user sees it)
     path: Path
-    problem: str | None = None  # why it cannot be used: it escapes the root, or is an unreadable folder
+    problem: str | None = None  # why it cannot be used: an unreadable folder, a broken link, an unsupported type
+    unsupported: bool = False  # an image of a type skinaug does not read: reported where it was meant to be used
+
+
+@lru_cache(maxsize=1)
+def _other_image_types() -> frozenset[str]:
+    return frozenset(Image.registered_extensions()) - set(IMAGE_EXTENSIONS) - set(NOT_IMAGE_TYPES) | set(OTHER_IMAGE_TYPES)
+
+
+def _file(rel: str, path: Path) -> _File | None:
+    """An image file, an image of a type skinaug does not read, or None for anything else (labels.csv...)."""
+    suffix = os.path.splitext(rel)[1].lower()
+    if suffix in IMAGE_EXTENSIONS:
+        return _File(rel, path)
+    if suffix in _other_image_types():
+        return _File(rel, path, f"{UNSUPPORTED}: {suffix} (skinaug reads {', '.join(IMAGE_EXTENSIONS)})", unsupported=True)
+    return None
 
 
 def _walk(root: Path) -> list[_File]:
-    """Image files under root, sorted; symlinks are resolved but never followed out of the root."""
+    """Files under root, sorted by path. Symlinked files and folders are followed wherever they point, as
+    torchvision's ImageFolder does: the user made them, and `ln -s /data/isic/*.jpg subset/` is how subsets
+    are built. Each real folder is entered once, which ends link loops; files reached through a link are
+    given by their real path."""
     found: list[_File] = []
+    entered: set[tuple[int, int]] = set()
 
-    def visit(folder: Path, prefix: str) -> None:
+    def visit(folder: Path, prefix: str, linked: bool) -> None:
+        where = prefix.rstrip("/") or str(folder)
         try:
+            info = folder.stat()
             with os.scandir(folder) as scan:
                 entries = sorted(scan, key=lambda e: e.name)
         except OSError as error:
-            reason = f"unreadable folder: {error.strerror or error}"
-            found.append(_File(prefix.rstrip("/") or str(folder), folder, reason))
+            found.append(_File(where, folder, f"unreadable folder: {error.strerror or error}"))
             return
+        if (info.st_dev, info.st_ino) in entered:
+            found.append(_File(where, folder, "folder already scanned: a link loop or a second link to it"))
+            return
+        entered.add((info.st_dev, info.st_ino))
         for entry in entries:
             if entry.name.startswith(".") or entry.name == "__MACOSX":
                 continue
-            rel = prefix + entry.name
-            path = Path(entry.path)
-            if entry.is_symlink():
-                target = path.resolve()
-                problem = None if target.is_relative_to(root) else ESCAPES
-                if entry.name.lower().endswith(IMAGE_EXTENSIONS) or (problem and target.is_dir()):
-                    found.append(_File(rel, target, problem))
-                # a linked folder inside the root is visited under its real name
-            elif entry.is_dir():
-                visit(path, rel + "/")
-            elif entry.is_file() and entry.name.lower().endswith(IMAGE_EXTENSIONS):
-                found.append(_File(rel, path))
+            rel, path = prefix + entry.name, Path(entry.path)
+            through_link = linked or entry.is_symlink()
+            try:
+                is_dir, is_file = entry.is_dir(), entry.is_file()  # both follow symlinks
+            except OSError:
+                is_dir = is_file = False
+            if is_dir:
+                visit(path, rel + "/", through_link)
+            elif is_file:
+                found_file = _file(rel, path.resolve() if through_link else path)
+                if found_file is not None:
+                    found.append(found_file)
+            elif entry.is_symlink() and _file(rel, path) is not None:
+                found.append(_File(rel, path, "broken link: its target is missing or not a file"))
 
-    visit(root, "")
+    visit(root, "", False)
     return found
 
 
@@ -232,7 +373,7 @@ def scan_dataset(
         raise SkinaugError(f"image folder not found: {root}")
     root = root.resolve()
     files = _walk(root)
-    skipped = [(f.rel, f.problem) for f in files if f.problem]
+    skipped = [(f.rel, f.problem) for f in files if f.problem and not f.unsupported]
     missing: list[str] = []
     entries: list[tuple[_File, str | None, str]] = []  # file, label string, group
     files_without_row = 0
@@ -259,6 +400,8 @@ def scan_dataset(
                 continue
             key = name.rsplit(".", 1)[0] if name.lower().endswith(IMAGE_EXTENSIONS) else name
             hits = [by_rel[name]] if name in by_rel else by_key.get(key, [])
+            if len(hits) > 1 and sum(not f.unsupported for f in hits) == 1:
+                hits = [f for f in hits if not f.unsupported]  # 'x' names x.jpg, not its x.heic original
             if len(hits) > 1:
                 raise SkinaugError(f"image name {name!r} matches several files: {', '.join(f.rel for f in hits)}")
             if not hits:
@@ -267,6 +410,9 @@ def scan_dataset(
             if hits[0].rel in used:
                 raise SkinaugError(f"{csv_path} lists image {name!r} twice (again on line {line})")
             used.add(hits[0].rel)
+            if hits[0].unsupported:
+                skipped.append((name, hits[0].problem))
+                continue
             if hits[0].problem:
                 continue  # already listed by the walk
             label, reason = _row_label(row, cols, header)
@@ -279,6 +425,7 @@ def scan_dataset(
     else:
         class_dirs = {f.rel.split("/", 1)[0] for f in files if "/" in f.rel and not f.problem}
         dialect = "folders" if class_dirs else "unlabelled"
+        skipped += [(f.rel, f.problem) for f in files if f.unsupported]  # every file counts without a CSV
         for f in files:
             if f.problem:
                 continue
@@ -297,7 +444,10 @@ def scan_dataset(
     if not entries:
         hint = f" for the {len(rows)} rows of {csv_path.name}" if labels_csv is not None else ""
         example = f" (e.g. no file for {missing[0]!r})" if missing else ""
-        raise SkinaugError(f"no images found in {root}{hint}{example}; looked for {', '.join(IMAGE_EXTENSIONS)}")
+        other = [f.rel for f in files if f.unsupported]
+        found_other = f"; found {len(other)} files of types skinaug does not read (e.g. {other[0]})" if other else ""
+        raise SkinaugError(
+            f"no images found in {root}{hint}{example}; looked for {', '.join(IMAGE_EXTENSIONS)}{found_other}")
 
     stems = Counter(_stem(f.rel) for f, _, _ in entries)
     duplicates = [stem for stem, n in stems.items() if n > 1]
@@ -317,7 +467,9 @@ def scan_dataset(
     samples = [
         Sample(f.path, _stem(f.rel), -1 if label is None else index[label], group) for f, label, group in entries
     ]
-    return Dataset(root, samples, found, dialect, skipped, len(missing), files_without_row)
+    dataset = Dataset(root, samples, found, dialect, skipped, len(missing), files_without_row, missing)
+    _report_scan(dataset, f"{root}" + (f" and {Path(labels_csv).name}" if labels_csv is not None else ""))
+    return dataset
 
 
 # ---------------------------------------------------------------------------------------------- decoding
@@ -352,8 +504,42 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         raise BadImage(f"unsupported colour mode {mode}") from None
 
 
+def decoded_bytes(img: Image.Image) -> int:
+    """Bytes Pillow allocates for the decoded image, known from the header: Pillow keeps 1-bit, L and P
+    pixels in one byte, I;16 in two, and every other mode (RGB and LA included) in four."""
+    try:
+        mode = ImageMode.getmode(img.mode)
+        per_pixel = np.dtype(mode.typestr).itemsize if len(mode.bands) == 1 else 4
+    except (KeyError, TypeError, ValueError):
+        per_pixel = 8  # a mode this table does not know: assume the worst
+    return img.width * img.height * per_pixel
+
+
+def _shrink_large(image: Image.Image, image_size: int) -> Image.Image:
+    """A large image cut to its centred square and box-averaged to at least 3x image_size before anything
+    else, so that EXIF rotation, colour conversion and the float arrays of 16-bit scaling each copy a small
+    image rather than the full one. Smaller images are left alone (and give the same pixels as before).
+
+    The centred square is the same whichever way the EXIF orientation turns the image, so cropping first
+    is safe; the orientation itself moves with the pixels (the shrunk copy has no file to read it from).
+    """
+    width, height = image.size
+    if width * height <= LARGE_PIXELS:
+        return image
+    side = min(width, height)
+    target = max(1, side // max(1, side // (3 * image_size)))
+    left, top = (width - side) // 2, (height - side) // 2
+    small = image.resize((target, target), Image.Resampling.BOX, box=(left, top, left + side, top + side))
+    try:
+        small.info["exif"] = image.getexif().tobytes()
+    except (OSError, ValueError, SyntaxError, KeyError, TypeError, AttributeError):
+        pass  # unreadable EXIF: the stored orientation is kept, as in `preprocess`
+    return small
+
+
 def preprocess(image: Image.Image, image_size: int) -> np.ndarray:
     """Upright (EXIF), RGB, shorter side scaled to image_size, centre-cropped: (S, S, 3) uint8."""
+    image = _shrink_large(image, image_size)
     try:
         image = ImageOps.exif_transpose(image)
     except (OSError, ValueError, SyntaxError, KeyError, TypeError):
@@ -368,17 +554,25 @@ def preprocess(image: Image.Image, image_size: int) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8).copy()
 
 
+def _check_decoded_size(img: Image.Image) -> None:
+    needed = decoded_bytes(img)
+    if needed > MAX_DECODED_BYTES:
+        raise BadImage(f"too large to decode: {img.width}x{img.height} pixels of mode {img.mode} take "
+                       f"{needed / 2**20:.1f} MiB, over the limit of {MAX_DECODED_BYTES / 2**20:.1f} MiB")
+
+
 def load_image(path, image_size: int) -> np.ndarray:
     """Decode one image file into (S, S, 3) uint8, or raise BadImage with the reason. The file is only read."""
     path = Path(path)
     try:
         if path.stat().st_size == 0:
             raise BadImage("empty file")
-        with Image.open(path) as img:
+        with Image.open(path, formats=PIL_FORMATS) as img:
             width, height = img.size
             if width * height > MAX_IMAGE_PIXELS:
                 raise BadImage(f"decompression bomb: {width}x{height} pixels is over the limit of {MAX_IMAGE_PIXELS}")
             img.draft(None, (image_size, image_size))  # JPEG: decode at 1/2..1/8 scale when that still covers S
+            _check_decoded_size(img)  # after draft, which shrinks JPEGs without decoding them; before load
             try:
                 img.load()  # PIL is lazy: truncation only shows when every byte is decoded
             except (OSError, SyntaxError, ValueError, EOFError):

@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 
 from .codes import CodeWriter, code_statistics, model_attrs, read_codes
-from .data import scan_dataset
+from .data import Intake, scan_dataset
 from .errors import SkinaugError
 from .image_cache import decode_in_chunks
-from .io import atomic_path, prepare_output
+from .io import CODE_FILE, atomic_path, claim_output
 from .modeldir import ModelDir
+from .naming import unique_names
 from .output import DatasetWriter
-from .runtime import log, progress, resolve_backend, resolve_device
+from .runtime import progress, resolve_backend, resolve_device
 
 
 def autocast_for(device):
@@ -84,18 +85,18 @@ def encode_dataset(data, out, *, model, labels=None, device="auto", batch_size=6
     model_dir = ModelDir(model)
     config = model_dir.config()
     backend = resolve_backend(backend)
-    dataset = dataset_for_model(data, labels, config, strict=strict, **columns)
-    for name, reason in dataset.skipped:
-        log(f"skipped {name}: {reason}")
-    prepare_output(out, overwrite=overwrite, kind="code file")
+    dataset = dataset_for_model(data, labels, config, strict=strict, **columns)  # warns about what it leaves out
+    unreadable: list[tuple[str, str]] = []
+    claim = claim_output(out, kind=CODE_FILE, inputs=(data, labels, model_dir.path), overwrite=overwrite)
     encode, _, squared_error, _, backend_info = open_vqvae(model_dir, device, backend)
     attrs = {**model_attrs(config), "class_names": json.dumps(dataset.class_names)}
     grid = {level: tuple(shape) for level, shape in config["grid"].items()}
     started = time.perf_counter()
     all_codes: dict[str, list[np.ndarray]] = {level: [] for level in grid}
     count = pixels = 0
-    with atomic_path(out) as tmp, CodeWriter(tmp, attrs, grid) as writer:
-        for images, kept in decode_in_chunks(dataset.samples, config["image_size"], strict=strict, workers=workers):
+    with claim, atomic_path(claim.work) as tmp, CodeWriter(tmp, attrs, grid) as writer:
+        for images, kept in decode_in_chunks(dataset.samples, config["image_size"], strict=strict, workers=workers,
+                                             skipped_out=unreadable):
             for start in range(0, len(kept), batch_size):
                 batch = kept[start : start + batch_size]
                 codes, error = encode(images[start : start + batch_size])
@@ -111,6 +112,7 @@ def encode_dataset(data, out, *, model, labels=None, device="auto", batch_size=6
         "codes": str(out),
         "images": count,
         "skipped": len(dataset.skipped) + len(dataset.samples) - count,
+        "input": Intake.of(dataset, unreadable).summary(),
         **code_statistics({k: np.concatenate(v) for k, v in all_codes.items()}, config["codebook_size"]),
         "mse": float(squared_error.item() / pixels),
         "images_per_s": count / (time.perf_counter() - started),
@@ -131,19 +133,21 @@ def decode_codes(codes_path, out, *, model, device="auto", batch_size=64, overwr
     plan = {"command": "decode", "codes": str(Path(codes_path).resolve()), "n": len(code_file), "batch_size": batch_size,
             "format": image_format}
     writer = DatasetWriter(out, model_config=config, plan=plan, overwrite=overwrite, resume=resume,
-                           image_format=image_format, quality=quality)
+                           image_format=image_format, quality=quality, inputs=(codes_path, model_dir.path))
     done = writer.done_batches()
+    file_names = unique_names(f"{name}_rec" for name in code_file.images)  # names in a code file may be anything
     with progress(len(code_file), desc="decoding codes") as bar:
         for batch_index, start in enumerate(range(0, len(code_file), batch_size)):
             stop = min(start + batch_size, len(code_file))
             if batch_index not in done:
                 codes = {level: values[start:stop] for level, values in code_file.codes.items()}
                 rows = [{
-                    "image": f"{name}_rec",
+                    "image": file_name,
                     "label": class_names[label] if 0 <= label < len(class_names) else "",
                     "method": "reconstruction", "source_top": name, "source_bottom": name,
                     "temperature": "", "seed": "", "model_fingerprint": config["fingerprint"], "group": group,
-                } for name, label, group in zip(code_file.images[start:stop], code_file.labels[start:stop], code_file.groups[start:stop])]
+                } for file_name, name, label, group in zip(file_names[start:stop], code_file.images[start:stop],
+                                                           code_file.labels[start:stop], code_file.groups[start:stop])]
                 writer.write_batch(batch_index, decode(codes), rows, codes)
             bar.update(stop - start)
     return writer.finish(command="decode", seed=None, device=device_name, extra=backend_info)

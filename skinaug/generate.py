@@ -24,6 +24,7 @@ import numpy as np
 from .codes import CodeFile, read_codes
 from .errors import SkinaugError, UsageError
 from .modeldir import ModelDir
+from .naming import name_key, unique_names
 from .output import DatasetWriter
 from .runtime import log, progress, resolve_backend, resolve_device
 
@@ -78,8 +79,8 @@ class Generator:
         self.levels = list(self.config["grid"])
         self.vqvae = self.model_dir.load_vqvae(self.device)
         self._priors: dict = {}
-        if temperature <= 0:
-            raise UsageError(f"--temperature must be positive, not {temperature}")
+        if not (np.isfinite(temperature) and temperature > 0):  # nan passes a plain `<= 0` and fails only when sampling
+            raise UsageError(f"--temperature must be a positive number, not {temperature}")
 
     def require(self, methods) -> None:
         """Fails early, naming the missing prior file and the command that trains it."""
@@ -206,8 +207,9 @@ def load_sources(model, codes=None, data=None, labels=None, device="auto", backe
 
 
 def class_index(class_names: list[str], name: str) -> int:
+    """The index of --class NAME; a name the model does not know is a usage error (exit 2)."""
     if name not in class_names:
-        raise SkinaugError(f"unknown class {name!r}: the model knows {', '.join(class_names) or 'no classes'}")
+        raise UsageError(f"--class {name!r} is not a class of this model: it knows {', '.join(class_names) or 'no classes'}")
     return class_names.index(name)
 
 
@@ -232,13 +234,23 @@ def plan_per_source(method: str, indices, per_image: int, source: CodeFile) -> l
     return [Job(method, int(source.labels[i]), int(i), int(i)) for i in indices for _ in range(per_image)]
 
 
-def name_jobs(jobs: list[Job], class_names: list[str], prefix: str = "") -> None:
+def name_jobs(jobs: list[Job], class_names: list[str], prefix: str = "", *, taken=()) -> None:
+    """Names each job's image '<prefix><method>_<class>_<n>'. Class names come from CSVs and downloaded models,
+    so each is made one safe file-name part (see naming.py); every name differs from the others and from
+    `taken` (the originals' names in the same output), also when case is ignored."""
+    labels = unique_names(class_names)
+    used = {name_key(name) for name in taken}
     counters: Counter = Counter()
     for job in jobs:
-        label = class_names[job.label] if 0 <= job.label < len(class_names) else "unlabelled"
+        label = labels[job.label] if 0 <= job.label < len(class_names) else "unlabelled"
         key = (job.method, label)
-        job.name = f"{prefix}{job.method}_{label}_{counters[key]:06d}"
-        counters[key] += 1
+        while True:  # skips numbers an original already has (an OUT_DIR augmented again holds gen_ names)
+            name = f"{prefix}{job.method}_{label}_{counters[key]:06d}"
+            counters[key] += 1
+            if name_key(name) not in used:
+                break
+        used.add(name_key(name))
+        job.name = name
 
 
 def make_batches(jobs: list[Job], batch_size: int) -> list[tuple[str, list[Job]]]:
@@ -254,8 +266,11 @@ def make_batches(jobs: list[Job], batch_size: int) -> list[tuple[str, list[Job]]
 
 def run_jobs(generator: Generator, jobs: list[Job], source: CodeFile | None, out, *, seed: int, batch_size: int,
              command: str, plan: dict, overwrite=False, resume=False, image_format="png", quality=95,
-             originals: list | None = None, link_originals=True, extra: dict | None = None) -> dict:
-    """Makes every job's image into OUT_DIR (streamed, resumable, sharded under torchrun)."""
+             originals: list | None = None, link_originals=True, extra: dict | None = None, inputs=()) -> dict:
+    """Makes every job's image into OUT_DIR (streamed, resumable, sharded under torchrun).
+
+    `inputs`: what else the command reads (a labels CSV), never to be written over; the model, the sources
+    and the mask folder are known here."""
     dist = generator.distributed()
     generator.require({job.method for job in jobs})
     for job in jobs:
@@ -264,14 +279,17 @@ def run_jobs(generator: Generator, jobs: list[Job], source: CodeFile | None, out
                 generator.check_class(level, job.label)
     if any(job.method in PRIORS_NEEDED and job.label < 0 for job in jobs) and generator.class_names:
         raise SkinaugError("a class-conditional prior cannot resample unlabelled images: give --labels")
+    check_masks(generator, jobs, source)
     fingerprint = generator.config["fingerprint"]
+    inputs = [generator.model_dir.path, generator.mask_dir, source.path if source is not None else None, *inputs]
     if dist.is_main:
         writer = DatasetWriter(out, model_config=generator.config, plan=plan, overwrite=overwrite, resume=resume,
-                               image_format=image_format, quality=quality)
-    dist.barrier()
+                               image_format=image_format, quality=quality, inputs=inputs)
+    # rank 0 alone claims the output; the other ranks write their batches where it says (staged under --overwrite)
+    work_dir = dist.broadcast_object(str(writer.work) if dist.is_main else None) if dist.world_size > 1 else None
     if not dist.is_main:
         writer = DatasetWriter(out, model_config=generator.config, plan=plan, resume=True, image_format=image_format,
-                               quality=quality, is_main=False)
+                               quality=quality, is_main=False, work_dir=work_dir)
     done = writer.done_batches()
     offset = 0
     if originals:
@@ -324,6 +342,16 @@ def run_jobs(generator: Generator, jobs: list[Job], source: CodeFile | None, out
     })
 
 
+def check_masks(generator: Generator, jobs: list[Job], source: CodeFile | None) -> None:
+    """Every lesion mask a resample job needs, looked for before anything is written (not half-way through)."""
+    if generator.mask_dir is None:
+        return
+    for name in sorted({source.images[job.source_top] for job in jobs if job.method == "resample"}):
+        path = generator.mask_dir / f"{name}.png"
+        if not path.is_file():
+            raise SkinaugError(f"no mask for {name}: {path} is missing")
+
+
 def job_plan(jobs: list[Job], **options) -> dict:
     return {"jobs": [asdict(job) for job in jobs], **{k: str(v) if isinstance(v, Path) else v for k, v in options.items()}}
 
@@ -349,6 +377,8 @@ def parse_methods(text: str) -> dict[str, float]:
             weights[name] = float(weight) if weight else 1.0
         except ValueError:
             raise UsageError(f"bad weight {weight!r} for {name} in --methods") from None
+        if not np.isfinite(weights[name]):  # float() reads "nan" and "inf"
+            raise UsageError(f"bad weight {weight!r} for {name} in --methods: give a finite number")
         if weights[name] < 0:
             raise UsageError(f"negative weight for {name} in --methods")
     if not weights or sum(weights.values()) <= 0:
@@ -397,9 +427,10 @@ def original_rows(source: CodeFile, class_names: list[str], fingerprint: str) ->
     if source.files is None:
         raise UsageError("originals need the image files: give DATA rather than --codes")
     rows = []
-    for index, name in enumerate(source.images):
+    # the file keeps the source's name where that is a safe, distinct file name; source_* keep it as it is
+    for index, (name, file_name) in enumerate(zip(source.images, unique_names(source.images))):
         label = int(source.labels[index])
-        rows.append({"image": name, "label": class_names[label] if label >= 0 else "", "method": "original",
+        rows.append({"image": file_name, "label": class_names[label] if label >= 0 else "", "method": "original",
                      "source_top": name, "source_bottom": name, "temperature": "", "seed": "",
                      "model_fingerprint": fingerprint, "group": source.groups[index], "file": str(source.files[name]),
                      "index": index})

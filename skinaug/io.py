@@ -1,34 +1,127 @@
-"""Atomic file writes and the one policy for existing outputs.
+"""Atomic file writes with the user's umask, and the one policy for outputs.
 
-Every file skinaug produces is written under a temporary name in the same folder and renamed into
-place, so an interrupted run never leaves a half-written file under the final name.
+Every file skinaug produces is written under a temporary name in the same folder, flushed to disk and
+renamed into place, so an interrupted run never leaves a half-written file under the final name.
+
+An output (a generated dataset, a model directory, a code file, a score folder) is claimed before a run
+writes it (`claim_output`):
+- --out may neither be nor hold an input of the command (real paths compared, so symlinks do not hide one);
+- an existing output is replaced only with --overwrite, and only when it is an earlier skinaug output of the
+  same kind, recognised by its marker files;
+- the replacement is built beside the output (`.NAME.skinaug-new`) and renamed into place when the run
+  commits, so an invalid option or a crash leaves the earlier complete output as it was;
+- one writer per output: an exclusive lock on `.NAME.skinaug.lock` beside the output (beside, so that it
+  outlives the output's replacement), which holds the holder's pid.
+This module never imports torch: the onnx backend and `--help` stay light.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
 import tempfile
+import threading
+import weakref
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterable
 
-from .errors import SkinaugError, UsageError
+from .errors import SkinaugError, UsageError, os_error_message
+
+# ------------------------------------------------------------------------- atomic files with the umask
+
+
+def _umask_by_setting() -> int:
+    # the only portable way to read the umask is to set it; done once, at import, under the import lock
+    old = os.umask(0)
+    os.umask(old)
+    return old
+
+
+def _umask_from_proc() -> int | None:
+    """Linux (4.7+) reports the umask in /proc: reading it changes nothing, so it is safe in any thread."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+_UMASK_AT_IMPORT = _umask_from_proc()
+if _UMASK_AT_IMPORT is None:
+    _UMASK_AT_IMPORT = _umask_by_setting()
+
+
+def current_umask() -> int:
+    proc = _umask_from_proc()
+    return _UMASK_AT_IMPORT if proc is None else proc
+
+
+def file_mode() -> int:
+    """The mode an ordinary open() gives a new file: what colleagues sharing a folder expect."""
+    return 0o666 & ~current_umask()
+
+
+def folder_mode() -> int:
+    return 0o777 & ~current_umask()
+
+
+def _settle(tmp: Path) -> None:
+    """mkstemp makes 0600 files whatever the umask; give the file the usual mode, and flush it to disk so that
+    the rename never publishes a file whose data a power cut could still lose."""
+    os.chmod(tmp, file_mode())
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yields a temporary path beside `path`; renames it onto `path` only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        _raise_write_error(error, path)
     os.close(fd)
     try:
         yield Path(tmp)
+        _settle(Path(tmp))
         os.replace(tmp, path)
+    except OSError as error:
+        _raise_write_error(error, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _raise_write_error(error: OSError, path: Path):
+    """A failed write names the file being written: the system names none (a failed write()) or only the
+    temporary twin. An error that names another file (a folder that cannot be made, an input) keeps its name."""
+    named = error.filename
+    temporary = isinstance(named, (str, bytes, os.PathLike)) and os.fsdecode(named).startswith(
+        os.fsdecode(path.parent / f".{path.name}."))
+    if named is not None and not temporary:
+        raise error
+    raise SkinaugError(os_error_message(error, path, "cannot write")) from error
+
+
+@contextlib.contextmanager
+def naming_write_errors(path):
+    """For a write that cannot go through atomic_path (an append, a copy): its failure names `path` as theirs do."""
+    try:
+        yield
+    except OSError as error:
+        _raise_write_error(error, Path(path))
 
 
 def write_text(path, text: str) -> None:
@@ -47,25 +140,321 @@ def read_json(path) -> dict:
         raise SkinaugError(f"{path} does not exist") from None
     except json.JSONDecodeError as error:
         raise SkinaugError(f"{path} is not valid JSON ({error})") from None
+    except UnicodeDecodeError:
+        raise SkinaugError(f"{path} is not UTF-8 text, so not JSON written by skinaug") from None
 
 
-def prepare_output(path, *, overwrite: bool, resume: bool = False, kind: str = "output") -> bool:
-    """Applies the contract for an existing output; returns True when an earlier run is resumed.
+# ------------------------------------------------------------------------- kinds of output
 
-    Without --overwrite or --resume an existing non-empty output is an error; --overwrite removes it.
+
+@dataclass(frozen=True)
+class OutputKind:
+    """What --overwrite may replace: earlier outputs of one kind, recognised by their marker files."""
+
+    name: str  # in messages: "model directory"
+    recognise: Callable[[Path], bool]  # whether an existing path is an earlier output of this kind
+    marker: str  # what `recognise` looks for, named in the refusal
+    resumable: bool = False  # a first run writes in place, where --resume finds it; otherwise every run is staged
+    single_file: bool = False  # atomic_path already replaces the file in one rename
+
+
+def _json_has(path: Path, key: str) -> bool:
+    try:
+        return key in json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+# what a model directory may hold; a folder of only these, with train/, is a training cut off before config.json
+MODEL_ENTRIES = {"config.json", "vqvae.safetensors", "prior_top.safetensors", "prior_bottom.safetensors", "onnx",
+                 "MODEL_CARD.md", "train"}
+
+
+def is_model_directory(path: Path) -> bool:
+    if not path.is_dir():
+        return False
+    if _json_has(path / "config.json", "format_version"):
+        return True
+    return (path / "train").is_dir() and {entry.name for entry in path.iterdir()} <= MODEL_ENTRIES
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def is_code_file(path: Path) -> bool:
+    """An HDF5 file with the attrs `skinaug encode` writes."""
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(len(HDF5_SIGNATURE)) != HDF5_SIGNATURE:
+                return False
+        import h5py
+
+        with h5py.File(path, "r") as file:
+            return "format_version" in file.attrs and "model_fingerprint" in file.attrs
+    except OSError:
+        return False
+
+
+def marked_folder(name: str, marker: str, *, resumable: bool = False) -> OutputKind:
+    """A folder recognised by one file it always holds (cas.json, memorization.json, sweep_plan.json)."""
+    return OutputKind(name, lambda path: (path / marker).is_file(), marker, resumable=resumable)
+
+
+MODEL_DIRECTORY = OutputKind("model directory", is_model_directory, "config.json with format_version, or train/",
+                             resumable=True)
+CODE_FILE = OutputKind("code file", is_code_file, "HDF5 with skinaug attrs", single_file=True)
+
+
+# ------------------------------------------------------------------------- inputs
+
+
+def real_path(path) -> Path:
+    return Path(os.path.realpath(Path(path).expanduser()))
+
+
+def refuse_output_over_inputs(out, inputs: Iterable) -> None:
+    """--out may neither be nor hold an input: --overwrite would delete what the command reads."""
+    final = real_path(out)
+    for given in inputs:
+        if given is None or str(given) in ("", "-"):
+            continue
+        source = real_path(given)
+        if source == final or final in source.parents:
+            relation = "is" if source == final else "holds"
+            raise SkinaugError(f"--out {out} {relation} the input {given}: skinaug never writes over its inputs, "
+                               "choose another --out")
+
+
+# ------------------------------------------------------------------------- the lock
+
+_LOCKS_HERE: "weakref.WeakValueDictionary[str, OutputLock]" = weakref.WeakValueDictionary()
+_LOCKS_HERE_GUARD = threading.Lock()
+
+
+class OutputLock:
+    """An exclusive flock on `.NAME.skinaug.lock` beside the output, with the holder's pid in it.
+
+    Another process is refused. In this process a new claim takes the lock over from an earlier one of the same
+    thread: that one was abandoned (its run raised), though a traceback may still keep it alive.
     """
-    path = Path(path)
+
+    def __init__(self, final: Path, shown):
+        self.path = final.parent / f".{final.name}.skinaug.lock"
+        self.thread = threading.get_ident()
+        self.pid = os.getpid()
+        self.handle = None
+        with _LOCKS_HERE_GUARD:
+            earlier = _LOCKS_HERE.get(str(self.path))
+            if earlier is not None and earlier.handle is not None:
+                self._take_over(earlier, shown)
+            else:
+                self.handle = self._acquire(shown)
+            _LOCKS_HERE[str(self.path)] = self
+
+    def _take_over(self, earlier: "OutputLock", shown) -> None:
+        if earlier.thread != self.thread and any(t.ident == earlier.thread for t in threading.enumerate()):
+            raise SkinaugError(f"{shown} is being written by another thread of this process (pid {os.getpid()})")
+        self.handle, earlier.handle = earlier.handle, None
+
+    def _acquire(self, shown):
+        while True:
+            try:
+                handle = open(self.path, "a+", encoding="ascii")  # a+: creates it without erasing a holder's pid
+            except OSError as error:
+                raise SkinaugError(f"cannot lock {shown}: {self.path} cannot be created ({error.strerror})") from None
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "unknown"
+                handle.close()
+                raise SkinaugError(f"{shown} is being written by another skinaug process (pid {holder}): "
+                                   "wait for it to finish, or choose another --out") from None
+            if _same_file(handle, self.path):
+                break
+            handle.close()  # the previous holder removed the file after we opened it: lock the one there now
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        return handle
+
+    def release(self) -> None:
+        # a forked worker (a DataLoader's) shares the lock with its parent: only the process that took it lets go
+        if self.handle is None or os.getpid() != self.pid:
+            return
+        # removed while still held: a process that opened it meanwhile sees it gone and locks a new one
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        self.handle.close()
+        self.handle = None
+
+    def __del__(self):
+        with contextlib.suppress(Exception):
+            self.release()
+
+
+def _same_file(handle, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+# ------------------------------------------------------------------------- claiming an output
+
+
+def _sibling(final: Path, role: str) -> Path:
+    return final.parent / f".{final.name}.skinaug-{role}"
+
+
+def _is_absent(path: Path) -> bool:
+    """Absent, or an empty folder (which a user may create for the output)."""
+    if path.is_dir() and not path.is_symlink():
+        return not any(path.iterdir())
+    return not path.exists()
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _sync_folder(folder: Path) -> None:
+    """Makes a rename inside `folder` durable."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """Creates `folder` and its missing parents; returns those it created, outermost first."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for created in reversed(missing):
+        try:
+            created.mkdir(exist_ok=True)
+        except OSError as error:
+            raise SkinaugError(f"cannot create the folder {created} ({error.strerror})") from None
+    return list(reversed(missing))
+
+
+def _finish_cut_swap(final: Path) -> None:
+    """A commit cut off between its two renames left the old output aside and the finished new one staged."""
+    old, new = _sibling(final, "old"), _sibling(final, "new")
+    if not old.exists():
+        return
+    if _is_absent(final) and new.exists():
+        os.replace(new, final)
+    elif _is_absent(final):
+        os.replace(old, final)
+        return
+    _remove(old)
+
+
+def _swap_into_place(work: Path, final: Path) -> None:
+    old = _sibling(final, "old")
+    if final.exists():
+        os.replace(final, old)
+    os.replace(work, final)
+    _remove(old)
+    _sync_folder(final.parent)
+
+
+@dataclass
+class OutputClaim:
+    """The right to write one output: where this run writes, whether it resumes, and the lock."""
+
+    path: Path  # the output as the caller named it (for messages and summaries)
+    final: Path  # its real location
+    work: Path  # where this run writes: `final`, or the staging sibling that replaces it at commit
+    resuming: bool
+    lock: OutputLock | None
+    created: list[Path] = field(default_factory=list)  # parent folders made for the lock
+
+    @property
+    def staged(self) -> bool:
+        return self.work != self.final
+
+    def commit(self) -> None:
+        """Puts a staged output in place (only now is an earlier one replaced) and ends the claim."""
+        if self.staged and self.work.exists():
+            _swap_into_place(self.work, self.final)
+        self.release()
+
+    def release(self) -> None:
+        """Ends the claim without committing: a staged run stays beside the output, for --resume."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+        for folder in reversed(self.created):  # made for a run that then wrote nothing
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        self.created = []
+
+    def __enter__(self) -> "OutputClaim":
+        return self
+
+    def __del__(self):
+        # a claim dropped by a run that raised before it could release it
+        with contextlib.suppress(Exception):
+            self.release()
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        self.commit() if error_type is None else self.release()
+
+
+def claim_output(path, *, kind: OutputKind, inputs: Iterable = (), overwrite: bool = False,
+                 resume: bool = False) -> OutputClaim:
+    """Applies the output policy (see the module docstring) and locks the output; creates nothing else.
+
+    Call it once the options are validated; write into `.work`, then `.commit()` (or `.release()` on failure).
+    """
     if overwrite and resume:
         raise UsageError("--overwrite and --resume contradict each other: choose one")
-    exists = path.exists() and (path.is_file() or any(path.iterdir()))
-    if not exists:
-        return False
+    path = Path(path)
+    refuse_output_over_inputs(path, list(inputs))
+    final = real_path(path)
+    created = _make_parents(final.parent)
+    try:
+        lock = OutputLock(final, path)
+    except BaseException:
+        OutputClaim(path, final, final, False, None, created).release()
+        raise
+    claim = OutputClaim(path, final, final, False, lock, created)
+    try:
+        claim.work, claim.resuming = _where_to_write(path, final, kind, overwrite=overwrite, resume=resume)
+    except BaseException:
+        claim.release()
+        raise
+    return claim
+
+
+def _where_to_write(path: Path, final: Path, kind: OutputKind, *, overwrite: bool, resume: bool) -> tuple[Path, bool]:
+    """(work folder, resuming) under the lock."""
+    _finish_cut_swap(final)
+    staging = _sibling(final, "new")
+    in_place = kind.resumable or kind.single_file
+    if resume and staging.exists():
+        return staging, True  # an interrupted --overwrite run: the newest work on this output
+    if _is_absent(final):
+        _remove(staging)
+        return (final if in_place else staging), False
     if resume:
-        return True
+        return final, True
     if not overwrite:
-        raise SkinaugError(f"{kind} {path} already exists: pass --overwrite to replace it or --resume to continue it")
-    if path.is_dir():
-        shutil.rmtree(path)
-    else:
-        path.unlink()
-    return False
+        hint = " or --resume to continue it" if kind.resumable else ""
+        raise SkinaugError(f"{kind.name} {path} already exists: pass --overwrite to replace it{hint}")
+    if not kind.recognise(final):
+        raise SkinaugError(f"--overwrite replaces only an earlier {kind.name} and {path} is not one (no {kind.marker}): "
+                           "remove it yourself or choose another --out")
+    _remove(staging)
+    return (final if kind.single_file else staging), False
+

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from . import __version__
@@ -42,14 +43,116 @@ def save_weights(path, state_dict) -> None:
 
 
 def load_weights(path) -> dict:
+    import torch
     from safetensors.torch import load_file
 
     try:
-        return load_file(str(path))
+        state = load_file(str(path))
     except FileNotFoundError:
         raise SkinaugError(f"{path} does not exist") from None
     except Exception as error:  # safetensors raises its own error types for corrupt files
         raise SkinaugError(f"{path} is not a readable safetensors file ({error})") from None
+    # shipped weights are stored in float16 to halve the download; every network computes in float32
+    return {name: tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
+            for name, tensor in state.items()}
+
+
+COMPACT_MIN_ELEMENTS = 4096
+
+
+def compact_weights(path) -> None:
+    """Rewrites a safetensors file with its large float32 tensors stored as float16 (for shipping a model).
+
+    Small tensors (biases, norms, the codebooks and their EMA statistics) stay float32: they weigh nothing,
+    and the codebook statistics keep their precision for fine-tuning.
+    """
+    import torch
+
+    def compact(tensor):
+        large = tensor.dtype == torch.float32 and tensor.numel() >= COMPACT_MIN_ELEMENTS
+        return tensor.half() if large else tensor
+
+    save_weights(path, {name: compact(tensor) for name, tensor in load_weights(path).items()})
+
+
+# ------------------------------------------------------------------ config.json, checked on load
+#
+# A config.json edited by hand, cut short or written by another tool would otherwise fail deep inside a
+# command (a KeyError, a tensor of the wrong shape) and read as a bug. Fields skinaug does not know are
+# left alone: later versions and other stages add their own.
+
+REQUIRED_FIELDS = ("image_size", "levels", "codebook_size", "code_dim", "grid", "fingerprint", "vqvae")
+SHARED_VQVAE_FIELDS = ("image_size", "levels", "codebook_size", "code_dim")  # in config.json and its "vqvae"
+VQVAE_INT_FIELDS = ("channels", "res_channels", "n_res_blocks", "restart_after")
+
+
+def _is_int(value, low: int, high: int | None = None) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool) and value >= low
+            and (high is None or value <= high))
+
+
+def _is_class_list(value) -> bool:
+    return (isinstance(value, list) and all(isinstance(name, str) and name for name in value)
+            and len(set(value)) == len(value))
+
+
+# field -> (check, what it must be); codes are stored as uint16, hence K <= 65535
+FIELD_RULES = {
+    "image_size": (lambda v: _is_int(v, 8) and v % 8 == 0, "a positive multiple of 8"),
+    "levels": (lambda v: _is_int(v, 1, 2), "1 or 2"),
+    "codebook_size": (lambda v: _is_int(v, 2, 65535), "an integer from 2 to 65535"),
+    "code_dim": (lambda v: _is_int(v, 1), "a positive integer"),
+    "fingerprint": (lambda v: isinstance(v, str) and bool(v), "a non-empty string"),
+    "class_names": (_is_class_list, "a list of distinct, non-empty strings"),
+    "vqvae": (lambda v: isinstance(v, dict), "an object"),
+    "priors": (lambda v: isinstance(v, dict) and set(v) <= set(PRIOR_WEIGHTS) and all(isinstance(e, dict) for e in v.values()),
+               "an object with a config object per level (top, bottom)"),
+}
+
+
+def validate_config(config, path) -> dict:
+    """config.json as read, once its fields are known to be usable; one clear error naming the field otherwise."""
+    if not isinstance(config, dict):
+        raise SkinaugError(f"{path} is not a skinaug model config: expected a JSON object")
+    _check_format_version(config, path)
+    missing = [field for field in REQUIRED_FIELDS if field not in config]
+    if missing:
+        raise SkinaugError(f"{path} lacks {', '.join(missing)}: it is not a complete skinaug model config")
+    for field, (valid, wanted) in FIELD_RULES.items():
+        if field in config and not valid(config[field]):
+            raise SkinaugError(f"{path}: {field} must be {wanted}, not {config[field]!r}")
+    _check_grid(config, path)
+    _check_vqvae(config, path)
+    return config
+
+
+def _check_format_version(config: dict, path) -> None:
+    version = config.get("format_version", 0)
+    if not _is_int(version, 0):
+        raise SkinaugError(f"{path}: format_version must be a non-negative integer, not {version!r}")
+    if version > FORMAT_VERSION:
+        raise SkinaugError(f"{path} has format_version {version}; this skinaug reads up to {FORMAT_VERSION}: upgrade skinaug")
+
+
+def _check_grid(config: dict, path) -> None:
+    """One [height, width] per level: bottom always, top for two-level models."""
+    grid, levels = config["grid"], ({"bottom"} if config["levels"] == 1 else {"top", "bottom"})
+    if not isinstance(grid, dict) or set(grid) != levels:
+        raise SkinaugError(f"{path}: grid must give the shape of each level ({', '.join(sorted(levels))}), not {grid!r}")
+    for level, shape in grid.items():
+        if not (isinstance(shape, list) and len(shape) == 2 and all(_is_int(side, 1) for side in shape)):
+            raise SkinaugError(f"{path}: grid.{level} must be [height, width] in codes, not {shape!r}")
+
+
+def _check_vqvae(config: dict, path) -> None:
+    """The network is built from "vqvae": it must agree with the shapes every other part reads."""
+    vqvae = config["vqvae"]
+    for field in SHARED_VQVAE_FIELDS:
+        if vqvae.get(field) != config[field]:
+            raise SkinaugError(f"{path}: vqvae.{field} is {vqvae.get(field)!r} but {field} is {config[field]!r}")
+    for field in VQVAE_INT_FIELDS:
+        if field in vqvae and not _is_int(vqvae[field], 0):
+            raise SkinaugError(f"{path}: vqvae.{field} must be a non-negative integer, not {vqvae[field]!r}")
 
 
 class ModelDir:
@@ -71,16 +174,14 @@ class ModelDir:
 
     def config(self) -> dict:
         if not self.path.is_dir():
-            raise SkinaugError(f"model directory {self.path} does not exist (train one with `skinaug train vqvae`)")
+            problem = "is not a directory" if self.path.exists() else "does not exist"
+            raise SkinaugError(f"model directory {self.path} {problem} (train one with `skinaug train vqvae`)")
         if not self.exists():
             raise SkinaugError(
                 f"{self.path} is not a trained model: {VQVAE_WEIGHTS} or {CONFIG} is missing "
                 "(train one with `skinaug train vqvae`, or finish an interrupted run with --resume)"
             )
-        config = read_json(self.config_path)
-        if config.get("format_version", 0) > FORMAT_VERSION:
-            raise SkinaugError(f"{self.config_path} has format_version {config['format_version']}; this skinaug reads up to {FORMAT_VERSION}: upgrade skinaug")
-        return config
+        return validate_config(read_json(self.config_path), self.config_path)
 
     def class_names(self) -> list[str]:
         return list(self.config().get("class_names", []))
@@ -171,3 +272,96 @@ class ModelDir:
             "",
         ]
         write_text(self.path / "MODEL_CARD.md", "\n".join(lines))
+
+
+# ------------------------------------------------------------------ shipped models and the default model
+
+SHIPPED_MODELS = Path(__file__).parent / "models"  # package data: installed with skinaug, read-only by contract
+DEFAULT_MODEL = "ham10000-64"
+MODEL_ENV = "SKINAUG_MODEL"
+
+
+def shipped_models() -> dict[str, Path]:
+    """Name -> directory of every model installed with skinaug."""
+    if not SHIPPED_MODELS.is_dir():
+        return {}
+    return {path.name: path for path in sorted(SHIPPED_MODELS.iterdir()) if (path / CONFIG).is_file()}
+
+
+def is_shipped(path) -> bool:
+    """True for a model installed with skinaug (or a path inside one)."""
+    try:
+        Path(path).resolve().relative_to(SHIPPED_MODELS.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def resolve_model(path=None) -> Path:
+    """The model a command reads: --model, else $SKINAUG_MODEL, else the shipped default.
+
+    A value that is not an existing path but names a shipped model (see `skinaug models`) means that model.
+    """
+    if path is None or str(path) == "":
+        value = os.environ.get(MODEL_ENV, "").strip()
+        if value:
+            return _by_path_or_name(value, f"${MODEL_ENV}")
+        default = shipped_models().get(DEFAULT_MODEL)
+        if default is None:
+            raise SkinaugError(f"no --model given and the default model {DEFAULT_MODEL} is not installed "
+                               f"(looked in {SHIPPED_MODELS}): pass --model MODEL_DIR or set {MODEL_ENV}")
+        return default
+    return _by_path_or_name(str(path), "--model")
+
+
+def _by_path_or_name(value: str, source: str) -> Path:
+    path = Path(value).expanduser()
+    if path.exists():
+        return path
+    shipped = shipped_models()
+    if value in shipped:
+        return shipped[value]
+    known = ", ".join(shipped) or "none"
+    raise SkinaugError(f"{source} {value}: no such model directory, and no shipped model of that name "
+                       f"(shipped: {known}; see `skinaug models`)")
+
+
+def require_writable(path, what: str) -> None:
+    """Refuses to write into a shipped model: it belongs to the installation, and a wheel's copy may be shared."""
+    if is_shipped(path):
+        raise SkinaugError(f"{path} is a model shipped with skinaug and is read-only: {what}")
+
+
+def describe(path) -> dict:
+    """One row of `skinaug models`: name, image size, classes, licence, fingerprint, path, stages."""
+    model = ModelDir(path)
+    config = model.config()
+    data = config.get("training_data", {})
+    return {
+        "name": Path(path).name,
+        "image_size": config["image_size"],
+        "classes": list(config.get("class_names", [])),
+        "licence": config.get("licence") or data.get("licence") or "see MODEL_CARD.md",
+        "fingerprint": config["fingerprint"],
+        "priors": sorted(level for level in PRIOR_WEIGHTS if model.has_prior(level)),
+        "shipped": is_shipped(path),
+        "path": str(path),
+    }
+
+
+def find_models(paths) -> list[dict]:
+    """`describe` rows for the shipped models, $SKINAUG_MODEL, and each given model dir or folder of model dirs."""
+    candidates = list(shipped_models().values())
+    if os.environ.get(MODEL_ENV, "").strip():
+        candidates.append(resolve_model(None))
+    for path in map(Path, paths):
+        if not path.is_dir():
+            raise SkinaugError(f"{path} is not a folder")
+        candidates += [path] if (path / CONFIG).is_file() else sorted(p for p in path.iterdir() if (p / CONFIG).is_file())
+    rows, seen = [], set()
+    for path in candidates:
+        if path.resolve() in seen:
+            continue
+        seen.add(path.resolve())
+        rows.append(describe(path))
+    return rows

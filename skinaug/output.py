@@ -6,6 +6,9 @@ rows and codes) lands atomically in OUT_DIR/.progress/; --resume skips recorded 
 the rest, so an interrupted run neither duplicates nor loses an image. When all batches are done,
 labels.csv and codes.h5 are assembled from the records, run.json is written and .progress/ removed.
 Under torchrun every rank writes its own batches and rank 0 assembles.
+
+Rank 0 claims the output (see `skinaug.io.claim_output`): the command's inputs are never written over, and
+--overwrite builds the new dataset beside an earlier one, which it replaces only when the new one is complete.
 """
 
 from __future__ import annotations
@@ -27,11 +30,26 @@ import numpy as np
 from . import __version__
 from .codes import CodeWriter, model_attrs
 from .errors import SkinaugError
-from .io import atomic_path, prepare_output, read_json, write_json, write_text
+from .io import OutputKind, atomic_path, claim_output, naming_write_errors, read_json, write_json, write_text
 
 LABEL_COLUMNS = ["image", "label", "method", "source_top", "source_bottom", "temperature", "seed", "model_fingerprint"]
 METHODS = ("original", "reconstruction", "mix", "resample", "synthesize", "rand-bottom", "rand-top")
 PROGRESS = ".progress"
+
+
+def is_generated_dataset(path: Path) -> bool:
+    """A finished (run.json) or interrupted (.progress/plan.json) dataset with skinaug's labels.csv header."""
+    if not ((path / "run.json").is_file() or (path / PROGRESS / "plan.json").is_file()):
+        return False
+    try:
+        with open(path / "labels.csv", encoding="utf-8", newline="") as handle:
+            return next(csv.reader(handle), None) == LABEL_COLUMNS
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+GENERATED_DATASET = OutputKind("generated dataset", is_generated_dataset,
+                               "run.json or .progress/plan.json, and skinaug's labels.csv", resumable=True)
 
 
 def link_or_copy(source: Path, target: Path, link: bool) -> None:
@@ -68,20 +86,31 @@ class DatasetWriter:
     """Writes a generated dataset batch by batch; see the module docstring for the resume design."""
 
     def __init__(self, out_dir, *, model_config: dict, plan: dict, overwrite=False, resume=False,
-                 image_format: str = "png", quality: int = 95, is_main: bool = True):
+                 image_format: str = "png", quality: int = 95, is_main: bool = True, inputs=(), work_dir=None):
+        """`inputs`: what the command reads (model, sources, labels, masks), never to be written over.
+        `work_dir`: on the other torchrun ranks, the folder rank 0's claim writes into (its `.work`)."""
         self.out = Path(out_dir)
         self.model_config = model_config
         self.image_format = image_format.lower()
         if self.image_format not in ("png", "jpg"):
             raise SkinaugError(f"--format must be png or jpg, not {image_format}")
         self.quality = quality
-        self.progress_dir = self.out / PROGRESS
         self.digest = plan_digest(plan)
         self.started = time.perf_counter()
-        resuming = prepare_output(self.out, overwrite=overwrite, resume=resume, kind="output") if is_main else resume
-        if resuming and is_main:
-            self._check_resumable()
-        (self.out / "images").mkdir(parents=True, exist_ok=True)
+        self.claim = None
+        if is_main:
+            self.claim = claim_output(self.out, kind=GENERATED_DATASET, inputs=inputs, overwrite=overwrite, resume=resume)
+            self.work = self.claim.work
+        else:
+            self.work = Path(work_dir) if work_dir is not None else self.out
+        self.progress_dir = self.work / PROGRESS
+        if self.claim is not None and self.claim.resuming:
+            try:
+                self._check_resumable()
+            except SkinaugError:
+                self.claim.release()
+                raise
+        (self.work / "images").mkdir(parents=True, exist_ok=True)
         self.progress_dir.mkdir(exist_ok=True)
         if is_main:
             write_json(self.progress_dir / "plan.json", {"digest": self.digest, "plan": plan})
@@ -90,7 +119,7 @@ class DatasetWriter:
 
     def _check_resumable(self) -> None:
         if not self.progress_dir.is_dir():
-            if (self.out / "run.json").is_file():
+            if (self.work / "run.json").is_file():
                 raise SkinaugError(f"{self.out} is already complete: nothing to resume (use --overwrite to generate it again)")
             raise SkinaugError(f"{self.out} exists but was not written by an interrupted skinaug run: choose another --out")
         saved = read_json(self.progress_dir / "plan.json").get("digest") if (self.progress_dir / "plan.json").is_file() else None
@@ -102,7 +131,7 @@ class DatasetWriter:
         return {int(path.stem.split("-")[1]) for path in self.progress_dir.glob("batch-*.npz")}
 
     def image_path(self, name: str) -> Path:
-        return self.out / "images" / f"{name}.{self.image_format}"
+        return self.work / "images" / f"{name}.{self.image_format}"
 
     def write_batch(self, batch_index: int, images: np.ndarray, rows: list[dict], codes: dict[str, np.ndarray]) -> None:
         """Writes the images (each atomically), then the batch record; appends to labels.csv.
@@ -123,13 +152,16 @@ class DatasetWriter:
         """The input images themselves (rows carry their "file"), linked or copied, never re-encoded."""
         for row in rows:
             source = Path(row["file"])
-            link_or_copy(source, self.out / "images" / f"{row['image']}{source.suffix.lower()}", link)
+            target = self.work / "images" / f"{row['image']}{source.suffix.lower()}"
+            with naming_write_errors(target):
+                link_or_copy(source, target, link)
         self._record(batch_index, rows, codes)
 
     def _record(self, batch_index: int, rows: list[dict], codes: dict[str, np.ndarray]) -> None:
         with atomic_path(self.progress_dir / f"batch-{batch_index:06d}.npz") as tmp, open(tmp, "wb") as handle:
             np.savez(handle, rows=np.array(json.dumps(rows)), **{f"codes_{level}": np.asarray(v, np.uint16) for level, v in codes.items()})
-        with open(self.out / "labels.csv", "a", encoding="utf-8", newline="") as handle:
+        labels = self.work / "labels.csv"
+        with naming_write_errors(labels), open(labels, "a", encoding="utf-8", newline="") as handle:
             csv.DictWriter(handle, LABEL_COLUMNS, extrasaction="ignore", lineterminator="\n").writerows(rows)
 
     def _records(self):
@@ -148,7 +180,7 @@ class DatasetWriter:
         writer.writeheader()
         for rows, _ in records:
             writer.writerows(rows)
-        write_text(self.out / "labels.csv", buffer.getvalue())
+        write_text(self.work / "labels.csv", buffer.getvalue())
 
     def finish(self, *, command: str, seed, device: str, extra: dict | None = None) -> dict:
         """Assembles labels.csv, codes.h5 and run.json from the batch records; returns the summary."""
@@ -160,7 +192,7 @@ class DatasetWriter:
             raise SkinaugError(f"internal error: duplicate image names in {self.out}")
         class_names = self.model_config.get("class_names", [])
         grid = {level: tuple(shape) for level, shape in self.model_config["grid"].items()}
-        with atomic_path(self.out / "codes.h5") as tmp, CodeWriter(tmp, model_attrs(self.model_config), grid) as writer:
+        with atomic_path(self.work / "codes.h5") as tmp, CodeWriter(tmp, model_attrs(self.model_config), grid) as writer:
             for rows, codes in records:
                 labels = [class_names.index(row["label"]) if row["label"] in class_names else -1 for row in rows]
                 writer.append(codes, [row["image"] for row in rows], labels, [row.get("group", "") for row in rows])
@@ -176,7 +208,7 @@ class DatasetWriter:
             "seconds": round(time.perf_counter() - self.started, 3),
             **(extra or {}),
         }
-        write_json(self.out / "run.json", {
+        write_json(self.work / "run.json", {
             "command": command,
             "argv": sys.argv,
             "versions": versions(),
@@ -185,4 +217,11 @@ class DatasetWriter:
             **summary,
         })
         shutil.rmtree(self.progress_dir)
+        if self.claim is not None:
+            self.claim.commit()  # under --overwrite, only now does the new dataset replace the earlier one
         return summary
+
+    def close(self) -> None:
+        """Gives up the output without finishing it (what is written stays, for --resume)."""
+        if self.claim is not None:
+            self.claim.release()

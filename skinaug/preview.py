@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SkinaugError
+from .errors import SkinaugError, UsageError
 from .io import atomic_path
 
 
@@ -16,8 +16,11 @@ def _rows(folder: Path) -> list[dict]:
     labels = folder / "labels.csv"
     if not labels.is_file():
         raise SkinaugError(f"{folder} has no labels.csv: give folders written by skinaug")
-    with open(labels, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
+    try:
+        with open(labels, newline="", encoding="utf-8") as handle:
+            return list(csv.DictReader(handle))
+    except UnicodeDecodeError:
+        raise SkinaugError(f"{labels} is not UTF-8 text: give folders written by skinaug") from None
 
 
 def contact_sheet(folders, out, *, per_row: int = 8, size: int = 64, by: str = "method", seed: int = 0) -> dict:
@@ -29,7 +32,7 @@ def contact_sheet(folders, out, *, per_row: int = 8, size: int = 64, by: str = "
 
     keys = [key.strip() for key in by.split(",")]
     if any(key not in ("method", "label") for key in keys):
-        raise SkinaugError(f"--by takes method and/or label, not {by}")
+        raise UsageError(f"--by takes method and/or label, not {by}")
     groups: dict[str, list[Path]] = defaultdict(list)
     for folder in map(Path, folders):
         for row in _rows(folder):

@@ -4,6 +4,13 @@ Learns p(top codes | class) and p(bottom codes | top codes, class) with one clas
 per level (PixelSNAIL or Gated PixelCNN), from a code file or from images encoded on the fly.
 Weights land in MODEL_DIR/prior_top.safetensors and prior_bottom.safetensors; their configs, the
 classes they were trained on and their final metrics in config.json["priors"].
+
+Fine-tuning (`--init SOURCE`): each level starts from SOURCE's prior of that level. Its shape (arch, channels,
+blocks, ...) is kept; the class embeddings (one row per class in every gated layer's bias) are matched by class
+name: a class of this model that SOURCE's prior was trained on keeps its rows, any other class gets freshly
+initialised rows. The code grid (image size, levels, codebook size) must be SOURCE's. The codes mean the same
+only when this model's VQ-VAE is SOURCE's (same fingerprint, e.g. `train vqvae --init SOURCE --epochs 0`) or
+close to it when fine-tuned from it; an unrelated VQ-VAE is allowed, SOURCE's prior is then a generic start.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ import json
 import math
 import time
 from functools import partial
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,15 +30,25 @@ from .codes import CodeFile, read_codes
 from .data import group_split
 from .encode import autocast_for
 from .errors import SkinaugError, UsageError
-from .modeldir import PRIOR_WEIGHTS, ModelDir, load_weights, save_weights
+from .modeldir import PRIOR_WEIGHTS, ModelDir, fingerprint, load_weights, require_writable, save_weights
 from .priors import PriorConfig, build_prior
-from .runtime import log, progress, resolve_device
-from .train_vqvae import load_checkpoint, restore_training_state, save_checkpoint, training_state, warmup_cosine
+from .runtime import log, progress, resolve_device, warn
+from .train_vqvae import (InitSource, load_checkpoint, open_init, restore_training_state, save_checkpoint,
+                          training_state, warmup_cosine)
+
+# keys of a config.json["priors"][level] entry that are not PriorConfig fields
+ENTRY_METADATA = ("classes", "metrics", "init")
+# --init: the PriorConfig fields the command line may set, and their option names; all but dropout define the shape
+PRIOR_OPTIONS = {"arch": "--arch", "channels": "--channels", "n_blocks": "--blocks", "n_res_blocks": "--res-blocks",
+                 "kernel_size": "--kernel-size", "dropout": "--dropout"}
+TRAINING_ONLY = ("dropout",)
+# fields fixed by the codes being modelled: a source prior must have the same
+GRID_FIELDS = ("codebook_size", "height", "width", "condition_codebook_size", "condition_height", "condition_width")
 
 
 @dataclass
 class PriorOptions:
-    arch: str = "pixelsnail"
+    arch: str | None = None  # None: pixelsnail, or the --init prior's
     classes: list[str] | None = None  # None: every class of the model
     unconditional: bool = False
     epochs: int = 20
@@ -72,6 +89,8 @@ def select_classes(code_file: CodeFile, class_names: list[str], wanted: list[str
     """Indices of the images to train on: every labelled image, or those of the named classes."""
     if wanted is None:
         return np.arange(len(code_file))
+    if not wanted:  # --classes "," or " "
+        raise UsageError("--classes names no class: give 'all' or a comma-separated list of class names")
     unknown = [name for name in wanted if name not in class_names]
     if unknown:
         raise UsageError(f"unknown class(es) {', '.join(unknown)}: the model knows {', '.join(class_names) or 'no classes'}")
@@ -86,7 +105,7 @@ def prior_config_for(level: str, config: dict, options: PriorOptions) -> PriorCo
     num_classes = 0 if options.unconditional else len(config.get("class_names", []))
     top = config["grid"].get("top")
     prior_config = PriorConfig.default_for(
-        level, config["codebook_size"], height, width, num_classes, arch=options.arch,
+        level, config["codebook_size"], height, width, num_classes, arch=options.arch or "pixelsnail",
         top_shape=tuple(top) if (level == "bottom" and top) else None,
         top_codebook_size=config["codebook_size"] if (level == "bottom" and top) else None,
     )
@@ -94,6 +113,100 @@ def prior_config_for(level: str, config: dict, options: PriorOptions) -> PriorCo
         if value is not None:
             setattr(prior_config, key, value)
     return prior_config
+
+
+def source_prior_config(source: InitSource, level: str) -> PriorConfig:
+    entry = source.config["priors"][level]
+    return PriorConfig.from_dict({k: v for k, v in entry.items() if k not in ENTRY_METADATA})
+
+
+def require_source_prior(source: InitSource, level: str) -> None:
+    """--init needs the source's prior of every level being trained."""
+    weights = source.path / PRIOR_WEIGHTS[level]
+    if not weights.is_file():
+        raise SkinaugError(f"--init {source.path} has no {level} prior ({weights} is missing): train it first, "
+                           "or leave --init out to start from random weights")
+    if level not in source.config.get("priors", {}):
+        raise SkinaugError(f"--init {source.path} has {weights} but its config.json has no priors.{level} entry "
+                           "(an interrupted `train prior`?)")
+
+
+def prior_config_from_init(level: str, config: dict, options: PriorOptions, source: InitSource, model) -> PriorConfig:
+    """The source's prior config for `level` with this model's classes. The code grid must be the source's; options
+    given on the command line must agree with its shape (dropout, a training setting, may change)."""
+    base = source_prior_config(source, level)
+    wanted = prior_config_for(level, config, replace(options, arch=base.arch, overrides={}))
+    for name in GRID_FIELDS:
+        if getattr(wanted, name) != getattr(base, name):
+            raise UsageError(f"the {level} prior of --init {source.path} has {name} {getattr(base, name)}, the codes of "
+                             f"{model} need {getattr(wanted, name)}: a prior can only start from one over the same code "
+                             "grid (image size, levels, codebook size)")
+    requested = {"arch": options.arch, **options.overrides}
+    for name, value in requested.items():
+        if value is None or name in TRAINING_ONLY:
+            continue
+        option = PRIOR_OPTIONS.get(name, name)
+        if not hasattr(base, name):
+            raise UsageError(f"unknown prior option {name}")
+        if value != getattr(base, name):
+            raise UsageError(f"{option} {value} contradicts the {level} prior of --init {source.path} ({option} "
+                             f"{getattr(base, name)}): fine-tuning keeps the source's shape (leave {option} out)")
+    training = {name: options.overrides[name] for name in TRAINING_ONLY if options.overrides.get(name) is not None}
+    return replace(base, num_classes=wanted.num_classes, **training)
+
+
+def vqvae_relation(config: dict, source: InitSource) -> str:
+    """How this model's VQ-VAE relates to the --init model's: 'same', 'fine-tuned' (from it) or 'different'."""
+    if config["fingerprint"] == source.fingerprint:
+        return "same"
+    started_from = (config.get("training_data") or {}).get("init") or {}
+    return "fine-tuned" if started_from.get("fingerprint") == source.fingerprint else "different"
+
+
+def class_embedding_keys(prior) -> list[str]:
+    """State-dict keys of the class embeddings: (num_classes, channels) tables, one row per class."""
+    from .priors.layers import GateBias
+
+    return [f"{name}.per_class.weight" for name, module in prior.named_modules()
+            if isinstance(module, GateBias) and module.per_class is not None]
+
+
+def init_prior_weights(prior, source_state: dict, source_rows: dict[str, int], class_names: list[str],
+                       seed: int = 0) -> tuple[list, list]:
+    """Loads the source prior's weights into `prior` (the same architecture). Class-embedding rows are matched by
+    class name: a class in `source_rows` (name -> the source's row) keeps the source's rows bit for bit, any other
+    gets fresh rows, drawn like nn.Embedding's (N(0, 1)) from a generator of its own (`seed`): the network's own
+    initial rows would repeat the source's initial rows when both used the same seed. Returns (kept, new classes)."""
+    target = prior.state_dict()
+    class_keys = set(class_embedding_keys(prior))
+    is_class_key = lambda key: key.endswith(".per_class.weight")  # noqa: E731
+    missing = [key for key in target if key not in class_keys and key not in source_state]
+    unexpected = [key for key in source_state if key not in target and not is_class_key(key)]
+    if missing or unexpected:
+        raise SkinaugError(f"the --init prior's weights do not fit its config (missing {missing[:3]}, "
+                           f"unexpected {unexpected[:3]})")
+    if not class_keys:  # an unconditional prior: the source's class embeddings, if any, are dropped
+        prior.load_state_dict({key: source_state[key] for key in target})
+        return [], []
+    if not any(is_class_key(key) for key in source_state):  # an unconditional source: every class is new
+        source_rows = {}
+    kept = [name for name in class_names if name in source_rows]
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + 17)
+    merged = {}
+    for key in sorted(target):  # a fixed order for the fresh rows
+        value = target[key]
+        if key in class_keys:
+            value = torch.randn(value.shape, generator=generator, dtype=value.dtype)
+            for row, name in enumerate(class_names):
+                if name in source_rows:
+                    value[row] = source_state[key][source_rows[name]]
+        else:
+            value = source_state[key]
+            if value.shape != target[key].shape:
+                raise SkinaugError(f"the --init prior's {key} has shape {tuple(value.shape)}, not {tuple(target[key].shape)}")
+        merged[key] = value
+    prior.load_state_dict(merged)
+    return kept, [name for name in class_names if name not in source_rows]
 
 
 def nll_bits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -137,15 +250,15 @@ def evaluate(prior, batches: CodeBatches, batch_size: int, autocast) -> dict:
 
 
 def train_prior_level(model_dir: ModelDir, code_file: CodeFile, level: str, options: PriorOptions, *,
-                      resume: bool, overwrite: bool) -> dict:
-    """Trains one level's prior; returns its final metrics."""
+                      resume: bool, overwrite: bool, init: InitSource | None = None) -> dict:
+    """Trains one level's prior, from random weights or from `init`'s prior of the level; returns its final metrics."""
     from .distributed import Distributed
 
     config = model_dir.config()
     dist = Distributed.from_environment(options.device)
     device = dist.device if dist.enabled else resolve_device(options.device)
     weights_path = model_dir.path / PRIOR_WEIGHTS[level]
-    checkpoint_path = model_dir.train_dir / f"prior_{level}_checkpoint.pt"
+    checkpoint_path = _checkpoint_path(model_dir, level)
     if weights_path.exists() and not (overwrite or resume):
         raise SkinaugError(f"{weights_path} already exists: pass --overwrite to train it again")
     resuming = resume and checkpoint_path.is_file()
@@ -156,11 +269,16 @@ def train_prior_level(model_dir: ModelDir, code_file: CodeFile, level: str, opti
 
     class_names = config.get("class_names", [])
     if checkpoint is not None:
-        # the shape-defining config and the data selection come from the checkpoint
+        # the shape-defining config and the data selection come from the checkpoint (--init only sets the start)
         prior_config = PriorConfig.from_dict(checkpoint["meta"]["prior"])
         options.seed, options.classes = checkpoint["meta"]["seed"], checkpoint["meta"]["classes"]
+        init_record = checkpoint["meta"].get("init")
+        init = None
+    elif init is not None:
+        prior_config = prior_config_from_init(level, config, options, init, model_dir.path)
     else:
         prior_config = prior_config_for(level, config, options)
+        init_record = None
     chosen = select_classes(code_file, class_names, options.classes)
     if prior_config.num_classes and (code_file.labels[chosen] < 0).any():
         raise SkinaugError("the codes include unlabelled images: a class-conditional prior needs labels "
@@ -172,7 +290,10 @@ def train_prior_level(model_dir: ModelDir, code_file: CodeFile, level: str, opti
     val_data = CodeBatches(code_file, level, chosen[val_index], device, conditional) if len(val_index) else train_data
 
     torch.manual_seed(options.seed)  # the same initial weights on every rank (DDP checks), dropout offset below
-    prior = build_prior(prior_config).to(device)
+    prior = build_prior(prior_config)
+    if init is not None:
+        init_record = _start_from(prior, init, level, config, class_names, options.seed, dist.is_main)
+    prior = prior.to(device)
     torch.manual_seed(options.seed + dist.rank)
     batch_size = max(1, options.batch_size // dist.world_size)
     optimizer = torch.optim.AdamW(prior.parameters(), lr=options.lr, weight_decay=options.weight_decay)
@@ -186,7 +307,8 @@ def train_prior_level(model_dir: ModelDir, code_file: CodeFile, level: str, opti
             log(f"resuming the {level} prior from epoch {start_epoch}")
     network = dist.wrap(prior)
     autocast = partial(autocast_for, device)
-    meta = {"prior": prior_config.to_dict(), "seed": options.seed, "classes": options.classes, "level": level}
+    meta = {"prior": prior_config.to_dict(), "seed": options.seed, "classes": options.classes, "level": level,
+            "init": init_record}
     model_dir.train_dir.mkdir(parents=True, exist_ok=True)
     if dist.is_main:
         log(f"{level} prior ({prior_config.arch}, {sum(p.numel() for p in prior.parameters()) / 1e6:.1f}M parameters): "
@@ -237,22 +359,31 @@ def train_prior_level(model_dir: ModelDir, code_file: CodeFile, level: str, opti
                 f"validation {metrics['val_bits_per_code']:.3f} bits/code, accuracy {metrics['val_accuracy']:.3f}")
         dist.barrier()
 
+    if options.epochs == 0 and dist.is_main:  # the --init prior as it is, on this model's codes
+        metrics = {"stage": f"prior_{level}", "epoch": 0, "step": 0, **evaluate(prior, val_data, 2 * options.batch_size, autocast)}
+        with open(model_dir.train_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(metrics) + "\n")
+        log(f"{level} prior before training: validation {metrics['val_bits_per_code']:.3f} bits/code")
     final = {k: metrics[k] for k in ("epoch", "train_bits_per_code", "val_bits_per_code", "val_accuracy") if k in metrics}
     if not dist.is_main:
         return final
     save_weights(weights_path, prior.state_dict())
-    final = {k: metrics[k] for k in ("epoch", "train_bits_per_code", "val_bits_per_code", "val_accuracy") if k in metrics}
     priors = dict(model_dir.config().get("priors", {}))
     priors[level] = {**prior_config.to_dict(), "classes": options.classes, "metrics": final}
+    if init_record is not None:
+        priors[level]["init"] = init_record
     model_dir.update_config(priors=priors)
     return final
 
 
 def train_priors(model, *, codes=None, data=None, labels=None, level="both", options: PriorOptions,
-                 resume=False, overwrite=False, **scan_options) -> dict:
-    """`skinaug train prior`: one or both levels, from a code file or from images."""
+                 resume=False, overwrite=False, init=None, **scan_options) -> dict:
+    """`skinaug train prior`: one or both levels, from a code file or from images; with `init` (a model directory or a
+    shipped model's name) each level starts from that model's prior (see the module docstring)."""
     model_dir = ModelDir(model)
     config = model_dir.config()
+    require_writable(model_dir.path, f"train your priors into your own model directory (`skinaug train vqvae ... "
+                                     f"--init {model_dir.path.name} --epochs 0 --out MINE`, then --model MINE)")
     if (codes is None) == (data is None):
         raise UsageError("give either --codes CODES.h5 or an image folder DATA, not both and not neither")
     levels = {"both": [lvl for lvl in ("top", "bottom") if lvl in config["grid"]], "top": ["top"], "bottom": ["bottom"]}.get(level)
@@ -260,8 +391,28 @@ def train_priors(model, *, codes=None, data=None, labels=None, level="both", opt
         raise UsageError(f"--level must be top, bottom or both, not {level}")
     if "top" in levels and "top" not in config["grid"]:
         raise UsageError(f"{model} is a one-level model: it has no top codes (use --level bottom)")
-    if options.arch not in ("pixelsnail", "gated-pixelcnn"):
+    if options.arch is not None and options.arch not in ("pixelsnail", "gated-pixelcnn"):
         raise UsageError(f"--arch must be pixelsnail or gated-pixelcnn, not {options.arch}")
+    if options.epochs == 0 and init is None:
+        raise UsageError("--epochs 0 needs --init: it copies the --init model's priors under this model's classes")
+    source = None
+    # a level that --resume continues (or finds finished) keeps its checkpoint: --init only sets the start of a run
+    starting = [lvl for lvl in levels if not (resume and (_checkpoint_path(model_dir, lvl).is_file()
+                                                          or (model_dir.path / PRIOR_WEIGHTS[lvl]).is_file()))]
+    if init is not None and not starting:
+        log("resuming: the priors continue from their checkpoints (--init only sets the start of a run)")
+    elif init is not None:
+        source = open_init(init)
+        for lvl in starting:
+            require_source_prior(source, lvl)
+            prior_config_from_init(lvl, config, options, source, model)  # a contradiction fails before any training
+        relation = vqvae_relation(config, source)
+        if relation == "fine-tuned":
+            log(f"the VQ-VAE of {model} was fine-tuned from that of {source.path}: its codes keep most of their meaning")
+        elif relation == "different":
+            warn(f"the VQ-VAE of {model} (fingerprint {config['fingerprint']}) is not that of --init {source.path} "
+                 f"({source.fingerprint}) nor fine-tuned from it: its codes mean other things, so the --init priors are "
+                 "only a generic start (usually still better than random weights); train as long as from scratch")
     if codes is not None:
         code_file = read_codes(codes)
         code_file.check_model(config)
@@ -269,14 +420,40 @@ def train_priors(model, *, codes=None, data=None, labels=None, level="both", opt
             raise SkinaugError(f"{codes} uses classes {code_file.class_names}, the model {config.get('class_names')}")
     else:
         code_file = codes_from_images(model_dir, data, labels, resolve_device(options.device), **scan_options)
-    return {lvl: train_prior_level(model_dir, code_file, lvl, options, resume=resume, overwrite=overwrite) for lvl in levels}
+    return {lvl: train_prior_level(model_dir, code_file, lvl, options, resume=resume, overwrite=overwrite, init=source)
+            for lvl in levels}
+
+
+def _checkpoint_path(model_dir: ModelDir, level: str) -> Path:
+    return model_dir.train_dir / f"prior_{level}_checkpoint.pt"
+
+
+def _start_from(prior, source: InitSource, level: str, config: dict, class_names: list[str], seed: int,
+                is_main: bool) -> dict:
+    """Loads the --init prior of `level` into `prior`; returns what config.json records about it."""
+    source_config = source_prior_config(source, level)
+    state = load_weights(source.path / PRIOR_WEIGHTS[level])
+    source_names = list(source.config.get("class_names", []))
+    if source_config.num_classes and source_config.num_classes != len(source_names):
+        raise SkinaugError(f"the {level} prior of --init {source.path} has {source_config.num_classes} class rows but "
+                           f"its config.json names {len(source_names)} classes")
+    # a prior trained on a subset of classes (--classes) never learned the other classes' rows: those count as new
+    trained = source.config["priors"][level].get("classes") or source_names
+    rows = {name: row for row, name in enumerate(source_names) if name in trained}
+    kept, new = init_prior_weights(prior, state, rows, class_names, seed)
+    if is_main:
+        classes = (f"; class embeddings kept for {', '.join(kept) or 'no class'}, new for {', '.join(new) or 'no class'}"
+                   if kept or new else "")
+        log(f"{level} prior: starting from the {level} prior of {source.path}{classes}")
+    return source.record(prior_fingerprint=fingerprint(source_config.to_dict(), state),
+                         vqvae=vqvae_relation(config, source), kept_classes=kept, new_classes=new)
 
 
 def load_prior(model_dir: ModelDir, level: str, device="cpu"):
     """A trained prior in eval mode, with the classes it was trained on."""
     model_dir.require_prior(level)
     entry = model_dir.config()["priors"][level]
-    prior = build_prior(PriorConfig.from_dict({k: v for k, v in entry.items() if k not in ("classes", "metrics")}))
+    prior = build_prior(PriorConfig.from_dict({k: v for k, v in entry.items() if k not in ENTRY_METADATA}))
     try:
         prior.load_state_dict(load_weights(model_dir.path / PRIOR_WEIGHTS[level]))
     except RuntimeError as error:

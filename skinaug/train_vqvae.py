@@ -25,8 +25,8 @@ from .data import check_image_size, group_split, scan_dataset
 from .encode import autocast_for
 from .errors import SkinaugError, UsageError
 from .image_cache import build_cache
-from .io import atomic_path, prepare_output, write_json, write_text
-from .modeldir import ModelDir
+from .io import MODEL_DIRECTORY, atomic_path, claim_output, write_json, write_text
+from .modeldir import VQVAE_WEIGHTS, ModelDir, load_weights
 from .runtime import log, progress, resolve_device, warn
 from .vqvae import VQVAE2, VQVAEConfig, to_model_input, to_uint8, vqvae_loss
 
@@ -50,6 +50,68 @@ class TrainOptions:
     label_col: str | None = None
     group_col: str | None = None
     extra: dict = field(default_factory=dict)
+
+
+# --init: the options that define the VQ-VAE's shape, and the command-line names that set them
+VQVAE_SHAPE_OPTIONS = {"image_size": "--image-size", "levels": "--levels", "codebook_size": "--codebook-size",
+                       "code_dim": "--code-dim", "channels": "--channels", "res_channels": "--res-channels",
+                       "n_res_blocks": "--res-blocks"}
+
+
+@dataclass
+class InitSource:
+    """A model to start training from (`--init MODEL_DIR`): its directory and config.json."""
+
+    path: Path
+    config: dict
+
+    @property
+    def fingerprint(self) -> str:
+        return self.config["fingerprint"]
+
+    def record(self, **details) -> dict:
+        """What the new model's config.json keeps about where its weights started."""
+        return {"model": str(self.path.resolve()), "fingerprint": self.fingerprint, **details}
+
+
+def open_init(path) -> InitSource:
+    """The --init model: a model directory, or the name of a model shipped with skinaug."""
+    location = Path(path).expanduser()
+    if not location.exists():
+        try:
+            from .modeldir import shipped_models
+        except ImportError:  # an installation without shipped models
+            shipped = {}
+        else:
+            shipped = shipped_models()
+        if str(path) not in shipped:
+            raise SkinaugError(f"--init {path}: no such model directory, and no shipped model of that name")
+        location = shipped[str(path)]
+    return InitSource(location, ModelDir(location).config())
+
+
+def vqvae_config_from_init(source: InitSource, requested=None) -> VQVAEConfig:
+    """The --init model's VQ-VAE config. `requested` (a dict of the values asked for, or a full VQVAEConfig) may
+    change the training knobs (restart_after, ...) but must agree on every shape-defining field."""
+    base = source.config["vqvae"]
+    if isinstance(requested, VQVAEConfig):
+        requested = requested.to_dict()
+    requested = {key: value for key, value in (requested or {}).items() if value is not None}
+    for name, option in VQVAE_SHAPE_OPTIONS.items():
+        if name in requested and requested[name] != base[name]:
+            raise UsageError(f"{option} {requested[name]} contradicts --init {source.path}, whose VQ-VAE has {option} "
+                             f"{base[name]}: fine-tuning keeps the source's shape (leave {option} out)")
+    return VQVAEConfig.from_dict({**base, **requested})
+
+
+def check_init_is_not_output(source: InitSource, out) -> None:
+    """Inputs are never modified: the --init model may not be the output, inside it, or hold it."""
+    out_path, init_path = Path(out).resolve(), source.path.resolve()
+    if out_path == init_path or out_path in init_path.parents:
+        raise UsageError(f"--out {out} would replace the --init model {source.path}: write the fine-tuned model to a "
+                         "new directory")
+    if init_path in out_path.parents:
+        raise UsageError(f"--out {out} is inside the --init model {source.path}: write the fine-tuned model elsewhere")
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -192,17 +254,36 @@ def reconstruction_grid(model: VQVAE2, images: torch.Tensor, path: Path) -> None
         Image.fromarray(grid).save(tmp, format="PNG")
 
 
-def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig, options: TrainOptions, resume=False, overwrite=False) -> dict:
-    """Trains (or resumes) a VQ-VAE-2 into the model directory `out`; returns the final metrics."""
+def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig | dict | None = None, options: TrainOptions,
+                resume=False, overwrite=False, init=None) -> dict:
+    """Trains (or resumes) a VQ-VAE-2 into the model directory `out`; returns the final metrics.
+
+    `model_config`: a VQVAEConfig, or a dict of the fields asked for (the rest default). With `init` (a model
+    directory or a shipped model's name) training starts from that model's VQ-VAE weights and config; asked-for
+    shape fields must agree with it, and 0 epochs keep its weights unchanged (the same fingerprint).
+    """
     from .distributed import Distributed
 
     dist = Distributed.from_environment(options.device)
     device = dist.device if dist.enabled else resolve_device(options.device)
     model_dir = ModelDir(out)
     checkpoint_path = model_dir.train_dir / CHECKPOINT
-    # rank 0 alone applies the output policy; the others follow its decision
-    resuming = dist.broadcast_object(prepare_output(out, overwrite=overwrite, resume=resume, kind="model directory")
-                                     if dist.is_main else None)
+    init_source = None
+    if init is not None and not (resume and checkpoint_path.is_file()):  # a resumed run continues its checkpoint
+        init_source = open_init(init)
+        check_init_is_not_output(init_source, out)
+        model_config = vqvae_config_from_init(init_source, model_config)
+    elif not isinstance(model_config, VQVAEConfig):
+        model_config = VQVAEConfig(**(model_config or {}))
+    if options.epochs == 0 and init is None:
+        raise UsageError("--epochs 0 needs --init: it copies the --init model's VQ-VAE under the new data's classes")
+    # rank 0 alone applies the output policy and holds the lock; the others follow its decision and write where it
+    # says: in place, or beside an earlier model that --overwrite replaces only once the new one is saved
+    claim = claim_output(out, kind=MODEL_DIRECTORY, inputs=(data, labels, init_source.path if init_source else None),
+                         overwrite=overwrite, resume=resume) if dist.is_main else None
+    work, resuming = dist.broadcast_object((str(claim.work), claim.resuming) if claim is not None else None)
+    model_dir = ModelDir(work)
+    checkpoint_path = model_dir.train_dir / CHECKPOINT
     if resuming and not checkpoint_path.is_file():
         raise SkinaugError(f"{out} has no checkpoint to resume ({checkpoint_path} is missing)")
     if not resuming and resume and dist.is_main:
@@ -213,6 +294,10 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig, options: T
         # the shape-defining config comes from the checkpoint, not from the command line
         model_config = VQVAEConfig.from_dict(checkpoint["meta"]["vqvae"])
         options.seed = checkpoint["meta"]["seed"]
+        if init is not None and dist.is_main:
+            log("resuming: the weights come from the checkpoint (--init only sets the start of a run)")
+    init_record = checkpoint["meta"].get("init") if checkpoint is not None else (
+        init_source.record() if init_source is not None else None)
     check_image_size(model_config.image_size)
     if model_config.levels not in (1, 2):
         raise UsageError(f"--levels must be 1 or 2, not {model_config.levels}")
@@ -236,7 +321,12 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig, options: T
         raise SkinaugError("not enough images to train: the training split is empty")
 
     torch.manual_seed(options.seed + dist.rank)
-    model = VQVAE2(model_config).to(device)
+    model = VQVAE2(model_config)
+    if init_source is not None and checkpoint is None:
+        _load_init_weights(model, init_source)
+        if dist.is_main:
+            log(f"starting from the VQ-VAE of {init_source.path} (fingerprint {init_source.fingerprint})")
+    model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
@@ -261,6 +351,7 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig, options: T
         "class_names": dataset.class_names,
         "data": str(Path(data).resolve()),
         "labels": str(Path(labels).resolve()) if labels else None,
+        "init": init_record,
     }
     metrics: dict = {}
     metrics_path = model_dir.train_dir / "metrics.jsonl"
@@ -338,6 +429,13 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig, options: T
         dist.barrier()
 
     if dist.is_main:
+        if options.epochs == 0:
+            # the --init VQ-VAE as it is: how well it reconstructs and covers the new data
+            metrics = {"stage": "vqvae", "epoch": 0, "step": 0, **evaluate(model, val_batches, source, autocast)}
+            with open(metrics_path, "a", encoding="utf-8") as handle:
+                import json
+
+                handle.write(json.dumps(metrics) + "\n")
         if not metrics:
             metrics = _last_metrics(metrics_path)
         for level in model.quantizers:
@@ -349,13 +447,24 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig, options: T
             "data": meta["data"], "labels": meta["labels"], "dialect": dataset.dialect,
             "images": len(samples), "train_images": int(len(train_index)), "val_images": int(len(val_index)),
             "per_class": per_class, "skipped": len(dataset.skipped) + len(dataset.samples) - len(samples),
+            "init": meta["init"],
         }
         final = {k: metrics[k] for k in metrics if k.startswith(("val_mse", "used_codes", "perplexity", "co_occurring"))}
         final.update(epochs=options.epochs, steps=step)
         model_dir.save_vqvae(model, class_names=dataset.class_names, training_data=training_data, metrics=final)
         write_json(model_dir.train_dir / "train_config.json", {**meta, "options": _options_dict(options), "device": str(device)})
+        claim.commit()
     dist.barrier()
     return metrics
+
+
+def _load_init_weights(model: VQVAE2, source: InitSource) -> None:
+    """Every weight and codebook buffer of the --init model's VQ-VAE, bit for bit."""
+    try:
+        model.load_state_dict(load_weights(source.path / VQVAE_WEIGHTS))
+    except RuntimeError as error:
+        raise SkinaugError(f"{source.path / VQVAE_WEIGHTS} does not match its config.json "
+                           f"({str(error).splitlines()[0]})") from None
 
 
 def _diverged(what: str, checkpoint_path: Path) -> SkinaugError:

@@ -5,12 +5,15 @@ import itertools
 import pytest
 import torch
 
+from near_ties import assert_same_draws, close_draws
 from skinaug.errors import UsageError
 from skinaug.priors import PriorConfig, build_prior, draw_codes, sample, sample_reference
 from skinaug.priors import fast
 from skinaug.priors.cache import GridLayout
 
 HEIGHT, WIDTH = 5, 7  # non-square on purpose
+# |cached - full forward| on logits; the reference sampler's full forwards on partial grids differ by as much again
+LOGIT_TOLERANCE = 1e-4
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest: tiny models, busy shared cores
@@ -56,8 +59,9 @@ def test_cached_logits_and_codes_equal_the_reference(arch, attention, classes, c
     with torch.no_grad():
         teacher_forced = model.eval()(codes, labels, condition)
     assert teacher_forced.std() > 0.3  # logits worth comparing
-    assert (logits - teacher_forced).abs().max() < 1e-4
-    assert torch.equal(codes, reference)
+    assert (logits - teacher_forced).abs().max() < LOGIT_TOLERANCE
+    # the same codes, except where a uniform falls by a CDF boundary: there the kernels' rounding decides
+    assert_same_draws(reference, codes, close_draws(teacher_forced, uniforms, logit_tolerance=2 * LOGIT_TOLERANCE))
     assert len(codes.unique()) > 3
 
 
@@ -81,8 +85,12 @@ def test_top_k_one_is_greedy_decoding(attention):
     _, condition = conditioning(model)
     codes = sample(model, condition=condition, top_k=1, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert torch.equal(codes, model.eval()(codes, None, condition).argmax(dim=1))
-    assert torch.equal(codes, sample_reference(model, condition=condition, top_k=1))
+        teacher_forced = model.eval()(codes, None, condition)
+    # the largest logit, except where two nearly tie and the kernels' rounding decides
+    near_tie = close_draws(teacher_forced, torch.full((len(codes), HEIGHT * WIDTH), 0.5), logit_tolerance=2 * LOGIT_TOLERANCE,
+                           top_k=1)
+    assert near_tie[(teacher_forced.argmax(dim=1) != codes).view(len(codes), -1).numpy()].all()  # given the same codes
+    assert_same_draws(sample_reference(model, condition=condition, top_k=1), codes, near_tie)
 
 
 def test_draws_follow_the_tempered_top_k_softmax():
@@ -111,9 +119,11 @@ def test_kept_codes_stay_and_the_rest_is_drawn_given_them(attention):
     codes, logits = sample(model, labels, uniforms=uniforms, keep=(source, kept), return_logits=True)
     assert torch.equal(codes[kept], source[kept])
     assert not torch.equal(codes[~kept], source[~kept])
-    assert torch.equal(codes, sample_reference(model, labels, uniforms=uniforms, keep=(source, kept)))
     with torch.no_grad():
-        assert (logits - model.eval()(codes, labels)).abs().max() < 1e-4
+        teacher_forced = model.eval()(codes, labels)
+    assert (logits - teacher_forced).abs().max() < LOGIT_TOLERANCE
+    close = close_draws(teacher_forced, uniforms, logit_tolerance=2 * LOGIT_TOLERANCE) & ~kept.view(3, -1).numpy()
+    assert_same_draws(sample_reference(model, labels, uniforms=uniforms, keep=(source, kept)), codes, close)
 
 
 def test_bfloat16_sampling_stays_close_to_float32():

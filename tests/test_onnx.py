@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 import torch
 
+from near_ties import assert_same_draws, close_draws, same_context
 from skinaug.cli import main
 
 pytestmark = pytest.mark.usefixtures("single_thread")
+SAMPLER_LOGIT_TOLERANCE = 1e-4  # |onnxruntime - torch| on the priors' logits
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,7 @@ def test_export_writes_named_graphs_a_manifest_and_parity_figures(exported):
     assert files["decoder"]["inputs"] == ["codes_top", "codes_bottom"] and files["decoder"]["outputs"] == ["images"]
     assert files["prior_top"]["full"]["inputs"] == ["codes", "labels"]
     assert files["prior_bottom"]["full"]["inputs"] == ["codes", "labels", "condition"]
-    assert files["prior_bottom"]["step"]["inputs"][:5] == ["cells", "raster", "windows", "labels", "condition_features"]
+    assert files["prior_bottom"]["step"]["inputs"][:4] == ["position", "labels", "condition_features", "grid_0"]
     for entry in [files["encoder"], files["decoder"], *[files[p][g] for p in ("prior_top", "prior_bottom") for g in ("full", "step")]]:
         assert (model / "onnx" / entry["file"]).is_file()
     parity = manifest["parity"]
@@ -73,15 +75,102 @@ def test_a_failed_parity_check_fails_the_export_and_leaves_nothing(generator_mod
     assert not [p for p in model.iterdir() if p.name.startswith(".onnx")]
 
 
+ENCODER_TOLERANCE = 1e-4  # |onnxruntime - torch| on the encoder's outputs and on the code distances made from them
+
+
+def _upstream(producer: dict, tensor: str, op_type: str) -> str:
+    """The output of the nearest node of `op_type` above `tensor` in an ONNX graph (breadth first)."""
+    frontier, seen = [tensor], set()
+    while frontier:
+        node = producer.get(frontier.pop(0))
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        if node.op_type == op_type:
+            return node.output[0]
+        frontier.extend(node.input)
+    raise AssertionError(f"no {op_type} above {tensor}")
+
+
+def onnx_encoder_internals(model, images: np.ndarray) -> dict:
+    """The exported encoder run on float images, with per level (top first, as encoded) its codes, the encoder output
+    z (the convolution nearest above the quantizer) and the distances its ArgMin picks the code from."""
+    import onnx
+    import onnxruntime
+
+    manifest = json.loads((model / "config.json").read_text())["onnx"]
+    graph = onnx.load(str(model / "onnx" / manifest["files"]["encoder"]["file"]))
+    producer = {output: node for node in graph.graph.node for output in node.output}
+    argmins = [node for node in graph.graph.node if node.op_type == "ArgMin"]
+    levels = ["top", "bottom"][-len(argmins):]
+    internals = {level: (_upstream(producer, node.input[0], "Conv"), node.input[0]) for level, node in zip(levels, argmins)}
+    for name in (name for pair in internals.values() for name in pair):
+        graph.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    session = onnxruntime.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    outputs = dict(zip([output.name for output in session.get_outputs()], session.run(None, {"images": images})))
+    return {level: {"codes": outputs[f"codes_{level}"].reshape(-1), "z": outputs[z], "distances": outputs[distances]}
+            for level, (z, distances) in internals.items()}
+
+
+def torch_encoder_internals(vqvae, images: torch.Tensor, top_codes: np.ndarray) -> dict:
+    """Per level the encoder output z and its squared distances to the codes (the quantizer's formula). The top level
+    is quantized to `top_codes`: the bottom level is encoded given the top codes, and a near-tie that another
+    backend broke the other way must not make the two bottom levels incomparable."""
+    found = {}
+
+    def capture(level):
+        def hook(quantizer, inputs, outputs):
+            z = inputs[0].float()
+            vectors = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+            codebook = quantizer.codebook
+            distances = vectors.pow(2).sum(1, keepdim=True) - 2 * vectors @ codebook.t() + codebook.pow(2).sum(1)[None, :]
+            found[level] = {"z": z.numpy(), "distances": distances.numpy()}
+            if level == "top":
+                forced = torch.as_tensor(top_codes).long().view(outputs[1].shape)
+                return quantizer.lookup(forced), forced, outputs[2]
+        return hook
+
+    handles = [quantizer.register_forward_hook(capture(level)) for level, quantizer in vqvae.quantizers.items()]
+    try:
+        with torch.no_grad():
+            vqvae.encode(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found
+
+
 def test_encode_through_onnx_gives_the_torch_codes(exported, tmp_path):
+    """Not a rate of equal codes: a model trained for one step has near-ties between codes, which another CPU's SIMD
+    rounding breaks otherwise (99.48% equal on one Xeon). What holds everywhere: the encoder outputs and distances
+    agree within tolerance, and so do the codes wherever the nearest code leads the second by more than the
+    distances can disagree."""
+    from near_ties import nearest_code_margins
+    from skinaug.data import load_image
+    from skinaug.modeldir import ModelDir
+    from skinaug.vqvae import to_model_input
+
     data, model = exported["data"], exported["model"]
-    common = [str(data.images), "--labels", str(data.labels_csv), "--model", str(model), "--quiet", "--device", "cpu"]
-    assert main(["encode", *common, "--out", str(tmp_path / "torch.h5")]) == 0
-    assert main(["encode", *common, "--out", str(tmp_path / "onnx.h5"), "--backend", "onnx"]) == 0
-    by_torch, by_onnx = read_codes(tmp_path / "torch.h5"), read_codes(tmp_path / "onnx.h5")
+    out = tmp_path / "onnx.h5"
+    assert main(["encode", str(data.images), "--labels", str(data.labels_csv), "--model", str(model), "--out", str(out),
+                 "--backend", "onnx", "--quiet", "--device", "cpu"]) == 0
+    with h5py.File(out, "r") as file:
+        names = [name.decode() for name in file["image"][:]]
+    image_size = json.loads((model / "config.json").read_text())["image_size"]
+    images = to_model_input(torch.as_tensor(np.stack([load_image(data.images / f"{name}.png", image_size) for name in names])))
+    by_onnx = onnx_encoder_internals(model, images.numpy())
     assert set(by_onnx) == {"top", "bottom"}
-    for level in by_torch:
-        assert np.mean(by_torch[level] == by_onnx[level]) >= 0.999
+    for level, codes in read_codes(out).items():  # the CLI ran this graph on these images
+        np.testing.assert_array_equal(codes.reshape(-1), by_onnx[level]["codes"])
+    by_torch = torch_encoder_internals(ModelDir(model).load_vqvae("cpu"), images, by_onnx["top"]["codes"])
+    for level in ("top", "bottom"):
+        mine, theirs = by_onnx[level], by_torch[level]
+        np.testing.assert_allclose(mine["z"], theirs["z"], rtol=0, atol=ENCODER_TOLERANCE, err_msg=level)
+        np.testing.assert_allclose(mine["distances"], theirs["distances"], rtol=0, atol=ENCODER_TOLERANCE, err_msg=level)
+        # argmins over distances at most `gap` apart agree wherever the nearest code leads by more than twice that
+        gap = float(np.abs(mine["distances"] - theirs["distances"]).max())
+        clear = nearest_code_margins(theirs["distances"]) > 2 * gap
+        np.testing.assert_array_equal(mine["codes"][clear], theirs["distances"].argmin(1)[clear], err_msg=level)
 
 
 def test_decode_through_onnx_matches_torch_within_one_grey_level(exported, tmp_path):
@@ -124,9 +213,16 @@ def test_the_onnx_samplers_draw_the_torch_codes_from_the_same_uniforms(exported,
                        keep=None if keep is None else tuple(t.numpy() for t in keep))
         cached, onnx_logits = onnx_prior.sample(labels.numpy(), as_numpy(condition), return_logits=True, **options)
         reference = onnx_prior.sample_reference(labels.numpy(), as_numpy(condition), **options)
-        np.testing.assert_array_equal(cached, expected.numpy())
-        np.testing.assert_array_equal(reference, expected.numpy())
-        assert np.abs(onnx_logits - logits.numpy()).max() < 1e-4
+        # logits compared where both saw the same codes before them (a close draw may have gone either way)
+        difference = np.abs(onnx_logits - logits.numpy()).max(axis=1).reshape(batch, -1)
+        assert difference[same_context(cached, expected.numpy())].max() < SAMPLER_LOGIT_TOLERANCE
+        # the same codes, but where a uniform falls by a CDF boundary either backend's code is right
+        close = close_draws(logits, uniforms, logit_tolerance=2 * SAMPLER_LOGIT_TOLERANCE, temperature=temperature,
+                            top_k=top_k)
+        if keep is not None:
+            close &= ~keep_mask.view(batch, -1).numpy()  # kept codes are not drawn
+        assert_same_draws(cached, expected.numpy(), close)
+        assert_same_draws(reference, expected.numpy(), close)
         if keep is not None:
             assert (cached[keep_mask.numpy()] == keep_codes.numpy()[keep_mask.numpy()]).all()
 
@@ -140,7 +236,11 @@ def test_numpy_draw_codes_is_the_torch_draw_codes():
     uniforms = torch.rand(500, generator=generator)
     for temperature, top_k in ((1.0, None), (0.5, 3), (2.0, 1), (1.0, 16)):
         expected = draw_torch(logits, uniforms, temperature, top_k).numpy()
-        np.testing.assert_array_equal(draw_numpy(logits.numpy(), uniforms.numpy(), temperature, top_k), expected)
+        drawn = draw_numpy(logits.numpy(), uniforms.numpy(), temperature, top_k)
+        # numpy's and torch's exp and sums round differently (and differently per CPU): draws are independent here,
+        # so every differing code must be one whose uniform falls by a CDF boundary
+        close = close_draws(logits[:, :, None, None], uniforms, logit_tolerance=0.0, temperature=temperature, top_k=top_k)[:, 0]
+        assert (drawn == expected)[~close].all(), (temperature, top_k)
 
 
 def test_backend_onnx_without_an_export_names_the_export_command(generator_model, tmp_path, capsys):
@@ -197,7 +297,7 @@ def test_the_five_commands_run_on_onnxruntime_where_torch_cannot_be_imported(exp
     summary = json.loads(run("-m", "skinaug", "encode", str(data.images), "--labels", str(data.labels_csv), "--model", model,
                              "--out", str(codes), "--json", "--quiet").stdout)
     assert summary["backend"] == "onnx" and summary["images"] == 12
-    # the same codes as onnxruntime in a process with torch (torch's own agree on 99.9%: the test above)
+    # the same codes as onnxruntime in a process with torch (torch's own agree wherever no near-tie: the test above)
     assert main(["encode", str(data.images), "--labels", str(data.labels_csv), "--model", model, "--out",
                  str(tmp_path / "in_process.h5"), "--backend", "onnx", "--quiet"]) == 0
     expected = read_codes(tmp_path / "in_process.h5")
@@ -246,5 +346,6 @@ def test_gated_pixelcnn_priors_export_with_a_cached_step(generator_model, tmp_pa
     assert main(["export", "onnx", "--model", str(model), "--quiet"]) == 0
     manifest = json.loads((model / "config.json").read_text())["onnx"]
     assert manifest["files"]["prior_bottom"]["arch"] == "gated-pixelcnn" and "step" in manifest["files"]["prior_bottom"]
-    assert manifest["parity"]["prior_bottom_sample_agreement"] == 1.0
+    # the export itself requires its code agreement; equal samples everywhere would be a rate of near-ties
+    assert manifest["parity"]["prior_bottom_sample_agreement"] >= manifest["parity"]["code_agreement_required"]
     assert manifest["parity"]["prior_top_step_max_abs_diff"] < 1e-4

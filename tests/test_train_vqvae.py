@@ -195,6 +195,7 @@ def test_existing_model_is_never_overwritten_without_overwrite(tiny_model, tmp_p
 def test_overwrite_replaces_an_existing_model(tiny_dataset, tmp_path):
     out = tmp_path / "model"
     out.mkdir()
+    (out / "config.json").write_text('{"format_version": 1}')  # an earlier model directory (--overwrite replaces no other)
     (out / "stale.txt").write_text("from an older run")
     assert train_cli(tiny_dataset, out, "--epochs", "1", "--batch-size", "4", "--quiet", "--overwrite") == 0
     assert not (out / "stale.txt").exists() and ModelDir(out).exists()

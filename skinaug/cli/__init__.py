@@ -11,7 +11,7 @@ import sys
 import typer
 
 from .. import __version__
-from ..errors import SkinaugError
+from ..errors import SkinaugError, os_error_message
 
 app = typer.Typer(
     name="skinaug",
@@ -36,11 +36,12 @@ def _root(
     """Expand skin-lesion image datasets with a VQ-VAE-2 and class-conditional priors over its codes."""
 
 
-from . import codes, export, generate, preview, score, train  # noqa: E402  (commands register themselves on `app`)
+from . import codes, export, generate, models, preview, score, train  # noqa: E402  (commands register themselves on `app`)
 
 app.add_typer(train.app, name="train")
 codes.register(app)
 generate.register(app)
+models.register(app)
 preview.register(app)
 app.add_typer(score.app, name="score")
 app.add_typer(export.app, name="export")
@@ -56,10 +57,17 @@ def main(argv: list[str] | None = None) -> int:
     except SkinaugError as error:
         if os.environ.get("SKINAUG_DEBUG"):
             raise
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {_one_line(error)}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         return _interrupted()
+    except OSError as error:
+        # a failed read or write with a cause the user can act on (permissions, a full disk, a file where a
+        # folder should be): named like any other runtime error, not as a bug
+        if os.environ.get("SKINAUG_DEBUG"):
+            raise
+        print(f"error: {_one_line(os_error_message(error))}", file=sys.stderr)
+        return 1
     except Exception as error:
         # typer's (click's) own signals, matched by shape: their classes moved between typer releases
         if type(error).__name__ == "Abort":
@@ -71,8 +79,14 @@ def main(argv: list[str] | None = None) -> int:
             return error.exit_code
         if os.environ.get("SKINAUG_DEBUG"):
             raise
-        print(f"error: internal error: {type(error).__name__}: {error} (set SKINAUG_DEBUG=1 for the traceback)", file=sys.stderr)
+        print(f"error: internal error: {type(error).__name__}: {_one_line(error)} (set SKINAUG_DEBUG=1 for the traceback)",
+              file=sys.stderr)
         return 1
+
+
+def _one_line(message) -> str:
+    """The contract promises one line: messages quoting other libraries' errors may hold several."""
+    return " ".join(str(message).splitlines()).strip()
 
 
 def _interrupted() -> int:

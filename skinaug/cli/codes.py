@@ -39,8 +39,8 @@ def register(app: typer.Typer) -> None:
     @app.command("encode")
     def encode(
         data: DataArg,
-        model: ModelOpt,
         out: Annotated[Path, typer.Option("--out", help="Code file to write (CODES.h5).", show_default=False)],
+        model: ModelOpt = None,
         labels: LabelsOpt = None,
         device: DeviceOpt = "auto",
         batch_size: BatchOpt = 64,
@@ -71,8 +71,8 @@ def register(app: typer.Typer) -> None:
     @app.command("decode")
     def decode(
         codes: Annotated[Path, typer.Argument(help="Code file (CODES.h5) written by `skinaug encode`.", show_default=False)],
-        model: ModelOpt,
         out: Annotated[Path, typer.Option("--out", help="Output folder (images/, labels.csv, codes.h5, run.json).", show_default=False)],
+        model: ModelOpt = None,
         device: DeviceOpt = "auto",
         batch_size: BatchOpt = 64,
         image_format: FormatOpt = "png",

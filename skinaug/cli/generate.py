@@ -10,12 +10,13 @@ import typer
 
 from ..runtime import set_quiet
 from .options import (BackendOpt, BatchOpt, DeviceOpt, FormatOpt, GroupColOpt, ImageColOpt, JsonOpt, LabelColOpt, LabelsOpt, ModelOpt,
-                      OverwriteOpt, QualityOpt, QuietOpt, ResumeOpt, SeedOpt, StrictOpt, columns, emit)
+                      OverwriteOpt, QualityOpt, QuietOpt, ResumeOpt, SeedOpt, StrictOpt, columns, emit, finite_number)
 
 SourceArg = Annotated[Optional[Path], typer.Argument(help="Image folder (or use --codes).", show_default=False)]
 CodesOpt = Annotated[Optional[Path], typer.Option("--codes", help="Code file from `skinaug encode` (instead of DATA).")]
 OutOpt = Annotated[Path, typer.Option("--out", help="Output folder: images/, labels.csv, codes.h5, run.json.", show_default=False)]
-TemperatureOpt = Annotated[float, typer.Option("--temperature", help="Sampling temperature (lower: closer to the most likely codes).")]
+TemperatureOpt = Annotated[float, typer.Option("--temperature", callback=finite_number("--temperature", positive=True),
+                                                help="Sampling temperature (lower: closer to the most likely codes).")]
 TopKOpt = Annotated[Optional[int], typer.Option("--top-k", min=1, help="Sample only among the k most likely codes.")]
 BF16Opt = Annotated[bool, typer.Option("--bf16", help="Sample in bfloat16 on CUDA (faster; logits differ slightly from fp32).")]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the sampling step (CUDA: faster steps after ~2 min of compilation; for large runs).")]
@@ -30,6 +31,16 @@ def _dtype(bf16: bool):
     return torch.bfloat16
 
 
+def _sources(model, codes, data, labels, device, backend, strict, cols: dict):
+    """The source codes, and what reading DATA left out: the summary's "input" (None with --codes)."""
+    from ..data import recording_intake
+    from ..generate import load_sources
+
+    with recording_intake() as intake:
+        source = load_sources(model, codes, data, labels, device, backend=backend, strict=strict, **cols)
+    return source, (intake.summary() if data is not None else None)
+
+
 def _finish(summary: dict, as_json: bool, out: Path) -> None:
     emit(summary, as_json, out)
 
@@ -37,9 +48,9 @@ def _finish(summary: dict, as_json: bool, out: Path) -> None:
 def register(app: typer.Typer) -> None:
     @app.command("mix")
     def mix(
-        model: ModelOpt,
         out: OutOpt,
         n: Annotated[int, typer.Option("-n", "--count", min=1, help="Images to make.", show_default=False)],
+        model: ModelOpt = None,
         data: SourceArg = None,
         codes: CodesOpt = None,
         labels: LabelsOpt = None,
@@ -58,24 +69,24 @@ def register(app: typer.Typer) -> None:
         set_quiet(quiet)
         import numpy as np
 
-        from ..generate import open_generator, class_index, job_plan, load_sources, name_jobs, plan_mix, run_jobs
+        from ..generate import open_generator, class_index, job_plan, name_jobs, plan_mix, run_jobs
 
         generator = open_generator(model, device, backend=backend)
         generator.require(["mix"])
-        source = load_sources(model, codes, data, labels, device, backend=backend, strict=strict, **columns(image_col, label_col, group_col))
+        source, read = _sources(model, codes, data, labels, device, backend, strict, columns(image_col, label_col, group_col))
         label = class_index(generator.class_names, class_name) if class_name else None
         jobs = plan_mix(source, n, np.random.default_rng(seed), any_label=any_label, label=label)
         name_jobs(jobs, generator.class_names)
         plan = job_plan(jobs, command="mix", source=str(codes or data), seed=seed, batch_size=batch_size, format=image_format)
         summary = run_jobs(generator, jobs, source, out, seed=seed, batch_size=batch_size, command="mix", plan=plan,
                            overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
-                           extra={"any_label": any_label})
+                           extra={"any_label": any_label, "input": read}, inputs=[labels])
         _finish(summary, json_, out)
 
     @app.command("resample")
     def resample(
-        model: ModelOpt,
         out: OutOpt,
+        model: ModelOpt = None,
         data: SourceArg = None,
         codes: CodesOpt = None,
         labels: LabelsOpt = None,
@@ -100,7 +111,7 @@ def register(app: typer.Typer) -> None:
         import numpy as np
 
         from ..errors import UsageError
-        from ..generate import open_generator, class_index, job_plan, load_sources, name_jobs, plan_per_source, run_jobs
+        from ..generate import open_generator, class_index, job_plan, name_jobs, plan_per_source, run_jobs
 
         if method not in ("resample", "rand-bottom", "rand-top"):
             raise UsageError(f"--method must be resample, rand-bottom or rand-top, not {method}")
@@ -111,7 +122,7 @@ def register(app: typer.Typer) -> None:
         generator = open_generator(model, device, backend=backend, temperature=temperature, top_k=top_k, mask_dir=mask_dir,
                                    dtype=_dtype(bf16), sampler=sampler, compile_step=compile_)
         generator.require([method])
-        source = load_sources(model, codes, data, labels, device, backend=backend, strict=strict, **columns(image_col, label_col, group_col))
+        source, read = _sources(model, codes, data, labels, device, backend, strict, columns(image_col, label_col, group_col))
         indices = np.arange(len(source))
         if class_name:
             indices = indices[source.labels == class_index(generator.class_names, class_name)]
@@ -122,13 +133,13 @@ def register(app: typer.Typer) -> None:
                         bf16=bf16, sampler=sampler)
         summary = run_jobs(generator, jobs, source, out, seed=seed, batch_size=batch_size, command=method, plan=plan,
                            overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
-                           extra={"mask_dir": str(mask_dir) if mask_dir else None})
+                           extra={"mask_dir": str(mask_dir) if mask_dir else None, "input": read}, inputs=[labels])
         _finish(summary, json_, out)
 
     @app.command("synthesize")
     def synthesize(
-        model: ModelOpt,
         out: OutOpt,
+        model: ModelOpt = None,
         class_name: Annotated[Optional[str], typer.Option("--class", help="Class to synthesize (with -n).")] = None,
         n: Annotated[Optional[int], typer.Option("-n", "--count", min=1, help="Images of --class to make.")] = None,
         per_class: Annotated[Optional[int], typer.Option("--per-class", min=1, help="Images to make for every class.")] = None,
@@ -169,10 +180,11 @@ def register(app: typer.Typer) -> None:
     @app.command("augment")
     def augment(
         data: Annotated[Path, typer.Argument(help="Labelled image folder to expand.", show_default=False)],
-        model: ModelOpt,
         out: OutOpt,
+        model: ModelOpt = None,
         labels: LabelsOpt = None,
-        factor: Annotated[Optional[float], typer.Option("--factor", help="Make the output F times the size of the input (per class).")] = None,
+        factor: Annotated[Optional[float], typer.Option("--factor", callback=finite_number("--factor", positive=True),
+                                                        help="Make the output F times the size of the input (per class).")] = None,
         balance: Annotated[bool, typer.Option("--balance", help="Bring every class up to the largest one.")] = False,
         methods: Annotated[str, typer.Option("--methods", help="Methods with optional weights, e.g. mix:1,resample:2,synthesize:1.")] = "mix,resample,synthesize",
         no_originals: Annotated[bool, typer.Option("--no-originals", help="Leave the input images out of the output.")] = False,
@@ -191,26 +203,26 @@ def register(app: typer.Typer) -> None:
         Example: skinaug augment images/ --labels labels.csv --model models/derm64 --out train_aug/ --balance
         """
         set_quiet(quiet)
-        from ..generate import open_generator, job_plan, load_sources, name_jobs, original_rows, parse_methods, plan_augment, run_jobs
+        from ..generate import open_generator, job_plan, name_jobs, original_rows, parse_methods, plan_augment, run_jobs
 
         weights = parse_methods(methods)
         generator = open_generator(model, device, backend=backend, temperature=temperature, top_k=top_k, dtype=_dtype(bf16),
                                    compile_step=compile_)
         generator.require([m for m, w in weights.items() if w > 0])
-        source = load_sources(model, None, data, labels, device, backend=backend, strict=strict, **columns(image_col, label_col, group_col))
+        source, read = _sources(model, None, data, labels, device, backend, strict, columns(image_col, label_col, group_col))
         jobs, table = plan_augment(source, generator.class_names, factor=factor, balance=balance, weights=weights,
                                    originals=not no_originals, seed=seed)
         if dry_run:
             _print_plan(table, weights)
-            emit({"plan": table}, json_)
+            emit({"plan": table, "input": read}, json_)
             return
-        name_jobs(jobs, generator.class_names, prefix="gen_")
         originals = None if no_originals else original_rows(source, generator.class_names, generator.config["fingerprint"])
+        name_jobs(jobs, generator.class_names, prefix="gen_", taken=[row["image"] for row in originals or []])
         plan = job_plan(jobs, command="augment", data=str(data), seed=seed, batch_size=batch_size, temperature=temperature,
                         top_k=top_k, originals=not no_originals, format=image_format, bf16=bf16)
         summary = run_jobs(generator, jobs, source, out, seed=seed, batch_size=batch_size, command="augment", plan=plan,
                            overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
-                           originals=originals, link_originals=not copy_originals, extra={"plan": table})
+                           originals=originals, link_originals=not copy_originals, extra={"plan": table, "input": read}, inputs=[labels])
         _finish(summary, json_, out)
 
 

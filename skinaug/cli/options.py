@@ -3,17 +3,65 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from ..errors import UsageError
+from ..runtime import check_device_name
+
+IMAGE_FORMATS = ("png", "jpg")
+
+
+def finite_number(flag: str, *, positive: bool = False):
+    """A callback for a float option: refuses what typer's min= lets through (inf; nan where there is no min=),
+    and with `positive` also 0, which min= cannot exclude."""
+
+    def check(value: Optional[float]) -> Optional[float]:
+        if value is not None and not (math.isfinite(value) and (value > 0 or not positive)):
+            raise UsageError(f"{flag} must be a {'positive' if positive else 'finite'} number, not {value}")
+        return value
+
+    return check
+
+
+def _image_format(value: str) -> str:
+    # checked while parsing, so that a typo fails before a model is loaded, and as a usage error
+    if value.lower() not in IMAGE_FORMATS:
+        raise UsageError(f"--format must be png or jpg, not {value!r}")
+    return value.lower()
+
 DataArg = Annotated[Path, typer.Argument(help="Folder of images (labels from --labels CSV or class sub-folders).", show_default=False)]
 LabelsOpt = Annotated[Optional[Path], typer.Option("--labels", help="CSV of labels: generic, ISIC 2020, HAM10000 or ISIC 2019 one-hot.")]
-ModelOpt = Annotated[Path, typer.Option("--model", help="Model directory (from `skinaug train vqvae`).", show_default=False)]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed: the same seed on the same device gives the same result.")]
+
+
+def model_path(value: Path) -> Path:
+    """A required model directory: a path, or the name of a shipped model when no such path exists."""
+    from ..modeldir import shipped_models
+
+    return value if value.exists() else shipped_models().get(str(value), value)
+
+
+def _resolve_model(value: Optional[Path]) -> Path:
+    """--model > $SKINAUG_MODEL > the shipped default; a path that does not exist is left for the command to
+    report (after the usage checks), unless it names a shipped model."""
+    from ..modeldir import resolve_model
+
+    if value is not None:
+        return model_path(value)
+    return resolve_model(value)
+
+
+ModelOpt = Annotated[Optional[Path], typer.Option(
+    "--model", callback=_resolve_model, show_default=False,
+    help="Model directory (from `skinaug train vqvae`) or the name of a shipped model (`skinaug models`). "
+         "Default: $SKINAUG_MODEL, else the shipped ham10000-64.")]
+DeviceOpt = Annotated[str, typer.Option("--device", callback=check_device_name, help="auto, cpu, cuda or cuda:N.")]
+# numpy's generators take only non-negative seeds
+SeedOpt = Annotated[int, typer.Option("--seed", min=0, help="Seed: the same seed on the same device gives the same result.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in the same output.")]
@@ -24,7 +72,7 @@ ImageColOpt = Annotated[Optional[str], typer.Option("--image-col", help="CSV col
 LabelColOpt = Annotated[Optional[str], typer.Option("--label-col", help="CSV column with the labels.")]
 GroupColOpt = Annotated[Optional[str], typer.Option("--group-col", help="CSV column with lesion or patient ids (for group-aware splits).")]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=1, help="Threads decoding images (default: up to 8).")]
-FormatOpt = Annotated[str, typer.Option("--format", help="Image format of generated files: png or jpg.")]
+FormatOpt = Annotated[str, typer.Option("--format", callback=_image_format, help="Image format of generated files: png or jpg.")]
 BackendOpt = Annotated[Optional[str], typer.Option(
     "--backend", help="torch or onnx (onnxruntime on an exported model: `skinaug export onnx`). Default: torch when installed.")]
 QualityOpt = Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG quality with --format jpg.")]

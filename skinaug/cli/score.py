@@ -10,7 +10,7 @@ import typer
 
 from ..runtime import set_quiet
 from .options import (BatchOpt, DataArg, DeviceOpt, GroupColOpt, ImageColOpt, JsonOpt, LabelColOpt, LabelsOpt,
-                      OverwriteOpt, QuietOpt, SeedOpt, StrictOpt, WorkersOpt, columns, emit)
+                      OverwriteOpt, QuietOpt, SeedOpt, StrictOpt, WorkersOpt, columns, emit, finite_number)
 
 app = typer.Typer(help="Judge a model and its generated datasets: CAS, code usage, FID, memorization.", no_args_is_help=True)
 
@@ -18,7 +18,7 @@ ArchOpt = Annotated[str, typer.Option("--arch", help="Classifier: efficientnet-b
 ClassifierImageSizeOpt = Annotated[int, typer.Option("--image-size", min=16, help="Side of the square images the classifier sees.")]
 EpochsOpt = Annotated[int, typer.Option("--epochs", min=1, help="Classifier budget in passes over the real training images (the same number of steps for every set).")]
 StepsOpt = Annotated[Optional[int], typer.Option("--steps", min=1, help="Classifier budget in optimizer steps (overrides --epochs).")]
-LrOpt = Annotated[float, typer.Option("--lr", min=0.0, help="Classifier peak learning rate (AdamW, warm-up then cosine).")]
+LrOpt = Annotated[float, typer.Option("--lr", min=0.0, callback=finite_number("--lr"), help="Classifier peak learning rate (AdamW, warm-up then cosine).")]
 WeightsOpt = Annotated[Optional[Path], typer.Option("--weights", help="Local pretrained backbone weights (.safetensors, or a torch file read with weights_only=True). Nothing is downloaded.")]
 OutDirOpt = Annotated[Optional[Path], typer.Option("--out", help="Folder for the detailed results.")]
 GenArg = Annotated[Path, typer.Argument(help="Generated images: an OUT_DIR (its images/) or an image folder.", show_default=False)]
@@ -136,7 +136,7 @@ def sweep(
     res_blocks: Annotated[int, typer.Option("--res-blocks", min=0, help="Residual blocks per encoder/decoder.")] = 2,
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Training epochs per configuration.")] = 10,
     batch_size: BatchOpt = 64,
-    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate (AdamW, warm-up then cosine).")] = 3e-4,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, callback=finite_number("--lr"), help="Peak learning rate (AdamW, warm-up then cosine).")] = 3e-4,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start the sweep folder again (a rerun otherwise continues it).")] = False,

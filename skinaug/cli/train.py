@@ -9,9 +9,18 @@ import typer
 
 from ..runtime import set_quiet
 from .options import (BatchOpt, DataArg, DeviceOpt, GroupColOpt, ImageColOpt, JsonOpt, LabelColOpt, LabelsOpt,
-                      OverwriteOpt, QuietOpt, ResumeOpt, SeedOpt, StrictOpt, WorkersOpt, columns, emit)
+                      OverwriteOpt, QuietOpt, ResumeOpt, SeedOpt, StrictOpt, WorkersOpt, columns, emit, finite_number,
+                      model_path)
 
-app = typer.Typer(help="Train the stages of a model.", no_args_is_help=True)
+app = typer.Typer(help="Train the stages of a model, from scratch or fine-tuned from another model (--init).",
+                  no_args_is_help=True)
+
+VqvaeInitOpt = Annotated[Optional[Path], typer.Option(
+    "--init", help="Fine-tune: start from this model's VQ-VAE (a model directory or a shipped model's name) and keep "
+    "its shape.", show_default=False)]
+PriorInitOpt = Annotated[Optional[Path], typer.Option(
+    "--init", help="Fine-tune: start from this model's priors (a model directory or a shipped model's name) and keep "
+    "their shape; classes they know keep their embeddings, new classes get new ones.", show_default=False)]
 
 
 @app.command("vqvae")
@@ -19,18 +28,19 @@ def vqvae(
     data: DataArg,
     out: Annotated[Path, typer.Option("--out", help="Model directory to create.", show_default=False)],
     labels: LabelsOpt = None,
-    image_size: Annotated[int, typer.Option("--image-size", help="Side of the square training images: a multiple of 8 from 32 to 512.")] = 256,
-    levels: Annotated[int, typer.Option("--levels", min=1, max=2, help="1 (bottom codes only) or 2 (top and bottom).")] = 2,
-    codebook_size: Annotated[int, typer.Option("--codebook-size", min=2, max=65535, help="Codes per level (K).")] = 256,
-    code_dim: Annotated[int, typer.Option("--code-dim", min=1, help="Dimension of each code (D).")] = 8,
-    channels: Annotated[int, typer.Option("--channels", min=8, help="Width of the encoder and decoder.")] = 128,
-    res_channels: Annotated[int, typer.Option("--res-channels", min=4, help="Width inside residual blocks.")] = 32,
-    res_blocks: Annotated[int, typer.Option("--res-blocks", min=0, help="Residual blocks per encoder/decoder.")] = 2,
-    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 30,
+    init: VqvaeInitOpt = None,
+    image_size: Annotated[Optional[int], typer.Option("--image-size", help="Side of the square training images: a multiple of 8 from 32 to 512 (default 256; with --init the source's).")] = None,
+    levels: Annotated[Optional[int], typer.Option("--levels", min=1, max=2, help="1 (bottom codes only) or 2 (top and bottom) (default 2).")] = None,
+    codebook_size: Annotated[Optional[int], typer.Option("--codebook-size", min=2, max=65535, help="Codes per level, K (default 256).")] = None,
+    code_dim: Annotated[Optional[int], typer.Option("--code-dim", min=1, help="Dimension of each code, D (default 8).")] = None,
+    channels: Annotated[Optional[int], typer.Option("--channels", min=8, help="Width of the encoder and decoder (default 128).")] = None,
+    res_channels: Annotated[Optional[int], typer.Option("--res-channels", min=4, help="Width inside residual blocks (default 32).")] = None,
+    res_blocks: Annotated[Optional[int], typer.Option("--res-blocks", min=0, help="Residual blocks per encoder/decoder (default 2).")] = None,
+    epochs: Annotated[int, typer.Option("--epochs", min=0, help="Passes over the data; 0 (with --init) keeps the source's VQ-VAE unchanged.")] = 30,
     batch_size: BatchOpt = 64,
-    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate (AdamW, warm-up then cosine).")] = 3e-4,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, callback=finite_number("--lr"), help="Peak learning rate (AdamW, warm-up then cosine).")] = 3e-4,
     val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.0, max=0.9, help="Share of lesion groups held out for validation.")] = 0.1,
-    restart_after: Annotated[int, typer.Option("--restart-after", min=1, help="Steps a code may go unused before it is re-seeded.")] = 200,
+    restart_after: Annotated[Optional[int], typer.Option("--restart-after", min=1, help="Steps a code may go unused before it is re-seeded (default 200; with --init the source's).")] = None,
     no_augment: Annotated[bool, typer.Option("--no-augment", help="Train without flips, rotations and colour jitter.")] = False,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
@@ -46,39 +56,48 @@ def vqvae(
 ):
     """Train the VQ-VAE-2 (stage 1) into a new model directory.
 
+    Fine-tuning: with --init MODEL the new model starts from MODEL's VQ-VAE. Its shape comes from MODEL (a contradicting shape option is an error); its class names are those of the new data. --epochs 0 keeps MODEL's VQ-VAE unchanged (same fingerprint) under the new classes, so that MODEL's priors fit its codes exactly.
+
     Example: skinaug train vqvae images/ --labels labels.csv --image-size 128 --out models/derm128
+
+    Fine-tune: skinaug train vqvae mine/ --labels mine.csv --init ham10000-64 --epochs 3 --out models/mine
     """
     set_quiet(quiet)
     from ..train_vqvae import TrainOptions, train_vqvae
     from ..vqvae import VQVAEConfig
 
-    config = VQVAEConfig(image_size=image_size, levels=levels, codebook_size=codebook_size, code_dim=code_dim,
-                         channels=channels, res_channels=res_channels, n_res_blocks=res_blocks, restart_after=restart_after)
+    given = {"image_size": image_size, "levels": levels, "codebook_size": codebook_size, "code_dim": code_dim,
+             "channels": channels, "res_channels": res_channels, "n_res_blocks": res_blocks, "restart_after": restart_after}
+    given = {key: value for key, value in given.items() if value is not None}
+    config = given if init is not None else VQVAEConfig(**given)  # with --init: only what was asked for, checked there
     options = TrainOptions(epochs=epochs, batch_size=batch_size, lr=lr, val_fraction=val_fraction, seed=seed, device=device,
                            augment=not no_augment, strict=strict, workers=workers, **columns(image_col, label_col, group_col))
-    metrics = train_vqvae(data, out, labels=labels, model_config=config, options=options, resume=resume, overwrite=overwrite)
+    metrics = train_vqvae(data, out, labels=labels, model_config=config, options=options, resume=resume, overwrite=overwrite,
+                          init=init)
     emit({"model": str(out), **metrics}, json_, out)
 
 
 @app.command("prior")
 def prior(
-    model: Annotated[Path, typer.Option("--model", help="Model directory with a trained VQ-VAE.", show_default=False)],
+    model: Annotated[Path, typer.Option("--model", callback=model_path, show_default=False,
+                                        help="Model directory with a trained VQ-VAE (the priors are written into it).")],
     data: Annotated[Optional[Path], typer.Argument(help="Image folder to encode on the fly (instead of --codes).", show_default=False)] = None,
     codes: Annotated[Optional[Path], typer.Option("--codes", help="Code file from `skinaug encode`.")] = None,
     labels: LabelsOpt = None,
     level: Annotated[str, typer.Option("--level", help="top, bottom or both.")] = "both",
-    arch: Annotated[str, typer.Option("--arch", help="pixelsnail or gated-pixelcnn.")] = "pixelsnail",
+    init: PriorInitOpt = None,
+    arch: Annotated[Optional[str], typer.Option("--arch", help="pixelsnail or gated-pixelcnn (default pixelsnail; with --init the source's).")] = None,
     classes: Annotated[str, typer.Option("--classes", help="'all', or a comma-separated list of classes to train on.")] = "all",
     unconditional: Annotated[bool, typer.Option("--unconditional", help="Ignore labels: no class conditioning.")] = False,
-    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 20,
+    epochs: Annotated[int, typer.Option("--epochs", min=0, help="Passes over the codes; 0 (with --init) copies the source's priors.")] = 20,
     batch_size: BatchOpt = 32,
-    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate (AdamW, warm-up then cosine).")] = 3e-4,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, callback=finite_number("--lr"), help="Peak learning rate (AdamW, warm-up then cosine).")] = 3e-4,
     val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.0, max=0.9)] = 0.1,
     channels: Annotated[Optional[int], typer.Option("--channels", min=8, help="Width (default: sized from the grid).")] = None,
     blocks: Annotated[Optional[int], typer.Option("--blocks", min=1, help="Blocks (default: sized from the grid).")] = None,
     res_blocks: Annotated[Optional[int], typer.Option("--res-blocks", min=1, help="Gated residual blocks per block.")] = None,
     kernel_size: Annotated[Optional[int], typer.Option("--kernel-size", min=2, help="Causal convolution kernel.")] = None,
-    dropout: Annotated[Optional[float], typer.Option("--dropout", min=0.0, max=0.9)] = None,
+    dropout: Annotated[Optional[float], typer.Option("--dropout", min=0.0, max=0.9, help="Dropout while training (default 0.1; with --init the source's, but it may change).")] = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     resume: ResumeOpt = False,
@@ -92,7 +111,13 @@ def prior(
 ):
     """Train the autoregressive priors over the codes (stage 2): top given class, bottom given top and class.
 
+    Fine-tuning: with --init MODEL each level starts from MODEL's prior. Its shape (arch, channels, blocks, ...) is kept (a contradicting option is an error) and its code grid must be this model's. Class embeddings are matched by name: classes MODEL's prior was trained on keep theirs, new classes get new ones.
+
+    Best when this model's VQ-VAE is MODEL's (`train vqvae --init MODEL --epochs 0`) or was fine-tuned from it. Another VQ-VAE is allowed: its codes mean other things, but MODEL's prior is still a better start than random weights. --resume continues the checkpoint and ignores --init.
+
     Example: skinaug train prior --model models/derm128 --codes codes.h5 --level both
+
+    Fine-tune: skinaug train prior --model models/mine --codes mine.h5 --init ham10000-64 --epochs 5
     """
     set_quiet(quiet)
     from ..train_prior import PriorOptions, train_priors
@@ -102,5 +127,5 @@ def prior(
                            unconditional=unconditional, epochs=epochs, batch_size=batch_size, lr=lr, val_fraction=val_fraction,
                            seed=seed, device=device, overrides=overrides)
     metrics = train_priors(model, codes=codes, data=data, labels=labels, level=level, options=options, resume=resume,
-                           overwrite=overwrite, strict=strict, **columns(image_col, label_col, group_col))
+                           overwrite=overwrite, init=init, strict=strict, **columns(image_col, label_col, group_col))
     emit({"model": str(model), "priors": metrics}, json_, model)

@@ -10,12 +10,16 @@ Graphs (float32; names are the graph's input and output names, B a dynamic batch
     decoder.onnx        codes_top, codes_bottom -> images (B, 3, S, S) in [-1, 1]
     prior_L.onnx        codes (B, rows, W) [, labels (B,)] [, condition (B, Hc, Wc)] -> logits (B, K, rows, W);
                         rows <= H is dynamic, as in PyTorch (a prefix of rows gives those rows' logits)
-    prior_L_condition.onnx   condition (B, Hc, Wc) -> condition_features (B, C, H, W), once per sampling call
-    prior_L_step.onnx   one step of the cached sampler (`skinaug.priors.fast`): cells, raster (S,), windows (S, taps)
-                        [, labels] [, condition_features], cache_0 .. cache_n -> logits (B, S, K), rows_1 .. rows_n:
-                        the new cache entries at the step's positions, which the caller writes back (cache_0, the
-                        embedded codes, is written by the caller after drawing). S, the step's slot count, is dynamic.
-    prior_L_plan.npy, prior_L_embedding.npy   the step schedule and the code embedding, for the numpy loop.
+    prior_L_condition.onnx   condition (B, Hc, Wc) -> condition_features (H * W, B, C), once per sampling call
+    prior_L_step.onnx   one position of the cached sampler (`skinaug.priors.fast`), raster order, caches bound in
+                        place by the runtime (see `StepGraph`): position (1,) [, labels] [, condition_features],
+                        grid_0 .. grid_n (cells, B, C), keys_a, values_a (prefix, B, C) -> logits (B, K),
+                        rows_1 .. rows_n (B, C), key_a, value_a (B, C)
+    prior_L_embed.onnx  codes (B,) -> embedded (B, C): the drawn codes' embeddings, for grid_0
+
+`skinaug export onnx --model M` writes M/onnx/ and M/config.json["onnx"]; `--out DIR` leaves M alone and makes DIR a
+model directory of its own (config.json, model card and weights copied, plus DIR/onnx/), for a model that is
+read-only, such as one shipped with skinaug.
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -86,112 +90,236 @@ class PriorGraph(nn.Module):
 
 
 class ConditionGraph(nn.Module):
+    """condition (B, Hc, Wc) -> condition_features (H * W, B, C): position-major, so that a step reads its position's
+    features as one contiguous block."""
+
     def __init__(self, prior):
         super().__init__()
         self.stack = prior.condition_stack
 
     def forward(self, condition: Tensor):
-        return self.stack(condition)
+        return self.stack(condition).flatten(2).permute(2, 0, 1)
 
 
-class _Precomputed(nn.Module):
-    """Stands in for the condition stack inside the step graph: its input already is the stack's output."""
+class EmbedGraph(nn.Module):
+    """codes (B,) -> embedded (B, C): the drawn codes' embeddings, which the runtime writes into grid_0 in place."""
 
-    def forward(self, features: Tensor) -> Tensor:
-        return features
+    def __init__(self, prior):
+        super().__init__()
+        self.embed = prior.embed
+
+    def forward(self, codes: Tensor):
+        return self.embed(codes)
 
 
-def cache_holders(state: SimpleNamespace) -> list[tuple[object, str]]:
-    """(holder, attribute) of every cache in a sampling state, in a fixed order, the embedded-codes grid first:
-    the `data` of each cache grid and the key/value `cache` of each attention layer."""
-    from ..priors.cache import Grid
+class _StepGrid:
+    """A cache grid as the exported step sees it: a read-only input (cells, B, C), cell-major, so that one position's
+    entries for the whole batch are one contiguous block. `write` keeps the value (it becomes a graph output that the
+    runtime binds straight into the grid at the position's cell); windows gather the other taps from the input and
+    take the centre, which is always the position itself, from the written value."""
 
-    found, seen = [], set()
+    def __init__(self, data: Tensor | None, channels: int, layout):
+        self.data, self.channels, self.layout, self.written = data, channels, layout, None
+        self.centre = len(layout.window_offsets()) - 1
 
-    def visit(node) -> None:
-        if isinstance(node, Grid):
-            if id(node) not in seen:
-                seen.add(id(node))
-                found.append((node, "data"))
-        elif isinstance(node, SimpleNamespace):
-            for key, value in vars(node).items():
-                if key == "cache" and isinstance(value, Tensor):
-                    found.append((node, "cache"))
-                else:
-                    visit(value)
-        elif isinstance(node, (list, tuple)):
-            for item in node:
-                visit(item)
+    def write(self, step, values: Tensor) -> None:
+        self.written = values  # (batch * slots, C) with one slot
 
-    visit(state.embedded)
-    visit(state.body)
-    return found
+    def windows(self, step, taps: slice) -> Tensor:
+        parts, stop = [], min(taps.stop, self.centre)
+        if stop > taps.start:  # (t, B, C) -> (B, t, C)
+            parts.append(self.data.index_select(0, step.windows[0, taps.start : stop]).transpose(0, 1))
+        if taps.stop > self.centre:
+            if self.written is None:
+                raise RuntimeError("a window reads its centre before the step wrote it")
+            parts.append(self.written[:, None])
+        return (parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)).reshape(step.batch, -1)
+
+    def row_windows(self, row: Tensor, taps: slice) -> Tensor:
+        """(W * B, taps * C), position-major: the windows of a whole image row, for `ConvStep.row`."""
+        layout = self.layout
+        offsets = torch.tensor(layout.window_offsets()[taps])
+        cells = layout.cell(row, torch.arange(layout.width))[:, None] + offsets  # (W, taps)
+        windows = self.data.index_select(0, cells.flatten())  # (W * taps, B, C)
+        batch, channels = self.data.shape[1], self.data.shape[2]
+        return windows.reshape(layout.width, -1, batch, channels).transpose(1, 2).reshape(layout.width * batch, -1)
+
+
+class _StepKeyValues:
+    """An attention layer's keys and values as the exported step sees them: two read-only inputs (L, B, C),
+    position-major, holding a dummy slot 0 (masked) and then positions 0 .. p - 1: the valid prefix of the cache,
+    never empty. The position's own key and value become graph outputs, bound into slot p + 1."""
+
+    def __init__(self, keys: Tensor | None, values: Tensor | None, heads: int, head_dim: int):
+        self.keys, self.values, self.heads, self.head_dim, self.written = keys, values, heads, head_dim, None
+
+    def attend(self, step, query: Tensor, key_value: Tensor) -> Tensor:
+        batch, channels = step.batch, query.shape[1]
+        key, value = key_value[:, :channels], key_value[:, channels:]
+        self.written = (key, value)
+        heads = (batch, self.heads, self.head_dim)
+        query = query.reshape(heads)
+        prefix = (self.keys.reshape(-1, *heads) * query).sum(-1)  # (L, B, heads)
+        first = torch.arange(prefix.shape[0])[:, None, None] == 0
+        prefix = torch.where(first, torch.full_like(prefix, float("-inf")), prefix)
+        own = (key.reshape(heads) * query).sum(-1)[None]
+        weights = torch.cat([prefix, own]).softmax(dim=0)  # (L + 1, B, heads)
+        attended = (weights[:-1, ..., None] * self.values.reshape(-1, *heads)).sum(0)
+        return (attended + weights[-1, ..., None] * value.reshape(heads)).reshape(batch, channels)
+
+
+class _StepSpec:
+    """`CacheSpec` for tracing the step: grids and key/value caches are handed out in creation order, backed by the
+    step graph's inputs (or, with no inputs, only recorded, to learn their number and widths)."""
+
+    def __init__(self, batch: int, layout, grids: list | None = None, key_values: list | None = None):
+        self.batch, self.layout = batch, layout
+        self.dtype, self.device = torch.float32, torch.device("cpu")
+        self.rows_above, self.conv_steps = True, []  # see `ConvStep`: the row graph sums the above taps
+        self.grid_inputs, self.key_value_inputs = grids, key_values
+        self.grids: list[_StepGrid] = []
+        self.key_values: list[_StepKeyValues] = []
+
+    def cast(self, tensor: Tensor) -> Tensor:
+        return tensor.detach().to(device=self.device, dtype=self.dtype)
+
+    def matrix(self, weight: Tensor) -> Tensor:
+        return self.cast(weight.reshape(weight.shape[0], -1).t())
+
+    def matmul(self, weight: Tensor, bias: Tensor | None = None):
+        from ..priors.cache import StepMatmul
+
+        return StepMatmul(self.cast(weight), None if bias is None else self.cast(bias))  # a plain addmm: traceable
+
+    def linear(self, weight: Tensor, bias: Tensor | None = None):
+        return self.matmul(weight.reshape(weight.shape[0], -1).t(), bias)
+
+    def zeros(self, *shape) -> Tensor:
+        return torch.zeros(*shape)
+
+    def conv(self, grid, taps: slice, weight: Tensor, bias: Tensor | None):
+        from ..priors.cache import ConvStep
+
+        return ConvStep(self, grid, taps, self.cast(weight), None if bias is None else self.cast(bias))
+
+    def grid(self, channels: int) -> _StepGrid:
+        data = None if self.grid_inputs is None else self.grid_inputs[len(self.grids)]
+        self.grids.append(_StepGrid(data, channels, self.layout))
+        return self.grids[-1]
+
+    def key_value_cache(self, heads: int, head_dim: int) -> _StepKeyValues:
+        keys, values = (None, None) if self.key_value_inputs is None else self.key_value_inputs[len(self.key_values)]
+        self.key_values.append(_StepKeyValues(keys, values, heads, head_dim))
+        return self.key_values[-1]
+
+
+class RowGraph(nn.Module):
+    """The convs' above-tap sums for a whole image row (`ConvStep.row`), run once per row before its steps.
+
+    Inputs: row (1,) int64, grid_0 .. grid_n (cells, B, C). Outputs: above_0 .. above_m (W, B, out), which the
+    runtime binds in place and the step graph reads (inputs of the same names)."""
+
+    def __init__(self, step_graph: "StepGraph"):
+        super().__init__()
+        self.step_graph = step_graph
+
+    def forward(self, row: Tensor, *grids: Tensor):
+        config = self.step_graph.prior.config
+        spec = _StepSpec(grids[0].shape[1], self.step_graph.layout, list(grids))
+        labels = torch.zeros(grids[0].shape[1], dtype=torch.long) if config.num_classes else None  # unused here
+        self.step_graph.start(spec, labels)
+        for conv in spec.conv_steps:
+            conv.row(row)
+        return tuple(conv.rows for conv in spec.conv_steps)
 
 
 class StepGraph(nn.Module):
-    """One step of `skinaug.priors.fast`, functional: caches in, logits and the caches' new entries out."""
+    """One position of the cached sampler (`skinaug.priors.fast`) in raster order, with every cache bound in place.
+
+    Inputs: position (1,) int64 [, labels (B,)] [, condition_features (H * W, B, C)], grid_0 .. grid_n (cells, B, C)
+    (grid_0: the embedded codes), keys_a, values_a (L, B, C) per attention layer (the valid prefix, see
+    `_StepKeyValues`), above_0 .. above_m (W, B, out), the current row's above-tap sums (`RowGraph`). Outputs: logits (B, K); rows_1 .. rows_n (B, C), the grids' entries at the position's cell;
+    key_a, value_a (B, C), the position's key and value. The layers run their own `step` code: only the caches
+    behind them differ (`_StepSpec`)."""
 
     def __init__(self, prior):
         super().__init__()
         from ..priors.cache import GridLayout
 
         self.prior = prior
-        self.layout = GridLayout(prior.config.height, prior.config.width, prior.config.kernel_size)
+        config = prior.config
+        self.layout = GridLayout(config.height, config.width, config.kernel_size)
+        self.register_buffer("offsets", torch.tensor(self.layout.window_offsets())[None], persistent=False)
+        self.grid_channels, self.attention_channels, self.row_channels = self.caches()
 
-    def state(self, batch, labels, condition_features):
-        from ..priors.cache import CacheSpec
-
-        spec = CacheSpec(batch, self.layout, torch.float32, torch.device("cpu"))
-        stack, self.prior.condition_stack = self.prior.condition_stack, (_Precomputed() if self.prior.config.conditioned else None)
+    def start(self, spec, labels):
+        """The sampling state on `spec`'s caches, with the condition stack left out (its output is an input here)."""
+        stack, self.prior.condition_stack = self.prior.condition_stack, None
         try:
-            return self.prior.start_sampling(spec, labels, condition_features)
+            return self.prior.start_sampling(spec, labels, None)
         finally:
             self.prior.condition_stack = stack
 
-    def forward(self, cells: Tensor, raster: Tensor, windows: Tensor, *inputs: Tensor):
+    def caches(self) -> tuple[list[int], list[int], list[int]]:
+        """Channels of each grid (creation order, the embedded codes first), of each attention layer, and of each
+        conv's row sums (`ConvStep.rows`, in creation order)."""
+        config = self.prior.config
+        spec = _StepSpec(1, self.layout)
+        with torch.no_grad():
+            self.start(spec, torch.zeros(1, dtype=torch.long) if config.num_classes else None)
+        return ([g.channels for g in spec.grids], [kv.heads * kv.head_dim for kv in spec.key_values],
+                [conv.rows.shape[-1] for conv in spec.conv_steps])
+
+    def forward(self, position: Tensor, *inputs: Tensor):
         from ..priors.cache import Step
 
         config, inputs = self.prior.config, list(inputs)
         labels = inputs.pop(0) if config.num_classes else None
-        condition_features = inputs.pop(0) if config.conditioned else None
-        batch = inputs[0].shape[0]
-        state = self.state(batch, labels, condition_features)
-        holders = cache_holders(state)
-        for (holder, attribute), value in zip(holders, inputs):
-            setattr(holder, attribute, value.clone())
-        step = Step(cells=cells, raster=raster, windows=windows, batch=batch)
-        logits = self.prior.step(state, step).reshape(batch, cells.shape[0], -1)
-        rows = []
-        for holder, attribute in holders[1:]:  # the embedded codes are written by the caller, after drawing
-            if attribute == "data":
-                rows.append(holder.data.index_select(1, cells))
-            else:
-                rows.append(holder.cache.index_select(3, raster))
-        return (logits, *rows)
-
-    def cache_shapes(self) -> list[dict]:
-        """Shape of each cache with the batch axis named, for the runtime to allocate."""
-        config = self.prior.config
-        labels = torch.zeros(1, dtype=torch.long) if config.num_classes else None
-        features = torch.zeros(1, config.channels, config.height, config.width) if config.conditioned else None
-        with torch.no_grad():
-            holders = cache_holders(self.state(1, labels, features))
-        shapes = []
-        for holder, attribute in holders:
-            shape = list(getattr(holder, attribute).shape)
-            axis = 0 if attribute == "data" else 1
-            shapes.append({"shape": shape, "batch_axis": axis})
-        return shapes
+        features = inputs.pop(0) if config.conditioned else None
+        grids, inputs = inputs[: len(self.grid_channels)], inputs[len(self.grid_channels) :]
+        key_values, rows = inputs[: 2 * len(self.attention_channels)], inputs[2 * len(self.attention_channels) :]
+        batch = grids[0].shape[1]
+        spec = _StepSpec(batch, self.layout, grids, list(zip(key_values[::2], key_values[1::2])))
+        state = self.start(spec, labels)
+        for conv, sums in zip(spec.conv_steps, rows, strict=True):
+            conv.rows = sums
+        r, width = self.layout.r, config.width
+        cell = (position // width + r) * self.layout.padded_width + position % width + r
+        step = Step(cells=cell, raster=position, windows=cell[:, None] + self.offsets, batch=batch)
+        if features is not None:
+            step.condition = features.index_select(0, position).reshape(batch, -1)
+        logits = state.head(torch.nn.functional.elu(self.prior.body_step(state.body, step)))
+        rows = [grid.written for grid in spec.grids[1:]]
+        if any(row is None for row in rows):
+            raise RuntimeError("a cache grid was not written by the step")
+        return (logits, *rows, *[t for kv in spec.key_values for t in kv.written])
 
 
 # ----------------------------------------------------------------------------------------------- export
+
+
+@contextmanager
+def _elu_as_exp(opset: int):
+    """ELU (alpha 1, as every ELU here) exported as Relu(x) + Exp(Min(x, 0)) - 1 instead of the Elu op, which
+    onnxruntime's CPU provider evaluates element by element: 2.4x faster on (64, 256) activations, and the sampling
+    step runs several ELUs per position. Equal to ELU within float rounding (exp(x) - 1 against expm1(x))."""
+    def elu(g, x, alpha, scale, input_scale):
+        zero, one = (g.op("Constant", value_t=torch.tensor(v, dtype=torch.float32)) for v in (0.0, 1.0))
+        negative = g.op("Sub", g.op("Exp", g.op("Min", x, zero)), one)
+        return g.op("Add", g.op("Relu", x), negative)
+
+    torch.onnx.register_custom_op_symbolic("aten::elu", elu, opset)
+    try:
+        yield
+    finally:
+        torch.onnx.unregister_custom_op_symbolic("aten::elu", opset)
 
 
 def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
             dynamic: dict[str, dict[int, str]], opset: int) -> dict:
     import warnings
 
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), _elu_as_exp(opset):
         warnings.simplefilter("ignore")  # the tracer's deprecation and constant-folding notices
         torch.onnx.export(module.eval(), args, str(path), dynamo=False, opset_version=opset, input_names=inputs,
                           output_names=outputs, dynamic_axes=dynamic, do_constant_folding=True)
@@ -203,37 +331,113 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
     return {"file": path.name, "inputs": [i.name for i in graph.input], "outputs": [o.name for o in graph.output]}
 
 
-def export_onnx(model, *, overwrite: bool = False, opset: int = OPSET, batch: int = 3, seed: int = 0) -> dict:
-    """Writes MODEL_DIR/onnx/ (temporary folder, then rename) and config.json["onnx"]; returns the manifest.
+def export_onnx(model, *, out=None, overwrite: bool = False, opset: int = OPSET, batch: int = 3, seed: int = 0) -> dict:
+    """Exports MODEL_DIR's networks to ONNX; returns the manifest (also written to config.json["onnx"]).
 
-    Fails, leaving any earlier export in place, when onnxruntime disagrees with PyTorch (see `check_parity`)."""
-    import onnxruntime
-
+    out None (or MODEL_DIR itself): MODEL_DIR/onnx/ and MODEL_DIR/config.json, which must be writable (a shipped
+    model is not). out DIR: DIR becomes a model directory of its own, for --model DIR --backend onnx: config.json,
+    the model card and the weights (what `ModelDir` and the staleness check read) copied from MODEL_DIR, plus
+    onnx/; MODEL_DIR is only read. Either way the files are written into a temporary folder and renamed into place,
+    and nothing changes when onnxruntime disagrees with PyTorch (see `check_parity`)."""
     if opset < 17:
         raise SkinaugError(f"--opset must be 17 or newer, not {opset}")
     model_dir = ModelDir(model)
     config = model_dir.config()
+    if out is not None and not _same_path(out, model_dir.path):
+        return _export_standalone(model_dir, config, Path(out), overwrite, opset, batch, seed)
     final = model_dir.path / ONNX_DIR
     if final.exists() and not overwrite:
         raise SkinaugError(f"{final} already exists: pass --overwrite to replace it")
-    started = time.perf_counter()
-    generator = torch.Generator().manual_seed(seed)
+    _require_writable(model_dir.path)
     tmp = Path(tempfile.mkdtemp(prefix=".onnx.", suffix=".tmp", dir=model_dir.path))
     try:
-        manifest = _export_all(model_dir, config, tmp, opset, batch, generator)
-        manifest.update(exporter=EXPORTER, opset=opset, torch_version=torch.__version__,
-                        onnxruntime_version=onnxruntime.__version__, export_seconds=round(time.perf_counter() - started, 2))
-        old = None
-        if final.exists():
-            old = final.with_name(f".onnx.old.{os.getpid()}")
-            os.replace(final, old)
-        os.replace(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        manifest = _export_timed(model_dir, config, tmp, opset, batch, seed)
+        _replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     model_dir.update_config(onnx=manifest)
     return manifest
+
+
+def _export_timed(model_dir: ModelDir, config: dict, out: Path, opset: int, batch: int, seed: int) -> dict:
+    import onnxruntime
+
+    started = time.perf_counter()
+    manifest = _export_all(model_dir, config, out, opset, batch, torch.Generator().manual_seed(seed))
+    manifest.update(exporter=EXPORTER, opset=opset, torch_version=torch.__version__,
+                    onnxruntime_version=onnxruntime.__version__, export_seconds=round(time.perf_counter() - started, 2))
+    return manifest
+
+
+def _export_standalone(model_dir: ModelDir, config: dict, out: Path, overwrite: bool, opset: int, batch: int,
+                       seed: int) -> dict:
+    """DIR as a model directory of its own (see `export_onnx`), built next to DIR and renamed into place."""
+    from ..modeldir import CONFIG
+
+    if out.exists():
+        if not overwrite:
+            raise SkinaugError(f"{out} already exists: pass --overwrite to replace it, or choose another --out")
+        if not out.is_dir() or (any(out.iterdir()) and not (out / CONFIG).is_file() and not (out / ONNX_DIR).is_dir()):
+            raise SkinaugError(f"{out} exists and is not an exported model directory: choose another --out")
+        if _inside(model_dir.path, out):
+            raise SkinaugError(f"--out {out} would replace the model being exported: choose another --out")
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
+    except OSError as error:
+        raise SkinaugError(f"cannot write into {parent} ({error.strerror or error}): choose another --out") from None
+    try:
+        for name in (CONFIG, "MODEL_CARD.md", VQVAE_WEIGHTS, *PRIOR_WEIGHTS.values()):
+            if (model_dir.path / name).is_file():
+                shutil.copyfile(model_dir.path / name, tmp / name)
+        (tmp / ONNX_DIR).mkdir()
+        manifest = _export_timed(model_dir, config, tmp / ONNX_DIR, opset, batch, seed)
+        ModelDir(tmp).update_config(onnx=manifest)
+        _replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
+
+
+def _require_writable(path: Path) -> None:
+    """One clear line when the export cannot go into the model directory itself."""
+    from ..modeldir import is_shipped
+
+    hint = f"export it elsewhere with `skinaug export onnx --model {path} --out DIR`"
+    if is_shipped(path):
+        raise SkinaugError(f"{path} is a model shipped with skinaug and is read-only: {hint}")
+    probe = None
+    try:
+        probe = tempfile.mkdtemp(prefix=".write-check.", dir=path)
+    except OSError as error:
+        raise SkinaugError(f"{path} is not writable ({error.strerror or error}): {hint}") from None
+    finally:
+        if probe is not None:
+            os.rmdir(probe)
+
+
+def _replace(source: Path, target: Path) -> None:
+    """Renames source to target; an existing target is moved aside first and removed once source is in place."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old.{os.getpid()}")
+        os.replace(target, old)
+    os.replace(source, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _same_path(a, b) -> bool:
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def _inside(path, folder) -> bool:
+    try:
+        Path(path).resolve().relative_to(Path(folder).resolve())
+    except ValueError:
+        return False
+    return True
 
 
 def _export_all(model_dir: ModelDir, config: dict, out: Path, opset: int, batch: int, generator) -> dict:
@@ -270,8 +474,6 @@ def _export_all(model_dir: ModelDir, config: dict, out: Path, opset: int, batch:
 
 
 def _export_prior(prior, level: str, out: Path, opset: int, batch: int, generator) -> dict:
-    from ..priors.cache import GridLayout
-
     config = prior.config
     codes = torch.randint(config.codebook_size, (batch, config.height, config.width), generator=generator)
     extra, extra_names = [], []
@@ -298,35 +500,42 @@ def _export_prior(prior, level: str, out: Path, opset: int, batch: int, generato
     if config.conditioned:
         entry["condition"] = _export(ConditionGraph(prior), (condition,), out / f"prior_{level}_condition.onnx",
                                      ["condition"], ["condition_features"],
-                                     {"condition": {0: "batch"}, "condition_features": {0: "batch"}}, opset)
+                                     {"condition": {0: "batch"}, "condition_features": {1: "batch"}}, opset)
         with torch.no_grad():
-            step_extra.append(prior.condition_stack(condition))
+            step_extra.append(ConditionGraph(prior)(condition))
         step_names.append("condition_features")
     graph = StepGraph(prior)
-    shapes = graph.cache_shapes()
-    caches = []
-    for spec in shapes:
-        shape = list(spec["shape"])
-        shape[spec["batch_axis"]] = batch
-        caches.append(torch.randn(*shape, generator=generator))
-    layout = GridLayout(config.height, config.width, config.kernel_size)
-    plan = layout.plan(prior.wavefront_skew)
-    widest = plan[int((plan[:, :, 1] < layout.positions).sum(1).argmax())]
-    cache_names = [f"cache_{i}" for i in range(len(caches))]
-    row_names = [f"rows_{i}" for i in range(1, len(caches))]
-    dynamic = {"cells": {0: "slots"}, "raster": {0: "slots"}, "windows": {0: "slots"},
-               "logits": {0: "batch", 1: "slots"}}
+    grid_channels, attention_channels, row_channels = graph.grid_channels, graph.attention_channels, graph.row_channels
+    layout = graph.layout
+    position = min(layout.positions - 1, config.width + 1)  # a position with rows above and columns to the left
+    caches = [torch.randn(layout.cells, batch, c, generator=generator) for c in grid_channels]
+    for c in attention_channels:
+        caches += [torch.randn(position + 1, batch, c, generator=generator) for _ in range(2)]
+    sums = [torch.randn(layout.width, batch, c, generator=generator) for c in row_channels]
+    grid_names = [f"grid_{i}" for i in range(len(grid_channels))]
+    kv_names = [f"{kind}_{a}" for a in range(len(attention_channels)) for kind in ("keys", "values")]
+    above_names = [f"above_{k}" for k in range(len(row_channels))]
+    row_names = [f"rows_{i}" for i in range(1, len(grid_channels))]
+    new_kv_names = [f"{kind}_{a}" for a in range(len(attention_channels)) for kind in ("key", "value")]
+    dynamic = {name: {0: "batch"} for name in ["logits", *row_names, *new_kv_names]}
     dynamic.update({name: {0: "batch"} for name in step_names})
-    dynamic.update({name: {spec["batch_axis"]: "batch"} for name, spec in zip(cache_names, shapes)})
-    dynamic.update({name: {spec["batch_axis"]: "batch", spec["batch_axis"] + 1: "slots"}
-                    for name, spec in zip(row_names, shapes[1:])})
-    entry["step"] = _export(graph, (widest[:, 0], widest[:, 1], widest[:, 2:], *step_extra, *caches),
-                            out / f"prior_{level}_step.onnx", ["cells", "raster", "windows", *step_names, *cache_names],
-                            ["logits", *row_names], dynamic, opset)
-    entry["step"]["caches"] = shapes
-    np.save(out / f"prior_{level}_plan.npy", plan.numpy().astype(np.int64), allow_pickle=False)
-    np.save(out / f"prior_{level}_embedding.npy", prior.embed.weight.detach().float().numpy(), allow_pickle=False)
-    entry["plan"], entry["embedding"] = f"prior_{level}_plan.npy", f"prior_{level}_embedding.npy"
+    if config.conditioned:
+        dynamic["condition_features"] = {1: "batch"}
+    dynamic.update({name: {1: "batch"} for name in grid_names})
+    dynamic.update({name: {0: "prefix", 1: "batch"} for name in kv_names})
+    dynamic.update({name: {1: "batch"} for name in above_names})
+    entry["step"] = _export(graph, (torch.tensor([position]), *step_extra, *caches, *sums),
+                            out / f"prior_{level}_step.onnx", ["position", *step_names, *grid_names, *kv_names,
+                                                                *above_names],
+                            ["logits", *row_names, *new_kv_names], dynamic, opset)
+    entry["step"].update(grids=grid_channels, attention=attention_channels, above=row_channels, cells=layout.cells,
+                         r=layout.r, padded_width=layout.padded_width)
+    entry["row"] = _export(RowGraph(graph), (torch.tensor([position // config.width]), *caches[: len(grid_channels)]),
+                           out / f"prior_{level}_row.onnx", ["row", *grid_names], above_names,
+                           {**{name: {1: "batch"} for name in grid_names + above_names}}, opset)
+    codes = torch.randint(config.codebook_size, (batch,), generator=generator)
+    entry["embed"] = _export(EmbedGraph(prior), (codes,), out / f"prior_{level}_embed.onnx", ["codes"], ["embedded"],
+                             {"codes": {0: "batch"}, "embedded": {0: "batch"}}, opset)
     return entry
 
 

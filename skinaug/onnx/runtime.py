@@ -48,6 +48,24 @@ def requested_providers(device: str, available: list[str]) -> list:
     raise SkinaugError(f"unsupported device {device!r}: use auto, cpu, cuda or cuda:N")
 
 
+def usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def session_device(session) -> tuple[str, int]:
+    """(device type, device id) for IOBinding: where the session runs, so caches live next to its kernels."""
+    provider = session.get_providers()[0]
+    if provider == CUDA:
+        return "cuda", int(session.get_provider_options().get(CUDA, {}).get("device_id", 0))
+    return "cpu", 0
+
+
 def file_digest(path) -> str:
     import hashlib
 
@@ -87,11 +105,21 @@ class OnnxModel:
                 raise SkinaugError(f"{self.onnx_dir} was exported from other {weights[key]} weights: run "
                                    f"`skinaug export onnx --model {self.model_dir.path} --overwrite`")
 
+    def session_options(self):
+        """One intra-op thread per usable CPU core, no inter-op pool (the graphs are chains: sequential execution),
+        every graph optimisation; onnxruntime's own warnings (e.g. a provider that did not start) stay quiet."""
+        options = self.ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = usable_cpus()
+        options.inter_op_num_threads = 1
+        options.execution_mode = self.ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return options
+
     def session(self, file: str):
         if file not in self._sessions:
-            options = self.ort.SessionOptions()
-            options.log_severity_level = 3  # onnxruntime's own warnings (e.g. a provider that did not start) stay quiet
-            session = self.ort.InferenceSession(str(self.onnx_dir / file), options, providers=self.providers)
+            session = self.ort.InferenceSession(str(self.onnx_dir / file), self.session_options(),
+                                                providers=self.providers)
             used = session.get_providers()[0]
             if self.provider is None:
                 wanted = self.providers[0][0] if isinstance(self.providers[0], tuple) else self.providers[0]
@@ -193,6 +221,20 @@ class OnnxPrior:
         self.model, self.entry = model, entry
         self.height, self.width = entry["height"], entry["width"]
         self.codebook_size = entry["codebook_size"]
+        self._buffers: dict = {}  # (shape, device) -> OrtValue, kept from one sampling call to the next
+
+    def _zeros(self, key: tuple, shape: tuple, device: str, device_id: int):
+        """A float32 buffer on the device, zeroed. Reused across calls of the same batch size: fresh memory costs a
+        page fault per 4 KiB page on first write (a sizeable share of a step on the CPU); zeroing it again is one
+        copy per call."""
+        ort, zeros = self.model.ort, np.zeros(shape, np.float32)
+        value = self._buffers.get(key)
+        if value is None or tuple(value.shape()) != tuple(shape) or value.device_name() != device:
+            value = ort.OrtValue.ortvalue_from_numpy(zeros, device, device_id)
+            self._buffers[key] = value
+        else:
+            value.update_inplace(zeros)
+        return value
 
     def _extra(self, labels, condition, batch: int) -> dict:
         feeds = {}
@@ -215,50 +257,98 @@ class OnnxPrior:
                uniforms: np.ndarray | None = None, rng: np.random.Generator | None = None, keep=None,
                return_logits: bool = False):
         """Codes (B, H, W) int64 by the cached per-step graph (see `skinaug.priors.fast`); the same codes as the torch
-        `sample` given the same uniforms. keep: (codes, mask) as there."""
+        `sample` given the same uniforms. keep: (codes, mask) as there.
+
+        One step per position, in raster order. The caches are onnxruntime buffers on the session's device, bound
+        with IOBinding and never copied: a step reads whole grids (cell-major, (cells, B, C)) and the valid prefix
+        of each key/value cache, and its outputs, the position's new grid entries and key/value, are bound straight
+        into the caches at the position's cell and slot. The drawn codes' embeddings go into grid 0 through the embed
+        graph the same way. At the start of each image row the row graph sums every conv's taps on the rows above
+        for the whole row (one large matmul per conv) into buffers that the row's steps read, so a step gathers only
+        the taps to its left. Only the logits (B, K) come back to the host, where codes are drawn."""
         check_draw_args(temperature, top_k)
-        positions = self.height * self.width
+        positions, width = self.height * self.width, self.width
         uniforms = self._uniforms(uniforms, rng, n, positions)
         kept_codes, kept = self._keep(keep, n)
         extra = self._extra(labels, condition, n)
-        feeds = {}
-        if "labels" in extra:
-            feeds["labels"] = extra["labels"]
-        if "condition" in extra:
-            feeds["condition_features"] = self.model.run(self.entry["condition"], {"condition": extra["condition"]})[0]
         step = self.entry["step"]
-        caches = []
-        for spec in step["caches"]:
-            shape = list(spec["shape"])
-            shape[spec["batch_axis"]] = n
-            caches.append(np.zeros(shape, np.float32))
-        plan = np.load(self.model.onnx_dir / self.entry["plan"], allow_pickle=False)
-        embedding = np.load(self.model.onnx_dir / self.entry["embedding"], allow_pickle=False)
-        slots_used = (plan[:, :, 1] < positions).sum(axis=1)
+        session, embed = self.model.session(step["file"]), self.model.session(self.entry["embed"]["file"])
+        device, device_id = session_device(session)
+        ort = self.model.ort
+
+        def buffer(key, shape) -> object:  # zeros: the grids' padding cells and the dummy key/value slot stay zero
+            return self._zeros(key, shape, device, device_id)
+
+        binding, wanted = session.io_binding(), set(step["inputs"])
+        if "labels" in wanted:
+            binding.bind_ortvalue_input("labels", ort.OrtValue.ortvalue_from_numpy(extra["labels"], device, device_id))
+        if "condition" in extra:
+            stack = self.model.session(self.entry["condition"]["file"])
+            stack_binding = stack.io_binding()
+            stack_binding.bind_cpu_input("condition", extra["condition"])
+            stack_binding.bind_output("condition_features", device, device_id)
+            stack.run_with_iobinding(stack_binding)
+            features = stack_binding.get_outputs()[0]
+            if "condition_features" in wanted:
+                binding.bind_ortvalue_input("condition_features", features)
+        grids = [buffer(("grid", i), (step["cells"], n, channels)) for i, channels in enumerate(step["grids"])]
+        for index, grid in enumerate(grids):
+            if f"grid_{index}" in wanted:
+                binding.bind_ortvalue_input(f"grid_{index}", grid)
+        key_values = [(buffer(("keys", a), (positions + 1, n, channels)), buffer(("values", a), (positions + 1, n, channels)),
+                       channels) for a, channels in enumerate(step["attention"])]
+        # the convs' above-tap sums of the current row: written by the row graph, read by the steps; zero for row 0,
+        # whose rows above are padding
+        sums = [buffer(("above", k), (width, n, channels)) for k, channels in enumerate(step["above"])]
+        rows = self.model.session(self.entry["row"]["file"])
+        row_binding, row_inputs = rows.io_binding(), set(self.entry["row"]["inputs"])
+        for index, grid in enumerate(grids):
+            if f"grid_{index}" in row_inputs:
+                row_binding.bind_ortvalue_input(f"grid_{index}", grid)
+        for index, value in enumerate(sums):
+            row_binding.bind_ortvalue_output(f"above_{index}", value)
+            if f"above_{index}" in wanted:
+                binding.bind_ortvalue_input(f"above_{index}", value)
+        logits = np.empty((n, self.codebook_size), np.float32)
+        embed_binding = embed.io_binding()
         codes = np.zeros((n, positions), np.int64)
         logits_out = np.zeros((n, positions, self.codebook_size), np.float32) if return_logits else None
-        session = self.model.session(step["file"])
-        wanted = set(step["inputs"])
-        for row, used in zip(plan, slots_used):
-            row = row[:used]
-            cells, raster = row[:, 0], row[:, 1]
-            feeds.update(cells=np.ascontiguousarray(cells), raster=np.ascontiguousarray(raster),
-                         windows=np.ascontiguousarray(row[:, 2:]))
-            feeds.update({f"cache_{i}": cache for i, cache in enumerate(caches)})
-            logits, *rows = session.run(None, {name: value for name, value in feeds.items() if name in wanted})
-            for spec, cache, values in zip(step["caches"][1:], caches[1:], rows):
-                if spec["batch_axis"] == 0:
-                    cache[:, cells] = values
-                else:  # attention keys and values (2, B, heads, slots, head_dim), by raster index
-                    cache[:, :, :, raster] = values
-            drawn = draw_codes(logits.reshape(n * used, -1), uniforms[:, raster].reshape(-1), temperature, top_k)
-            drawn = drawn.reshape(n, used)
+        r, padded_width, size = step["r"], step["padded_width"], np.dtype(np.float32).itemsize
+
+        def at(value, index: int, channels: int) -> int:  # the address of block `index` of a (blocks, n, C) buffer
+            return value.data_ptr() + index * n * channels * size
+
+        for p in range(positions):
+            cell = (p // width + r) * padded_width + p % width + r
+            if p % width == 0 and p and sums:  # a new row: its above-tap sums, from the rows now complete
+                row = np.array([p // width], np.int64)
+                row_binding.bind_cpu_input("row", row)
+                rows.run_with_iobinding(row_binding)
+            position = np.array([p], np.int64)
+            binding.bind_cpu_input("position", position)
+            for index, (grid, channels) in enumerate(zip(grids[1:], step["grids"][1:]), start=1):
+                binding.bind_output(f"rows_{index}", device, device_id, np.float32, [n, channels], at(grid, cell, channels))
+            for a, (keys, values, channels) in enumerate(key_values):
+                for kind, cache in (("keys", keys), ("values", values)):
+                    if f"{kind}_{a}" in wanted:  # slots 0 (a dummy) .. p: the valid prefix
+                        binding.bind_input(f"{kind}_{a}", device, device_id, np.float32, [p + 1, n, channels],
+                                           cache.data_ptr())
+                    binding.bind_output(f"{kind[:-1]}_{a}", device, device_id, np.float32, [n, channels],
+                                        at(cache, p + 1, channels))
+            binding.bind_output("logits", "cpu", 0, np.float32, [n, self.codebook_size], logits.ctypes.data)
+            session.run_with_iobinding(binding)
+            if device != "cpu":
+                binding.synchronize_outputs()
+            drawn = draw_codes(logits, uniforms[:, p], temperature, top_k)
             if kept is not None:
-                drawn = np.where(kept[:, raster], kept_codes[:, raster], drawn)
-            codes[:, raster] = drawn
+                drawn = np.where(kept[:, p], kept_codes[:, p], drawn)
+            codes[:, p] = drawn
             if logits_out is not None:
-                logits_out[:, raster] = logits
-            caches[0][:, cells] = embedding[drawn]
+                logits_out[:, p] = logits
+            embed_binding.bind_cpu_input("codes", np.ascontiguousarray(drawn))
+            embed_binding.bind_output("embedded", device, device_id, np.float32, [n, step["grids"][0]],
+                                      at(grids[0], cell, step["grids"][0]))
+            embed.run_with_iobinding(embed_binding)
         codes = codes.reshape(n, self.height, self.width)
         if not return_logits:
             return codes

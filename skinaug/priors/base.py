@@ -6,7 +6,6 @@ from __future__ import annotations
 from abc import ABCMeta, abstractmethod
 from types import SimpleNamespace
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -79,16 +78,14 @@ class CausalPrior(nn.Module, metaclass=ABCMeta):
             features = spec.cast(F.pad(features, (0, 0, 0, 1)))
         return SimpleNamespace(
             embedded=embedded, embedding=spec.cast(self.embed.weight), condition=features,
-            head=(spec.matrix(self.head.weight), spec.cast(self.head.bias)),
+            head=spec.linear(self.head.weight, self.head.bias),
             body=self.start_body(spec, labels, embedded))
 
     def step(self, state: SimpleNamespace, step: Step) -> Tensor:
         """Logits (batch * slots, K) in float32 at the step's positions; their codes' windows must be written."""
         if state.condition is not None:
             step.condition = state.condition.index_select(1, step.raster).flatten(0, 1)
-        hidden = self.body_step(state.body, step)
-        weight, bias = state.head
-        return torch.addmm(bias, F.elu(hidden), weight).float()
+        return state.head(F.elu(self.body_step(state.body, step))).float()
 
     def write_codes(self, state: SimpleNamespace, step: Step, codes: Tensor) -> None:
         """Make the drawn codes (batch * slots,) visible to later positions."""

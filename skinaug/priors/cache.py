@@ -5,11 +5,16 @@ Every layer input that a causal window reads is kept for the whole batch on a pa
 columns on each side stand in for the convolutions' zero padding, so a causal window is a fixed list of cell
 offsets and one gather reads it; the extra bottom row is scratch for the unused slots of a step, which no real
 window ever reads.
+
+Also here: how a step multiplies (`StepMatmul`: prepacked oneDNN weights on the CPU), how a conv reads its grid
+(`ConvStep`: the above taps once per image row in raster order) and the attention's key/value cache
+(`KeyValueCache`: only the valid prefix is read when the step knows it). The ONNX export (`skinaug.onnx.export`)
+swaps grids and key/value caches for its own, which read graph inputs, through the same `CacheSpec` interface.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -56,6 +61,10 @@ class GridLayout:
         above = [dy * wp + dx for dy in range(-r, 0) for dx in range(-r, r + 1)]
         return above + list(range(-r, 0)) + [0]
 
+    def cell(self, i, j):
+        """The grid cell of position (i, j) (ints or tensors)."""
+        return (i + self.r) * self.padded_width + j + self.r
+
     def plan(self, skew: int | None) -> Tensor:
         """The sampling schedule as a (steps, slots, 2 + taps) table: per slot [cell, raster index, window cells].
 
@@ -93,14 +102,25 @@ class Step:
     windows: Tensor  # (slots, taps) grid cells of each position's causal window
     batch: int
     condition: Tensor | None = None  # (batch * slots, C) condition features at these positions
+    kv_length: int | None = None  # attention reads key/value slots [0, kv_length) only (None: all, masked)
+    _flat: dict = field(default_factory=dict, repr=False)  # flat_windows, per tap run
 
     @classmethod
-    def from_plan_row(cls, row: Tensor, batch: int) -> Step:
-        return cls(cells=row[:, 0], raster=row[:, 1], windows=row[:, 2:], batch=batch)
+    def from_plan_row(cls, row: Tensor, batch: int, kv_length: int | None = None) -> Step:
+        return cls(cells=row[:, 0], raster=row[:, 1], windows=row[:, 2:], batch=batch, kv_length=kv_length)
 
     @property
     def slots(self) -> int:
         return self.cells.shape[0]
+
+    def flat_windows(self, taps: slice, cells: int) -> Tensor:
+        """(batch * slots * taps,) rows of a grid flattened to (batch * cells, C): every image's windows, image-major,
+        in the packed weights' tap order. Made once per step and tap run; all grids share the layout."""
+        key = (taps.start, taps.stop)
+        if key not in self._flat:
+            image = torch.arange(self.batch, device=self.windows.device).mul_(cells)
+            self._flat[key] = (image[:, None, None] + self.windows[None, :, taps]).flatten()
+        return self._flat[key]
 
     def rows(self, table: Tensor) -> Tensor:
         """Rows of a per-position table (H * W + 1, D) at this step's positions, for every image: (batch * slots, D).
@@ -113,31 +133,171 @@ class Grid:
     """One layer input on the padded grid for the whole batch, written a step at a time, read as causal windows."""
 
     def __init__(self, batch: int, layout: GridLayout, channels: int, dtype: torch.dtype, device: torch.device):
+        self.layout = layout
         self.data = torch.zeros(batch, layout.cells, channels, dtype=dtype, device=device)
 
     def write(self, step: Step, values: Tensor) -> None:
         self.data.index_copy_(1, step.cells, values.reshape(step.batch, step.slots, -1).to(self.data.dtype))
 
     def windows(self, step: Step, taps: slice) -> Tensor:
-        """(batch * slots, taps * channels): each position's window, flattened tap-major like the packed weights."""
-        return self.data[:, step.windows[:, taps]].reshape(step.batch * step.slots, -1)
+        """(batch * slots, taps * channels): each position's window, flattened tap-major like the packed weights.
+        One index_select of whole channel rows (several times faster on the CPU than advanced indexing)."""
+        rows = self.data.view(-1, self.data.shape[-1]).index_select(0, step.flat_windows(taps, self.data.shape[1]))
+        return rows.view(step.batch * step.slots, -1)
+
+    def row_windows(self, i: int, taps: slice) -> Tensor:
+        """(W * B, taps * channels): the windows of every position of row i, position-major (all images at column 0,
+        then column 1, ...), for `ConvStep.row`."""
+        layout, (batch, cells, channels) = self.layout, self.data.shape
+        offsets = torch.tensor(layout.window_offsets()[taps], device=self.data.device)
+        positions = layout.cell(i, torch.arange(layout.width, device=self.data.device))
+        image = torch.arange(batch, device=self.data.device) * cells
+        index = (positions[:, None, None] + image[None, :, None] + offsets[None, None]).flatten()
+        return self.data.view(-1, channels).index_select(0, index).view(layout.width * batch, -1)
+
+
+class KeyValueCache:
+    """Attention keys and values of the positions sampled so far, by raster index: (2, B, heads, slots, head_dim),
+    slots = H * W + 1 (the last is scratch) rounded up to a multiple of 16. A position attends to the slots up to its
+    own; when the step knows how far its positions reach (`Step.kv_length`, the eager loop's host-side plan), only
+    that prefix is read, else the whole cache, masked (static shapes for CUDA graphs and torch.compile)."""
+
+    def __init__(self, batch: int, heads: int, head_dim: int, positions: int, dtype: torch.dtype,
+                 device: torch.device):
+        slots = -(-(positions + 1) // 16) * 16
+        self.heads = heads
+        self.data = torch.zeros(2, batch, heads, slots, head_dim, dtype=dtype, device=device)
+        self.slot_index = torch.arange(slots, device=device)
+
+    def attend(self, step: Step, query: Tensor, key_value: Tensor) -> Tensor:
+        """query (batch * slots, C), key_value (batch * slots, 2C) at the step's positions -> attended
+        (batch * slots, C). The keys and values are stored first: a position attends to itself."""
+        batch, slots = step.batch, step.slots
+        # (B * slots, 2C) -> (2, B, heads, slots, head_dim), to each position's raster slot
+        self.data.index_copy_(3, step.raster, key_value.reshape(batch, slots, 2, self.heads, -1).permute(2, 0, 3, 1, 4))
+        cache, slot_index = self.data, self.slot_index
+        if step.kv_length is not None:
+            cache, slot_index = cache[:, :, :, : step.kv_length], slot_index[: step.kv_length]
+        # a handful of queries against the cache: plain matmuls, where fused kernels would tile 64 queries at a time
+        query = query.reshape(batch, slots, self.heads, -1).transpose(1, 2)
+        scores = torch.matmul(query, cache[0].transpose(-1, -2))
+        scores.masked_fill_(slot_index > step.raster[:, None], float("-inf"))
+        return torch.matmul(scores.softmax(dim=-1), cache[1]).transpose(1, 2).reshape(batch * slots, -1)
+
+
+class StepMatmul:
+    """x @ weight (+ bias) (+ add) at a step's positions; weight (in, out), bias (out,), add (rows, out).
+
+    packed: the weight is prepacked once for oneDNN's matmul (`torch.ops.mkldnn._linear_pointwise`), which runs
+    float32 GEMMs with AVX-512 on any x86 CPU: 2.2 to 2.4x the speed of `torch.addmm` (MKL, which keeps its AVX-512
+    kernels for Intel CPUs) on the 2-core AMD EPYC of benchmarks/RESULTS.md, at every step size from 7 rows up.
+    Otherwise (CUDA, bfloat16, torch.compile, a torch without oneDNN) a plain addmm, as the step always did."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None = None, packed: bool = False):
+        self.weight, self.bias, self.packed = weight, bias, None
+        if packed:
+            try:
+                self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.t().contiguous())
+            except (AttributeError, RuntimeError):  # no oneDNN in this build: the plain path
+                self.packed = None
+
+    def __call__(self, x: Tensor, add: Tensor | None = None) -> Tensor:
+        if self.packed is not None:
+            out = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+            return out if add is None else out.add_(add)
+        bias = add if self.bias is None else (self.bias if add is None else add + self.bias)
+        return x @ self.weight if bias is None else torch.addmm(bias, x, self.weight)
+
+
+class ConvStep:
+    """A causal conv at sampling time: its packed weight (`StepMatmul`) and the grid it reads.
+
+    rows_above: the taps on the r rows above (r * k of the window's taps) are computed once per image row, for the
+    whole row in one matmul of (W * B) rows (`row`, when the rows above are final: raster order), leaving a step
+    only the taps to its left and its centre. Same arithmetic, split in two sums; larger matmuls, a third of the
+    gathering, and no work on the padding rows above the first row. Otherwise one matmul over the whole window."""
+
+    def __init__(self, spec: CacheSpec, grid, taps: slice, weight: Tensor, bias: Tensor | None):
+        layout = spec.layout
+        n_above = layout.r * layout.kernel_size
+        above_taps = max(0, min(taps.stop, n_above) - taps.start)
+        self.grid, self.taps, self.width, self.batch = grid, taps, layout.width, spec.batch
+        self.split = spec.rows_above and above_taps > 0
+        if not self.split:
+            self.full = spec.matmul(weight, bias)
+            return
+        channels = weight.shape[0] // (taps.stop - taps.start)
+        self.above = spec.matmul(weight[: above_taps * channels])
+        self.above_taps = slice(taps.start, taps.start + above_taps)
+        self.left_taps = slice(n_above, taps.stop)
+        self.left = spec.matmul(weight[above_taps * channels :], bias) if taps.stop > n_above else None
+        self.bias = None if self.left is not None or bias is None else spec.cast(bias)
+        self.rows = spec.zeros(layout.width, spec.batch, weight.shape[1])  # (W, B, out): row 0 reads only padding
+        spec.conv_steps.append(self)
+
+    def row(self, i) -> None:
+        """The above taps' sums at every position of row i: its rows above must be final."""
+        windows = self.grid.row_windows(i, self.above_taps)  # (W * B, taps * C), position-major
+        self.rows = self.above(windows).view(self.width, self.batch, -1)
+
+    def __call__(self, step: Step, add: Tensor | None = None) -> Tensor:
+        """(batch * slots, out) at the step's positions, plus `add` (rows, e.g. a gate bias)."""
+        if not self.split:
+            return self.full(self.grid.windows(step, self.taps), add)
+        above = self.rows.index_select(0, step.raster % self.width)  # (slots, B, out)
+        above = above[0] if step.slots == 1 else above.transpose(0, 1).reshape(step.batch * step.slots, -1)
+        if add is not None:
+            above = above + add
+        if self.left is not None:
+            return self.left(self.grid.windows(step, self.left_taps), above)
+        return above if self.bias is None else above + self.bias
+
+
+def onednn_matmuls(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether step matmuls should use prepacked oneDNN weights (`StepMatmul`): float32 on the CPU, with oneDNN."""
+    return (device.type == "cpu" and dtype == torch.float32 and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
 @dataclass(frozen=True)
 class CacheSpec:
-    """Batch size, grid, dtype and device of one sampling call: what layers need to set up their caches."""
+    """Batch size, grid, dtype and device of one sampling call: what layers need to set up their caches.
+    packed: step matmuls with prepacked oneDNN weights (`StepMatmul`); never under torch.compile.
+    rows_above: convs sum their above taps once per image row (`ConvStep`); the sampler then calls `row` on every
+    one in `conv_steps` at the start of each row (raster order, eager loop only)."""
 
     batch: int
     layout: GridLayout
     dtype: torch.dtype
     device: torch.device
+    packed: bool = False
+    rows_above: bool = False
+    conv_steps: list = field(default_factory=list)
 
     def grid(self, channels: int) -> Grid:
         return Grid(self.batch, self.layout, channels, self.dtype, self.device)
 
+    def key_value_cache(self, heads: int, head_dim: int) -> KeyValueCache:
+        return KeyValueCache(self.batch, heads, head_dim, self.layout.positions, self.dtype, self.device)
+
     def cast(self, tensor: Tensor) -> Tensor:
         return tensor.detach().to(device=self.device, dtype=self.dtype)
+
+    def zeros(self, *shape: int) -> Tensor:
+        return torch.zeros(*shape, dtype=self.dtype, device=self.device)
+
+    def conv(self, grid: Grid, taps: slice, weight: Tensor, bias: Tensor | None) -> ConvStep:
+        """A causal conv reading `grid`, from its (taps * in, out) weight in window order."""
+        return ConvStep(self, grid, taps, self.cast(weight), None if bias is None else self.cast(bias))
 
     def matrix(self, weight: Tensor) -> Tensor:
         """A Linear or 1x1 conv weight (out, in[, 1, 1]) as the (in, out) right operand of a step matmul."""
         return self.cast(weight.reshape(weight.shape[0], -1).t())
+
+    def matmul(self, weight: Tensor, bias: Tensor | None = None) -> StepMatmul:
+        """A step matmul from an (in, out) weight (cast here) and an optional bias."""
+        return StepMatmul(self.cast(weight), None if bias is None else self.cast(bias), self.packed)
+
+    def linear(self, weight: Tensor, bias: Tensor | None = None) -> StepMatmul:
+        """A step matmul from a Linear or 1x1 conv weight (out, in[, 1, 1]) and an optional bias."""
+        return self.matmul(weight.reshape(weight.shape[0], -1).t(), bias)

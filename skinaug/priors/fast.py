@@ -12,6 +12,14 @@ reaches at most m * r columns right of it (r = kernel_size // 2), so row i runs 
 all rows whose turn it is go in the same step: W + (r + 1)(H - 1) steps instead of H * W (253 instead of 4,096 for a
 64x64 bottom map), bit-for-bit the same algorithm per position.
 
+Eagerly (the host drives every step: the CPU, or CUDA without graphs), three things cut the work of a step without
+changing what it computes. On the CPU in float32, every step matmul uses a weight prepacked once for oneDNN
+(`cache.StepMatmul`), whose AVX-512 kernels run 2.2 to 2.4x faster than the BLAS behind torch.addmm on an AMD EPYC.
+In raster order, each conv sums its taps on the rows above once per image row, for the whole row in one matmul,
+and a step only gathers the taps to its left (`cache.ConvStep`). Attention reads only the key/value slots its
+positions reach (`cache.KeyValueCache`). Together: 1.9x the plain step's speed on one core, for the default 64px
+priors at batch 64 (benchmarks/synthesize_cpu.py). The wavefront stays the faster schedule without attention.
+
 On CUDA a step is captured in a CUDA graph and replayed for every step of its width: it reads its positions from
 the schedule through a counter on the device, so nothing in the loop waits on the host (uniforms are drawn up front,
 codes are written into device buffers, no .item()); by default the captured step is the torch.compile'd one, which
@@ -38,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UsageError
-from .cache import CacheSpec, GridLayout, Step
+from .cache import CacheSpec, GridLayout, Step, onednn_matmuls
 from .sampling import (check_draw_args, draw_codes, evaluating, resolve_batch, resolve_keep, resolve_uniforms,
                        to_device)
 
@@ -76,9 +84,11 @@ def sample(model: nn.Module, labels: Tensor | None = None, condition: Tensor | N
     if compile == "auto":
         compile = "fallback" if device.type == "cuda" else False
     with torch.no_grad(), evaluating(model):
+        cuda_graph = use_cuda_graph is True or (use_cuda_graph == "auto" and device.type == "cuda")
         sampler = _CachedSampler(model, batch, labels, condition, uniforms, keep, temperature, top_k,
-                                 dtype or next(model.parameters()).dtype, return_logits, compile)
-        sampler.run(cuda_graph=use_cuda_graph is True or (use_cuda_graph == "auto" and device.type == "cuda"))
+                                 dtype or next(model.parameters()).dtype, return_logits, compile,
+                                 eager=not compile and not cuda_graph)
+        sampler.run(cuda_graph=cuda_graph)
     positions = config.height * config.width
     codes = sampler.codes[:, :positions].view(batch, config.height, config.width)
     if not return_logits:
@@ -93,25 +103,32 @@ class _CachedSampler:
 
     def __init__(self, model: nn.Module, batch: int, labels: Tensor | None, condition: Tensor | None,
                  uniforms: Tensor, keep: tuple[Tensor | None, Tensor | None], temperature: float, top_k: int | None,
-                 dtype: torch.dtype, record_logits: bool, compile: bool | str = False):
+                 dtype: torch.dtype, record_logits: bool, compile: bool | str = False, eager: bool = False):
         config, device = model.config, uniforms.device
         layout = GridLayout(config.height, config.width, config.kernel_size)
         self.model, self.batch, self.temperature, self.top_k = model, batch, temperature, top_k
         plan = layout.plan(model.wavefront_skew)
         self.plan = plan.to(device)
         self.slots_used = (plan[:, :, 1] < layout.positions).sum(dim=1).tolist()  # per step, for the eager loop
+        # per step, the key/value slots its positions reach: the eager loop's attention reads only that prefix
+        self.kv_lengths = (plan[:, :, 1].masked_fill(plan[:, :, 1] >= layout.positions, -1).amax(dim=1) + 1).tolist()
         self.compile = compile  # False, True, or "fallback": compile, else the plain step with a warning
         self.compiled = bool(compile)
-        self.state = model.start_sampling(CacheSpec(batch, layout, dtype, device), labels, condition)
+        # eager (the host drives every step): prepacked oneDNN matmuls on the CPU (`cache.StepMatmul`), and in raster
+        # order the convs' above taps once per image row (`cache.ConvStep`)
+        self.spec = CacheSpec(batch, layout, dtype, device, packed=eager and onednn_matmuls(device, dtype),
+                              rows_above=eager and model.wavefront_skew is None)
+        self.state = model.start_sampling(self.spec, labels, condition)
         self.uniforms = F.pad(uniforms, (0, 1))
         self.kept_codes, self.kept = (None, None) if keep[0] is None else (F.pad(t, (0, 1)) for t in keep)
         self.codes = torch.zeros(batch, layout.positions + 1, dtype=torch.long, device=device)
         self.logits = (torch.zeros(batch, layout.positions + 1, config.codebook_size, device=device)
                        if record_logits else None)
 
-    def step(self, plan_row: Tensor) -> None:
-        """Logits at the row's positions, codes drawn and written where later positions read them."""
-        step = Step.from_plan_row(plan_row, self.batch)
+    def step(self, plan_row: Tensor, kv_length: int | None = None) -> None:
+        """Logits at the row's positions, codes drawn and written where later positions read them. kv_length: how
+        many key/value slots the positions reach (host-side knowledge; None reads the whole cache, masked)."""
+        step = Step.from_plan_row(plan_row, self.batch, kv_length)
         logits = self.model.step(self.state, step)
         codes = draw_codes(logits, self.uniforms.index_select(1, step.raster).flatten(), self.temperature, self.top_k)
         if self.kept is not None:
@@ -149,8 +166,12 @@ class _CachedSampler:
             self._run_cuda_graphs()
             return
         if not self.compiled:
-            for plan_row, used in zip(self.plan, self.slots_used):  # the host knows each step: no unused slots
-                self.step(plan_row[:used])
+            width = self.model.config.width
+            for index, (plan_row, used, kv_length) in enumerate(zip(self.plan, self.slots_used, self.kv_lengths)):
+                if self.spec.rows_above and index % width == 0 and index:  # raster order: step index = position
+                    for conv in self.spec.conv_steps:
+                        conv.row(index // width)
+                self.step(plan_row[:used], kv_length)  # the host knows each step: no unused slots, no unread slots
             return
         widths, seen = self.widths(), set()  # compiled: the graphs' widths, so that few shapes get compiled
         for plan_row, used in zip(self.plan, self.slots_used):

@@ -51,11 +51,12 @@ class GatedStackLayer(nn.Module):
 
     def start(self, spec: CacheSpec, labels: Tensor | None, embedded: Grid) -> SimpleNamespace:
         channels = self.out.weight.shape[0]
+        v_inputs = embedded if self.first else spec.grid(channels)
+        h_inputs = embedded if self.first else spec.grid(channels)
         return SimpleNamespace(
-            v_inputs=embedded if self.first else spec.grid(channels),
-            h_inputs=embedded if self.first else spec.grid(channels),
-            vertical=self.vertical.pack(spec), horizontal=self.horizontal.pack(spec),
-            link=spec.matrix(self.link.weight), out=spec.matrix(self.out.weight), out_bias=spec.cast(self.out.bias),
+            v_inputs=v_inputs, h_inputs=h_inputs,
+            vertical=self.vertical.pack(spec, v_inputs), horizontal=self.horizontal.pack(spec, h_inputs),
+            link=spec.linear(self.link.weight), out=spec.linear(self.out.weight, self.out.bias),
             gate_bias=self.gate_bias.start(spec, labels))
 
     def step(self, state: SimpleNamespace, step: Step, v: Tensor | None,
@@ -64,9 +65,9 @@ class GatedStackLayer(nn.Module):
             state.v_inputs.write(step, v)
             state.h_inputs.write(step, h)
         bias_v, bias_h = self.gate_bias.step(state.gate_bias, step).chunk(2, dim=1)
-        pre_v = self.vertical.step(state.vertical, state.v_inputs, step, bias=bias_v)
-        pre_h = self.horizontal.step(state.horizontal, state.h_inputs, step, bias=bias_h).addmm_(pre_v, state.link)
-        new_v, new_h = _gated(pre_v), torch.addmm(state.out_bias, _gated(pre_h), state.out)
+        pre_v = self.vertical.step(state.vertical, step, add=bias_v)
+        pre_h = self.horizontal.step(state.horizontal, step, add=bias_h) + state.link(pre_v)
+        new_v, new_h = _gated(pre_v), state.out(_gated(pre_h))
         return (new_v, new_h) if self.first else (v + new_v, h + new_h)
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .cache import CacheSpec, Grid, Step, tap_slice
+from .cache import CacheSpec, ConvStep, Grid, Step, tap_slice
 
 
 class CausalConv2d(nn.Module):
@@ -49,18 +49,16 @@ class CausalConv2d(nn.Module):
             out = out + F.conv2d(F.pad(x, (r, 0 if self.left == "inclusive" else -1, 0, 0)), self.weight_left)
         return out if self.bias is None else out + self.bias[:, None, None]
 
-    def pack(self, spec: CacheSpec) -> tuple[Tensor, Tensor | None]:
-        """(taps * in, out) weight in the window's tap order, and the bias."""
+    def pack(self, spec: CacheSpec, grid: Grid) -> ConvStep:
+        """The conv reading `grid` at sampling time: its (taps * in, out) weight in the window's tap order and its
+        bias (see `cache.ConvStep`)."""
         parts = [w.permute(2, 3, 1, 0).reshape(-1, w.shape[0]) for w in (self.weight_above, self.weight_left)
                  if w is not None]
-        return spec.cast(torch.cat(parts)), None if self.bias is None else spec.cast(self.bias)
+        return spec.conv(grid, self.taps, torch.cat(parts), self.bias)
 
-    def step(self, packed: tuple[Tensor, Tensor | None], grid: Grid, step: Step, bias: Tensor | None = None) -> Tensor:
-        """The conv at the step's positions; `bias` (rows or a vector) replaces the conv's own."""
-        weight, own_bias = packed
-        bias = own_bias if bias is None else bias
-        windows = grid.windows(step, self.taps)
-        return windows @ weight if bias is None else torch.addmm(bias, windows, weight)
+    def step(self, packed: ConvStep, step: Step, add: Tensor | None = None) -> Tensor:
+        """The conv at the step's positions, plus `add` (rows (batch * slots, out), e.g. a gate bias)."""
+        return packed(step, add)
 
 
 class GateBias(nn.Module):
@@ -86,13 +84,13 @@ class GateBias(nn.Module):
         base = self.constant[None].expand(spec.batch, -1)
         if self.per_class is not None:
             base = base + self.per_class(labels)
-        weight = None if self.from_condition is None else spec.matrix(self.from_condition.weight)
-        return SimpleNamespace(base=spec.cast(base), weight=weight)
+        projection = None if self.from_condition is None else spec.linear(self.from_condition.weight)
+        return SimpleNamespace(base=spec.cast(base), projection=projection)
 
     def step(self, state: SimpleNamespace, step: Step) -> Tensor:
         """(batch * slots, channels); may be a view of the cache, so it is only ever read."""
         base = state.base.unsqueeze(1).expand(-1, step.slots, -1).reshape(step.batch * step.slots, -1)
-        return base if state.weight is None else torch.addmm(base, step.condition, state.weight)
+        return base if state.projection is None else state.projection(step.condition, base)
 
 
 class GatedResidualBlock(nn.Module):
@@ -113,13 +111,14 @@ class GatedResidualBlock(nn.Module):
 
     def start(self, spec: CacheSpec, labels: Tensor | None) -> SimpleNamespace:
         channels = self.conv1.bias.shape[0]
-        return SimpleNamespace(inputs=spec.grid(channels), hidden=spec.grid(channels), conv1=self.conv1.pack(spec),
-                               conv2=self.conv2.pack(spec), gate_bias=self.gate_bias.start(spec, labels))
+        inputs, hidden = spec.grid(channels), spec.grid(channels)
+        return SimpleNamespace(inputs=inputs, hidden=hidden, conv1=self.conv1.pack(spec, inputs),
+                               conv2=self.conv2.pack(spec, hidden), gate_bias=self.gate_bias.start(spec, labels))
 
     def step(self, state: SimpleNamespace, step: Step, x: Tensor) -> Tensor:
         state.inputs.write(step, F.elu(x))
-        state.hidden.write(step, F.elu(self.conv1.step(state.conv1, state.inputs, step)))
-        gate = self.conv2.step(state.conv2, state.hidden, step, bias=self.gate_bias.step(state.gate_bias, step))
+        state.hidden.write(step, F.elu(self.conv1.step(state.conv1, step)))
+        gate = self.conv2.step(state.conv2, step, add=self.gate_bias.step(state.gate_bias, step))
         return x + F.glu(gate, dim=1)
 
 
@@ -165,35 +164,24 @@ class CausalSelfAttention(nn.Module):
 
     def start(self, spec: CacheSpec) -> SimpleNamespace:
         """One matmul's weight and per-position bias table for query, key and value from [context, h] (the query
-        ignores the context and carries the softmax scale), and a key/value cache of H * W + 1 slots (the last is
-        scratch) rounded up to a multiple of 16; slots past a position's own are masked."""
+        ignores the context and carries the softmax scale), and a key/value cache (`cache.KeyValueCache`)."""
         channels = self.query.weight.shape[0]
         scale = (channels // self.n_heads) ** -0.5
         context_channels = self.key_value.weight.shape[1] - channels
         query_weight = F.pad(self.query.weight, (context_channels, 0)) * scale
         table = self.position(self.coordinates) + torch.cat([self.query.bias, self.key_value.bias])
         table = torch.cat([table[:, :channels] * scale, table[:, channels:]], dim=1)
-        slots = -(-(spec.layout.positions + 1) // 16) * 16
-        cache = torch.zeros(2, spec.batch, self.n_heads, slots, channels // self.n_heads, dtype=spec.dtype,
-                            device=spec.device)
         return SimpleNamespace(
-            weight=spec.matrix(torch.cat([query_weight, self.key_value.weight])),
-            table=spec.cast(F.pad(table, (0, 0, 0, 1))), merge=spec.matrix(self.merge.weight),
-            merge_bias=spec.cast(self.merge.bias), cache=cache, slot_index=torch.arange(slots, device=spec.device))
+            qkv=spec.linear(torch.cat([query_weight, self.key_value.weight])), table=spec.cast(F.pad(table, (0, 0, 0, 1))),
+            merge=spec.linear(self.merge.weight, self.merge.bias),
+            cache=spec.key_value_cache(self.n_heads, channels // self.n_heads))
 
     def step(self, state: SimpleNamespace, step: Step, h: Tensor, context: Tensor | None = None) -> Tensor:
-        batch, slots, channels = step.batch, step.slots, h.shape[1]
+        channels = h.shape[1]
         qkv_input = h if context is None else torch.cat([context, h], dim=1)
-        qkv = torch.addmm(step.rows(state.table), qkv_input, state.weight)
-        # keys and values, (B * slots, 2C) -> (2, B, heads, slots, head_dim), go to each position's raster slot
-        key_value = qkv[:, channels:].reshape(batch, slots, 2, self.n_heads, -1).permute(2, 0, 3, 1, 4)
-        state.cache.index_copy_(3, step.raster, key_value)
-        # a handful of queries against the cache: plain matmuls, where fused kernels would tile 64 queries at a time
-        query = qkv[:, :channels].reshape(batch, slots, self.n_heads, -1).transpose(1, 2)
-        scores = torch.matmul(query, state.cache[0].transpose(-1, -2))
-        scores.masked_fill_(state.slot_index > step.raster[:, None], float("-inf"))
-        attended = torch.matmul(scores.softmax(dim=-1), state.cache[1]).transpose(1, 2).reshape(batch * slots, -1)
-        merged = torch.addmm(state.merge_bias, torch.cat([F.elu(h), attended], dim=1), state.merge)
+        qkv = state.qkv(qkv_input, step.rows(state.table))
+        attended = state.cache.attend(step, qkv[:, :channels], qkv[:, channels:])
+        merged = state.merge(torch.cat([F.elu(h), attended], dim=1))
         return h + F.glu(merged, dim=1)
 
 

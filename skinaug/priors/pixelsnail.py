@@ -55,11 +55,11 @@ class PixelSNAIL(CausalPrior):
         return x
 
     def start_body(self, spec: CacheSpec, labels: Tensor | None, embedded: Grid) -> SimpleNamespace:
-        return SimpleNamespace(embedded=embedded, stem=self.stem.pack(spec),
+        return SimpleNamespace(embedded=embedded, stem=self.stem.pack(spec, embedded),
                                blocks=[block.start(spec, labels) for block in self.blocks])
 
     def body_step(self, state: SimpleNamespace, step: Step) -> Tensor:
-        x = self.stem.step(state.stem, state.embedded, step)
+        x = self.stem.step(state.stem, step)
         for block, block_state in zip(self.blocks, state.blocks):
             x = block.step(block_state, step, x)
         return x

@@ -13,19 +13,19 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from ..data import Sample, group_split, load_images, scan_dataset
 from ..errors import SkinaugError, UsageError
-from ..io import prepare_output, write_json, write_text
+from ..io import claim_output, marked_folder, write_json, write_text
 from ..runtime import log, resolve_device, warn
 from .classifier import Budget, predict, steps_for, train_classifier
 from .roc import draw_roc_png, macro_auc, macro_roc_curve, roc_auc, roc_curve
 from .sets import open_set
 
 MODES = ("replace", "add")
+CAS_FOLDER = marked_folder("CAS folder", "cas.json")
 
 
 @dataclass
@@ -210,8 +210,9 @@ def run_cas(real_dir, labels_csv, train_specs: list[str], options: CasOptions, o
     options.validate()
     if not train_specs:
         raise UsageError("--train needs at least one set: real, or a generated OUT_DIR")
-    if out is not None:
-        prepare_output(out, overwrite=overwrite, kind="output folder")
+    # the folder is written whole at the end; --overwrite replaces an earlier one only then
+    sets = [part for spec in train_specs if spec != "real" for part in spec.split("+")]
+    claim = None if out is None else claim_output(out, kind=CAS_FOLDER, inputs=(real_dir, labels_csv, *sets), overwrite=overwrite)
     device = resolve_device(options.device)
     real = scan_dataset(real_dir, labels_csv, strict=options.strict, **options.columns)
     task = choose_task(real.class_names, options.positive, options.negative)
@@ -255,12 +256,12 @@ def run_cas(real_dir, labels_csv, train_specs: list[str], options: CasOptions, o
         "task": task.title, "classes": task.class_names, "test_images": int(len(test_images)),
         "train_real_images": int(len(real_images)), "budget": asdict(options.budget), "sets": entries,
     }
-    if out is not None:
-        out = Path(out)
-        write_text(out / "predictions.csv", predictions_csv(predictions, [s.name for s in test_samples], test_labels, task))
-        draw_roc_png(curves, out / "roc.png", title=f"ROC on {len(test_images)} real test images: {task.title}")
-        write_text(out / "split.csv", split_csv({"train": (split.train, split.train_labels), "test": (test_samples, test_labels)}, task))
-        write_json(out / "cas.json", summary)
+    if claim is not None:
+        with claim:
+            write_text(claim.work / "predictions.csv", predictions_csv(predictions, [s.name for s in test_samples], test_labels, task))
+            draw_roc_png(curves, claim.work / "roc.png", title=f"ROC on {len(test_images)} real test images: {task.title}")
+            write_text(claim.work / "split.csv", split_csv({"train": (split.train, split.train_labels), "test": (test_samples, test_labels)}, task))
+            write_json(claim.work / "cas.json", summary)
         summary["out"] = str(out)
     return summary
 

@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import csv
 import io
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..data import load_images
 from ..errors import SkinaugError, UsageError
-from ..io import atomic_path, prepare_output, write_json, write_text
+from ..io import atomic_path, claim_output, marked_folder, write_json, write_text
 from ..runtime import log, resolve_device
 from .sets import open_set
 
 EMBEDDINGS = ("fixed", "classifier")
+MEMORIZATION_FOLDER = marked_folder("memorization folder", "memorization.json")
 
 
 def nearest(queries: np.ndarray, references: np.ndarray, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
@@ -91,8 +91,9 @@ def check_memorization(generated, real, *, out=None, threshold: float = 0.02, fe
     """Nearest real neighbours of every generated image; writes memorization.csv and closest_pairs.png to `out`."""
     if embedding not in EMBEDDINGS:
         raise UsageError(f"--embedding must be fixed or classifier, not {embedding!r}")
-    if out is not None:
-        prepare_output(out, overwrite=overwrite, kind="output folder")
+    # the folder is written whole at the end; --overwrite replaces an earlier one only then
+    claim = None if out is None else claim_output(out, kind=MEMORIZATION_FOLDER, inputs=(generated, real, real_labels),
+                                                  overwrite=overwrite)
     generated_set = open_set(generated, labelled=False, strict=strict)
     real_set = open_set(real, real_labels, labelled=embedding == "classifier", strict=strict, **(columns or {}))
     generated_images, generated_samples, _ = load_images(generated_set.dataset, size, strict=strict, workers=workers)
@@ -131,15 +132,15 @@ def check_memorization(generated, real, *, out=None, threshold: float = 0.02, fe
         "nearest_is_source": int(sum(r["nearest_is_source"] for r in rows)),
         "closest": [{k: rows[i][k] for k in ("image", "nearest_pixel", "pixel_distance")} for i in order[:5]],
     }
-    if out is not None:
-        out = Path(out)
-        write_text(out / "memorization.csv", _csv([rows[i] for i in order]))
-        generated_by_name = {s.name: s for s in generated_samples}
-        real_by_name = {s.name: s for s in real_samples}
-        closest = [(generated_by_name[rows[i]["image"]], real_by_name[rows[i]["nearest_pixel"]], rows[i]["pixel_distance"])
-                   for i in order[:pairs]]
-        draw_pairs(closest, out / "closest_pairs.png")
-        write_json(out / "memorization.json", summary)
+    if claim is not None:
+        with claim:
+            write_text(claim.work / "memorization.csv", _csv([rows[i] for i in order]))
+            generated_by_name = {s.name: s for s in generated_samples}
+            real_by_name = {s.name: s for s in real_samples}
+            closest = [(generated_by_name[rows[i]["image"]], real_by_name[rows[i]["nearest_pixel"]], rows[i]["pixel_distance"])
+                       for i in order[:pairs]]
+            draw_pairs(closest, claim.work / "closest_pairs.png")
+            write_json(claim.work / "memorization.json", summary)
         summary["out"] = str(out)
     return summary
 

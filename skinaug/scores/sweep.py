@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..encode import encode_dataset
 from ..errors import SkinaugError
-from ..io import prepare_output, read_json, write_json, write_text
+from ..io import claim_output, marked_folder, read_json, write_json, write_text
 from ..modeldir import ModelDir
 from ..runtime import log
 from ..train_vqvae import CHECKPOINT, TrainOptions, train_vqvae
@@ -26,6 +26,7 @@ from ..vqvae import VQVAEConfig
 
 PLAN = "sweep_plan.json"
 ROW = "sweep_row.json"
+SWEEP_FOLDER = marked_folder("sweep folder", PLAN, resumable=True)
 COLUMNS = ["codebook_size", "code_dim", "used_codes_top", "used_codes_bottom", "co_occurring_pairs", "perplexity_top",
            "perplexity_bottom", "val_mse", "mse", "epochs", "train_seconds", "model"]
 
@@ -66,13 +67,19 @@ def run_sweep(data, out, *, labels=None, codebook_sizes: list[int], code_dims: l
               options: TrainOptions, encode_batch_size: int = 64, overwrite: bool = False) -> list[dict]:
     """Trains, encodes and tabulates every (K, D) not finished yet; returns all finished rows."""
     out = Path(out)
-    prepare_output(out, overwrite=overwrite, resume=not overwrite, kind="sweep folder")
-    out.mkdir(parents=True, exist_ok=True)
-    _check_plan(out, _plan(data, labels, base, options))
+    # a rerun continues; under --overwrite the new sweep grows beside the earlier one and replaces it when done
+    claim = claim_output(out, kind=SWEEP_FOLDER, inputs=(data, labels), overwrite=overwrite, resume=not overwrite)
+    with claim:
+        return _sweep_into(claim.work, out, data, labels, codebook_sizes, code_dims, base, options, encode_batch_size)
+
+
+def _sweep_into(work: Path, out: Path, data, labels, codebook_sizes, code_dims, base, options, encode_batch_size) -> list[dict]:
+    work.mkdir(parents=True, exist_ok=True)
+    _check_plan(work, _plan(data, labels, base, options))
     columns = {"image_col": options.image_col, "label_col": options.label_col, "group_col": options.group_col}
     pairs = [(k, d) for k in codebook_sizes for d in code_dims]
     for number, (codebook_size, code_dim) in enumerate(pairs, start=1):
-        folder = config_dir(out, codebook_size, code_dim)
+        folder = config_dir(work, codebook_size, code_dim)
         if (folder / ROW).is_file():
             log(f"[{number}/{len(pairs)}] K={codebook_size}, D={code_dim}: finished earlier, skipped")
             continue
@@ -94,12 +101,12 @@ def run_sweep(data, out, *, labels=None, codebook_sizes: list[int], code_dims: l
             "co_occurring_pairs": stats.get("co_occurring_pairs"),
             "perplexity_top": stats.get("perplexity_top"), "perplexity_bottom": stats.get("perplexity_bottom"),
             "val_mse": config.get("metrics", {}).get("val_mse"), "mse": stats["mse"], "epochs": options.epochs,
-            "train_seconds": round(time.perf_counter() - started, 1), "model": str(folder),
+            "train_seconds": round(time.perf_counter() - started, 1), "model": str(config_dir(out, codebook_size, code_dim)),
         }
         write_json(folder / ROW, row)  # the mark of a finished configuration
-    rows = finished_rows(out)
-    write_text(out / "sweep.csv", _csv(rows))
-    write_json(out / "sweep.json", {"rows": rows})
+    rows = finished_rows(work)
+    write_text(work / "sweep.csv", _csv(rows))
+    write_json(work / "sweep.json", {"rows": rows})
     return rows
 
 

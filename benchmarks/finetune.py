@@ -115,7 +115,8 @@ def main() -> None:
     parser.add_argument("--level", default="both", choices=("top", "bottom", "both"))
     parser.add_argument("--epochs", type=int, default=20, help="prior epochs, the same for both starts")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--lr", type=float, default=None,
+                        help="peak learning rate for both starts (default: each start's own default, 3e-4 and 3e-5)")
     parser.add_argument("--val-fraction", type=float, default=0.2)
     parser.add_argument("--vqvae-epochs", type=int, default=0, help="0: keep the source's VQ-VAE; N: fine-tune it")
     parser.add_argument("--seed", type=int, default=0)
@@ -147,7 +148,7 @@ def main() -> None:
         vqvae_s = time.perf_counter() - started
         run("encode", args.data, "--labels", labels, "--model", base, "--out", codes_path, "--device", args.device, "--quiet")
 
-        prior_args = ["--codes", codes_path, "--batch-size", args.batch_size, "--lr", args.lr,
+        prior_args = ["--codes", codes_path, "--batch-size", args.batch_size, *(["--lr", args.lr] if args.lr else []),
                       "--val-fraction", args.val_fraction, *common]
         seconds, results = {}, {}
         for start in ("zero_shot", "scratch", "init"):
@@ -203,7 +204,7 @@ def main() -> None:
         "vqvae_relation": init_record[levels[0]]["vqvae"],
         "epochs": args.epochs,
         "batch_size": args.batch_size,
-        "lr": args.lr,
+        "lr": args.lr or "defaults (scratch 3e-4, init 3e-5)",
         "val_fraction": args.val_fraction,
         "val_images": int(len(val_index)),
         "seed": args.seed,

@@ -1,13 +1,13 @@
 """`synthesize` end to end on the CPU: images/s per batch size, torch and onnx backends, and where the time goes.
 
-    python benchmarks/synthesize_cpu.py --model /work/train/ham10000-64              # a trained model directory
-    python benchmarks/synthesize_cpu.py --random                                     # random weights, default 64px sizes
+    python benchmarks/synthesize_cpu.py --model /work/train/ham10000-64     # a trained model directory
+    python benchmarks/synthesize_cpu.py --random                            # random weights, default 64px sizes
     python benchmarks/synthesize_cpu.py --random --batch-sizes 64,256 --backends torch -n 256
 
 Speed depends on sizes, not on weights: `--random` builds a model directory with random weights and the default
 sizes of a 64px model (VQ-VAE K=256, D=8; priors from `PriorConfig.default_for`; the 7 HAM10000 classes).
 
-For each backend and batch size, `-n` images of one class (default: the second class, melanoma for HAM10000):
+For each backend and batch size, `-n` images of one class (default: melanoma, else the model's second class):
 - `write`: the whole `run_jobs` loop of `skinaug synthesize` (sampling, decoding, PNG files, labels.csv, codes.h5,
   run.json) into a fresh folder; model loading is excluded (the generator, its priors and onnxruntime sessions are
   opened and warmed up first).
@@ -15,7 +15,9 @@ For each backend and batch size, `-n` images of one class (default: the second c
 - `split`: seconds of the `write` run in the top prior, the bottom prior, the decoder and the rest (PNG writing
   and the bookkeeping of `run_jobs`), so what bounds each configuration is visible.
 The onnx backend runs on graphs exported to a temporary folder (`export_onnx(..., out=TMP)`), the model directory
-is left untouched. Timings: the best of `--repeats`. Prints one JSON object on its last stdout line.
+is left untouched. Timings: the best of `--repeats`. Prints one JSON object on its last stdout line; its
+"loadavg_before" and "loadavg_after" tell whether other work shared the cores (on 2 cores, another busy process
+can slow torch's OpenMP threads 50-fold: run on an idle machine).
 """
 
 from __future__ import annotations
@@ -182,11 +184,11 @@ def main() -> None:
                 import onnxruntime
 
                 result["onnxruntime"] = onnxruntime.__version__
-            result[backend] = run_backend(backend, run_model, label, args.n, batch_sizes, args.repeats, args.seed,
-                                          tmp, log)
+            result.setdefault("backends", {})[backend] = run_backend(backend, run_model, label, args.n, batch_sizes,
+                                                                     args.repeats, args.seed, tmp, log)
         summary = {}
         for backend in backends:
-            rates = result[backend]["results"]
+            rates = result["backends"][backend]["results"]
             best = max(rates, key=lambda b: rates[b]["images_per_s"])
             summary[backend] = {"best_batch": int(best), "images_per_s": rates[best]["images_per_s"],
                                 "images_per_s_no_write": rates[best]["images_per_s_no_write"]}

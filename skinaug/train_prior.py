@@ -44,6 +44,8 @@ PRIOR_OPTIONS = {"arch": "--arch", "channels": "--channels", "n_blocks": "--bloc
 TRAINING_ONLY = ("dropout",)
 # fields fixed by the codes being modelled: a source prior must have the same
 GRID_FIELDS = ("codebook_size", "height", "width", "condition_codebook_size", "condition_height", "condition_width")
+DEFAULT_LR = 3e-4  # peak learning rate from scratch
+FINE_TUNE_LR = 3e-5  # from --init: small data, a prior that already fits
 
 
 @dataclass
@@ -53,7 +55,7 @@ class PriorOptions:
     unconditional: bool = False
     epochs: int = 20
     batch_size: int = 32
-    lr: float = 3e-4
+    lr: float | None = None  # None: DEFAULT_LR, or FINE_TUNE_LR with init
     weight_decay: float = 0.0
     warmup_steps: int = 200
     val_fraction: float = 0.1
@@ -382,6 +384,9 @@ def train_priors(model, *, codes=None, data=None, labels=None, level="both", opt
     shipped model's name) each level starts from that model's prior (see the module docstring)."""
     model_dir = ModelDir(model)
     config = model_dir.config()
+    if options.lr is None:
+        # measured (benchmarks/finetune.py): on ~300 images, 3e-4 undoes much of what an --init prior knew
+        options.lr = FINE_TUNE_LR if init is not None else DEFAULT_LR
     require_writable(model_dir.path, f"train your priors into your own model directory (`skinaug train vqvae ... "
                                      f"--init {model_dir.path.name} --epochs 0 --out MINE`, then --model MINE)")
     if (codes is None) == (data is None):

@@ -46,7 +46,7 @@ def test_export_writes_named_graphs_a_manifest_and_parity_figures(exported):
     assert files["decoder"]["inputs"] == ["codes_top", "codes_bottom"] and files["decoder"]["outputs"] == ["images"]
     assert files["prior_top"]["full"]["inputs"] == ["codes", "labels"]
     assert files["prior_bottom"]["full"]["inputs"] == ["codes", "labels", "condition"]
-    assert files["prior_bottom"]["step"]["inputs"][:4] == ["position", "labels", "condition_features", "grid_0"]
+    assert files["prior_bottom"]["step"]["inputs"][:5] == ["raster", "windows", "labels", "condition_features", "grid_0"]
     for entry in [files["encoder"], files["decoder"], *[files[p][g] for p in ("prior_top", "prior_bottom") for g in ("full", "step")]]:
         assert (model / "onnx" / entry["file"]).is_file()
     parity = manifest["parity"]

@@ -23,7 +23,7 @@ class _Graphs:
 
         self.ort, self.onnx_dir, self._sessions = onnxruntime, folder, {}
 
-    def session(self, file):
+    def session(self, file, **options):
         if file not in self._sessions:
             self._sessions[file] = self.ort.InferenceSession(str(self.onnx_dir / file), providers=["CPUExecutionProvider"])
         return self._sessions[file]
@@ -60,7 +60,9 @@ def test_the_bound_step_and_row_graphs_sample_exactly(arch, attention, classes, 
     prior = random_prior(arch, attention, classes, conditioned, kernel_size)
     generator = torch.Generator().manual_seed(1)
     entry = _export_prior(prior, "top", tmp_path, 17, 3, generator)
-    assert entry["step"]["inputs"][0] == "position" and "row" in entry and "embed" in entry
+    assert entry["step"]["inputs"][:2] == ["raster", "windows"] and "embed" in entry
+    # the torch sampler's schedule: raster order, with the row graph, for attention; else the wavefront
+    assert entry["step"]["schedule"] == ("raster" if attention else "wavefront") and ("row" in entry) == attention
     onnx_prior = OnnxPrior(_Graphs(tmp_path), entry)
     batch = 3
     labels = torch.tensor([0, 2, 1]) if classes else None
@@ -90,16 +92,24 @@ def test_sessions_use_every_core_sequentially_with_all_graph_optimisations(tmp_p
     from skinaug.onnx.runtime import OnnxModel, usable_cpus
 
     prior = random_prior("pixelsnail", False, 0, False, 3)
-    _export(EmbedGraph(prior), (torch.zeros(2, dtype=torch.long),), tmp_path / "embed.onnx", ["codes"], ["embedded"],
-            {"codes": {0: "batch"}, "embedded": {0: "batch"}}, 17)
+    for name in ("a", "b", "c"):
+        _export(EmbedGraph(prior), (torch.zeros(1, 2, dtype=torch.long),), tmp_path / f"{name}.onnx", ["codes"],
+                ["embedded"], {"codes": {1: "batch"}, "embedded": {1: "batch"}}, 17)
     model = OnnxModel.__new__(OnnxModel)  # only what session() needs
     model.ort, model.onnx_dir, model.providers, model._sessions = onnxruntime, tmp_path, ["CPUExecutionProvider"], {}
     model.provider, model.device = None, "cpu"
-    options = model.session("embed.onnx").get_session_options()
-    assert options.intra_op_num_threads == usable_cpus() >= 1
-    assert options.inter_op_num_threads == 1
-    assert options.execution_mode == onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-    assert options.graph_optimization_level == onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    plain, step, small = (model.session("a.onnx"), model.session("b.onnx", spinning=True),
+                          model.session("c.onnx", threads=1))
+    for session in (plain, step, small):
+        options = session.get_session_options()
+        assert options.inter_op_num_threads == 1
+        assert options.execution_mode == onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+        assert options.graph_optimization_level == onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert plain.get_session_options().intra_op_num_threads == usable_cpus() >= 1
+    assert small.get_session_options().intra_op_num_threads == 1
+    # only the sampling step's idle workers spin: other sessions' would spin on the cores the step needs
+    spins = [s.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") for s in (plain, step)]
+    assert spins == ["0", "1"]
 
 
 @pytest.fixture(scope="module")

@@ -91,7 +91,9 @@ def prior(
     unconditional: Annotated[bool, typer.Option("--unconditional", help="Ignore labels: no class conditioning.")] = False,
     epochs: Annotated[int, typer.Option("--epochs", min=0, help="Passes over the codes; 0 (with --init) copies the source's priors.")] = 20,
     batch_size: BatchOpt = 32,
-    lr: Annotated[float, typer.Option("--lr", min=0.0, callback=finite_number("--lr"), help="Peak learning rate (AdamW, warm-up then cosine).")] = 3e-4,
+    lr: Annotated[Optional[float], typer.Option("--lr", min=0.0, callback=finite_number("--lr"), show_default=False,
+                                                help="Peak learning rate (AdamW, warm-up then cosine). Default: 3e-4; "
+                                                     "with --init 3e-5, which keeps what the source learned.")] = None,
     val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.0, max=0.9)] = 0.1,
     channels: Annotated[Optional[int], typer.Option("--channels", min=8, help="Width (default: sized from the grid).")] = None,
     blocks: Annotated[Optional[int], typer.Option("--blocks", min=1, help="Blocks (default: sized from the grid).")] = None,
@@ -117,7 +119,7 @@ def prior(
 
     Example: skinaug train prior --model models/derm128 --codes codes.h5 --level both
 
-    Fine-tune: skinaug train prior --model models/mine --codes mine.h5 --init ham10000-64 --epochs 5
+    Fine-tune: skinaug train prior --model models/mine --codes mine.h5 --init ham10000-64 --epochs 20
     """
     set_quiet(quiet)
     from ..train_prior import PriorOptions, train_priors

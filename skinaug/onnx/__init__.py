@@ -1,6 +1,7 @@
 """ONNX export of a model directory and an onnxruntime backend that needs neither PyTorch nor a GPU.
 
     skinaug export onnx --model MODEL_DIR          # writes MODEL_DIR/onnx/ and config.json["onnx"] (needs torch)
+    skinaug export onnx --model MODEL_DIR --out DIR   # MODEL_DIR only read: DIR becomes a model dir (read-only models)
     skinaug encode DATA --model MODEL_DIR --out codes.h5 --backend onnx   # runs with onnxruntime alone
 
 - `export.py` (imports torch): the graphs, the parity check against PyTorch, the atomic write.

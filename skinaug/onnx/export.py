@@ -11,11 +11,13 @@ Graphs (float32; names are the graph's input and output names, B a dynamic batch
     prior_L.onnx        codes (B, rows, W) [, labels (B,)] [, condition (B, Hc, Wc)] -> logits (B, K, rows, W);
                         rows <= H is dynamic, as in PyTorch (a prefix of rows gives those rows' logits)
     prior_L_condition.onnx   condition (B, Hc, Wc) -> condition_features (H * W, B, C), once per sampling call
-    prior_L_step.onnx   one position of the cached sampler (`skinaug.priors.fast`), raster order, caches bound in
-                        place by the runtime (see `StepGraph`): position (1,) [, labels] [, condition_features],
-                        grid_0 .. grid_n (cells, B, C), keys_a, values_a (prefix, B, C) -> logits (B, K),
-                        rows_1 .. rows_n (B, C), key_a, value_a (B, C)
-    prior_L_embed.onnx  codes (B,) -> embedded (B, C): the drawn codes' embeddings, for grid_0
+    prior_L_step.onnx   one step of the cached sampler (`skinaug.priors.fast`, the same schedule), every cache bound
+                        in place by the runtime (see `StepGraph`): raster (S,), windows (S, taps) [, labels]
+                        [, condition_features], grid_0 .. grid_n (cells, B, C), keys_a, values_a (prefix, B, C),
+                        above_0 .. above_m (W, B, out) -> logits (B * S, K), rows_1 .. rows_n (S, B, C), key_a,
+                        value_a (B, C)
+    prior_L_row.onnx    raster order only: the convs' above-tap sums of a whole row (see `RowGraph`)
+    prior_L_embed.onnx  codes (S, B) -> embedded (S, B, C): the drawn codes' embeddings, for grid_0
 
 `skinaug export onnx --model M` writes M/onnx/ and M/config.json["onnx"]; `--out DIR` leaves M alone and makes DIR a
 model directory of its own (config.json, model card and weights copied, plus DIR/onnx/), for a model that is
@@ -102,7 +104,8 @@ class ConditionGraph(nn.Module):
 
 
 class EmbedGraph(nn.Module):
-    """codes (B,) -> embedded (B, C): the drawn codes' embeddings, which the runtime writes into grid_0 in place."""
+    """codes (S, B) -> embedded (S, B, C): the drawn codes' embeddings, which the runtime writes into grid_0 in
+    place."""
 
     def __init__(self, prior):
         super().__init__()
@@ -113,42 +116,52 @@ class EmbedGraph(nn.Module):
 
 
 class _StepGrid:
-    """A cache grid as the exported step sees it: a read-only input (cells, B, C), cell-major, so that one position's
-    entries for the whole batch are one contiguous block. `write` keeps the value (it becomes a graph output that the
-    runtime binds straight into the grid at the position's cell); windows gather the other taps from the input and
-    take the centre, which is always the position itself, from the written value."""
+    """A cache grid as the exported graphs see it: a read-only input (cells, B, C), cell-major, so that the entries of
+    the positions of one step, for the whole batch, are one contiguous block (the runtime numbers cells in the order
+    positions are sampled, after a zero cell 0 that every padding tap reads; see `skinaug.onnx.runtime`). `write`
+    keeps the value: it becomes a graph output, (slots, B, C), which the runtime binds straight into the grid at the
+    step's cells. Windows gather the other taps at the cells the runtime gives, and take the centre, which is always
+    the position itself, from the written value."""
 
     def __init__(self, data: Tensor | None, channels: int, layout):
         self.data, self.channels, self.layout, self.written = data, channels, layout, None
         self.centre = len(layout.window_offsets()) - 1
 
     def write(self, step, values: Tensor) -> None:
-        self.written = values  # (batch * slots, C) with one slot
+        self.written = values  # (batch * slots, C), image-major like every step activation
+
+    def output(self, step) -> Tensor:
+        """The written entries, slot-major: (slots, B, C)."""
+        return self.written.reshape(step.batch, step.slots, -1).transpose(0, 1)
+
+    def _gather(self, cells: Tensor) -> Tensor:
+        """(n, t) cells -> (B, n, t, C)."""
+        n, t = cells.shape
+        rows = self.data.index_select(0, cells.flatten())  # (n * t, B, C)
+        return rows.reshape(n, t, rows.shape[1], rows.shape[2]).permute(2, 0, 1, 3)
 
     def windows(self, step, taps: slice) -> Tensor:
         parts, stop = [], min(taps.stop, self.centre)
-        if stop > taps.start:  # (t, B, C) -> (B, t, C)
-            parts.append(self.data.index_select(0, step.windows[0, taps.start : stop]).transpose(0, 1))
+        if stop > taps.start:
+            parts.append(self._gather(step.windows[:, taps.start : stop]))
         if taps.stop > self.centre:
             if self.written is None:
                 raise RuntimeError("a window reads its centre before the step wrote it")
-            parts.append(self.written[:, None])
-        return (parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)).reshape(step.batch, -1)
+            parts.append(self.written.reshape(step.batch, step.slots, 1, -1))
+        return (parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)).reshape(step.batch * step.slots, -1)
 
-    def row_windows(self, row: Tensor, taps: slice) -> Tensor:
-        """(W * B, taps * C), position-major: the windows of a whole image row, for `ConvStep.row`."""
-        layout = self.layout
-        offsets = torch.tensor(layout.window_offsets()[taps])
-        cells = layout.cell(row, torch.arange(layout.width))[:, None] + offsets  # (W, taps)
-        windows = self.data.index_select(0, cells.flatten())  # (W * taps, B, C)
-        batch, channels = self.data.shape[1], self.data.shape[2]
-        return windows.reshape(layout.width, -1, batch, channels).transpose(1, 2).reshape(layout.width * batch, -1)
+    def row_windows(self, cells: Tensor, taps: slice) -> Tensor:
+        """(W * B, taps * C), position-major: the windows of a whole image row, given their cells (W, above taps),
+        for `ConvStep.row`."""
+        windows = self._gather(cells[:, taps]).transpose(0, 1)  # (W, B, t, C)
+        return windows.reshape(windows.shape[0] * windows.shape[1], -1)
 
 
 class _StepKeyValues:
     """An attention layer's keys and values as the exported step sees them: two read-only inputs (L, B, C),
     position-major, holding a dummy slot 0 (masked) and then positions 0 .. p - 1: the valid prefix of the cache,
-    never empty. The position's own key and value become graph outputs, bound into slot p + 1."""
+    never empty. The position's own key and value become graph outputs, bound into slot p + 1. One slot per step
+    (attention samples in raster order)."""
 
     def __init__(self, keys: Tensor | None, values: Tensor | None, heads: int, head_dim: int):
         self.keys, self.values, self.heads, self.head_dim, self.written = keys, values, heads, head_dim, None
@@ -169,13 +182,14 @@ class _StepKeyValues:
 
 
 class _StepSpec:
-    """`CacheSpec` for tracing the step: grids and key/value caches are handed out in creation order, backed by the
-    step graph's inputs (or, with no inputs, only recorded, to learn their number and widths)."""
+    """`CacheSpec` for tracing the graphs: grids and key/value caches are handed out in creation order, backed by the
+    graphs' inputs (or, with no inputs, only recorded, to learn their number and widths). In raster order (priors
+    with attention) the convs sum their above taps per row (`ConvStep`, the row graph)."""
 
-    def __init__(self, batch: int, layout, grids: list | None = None, key_values: list | None = None):
+    def __init__(self, batch, layout, rows_above: bool, grids: list | None = None, key_values: list | None = None):
         self.batch, self.layout = batch, layout
         self.dtype, self.device = torch.float32, torch.device("cpu")
-        self.rows_above, self.conv_steps = True, []  # see `ConvStep`: the row graph sums the above taps
+        self.rows_above, self.conv_steps = rows_above, []
         self.grid_inputs, self.key_value_inputs = grids, key_values
         self.grids: list[_StepGrid] = []
         self.key_values: list[_StepKeyValues] = []
@@ -214,33 +228,38 @@ class _StepSpec:
 
 
 class RowGraph(nn.Module):
-    """The convs' above-tap sums for a whole image row (`ConvStep.row`), run once per row before its steps.
+    """The convs' above-tap sums for a whole image row (`ConvStep.row`), run once per row before its steps (raster
+    order only).
 
-    Inputs: row (1,) int64, grid_0 .. grid_n (cells, B, C). Outputs: above_0 .. above_m (W, B, out), which the
-    runtime binds in place and the step graph reads (inputs of the same names)."""
+    Inputs: row_windows (W, r * k) int64, the cells of the row's above taps; grid_0 .. grid_n (cells, B, C).
+    Outputs: above_0 .. above_m (W, B, out), which the runtime binds in place and the steps read."""
 
     def __init__(self, step_graph: "StepGraph"):
         super().__init__()
         self.step_graph = step_graph
 
-    def forward(self, row: Tensor, *grids: Tensor):
-        config = self.step_graph.prior.config
-        spec = _StepSpec(grids[0].shape[1], self.step_graph.layout, list(grids))
-        labels = torch.zeros(grids[0].shape[1], dtype=torch.long) if config.num_classes else None  # unused here
-        self.step_graph.start(spec, labels)
+    def forward(self, row_windows: Tensor, *grids: Tensor):
+        graph = self.step_graph
+        spec = _StepSpec(grids[0].shape[1], graph.layout, True, list(grids))
+        labels = torch.zeros(grids[0].shape[1], dtype=torch.long) if graph.prior.config.num_classes else None
+        graph.start(spec, labels)  # (labels: the gate biases, unused here)
         for conv in spec.conv_steps:
-            conv.row(row)
+            conv.row(row_windows)
         return tuple(conv.rows for conv in spec.conv_steps)
 
 
 class StepGraph(nn.Module):
-    """One position of the cached sampler (`skinaug.priors.fast`) in raster order, with every cache bound in place.
+    """One step of the cached sampler (`skinaug.priors.fast`), with every cache bound in place by the runtime.
 
-    Inputs: position (1,) int64 [, labels (B,)] [, condition_features (H * W, B, C)], grid_0 .. grid_n (cells, B, C)
-    (grid_0: the embedded codes), keys_a, values_a (L, B, C) per attention layer (the valid prefix, see
-    `_StepKeyValues`), above_0 .. above_m (W, B, out), the current row's above-tap sums (`RowGraph`). Outputs: logits (B, K); rows_1 .. rows_n (B, C), the grids' entries at the position's cell;
-    key_a, value_a (B, C), the position's key and value. The layers run their own `step` code: only the caches
-    behind them differ (`_StepSpec`)."""
+    The schedule is the torch sampler's: raster order with one position per step for priors with attention (then
+    the convs' above taps come per row from `RowGraph`), the wavefront otherwise (several positions per step).
+
+    Inputs: raster (S,) int64, the step's positions; windows (S, taps) int64, the cells of their windows (the
+    centre column is not read); [labels (B,)]; [condition_features (H * W, B, C)]; grid_0 .. grid_n (cells, B, C)
+    (grid_0: the embedded codes); keys_a, values_a (L, B, C) per attention layer (the valid prefix, see
+    `_StepKeyValues`); above_0 .. above_m (W, B, out), the current row's above-tap sums. Outputs: logits (B * S, K),
+    image-major; rows_1 .. rows_n (S, B, C), the grids' entries at the step's cells; key_a, value_a (B, C). The
+    layers run their own `step` code: only the caches behind them differ (`_StepSpec`)."""
 
     def __init__(self, prior):
         super().__init__()
@@ -249,7 +268,7 @@ class StepGraph(nn.Module):
         self.prior = prior
         config = prior.config
         self.layout = GridLayout(config.height, config.width, config.kernel_size)
-        self.register_buffer("offsets", torch.tensor(self.layout.window_offsets())[None], persistent=False)
+        self.rows_above = prior.wavefront_skew is None
         self.grid_channels, self.attention_channels, self.row_channels = self.caches()
 
     def start(self, spec, labels):
@@ -262,15 +281,15 @@ class StepGraph(nn.Module):
 
     def caches(self) -> tuple[list[int], list[int], list[int]]:
         """Channels of each grid (creation order, the embedded codes first), of each attention layer, and of each
-        conv's row sums (`ConvStep.rows`, in creation order)."""
+        conv's row sums (`ConvStep.rows`, in creation order; none in wavefront order)."""
         config = self.prior.config
-        spec = _StepSpec(1, self.layout)
+        spec = _StepSpec(1, self.layout, self.rows_above)
         with torch.no_grad():
             self.start(spec, torch.zeros(1, dtype=torch.long) if config.num_classes else None)
         return ([g.channels for g in spec.grids], [kv.heads * kv.head_dim for kv in spec.key_values],
                 [conv.rows.shape[-1] for conv in spec.conv_steps])
 
-    def forward(self, position: Tensor, *inputs: Tensor):
+    def forward(self, raster: Tensor, windows: Tensor, *inputs: Tensor):
         from ..priors.cache import Step
 
         config, inputs = self.prior.config, list(inputs)
@@ -279,19 +298,17 @@ class StepGraph(nn.Module):
         grids, inputs = inputs[: len(self.grid_channels)], inputs[len(self.grid_channels) :]
         key_values, rows = inputs[: 2 * len(self.attention_channels)], inputs[2 * len(self.attention_channels) :]
         batch = grids[0].shape[1]
-        spec = _StepSpec(batch, self.layout, grids, list(zip(key_values[::2], key_values[1::2])))
+        spec = _StepSpec(batch, self.layout, self.rows_above, grids, list(zip(key_values[::2], key_values[1::2])))
         state = self.start(spec, labels)
         for conv, sums in zip(spec.conv_steps, rows, strict=True):
             conv.rows = sums
-        r, width = self.layout.r, config.width
-        cell = (position // width + r) * self.layout.padded_width + position % width + r
-        step = Step(cells=cell, raster=position, windows=cell[:, None] + self.offsets, batch=batch)
-        if features is not None:
-            step.condition = features.index_select(0, position).reshape(batch, -1)
+        step = Step(cells=raster, raster=raster, windows=windows, batch=batch)
+        if features is not None:  # (S, B, C) -> (B * S, C)
+            step.condition = features.index_select(0, raster).transpose(0, 1).reshape(-1, features.shape[2])
         logits = state.head(torch.nn.functional.elu(self.prior.body_step(state.body, step)))
-        rows = [grid.written for grid in spec.grids[1:]]
-        if any(row is None for row in rows):
+        if any(grid.written is None for grid in spec.grids[1:]):
             raise RuntimeError("a cache grid was not written by the step")
+        rows = [grid.output(step) for grid in spec.grids[1:]]
         return (logits, *rows, *[t for kv in spec.key_values for t in kv.written])
 
 
@@ -506,36 +523,43 @@ def _export_prior(prior, level: str, out: Path, opset: int, batch: int, generato
         step_names.append("condition_features")
     graph = StepGraph(prior)
     grid_channels, attention_channels, row_channels = graph.grid_channels, graph.attention_channels, graph.row_channels
-    layout = graph.layout
-    position = min(layout.positions - 1, config.width + 1)  # a position with rows above and columns to the left
-    caches = [torch.randn(layout.cells, batch, c, generator=generator) for c in grid_channels]
+    layout, positions = graph.layout, config.height * config.width
+    taps = len(layout.window_offsets())
+    # example inputs: any in-range cells will do for tracing (the runtime's layout: see `skinaug.onnx.runtime`)
+    slots = 1 if graph.rows_above else 2
+    raster = torch.tensor([config.width + 1, 0][:slots]).clamp(max=positions - 1)
+    windows = torch.randint(positions + 1, (slots, taps), generator=generator)
+    caches = [torch.randn(positions + 1, batch, c, generator=generator) for c in grid_channels]
     for c in attention_channels:
-        caches += [torch.randn(position + 1, batch, c, generator=generator) for _ in range(2)]
+        caches += [torch.randn(int(raster[0]) + 1, batch, c, generator=generator) for _ in range(2)]
     sums = [torch.randn(layout.width, batch, c, generator=generator) for c in row_channels]
     grid_names = [f"grid_{i}" for i in range(len(grid_channels))]
     kv_names = [f"{kind}_{a}" for a in range(len(attention_channels)) for kind in ("keys", "values")]
     above_names = [f"above_{k}" for k in range(len(row_channels))]
     row_names = [f"rows_{i}" for i in range(1, len(grid_channels))]
     new_kv_names = [f"{kind}_{a}" for a in range(len(attention_channels)) for kind in ("key", "value")]
-    dynamic = {name: {0: "batch"} for name in ["logits", *row_names, *new_kv_names]}
+    dynamic = {"raster": {0: "slots"}, "windows": {0: "slots"}, "logits": {0: "batch_slots"}}
+    dynamic.update({name: {0: "slots", 1: "batch"} for name in row_names})
+    dynamic.update({name: {0: "batch"} for name in new_kv_names})
     dynamic.update({name: {0: "batch"} for name in step_names})
     if config.conditioned:
         dynamic["condition_features"] = {1: "batch"}
-    dynamic.update({name: {1: "batch"} for name in grid_names})
+    dynamic.update({name: {1: "batch"} for name in grid_names + above_names})
     dynamic.update({name: {0: "prefix", 1: "batch"} for name in kv_names})
-    dynamic.update({name: {1: "batch"} for name in above_names})
-    entry["step"] = _export(graph, (torch.tensor([position]), *step_extra, *caches, *sums),
-                            out / f"prior_{level}_step.onnx", ["position", *step_names, *grid_names, *kv_names,
-                                                                *above_names],
+    entry["step"] = _export(graph, (raster, windows, *step_extra, *caches, *sums), out / f"prior_{level}_step.onnx",
+                            ["raster", "windows", *step_names, *grid_names, *kv_names, *above_names],
                             ["logits", *row_names, *new_kv_names], dynamic, opset)
-    entry["step"].update(grids=grid_channels, attention=attention_channels, above=row_channels, cells=layout.cells,
-                         r=layout.r, padded_width=layout.padded_width)
-    entry["row"] = _export(RowGraph(graph), (torch.tensor([position // config.width]), *caches[: len(grid_channels)]),
-                           out / f"prior_{level}_row.onnx", ["row", *grid_names], above_names,
-                           {**{name: {1: "batch"} for name in grid_names + above_names}}, opset)
-    codes = torch.randint(config.codebook_size, (batch,), generator=generator)
+    entry["step"].update(grids=grid_channels, attention=attention_channels, above=row_channels,
+                         kernel_size=config.kernel_size, schedule="raster" if graph.rows_above else "wavefront",
+                         skew=prior.wavefront_skew)
+    if graph.rows_above:
+        row_windows = torch.randint(positions + 1, (layout.width, layout.r * config.kernel_size), generator=generator)
+        entry["row"] = _export(RowGraph(graph), (row_windows, *caches[: len(grid_channels)]),
+                               out / f"prior_{level}_row.onnx", ["row_windows", *grid_names], above_names,
+                               {name: {1: "batch"} for name in grid_names + above_names}, opset)
+    codes = torch.randint(config.codebook_size, (2, batch), generator=generator)
     entry["embed"] = _export(EmbedGraph(prior), (codes,), out / f"prior_{level}_embed.onnx", ["codes"], ["embedded"],
-                             {"codes": {0: "batch"}, "embedded": {0: "batch"}}, opset)
+                             {"codes": {0: "slots", 1: "batch"}, "embedded": {0: "slots", 1: "batch"}}, opset)
     return entry
 
 

@@ -176,3 +176,16 @@ def test_export_refuses_a_shipped_model(generator_model, tmp_path, monkeypatch, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "read-only" in err[0] and "--out DIR" in err[0]
     assert not (shipped / "tiny" / "onnx").exists()
+
+
+def test_an_export_of_another_format_asks_for_a_new_export(exported_elsewhere, tmp_path, capsys):
+    out = tmp_path / "old"
+    shutil.copytree(exported_elsewhere["out"], out)
+    config = json.loads((out / "config.json").read_text())
+    assert config["onnx"]["format"] == 2
+    del config["onnx"]["format"]  # as written before the graphs bound their caches in place
+    (out / "config.json").write_text(json.dumps(config))
+    assert main(["synthesize", "--model", str(out), "--out", str(tmp_path / "s"), "--class", "nevus", "-n", "1",
+                 "--backend", "onnx", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "another version of skinaug" in err and "--overwrite" in err

@@ -14,3 +14,5 @@ the commands in a process where `import torch` fails.
 
 ONNX_DIR = "onnx"
 OPSET = 17
+# the graphs' contract with runtime.py; 2: caches bound in place (IOBinding), row and embed graphs, wavefront steps
+EXPORT_FORMAT = 2

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from ..errors import SkinaugError
 from ..modeldir import PRIOR_WEIGHTS, VQVAE_WEIGHTS, ModelDir
 from ..runtime import log
-from . import ONNX_DIR, OPSET
+from . import EXPORT_FORMAT, ONNX_DIR, OPSET
 from .runtime import file_digest
 
 EXPORTER = "torch.onnx.export(dynamo=False) (TorchScript tracer)"
@@ -381,7 +381,7 @@ def _export_timed(model_dir: ModelDir, config: dict, out: Path, opset: int, batc
 
     started = time.perf_counter()
     manifest = _export_all(model_dir, config, out, opset, batch, torch.Generator().manual_seed(seed))
-    manifest.update(exporter=EXPORTER, opset=opset, torch_version=torch.__version__,
+    manifest.update(format=EXPORT_FORMAT, exporter=EXPORTER, opset=opset, torch_version=torch.__version__,
                     onnxruntime_version=onnxruntime.__version__, export_seconds=round(time.perf_counter() - started, 2))
     return manifest
 

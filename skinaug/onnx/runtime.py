@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import SkinaugError
 from ..modeldir import PRIOR_WEIGHTS, VQVAE_WEIGHTS, ModelDir
 from ..runtime import log, warn
-from . import ONNX_DIR
+from . import EXPORT_FORMAT, ONNX_DIR
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 PIXEL_SCALE = np.float32(127.5)  # as skinaug.vqvae.PIXEL_SCALE: uint8 [0, 255] <-> [-1, 1]
@@ -97,7 +97,11 @@ class OnnxModel:
         self._priors: dict = {}
 
     def _check_fresh(self, manifest: dict) -> None:
-        """An export made from other weights than the ones in the folder now is stale: say how to refresh it."""
+        """An export made from other weights than the ones in the folder now, or by a skinaug whose graphs this
+        runtime does not drive, is stale: say how to refresh it."""
+        if manifest.get("format", 1) != EXPORT_FORMAT:
+            raise SkinaugError(f"{self.onnx_dir} was exported by another version of skinaug: run "
+                               f"`skinaug export onnx --model {self.model_dir.path} --overwrite`")
         weights = {"vqvae": VQVAE_WEIGHTS, **{f"prior_{lv}": name for lv, name in PRIOR_WEIGHTS.items()}}
         for key, digest in manifest.get("weights", {}).items():
             path = self.model_dir.path / weights[key]

@@ -21,6 +21,7 @@ import contextlib
 import fcntl
 import json
 import os
+import stat
 import shutil
 import tempfile
 import threading
@@ -203,6 +204,10 @@ def marked_folder(name: str, marker: str, *, resumable: bool = False) -> OutputK
 MODEL_DIRECTORY = OutputKind("model directory", is_model_directory, "config.json with format_version, or train/",
                              resumable=True)
 CODE_FILE = OutputKind("code file", is_code_file, "HDF5 with skinaug attrs", single_file=True)
+EXPORTED_MODEL = OutputKind(
+    "exported model directory",
+    lambda path: path.is_dir() and _json_has(path / "config.json", "format_version") and _json_has(path / "config.json", "onnx"),
+    "config.json with format_version and onnx")
 
 
 # ------------------------------------------------------------------------- inputs
@@ -258,10 +263,7 @@ class OutputLock:
 
     def _acquire(self, shown):
         while True:
-            try:
-                handle = open(self.path, "a+", encoding="ascii")  # a+: creates it without erasing a holder's pid
-            except OSError as error:
-                raise SkinaugError(f"cannot lock {shown}: {self.path} cannot be created ({error.strerror})") from None
+            handle = self._open(shown)
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -279,13 +281,30 @@ class OutputLock:
         handle.flush()
         return handle
 
+    def _open(self, shown):
+        # never through a link: a planted `.NAME.skinaug.lock -> victim` must not get its target truncated
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            descriptor = os.open(self.path, flags, 0o666)
+        except OSError as error:
+            raise SkinaugError(f"cannot lock {shown}: {self.path} cannot be opened as a plain file "
+                               f"({error.strerror}); remove it if no skinaug process is running") from None
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:
+            os.close(descriptor)
+            raise SkinaugError(f"cannot lock {shown}: {self.path} is not a plain file of its own (a link?): "
+                               "remove it if no skinaug process is running")
+        return os.fdopen(descriptor, "r+", encoding="ascii")
+
     def release(self) -> None:
         # a forked worker (a DataLoader's) shares the lock with its parent: only the process that took it lets go
         if self.handle is None or os.getpid() != self.pid:
             return
-        # removed while still held: a process that opened it meanwhile sees it gone and locks a new one
-        with contextlib.suppress(OSError):
-            self.path.unlink()
+        # removed while still held: a process that opened it meanwhile sees it gone and locks a new one;
+        # only our own file (someone may have replaced it meanwhile: theirs stays)
+        if _same_file(self.handle, self.path):
+            with contextlib.suppress(OSError):
+                self.path.unlink()
         self.handle.close()
         self.handle = None
 
@@ -422,6 +441,7 @@ def claim_output(path, *, kind: OutputKind, inputs: Iterable = (), overwrite: bo
     path = Path(path)
     refuse_output_over_inputs(path, list(inputs))
     final = real_path(path)
+    _refuse_shipped(path, final)
     created = _make_parents(final.parent)
     try:
         lock = OutputLock(final, path)
@@ -435,6 +455,16 @@ def claim_output(path, *, kind: OutputKind, inputs: Iterable = (), overwrite: bo
         claim.release()
         raise
     return claim
+
+
+def _refuse_shipped(path: Path, final: Path) -> None:
+    """Nothing is written into (or over) the models installed with skinaug: they belong to the installation."""
+    from .modeldir import SHIPPED_MODELS  # imported here: modeldir itself writes through this module
+
+    shipped = real_path(SHIPPED_MODELS)
+    if final == shipped or shipped in final.parents or final in shipped.parents:
+        raise SkinaugError(f"--out {path} is or holds a model shipped with skinaug, which is read-only: "
+                           "choose another --out")
 
 
 def _where_to_write(path: Path, final: Path, kind: OutputKind, *, overwrite: bool, resume: bool) -> tuple[Path, bool]:

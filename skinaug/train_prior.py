@@ -378,8 +378,24 @@ def train_prior_level(model_dir: ModelDir, code_file: CodeFile, level: str, opti
     return final
 
 
-def train_priors(model, *, codes=None, data=None, labels=None, level="both", options: PriorOptions,
-                 resume=False, overwrite=False, init=None, **scan_options) -> dict:
+def train_priors(model, **arguments) -> dict:
+    """`skinaug train prior` (see `_train_priors`), holding the model directory's lock: one writer of a model at a
+    time (`train vqvae`, `train prior`, `export onnx`), so two runs never lose each other's config.json entries."""
+    import os
+
+    from .io import OutputLock, real_path
+
+    # under torchrun only rank 0 writes the model; the other ranks train beside it
+    lock = OutputLock(real_path(model), model) if os.environ.get("RANK", "0") == "0" and Path(model).is_dir() else None
+    try:
+        return _train_priors(model, **arguments)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_priors(model, *, codes=None, data=None, labels=None, level="both", options: PriorOptions,
+                  resume=False, overwrite=False, init=None, **scan_options) -> dict:
     """`skinaug train prior`: one or both levels, from a code file or from images; with `init` (a model directory or a
     shipped model's name) each level starts from that model's prior (see the module docstring)."""
     model_dir = ModelDir(model)

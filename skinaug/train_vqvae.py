@@ -286,6 +286,10 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig | dict | No
     checkpoint_path = model_dir.train_dir / CHECKPOINT
     if resuming and not checkpoint_path.is_file():
         raise SkinaugError(f"{out} has no checkpoint to resume ({checkpoint_path} is missing)")
+    if resuming and _has_priors(model_dir):
+        # the priors were trained on this VQ-VAE's codes: training it further would silently invalidate them
+        raise SkinaugError(f"{out} is a finished model with trained priors: --resume would retrain the VQ-VAE under "
+                           "them; fine-tune into a new directory instead (--init " f"{out} --out NEW_DIR)")
     if not resuming and resume and dist.is_main:
         log(f"nothing to resume in {out}: starting a new run")
 
@@ -465,6 +469,13 @@ def _load_init_weights(model: VQVAE2, source: InitSource) -> None:
     except RuntimeError as error:
         raise SkinaugError(f"{source.path / VQVAE_WEIGHTS} does not match its config.json "
                            f"({str(error).splitlines()[0]})") from None
+
+
+def _has_priors(model_dir: ModelDir) -> bool:
+    try:
+        return model_dir.exists() and bool(model_dir.config().get("priors"))
+    except SkinaugError:
+        return False  # an unreadable config.json: the checkpoint decides, as before
 
 
 def _diverged(what: str, checkpoint_path: Path) -> SkinaugError:

@@ -8,6 +8,8 @@ from skinaug.priors import PriorConfig, build_prior, sample_reference
 from skinaug.priors import fast
 from skinaug.priors.cache import StepMatmul, onednn_matmuls
 
+from near_ties import assert_same_draws, close_draws, same_context
+
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
@@ -47,12 +49,16 @@ def test_the_eager_paths_give_the_plain_steps_codes_and_logits(arch, attention, 
     # raster order (attention) sums the above taps per row; the wavefront cannot (rows overlap in time)
     assert fast_sampler.spec.rows_above == attention
     assert all(conv.split for conv in fast_sampler.spec.conv_steps) and bool(fast_sampler.spec.conv_steps) == attention
-    assert torch.equal(codes, plain_codes)
-    assert (logits - plain_logits).abs().max() < 1e-4
     with torch.no_grad():
-        teacher_forced = model(codes.view(4, 5, 7), labels, condition).flatten(2).transpose(1, 2)
+        forward = model(codes.view(4, 5, 7), labels, condition)
+    teacher_forced = forward.flatten(2).transpose(1, 2)
     assert (logits - teacher_forced).abs().max() < 1e-4
-    assert torch.equal(codes.view(4, 5, 7), sample_reference(model, labels, condition, uniforms=uniforms))
+    # the same codes, except where a draw lies so near a tie that another kernel's rounding may flip it
+    close = close_draws(forward, uniforms, logit_tolerance=2e-4)
+    assert_same_draws(codes, plain_codes, close)
+    same = torch.from_numpy(same_context(codes, plain_codes))
+    assert (logits - plain_logits)[same].abs().max() < 1e-4
+    assert_same_draws(codes, sample_reference(model, labels, condition, uniforms=uniforms).view(4, -1), close)
 
 
 def test_a_prepacked_matmul_is_the_plain_one():

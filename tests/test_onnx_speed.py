@@ -146,8 +146,23 @@ def test_export_out_refuses_an_existing_folder_without_overwrite(exported_elsewh
     stranger.mkdir()
     (stranger / "notes.txt").write_text("mine")
     assert main(["export", "onnx", "--model", str(model), "--out", str(stranger), "--overwrite", "--quiet"]) == 1
-    assert "not an exported model directory" in capsys.readouterr().err
+    assert "replaces only an earlier exported model directory" in capsys.readouterr().err
     assert (stranger / "notes.txt").read_text() == "mine"
+    # a folder that merely holds a config.json (a project, another tool's run) is not an export either
+    (stranger / "config.json").write_text("{}")
+    assert main(["export", "onnx", "--model", str(model), "--out", str(stranger), "--overwrite", "--quiet"]) == 1
+    assert sorted(p.name for p in stranger.iterdir()) == ["config.json", "notes.txt"]
+    # nor is a trained model directory (its checkpoints would go)
+    assert main(["export", "onnx", "--model", str(out), "--out", str(model.parent), "--overwrite", "--quiet"]) == 1
+    assert (model / "config.json").is_file()
+
+
+def test_export_out_folders_follow_the_umask(exported_elsewhere):
+    import stat
+
+    out = exported_elsewhere["out"]
+    for folder in (out, out / "onnx"):
+        assert stat.S_IMODE(folder.stat().st_mode) & 0o055 == 0o055  # group and others may read and enter
 
 
 def test_export_refuses_a_read_only_model_with_one_line_naming_out(generator_model, tmp_path, monkeypatch, capsys):

@@ -15,7 +15,7 @@ from skinaug.cli import main
 from skinaug.errors import SkinaugError
 from skinaug.io import CODE_FILE, claim_output
 
-from conftest import TINY_VQVAE, make_tiny_dataset
+from conftest import TINY_VQVAE, TINY_VQVAE_ARGS, make_tiny_dataset
 
 
 def run(*args) -> int:
@@ -330,3 +330,53 @@ def test_a_released_claim_leaves_neither_folders_nor_lock(tmp_path):
     assert (tmp_path / "a" / "b").is_dir()
     claim.release()  # as after a failure before anything was written
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------- found in review
+
+
+def test_a_planted_lock_link_never_truncates_its_target(tmp_path):
+    from skinaug.errors import SkinaugError
+    from skinaug.io import CODE_FILE, claim_output
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious data")
+    (tmp_path / ".out.h5.skinaug.lock").symlink_to(victim)
+    with pytest.raises(SkinaugError, match="not be opened as a plain file|not a plain file"):
+        claim_output(tmp_path / "out.h5", kind=CODE_FILE)
+    assert victim.read_text() == "precious data"
+
+
+def test_nothing_is_written_over_a_shipped_model(tmp_path, monkeypatch, generator_model):
+    import shutil
+
+    from skinaug import modeldir
+    from skinaug.cli import main
+
+    shipped = tmp_path / "installed" / "ham10000-64"
+    shutil.copytree(generator_model["model"], shipped, ignore=shutil.ignore_patterns("train"))
+    monkeypatch.setattr(modeldir, "SHIPPED_MODELS", shipped.parent)
+    before = {f.name: f.read_bytes() for f in shipped.iterdir() if f.is_file()}
+    data = generator_model["data"]
+    for argv in (["train", "vqvae", str(data.images), "--labels", str(data.labels_csv), "--out", str(shipped),
+                  "--overwrite", "--epochs", "1", *TINY_VQVAE_ARGS],
+                 ["synthesize", "--class", "melanoma", "-n", "2", "--out", str(shipped / "synth")]):
+        assert main([*argv, "--quiet"]) == 1
+    assert {f.name: f.read_bytes() for f in shipped.iterdir() if f.is_file()} == before
+    assert not (shipped / "synth").exists() and not list(shipped.parent.glob(".ham10000-64.skinaug-*"))
+
+
+def test_resume_never_retrains_a_vqvae_under_its_priors(tmp_path, generator_model, capsys):
+    import shutil
+
+    from skinaug.cli import main
+
+    model = tmp_path / "model"
+    shutil.copytree(generator_model["model"], model)
+    before = (model / "config.json").read_bytes()
+    data = generator_model["data"]
+    capsys.readouterr()
+    assert main(["train", "vqvae", str(data.images), "--labels", str(data.labels_csv), "--out", str(model), "--resume",
+                 "--epochs", "2", *TINY_VQVAE_ARGS, "--quiet"]) == 1
+    assert "with trained priors" in capsys.readouterr().err
+    assert (model / "config.json").read_bytes() == before

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import SkinaugError
+from ..io import EXPORTED_MODEL, OutputLock, claim_output, file_mode, folder_mode, real_path
 from ..modeldir import PRIOR_WEIGHTS, VQVAE_WEIGHTS, ModelDir
 from ..runtime import log
 from . import EXPORT_FORMAT, ONNX_DIR, OPSET
@@ -366,13 +367,19 @@ def export_onnx(model, *, out=None, overwrite: bool = False, opset: int = OPSET,
     if final.exists() and not overwrite:
         raise SkinaugError(f"{final} already exists: pass --overwrite to replace it")
     _require_writable(model_dir.path)
-    tmp = Path(tempfile.mkdtemp(prefix=".onnx.", suffix=".tmp", dir=model_dir.path))
+    # the model directory's own lock: no `train vqvae|prior` or other export writes it meanwhile
+    lock = OutputLock(real_path(model_dir.path), model_dir.path)
     try:
-        manifest = _export_timed(model_dir, config, tmp, opset, batch, seed)
-        _replace(tmp, final)
+        tmp = Path(tempfile.mkdtemp(prefix=".onnx.", suffix=".tmp", dir=model_dir.path))
+        try:
+            os.chmod(tmp, folder_mode())  # mkdtemp makes it 0700: the export follows the umask like every output
+            manifest = _export_timed(model_dir, config, tmp, opset, batch, seed)
+            _replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        model_dir.update_config(onnx=manifest)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    model_dir.update_config(onnx=manifest)
+        lock.release()
     return manifest
 
 
@@ -388,32 +395,27 @@ def _export_timed(model_dir: ModelDir, config: dict, out: Path, opset: int, batc
 
 def _export_standalone(model_dir: ModelDir, config: dict, out: Path, overwrite: bool, opset: int, batch: int,
                        seed: int) -> dict:
-    """DIR as a model directory of its own (see `export_onnx`), built next to DIR and renamed into place."""
+    """DIR as a model directory of its own (see `export_onnx`), under the output policy: --overwrite replaces only
+    an earlier export, never the model or a folder holding it; built beside DIR and swapped in when complete."""
     from ..modeldir import CONFIG
 
-    if out.exists():
-        if not overwrite:
-            raise SkinaugError(f"{out} already exists: pass --overwrite to replace it, or choose another --out")
-        if not out.is_dir() or (any(out.iterdir()) and not (out / CONFIG).is_file() and not (out / ONNX_DIR).is_dir()):
-            raise SkinaugError(f"{out} exists and is not an exported model directory: choose another --out")
-        if _inside(model_dir.path, out):
-            raise SkinaugError(f"--out {out} would replace the model being exported: choose another --out")
-    parent = out.parent
+    claim = claim_output(out, kind=EXPORTED_MODEL, inputs=(model_dir.path,), overwrite=overwrite)
+    work = claim.work
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
-    except OSError as error:
-        raise SkinaugError(f"cannot write into {parent} ({error.strerror or error}): choose another --out") from None
-    try:
+        work.mkdir(parents=True, exist_ok=True)
         for name in (CONFIG, "MODEL_CARD.md", VQVAE_WEIGHTS, *PRIOR_WEIGHTS.values()):
             if (model_dir.path / name).is_file():
-                shutil.copyfile(model_dir.path / name, tmp / name)
-        (tmp / ONNX_DIR).mkdir()
-        manifest = _export_timed(model_dir, config, tmp / ONNX_DIR, opset, batch, seed)
-        ModelDir(tmp).update_config(onnx=manifest)
-        _replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+                shutil.copyfile(model_dir.path / name, work / name)
+                os.chmod(work / name, file_mode())
+        (work / ONNX_DIR).mkdir()
+        manifest = _export_timed(model_dir, config, work / ONNX_DIR, opset, batch, seed)
+        ModelDir(work).update_config(onnx=manifest)
+    except BaseException:
+        if claim.staged:
+            shutil.rmtree(work, ignore_errors=True)  # an export is not resumable: nothing to keep
+        claim.release()
+        raise
+    claim.commit()
     return manifest
 
 
@@ -449,12 +451,6 @@ def _same_path(a, b) -> bool:
     return Path(a).resolve() == Path(b).resolve()
 
 
-def _inside(path, folder) -> bool:
-    try:
-        Path(path).resolve().relative_to(Path(folder).resolve())
-    except ValueError:
-        return False
-    return True
 
 
 def _export_all(model_dir: ModelDir, config: dict, out: Path, opset: int, batch: int, generator) -> dict:

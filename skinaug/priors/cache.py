@@ -196,10 +196,7 @@ class StepMatmul:
     def __init__(self, weight: Tensor, bias: Tensor | None = None, packed: bool = False):
         self.weight, self.bias, self.packed = weight, bias, None
         if packed:
-            try:
-                self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.t().contiguous())
-            except (AttributeError, RuntimeError):  # no oneDNN in this build: the plain path
-                self.packed = None
+            self.packed = _packed_if_faithful(weight, bias)
 
     def __call__(self, x: Tensor, add: Tensor | None = None) -> Tensor:
         if self.packed is not None:
@@ -207,6 +204,24 @@ class StepMatmul:
             return out if add is None else out.add_(add)
         bias = add if self.bias is None else (self.bias if add is None else add + self.bias)
         return x @ self.weight if bias is None else torch.addmm(bias, x, self.weight)
+
+
+def _packed_if_faithful(weight: Tensor, bias: Tensor | None):
+    """The oneDNN-packed weight, or None (the plain addmm path) unless a probe through the packed op runs and agrees
+    with addmm: an internal op may be missing, fail only when first run, or (under a host application's
+    `set_float32_matmul_precision("medium")` or ONEDNN_DEFAULT_FPMATH_MODE) compute in lower precision."""
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.t().contiguous())
+        probe = torch.linspace(-1.0, 1.0, 2 * weight.shape[0], dtype=weight.dtype, device=weight.device)
+        probe = probe.reshape(2, weight.shape[0])
+        got = torch.ops.mkldnn._linear_pointwise(probe, packed, bias, "none", [], "")
+    except Exception:  # noqa: BLE001  any failure of an internal op means: use the public one
+        return None
+    want = probe @ weight if bias is None else torch.addmm(bias, probe, weight)
+    scale = want.abs().max().item() + 1.0
+    if got.shape != want.shape or not torch.allclose(got, want, rtol=0, atol=1e-5 * scale):
+        return None
+    return packed
 
 
 class ConvStep:

@@ -68,9 +68,12 @@ class Dataset:
     class_names: list[str]
     dialect: str  # "generic" | "isic2020" | "ham10000" | "isic2019" | "folders" | "unlabelled"
     skipped: list[tuple[str, str]]  # (name, reason) rejected at scan time
-    rows_without_file: int
     files_without_row: int
     missing: list[str] = field(default_factory=list)  # CSV image names without a file, in CSV order
+
+    @property
+    def rows_without_file(self) -> int:
+        return len(self.missing)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -467,7 +470,7 @@ def scan_dataset(
     samples = [
         Sample(f.path, _stem(f.rel), -1 if label is None else index[label], group) for f, label, group in entries
     ]
-    dataset = Dataset(root, samples, found, dialect, skipped, len(missing), files_without_row, missing)
+    dataset = Dataset(root, samples, found, dialect, skipped, files_without_row, missing)
     _report_scan(dataset, f"{root}" + (f" and {Path(labels_csv).name}" if labels_csv is not None else ""))
     return dataset
 

@@ -378,7 +378,8 @@ def _finish_cut_swap(final: Path) -> None:
     _remove(old)
 
 
-def _swap_into_place(work: Path, final: Path) -> None:
+def swap_into_place(work: Path, final: Path) -> None:
+    """Renames `work` onto `final`; an existing `final` is moved aside first and removed once `work` is in place."""
     old = _sibling(final, "old")
     if final.exists():
         os.replace(final, old)
@@ -405,7 +406,7 @@ class OutputClaim:
     def commit(self) -> None:
         """Puts a staged output in place (only now is an earlier one replaced) and ends the claim."""
         if self.staged and self.work.exists():
-            _swap_into_place(self.work, self.final)
+            swap_into_place(self.work, self.final)
         self.release()
 
     def release(self) -> None:
@@ -459,10 +460,9 @@ def claim_output(path, *, kind: OutputKind, inputs: Iterable = (), overwrite: bo
 
 def _refuse_shipped(path: Path, final: Path) -> None:
     """Nothing is written into (or over) the models installed with skinaug: they belong to the installation."""
-    from .modeldir import SHIPPED_MODELS  # imported here: modeldir itself writes through this module
+    from .modeldir import SHIPPED_MODELS, is_shipped  # imported here: modeldir itself writes through this module
 
-    shipped = real_path(SHIPPED_MODELS)
-    if final == shipped or shipped in final.parents or final in shipped.parents:
+    if is_shipped(final) or final in real_path(SHIPPED_MODELS).parents:
         raise SkinaugError(f"--out {path} is or holds a model shipped with skinaug, which is read-only: "
                            "choose another --out")
 

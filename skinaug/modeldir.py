@@ -305,16 +305,18 @@ def resolve_model(path=None) -> Path:
     if path is None or str(path) == "":
         value = os.environ.get(MODEL_ENV, "").strip()
         if value:
-            return _by_path_or_name(value, f"${MODEL_ENV}")
+            return locate_model(value, f"${MODEL_ENV}")
         default = shipped_models().get(DEFAULT_MODEL)
         if default is None:
             raise SkinaugError(f"no --model given and the default model {DEFAULT_MODEL} is not installed "
                                f"(looked in {SHIPPED_MODELS}): pass --model MODEL_DIR or set {MODEL_ENV}")
         return default
-    return _by_path_or_name(str(path), "--model")
+    return locate_model(str(path), "--model")
 
 
-def _by_path_or_name(value: str, source: str) -> Path:
+def locate_model(value, source: str) -> Path:
+    """A model directory given as a path, or the name of a shipped model; `source` (the flag) names it in errors."""
+    value = str(value)
     path = Path(value).expanduser()
     if path.exists():
         return path

@@ -67,8 +67,3 @@ def unique_names(texts: Iterable[str], *, taken: Iterable[str] = (), max_bytes: 
         used.add(name_key(name))
         names.append(name)
     return names
-
-
-def is_safe_name(text: str) -> bool:
-    """Whether text can be used as a file name as it is."""
-    return bool(text) and safe_name(text) == text

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from functools import partial
 from dataclasses import dataclass, field, replace
@@ -30,6 +31,7 @@ from .codes import CodeFile, read_codes
 from .data import group_split
 from .encode import autocast_for
 from .errors import SkinaugError, UsageError
+from .io import OutputLock, real_path
 from .modeldir import PRIOR_WEIGHTS, ModelDir, fingerprint, load_weights, require_writable, save_weights
 from .priors import PriorConfig, build_prior
 from .runtime import log, progress, resolve_device, warn
@@ -381,10 +383,6 @@ def train_prior_level(model_dir: ModelDir, code_file: CodeFile, level: str, opti
 def train_priors(model, **arguments) -> dict:
     """`skinaug train prior` (see `_train_priors`), holding the model directory's lock: one writer of a model at a
     time (`train vqvae`, `train prior`, `export onnx`), so two runs never lose each other's config.json entries."""
-    import os
-
-    from .io import OutputLock, real_path
-
     # under torchrun only rank 0 writes the model; the other ranks train beside it
     lock = OutputLock(real_path(model), model) if os.environ.get("RANK", "0") == "0" and Path(model).is_dir() else None
     try:

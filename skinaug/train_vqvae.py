@@ -76,17 +76,9 @@ class InitSource:
 
 def open_init(path) -> InitSource:
     """The --init model: a model directory, or the name of a model shipped with skinaug."""
-    location = Path(path).expanduser()
-    if not location.exists():
-        try:
-            from .modeldir import shipped_models
-        except ImportError:  # an installation without shipped models
-            shipped = {}
-        else:
-            shipped = shipped_models()
-        if str(path) not in shipped:
-            raise SkinaugError(f"--init {path}: no such model directory, and no shipped model of that name")
-        location = shipped[str(path)]
+    from .modeldir import locate_model
+
+    location = locate_model(path, "--init")
     return InitSource(location, ModelDir(location).config())
 
 

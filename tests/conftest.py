@@ -73,6 +73,26 @@ def single_thread():
         yield
 
 
+@contextlib.contextmanager
+def interrupted_at_validation(monkeypatch, call: int):
+    """`train prior` stops with Ctrl-C at its `call`-th validation: the end of that epoch, before its checkpoint."""
+    from skinaug import train_prior
+
+    real_evaluate, calls = train_prior.evaluate, {"n": 0}
+
+    def evaluate_then_interrupt(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_prior, "evaluate", evaluate_then_interrupt)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(train_prior, "evaluate", real_evaluate)
+
+
 # The smallest VQ-VAE that still has every part: 32px images, bottom grid 8x8, top grid 4x4.
 TINY_VQVAE = dict(image_size=32, channels=16, res_channels=8, n_res_blocks=1, codebook_size=16, code_dim=4)
 TINY_VQVAE_ARGS = ["--image-size", "32", "--channels", "16", "--res-channels", "8", "--res-blocks", "1",

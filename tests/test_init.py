@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from skinaug.cli import main
 
-from conftest import PRIOR_ARGS, TINY_VQVAE
+from conftest import PRIOR_ARGS, TINY_VQVAE, interrupted_at_validation
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest: tiny models, busy shared cores
 
@@ -203,20 +203,8 @@ def test_resume_continues_the_checkpoint_and_ignores_init(generator_model, new_d
     shutil.copytree(mine, straight)
     args = ["--codes", codes, "--level", "top", "--epochs", 2, "--batch-size", 4, *CPU]
     assert run("train", "prior", "--model", straight, "--init", source, *args) == 0
-
-    from skinaug import train_prior
-
-    real_evaluate, calls = train_prior.evaluate, {"n": 0}
-
-    def evaluate_then_crash(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 2:  # the end of epoch 2, before its checkpoint
-            raise KeyboardInterrupt
-        return real_evaluate(*a, **k)
-
-    monkeypatch.setattr(train_prior, "evaluate", evaluate_then_crash)
-    assert run("train", "prior", "--model", mine, "--init", source, *args) == 130
-    monkeypatch.setattr(train_prior, "evaluate", real_evaluate)
+    with interrupted_at_validation(monkeypatch, 2):
+        assert run("train", "prior", "--model", mine, "--init", source, *args) == 130
     # tiny_model has no prior: were --init used, this would fail; the checkpoint wins
     assert run("train", "prior", "--model", mine, "--init", tiny_model.path, "--resume", *args) == 0
     resumed, reference = load_file(mine / "prior_top.safetensors"), load_file(straight / "prior_top.safetensors")

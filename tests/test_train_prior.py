@@ -8,6 +8,8 @@ from safetensors.torch import load_file
 
 from skinaug.cli import main
 
+from conftest import interrupted_at_validation
+
 TINY_PRIOR = ["--channels", "16", "--blocks", "1", "--res-blocks", "1", "--kernel-size", "3", "--batch-size", "4",
               "--device", "cpu", "--quiet"]
 
@@ -53,20 +55,8 @@ def test_resume_after_an_interruption_is_bit_exact(model_with_codes, tmp_path, m
     straight = tmp_path / "straight"
     shutil.copytree(model, straight)
     assert run("train", "prior", "--model", straight, "--codes", codes, "--level", "top", "--epochs", 2, *TINY_PRIOR) == 0
-
-    from skinaug import train_prior
-
-    real_evaluate, calls = train_prior.evaluate, {"n": 0}
-
-    def evaluate_then_crash(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:  # the end of epoch 2, before its checkpoint
-            raise KeyboardInterrupt
-        return real_evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(train_prior, "evaluate", evaluate_then_crash)
-    assert run("train", "prior", "--model", model, "--codes", codes, "--level", "top", "--epochs", 2, *TINY_PRIOR) == 130
-    monkeypatch.setattr(train_prior, "evaluate", real_evaluate)
+    with interrupted_at_validation(monkeypatch, 2):
+        assert run("train", "prior", "--model", model, "--codes", codes, "--level", "top", "--epochs", 2, *TINY_PRIOR) == 130
     assert not (model / "prior_top.safetensors").exists()
     assert run("train", "prior", "--model", model, "--codes", codes, "--level", "top", "--epochs", 2, "--resume", *TINY_PRIOR) == 0
     resumed, reference = load_file(model / "prior_top.safetensors"), load_file(straight / "prior_top.safetensors")

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import SkinaugError
-from ..io import EXPORTED_MODEL, OutputLock, claim_output, file_mode, folder_mode, real_path
+from ..io import EXPORTED_MODEL, OutputLock, claim_output, file_mode, folder_mode, real_path, swap_into_place
 from ..modeldir import PRIOR_WEIGHTS, VQVAE_WEIGHTS, ModelDir
 from ..runtime import log
 from . import EXPORT_FORMAT, ONNX_DIR, OPSET
@@ -197,9 +197,6 @@ class _StepSpec:
 
     def cast(self, tensor: Tensor) -> Tensor:
         return tensor.detach().to(device=self.device, dtype=self.dtype)
-
-    def matrix(self, weight: Tensor) -> Tensor:
-        return self.cast(weight.reshape(weight.shape[0], -1).t())
 
     def matmul(self, weight: Tensor, bias: Tensor | None = None):
         from ..priors.cache import StepMatmul
@@ -374,7 +371,7 @@ def export_onnx(model, *, out=None, overwrite: bool = False, opset: int = OPSET,
         try:
             os.chmod(tmp, folder_mode())  # mkdtemp makes it 0700: the export follows the umask like every output
             manifest = _export_timed(model_dir, config, tmp, opset, batch, seed)
-            _replace(tmp, final)
+            swap_into_place(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         model_dir.update_config(onnx=manifest)
@@ -421,11 +418,10 @@ def _export_standalone(model_dir: ModelDir, config: dict, out: Path, overwrite: 
 
 def _require_writable(path: Path) -> None:
     """One clear line when the export cannot go into the model directory itself."""
-    from ..modeldir import is_shipped
+    from ..modeldir import require_writable
 
     hint = f"export it elsewhere with `skinaug export onnx --model {path} --out DIR`"
-    if is_shipped(path):
-        raise SkinaugError(f"{path} is a model shipped with skinaug and is read-only: {hint}")
+    require_writable(path, hint)
     probe = None
     try:
         probe = tempfile.mkdtemp(prefix=".write-check.", dir=path)
@@ -434,17 +430,6 @@ def _require_writable(path: Path) -> None:
     finally:
         if probe is not None:
             os.rmdir(probe)
-
-
-def _replace(source: Path, target: Path) -> None:
-    """Renames source to target; an existing target is moved aside first and removed once source is in place."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old.{os.getpid()}")
-        os.replace(target, old)
-    os.replace(source, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _same_path(a, b) -> bool:

@@ -305,10 +305,6 @@ class CacheSpec:
         """A causal conv reading `grid`, from its (taps * in, out) weight in window order."""
         return ConvStep(self, grid, taps, self.cast(weight), None if bias is None else self.cast(bias))
 
-    def matrix(self, weight: Tensor) -> Tensor:
-        """A Linear or 1x1 conv weight (out, in[, 1, 1]) as the (in, out) right operand of a step matmul."""
-        return self.cast(weight.reshape(weight.shape[0], -1).t())
-
     def matmul(self, weight: Tensor, bias: Tensor | None = None) -> StepMatmul:
         """A step matmul from an (in, out) weight (cast here) and an optional bias."""
         return StepMatmul(self.cast(weight), None if bias is None else self.cast(bias), self.packed)

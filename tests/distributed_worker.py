@@ -52,6 +52,9 @@ def main(out_path: str) -> None:
             json.dump({"losses": losses, "hashes": hashes, "world_size": dist.world_size,
                        "state": {k: v.double().reshape(-1).tolist() for k, v in state.items()}}, handle)
     if dist.enabled:
+        # every rank done (rank 0 has written) before any tears the group down: a rank that leaves early aborts gloo
+        dist.barrier()
+        del network
         torch.distributed.destroy_process_group()
 
 

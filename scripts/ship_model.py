@@ -2,7 +2,7 @@
 
     python scripts/ship_model.py MODEL_DIR NAME --licence "CC BY-NC 4.0 (HAM10000)"
 
-Copies config.json, the weights and train/metrics.jsonl (not the checkpoints), stores the large weight tensors
+Copies config.json, the weights, trained_on.json and train/metrics.jsonl (not the checkpoints), stores the large weight tensors
 in float16 (loaded as float32), and recomputes the fingerprint over the weights as they will be loaded, so
 that it identifies the shipped model exactly. MODEL_CARD.md is written by hand (see the shipped one).
 """
@@ -16,6 +16,7 @@ from pathlib import Path
 from skinaug.io import read_json, write_json
 from skinaug.modeldir import (CONFIG, PRIOR_WEIGHTS, SHIPPED_MODELS, VQVAE_WEIGHTS, compact_weights, fingerprint,
                               load_weights)
+from skinaug.trained_on import TRAINED_ON
 
 
 def ship(source: Path, name: str, licence: str) -> Path:
@@ -26,6 +27,8 @@ def ship(source: Path, name: str, licence: str) -> Path:
         if (source / weights).is_file():
             shutil.copyfile(source / weights, target / weights)
             compact_weights(target / weights)
+    if (source / TRAINED_ON).is_file():
+        shutil.copyfile(source / TRAINED_ON, target / TRAINED_ON)
     if (source / "train" / "metrics.jsonl").is_file():
         shutil.copyfile(source / "train" / "metrics.jsonl", target / "metrics.jsonl")
     config["trained_fingerprint"] = config["fingerprint"]  # the float32 model that the metrics were measured on

@@ -7,7 +7,8 @@ makes --resume exact and lets torchrun ranks take disjoint batches.
 
 - mix: top codes of one image with the bottom codes of another image of the same label.
 - resample: an image's top codes kept, its bottom codes drawn again from the bottom prior at a
-  temperature (optionally only inside a lesion mask).
+  temperature (optionally only inside a lesion mask, then optionally refined by Gibbs sweeps that let each
+  redrawn code see the kept codes below and right of it: `priors/refine.py`).
 - synthesize: top codes drawn for a class, then bottom codes given them.
 - rand-bottom / rand-top: one level replaced by uniformly random codes (baselines for scoring).
 """
@@ -48,9 +49,25 @@ def batch_seed(seed: int, batch_index: int) -> int:
     return (seed * 1_000_003 + batch_index * 7919 + 17) % (2**63 - 1)
 
 
+REFINE_CANDIDATES = 32  # codes weighed per position by --refine; a sweep's cost is proportional to it
+
+
+def check_refine(refine: int, candidates: int, mask_dir) -> None:
+    """--refine N sweeps need a mask (they re-draw codes given kept ones) and a non-empty candidate set."""
+    if refine < 0:
+        raise UsageError(f"--refine must be 0 or more sweeps, not {refine}")
+    if candidates < 1:
+        raise UsageError(f"--refine-candidates must be at least 1, not {candidates}")
+    if refine and mask_dir is None:
+        raise UsageError("--refine re-draws the codes inside the lesion masks given the kept ones: give --mask-dir")
+
+
 def open_generator(model, device="auto", *, backend=None, **options) -> "Generator":
     """The Generator of --backend: PyTorch, or the exported graphs through onnxruntime (which never import torch)."""
     if resolve_backend(backend) == "onnx":
+        if options.pop("refine", 0):
+            raise UsageError("--refine teacher-forces the bottom prior in PyTorch: it does not apply to --backend onnx")
+        options.pop("refine_candidates", None)
         from .onnx.generate import OnnxGenerator
 
         return OnnxGenerator(model, device, **options)
@@ -61,13 +78,17 @@ class Generator:
     """Turns batches of jobs into code maps and images with one model directory on one device."""
 
     def __init__(self, model, device="auto", *, temperature=1.0, top_k=None, mask_dir=None, dtype=None, sampler="fast",
-                 compile_step=False):
+                 compile_step=False, refine=0, refine_candidates=None):
+        refine_candidates = REFINE_CANDIDATES if refine_candidates is None else refine_candidates
+        check_refine(refine, refine_candidates, mask_dir)
         self.model_dir = ModelDir(model)
         self.config = self.model_dir.config()
         self.device = resolve_device(device)
         self.temperature = temperature
         self.top_k = top_k
         self.mask_dir = Path(mask_dir) if mask_dir else None
+        self.refine = refine  # Gibbs sweeps over the masked bottom codes after the raster draw (0: none)
+        self.refine_candidates = refine_candidates
         self.dtype = dtype
         if sampler not in ("fast", "reference"):
             raise UsageError(f"--sampler must be fast or reference, not {sampler}")
@@ -123,6 +144,17 @@ class Generator:
             return sample_reference(prior, class_labels, condition, **options)
         return sample(prior, class_labels, condition, dtype=self.dtype, compile=self.compile_step, **options)
 
+    def _refine(self, codes, region, labels, condition, generator):
+        """Gibbs sweeps over the masked codes, after the raster draw and from the same generator (refine 0 draws
+        nothing from it, so its codes are those of a run without refinement)."""
+        from .priors import refine_codes
+
+        prior, _ = self.prior("bottom")
+        class_labels = labels if prior.config.num_classes else None
+        return refine_codes(prior, codes, region, class_labels, condition, sweeps=self.refine,
+                            candidates=self.refine_candidates, temperature=self.temperature, top_k=self.top_k,
+                            generator=generator)
+
     def _mask(self, name: str):
         import torch
 
@@ -174,6 +206,8 @@ class Generator:
                 resampled = torch.stack([self._mask(source.images[job.source_top]) for job in jobs]).to(self.device)
                 keep = (codes["bottom"], ~resampled)
             codes["bottom"] = self._sample("bottom", labels, codes.get("top"), generator, keep)
+            if self.refine:
+                codes["bottom"] = self._refine(codes["bottom"], resampled, labels, codes.get("top"), generator)
         elif method == "synthesize":
             codes = {"top": self._sample("top", labels, None, generator)}
             codes["bottom"] = self._sample("bottom", labels, codes["top"], generator)
@@ -284,7 +318,8 @@ def run_jobs(generator: Generator, jobs: list[Job], source: CodeFile | None, out
     inputs = [generator.model_dir.path, generator.mask_dir, source.path if source is not None else None, *inputs]
     if dist.is_main:
         writer = DatasetWriter(out, model_config=generator.config, plan=plan, overwrite=overwrite, resume=resume,
-                               image_format=image_format, quality=quality, inputs=inputs)
+                               image_format=image_format, quality=quality, inputs=inputs,
+                               model_dir=generator.model_dir.path)
     # rank 0 alone claims the output; the other ranks write their batches where it says (staged under --overwrite)
     work_dir = dist.broadcast_object(str(writer.work) if dist.is_main else None) if dist.world_size > 1 else None
     if not dist.is_main:

@@ -31,6 +31,7 @@ from . import __version__
 from .codes import CodeWriter, model_attrs
 from .errors import SkinaugError
 from .io import OutputKind, atomic_path, claim_output, naming_write_errors, read_json, write_json, write_text
+from .trained_on import TRAINED_ON, read_record
 
 LABEL_COLUMNS = ["image", "label", "method", "source_top", "source_bottom", "temperature", "seed", "model_fingerprint"]
 METHODS = ("original", "reconstruction", "mix", "resample", "synthesize", "rand-bottom", "rand-top")
@@ -86,10 +87,13 @@ class DatasetWriter:
     """Writes a generated dataset batch by batch; see the module docstring for the resume design."""
 
     def __init__(self, out_dir, *, model_config: dict, plan: dict, overwrite=False, resume=False,
-                 image_format: str = "png", quality: int = 95, is_main: bool = True, inputs=(), work_dir=None):
+                 image_format: str = "png", quality: int = 95, is_main: bool = True, inputs=(), work_dir=None,
+                 model_dir=None):
         """`inputs`: what the command reads (model, sources, labels, masks), never to be written over.
-        `work_dir`: on the other torchrun ranks, the folder rank 0's claim writes into (its `.work`)."""
+        `work_dir`: on the other torchrun ranks, the folder rank 0's claim writes into (its `.work`).
+        `model_dir`: the generator's directory, whose record of training images the dataset keeps."""
         self.out = Path(out_dir)
+        self.model_dir = model_dir
         self.model_config = model_config
         self.image_format = image_format.lower()
         if self.image_format not in ("png", "jpg"):
@@ -208,6 +212,11 @@ class DatasetWriter:
             "seconds": round(time.perf_counter() - self.started, 3),
             **(extra or {}),
         }
+        # which images trained the generator: what `score cas` checks against its test images
+        record = read_record(self.model_dir) if self.model_dir is not None else None
+        if record is not None:
+            write_json(self.work / TRAINED_ON, record.to_json())
+        summary["generator_trained_on"] = TRAINED_ON if record is not None else None
         write_json(self.work / "run.json", {
             "command": command,
             "argv": sys.argv,

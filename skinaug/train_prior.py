@@ -35,6 +35,7 @@ from .io import OutputLock, real_path
 from .modeldir import PRIOR_WEIGHTS, ModelDir, fingerprint, load_weights, require_writable, save_weights
 from .priors import PriorConfig, build_prior
 from .runtime import log, progress, resolve_device, warn
+from .trained_on import record_stage
 from .train_vqvae import (InitSource, load_checkpoint, open_init, restore_training_state, save_checkpoint,
                           training_state, warmup_cosine)
 
@@ -377,6 +378,8 @@ def train_prior_level(model_dir: ModelDir, code_file: CodeFile, level: str, opti
     if init_record is not None:
         priors[level]["init"] = init_record
     model_dir.update_config(priors=priors)
+    record_stage(model_dir.path, [code_file.images[i] for i in chosen], [code_file.groups[i] for i in chosen], f"prior_{level}",
+                 init_record)
     return final
 
 

@@ -28,6 +28,7 @@ from .image_cache import build_cache
 from .io import MODEL_DIRECTORY, atomic_path, claim_output, write_json, write_text
 from .modeldir import VQVAE_WEIGHTS, ModelDir, load_weights
 from .runtime import log, progress, resolve_device, warn
+from .trained_on import record_stage
 from .vqvae import VQVAE2, VQVAEConfig, to_model_input, to_uint8, vqvae_loss
 
 CHECKPOINT = "checkpoint.pt"
@@ -448,6 +449,8 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig | dict | No
         final = {k: metrics[k] for k in metrics if k.startswith(("val_mse", "used_codes", "perplexity", "co_occurring"))}
         final.update(epochs=options.epochs, steps=step)
         model_dir.save_vqvae(model, class_names=dataset.class_names, training_data=training_data, metrics=final)
+        # every image read, validation included: it chose the weights kept
+        record_stage(model_dir.path, [s.name for s in samples], [s.group for s in samples], "vqvae", meta["init"])
         write_json(model_dir.train_dir / "train_config.json", {**meta, "options": _options_dict(options), "device": str(device)})
         claim.commit()
     dist.barrier()

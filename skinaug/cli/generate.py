@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..errors import UsageError
 from ..runtime import set_quiet
 from .options import (BackendOpt, BatchOpt, DeviceOpt, FormatOpt, GroupColOpt, ImageColOpt, JsonOpt, LabelColOpt, LabelsOpt, ModelOpt,
                       OverwriteOpt, QualityOpt, QuietOpt, ResumeOpt, SeedOpt, StrictOpt, columns, emit, finite_number)
@@ -21,6 +22,31 @@ TopKOpt = Annotated[Optional[int], typer.Option("--top-k", min=1, help="Sample o
 BF16Opt = Annotated[bool, typer.Option("--bf16", help="Sample in bfloat16 on CUDA (faster; logits differ slightly from fp32).")]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the sampling step (CUDA: faster steps after ~2 min of compilation; for large runs).")]
 SamplerOpt = Annotated[str, typer.Option("--sampler", help="fast (cached, exact) or reference (one full forward per code: slow, for checks).")]
+
+
+def _at_least(flag: str, minimum: int):
+    """A callback for an int option: below `minimum` is a one-line usage error (typer's min= prints a usage box)."""
+
+    def check(value: Optional[int]) -> Optional[int]:
+        if value is not None and value < minimum:
+            raise UsageError(f"{flag} must be at least {minimum}, not {value}")
+        return value
+
+    return check
+
+
+MaskDirOpt = Annotated[Optional[Path], typer.Option(
+    "--mask-dir", help="Resample only inside each image's lesion mask DIR/<image>.png. Drawn in raster order, a masked "
+                       "code cannot see the kept codes below or right of it, so seams can show at the mask's lower "
+                       "and right edges: --refine N re-draws the masked codes given all their neighbours.")]
+RefineOpt = Annotated[int, typer.Option(
+    "--refine", callback=_at_least("--refine", 0),
+    help="Gibbs sweeps after the draw (with --mask-dir): each masked code re-drawn given every other code. "
+         "A sweep costs one batched prior forward per masked position (0: none, the raster draw as it is).")]
+RefineCandidatesOpt = Annotated[Optional[int], typer.Option(
+    "--refine-candidates", callback=_at_least("--refine-candidates", 1), show_default=False,
+    help="Codes weighed per masked position by --refine (default 32): the likeliest of its raster conditional; "
+         "the codebook size or more: all codes, the exact conditional.")]
 
 
 def _dtype(bf16: bool):
@@ -94,7 +120,9 @@ def register(app: typer.Typer) -> None:
         temperature: TemperatureOpt = 1.0,
         top_k: TopKOpt = None,
         method: Annotated[str, typer.Option("--method", help="resample, or a baseline: rand-bottom | rand-top (uniformly random codes in one level).")] = "resample",
-        mask_dir: Annotated[Optional[Path], typer.Option("--mask-dir", help="Resample only inside each image's lesion mask DIR/<image>.png.")] = None,
+        mask_dir: MaskDirOpt = None,
+        refine: RefineOpt = 0,
+        refine_candidates: RefineCandidatesOpt = None,
         class_name: Annotated[Optional[str], typer.Option("--class", help="Only images of this class.")] = None,
         device: DeviceOpt = "auto", backend: BackendOpt = None, seed: SeedOpt = 0, batch_size: BatchOpt = 64, bf16: BF16Opt = False,
         sampler: SamplerOpt = "fast", compile_: CompileOpt = False,
@@ -110,7 +138,6 @@ def register(app: typer.Typer) -> None:
         set_quiet(quiet)
         import numpy as np
 
-        from ..errors import UsageError
         from ..generate import open_generator, class_index, job_plan, name_jobs, plan_per_source, run_jobs
 
         if method not in ("resample", "rand-bottom", "rand-top"):
@@ -119,8 +146,11 @@ def register(app: typer.Typer) -> None:
             raise UsageError("--mask-dir goes with --method resample")
         if mask_dir is not None and not mask_dir.is_dir():
             raise UsageError(f"--mask-dir {mask_dir} is not a folder")
+        if refine_candidates is not None and not refine:
+            raise UsageError("--refine-candidates goes with --refine N")
         generator = open_generator(model, device, backend=backend, temperature=temperature, top_k=top_k, mask_dir=mask_dir,
-                                   dtype=_dtype(bf16), sampler=sampler, compile_step=compile_)
+                                   dtype=_dtype(bf16), sampler=sampler, compile_step=compile_, refine=refine,
+                                   refine_candidates=refine_candidates)
         generator.require([method])
         source, read = _sources(model, codes, data, labels, device, backend, strict, columns(image_col, label_col, group_col))
         indices = np.arange(len(source))
@@ -128,12 +158,17 @@ def register(app: typer.Typer) -> None:
             indices = indices[source.labels == class_index(generator.class_names, class_name)]
         jobs = plan_per_source(method, indices, per_image, source)
         name_jobs(jobs, generator.class_names)
+        # in the plan only when on: the plans (and --resume) of runs without refinement stay as they were
+        refine_candidates = generator.refine_candidates if refine else None
+        refined = {"refine": refine, "refine_candidates": refine_candidates} if refine else {}
         plan = job_plan(jobs, command=method, source=str(codes or data), seed=seed, batch_size=batch_size,
                         temperature=temperature, top_k=top_k, mask_dir=str(mask_dir) if mask_dir else None, format=image_format,
-                        bf16=bf16, sampler=sampler)
+                        bf16=bf16, sampler=sampler, **refined)
         summary = run_jobs(generator, jobs, source, out, seed=seed, batch_size=batch_size, command=method, plan=plan,
                            overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
-                           extra={"mask_dir": str(mask_dir) if mask_dir else None, "input": read}, inputs=[labels])
+                           extra={"mask_dir": str(mask_dir) if mask_dir else None, "refine": refine,
+                                  "refine_candidates": refine_candidates, "input": read},
+                           inputs=[labels])
         _finish(summary, json_, out)
 
     @app.command("synthesize")

@@ -33,13 +33,15 @@ def _budget(arch: str, image_size: int, batch_size: int, lr: float):
 
 @app.command("cas")
 def cas(
-    real: Annotated[Path, typer.Option("--real", help="Real image folder (split by lesion into train and test).", show_default=False)],
+    real: Annotated[Path, typer.Option("--real", help="Real image folder (split by lesion into train and test; with --test, all of it trains).", show_default=False)],
     train: Annotated[str, typer.Option("--train", help="Comma-separated training sets: 'real', a generated OUT_DIR, or OUT_DIRs joined with '+' (one set).", show_default=False)],
     labels: LabelsOpt = None,
     positive: Annotated[Optional[str], typer.Option("--positive", help="Positive class (e.g. melanoma); omit both for all classes.")] = None,
     negative: Annotated[Optional[str], typer.Option("--negative", help="Negative class (e.g. nevus).")] = None,
     mode: Annotated[str, typer.Option("--mode", help="replace: train on the set alone (the paper's); add: real train split + the set.")] = "replace",
-    test_fraction: Annotated[float, typer.Option("--test-fraction", help="Share of the real data held out for testing (by lesion).")] = 0.2,
+    test: Annotated[Optional[Path], typer.Option("--test", help="External test images (folder or OUT_DIR): all of --real then trains.")] = None,
+    test_labels: Annotated[Optional[Path], typer.Option("--test-labels", help="Labels CSV of --test (else its class sub-folders).")] = None,
+    test_fraction: Annotated[float, typer.Option("--test-fraction", help="Share of the real data held out for testing (by lesion; without --test).")] = 0.2,
     real_fraction: Annotated[float, typer.Option("--real-fraction", help="Share of the real train split used (low-data regime).")] = 1.0,
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Classifiers per set (seeds --seed, --seed+1, ...): mean and std.")] = 1,
     arch: ArchOpt = "efficientnet-b0",
@@ -53,7 +55,7 @@ def cas(
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     overwrite: OverwriteOpt = False,
-    strict: Annotated[bool, typer.Option("--strict", help="Refuse a set made from test images, and unreadable inputs.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Refuse a set made from test images or by a generator that saw them (or whose training images are unknown), and unreadable inputs.")] = False,
     workers: WorkersOpt = None,
     image_col: ImageColOpt = None,
     label_col: LabelColOpt = None,
@@ -71,7 +73,8 @@ def cas(
     options = CasOptions(positive=positive, negative=negative, mode=mode, test_fraction=test_fraction, real_fraction=real_fraction,
                          seeds=seeds, seed=seed, epochs=epochs, steps=steps, budget=_budget(arch, image_size, batch_size, lr),
                          device=device, weights=str(weights) if weights else None, strict=strict, workers=workers,
-                         columns=columns(image_col, label_col, group_col))
+                         columns=columns(image_col, label_col, group_col), test=str(test) if test else None,
+                         test_labels=str(test_labels) if test_labels else None)
     specs = [spec.strip() for spec in train.split(",") if spec.strip()]
     summary = run_cas(real, labels, specs, options, out=out, overwrite=overwrite)
     if not quiet:

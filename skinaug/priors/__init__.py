@@ -5,6 +5,7 @@
     logits = prior(codes, labels)                               # (B, K, H, W), for training
     codes = sample(prior, labels, generator=torch.Generator().manual_seed(0))   # fast, cached
     codes = sample_reference(prior, labels, ...)                # one full forward per position: ground truth
+    codes = refine_codes(prior, codes, region, labels, ...)     # Gibbs sweeps over a resampled region
 """
 
 from torch import nn
@@ -13,9 +14,11 @@ from .config import PriorConfig
 from .fast import sample
 from .gated_pixelcnn import GatedPixelCNN
 from .pixelsnail import PixelSNAIL
+from .refine import conditional_log_probs, log_likelihood, refine_codes
 from .sampling import draw_codes, sample_reference
 
-__all__ = ["GatedPixelCNN", "PixelSNAIL", "PriorConfig", "build_prior", "draw_codes", "sample", "sample_reference"]
+__all__ = ["GatedPixelCNN", "PixelSNAIL", "PriorConfig", "build_prior", "conditional_log_probs", "draw_codes",
+           "log_likelihood", "refine_codes", "sample", "sample_reference"]
 
 
 def build_prior(config: PriorConfig) -> nn.Module:

@@ -1,11 +1,14 @@
 """The classification accuracy score (CAS): train a classifier on a set, measure AUC on real held-out images.
 
-The real data is split once by lesion (or patient), seeded. Test images never train a classifier: a
-generated image made from a test image (its name, source_top or source_bottom is a test image, or an image
-of a test lesion) is left out and counted, or refused under `strict`. Every set gets the same budget
+The real data is split once by lesion (or patient), seeded; with `test` (an external test set) all of it is
+training data instead. Test images never train a classifier: a generated image made from a test image (its
+name, source_top or source_bottom is a test image, or an image of a test lesion) is left out and counted, or
+refused under `strict`. A generated set whose generator saw a test image or test lesion (its trained_on.json,
+see skinaug.trained_on) is flagged: a warning, or refused under `strict`. Every set gets the same budget
 (network, image size, batch, optimizer steps); `seeds` classifiers per set give a mean and a spread.
 
     skinaug score cas --real DATA --labels CSV --train real,OUT_DIR,A+B --positive melanoma --negative nevus
+    skinaug score cas --real TRAIN --labels CSV --test TEST --test-labels CSV --train real,OUT_DIR
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ class CasOptions:
     strict: bool = False
     workers: int | None = None
     columns: dict = field(default_factory=dict)
+    test: str | None = None  # an external test folder: all of the real data then trains
+    test_labels: str | None = None
 
     def validate(self) -> None:
         """Usage errors, found before any output is touched or any image decoded."""
@@ -77,6 +82,7 @@ class Split:
     test_names: set[str]
     test_groups: set[str]
     group_of: dict[str, str]  # every real image (all classes) -> its lesion, or itself when it has none
+    test_lesion_ids: set[str] = field(default_factory=set)  # the test side's lesion ids (not image names)
 
 
 @dataclass
@@ -89,6 +95,7 @@ class TrainingSet:
     generated: int  # generated images used
     left_out_test: int  # generated images made from test images or test lesions
     left_out_other: int  # generated images of classes outside the task
+    generator_saw_test: dict | None = None  # {"images": n, "lesions": m} from the generators' records; None: unknown
 
 
 def choose_task(class_names: list[str], positive: str | None, negative: str | None) -> Task:
@@ -125,7 +132,70 @@ def split_real(real, task: Task, options: CasOptions) -> Split:
         raise SkinaugError(f"no test image of class {', '.join(missing)}: use more data or a larger --test-fraction")
     test_samples = [samples[i] for i in test]
     return Split([samples[i] for i in train], test_samples, labels[train], labels[test], {s.name for s in test_samples},
-                 {group_of[s.name] for s in test_samples}, group_of)
+                 {group_of[s.name] for s in test_samples}, group_of, {s.group for s in test_samples if s.group})
+
+
+def split_external(real, test, task: Task, options: CasOptions) -> Split:
+    """All of `real` (of the task's classes) trains, optionally thinned by lesion; `test` is the test side.
+
+    A real image that is also a test image, or of a test lesion, cannot train: it is left out with a line
+    (refused under strict)."""
+    index = {name: i for i, name in enumerate(task.class_names)}
+    test_samples = [s for s in test.samples if s.label >= 0 and test.class_names[s.label] in index]
+    outside = sum(1 for s in test.samples if s.label >= 0 and test.class_names[s.label] not in index)
+    if outside:
+        log(f"{outside} test images of classes outside the task are not used")
+    test_labels = np.array([index[test.class_names[s.label]] for s in test_samples], dtype=np.int64)
+    missing = [task.class_names[c] for c in range(len(task.class_names)) if not (test_labels == c).any()]
+    if missing:
+        raise SkinaugError(f"the test set has no image of class {', '.join(missing)}")
+    test_names = {s.name for s in test_samples}
+    test_lesions = {s.group for s in test_samples if s.group}
+    samples = [s for s in real.samples if s.label >= 0 and real.class_names[s.label] in index]
+    overlapping = [s for s in samples if s.name in test_names or (s.group and s.group in test_lesions)]
+    if overlapping:
+        if options.strict:
+            raise SkinaugError(f"{len(overlapping)} real training images are test images or of test lesions "
+                               f"(e.g. {overlapping[0].name}): --strict refuses overlapping sets")
+        warn(f"left out {len(overlapping)} real training images that are test images or of test lesions "
+             f"(e.g. {overlapping[0].name})")
+        dropped = {s.name for s in overlapping}
+        samples = [s for s in samples if s.name not in dropped]
+    if len(samples) < 2:
+        raise SkinaugError(f"only {len(samples)} real training images of the classes {', '.join(task.class_names)}")
+    labels = np.array([index[real.class_names[s.label]] for s in samples], dtype=np.int64)
+    group_of = {s.name: s.group or s.name for s in real.samples}
+    group_of.update({s.name: s.group or s.name for s in test.samples})
+    train = np.arange(len(samples))
+    if options.real_fraction < 1:
+        _, train = group_split([group_of[s.name] for s in samples], options.real_fraction, options.seed + 1, labels=labels)
+    return Split([samples[i] for i in train], test_samples, labels[train], test_labels, test_names,
+                 {group_of[s.name] for s in test_samples}, group_of, test_lesions)
+
+
+def check_generator(image_set, split: Split, options: CasOptions) -> dict | None:
+    """What the generator of a generated set saw of the test side, from its trained_on.json: a warning, or
+    refusal under strict, when it saw test images or lesions, or when nobody can tell."""
+    from ..trained_on import read_record
+
+    record = read_record(image_set.path)
+    if record is None or not record.complete:
+        problem = ("has no trained_on.json (made before skinaug recorded training images, or by another tool)"
+                   if record is None else "was made by a generator started from a model without a record")
+        if options.strict:
+            raise SkinaugError(f"{image_set.path} {problem}: --strict cannot tell whether its generator saw the test images")
+        warn(f"{image_set.path} {problem}: cannot tell whether its generator saw the test images")
+        if record is None:
+            return None
+    names, lesions = record.seen(sorted(split.test_names), sorted(split.test_lesion_ids))
+    if names or lesions:
+        example = names[0] if names else f"lesion {lesions[0]}"
+        message = (f"the generator of {image_set.path} was trained on {len(names)} of the {len(split.test_names)} test images "
+                   f"and {len(lesions)} of the {len(split.test_lesion_ids)} test lesions (e.g. {example}): its score is flattered")
+        if options.strict:
+            raise SkinaugError(f"{message}; --strict refuses it: train the generator on the training side only")
+        warn(message)
+    return {"images": len(names), "lesions": len(lesions)} if record.complete else None
 
 
 def _load(samples: list[Sample], labels: np.ndarray, options: CasOptions, what: str) -> tuple[np.ndarray, np.ndarray, list[Sample]]:
@@ -148,6 +218,7 @@ def load_training_set(spec: str, task: Task, split: Split, real_images: np.ndarr
     index = {name: i for i, name in enumerate(task.class_names)}
     parts, names, labels, image_names = [], [], [], []
     left_out_test = left_out_other = 0
+    saw_test: dict | None = {"images": 0, "lesions": 0}
     for part in spec.split("+"):
         image_set = open_set(part, strict=options.strict)
         if not image_set.generated:
@@ -168,6 +239,8 @@ def load_training_set(spec: str, task: Task, split: Split, real_images: np.ndarr
         if leaked and options.strict:
             raise SkinaugError(f"{len(leaked)} images of {part} were made from real test images (e.g. {leaked[0]}); "
                                "--strict refuses such a set: generate it from the training split only")
+        seen = check_generator(image_set, split, options)
+        saw_test = None if seen is None or saw_test is None else {k: saw_test[k] + seen[k] for k in seen}
         left_out_test += len(leaked)
         images, part_labels, kept = _load(keep, np.array(keep_labels, dtype=np.int64), options, image_set.name)
         image_names += [s.name for s in kept]
@@ -186,7 +259,8 @@ def load_training_set(spec: str, task: Task, split: Split, real_images: np.ndarr
     absent = [task.class_names[c] for c in range(len(task.class_names)) if not (labels == c).any()]
     if absent:
         warn(f"{spec} has no training image of class {', '.join(absent)}")
-    return TrainingSet("+".join(names), options.mode, image_names, images, labels, generated, left_out_test, left_out_other)
+    return TrainingSet("+".join(names), options.mode, image_names, images, labels, generated, left_out_test, left_out_other,
+                       saw_test)
 
 
 def score_set(training: TrainingSet, task: Task, test_images: np.ndarray, test_labels: np.ndarray, options: CasOptions,
@@ -212,11 +286,18 @@ def run_cas(real_dir, labels_csv, train_specs: list[str], options: CasOptions, o
         raise UsageError("--train needs at least one set: real, or a generated OUT_DIR")
     # the folder is written whole at the end; --overwrite replaces an earlier one only then
     sets = [part for spec in train_specs if spec != "real" for part in spec.split("+")]
-    claim = None if out is None else claim_output(out, kind=CAS_FOLDER, inputs=(real_dir, labels_csv, *sets), overwrite=overwrite)
+    if options.test_labels is not None and options.test is None:
+        raise UsageError("--test-labels needs --test")
+    claim = None if out is None else claim_output(out, kind=CAS_FOLDER, overwrite=overwrite,
+                                                  inputs=(real_dir, labels_csv, options.test, options.test_labels, *sets))
     device = resolve_device(options.device)
     real = scan_dataset(real_dir, labels_csv, strict=options.strict, **options.columns)
     task = choose_task(real.class_names, options.positive, options.negative)
-    split = split_real(real, task, options)
+    if options.test is not None:
+        test = open_set(options.test, options.test_labels, strict=options.strict, **options.columns).dataset
+        split = split_external(real, test, task, options)
+    else:
+        split = split_real(real, task, options)
     real_images, split.train_labels, split.train = _load(split.train, split.train_labels, options, "real")
     test_images, test_labels, test_samples = _load(split.test, split.test_labels, options, "real test")
     if options.steps is None:
@@ -245,6 +326,7 @@ def run_cas(real_dir, labels_csv, train_specs: list[str], options: CasOptions, o
             "aucs": aucs, "auc_mean": float(np.mean(aucs)), "auc_std": float(np.std(aucs, ddof=1)) if len(aucs) > 1 else 0.0,
             "train_images": int(len(training.images)), "generated_images": training.generated,
             "left_out_test_provenance": training.left_out_test, "left_out_other_classes": training.left_out_other,
+            "generator_saw_test": training.generator_saw_test if training.generated else {"images": 0, "lesions": 0},
         })
         seed_curves = []
         for k, probs in enumerate(probabilities):
@@ -254,6 +336,7 @@ def run_cas(real_dir, labels_csv, train_specs: list[str], options: CasOptions, o
 
     summary = {
         "task": task.title, "classes": task.class_names, "test_images": int(len(test_images)),
+        "test": "external" if options.test is not None else f"lesion split of the real data ({options.test_fraction:.0%}, seed {options.seed})",
         "train_real_images": int(len(real_images)), "budget": asdict(options.budget), "sets": entries,
     }
     if claim is not None:

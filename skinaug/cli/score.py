@@ -10,9 +10,9 @@ import typer
 
 from ..runtime import set_quiet
 from .options import (BatchOpt, DataArg, DeviceOpt, GroupColOpt, ImageColOpt, JsonOpt, LabelColOpt, LabelsOpt,
-                      OverwriteOpt, QuietOpt, SeedOpt, StrictOpt, WorkersOpt, columns, emit, finite_number)
+                      OverwriteOpt, QuietOpt, ResumeOpt, SeedOpt, StrictOpt, WorkersOpt, columns, emit, finite_number)
 
-app = typer.Typer(help="Judge a model and its generated datasets: CAS, code usage, FID, memorization.", no_args_is_help=True)
+app = typer.Typer(help="Judge a model and its generated datasets: CAS, benefit, code usage, FID, memorization.", no_args_is_help=True)
 
 ArchOpt = Annotated[str, typer.Option("--arch", help="Classifier: efficientnet-b0 (the paper's), resnet10 or resnet18 (MONAI).")]
 ClassifierImageSizeOpt = Annotated[int, typer.Option("--image-size", min=16, help="Side of the square images the classifier sees.")]
@@ -79,6 +79,71 @@ def cas(
     summary = run_cas(real, labels, specs, options, out=out, overwrite=overwrite)
     if not quiet:
         print_cas_table(summary)
+    emit(summary, json_, out)
+
+
+@app.command("benefit")
+def benefit(
+    data: DataArg,
+    out: Annotated[Path, typer.Option("--out", help="Benefit folder: split, generator, generated sets, classifier results, benefit.json and benefit.png.", show_default=False)],
+    labels: LabelsOpt = None,
+    model: Annotated[Optional[Path], typer.Option("--model", help="A generator to use instead of training one on the train side; refused if its trained_on.json shows it saw a test image or lesion.")] = None,
+    fractions: Annotated[str, typer.Option("--fractions", help="Shares of the real train side (by lesion), comma-separated.")] = "0.1,1.0",
+    methods: Annotated[str, typer.Option("--methods", help="Added images: classic (albumentations copies), mix, resample, synthesize.")] = "classic,mix,resample,synthesize",
+    ratio: Annotated[float, typer.Option("--ratio", callback=finite_number("--ratio", positive=True), help="Added images per real image, in every class (the same share everywhere).")] = 1.0,
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Classifiers per (fraction, method): seeds --seed, --seed+1, ...")] = 3,
+    test_fraction: Annotated[float, typer.Option("--test-fraction", help="Share of the lesions held out for testing.")] = 0.2,
+    positive: Annotated[Optional[str], typer.Option("--positive", help="Class of the pairwise AUC (default melanoma, when present).")] = None,
+    negative: Annotated[Optional[str], typer.Option("--negative", help="Other class of the pairwise AUC (default nevus).")] = None,
+    arch: ArchOpt = "efficientnet-b0",
+    image_size: ClassifierImageSizeOpt = 64,
+    epochs: EpochsOpt = 3,
+    batch_size: BatchOpt = 32,
+    lr: LrOpt = 1e-3,
+    weights: WeightsOpt = None,
+    temperature: Annotated[float, typer.Option("--temperature", callback=finite_number("--temperature", positive=True), help="Prior sampling temperature.")] = 1.0,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", min=1, help="Sample among the k likeliest codes only.")] = None,
+    generator_epochs: Annotated[str, typer.Option("--generator-epochs", help="Epochs of the generator trained without --model: VQ-VAE,top prior,bottom prior.")] = "16,14,10",
+    generator_image_size: Annotated[int, typer.Option("--generator-image-size", help="Image side of the generator trained without --model.")] = 64,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", min=0, help="Bootstrap replicates over test lesions for the gain's interval (0: none).")] = 1000,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = 0,
+    overwrite: OverwriteOpt = False,
+    resume: ResumeOpt = False,
+    workers: WorkersOpt = None,
+    image_col: ImageColOpt = None,
+    label_col: LabelColOpt = None,
+    group_col: GroupColOpt = None,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+):
+    """Does adding generated images to real ones help a classifier? Leak-free: split by lesion, generator on the train side.
+
+    Example: skinaug score benefit images/ --labels labels.csv --out benefit/ --fractions 0.1,1.0 --seeds 3
+    """
+    set_quiet(quiet)
+    from ..errors import UsageError
+    from ..scores.benefit import BenefitOptions, GeneratorRecipe, print_benefit_table, run_benefit
+
+    try:
+        shares = [float(part) for part in fractions.split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(f"--fractions takes comma-separated shares, e.g. 0.1,1.0; got {fractions!r}") from None
+    try:
+        stages = [int(part) for part in generator_epochs.split(",")]
+    except ValueError:
+        stages = []
+    if len(stages) != 3 or min(stages) < 1:
+        raise UsageError(f"--generator-epochs takes three positive integers (VQ-VAE,top,bottom), e.g. 16,14,10; got {generator_epochs!r}")
+    recipe = GeneratorRecipe(image_size=generator_image_size, vqvae_epochs=stages[0], top_epochs=stages[1], bottom_epochs=stages[2])
+    options = BenefitOptions(fractions=shares, methods=[m.strip() for m in methods.split(",") if m.strip()], ratio=ratio,
+                             seeds=seeds, seed=seed, test_fraction=test_fraction, positive=positive, negative=negative,
+                             epochs=epochs, budget=_budget(arch, image_size, batch_size, lr), temperature=temperature, top_k=top_k,
+                             bootstrap=bootstrap, device=device, weights=str(weights) if weights else None, workers=workers,
+                             columns=columns(image_col, label_col, group_col), recipe=recipe)
+    summary = run_benefit(data, labels, out, options, model=model, resume=resume, overwrite=overwrite)
+    if not quiet:
+        print_benefit_table(summary)
     emit(summary, json_, out)
 
 

@@ -5,12 +5,12 @@ raster order: it cannot see the kept codes below p or to its right, so the drawn
 its lower and right edges. A sweep visits the resampled positions in raster order and re-draws each from its
 conditional given every other code of the grid,
 
-    p(c_p | rest)  ∝  prod over q >= p of p(c_q | codes before q)      (the factors before p do not involve c_p),
+    p(c_p | rest)  proportional to  prod over q >= p of p(c_q | codes before q)   (no factor before p involves c_p),
 
 computed exactly for a candidate set: the `candidates` likeliest codes of p's raster conditional (every code when
 `candidates` >= K). Each candidate's grid is teacher-forced through the prior, all candidates of all images that
-resample p in one batched forward (cut into chunks by `LOGITS_BUDGET_BYTES`), so a sweep over M positions costs M
-such forwards, plus M forwards of the rows above p for the candidate sets when they are not the whole codebook.
+resample p in one batched forward (cut into chunks by `FORWARD_BUDGET_BYTES`), so a sweep over M positions costs M
+such forwards, plus M forwards of the rows up to p's for the candidate sets when they are not the whole codebook.
 
 With temperature T every factor is softmax(logits / T): the distribution the raster sampler draws from. At T = 1 with
 every code a candidate a sweep is a Gibbs sweep of the prior's distribution of the region given the kept codes, which
@@ -27,9 +27,10 @@ from torch import Tensor, nn
 from ..errors import UsageError
 from .sampling import check_draw_args, draw_codes, evaluating, to_device
 
-# Float32 logits held by one teacher-forced forward: bounds the chunk of candidate grids. The reference bottom prior
-# (64x64, K 512) has 8 MiB of logits per grid, so 128 grids a forward; the activations take about as much again.
-LOGITS_BUDGET_BYTES = 1 << 30
+# What one teacher-forced forward of candidate grids may hold, counted per grid as its float32 logits plus four
+# activation maps: it sets how many grids go in one forward. The reference bottom prior (64x64, K 512, 256 channels):
+# 24 MiB a grid, 85 grids a forward; the 64px one (16x16, K 256, 128 channels): 768 KiB a grid, 2,730 grids.
+FORWARD_BUDGET_BYTES = 2 << 30
 
 
 def refine_codes(model: nn.Module, codes: Tensor, region: Tensor, labels: Tensor | None = None,
@@ -59,17 +60,18 @@ def refine_codes(model: nn.Module, codes: Tensor, region: Tensor, labels: Tensor
     elif tuple(uniforms.shape) != (sweeps, batch, positions):
         raise UsageError(f"uniforms must be (sweeps, batch, H*W) = ({sweeps}, {batch}, {positions}), "
                          f"not {tuple(uniforms.shape)}")
+    uniforms = uniforms.to(device=device, dtype=torch.float32)
     codes = codes.to(device=device, dtype=torch.long).flatten(1).clone()
     region = region.to(device=device, dtype=torch.bool).flatten(1)
-    order = torch.flatnonzero(region.any(dim=0)).tolist()
+    order = region.any(dim=0).nonzero().flatten().tolist()
     with torch.no_grad(), evaluating(model):
         for sweep in range(sweeps):
             for position in order:
-                images = torch.flatnonzero(region[:, position])
+                images = region[:, position].nonzero().flatten()
                 log_probs, choices = conditional_log_probs(
                     model, codes[images].view(-1, height, width), position, pick(labels, images),
                     pick(condition, images), candidates=candidates, temperature=temperature, top_k=top_k)
-                drawn = draw_codes(log_probs, uniforms[sweep, images, position].to(device))
+                drawn = draw_codes(log_probs, uniforms[sweep, images, position])
                 codes[images, position] = choices.gather(1, drawn[:, None]).squeeze(1)
     return codes.view(batch, height, width)
 
@@ -97,7 +99,8 @@ def _conditional_log_probs(model, codes, position, labels, condition, candidates
         choices = torch.arange(size, device=codes.device).expand(batch, size)
     grids = codes.flatten(1).repeat_interleave(size, dim=0)
     grids[:, position] = choices.flatten()
-    per_forward = max(1, LOGITS_BUDGET_BYTES // (4 * config.codebook_size * config.height * width))
+    grid_bytes = 4 * config.height * width * (config.codebook_size + 4 * config.channels)
+    per_forward = max(1, FORWARD_BUDGET_BYTES // grid_bytes)
     repeat = lambda t: None if t is None else t.repeat_interleave(size, dim=0)  # noqa: E731
     labels, condition = repeat(labels), repeat(condition)
     scores = torch.cat([
@@ -112,7 +115,7 @@ def log_likelihood(model: nn.Module, codes: Tensor, labels: Tensor | None = None
                    *, temperature: float = 1.0, start: int = 0) -> Tensor:
     """(B,) float64: the teacher-forced sum over raster positions q >= start of log softmax(logits_q / T)[c_q]."""
     row = start // model.config.width
-    logits = model(codes, labels, condition)[:, :, row:]  # rows above `start` cannot matter to its terms
+    logits = model(codes, labels, condition)[:, :, row:]  # the rows above start's hold none of the summed terms
     log_probs = (logits.float() / temperature).log_softmax(dim=1).gather(1, codes[:, None, row:]).flatten(1)
     return log_probs[:, start - row * model.config.width :].double().sum(dim=1)
 

@@ -171,3 +171,32 @@ def test_benefit_usage_errors_are_one_line_exit_2(tiny_dataset, tmp_path, capsys
                               "--out", tmp_path / "b", *args)
     assert code == 2 and message in stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_the_filter_keeps_passing_candidates_in_order_and_fills_a_class_up_with_the_best(tmp_path):
+    from skinaug.scores.benefit import filter_generated
+
+    images = np.arange(8)[:, None, None, None] * np.ones((8, 2, 2, 3), np.uint8)
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    judge = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.95, 0.05],  # class 0: 0, 2 and 3 pass 0.6
+                      [0.5, 0.5], [0.6, 0.4], [0.45, 0.55], [0.1, 0.9]])  # class 1: only 7 passes
+    names = [f"g{i}" for i in range(8)]
+    kept, kept_labels, counts = filter_generated(images, labels, names, judge, {0: 2, 1: 2}, 0.6, tmp_path, ["a", "b"])
+    assert kept[:, 0, 0, 0].tolist() == [0, 2, 6, 7]  # class 0: the first two passing; class 1: 7, then the best other (6)
+    assert kept_labels.tolist() == [0, 0, 1, 1]
+    assert counts == {"a": {"candidates": 4, "passed": 3, "kept": 2}, "b": {"candidates": 4, "passed": 1, "kept": 2}}
+    rows = list(csv.DictReader(open(tmp_path / "filtered.csv")))
+    assert [r["kept"] for r in rows] == ["1", "0", "1", "0", "0", "0", "1", "1"]
+    assert float(rows[6]["p_label"]) == 0.55 and rows[6]["passed"] == "0"
+
+
+def test_benefit_with_the_filter_records_what_passed(tmp_path):
+    data = make_lesion_data(tmp_path / "data")
+    out = tmp_path / "benefit"
+    summary = run_benefit(data / "images", data / "labels.csv", out, tiny_options(fractions=[1.0], seeds=1, methods=["synthesize"],
+                                                                                  filter=0.5, bootstrap=0))
+    row = summary["rows"][1]
+    real = summary["rows"][0]["real_images"]
+    assert row["added_images"] == real and set(row["added_share_per_class"].values()) == {0.5}
+    assert sum(c["candidates"] for c in row["filter"]["per_class"].values()) == 2 * real  # --oversample 2
+    assert (out / "fraction_1" / "synthesize" / "filtered.csv").is_file()

@@ -105,6 +105,8 @@ def benefit(
     top_k: Annotated[Optional[int], typer.Option("--top-k", min=1, help="Sample among the k likeliest codes only.")] = None,
     generator_epochs: Annotated[str, typer.Option("--generator-epochs", help="Epochs of the generator trained without --model: VQ-VAE,top prior,bottom prior.")] = "16,14,10",
     generator_image_size: Annotated[int, typer.Option("--generator-image-size", help="Image side of the generator trained without --model.")] = 64,
+    filter_: Annotated[Optional[float], typer.Option("--filter", help="Keep generated images that a classifier of the fraction's real images gives p(label) >= P (of --oversample x candidates; the best-scored fill a class up when too few pass).")] = None,
+    oversample: Annotated[float, typer.Option("--oversample", help="With --filter: candidates generated per image kept.")] = 2.0,
     bootstrap: Annotated[int, typer.Option("--bootstrap", min=0, help="Bootstrap replicates over test lesions for the gain's interval (0: none).")] = 1000,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
@@ -139,7 +141,7 @@ def benefit(
     options = BenefitOptions(fractions=shares, methods=[m.strip() for m in methods.split(",") if m.strip()], ratio=ratio,
                              seeds=seeds, seed=seed, test_fraction=test_fraction, positive=positive, negative=negative,
                              epochs=epochs, budget=_budget(arch, image_size, batch_size, lr), temperature=temperature, top_k=top_k,
-                             bootstrap=bootstrap, device=device, weights=str(weights) if weights else None, workers=workers,
+                             bootstrap=bootstrap, filter=filter_, oversample=oversample, device=device, weights=str(weights) if weights else None, workers=workers,
                              columns=columns(image_col, label_col, group_col), recipe=recipe)
     summary = run_benefit(data, labels, out, options, model=model, resume=resume, overwrite=overwrite)
     if not quiet:

@@ -68,6 +68,8 @@ class BenefitOptions:
     top_k: int | None = None
     generation_batch_size: int = 64
     bootstrap: int = 1000
+    filter: float | None = None  # keep generated images a real-trained classifier gives p(label) >= this
+    oversample: float = 2.0  # with filter: candidates made per image kept
     device: str = "auto"
     weights: str | None = None
     workers: int | None = None
@@ -88,6 +90,10 @@ class BenefitOptions:
             raise UsageError(f"--test-fraction must be between 0 and 1, got {self.test_fraction}")
         if (self.positive is None) != (self.negative is None) or (self.positive is not None and self.positive == self.negative):
             raise UsageError("give --positive and --negative together, naming two different classes")
+        if self.filter is not None and not 0 < self.filter < 1:
+            raise UsageError(f"--filter is a probability in (0, 1), got {self.filter}")
+        if not self.oversample >= 1:
+            raise UsageError(f"--oversample must be at least 1, got {self.oversample}")
         if self.bootstrap < 0:
             raise UsageError("--bootstrap must be 0 or more")
 
@@ -197,7 +203,8 @@ def generate_set(method: str, generator, source, out: Path, options: BenefitOpti
 
     if (out / "run.json").is_file():
         return
-    jobs, table = plan_augment(source, generator.class_names, factor=options.ratio, weights={method: 1.0},
+    factor = options.ratio * (options.oversample if options.filter is not None else 1.0)
+    jobs, table = plan_augment(source, generator.class_names, factor=factor, weights={method: 1.0},
                                originals=False, seed=seed)
     name_jobs(jobs, generator.class_names, prefix="gen_")
     plan = job_plan(jobs, command="score benefit", seed=seed, batch_size=options.generation_batch_size,
@@ -206,11 +213,36 @@ def generate_set(method: str, generator, source, out: Path, options: BenefitOpti
              plan=plan, resume=True, extra={"plan": table})
 
 
-def read_generated(out: Path, class_names: list[str], image_size: int, workers) -> tuple[np.ndarray, np.ndarray]:
+def read_generated(out: Path, class_names: list[str], image_size: int, workers) -> tuple[np.ndarray, np.ndarray, list[str]]:
     dataset = scan_dataset(out / "images", out / "labels.csv")
     images, kept, skipped = load_images(dataset.samples, image_size, strict=True, workers=workers)
     index = {name: class_names.index(name) for name in dataset.class_names}
-    return images, np.array([index[dataset.class_names[s.label]] for s in kept], dtype=np.int64)
+    return images, np.array([index[dataset.class_names[s.label]] for s in kept], dtype=np.int64), [s.name for s in kept]
+
+
+def filter_generated(images, labels, names, judge_probabilities: np.ndarray, targets: dict[int, int], threshold: float,
+                     out: Path, class_names: list[str]) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Per class, the first `targets[c]` candidates (in generation order) whose p(label) >= threshold; when too few
+    pass, the best-scored of the others fill the class up, so the added share stays the same in every class.
+    Writes filtered.csv (image, label, p_label, passed, kept) into `out`; returns the kept images, labels and counts."""
+    scores = judge_probabilities[np.arange(len(labels)), labels]
+    keep = np.zeros(len(labels), dtype=bool)
+    counts = {}
+    for label, target in targets.items():
+        members = np.flatnonzero(labels == label)
+        passing = members[scores[members] >= threshold]
+        chosen = list(passing[:target])
+        if len(chosen) < target:
+            others = members[scores[members] < threshold]
+            chosen += list(others[np.argsort(-scores[others], kind="stable")][: target - len(chosen)])
+        keep[chosen] = True
+        counts[class_names[label]] = {"candidates": int(len(members)), "passed": int(len(passing)), "kept": len(chosen)}
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["image", "label", "p_label", "passed", "kept"])
+    writer.writerows([n, class_names[l], repr(float(p)), int(p >= threshold), int(k)] for n, l, p, k in zip(names, labels, scores, keep))
+    write_text(out / "filtered.csv", buffer.getvalue())
+    return images[keep], labels[keep], counts
 
 
 # ------------------------------------------------------------------------- AUCs and the bootstrap
@@ -307,6 +339,7 @@ def run_benefit(data, labels_csv_path, out, options: BenefitOptions, *, model=No
         test_labels = np.array([s.label for s in test_samples], dtype=np.int64)
         test_groups = [s.group or s.name for s in test_samples]
         rows = []
+        filtered: dict = {}
         for fraction in options.fractions:
             folder = work / f"fraction_{fraction:g}"
             folder.mkdir(exist_ok=True)
@@ -323,6 +356,14 @@ def run_benefit(data, labels_csv_path, out, options: BenefitOptions, *, model=No
                 else:
                     generate_set(method, generator, source, folder / method, options, options.seed)
                     extra = read_generated(folder / method, class_names, options.budget.image_size, options.workers)
+                    if options.filter is not None:
+                        # the judge: a classifier of the fraction's real images alone (the 'real' row's first seed)
+                        judge = classifier_run(folder / "classifiers" / f"judge_{method}.npy", real_images, real_labels,
+                                               len(class_names), budget, options.seed, device, options, extra[0],
+                                               f"{fraction:g} judge of {method}")
+                        targets = {int(c): round(options.ratio * int((real_labels == c).sum())) for c in np.unique(real_labels)}
+                        *extra, counts = filter_generated(*extra, judge, targets, options.filter, folder / method, class_names)
+                        filtered[(fraction, method)] = counts
                 sets[method] = (np.concatenate([real_images, extra[0]]), np.concatenate([real_labels, extra[1]]))
             log(f"real fraction {fraction:g}: {len(real_images)} real images; {budget.steps} classifier steps per set")
             probabilities = {}
@@ -334,6 +375,8 @@ def run_benefit(data, labels_csv_path, out, options: BenefitOptions, *, model=No
             for name, (images, labels) in sets.items():
                 rows.append(summarise(name, fraction, probabilities, test_labels, test_groups, pair, options,
                                       len(real_images), len(images) - len(real_images), labels, len(class_names)))
+                if (fraction, name) in filtered:
+                    rows[-1]["filter"] = {"threshold": options.filter, "per_class": filtered[(fraction, name)]}
         summary = {
             "classes": class_names, "pair": [options.positive, options.negative] if pair else None,
             "train_images": len(train), "test_images": int(len(test_images)), "test_lesions": len(set(test_groups)),

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 from functools import partial
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,8 @@ from .encode import autocast_for
 from .errors import SkinaugError, UsageError
 from .image_cache import build_cache
 from .io import MODEL_DIRECTORY, atomic_path, claim_output, write_json, write_text
-from .modeldir import VQVAE_WEIGHTS, ModelDir, load_weights
+from .losses import GAN_START_SHARE, Adversary, LossSettings, loss_settings, ssim_loss
+from .modeldir import PRIOR_WEIGHTS, VQVAE_WEIGHTS, ModelDir, fingerprint, load_weights
 from .runtime import log, progress, resolve_device, warn
 from .trained_on import record_stage
 from .vqvae import VQVAE2, VQVAEConfig, to_model_input, to_uint8, vqvae_loss
@@ -50,6 +51,11 @@ class TrainOptions:
     image_col: str | None = None
     label_col: str | None = None
     group_col: str | None = None
+    loss: str = "mse"  # mse, mse+ssim, mse+gan or mse+ssim+gan (see losses.py)
+    ssim_weight: float | None = None  # None: losses.DEFAULT_SSIM_WEIGHT when the loss has ssim
+    gan_weight: float | None = None  # None: losses.DEFAULT_GAN_WEIGHT when the loss has gan
+    gan_start: int | None = None  # steps before the discriminator joins; None: a quarter of the run
+    decoder_only: bool = False  # with --init: train the decoder alone, keeping the codes (and the priors)
     extra: dict = field(default_factory=dict)
 
 
@@ -270,6 +276,9 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig | dict | No
         model_config = VQVAEConfig(**(model_config or {}))
     if options.epochs == 0 and init is None:
         raise UsageError("--epochs 0 needs --init: it copies the --init model's VQ-VAE under the new data's classes")
+    settings = loss_settings(options.loss, options.ssim_weight, options.gan_weight, options.gan_start)
+    if options.decoder_only and init is None and not (resume and checkpoint_path.is_file()):
+        raise UsageError("--decoder-only needs --init MODEL: it trains the decoder of MODEL's VQ-VAE and keeps its codes")
     # rank 0 alone applies the output policy and holds the lock; the others follow its decision and write where it
     # says: in place, or beside an earlier model that --overwrite replaces only once the new one is saved
     claim = claim_output(out, kind=MODEL_DIRECTORY, inputs=(data, labels, init_source.path if init_source else None),
@@ -293,6 +302,12 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig | dict | No
         options.seed = checkpoint["meta"]["seed"]
         if init is not None and dist.is_main:
             log("resuming: the weights come from the checkpoint (--init only sets the start of a run)")
+        # so do the loss and what is trained: the checkpoint's discriminator and optimizer state fit only those
+        resumed = (LossSettings.from_dict(checkpoint["meta"].get("loss")), checkpoint["meta"].get("decoder_only", False))
+        if (resumed[0].terms, resumed[1]) != (settings.terms, options.decoder_only) and dist.is_main:
+            log(f"resuming: --loss {resumed[0].terms}{' --decoder-only' if resumed[1] else ''} as the checkpoint was made")
+        settings, options.decoder_only = resumed
+        options.loss = settings.terms
     init_record = checkpoint["meta"].get("init") if checkpoint is not None else (
         init_source.record() if init_source is not None else None)
     check_image_size(model_config.image_size)
@@ -323,20 +338,31 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig | dict | No
         _load_init_weights(model, init_source)
         if dist.is_main:
             log(f"starting from the VQ-VAE of {init_source.path} (fingerprint {init_source.fingerprint})")
+    if options.decoder_only:
+        model.freeze_encoder()
     model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+    trained = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=options.lr, weight_decay=options.weight_decay)
     batch_size = max(1, options.batch_size // dist.world_size)
     steps_per_epoch = max(1, len(dist.shard(train_index)) // batch_size)
     total_steps = options.epochs * steps_per_epoch
     scheduler = warmup_cosine(optimizer, options.warmup_steps, total_steps)
+    if settings.uses_gan and settings.gan_start is None:
+        settings = replace(settings, gan_start=int(total_steps * GAN_START_SHARE))
+    adversary = Adversary(settings, lr=options.lr, weight_decay=options.weight_decay, seed=options.seed * 1_000_003 + 29,
+                          device=device) if settings.uses_gan else None
     step, start_epoch = 0, 0
     if checkpoint is not None:
         step, start_epoch = restore_training_state(checkpoint, model, optimizer, scheduler, device)
+        if adversary is not None:
+            adversary.load_state_dict(checkpoint["adversary"])
         if dist.is_main:
             log(f"resuming from epoch {start_epoch} (step {step})")
     network = dist.wrap(model)
+    if adversary is not None:
+        adversary.network = dist.wrap(adversary.discriminator)
 
     source = BatchSource(cache, device)
     autocast = partial(autocast_for, device)
@@ -349,6 +375,8 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig | dict | No
         "data": str(Path(data).resolve()),
         "labels": str(Path(labels).resolve()) if labels else None,
         "init": init_record,
+        "loss": settings.to_dict(),
+        "decoder_only": options.decoder_only,
     }
     metrics: dict = {}
     metrics_path = model_dir.train_dir / "metrics.jsonl"
@@ -361,6 +389,8 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig | dict | No
     if dist.is_main:
         log(f"training on {len(train_index)} images, validating on {len(val_index)}; {device}, batch {options.batch_size}, "
             f"{total_steps} steps ({options.epochs} epochs)")
+        if settings.terms != "mse" or options.decoder_only:
+            log(f"loss {describe_loss(settings)}{'; training the decoder only (the codes stay fixed)' if options.decoder_only else ''}")
 
     for epoch in range(start_epoch, options.epochs):
         started = time.perf_counter()
@@ -370,6 +400,9 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig | dict | No
         restarted_before = {level: q.restarted_total for level, q in model.quantizers.items()}
         loss_sum = torch.zeros((), device=device)
         mse_sum = torch.zeros((), device=device)
+        # ssim: 1 - SSIM; gan: the VQ-VAE's adversarial loss, its adaptive weight, the discriminator's loss
+        term_sums = {name: torch.zeros((), device=device) for name in ("ssim", "gan", "gan_weight", "discriminator")}
+        gan_steps = 0
         with progress(steps_per_epoch * batch_size, desc=f"epoch {epoch + 1}/{options.epochs}") as bar:
             for batch_number in range(steps_per_epoch):
                 images = source(order[batch_number * batch_size : (batch_number + 1) * batch_size])
@@ -377,13 +410,28 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig | dict | No
                     images = augment_batch(images)
                 if device.type == "cuda":
                     images = images.contiguous(memory_format=torch.channels_last)
+                adversarial = adversary is not None and adversary.active(step)
                 with autocast():
                     # through the (possibly DDP-wrapped) network so gradients are all-reduced
-                    loss, mse = vqvae_loss(network(images), images, model_config.commitment_weight)
+                    outputs = network(images)
+                    loss, mse = vqvae_loss(outputs, images, model_config.commitment_weight)
+                    if settings.uses_ssim:
+                        ssim = ssim_loss(outputs[0], images)
+                        loss = loss + settings.ssim_weight * ssim
+                        term_sums["ssim"] += ssim.detach()
+                    if adversarial:
+                        # the commitment term does not reach the decoder: at its last layer `loss` is the reconstruction's
+                        gan, gan_weight = adversary.generator_loss(outputs[0], loss, model.last_layer)
+                        loss = loss + gan_weight * gan
+                        term_sums["gan"] += gan.detach()
+                        term_sums["gan_weight"] += gan_weight
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
+                if adversarial:
+                    term_sums["discriminator"] += adversary.discriminator_step(images, outputs[0], autocast)
+                    gan_steps += 1
                 step += 1
                 loss_sum += loss.detach()
                 mse_sum += mse.detach()
@@ -410,6 +458,7 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig | dict | No
                 "train_mse": mse_sum.item() / steps_per_epoch / 4.0,
                 **evaluation,
                 **{f"codes_restarted_{level}": q.restarted_total - restarted_before[level] for level, q in model.quantizers.items()},
+                **loss_term_metrics(settings, term_sums, steps_per_epoch, gan_steps),
                 "images_per_s": steps_per_epoch * batch_size * dist.world_size / elapsed,
                 "seconds": elapsed,
             }
@@ -418,11 +467,17 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig | dict | No
 
                 handle.write(json.dumps(metrics) + "\n")
             reconstruction_grid(model, grid_images, model_dir.train_dir / f"reconstructions_epoch{epoch + 1:03d}.png")
-            save_checkpoint(checkpoint_path, training_state(model, optimizer, scheduler, step, epoch + 1, meta))
+            state = training_state(model, optimizer, scheduler, step, epoch + 1, meta)
+            if adversary is not None:
+                state["adversary"] = adversary.state_dict()  # resumes exactly; never part of the model's weights
+            save_checkpoint(checkpoint_path, state)
             usage = ", ".join(f"{level} {metrics[f'used_codes_{level}']}/{model_config.codebook_size} codes"
                               for level in model.quantizers)
-            log(f"epoch {epoch + 1}/{options.epochs}: train MSE {metrics['train_mse']:.5f}, val MSE {metrics['val_mse']:.5f}, "
-                f"{usage}, {metrics['images_per_s']:.0f} img/s")
+            terms = "".join(f", {name} {metrics[key]:.4f}" for name, key in
+                            (("1-SSIM", "train_ssim"), ("gan", "train_gan"), ("discriminator", "train_discriminator"))
+                            if metrics.get(key) is not None)
+            log(f"epoch {epoch + 1}/{options.epochs}: train MSE {metrics['train_mse']:.5f}{terms}, val MSE "
+                f"{metrics['val_mse']:.5f}, {usage}, {metrics['images_per_s']:.0f} img/s")
         dist.barrier()
 
     if dist.is_main:
@@ -444,17 +499,79 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig | dict | No
             "data": meta["data"], "labels": meta["labels"], "dialect": dataset.dialect,
             "images": len(samples), "train_images": int(len(train_index)), "val_images": int(len(val_index)),
             "per_class": per_class, "skipped": len(dataset.skipped) + len(dataset.samples) - len(samples),
-            "init": meta["init"],
+            "init": meta["init"], "loss": settings.to_dict(), "decoder_only": options.decoder_only,
         }
         final = {k: metrics[k] for k in metrics if k.startswith(("val_mse", "used_codes", "perplexity", "co_occurring"))}
         final.update(epochs=options.epochs, steps=step)
         model_dir.save_vqvae(model, class_names=dataset.class_names, training_data=training_data, metrics=final)
         # every image read, validation included: it chose the weights kept
         record_stage(model_dir.path, [s.name for s in samples], [s.group for s in samples], "vqvae", meta["init"])
+        if options.decoder_only:
+            copy_init_priors(model_dir, meta["init"], dataset.class_names)
         write_json(model_dir.train_dir / "train_config.json", {**meta, "options": _options_dict(options), "device": str(device)})
         claim.commit()
     dist.barrier()
     return metrics
+
+
+def describe_loss(settings: LossSettings) -> str:
+    """The loss as a formula, for the log."""
+    parts = ["mse + commitment"]
+    if settings.uses_ssim:
+        parts.append(f"{settings.ssim_weight:g} x (1 - SSIM)")
+    if settings.uses_gan:
+        parts.append(f"{settings.gan_weight:g} x adaptive x hinge gan (from step {settings.gan_start})")
+    return " + ".join(parts)
+
+
+def loss_term_metrics(settings: LossSettings, sums: dict, steps: int, gan_steps: int) -> dict:
+    """An epoch's means of the extra loss terms (none for plain mse); gan terms over the steps the discriminator
+    was in (null before it joins)."""
+    metrics = {}
+    if settings.uses_ssim:
+        metrics["train_ssim"] = sums["ssim"].item() / steps  # 1 - SSIM, before its weight
+    if settings.uses_gan:
+        mean = lambda name: sums[name].item() / gan_steps if gan_steps else None  # noqa: E731
+        metrics.update(train_gan=mean("gan"), gan_adaptive_weight=mean("gan_weight"),
+                       train_discriminator=mean("discriminator"), gan_steps=gan_steps)
+    return metrics
+
+
+def copy_init_priors(model_dir: ModelDir, init_record: dict, class_names: list[str]) -> list[str]:
+    """--decoder-only keeps the --init model's encoder and codebooks, so its priors model this model's codes exactly:
+    they are copied with their config.json entries, whose "init" names the model they came from. Priors over other
+    classes are left for `train prior --init` (which matches class embeddings by name). Returns the levels copied."""
+    import shutil
+
+    from .train_prior import source_prior_config
+
+    source = open_init(init_record["model"])
+    if source.fingerprint != init_record["fingerprint"]:
+        warn(f"the priors of {source.path} are not copied: its VQ-VAE changed since this run started (fingerprint "
+             f"{source.fingerprint}, not {init_record['fingerprint']}), so they may not model these codes")
+        return []
+    levels = [level for level, entry in source.config.get("priors", {}).items()
+              if (source.path / PRIOR_WEIGHTS[level]).is_file()]
+    if not levels:
+        log(f"{source.path} has no priors to copy")
+        return []
+    source_classes = list(source.config.get("class_names", []))
+    if source_classes != list(class_names):
+        warn(f"the priors of {source.path} are not copied: they know the classes {', '.join(source_classes)}, this "
+             f"data has {', '.join(class_names)}; adapt them with `skinaug train prior --model {model_dir.path} "
+             f"DATA --labels CSV --init {source.path} --epochs 0`")
+        return []
+    priors = dict(model_dir.config().get("priors", {}))
+    for level in levels:
+        weights = source.path / PRIOR_WEIGHTS[level]
+        with atomic_path(model_dir.path / PRIOR_WEIGHTS[level]) as tmp:
+            shutil.copyfile(weights, tmp)
+        prior_fingerprint = fingerprint(source_prior_config(source, level).to_dict(), load_weights(weights))
+        priors[level] = {**source.config["priors"][level],
+                         "init": source.record(prior_fingerprint=prior_fingerprint, vqvae="decoder-only", copied=True)}
+    model_dir.update_config(priors=priors)
+    log(f"copied the {' and '.join(levels)} prior(s) of {source.path}: the codes are its codes, so the model generates as it is")
+    return levels
 
 
 def _load_init_weights(model: VQVAE2, source: InitSource) -> None:

@@ -129,6 +129,7 @@ class VQVAE2(nn.Module):
             self.decode_top = Decoder(d, d, c, r, n, stride=2)
             self.upsample_top = nn.ConvTranspose2d(d, d, 4, stride=2, padding=1)
         self.decoder = Decoder(d * config.levels, 3, c, r, n, stride=4)
+        self.encoder_frozen = False
 
     @property
     def quantizers(self) -> dict[str, VectorQuantizer]:
@@ -162,6 +163,33 @@ class VQVAE2(nn.Module):
         quantized, codes, commitment = self.encode(images)
         reconstruction = self.decode(quantized)
         return reconstruction, codes, commitment
+
+    def decoding_modules(self) -> list[nn.Module]:
+        """What decode() runs: code vectors -> pixels. Everything else decides which codes an image gets."""
+        return [self.upsample_top, self.decoder] if self.config.levels == 2 else [self.decoder]
+
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """The weight of the layer that outputs pixels (where VQGAN balances its adversarial term)."""
+        return self.decoder.net[-1].weight
+
+    def freeze_encoder(self) -> None:
+        """Fixes the codes for good (`train vqvae --decoder-only`): the encoder side takes no gradients and its
+        quantizers stay in eval mode, so their EMA codebooks neither update nor restart codes, even in train()."""
+        decoding = {id(p) for module in self.decoding_modules() for p in module.parameters()}
+        for parameter in self.parameters():
+            parameter.requires_grad_(id(parameter) in decoding)
+        self.encoder_frozen = True
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.encoder_frozen:
+            decoding = self.decoding_modules()
+            for child in self.children():
+                if not any(child is module for module in decoding):
+                    child.eval()
+        return self
 
 
 

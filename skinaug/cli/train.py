@@ -42,6 +42,18 @@ def vqvae(
     val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.0, max=0.9, help="Share of lesion groups held out for validation.")] = 0.1,
     restart_after: Annotated[Optional[int], typer.Option("--restart-after", min=1, help="Steps a code may go unused before it is re-seeded (default 200; with --init the source's).")] = None,
     no_augment: Annotated[bool, typer.Option("--no-augment", help="Train without flips, rotations and colour jitter.")] = False,
+    loss: Annotated[str, typer.Option("--loss", help="mse, mse+ssim, mse+gan or mse+ssim+gan: ssim adds 1 - SSIM, gan a "
+                                      "PatchGAN discriminator trained alongside (VQGAN's adaptive weight); both keep "
+                                      "finer texture than mse alone.")] = "mse",
+    ssim_weight: Annotated[Optional[float], typer.Option("--ssim-weight", show_default=False,
+                                                         help="Weight of 1 - SSIM (default 0.2).")] = None,
+    gan_weight: Annotated[Optional[float], typer.Option("--gan-weight", show_default=False,
+                                                        help="Weight of the adversarial term, before its adaptive factor (default 0.1).")] = None,
+    gan_start: Annotated[Optional[int], typer.Option("--gan-start", show_default=False,
+                                                     help="Training steps before the discriminator joins (default: a quarter of the run).")] = None,
+    decoder_only: Annotated[bool, typer.Option("--decoder-only", help="With --init: train only the decoder. The encoder "
+                                               "and codebooks stay the --init model's, so its priors are copied and the "
+                                               "new model generates right away.")] = False,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     resume: ResumeOpt = False,
@@ -61,6 +73,8 @@ def vqvae(
     Example: skinaug train vqvae images/ --labels labels.csv --image-size 128 --out models/derm128
 
     Fine-tune: skinaug train vqvae mine/ --labels mine.csv --init ham10000-64 --epochs 3 --out models/mine
+
+    Sharper texture, same codes and priors: skinaug train vqvae images/ --labels labels.csv --init ham10000-64 --decoder-only --loss mse+gan --epochs 4 --out models/sharp
     """
     set_quiet(quiet)
     from ..train_vqvae import TrainOptions, train_vqvae
@@ -71,7 +85,9 @@ def vqvae(
     given = {key: value for key, value in given.items() if value is not None}
     config = given if init is not None else VQVAEConfig(**given)  # with --init: only what was asked for, checked there
     options = TrainOptions(epochs=epochs, batch_size=batch_size, lr=lr, val_fraction=val_fraction, seed=seed, device=device,
-                           augment=not no_augment, strict=strict, workers=workers, **columns(image_col, label_col, group_col))
+                           augment=not no_augment, strict=strict, workers=workers, loss=loss, ssim_weight=ssim_weight,
+                           gan_weight=gan_weight, gan_start=gan_start, decoder_only=decoder_only,
+                           **columns(image_col, label_col, group_col))
     metrics = train_vqvae(data, out, labels=labels, model_config=config, options=options, resume=resume, overwrite=overwrite,
                           init=init)
     emit({"model": str(out), **metrics}, json_, out)

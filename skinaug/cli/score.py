@@ -98,6 +98,7 @@ def benefit(
     arch: ArchOpt = "efficientnet-b0",
     image_size: ClassifierImageSizeOpt = 64,
     epochs: EpochsOpt = 3,
+    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Classifier budget in optimizer steps, the same for every fraction (overrides --epochs).")] = None,
     batch_size: BatchOpt = 32,
     lr: LrOpt = 1e-3,
     weights: WeightsOpt = None,
@@ -140,7 +141,7 @@ def benefit(
     recipe = GeneratorRecipe(image_size=generator_image_size, vqvae_epochs=stages[0], top_epochs=stages[1], bottom_epochs=stages[2])
     options = BenefitOptions(fractions=shares, methods=[m.strip() for m in methods.split(",") if m.strip()], ratio=ratio,
                              seeds=seeds, seed=seed, test_fraction=test_fraction, positive=positive, negative=negative,
-                             epochs=epochs, budget=_budget(arch, image_size, batch_size, lr), temperature=temperature, top_k=top_k,
+                             epochs=epochs, steps=steps, budget=_budget(arch, image_size, batch_size, lr), temperature=temperature, top_k=top_k,
                              bootstrap=bootstrap, filter=filter_, oversample=oversample, device=device, weights=str(weights) if weights else None, workers=workers,
                              columns=columns(image_col, label_col, group_col), recipe=recipe)
     summary = run_benefit(data, labels, out, options, model=model, resume=resume, overwrite=overwrite)

@@ -63,6 +63,7 @@ class BenefitOptions:
     positive: str | None = None  # with negative: the pair's AUC too; None: melanoma vs nevus when both are classes
     negative: str | None = None
     epochs: int = 3  # classifier passes over each fraction's real images, as a step budget shared by all methods
+    steps: int | None = None  # a fixed step budget for every fraction instead
     budget: Budget = field(default_factory=Budget)
     temperature: float = 1.0
     top_k: int | None = None
@@ -347,7 +348,8 @@ def run_benefit(data, labels_csv_path, out, options: BenefitOptions, *, model=No
             write_text(folder / "real.csv", labels_csv(share, class_names))
             real_images, kept, _ = load_images(share, options.budget.image_size, strict=True, workers=options.workers)
             real_labels = np.array([s.label for s in kept], dtype=np.int64)
-            budget = Budget(**{**asdict(options.budget), "steps": steps_for(options.epochs, len(real_images), options.budget.batch_size)})
+            steps = options.steps or steps_for(options.epochs, len(real_images), options.budget.batch_size)
+            budget = Budget(**{**asdict(options.budget), "steps": steps})
             source = share_codes(generator, data, folder / "real.csv", class_names, device) if generator else None
             sets = {"real": (real_images, real_labels)}
             for method in options.methods:
@@ -375,6 +377,7 @@ def run_benefit(data, labels_csv_path, out, options: BenefitOptions, *, model=No
             for name, (images, labels) in sets.items():
                 rows.append(summarise(name, fraction, probabilities, test_labels, test_groups, pair, options,
                                       len(real_images), len(images) - len(real_images), labels, len(class_names)))
+                rows[-1]["classifier_steps"] = steps
                 if (fraction, name) in filtered:
                     rows[-1]["filter"] = {"threshold": options.filter, "per_class": filtered[(fraction, name)]}
         summary = {
@@ -382,7 +385,8 @@ def run_benefit(data, labels_csv_path, out, options: BenefitOptions, *, model=No
             "train_images": len(train), "test_images": int(len(test_images)), "test_lesions": len(set(test_groups)),
             "generator": str(model) if model else "trained on the train side (generator/)",
             "generator_saw_test": False, "ratio": options.ratio, "seeds": [options.seed + k for k in range(options.seeds)],
-            "budget": {**asdict(options.budget), "epochs": options.epochs}, "rows": rows,
+            "budget": {**asdict(options.budget), "epochs": None if options.steps else options.epochs, "steps": options.steps},
+            "rows": rows,
         }
         write_json(work / "benefit.json", summary)
         draw_benefit_png(rows, options, work / "benefit.png")
@@ -502,6 +506,10 @@ def print_benefit_table(summary: dict) -> None:
     names = {"pair": f"{summary['pair'][0]} vs {summary['pair'][1]}" if summary["pair"] else "", "macro": "macro"}
     table = Table(title=f"Benefit of added images: AUC on {summary['test_images']} held-out images "
                         f"({summary['test_lesions']} lesions), ratio {summary['ratio']:g}, seeds {summary['seeds']}")
+    budget = summary["budget"]
+    table.caption = (f"{budget['arch']} {budget['image_size']}px, batch {budget['batch_size']}, "
+                     + (f"{budget['steps']} steps" if budget["steps"] else f"{budget['epochs']} epochs of the real images")
+                     + " per classifier; gain: mean over seeds minus real alone's, 95% bootstrap interval over test lesions")
     for column in ("real fraction", "method", "real", "added", *(f"AUC {names[k]}" for k in keys), *(f"gain {names[k]} [95% CI]" for k in keys)):
         table.add_column(column, justify="left" if column == "method" else "right")
     for row in summary["rows"]:

@@ -26,7 +26,8 @@ from .encode import autocast_for
 from .errors import SkinaugError, UsageError
 from .image_cache import build_cache
 from .io import MODEL_DIRECTORY, atomic_path, claim_output, write_json, write_text
-from .losses import GAN_START_SHARE, Adversary, LossSettings, loss_settings, ssim_loss
+from .losses import (GAN_START_SHARE, Adversary, LossSettings, discriminator_width, loss_settings, ssim_loss,
+                     ssim_module)
 from .modeldir import PRIOR_WEIGHTS, VQVAE_WEIGHTS, ModelDir, fingerprint, load_weights
 from .runtime import log, progress, resolve_device, warn
 from .trained_on import record_stage
@@ -278,7 +279,7 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig | dict | No
         raise UsageError("--epochs 0 needs --init: it copies the --init model's VQ-VAE under the new data's classes")
     settings = loss_settings(options.loss, options.ssim_weight, options.gan_weight, options.gan_start)
     if options.decoder_only and init is None and not (resume and checkpoint_path.is_file()):
-        raise UsageError("--decoder-only needs --init MODEL: it trains the decoder of MODEL's VQ-VAE and keeps its codes")
+        raise UsageError("--decoder-only needs --init MODEL: it trains the decoder of MODEL's VQ-VAE, keeping its codes")
     # rank 0 alone applies the output policy and holds the lock; the others follow its decision and write where it
     # says: in place, or beside an earlier model that --overwrite replaces only once the new one is saved
     claim = claim_output(out, kind=MODEL_DIRECTORY, inputs=(data, labels, init_source.path if init_source else None),
@@ -303,9 +304,9 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig | dict | No
         if init is not None and dist.is_main:
             log("resuming: the weights come from the checkpoint (--init only sets the start of a run)")
         # so do the loss and what is trained: the checkpoint's discriminator and optimizer state fit only those
-        resumed = (LossSettings.from_dict(checkpoint["meta"].get("loss")), checkpoint["meta"].get("decoder_only", False))
+        resumed = LossSettings.from_dict(checkpoint["meta"].get("loss")), checkpoint["meta"].get("decoder_only", False)
         if (resumed[0].terms, resumed[1]) != (settings.terms, options.decoder_only) and dist.is_main:
-            log(f"resuming: --loss {resumed[0].terms}{' --decoder-only' if resumed[1] else ''} as the checkpoint was made")
+            log(f"resuming: --loss {resumed[0].terms}{' --decoder-only' * resumed[1]}, as the checkpoint was made")
         settings, options.decoder_only = resumed
         options.loss = settings.terms
     init_record = checkpoint["meta"].get("init") if checkpoint is not None else (
@@ -351,7 +352,10 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig | dict | No
     scheduler = warmup_cosine(optimizer, options.warmup_steps, total_steps)
     if settings.uses_gan and settings.gan_start is None:
         settings = replace(settings, gan_start=int(total_steps * GAN_START_SHARE))
-    adversary = Adversary(settings, lr=options.lr, weight_decay=options.weight_decay, seed=options.seed * 1_000_003 + 29,
+    if settings.uses_ssim:
+        ssim_module()  # imports MONAI now rather than inside the first epoch's timing
+    adversary = Adversary(settings, channels=discriminator_width(model_config.channels), lr=options.lr,
+                          weight_decay=options.weight_decay, seed=options.seed * 1_000_003 + 29,
                           device=device) if settings.uses_gan else None
     step, start_epoch = 0, 0
     if checkpoint is not None:
@@ -390,7 +394,8 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig | dict | No
         log(f"training on {len(train_index)} images, validating on {len(val_index)}; {device}, batch {options.batch_size}, "
             f"{total_steps} steps ({options.epochs} epochs)")
         if settings.terms != "mse" or options.decoder_only:
-            log(f"loss {describe_loss(settings)}{'; training the decoder only (the codes stay fixed)' if options.decoder_only else ''}")
+            trained_part = "; training the decoder only (the codes stay fixed)" if options.decoder_only else ""
+            log(f"loss {describe_loss(settings)}{trained_part}")
 
     for epoch in range(start_epoch, options.epochs):
         started = time.perf_counter()
@@ -420,7 +425,7 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig | dict | No
                         loss = loss + settings.ssim_weight * ssim
                         term_sums["ssim"] += ssim.detach()
                     if adversarial:
-                        # the commitment term does not reach the decoder: at its last layer `loss` is the reconstruction's
+                        # the commitment term does not reach the decoder: at its last layer, `loss` is reconstruction
                         gan, gan_weight = adversary.generator_loss(outputs[0], loss, model.last_layer)
                         loss = loss + gan_weight * gan
                         term_sums["gan"] += gan.detach()
@@ -507,7 +512,7 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig | dict | No
         # every image read, validation included: it chose the weights kept
         record_stage(model_dir.path, [s.name for s in samples], [s.group for s in samples], "vqvae", meta["init"])
         if options.decoder_only:
-            copy_init_priors(model_dir, meta["init"], dataset.class_names)
+            copy_init_priors(model_dir, meta["init"], dataset.class_names, shown_as=out)
         write_json(model_dir.train_dir / "train_config.json", {**meta, "options": _options_dict(options), "device": str(device)})
         claim.commit()
     dist.barrier()
@@ -537,10 +542,11 @@ def loss_term_metrics(settings: LossSettings, sums: dict, steps: int, gan_steps:
     return metrics
 
 
-def copy_init_priors(model_dir: ModelDir, init_record: dict, class_names: list[str]) -> list[str]:
+def copy_init_priors(model_dir: ModelDir, init_record: dict, class_names: list[str], shown_as=None) -> list[str]:
     """--decoder-only keeps the --init model's encoder and codebooks, so its priors model this model's codes exactly:
     they are copied with their config.json entries, whose "init" names the model they came from. Priors over other
-    classes are left for `train prior --init` (which matches class embeddings by name). Returns the levels copied."""
+    classes are left for `train prior --init` (which matches class embeddings by name). Returns the levels copied.
+    `shown_as`: the model directory as the user named it (model_dir may be a staging directory)."""
     import shutil
 
     from .train_prior import source_prior_config
@@ -558,7 +564,7 @@ def copy_init_priors(model_dir: ModelDir, init_record: dict, class_names: list[s
     source_classes = list(source.config.get("class_names", []))
     if source_classes != list(class_names):
         warn(f"the priors of {source.path} are not copied: they know the classes {', '.join(source_classes)}, this "
-             f"data has {', '.join(class_names)}; adapt them with `skinaug train prior --model {model_dir.path} "
+             f"data has {', '.join(class_names)}; adapt them with `skinaug train prior --model {shown_as or model_dir.path} "
              f"DATA --labels CSV --init {source.path} --epochs 0`")
         return []
     priors = dict(model_dir.config().get("priors", {}))
@@ -570,7 +576,7 @@ def copy_init_priors(model_dir: ModelDir, init_record: dict, class_names: list[s
         priors[level] = {**source.config["priors"][level],
                          "init": source.record(prior_fingerprint=prior_fingerprint, vqvae="decoder-only", copied=True)}
     model_dir.update_config(priors=priors)
-    log(f"copied the {' and '.join(levels)} prior(s) of {source.path}: the codes are its codes, so the model generates as it is")
+    log(f"copied the {' and '.join(levels)} prior(s) of {source.path}: the codes are unchanged, so they fit as they are")
     return levels
 
 

@@ -17,10 +17,32 @@ app = typer.Typer(
     name="skinaug",
     help="Expand skin-lesion image datasets with a VQ-VAE-2 and class-conditional priors over its codes.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _flags_without_metavar() -> None:
+    """Typer 0.2x labels every flag `<bool>` in the help (`--overwrite <bool>`), as if it took a value: a flag
+    shows no type. One place, so that each option need not say `metavar=""`."""
+    from typer.core import TyperOption
+
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None or getattr(shown, "skinaug_flags", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if getattr(self, "is_flag", False) and not getattr(self, "count", False) else shown(self, ctx)
+
+    display_type_rich.skinaug_flags = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+_flags_without_metavar()
+
+# optional dependencies and the extra that installs each: a missing one is named, not reported as a bug
+EXTRAS = {"onnxruntime": "onnx", "onnx": "onnx"}
 
 
 def _version(value: bool) -> None:
@@ -61,12 +83,21 @@ def main(argv: list[str] | None = None) -> int:
         return error.exit_code
     except KeyboardInterrupt:
         return _interrupted()
+    except SystemExit as error:  # typer's completion options exit themselves
+        return error.code if isinstance(error.code, int) else (0 if error.code is None else 1)
     except OSError as error:
         # a failed read or write with a cause the user can act on (permissions, a full disk, a file where a
         # folder should be): named like any other runtime error, not as a bug
         if os.environ.get("SKINAUG_DEBUG"):
             raise
         print(f"error: {_one_line(os_error_message(error))}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as error:
+        if os.environ.get("SKINAUG_DEBUG"):
+            raise
+        package = (error.name or "").split(".")[0]
+        hint = f"pip install 'skinaug[{EXTRAS[package]}]'" if package in EXTRAS else "reinstall skinaug with its dependencies"
+        print(f"error: this needs the package {package or error}, which is not installed: {hint}", file=sys.stderr)
         return 1
     except Exception as error:
         # typer's (click's) own signals, matched by shape: their classes moved between typer releases

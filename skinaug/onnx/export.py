@@ -26,6 +26,7 @@ read-only, such as one shipped with skinaug.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -356,6 +357,9 @@ def export_onnx(model, *, out=None, overwrite: bool = False, opset: int = OPSET,
     and nothing changes when onnxruntime disagrees with PyTorch (see `check_parity`)."""
     if opset < 17:
         raise SkinaugError(f"--opset must be 17 or newer, not {opset}")
+    for package in ("onnx", "onnxruntime"):  # the export writes with one and checks parity with the other
+        if importlib.util.find_spec(package) is None:
+            raise SkinaugError(f"export onnx needs {package}: pip install 'skinaug[onnx]' (or 'skinaug[onnx-gpu]')")
     model_dir = ModelDir(model)
     config = model_dir.config()
     if out is not None and not _same_path(out, model_dir.path):

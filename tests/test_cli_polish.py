@@ -1,0 +1,51 @@
+"""CLI polish: flags show no `<bool>` type, shell completion is on, a missing optional package names its extra."""
+
+import importlib.util
+
+import pytest
+
+from skinaug.cli import main
+
+HELP_PAGES = [[], ["synthesize"], ["augment"], ["resample"], ["train", "vqvae"], ["train", "prior"], ["score", "cas"],
+              ["score", "benefit"], ["export", "onnx"], ["models"]]
+
+
+@pytest.mark.parametrize("command", HELP_PAGES, ids=lambda c: " ".join(c) or "skinaug")
+def test_flags_show_no_bool_type_in_the_help(command, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main([*command, "--help"]) == 0
+    page = capsys.readouterr().out
+    assert "--help" in page and "<bool>" not in page
+    if command == ["synthesize"]:
+        assert "<path>" in page  # options that take a value still show its type
+        line = next(line for line in page.splitlines() if "--overwrite" in line)
+        assert "Replace an existing output" in line
+
+
+def test_shell_completion_is_on(capsys):
+    assert main(["--help"]) == 0
+    assert "--install-completion" in capsys.readouterr().out
+    assert main(["--show-completion", "bash"]) == 0
+    assert "_skinaug_completion" in capsys.readouterr().out
+
+
+def test_export_without_onnxruntime_names_the_extra(generator_model, tmp_path, capsys, monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real_find_spec(name, *a))
+    code = main(["export", "onnx", "--model", str(generator_model["model"]), "--out", str(tmp_path / "exported")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.strip() == "error: export onnx needs onnxruntime: pip install 'skinaug[onnx]' (or 'skinaug[onnx-gpu]')"
+    assert not (tmp_path / "exported").exists()
+
+
+@pytest.mark.parametrize("package, hint", [("onnx", "pip install 'skinaug[onnx]'"), ("h5py", "reinstall skinaug with its dependencies")])
+def test_any_missing_package_is_one_line_that_says_what_to_install(package, hint, capsys, monkeypatch):
+    import skinaug.modeldir
+
+    def missing(*args, **kwargs):
+        raise ModuleNotFoundError(f"No module named '{package}'", name=package)
+
+    monkeypatch.setattr(skinaug.modeldir, "find_models", missing)
+    assert main(["models"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: this needs the package {package}, which is not installed: {hint}"

@@ -27,7 +27,7 @@ from .errors import SkinaugError, UsageError
 from .modeldir import ModelDir
 from .naming import name_key, unique_names
 from .output import DatasetWriter
-from .runtime import log, progress, resolve_backend, resolve_device
+from .runtime import log, progress, resolve_backend, resolve_device, warn
 
 SOURCE_METHODS = ("mix", "resample", "rand-bottom", "rand-top")
 AUGMENT_METHODS = ("mix", "resample", "synthesize", "rand-bottom", "rand-top")
@@ -256,11 +256,19 @@ def plan_mix(source: CodeFile, n: int, rng: np.random.Generator, *, any_label=Fa
         raise SkinaugError("no source image to mix" + (f" of class {label}" if label is not None else " with a label (use --any-label)"))
     by_label = {lab: np.flatnonzero(source.labels == lab) for lab in np.unique(source.labels[candidates])}
     jobs = []
+    alone: set[int] = set()
     for top in rng.choice(candidates, size=n):
         pool = np.arange(len(source)) if any_label else by_label[source.labels[top]]
         others = pool[pool != top]
+        if not others.size:
+            alone.add(int(source.labels[top]))
         bottom = int(rng.choice(others)) if others.size else int(top)
         jobs.append(Job("mix", int(source.labels[top]), int(top), bottom))
+    for lab in sorted(alone):
+        names = source.class_names
+        name = names[lab] if 0 <= lab < len(names) else "unlabelled" if lab < 0 else str(lab)
+        warn(f"class {name} has a single source image: its mixes are reconstructions of it "
+             "(source_top = source_bottom in labels.csv)")
     return jobs
 
 

@@ -108,6 +108,18 @@ def test_draws_follow_the_tempered_top_k_softmax():
     assert draw_codes(logits, torch.tensor([0.9999999])).item() == 4  # the last code, never past it
 
 
+def test_a_uniform_past_the_rounded_cdf_never_draws_a_code_top_k_excluded():
+    from skinaug.onnx.runtime import draw_codes as draw_codes_numpy
+
+    # the largest logits sit first and the excluded ones last: a uniform at or above the float32 cdf[-1] used to
+    # fall on the last code, which top-k gives probability 0
+    logits = torch.tensor([[3.0, 2.5, 2.0, -1.0, -2.0], [0.0, 1.0, 0.5, 2.0, -3.0]])
+    uniforms = torch.tensor([1.0, 1.0])  # beyond any cdf: the extreme of "at or above cdf[-1]"
+    for top_k, expected in ((3, [2, 3]), (1, [0, 3]), (None, [4, 4])):
+        assert draw_codes(logits, uniforms, top_k=top_k).tolist() == expected, top_k
+        assert draw_codes_numpy(logits.numpy(), uniforms.numpy(), top_k=top_k).tolist() == expected, top_k
+
+
 @pytest.mark.parametrize("attention", (True, False))
 def test_kept_codes_stay_and_the_rest_is_drawn_given_them(attention):
     model = random_prior("gated-pixelcnn", attention=attention, classes=2)

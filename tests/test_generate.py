@@ -276,3 +276,19 @@ def test_preview_writes_one_captioned_row_per_method(generator_model, tmp_path, 
     assert summary["rows"] == {"mix": 3, "synthesize": 3}
     with Image.open(tmp_path / "sheet.png") as sheet:
         assert sheet.size == (4 * 16, 2 * (16 + 14))
+
+
+def test_mix_says_when_a_class_has_a_single_image_to_mix(generator_model, tmp_path, capsys):
+    data = generator_model["data"]
+    labels_csv = tmp_path / "labels.csv"
+    kept = ["img_00", *data.names[4:]]  # bkl keeps one image
+    labels_csv.write_text("image,label\n" + "".join(f"{n},{label_of(data)[n]}\n" for n in kept))
+    out = tmp_path / "mix"
+    assert run(["mix", data.images, "--labels", labels_csv, "--model", generator_model["model"], "--out", out, "-n", 30,
+                "--device", "cpu", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "class bkl has a single source image: its mixes are reconstructions of it" in err
+    rows = read_rows(out)
+    assert all(r["source_top"] == r["source_bottom"] == "img_00" for r in rows if r["label"] == "bkl")
+    assert all(r["source_top"] != r["source_bottom"] for r in rows if r["label"] != "bkl")
+    assert any(r["label"] == "bkl" for r in rows) and err.count("single source image") == 1

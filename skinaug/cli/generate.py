@@ -21,7 +21,7 @@ TemperatureOpt = Annotated[float, typer.Option("--temperature", callback=finite_
 TopKOpt = Annotated[Optional[int], typer.Option("--top-k", min=1, help="Sample only among the k most likely codes.")]
 BF16Opt = Annotated[bool, typer.Option("--bf16", help="Sample in bfloat16 on CUDA (faster; logits differ slightly from fp32).")]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the sampling step (CUDA: faster steps after ~2 min of compilation; for large runs).")]
-SamplerOpt = Annotated[str, typer.Option("--sampler", help="fast (cached, exact) or reference (one full forward per code: slow, for checks).")]
+SamplerOpt = Annotated[str, typer.Option("--sampler", help="fast (cached: the reference's distribution, its codes up to float rounding) or reference (one full forward per code: slow, for checks).")]
 
 
 def _at_least(flag: str, minimum: int):

@@ -214,7 +214,8 @@ def draw_codes(logits: np.ndarray, uniforms: np.ndarray, temperature: float = 1.
     probabilities = np.exp(logits - logits.max(axis=-1, keepdims=True))
     cdf = np.cumsum(probabilities / probabilities.sum(axis=-1, keepdims=True), axis=-1, dtype=np.float32)
     codes = (cdf <= np.asarray(uniforms, np.float32).reshape(-1, 1)).sum(axis=-1)  # searchsorted(right=True)
-    return np.minimum(codes, size - 1).astype(np.int64)
+    last_possible = size - 1 - np.argmax(probabilities[:, ::-1] > 0, axis=-1)  # as in the torch twin
+    return np.minimum(codes, last_possible).astype(np.int64)
 
 
 def check_draw_args(temperature: float, top_k: int | None) -> None:

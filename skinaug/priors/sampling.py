@@ -22,9 +22,13 @@ def draw_codes(logits: Tensor, uniforms: Tensor, temperature: float = 1.0, top_k
     if top_k is not None and top_k < logits.shape[-1]:
         kth_largest = logits.topk(top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth_largest, float("-inf"))
-    cdf = logits.softmax(dim=-1).cumsum(dim=-1)
+    probabilities = logits.softmax(dim=-1)
+    cdf = probabilities.cumsum(dim=-1)
     codes = torch.searchsorted(cdf, uniforms.float().reshape(-1, 1).contiguous(), right=True).squeeze(-1)
-    return codes.clamp_(max=logits.shape[-1] - 1)  # rounding can leave cdf[-1] a hair below the uniform
+    # rounding can leave cdf[-1] a hair below the uniform: the draw then falls to the last code that may be drawn
+    # (with top-k, codes past it have probability 0), never past it
+    last_possible = logits.shape[-1] - 1 - (probabilities > 0).flip(-1).to(torch.int8).argmax(dim=-1)
+    return torch.minimum(codes, last_possible)
 
 
 def sample_reference(model: nn.Module, labels: Tensor | None = None, condition: Tensor | None = None, *,

@@ -1,3 +1,13 @@
 """skinaug: expand skin-lesion image datasets with a VQ-VAE-2 and autoregressive priors over its codes."""
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    """`skinaug.load_model`, `skinaug.Model` and `skinaug.GeneratedDataset` (skinaug.api), imported on first use so
+    that `import skinaug` and `skinaug --help` stay light."""
+    if name in ("load_model", "Model", "GeneratedDataset"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'skinaug' has no attribute {name!r}")

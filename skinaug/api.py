@@ -1,0 +1,226 @@
+"""The Python API: a model to sample from in a notebook or training script, and any image folder as a Dataset.
+
+    import skinaug
+
+    model = skinaug.load_model()                           # the shipped default, a model directory or a shipped name
+    melanomas = model.synthesize("melanoma", 16, seed=0)   # uint8 (16, 64, 64, 3)
+    codes = model.encode(melanomas)                        # {"top": (16, 8, 8), "bottom": (16, 16, 16)} uint16
+    same = model.decode(codes)                             # uint8 images again
+    mixed = model.mix(melanomas[:8], melanomas[8:])        # the tops of the first, the bottoms of the second
+    variants = model.resample(melanomas, "melanoma", seed=1)  # same tops, new bottoms drawn by the prior
+    data = skinaug.GeneratedDataset("synth/")              # an OUT_DIR (or real DATA): (image, label) pairs
+
+Images are uint8 arrays (N, S, S, 3) at the model's image size; codes are uint16 arrays per level. Everything
+runs on PyTorch (the onnx backend is for the command line). Sampling is seeded like the commands: the same seed
+gives the same images as `skinaug synthesize --seed` with the same batch size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SkinaugError
+
+__all__ = ["Model", "load_model", "GeneratedDataset"]
+
+
+class Model:
+    """A model directory ready to encode, decode and generate; see the module docstring."""
+
+    def __init__(self, path=None, device: str = "auto", batch_size: int = 64):
+        from .generate import open_generator
+        from .modeldir import resolve_model
+
+        self.path = resolve_model(path)
+        self._generator = open_generator(self.path, device)
+        self.batch_size = batch_size
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self._generator.class_names)
+
+    @property
+    def image_size(self) -> int:
+        return int(self._generator.config["image_size"])
+
+    @property
+    def fingerprint(self) -> str:
+        return self._generator.config["fingerprint"]
+
+    def __repr__(self) -> str:
+        return f"skinaug.Model({str(self.path)!r}, {self.image_size}px, classes {self.class_names})"
+
+    # ------------------------------------------------------------------ codes <-> images
+
+    def encode(self, images) -> dict[str, np.ndarray]:
+        """uint8 images (N, S, S, 3) at the model's size -> code maps per level (N, H, W) uint16."""
+        from .encode import encode_batch
+
+        images = self._check_images(images)
+        parts = [encode_batch(self._generator.vqvae, images[i : i + self.batch_size], self._generator.device)[0]
+                 for i in range(0, len(images), self.batch_size)]
+        return {level: np.concatenate([p[level] for p in parts]) for level in self._generator.levels}
+
+    def decode(self, codes: dict[str, np.ndarray]) -> np.ndarray:
+        """Code maps per level (N, H, W) -> uint8 images (N, S, S, 3)."""
+        codes = self._check_codes(codes)
+        n = len(codes[self._generator.levels[0]])
+        parts = [self._generator.images_for({level: values[i : i + self.batch_size] for level, values in codes.items()})
+                 for i in range(0, n, self.batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.image_size, self.image_size, 3), np.uint8)
+
+    # ------------------------------------------------------------------ generation
+
+    def synthesize(self, label, n: int, *, temperature: float = 1.0, top_k: int | None = None, seed: int = 0) -> np.ndarray:
+        """n new images of one class: top codes from the top prior, bottom codes given them, decoded."""
+        from .generate import Job
+
+        if int(n) < 0:
+            raise SkinaugError(f"n must be 0 or more, not {n}")
+        index = self._label(label)
+        self._generator.require(["synthesize"])
+        return self._generate("synthesize", [Job("synthesize", index) for _ in range(int(n))], None, temperature, top_k, seed)
+
+    def mix(self, top_images, bottom_images) -> np.ndarray:
+        """Image i: the top codes of top_images[i] with the bottom codes of bottom_images[i] (two-level models)."""
+        if "top" not in self._generator.levels:
+            raise SkinaugError(f"mix needs a two-level model; {self.path} has one level")
+        tops, bottoms = self.encode(top_images), self.encode(bottom_images)
+        if len(tops["top"]) != len(bottoms["bottom"]):
+            raise SkinaugError(f"mix pairs images one to one: {len(tops['top'])} top images, {len(bottoms['bottom'])} bottom images")
+        return self.decode({"top": tops["top"], "bottom": bottoms["bottom"]})
+
+    def resample(self, images, labels, *, temperature: float = 1.0, top_k: int | None = None, seed: int = 0) -> np.ndarray:
+        """Each image's top codes kept and its bottom codes drawn anew by the bottom prior, given them and the label
+        (one class for all images, or one per image)."""
+        from .codes import CodeFile
+        from .generate import Job
+
+        codes = self.encode(images)
+        n = len(codes["bottom"])
+        names = [labels] * n if isinstance(labels, (str, int, np.integer)) else list(labels)
+        if len(names) != n:
+            raise SkinaugError(f"{len(names)} labels for {n} images")
+        indices = np.array([self._label(name) for name in names], dtype=np.int64)
+        self._generator.require(["resample"])
+        source = CodeFile(Path("<memory>"), {}, codes, [f"image_{i}" for i in range(n)], indices, [""] * n)
+        jobs = [Job("resample", int(indices[i]), i, i) for i in range(n)]
+        return self._generate("resample", jobs, source, temperature, top_k, seed)
+
+    def _generate(self, method: str, jobs, source, temperature: float, top_k: int | None, seed: int) -> np.ndarray:
+        from .generate import PRIORS_NEEDED, batch_seed, make_batches
+        from .priors.sampling import check_draw_args
+
+        check_draw_args(temperature, top_k)
+        generator = self._generator
+        for level in PRIORS_NEEDED[method]:
+            if level in generator.levels:
+                for label in sorted({job.label for job in jobs}):
+                    generator.check_class(level, label)
+        saved = generator.temperature, generator.top_k
+        generator.temperature, generator.top_k = temperature, top_k
+        try:
+            parts = [generator.images_for(generator.codes_for(method, batch, source, batch_seed(seed, index)))
+                     for index, (_, batch) in enumerate(make_batches(jobs, self.batch_size))]
+        finally:
+            generator.temperature, generator.top_k = saved
+        return np.concatenate(parts) if parts else np.zeros((0, self.image_size, self.image_size, 3), np.uint8)
+
+    # ------------------------------------------------------------------ checks
+
+    def _label(self, label) -> int:
+        names = self.class_names
+        if isinstance(label, str):
+            if label not in names:
+                raise SkinaugError(f"class {label!r} is not one of this model's classes ({', '.join(names)})")
+            return names.index(label)
+        if isinstance(label, (int, np.integer)) and 0 <= int(label) < len(names):
+            return int(label)
+        raise SkinaugError(f"a label is a class name or an index below {len(names)}, not {label!r}")
+
+    def _check_images(self, images) -> np.ndarray:
+        images = np.asarray(images)
+        size = self.image_size
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (size, size, 3):
+            raise SkinaugError(f"images must be uint8 (N, {size}, {size}, 3) for this model, not {images.dtype} "
+                               f"{tuple(images.shape)} (skinaug.data.load_image(path, {size}) reads a file at that size)")
+        return images
+
+    def _check_codes(self, codes) -> dict[str, np.ndarray]:
+        grid = self._generator.config["grid"]
+        if not isinstance(codes, dict) or set(codes) != set(grid):
+            raise SkinaugError(f"codes must be a dict with the levels {', '.join(grid)}")
+        checked = {}
+        for level, (height, width) in grid.items():
+            values = np.asarray(codes[level])
+            if values.ndim != 3 or values.shape[1:] != (height, width):
+                raise SkinaugError(f"{level} codes must be (N, {height}, {width}), not {tuple(values.shape)}")
+            if values.size and (values.min() < 0 or values.max() >= self._generator.config["codebook_size"]):
+                raise SkinaugError(f"{level} codes must lie in [0, {self._generator.config['codebook_size']})")
+            checked[level] = values
+        if len({len(v) for v in checked.values()}) != 1:
+            raise SkinaugError("every level needs the same number of code maps")
+        return checked
+
+
+def load_model(path=None, device: str = "auto", batch_size: int = 64) -> Model:
+    """A model directory (or a shipped model's name); None: `$SKINAUG_MODEL`, else the shipped default."""
+    return Model(path, device=device, batch_size=batch_size)
+
+
+def _dataset_base():
+    from torch.utils.data import Dataset
+
+    return Dataset
+
+
+class GeneratedDataset(_dataset_base()):
+    """A generated OUT_DIR (images/ + labels.csv) or a real image folder as a torch Dataset.
+
+    Item i is (image, label): a float32 tensor (3, S, S) in [0, 1] (or `transform(uint8 array)` when given) and the
+    label's index in `class_names` (-1 unlabelled). `info(i)` gives the image's name, label, method and sources
+    (`method` is "real" for real images), so a training script can mix real and generated images and keep track."""
+
+    def __init__(self, path, labels=None, *, image_size: int | None = None, transform=None, **columns):
+        from .scores.sets import open_set
+
+        self.set = open_set(path, labels, **columns)
+        self.samples = list(self.set.dataset.samples)
+        self.class_names = list(self.set.dataset.class_names)
+        if image_size is None and self.samples:  # one size for every item, so that a DataLoader can batch them
+            from PIL import Image
+
+            with Image.open(self.samples[0].path) as first:
+                image_size = max(first.size)
+        self.image_size = image_size
+        self.transform = transform
+        self._methods = _methods(Path(path) / "labels.csv") if self.set.generated and labels is None else {}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        import torch
+
+        from .data import load_image
+
+        sample = self.samples[index]
+        pixels = load_image(sample.path, self.image_size)
+        image = self.transform(pixels) if self.transform is not None else torch.from_numpy(pixels).permute(2, 0, 1).float() / 255.0
+        return image, sample.label
+
+    def info(self, index: int) -> dict:
+        sample = self.samples[index]
+        sources = (self.set.sources or {}).get(sample.name, ())
+        return {"image": sample.name, "path": str(sample.path),
+                "label": self.class_names[sample.label] if sample.label >= 0 else None,
+                "method": self._methods.get(sample.name, "real"), "sources": list(sources), "group": sample.group}
+
+
+def _methods(labels_csv: Path) -> dict[str, str]:
+    import csv
+
+    with open(labels_csv, encoding="utf-8-sig", newline="") as handle:
+        return {row["image"]: row.get("method") or "real" for row in csv.DictReader(handle)}

@@ -333,7 +333,8 @@ def test_fid_in_classifier_features_of_a_set_with_itself(tiny_dataset, tmp_path,
     result = json.loads(stdout)
     assert result["features"] == "classifier" and result["feature_dim"] == 512
     assert result["generated_images"] == result["real_images"] == 12
-    assert abs(result["fid"]) < 1e-6 and result["precision"] == result["recall"] == 1.0
+    assert abs(result["frechet_distance"]) < 1e-6 and result["precision"] == result["recall"] == 1.0
+    assert "fid" not in result and "not an FID" in result["note"]  # classifier features make no FID
 
 
 # ----------------------------------------------------------------------------------------------- memorization

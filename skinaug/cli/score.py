@@ -275,7 +275,7 @@ def fid(
         _print_fid(result)
     emit(result, json_, None)
     if not json_:
-        print(f"{result['fid']:.4f}")
+        print(f"{result['frechet_distance']:.4f}")
 
 
 def _print_fid(result: dict) -> None:
@@ -286,7 +286,7 @@ def _print_fid(result: dict) -> None:
     table = Table(title=f"{result['generated']} vs {result['real']} at {result['image_size']}px")
     for column in (name, f"precision (k={result['k']})", f"recall (k={result['k']})", "generated", "real"):
         table.add_column(column, justify="right")
-    table.add_row(f"{result['fid']:.3f}", f"{result['precision']:.3f}", f"{result['recall']:.3f}",
+    table.add_row(f"{result['frechet_distance']:.3f}", f"{result['precision']:.3f}", f"{result['recall']:.3f}",
                   f"{result['generated_images']:,}", f"{result['real_images']:,}")
     Console(file=sys.stderr, width=None if sys.stderr.isatty() else 140).print(table)
 

@@ -118,11 +118,18 @@ def compute_fid(generated, real, *, features: str = "inception", inception_weigh
     mu_g, sigma_g = feature_statistics(generated_features)
     mu_r, sigma_r = feature_statistics(real_features)
     precision, recall = precision_recall(real_features, generated_features, k)
-    return {
+    distance = frechet_distance(mu_g, sigma_g, mu_r, sigma_r)
+    result = {
         "generated": str(generated), "real": str(real), "features": features, "feature_dim": int(generated_features.shape[1]),
         "image_size": size, "generated_images": int(len(generated_images)), "real_images": int(len(real_images)),
-        "fid": frechet_distance(mu_g, sigma_g, mu_r, sigma_r), "precision": precision, "recall": recall, "k": k,
+        "frechet_distance": distance, "precision": precision, "recall": recall, "k": k,
     }
+    if features == "inception":
+        result["fid"] = distance  # the standard FID: only Inception features make one
+    else:
+        result["note"] = ("Fréchet distance in the features of a classifier trained on these real images: not an FID, "
+                          "not comparable with Inception FIDs, nor across real sets, seeds or budgets")
+    return result
 
 
 def classifier_feature_pair(real_images, real_samples, class_names, generated_images, size, device, budget, epochs, seed):

@@ -65,6 +65,40 @@ def test_cached_logits_and_codes_equal_the_reference(arch, attention, classes, c
     assert len(codes.unique()) > 3
 
 
+DRAW_MATRIX = list(itertools.product(("pixelsnail", "gated-pixelcnn"), (True, False), ((0.7, None), (1.3, 4), (1.0, 1)),
+                                     (1, 5), (False, True)))
+
+
+@pytest.mark.parametrize("arch, attention, draw, batch, masked", DRAW_MATRIX)
+def test_the_samplers_agree_for_every_temperature_top_k_batch_and_mask(arch, attention, draw, batch, masked):
+    temperature, top_k = draw
+    torch.manual_seed(11)  # seeded weights: the same prior whatever ran before
+    model = random_prior(arch, attention=attention, classes=3, conditioned=True)
+    labels, condition = conditioning(model, batch=batch, seed=batch)
+    generator = torch.Generator().manual_seed(2)
+    uniforms = torch.rand(batch, HEIGHT * WIDTH, generator=generator)
+    keep = None
+    if masked:  # kept codes outside a random region: later positions are conditioned on them
+        kept_codes = torch.randint(11, (batch, HEIGHT, WIDTH), generator=generator)
+        keep = (kept_codes, torch.rand(batch, HEIGHT, WIDTH, generator=generator) < 0.5)
+    codes, logits = sample(model, labels, condition, n=batch, uniforms=uniforms, temperature=temperature, top_k=top_k,
+                           keep=keep, return_logits=True)
+    reference = sample_reference(model, labels, condition, n=batch, uniforms=uniforms, temperature=temperature,
+                                 top_k=top_k, keep=keep)
+    if keep is not None:
+        assert torch.equal(codes[keep[1]], keep[0][keep[1]]) and torch.equal(reference[keep[1]], keep[0][keep[1]])
+    with torch.no_grad():
+        teacher_forced = model.eval()(codes, labels, condition)
+    assert (logits - teacher_forced).abs().max() < LOGIT_TOLERANCE
+    close = close_draws(teacher_forced, uniforms, logit_tolerance=2 * LOGIT_TOLERANCE, temperature=temperature, top_k=top_k)
+    if keep is not None:
+        close |= keep[1].reshape(batch, -1).numpy()  # kept positions are no draws: equal above, not judged here
+    assert_same_draws(reference, codes, close)
+    if top_k is not None:  # never a code outside the top k of its logits (a near-tie at the k-th may go either way)
+        ranks = (teacher_forced > teacher_forced.gather(1, codes.unsqueeze(1))).sum(dim=1)
+        assert ((ranks < top_k).reshape(batch, -1).numpy() | close).all()
+
+
 def test_the_same_seed_gives_the_same_codes_and_another_seed_other_codes():
     model = random_prior("pixelsnail", classes=2)
     labels = torch.tensor([0, 1, 1, 0])

@@ -38,6 +38,15 @@ def test_two_ranks_hold_identical_weights_and_match_one_process(tmp_path):
         np.testing.assert_allclose(two["state"][name], values, rtol=TOLERANCE, atol=TOLERANCE, err_msg=name)
 
 
+def test_ranks_with_different_data_initialise_and_restart_codes_identically(tmp_path):
+    torchrun(WORKER.with_name("distributed_quantizer_worker.py"), tmp_path / "quantizer.json")
+    ranks = json.loads((tmp_path / "quantizer.json").read_text())
+    assert len(ranks) == 2 and ranks[0]["hash"] == ranks[1]["hash"]  # the same codebook and statistics everywhere
+    assert ranks[0]["restarted"] == ranks[1]["restarted"] > 0  # dead codes were re-seeded, the same on both
+    # the first codebook is drawn from rank 0's first batch and broadcast: rank 1 holds rows it never saw
+    assert ranks[0]["initial_from_mine"] and not ranks[1]["initial_from_mine"]
+
+
 def test_torchrun_training_makes_a_model_that_encode_uses_and_resumes_on_one_process(tiny_dataset, tmp_path):
     model = tmp_path / "model"
     common = ["train", "vqvae", tiny_dataset.images, "--labels", tiny_dataset.labels_csv, "--out", model,

@@ -335,6 +335,7 @@ def test_fid_in_classifier_features_of_a_set_with_itself(tiny_dataset, tmp_path,
     assert result["generated_images"] == result["real_images"] == 12
     assert abs(result["frechet_distance"]) < 1e-6 and result["precision"] == result["recall"] == 1.0
     assert "fid" not in result and "not an FID" in result["note"]  # classifier features make no FID
+    assert result["kid_subset_size"] == 12 and result["kid_std"] >= 0 and np.isfinite(result["kid"])
 
 
 # ----------------------------------------------------------------------------------------------- memorization

@@ -284,9 +284,11 @@ def _print_fid(result: dict) -> None:
 
     name = "FID" if result["features"] == "inception" else "Fréchet distance (classifier features)"
     table = Table(title=f"{result['generated']} vs {result['real']} at {result['image_size']}px")
-    for column in (name, f"precision (k={result['k']})", f"recall (k={result['k']})", "generated", "real"):
+    for column in (name, f"KID (subsets of {result['kid_subset_size']})", f"precision (k={result['k']})", f"recall (k={result['k']})",
+                   "generated", "real"):
         table.add_column(column, justify="right")
-    table.add_row(f"{result['frechet_distance']:.3f}", f"{result['precision']:.3f}", f"{result['recall']:.3f}",
+    table.add_row(f"{result['frechet_distance']:.3f}", f"{result['kid']:.5f} ± {result['kid_std']:.5f}",
+                  f"{result['precision']:.3f}", f"{result['recall']:.3f}",
                   f"{result['generated_images']:,}", f"{result['real_images']:,}")
     Console(file=sys.stderr, width=None if sys.stderr.isatty() else 140).print(table)
 

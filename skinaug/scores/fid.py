@@ -1,4 +1,4 @@
-"""Fréchet distance between generated and real images, and k-NN precision and recall (Kynkäänniemi et al. 2019).
+"""Fréchet distance and KID between generated and real images, and k-NN precision and recall (Kynkäänniemi et al. 2019).
 
 Features come from the FID Inception network (the usual FID, needing its local weights file) or from a
 classifier trained on the real images' labels (`features="classifier"`): a lesion-aware space that needs no
@@ -45,6 +45,28 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     trace_sqrt = np.linalg.svd(_sqrt_psd(sigma1) @ _sqrt_psd(sigma2), compute_uv=False).sum()
     diff = mu1 - mu2
     return float(max(0.0, diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt))
+
+
+def kernel_distance(generated: np.ndarray, real: np.ndarray, *, subsets: int = 100, subset_size: int = 1000,
+                    seed: int = 0) -> tuple[float, float, int]:
+    """KID (Bińkowski et al. 2018): the unbiased MMD^2 between the two feature sets under the cubic polynomial kernel
+    k(x, y) = (x.y / d + 1)^3, averaged over `subsets` random subsets of `subset_size` of each set (without
+    replacement within a subset; smaller sets use their size). Returns (mean, std over subsets, subset size).
+    Unlike the Fréchet distance it is unbiased, so sets of a few hundred images compare fairly."""
+    generated, real = np.asarray(generated, np.float64), np.asarray(real, np.float64)
+    size = min(subset_size, len(generated), len(real))
+    if size < 2:
+        raise SkinaugError(f"KID needs at least 2 images per set, got {len(generated)} and {len(real)}")
+    dim = generated.shape[1]
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(subsets):
+        x = generated[rng.choice(len(generated), size, replace=False)]
+        y = real[rng.choice(len(real), size, replace=False)]
+        kxx, kyy, kxy = ((a @ b.T / dim + 1.0) ** 3 for a, b in ((x, x), (y, y), (x, y)))
+        off_diagonal = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (size * (size - 1))
+        values.append(off_diagonal - 2.0 * kxy.mean())
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, size
 
 
 def _pairwise_distances(a: np.ndarray, b: np.ndarray, chunk: int = 1024) -> np.ndarray:
@@ -119,10 +141,12 @@ def compute_fid(generated, real, *, features: str = "inception", inception_weigh
     mu_r, sigma_r = feature_statistics(real_features)
     precision, recall = precision_recall(real_features, generated_features, k)
     distance = frechet_distance(mu_g, sigma_g, mu_r, sigma_r)
+    kid_mean, kid_std, kid_subset = kernel_distance(generated_features, real_features, seed=seed)
     result = {
         "generated": str(generated), "real": str(real), "features": features, "feature_dim": int(generated_features.shape[1]),
         "image_size": size, "generated_images": int(len(generated_images)), "real_images": int(len(real_images)),
-        "frechet_distance": distance, "precision": precision, "recall": recall, "k": k,
+        "frechet_distance": distance, "kid": kid_mean, "kid_std": kid_std, "kid_subset_size": kid_subset,
+        "precision": precision, "recall": recall, "k": k,
     }
     if features == "inception":
         result["fid"] = distance  # the standard FID: only Inception features make one

@@ -355,6 +355,22 @@ def _as_float(text: str) -> float | None:
         return None
 
 
+GENERATED_HEADER = ("image", "label", "source_top", "source_bottom")
+
+
+def is_generated_folder(path: Path) -> bool:
+    """A folder skinaug generated (or laid out the same way): images/ beside a labels.csv with provenance columns."""
+    labels = path / "labels.csv"
+    if not ((path / "images").is_dir() and labels.is_file()):
+        return False
+    try:
+        with open(labels, encoding="utf-8-sig", newline="") as handle:
+            header = next(csv.reader(handle), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    return all(column in header for column in GENERATED_HEADER)
+
+
 def scan_dataset(
     data_dir,
     labels_csv=None,
@@ -374,6 +390,9 @@ def scan_dataset(
     root = Path(data_dir).expanduser()
     if not root.is_dir():
         raise SkinaugError(f"image folder not found: {root}")
+    if labels_csv is None and is_generated_folder(root):
+        # a generated OUT_DIR: its images/ labelled by its own labels.csv, so that commands chain without --labels
+        root, labels_csv = root / "images", root / "labels.csv"
     root = root.resolve()
     files = _walk(root)
     skipped = [(f.rel, f.problem) for f in files if f.problem and not f.unsupported]

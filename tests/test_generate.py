@@ -292,3 +292,24 @@ def test_mix_says_when_a_class_has_a_single_image_to_mix(generator_model, tmp_pa
     assert all(r["source_top"] == r["source_bottom"] == "img_00" for r in rows if r["label"] == "bkl")
     assert all(r["source_top"] != r["source_bottom"] for r in rows if r["label"] != "bkl")
     assert any(r["label"] == "bkl" for r in rows) and err.count("single source image") == 1
+
+
+def test_a_generated_folder_is_data_with_its_labels_so_commands_chain(generator_model, tmp_path):
+    model = generator_model["model"]
+    synth = tmp_path / "synth"
+    assert run(["synthesize", "--model", model, "--out", synth, "--per-class", "2", "--device", "cpu", "--quiet"]) == 0
+    made = {row["image"]: row["label"] for row in read_rows(synth)}
+
+    codes = tmp_path / "codes.h5"  # encode reads its labels.csv: no --labels, no class named "images"
+    assert run(["encode", synth, "--model", model, "--out", codes, "--device", "cpu", "--quiet"]) == 0
+    written = read_codes(codes)
+    assert written.class_names == ["bkl", "melanoma", "nevus"]
+    assert {name: written.class_names[label] for name, label in zip(written.images, written.labels)} == made
+
+    augmented = tmp_path / "augmented"
+    assert run(["augment", synth, "--model", model, "--out", augmented, "--factor", "2", "--methods", "mix",
+                "--device", "cpu", "--quiet"]) == 0
+    rows = read_rows(augmented)
+    originals = [r for r in rows if r["method"] == "original"]
+    assert {r["source_top"]: r["label"] for r in originals} == made
+    assert sorted(r["label"] for r in rows if r["method"] == "mix") == sorted(made.values())

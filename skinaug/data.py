@@ -255,6 +255,32 @@ def _walk(root: Path) -> list[_File]:
     return found
 
 
+STDIN = "-"  # DATA given as '-': image paths, one a line, on standard input
+
+
+@lru_cache(maxsize=1)
+def _stdin_files() -> tuple[Path, list[_File]]:
+    """The images named on stdin (read once per process), relative to their deepest common folder, so that class
+    sub-folders label them as they would in a folder scan."""
+    import sys
+
+    if sys.stdin is None or sys.stdin.isatty():
+        raise UsageError("DATA '-' reads image paths from standard input, one a line: pipe them in")
+    paths = [Path(line.strip()).expanduser().absolute() for line in sys.stdin if line.strip()]
+    if not paths:
+        raise SkinaugError("no image paths on standard input (DATA '-')")
+    root = Path(os.path.commonpath([str(p.parent) for p in paths]))
+    files = []
+    for path in paths:
+        rel = path.relative_to(root).as_posix()
+        if not path.is_file():
+            files.append(_File(rel, path, "not found" if not path.exists() else "not a file"))
+            continue
+        found = _file(rel, path) or _File(rel, path, f"{UNSUPPORTED}: {path.suffix or 'no extension'}", unsupported=True)
+        files.append(found)
+    return root, sorted(dict.fromkeys(files), key=lambda f: f.rel)
+
+
 def _stem(name: str) -> str:
     """'a/ISIC_1.jpg' -> 'ISIC_1'; a dot that is not an image extension stays part of the name."""
     base = name.rsplit("/", 1)[-1]
@@ -387,14 +413,17 @@ def scan_dataset(
     strings. Files and rows that cannot be used are listed in `skipped`, or are fatal when `strict`;
     files the CSV does not mention are only counted, since a CSV may select a subset of a folder.
     """
-    root = Path(data_dir).expanduser()
-    if not root.is_dir():
-        raise SkinaugError(f"image folder not found: {root}")
-    if labels_csv is None and is_generated_folder(root):
-        # a generated OUT_DIR: its images/ labelled by its own labels.csv, so that commands chain without --labels
-        root, labels_csv = root / "images", root / "labels.csv"
-    root = root.resolve()
-    files = _walk(root)
+    if str(data_dir) == STDIN:
+        root, files = _stdin_files()
+    else:
+        root = Path(data_dir).expanduser()
+        if not root.is_dir():
+            raise SkinaugError(f"image folder not found: {root}")
+        if labels_csv is None and is_generated_folder(root):
+            # a generated OUT_DIR: its images/ labelled by its own labels.csv, so that commands chain without --labels
+            root, labels_csv = root / "images", root / "labels.csv"
+        root = root.resolve()
+        files = _walk(root)
     skipped = [(f.rel, f.problem) for f in files if f.problem and not f.unsupported]
     missing: list[str] = []
     entries: list[tuple[_File, str | None, str]] = []  # file, label string, group

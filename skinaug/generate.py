@@ -308,7 +308,7 @@ def make_batches(jobs: list[Job], batch_size: int) -> list[tuple[str, list[Job]]
 
 def run_jobs(generator: Generator, jobs: list[Job], source: CodeFile | None, out, *, seed: int, batch_size: int,
              command: str, plan: dict, overwrite=False, resume=False, image_format="png", quality=95,
-             originals: list | None = None, link_originals=True, extra: dict | None = None, inputs=()) -> dict:
+             originals: list | None = None, link_originals=True, extra: dict | None = None, inputs=(), jsonl=False) -> dict:
     """Makes every job's image into OUT_DIR (streamed, resumable, sharded under torchrun).
 
     `inputs`: what else the command reads (a labels CSV), never to be written over; the model, the sources
@@ -327,12 +327,12 @@ def run_jobs(generator: Generator, jobs: list[Job], source: CodeFile | None, out
     if dist.is_main:
         writer = DatasetWriter(out, model_config=generator.config, plan=plan, overwrite=overwrite, resume=resume,
                                image_format=image_format, quality=quality, inputs=inputs,
-                               model_dir=generator.model_dir.path)
+                               model_dir=generator.model_dir.path, jsonl=jsonl)
     # rank 0 alone claims the output; the other ranks write their batches where it says (staged under --overwrite)
     work_dir = dist.broadcast_object(str(writer.work) if dist.is_main else None) if dist.world_size > 1 else None
     if not dist.is_main:
         writer = DatasetWriter(out, model_config=generator.config, plan=plan, resume=True, image_format=image_format,
-                               quality=quality, is_main=False, work_dir=work_dir)
+                               quality=quality, is_main=False, work_dir=work_dir, jsonl=jsonl)
     done = writer.done_batches()
     offset = 0
     if originals:

@@ -88,12 +88,13 @@ class DatasetWriter:
 
     def __init__(self, out_dir, *, model_config: dict, plan: dict, overwrite=False, resume=False,
                  image_format: str = "png", quality: int = 95, is_main: bool = True, inputs=(), work_dir=None,
-                 model_dir=None):
+                 model_dir=None, jsonl: bool = False):
         """`inputs`: what the command reads (model, sources, labels, masks), never to be written over.
         `work_dir`: on the other torchrun ranks, the folder rank 0's claim writes into (its `.work`).
         `model_dir`: the generator's directory, whose record of training images the dataset keeps."""
         self.out = Path(out_dir)
         self.model_dir = model_dir
+        self.jsonl = jsonl  # one JSON line per finished image on stdout, flushed per batch
         self.model_config = model_config
         self.image_format = image_format.lower()
         if self.image_format not in ("png", "jpg"):
@@ -151,6 +152,7 @@ class DatasetWriter:
                 else:
                     Image.fromarray(image).save(tmp, format="JPEG", quality=self.quality)
         self._record(batch_index, rows, codes)
+        self._announce(rows, [self.image_path(row["image"]).name for row in rows])
 
     def write_originals(self, batch_index: int, rows: list[dict], codes: dict[str, np.ndarray], *, link: bool = True) -> None:
         """The input images themselves (rows carry their "file"), linked or copied, never re-encoded."""
@@ -160,6 +162,17 @@ class DatasetWriter:
             with naming_write_errors(target):
                 link_or_copy(source, target, link)
         self._record(batch_index, rows, codes)
+        self._announce(rows, [f"{row['image']}{Path(row['file']).suffix.lower()}" for row in rows])
+
+    def _announce(self, rows: list[dict], files: list[str]) -> None:
+        """--jsonl: the batch's images, one JSON object a line, once they are on disk. Paths are where the images
+        stay (under --overwrite the run is staged and they reach those paths when it completes)."""
+        if not self.jsonl:
+            return
+        lines = [json.dumps({"path": str(self.out / "images" / file), **{k: row.get(k, "") for k in LABEL_COLUMNS}})
+                 for row, file in zip(rows, files)]
+        sys.stdout.write("".join(line + "\n" for line in lines))
+        sys.stdout.flush()
 
     def _record(self, batch_index: int, rows: list[dict], codes: dict[str, np.ndarray]) -> None:
         with atomic_path(self.progress_dir / f"batch-{batch_index:06d}.npz") as tmp, open(tmp, "wb") as handle:

@@ -10,7 +10,7 @@ import typer
 
 from ..errors import UsageError
 from ..runtime import set_quiet
-from .options import (BackendOpt, BatchOpt, DeviceOpt, FormatOpt, GroupColOpt, ImageColOpt, JsonOpt, LabelColOpt, LabelsOpt, ModelOpt,
+from .options import (BackendOpt, BatchOpt, DeviceOpt, FormatOpt, GroupColOpt, ImageColOpt, JsonOpt, JsonlOpt, LabelColOpt, LabelsOpt, ModelOpt,
                       OverwriteOpt, QualityOpt, QuietOpt, ResumeOpt, SeedOpt, StrictOpt, columns, emit, finite_number)
 
 SourceArg = Annotated[Optional[Path], typer.Argument(help="Image folder (or use --codes).", show_default=False)]
@@ -67,8 +67,16 @@ def _sources(model, codes, data, labels, device, backend, strict, cols: dict):
     return source, (intake.summary() if data is not None else None)
 
 
-def _finish(summary: dict, as_json: bool, out: Path) -> None:
-    emit(summary, as_json, out)
+def _check_outputs(as_json: bool, jsonl: bool) -> None:
+    if as_json and jsonl:
+        from ..errors import UsageError
+
+        raise UsageError("--json and --jsonl both write stdout: choose one")
+
+
+def _finish(summary: dict, as_json: bool, out: Path, jsonl: bool = False) -> None:
+    if not jsonl:  # with --jsonl, stdout holds only the image lines
+        emit(summary, as_json, out)
 
 
 def register(app: typer.Typer) -> None:
@@ -86,13 +94,14 @@ def register(app: typer.Typer) -> None:
         image_format: FormatOpt = "png", quality: QualityOpt = 95,
         overwrite: OverwriteOpt = False, resume: ResumeOpt = False, strict: StrictOpt = False,
         image_col: ImageColOpt = None, label_col: LabelColOpt = None, group_col: GroupColOpt = None,
-        json_: JsonOpt = False, quiet: QuietOpt = False,
+        json_: JsonOpt = False, jsonl: JsonlOpt = False, quiet: QuietOpt = False,
     ):
         """Top codes of one image with the bottom codes of another of the same label.
 
         Example: skinaug mix images/ --labels labels.csv --model models/derm64 --out mixed/ -n 500
         """
         set_quiet(quiet)
+        _check_outputs(json_, jsonl)
         import numpy as np
 
         from ..generate import open_generator, class_index, job_plan, name_jobs, plan_mix, run_jobs
@@ -106,8 +115,8 @@ def register(app: typer.Typer) -> None:
         plan = job_plan(jobs, command="mix", source=str(codes or data), seed=seed, batch_size=batch_size, format=image_format)
         summary = run_jobs(generator, jobs, source, out, seed=seed, batch_size=batch_size, command="mix", plan=plan,
                            overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
-                           extra={"any_label": any_label, "input": read}, inputs=[labels])
-        _finish(summary, json_, out)
+                           extra={"any_label": any_label, "input": read}, inputs=[labels], jsonl=jsonl)
+        _finish(summary, json_, out, jsonl)
 
     @app.command("resample")
     def resample(
@@ -129,13 +138,14 @@ def register(app: typer.Typer) -> None:
         image_format: FormatOpt = "png", quality: QualityOpt = 95,
         overwrite: OverwriteOpt = False, resume: ResumeOpt = False, strict: StrictOpt = False,
         image_col: ImageColOpt = None, label_col: LabelColOpt = None, group_col: GroupColOpt = None,
-        json_: JsonOpt = False, quiet: QuietOpt = False,
+        json_: JsonOpt = False, jsonl: JsonlOpt = False, quiet: QuietOpt = False,
     ):
         """Keep each image's top codes and draw its bottom codes again from the bottom prior.
 
         Example: skinaug resample images/ --labels labels.csv --model models/derm64 --out resampled/ --per-image 2 --temperature 0.9
         """
         set_quiet(quiet)
+        _check_outputs(json_, jsonl)
         import numpy as np
 
         from ..generate import open_generator, class_index, job_plan, name_jobs, plan_per_source, run_jobs
@@ -168,8 +178,8 @@ def register(app: typer.Typer) -> None:
                            overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
                            extra={"mask_dir": str(mask_dir) if mask_dir else None, "refine": refine,
                                   "refine_candidates": refine_candidates, "input": read},
-                           inputs=[labels])
-        _finish(summary, json_, out)
+                           inputs=[labels], jsonl=jsonl)
+        _finish(summary, json_, out, jsonl)
 
     @app.command("synthesize")
     def synthesize(
@@ -184,13 +194,14 @@ def register(app: typer.Typer) -> None:
         sampler: SamplerOpt = "fast", compile_: CompileOpt = False,
         image_format: FormatOpt = "png", quality: QualityOpt = 95,
         overwrite: OverwriteOpt = False, resume: ResumeOpt = False,
-        json_: JsonOpt = False, quiet: QuietOpt = False,
+        json_: JsonOpt = False, jsonl: JsonlOpt = False, quiet: QuietOpt = False,
     ):
         """Sample top codes for a class, then bottom codes given them, and decode: new images.
 
         Example: skinaug synthesize --model models/derm64 --out synth/ --class melanoma -n 2000
         """
         set_quiet(quiet)
+        _check_outputs(json_, jsonl)
         from ..errors import UsageError
         from ..generate import open_generator, Job, class_index, job_plan, name_jobs, run_jobs
 
@@ -209,8 +220,8 @@ def register(app: typer.Typer) -> None:
         plan = job_plan(jobs, command="synthesize", seed=seed, batch_size=batch_size, temperature=temperature, top_k=top_k,
                         format=image_format, bf16=bf16, sampler=sampler)
         summary = run_jobs(generator, jobs, None, out, seed=seed, batch_size=batch_size, command="synthesize", plan=plan,
-                           overwrite=overwrite, resume=resume, image_format=image_format, quality=quality)
-        _finish(summary, json_, out)
+                           overwrite=overwrite, resume=resume, image_format=image_format, quality=quality, jsonl=jsonl)
+        _finish(summary, json_, out, jsonl)
 
     @app.command("augment")
     def augment(
@@ -231,13 +242,14 @@ def register(app: typer.Typer) -> None:
         image_format: FormatOpt = "png", quality: QualityOpt = 95,
         overwrite: OverwriteOpt = False, resume: ResumeOpt = False, strict: StrictOpt = False,
         image_col: ImageColOpt = None, label_col: LabelColOpt = None, group_col: GroupColOpt = None,
-        json_: JsonOpt = False, quiet: QuietOpt = False,
+        json_: JsonOpt = False, jsonl: JsonlOpt = False, quiet: QuietOpt = False,
     ):
         """Expand a labelled folder into a training-ready one: originals plus generated images.
 
         Example: skinaug augment images/ --labels labels.csv --model models/derm64 --out train_aug/ --balance
         """
         set_quiet(quiet)
+        _check_outputs(json_, jsonl)
         from ..generate import open_generator, job_plan, name_jobs, original_rows, parse_methods, plan_augment, run_jobs
 
         weights = parse_methods(methods)
@@ -257,8 +269,8 @@ def register(app: typer.Typer) -> None:
                         top_k=top_k, originals=not no_originals, format=image_format, bf16=bf16)
         summary = run_jobs(generator, jobs, source, out, seed=seed, batch_size=batch_size, command="augment", plan=plan,
                            overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
-                           originals=originals, link_originals=not copy_originals, extra={"plan": table, "input": read}, inputs=[labels])
-        _finish(summary, json_, out)
+                           originals=originals, link_originals=not copy_originals, extra={"plan": table, "input": read}, inputs=[labels], jsonl=jsonl)
+        _finish(summary, json_, out, jsonl)
 
 
 def _print_plan(table: dict, weights: dict) -> None:

@@ -66,6 +66,7 @@ BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per b
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in the same output.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
+JsonlOpt = Annotated[bool, typer.Option("--jsonl", help="Print one JSON object per finished image on stdout (path, label, method, sources, ...), flushed per batch, for pipes.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or log lines on stderr.")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Unreadable or unmatched inputs are fatal instead of skipped.")]
 ImageColOpt = Annotated[Optional[str], typer.Option("--image-col", help="CSV column with the image names.")]

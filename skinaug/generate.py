@@ -30,7 +30,7 @@ from .output import DatasetWriter
 from .runtime import log, progress, resolve_backend, resolve_device, warn
 
 SOURCE_METHODS = ("mix", "resample", "rand-bottom", "rand-top")
-AUGMENT_METHODS = ("mix", "resample", "synthesize", "rand-bottom", "rand-top")
+AUGMENT_METHODS = ("mix", "resample", "synthesize", "rand-bottom", "rand-top", "classic")
 PRIORS_NEEDED = {"resample": ("bottom",), "synthesize": ("top", "bottom")}
 
 
@@ -220,6 +220,12 @@ class Generator:
 
         return decode_batch(self.vqvae, codes, self.device)
 
+    def encode_images(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """uint8 images (B, S, S, 3) -> code maps per level: what codes.h5 keeps of a classically augmented image."""
+        from .encode import encode_batch
+
+        return encode_batch(self.vqvae, images, self.device)[0]
+
 
 def load_sources(model, codes=None, data=None, labels=None, device="auto", backend=None, **scan_options) -> CodeFile:
     """Source images' codes: from a code file (checked against the model) or encoded from DATA now."""
@@ -308,8 +314,12 @@ def make_batches(jobs: list[Job], batch_size: int) -> list[tuple[str, list[Job]]
 
 def run_jobs(generator: Generator, jobs: list[Job], source: CodeFile | None, out, *, seed: int, batch_size: int,
              command: str, plan: dict, overwrite=False, resume=False, image_format="png", quality=95,
-             originals: list | None = None, link_originals=True, extra: dict | None = None, inputs=(), jsonl=False) -> dict:
+             originals: list | None = None, link_originals=True, extra: dict | None = None, inputs=(), jsonl=False,
+             classic_transforms: list | None = None) -> dict:
     """Makes every job's image into OUT_DIR (streamed, resumable, sharded under torchrun).
+
+    `classic` jobs are their source image through the albumentations pipeline (skinaug.classic; `classic_transforms`
+    a user's own), encoded for codes.h5; every other method draws codes and decodes them.
 
     `inputs`: what else the command reads (a labels CSV), never to be written over; the model, the sources
     and the mask folder are known here."""
@@ -322,6 +332,8 @@ def run_jobs(generator: Generator, jobs: list[Job], source: CodeFile | None, out
     if any(job.method in PRIORS_NEEDED and job.label < 0 for job in jobs) and generator.class_names:
         raise SkinaugError("a class-conditional prior cannot resample unlabelled images: give --labels")
     check_masks(generator, jobs, source)
+    if any(job.method == "classic" for job in jobs) and (source is None or source.files is None):
+        raise UsageError("classic augments the image files themselves: give DATA rather than --codes")
     fingerprint = generator.config["fingerprint"]
     inputs = [generator.model_dir.path, generator.mask_dir, source.path if source is not None else None, *inputs]
     if dist.is_main:
@@ -352,8 +364,12 @@ def run_jobs(generator: Generator, jobs: list[Job], source: CodeFile | None, out
         for batch_index, method, batch in todo:
             began = time.perf_counter()
             seed_value = batch_seed(seed, batch_index)
-            codes = generator.codes_for(method, batch, source, seed_value)
-            images = generator.images_for(codes)
+            if method == "classic":
+                images = classic_batch(source, batch, generator.config["image_size"], seed_value, classic_transforms)
+                codes = generator.encode_images(images)
+            else:
+                codes = generator.codes_for(method, batch, source, seed_value)
+                images = generator.images_for(codes)
             rows = [{
                 "image": job.name,
                 "label": class_names[job.label] if 0 <= job.label < len(class_names) else "",
@@ -383,6 +399,15 @@ def run_jobs(generator: Generator, jobs: list[Job], source: CodeFile | None, out
         **generator.backend_info(),
         **(extra or {}),
     })
+
+
+def classic_batch(source: CodeFile, jobs: list[Job], image_size: int, seed: int, transforms) -> np.ndarray:
+    """The jobs' source images at the model's side, classically augmented with the batch's seed."""
+    from .classic import augment_images
+    from .data import load_image
+
+    images = np.stack([load_image(source.files[source.images[job.source_top]], image_size) for job in jobs])
+    return augment_images(images, seed, transforms)
 
 
 def check_masks(generator: Generator, jobs: list[Job], source: CodeFile | None) -> None:

@@ -232,7 +232,8 @@ def register(app: typer.Typer) -> None:
         factor: Annotated[Optional[float], typer.Option("--factor", callback=finite_number("--factor", positive=True),
                                                         help="Make the output F times the size of the input (per class).")] = None,
         balance: Annotated[bool, typer.Option("--balance", help="Bring every class up to the largest one.")] = False,
-        methods: Annotated[str, typer.Option("--methods", help="Methods with optional weights, e.g. mix:1,resample:2,synthesize:1.")] = "mix,resample,synthesize",
+        methods: Annotated[str, typer.Option("--methods", help="Methods with optional weights, e.g. mix:1,resample:2,synthesize:1; classic: albumentations copies of the inputs (the baseline).")] = "mix,resample,synthesize",
+        classic_config: Annotated[Optional[Path], typer.Option("--classic-config", help="Your own albumentations pipeline for classic (a file A.save wrote, yaml or json).")] = None,
         no_originals: Annotated[bool, typer.Option("--no-originals", help="Leave the input images out of the output.")] = False,
         copy_originals: Annotated[bool, typer.Option("--copy-originals", help="Copy the input images instead of hard-linking them.")] = False,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (images per class and method) and stop.")] = False,
@@ -253,6 +254,14 @@ def register(app: typer.Typer) -> None:
         from ..generate import open_generator, job_plan, name_jobs, original_rows, parse_methods, plan_augment, run_jobs
 
         weights = parse_methods(methods)
+        transforms = None
+        if classic_config is not None:
+            from ..classic import load_transforms
+            from ..errors import UsageError
+
+            if weights.get("classic", 0) <= 0:
+                raise UsageError("--classic-config sets the classic pipeline: add classic to --methods")
+            transforms = load_transforms(classic_config)
         generator = open_generator(model, device, backend=backend, temperature=temperature, top_k=top_k, dtype=_dtype(bf16),
                                    compile_step=compile_)
         generator.require([m for m, w in weights.items() if w > 0])
@@ -266,10 +275,12 @@ def register(app: typer.Typer) -> None:
         originals = None if no_originals else original_rows(source, generator.class_names, generator.config["fingerprint"])
         name_jobs(jobs, generator.class_names, prefix="gen_", taken=[row["image"] for row in originals or []])
         plan = job_plan(jobs, command="augment", data=str(data), seed=seed, batch_size=batch_size, temperature=temperature,
-                        top_k=top_k, originals=not no_originals, format=image_format, bf16=bf16)
+                        top_k=top_k, originals=not no_originals, format=image_format, bf16=bf16,
+                        **({"classic_config": str(classic_config)} if classic_config is not None else {}))
         summary = run_jobs(generator, jobs, source, out, seed=seed, batch_size=batch_size, command="augment", plan=plan,
                            overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
-                           originals=originals, link_originals=not copy_originals, extra={"plan": table, "input": read}, inputs=[labels], jsonl=jsonl)
+                           originals=originals, link_originals=not copy_originals, extra={"plan": table, "input": read},
+                           inputs=[labels, classic_config], jsonl=jsonl, classic_transforms=transforms)
         _finish(summary, json_, out, jsonl)
 
 

@@ -99,6 +99,9 @@ class OnnxGenerator(Generator):
     def images_for(self, codes: dict[str, np.ndarray]) -> np.ndarray:
         return self.vqvae.decode_batch(codes)
 
+    def encode_images(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        return self.vqvae.encode_batch(images)[0]
+
 
 def codes_from_images(model_dir: ModelDir, data, labels, device, batch_size=64, **scan_options) -> CodeFile:
     """`skinaug.train_prior.codes_from_images` through encoder.onnx: DATA encoded in memory."""

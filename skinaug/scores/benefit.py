@@ -175,18 +175,9 @@ def train_generator(data, train_csv: Path, out: Path, recipe: GeneratorRecipe, o
 
 
 def classic_copies(images: np.ndarray, labels: np.ndarray, ratio: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """`ratio` x each class's images as classically augmented copies (albumentations), seeded."""
-    import albumentations as A
+    """`ratio` x each class's images as classically augmented copies (skinaug.classic), seeded."""
+    from ..classic import augment_images
 
-    size = images.shape[1]
-    pipeline = A.Compose([
-        A.HorizontalFlip(), A.VerticalFlip(), A.RandomRotate90(),
-        A.Affine(scale=(0.9, 1.1), translate_percent=(-0.05, 0.05), rotate=(-20, 20), border_mode=2, p=0.7),
-        A.ColorJitter(brightness=0.15, contrast=0.15, saturation=0.15, hue=0.03, p=0.7),
-        A.CLAHE(clip_limit=2.0, p=0.2),
-        A.OneOf([A.GaussianBlur(blur_limit=(3, 3)), A.GaussNoise(std_range=(0.01, 0.04))], p=0.3),
-        A.Resize(size, size),
-    ], seed=seed)
     rng = np.random.default_rng(seed)
     picks = []
     for label in np.unique(labels):
@@ -194,8 +185,7 @@ def classic_copies(images: np.ndarray, labels: np.ndarray, ratio: float, seed: i
         count = round(ratio * len(members))
         picks.append(np.resize(rng.permutation(members), count))  # each image used as evenly as possible
     order = np.concatenate(picks) if picks else np.zeros(0, np.int64)
-    copies = np.stack([pipeline(image=images[i])["image"] for i in order]) if len(order) else images[:0]
-    return copies.astype(np.uint8), labels[order]
+    return augment_images(images[order], seed), labels[order]
 
 
 def generate_set(method: str, generator, source, out: Path, options: BenefitOptions, seed: int) -> None:

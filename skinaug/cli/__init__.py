@@ -58,13 +58,14 @@ def _root(
     """Expand skin-lesion image datasets with a VQ-VAE-2 and class-conditional priors over its codes."""
 
 
-from . import codes, export, generate, models, preview, score, train  # noqa: E402  (commands register themselves on `app`)
+from . import codes, export, generate, inspect, models, preview, score, train  # noqa: E402  (commands register themselves on `app`)
 
 app.add_typer(train.app, name="train")
 codes.register(app)
 generate.register(app)
 models.register(app)
 preview.register(app)
+inspect.register(app)
 app.add_typer(score.app, name="score")
 app.add_typer(export.app, name="export")
 

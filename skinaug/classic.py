@@ -51,4 +51,10 @@ def augment_images(images: np.ndarray, seed: int, transforms: list | None = None
     pipeline = A.Compose([*(transforms if transforms is not None else default_transforms()), A.Resize(size, size)], seed=seed)
     if not len(images):
         return images.copy()
-    return np.stack([pipeline(image=image)["image"] for image in images]).astype(np.uint8)
+    made = [pipeline(image=image)["image"] for image in images]
+    bad = next((m for m in made if not (isinstance(m, np.ndarray) and m.dtype == np.uint8 and m.shape == images.shape[1:])), None)
+    if bad is not None:  # e.g. Normalize (floats) or ToTensorV2 (a CHW tensor) at the end of a user's pipeline
+        kind = f"{bad.dtype} {tuple(bad.shape)}" if hasattr(bad, "dtype") else type(bad).__name__
+        raise UsageError(f"the classic pipeline must give uint8 images {images.shape[1:]}, not {kind}: leave out "
+                         "Normalize, ToTensorV2 and other steps meant for a model's input")
+    return np.stack(made)

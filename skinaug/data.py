@@ -385,10 +385,13 @@ GENERATED_HEADER = ("image", "label", "source_top", "source_bottom")
 
 
 def is_generated_folder(path: Path) -> bool:
-    """A folder skinaug generated (or laid out the same way): images/ beside a labels.csv with provenance columns."""
+    """A folder skinaug generated: images/ beside a labels.csv with provenance columns. An unfinished one
+    (.progress/ still there) is refused: its labels.csv holds only part of the run."""
     labels = path / "labels.csv"
     if not ((path / "images").is_dir() and labels.is_file()):
         return False
+    if (path / ".progress").is_dir():
+        raise SkinaugError(f"{path} is an unfinished generated folder (.progress/ is there): finish it with --resume first")
     try:
         with open(labels, encoding="utf-8-sig", newline="") as handle:
             header = next(csv.reader(handle), [])

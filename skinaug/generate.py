@@ -338,8 +338,9 @@ def run_jobs(generator: Generator, jobs: list[Job], source: CodeFile | None, out
     inputs = [generator.model_dir.path, generator.mask_dir, source.path if source is not None else None, *inputs]
     if dist.is_main:
         writer = DatasetWriter(out, model_config=generator.config, plan=plan, overwrite=overwrite, resume=resume,
-                               image_format=image_format, quality=quality, inputs=inputs,
-                               model_dir=generator.model_dir.path, jsonl=jsonl)
+                               image_format=image_format, quality=quality, inputs=inputs, jsonl=jsonl,
+                               # only images the generator made carry its training record (classic copies do not)
+                               model_dir=generator.model_dir.path if any(job.method != "classic" for job in jobs) else None)
     # rank 0 alone claims the output; the other ranks write their batches where it says (staged under --overwrite)
     work_dir = dist.broadcast_object(str(writer.work) if dist.is_main else None) if dist.world_size > 1 else None
     if not dist.is_main:

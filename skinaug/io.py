@@ -221,8 +221,12 @@ def refuse_output_over_inputs(out, inputs: Iterable) -> None:
     """--out may neither be nor hold an input: --overwrite would delete what the command reads."""
     final = real_path(out)
     for given in inputs:
-        if given is None or str(given) in ("", "-"):
+        if given is None or str(given) == "":
             continue
+        if str(given) == "-":  # DATA read from stdin: the folder that holds every listed image
+            from .data import _stdin_files
+
+            given = _stdin_files()[0]
         source = real_path(given)
         if source == final or final in source.parents:
             relation = "is" if source == final else "holds"

@@ -165,8 +165,8 @@ class DatasetWriter:
         self._announce(rows, [f"{row['image']}{Path(row['file']).suffix.lower()}" for row in rows])
 
     def _announce(self, rows: list[dict], files: list[str]) -> None:
-        """--jsonl: the batch's images, one JSON object a line, once they are on disk. Paths are where the images
-        stay (under --overwrite the run is staged and they reach those paths when it completes)."""
+        """--jsonl: the batch's images, one JSON object a line, once they are on disk at those paths (the CLI refuses
+        --jsonl with an --overwrite that would stage them). A resumed run announces only the batches it makes."""
         if not self.jsonl:
             return
         lines = [json.dumps({"path": str(self.out / "images" / file), **{k: row.get(k, "") for k in LABEL_COLUMNS}})

@@ -90,8 +90,11 @@ class TrainingRecord:
         for key in ("image_hashes", "group_hashes"):
             if not isinstance(data.get(key), str):
                 raise SkinaugError(f"{path}: {key} is missing")
+        complete = data.get("complete", True)
+        if not isinstance(complete, bool):
+            raise SkinaugError(f"{path}: complete must be true or false, not {complete!r}")
         return cls(_unpack(data["image_hashes"], path, "image_hashes"), _unpack(data["group_hashes"], path, "group_hashes"),
-                   [str(s) for s in data.get("stages", [])], bool(data.get("complete", True)))
+                   [str(s) for s in data.get("stages", [])], complete)
 
 
 def read_record(folder) -> TrainingRecord | None:

@@ -87,3 +87,13 @@ def test_the_default_pipeline_keeps_shape_and_type_and_is_seeded():
     assert first.shape == images.shape and first.dtype == np.uint8
     assert np.array_equal(first, augment_images(images, seed=7)) and not np.array_equal(first, augment_images(images, seed=8))
     assert len(default_transforms()) == 7 and augment_images(images[:0], seed=1).shape == (0, 24, 24, 3)
+
+
+def test_a_pipeline_that_does_not_give_uint8_images_is_refused(generator_model, tmp_path, capsys):
+    import albumentations as A
+
+    normalize = tmp_path / "normalize.yaml"
+    A.save(A.Compose([A.Normalize()]), str(normalize), data_format="yaml")
+    assert augment(generator_model["data"], generator_model["model"], tmp_path / "o", "--methods", "classic",
+                   "--classic-config", normalize) == 2
+    assert "must give uint8 images" in capsys.readouterr().err and not (tmp_path / "o").exists()

@@ -163,6 +163,10 @@ def test_an_unknown_generator_is_flagged_and_a_clean_one_passes_strict(tiny_data
     test = make_test_set(tmp_path / "test", tiny_dataset, {"t_mel": "img_04", "t_nev": "img_08"})
     real = make_test_set(tmp_path / "real", tiny_dataset, {f"r{i}": n for i, n in enumerate(tiny_dataset.names[4:12]) if i not in (0, 4)})
     generated = make_generated_set(tmp_path / "mixed", tiny_dataset, [("img_05", "img_06"), ("img_09", "img_10")])
+    csv_text = (generated / "labels.csv").read_text()  # its sources are the real set's images r1, r2, r5 and r6
+    for tiny, real_name in (("img_05", "r1"), ("img_06", "r2"), ("img_09", "r5"), ("img_10", "r6")):
+        csv_text = csv_text.replace(tiny, real_name)
+    (generated / "labels.csv").write_text(csv_text)
     args = ["--real", real, "--labels", real / "labels.csv", "--test", test, "--test-labels", test / "labels.csv",
             "--train", f"real,{generated}", "--mode", "add"]
     code, summary, stderr = cas_json(capsys, *args)
@@ -194,3 +198,15 @@ def test_the_shipped_model_records_the_images_it_saw():
         rows = list(csv.DictReader(handle))
     names, lesions = record.seen([r["image"] for r in rows], [r["lesion_id"] for r in rows])
     assert len(names) == len(rows) == 8031 and len(lesions) == 5990
+
+
+def test_a_set_made_from_generated_images_cannot_be_traced_and_strict_refuses_it(tiny_dataset, tmp_path, capsys):
+    test = make_test_set(tmp_path / "test", tiny_dataset, {"t_mel": "img_04", "t_nev": "img_08"})
+    generated = make_generated_set(tmp_path / "chained", tiny_dataset, [("img_05", "img_06"), ("img_09", "img_10")])
+    (generated / "labels.csv").write_text((generated / "labels.csv").read_text().replace("img_05", "gen_mix_17"))
+    args = ["--real", tiny_dataset.images, "--labels", tiny_dataset.labels_csv, "--test", test, "--test-labels",
+            test / "labels.csv", "--train", f"real,{generated}", "--mode", "add"]
+    code, _, stderr = cas_json(capsys, *args)
+    assert code == 0 and "1 images of" in stderr and "name sources that are not real images" in stderr
+    code, _, stderr = cas_json(capsys, *args, "--strict")
+    assert code == 1 and "not real images" in stderr.strip().splitlines()[-1]

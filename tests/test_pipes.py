@@ -86,3 +86,11 @@ def test_the_readme_pipeline_runs(generator_model, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     codes = read_codes(tmp_path / "melanoma-codes.h5")
     assert len(codes.images) == 8 and {codes.class_names[label] for label in codes.labels} == {"melanoma"}
+
+
+def test_jsonl_with_an_overwrite_that_would_stage_is_refused(generator_model, tmp_path, capsys):
+    out = tmp_path / "synth"
+    args = ["synthesize", "--model", generator_model["model"], "--out", out, "--per-class", "1", "--device", "cpu", "--quiet"]
+    assert run(capsys, *args)[0] == 0
+    code, stdout, stderr = run(capsys, *args, "--overwrite", "--jsonl")
+    assert code == 2 and stdout == "" and "--overwrite lands them only when the run ends" in stderr

@@ -67,11 +67,21 @@ def _sources(model, codes, data, labels, device, backend, strict, cols: dict):
     return source, (intake.summary() if data is not None else None)
 
 
-def _check_outputs(as_json: bool, jsonl: bool) -> None:
-    if as_json and jsonl:
-        from ..errors import UsageError
+def _check_outputs(as_json: bool, jsonl: bool, out: Path | None = None, overwrite: bool = False) -> None:
+    from ..errors import UsageError
 
+    if as_json and jsonl:
         raise UsageError("--json and --jsonl both write stdout: choose one")
+    if jsonl and overwrite and out is not None and Path(out).exists():
+        # the replacement is staged beside the old output: its images reach the printed paths only at the end
+        raise UsageError("--jsonl prints paths as images land, and --overwrite lands them only when the run ends: "
+                         "remove the old output yourself, or choose another --out")
+
+
+def _file_digest(path: Path) -> str:
+    import hashlib
+
+    return f"{path} sha256:{hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]}"
 
 
 def _finish(summary: dict, as_json: bool, out: Path, jsonl: bool = False) -> None:
@@ -101,7 +111,7 @@ def register(app: typer.Typer) -> None:
         Example: skinaug mix images/ --labels labels.csv --model models/derm64 --out mixed/ -n 500
         """
         set_quiet(quiet)
-        _check_outputs(json_, jsonl)
+        _check_outputs(json_, jsonl, out, overwrite)
         import numpy as np
 
         from ..generate import open_generator, class_index, job_plan, name_jobs, plan_mix, run_jobs
@@ -145,7 +155,7 @@ def register(app: typer.Typer) -> None:
         Example: skinaug resample images/ --labels labels.csv --model models/derm64 --out resampled/ --per-image 2 --temperature 0.9
         """
         set_quiet(quiet)
-        _check_outputs(json_, jsonl)
+        _check_outputs(json_, jsonl, out, overwrite)
         import numpy as np
 
         from ..generate import open_generator, class_index, job_plan, name_jobs, plan_per_source, run_jobs
@@ -201,7 +211,7 @@ def register(app: typer.Typer) -> None:
         Example: skinaug synthesize --model models/derm64 --out synth/ --class melanoma -n 2000
         """
         set_quiet(quiet)
-        _check_outputs(json_, jsonl)
+        _check_outputs(json_, jsonl, out, overwrite)
         from ..errors import UsageError
         from ..generate import open_generator, Job, class_index, job_plan, name_jobs, run_jobs
 
@@ -250,7 +260,7 @@ def register(app: typer.Typer) -> None:
         Example: skinaug augment images/ --labels labels.csv --model models/derm64 --out train_aug/ --balance
         """
         set_quiet(quiet)
-        _check_outputs(json_, jsonl)
+        _check_outputs(json_, jsonl, out, overwrite)
         from ..generate import open_generator, job_plan, name_jobs, original_rows, parse_methods, plan_augment, run_jobs
 
         weights = parse_methods(methods)
@@ -265,6 +275,13 @@ def register(app: typer.Typer) -> None:
         generator = open_generator(model, device, backend=backend, temperature=temperature, top_k=top_k, dtype=_dtype(bf16),
                                    compile_step=compile_)
         generator.require([m for m, w in weights.items() if w > 0])
+        if transforms is not None:  # a pipeline that cannot give the model's images fails before anything is written
+            import numpy as np
+
+            from ..classic import augment_images
+
+            side = generator.config["image_size"]
+            augment_images(np.full((1, side, side, 3), 128, np.uint8), 0, transforms)
         source, read = _sources(model, None, data, labels, device, backend, strict, columns(image_col, label_col, group_col))
         jobs, table = plan_augment(source, generator.class_names, factor=factor, balance=balance, weights=weights,
                                    originals=not no_originals, seed=seed)
@@ -276,7 +293,8 @@ def register(app: typer.Typer) -> None:
         name_jobs(jobs, generator.class_names, prefix="gen_", taken=[row["image"] for row in originals or []])
         plan = job_plan(jobs, command="augment", data=str(data), seed=seed, batch_size=batch_size, temperature=temperature,
                         top_k=top_k, originals=not no_originals, format=image_format, bf16=bf16,
-                        **({"classic_config": str(classic_config)} if classic_config is not None else {}))
+                        # the pipeline's content, so that --resume after an edit of the file is refused
+                        **({"classic_config": _file_digest(classic_config)} if classic_config is not None else {}))
         summary = run_jobs(generator, jobs, source, out, seed=seed, batch_size=batch_size, command="augment", plan=plan,
                            overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
                            originals=originals, link_originals=not copy_originals, extra={"plan": table, "input": read},

@@ -42,6 +42,7 @@ from ..errors import SkinaugError
 from ..io import EXPORTED_MODEL, OutputLock, claim_output, file_mode, folder_mode, real_path, swap_into_place
 from ..modeldir import PRIOR_WEIGHTS, VQVAE_WEIGHTS, ModelDir
 from ..runtime import log
+from ..trained_on import TRAINED_ON
 from . import EXPORT_FORMAT, ONNX_DIR, OPSET
 from .runtime import file_digest
 
@@ -404,7 +405,7 @@ def _export_standalone(model_dir: ModelDir, config: dict, out: Path, overwrite: 
     work = claim.work
     try:
         work.mkdir(parents=True, exist_ok=True)
-        for name in (CONFIG, "MODEL_CARD.md", VQVAE_WEIGHTS, *PRIOR_WEIGHTS.values()):
+        for name in (CONFIG, "MODEL_CARD.md", TRAINED_ON, VQVAE_WEIGHTS, *PRIOR_WEIGHTS.values()):
             if (model_dir.path / name).is_file():
                 shutil.copyfile(model_dir.path / name, work / name)
                 os.chmod(work / name, file_mode())

@@ -19,6 +19,7 @@ so a rerun with `resume` continues where it stopped.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -279,18 +280,14 @@ def run_benefit(data, labels_csv_path, out, options: BenefitOptions, *, model=No
     """The benefit table (see the module docstring); writes everything into `out`."""
     from ..generate import open_generator
 
+    from ..modeldir import locate_model
+
     options.validate()
+    if model is not None:
+        model = locate_model(model, "--model")  # a model directory or a shipped model's name
     claim = claim_output(out, kind=BENEFIT_FOLDER, inputs=(data, labels_csv_path, model), overwrite=overwrite, resume=resume)
     with claim:
         work = claim.work
-        plan = {"data": str(Path(data).resolve()), "model": str(Path(model).resolve()) if model else None, **options.plan()}
-        if (work / PLAN).is_file():
-            earlier = read_json(work / PLAN)
-            if earlier != json_round_trip(plan):
-                changed = sorted(k for k in set(plan) | set(earlier) if json_round_trip(plan).get(k) != earlier.get(k))
-                raise SkinaugError(f"{out} was started with other options ({', '.join(changed)}): "
-                                   "rerun with the same options, or --overwrite")
-        write_json(work / PLAN, plan)
         device = resolve_device(options.device)
         dataset = scan_dataset(data, labels_csv_path, **options.columns)
         class_names = dataset.class_names
@@ -308,6 +305,21 @@ def run_benefit(data, labels_csv_path, out, options: BenefitOptions, *, model=No
         train, test = split_for_benefit(dataset.samples, options.test_fraction, options.seed)
         if not test:
             raise SkinaugError("too few lesions to hold any out: use more data")
+        missing = [name for c, name in enumerate(class_names) if not any(s.label == c for s in train)]
+        if missing:
+            raise SkinaugError(f"class {', '.join(missing)} has too few lesions to be on both sides of the split")
+        # a resumed run must see the same images on each side, or its generator and classifiers would not fit
+        split = hashlib.sha256("\n".join(["train", *sorted(s.name for s in train), "test", *sorted(s.name for s in test)])
+                               .encode()).hexdigest()[:16]
+        plan = {"data": str(Path(str(data)).resolve()), "model": str(Path(model).resolve()) if model else None,
+                "split": split, **options.plan()}
+        if (work / PLAN).is_file():
+            earlier = read_json(work / PLAN)
+            if earlier != json_round_trip(plan):
+                changed = sorted(k for k in set(plan) | set(earlier) if json_round_trip(plan).get(k) != earlier.get(k))
+                raise SkinaugError(f"{out} was started with other options or data ({', '.join(changed)}): "
+                                   "rerun with the same ones, or --overwrite")
+        write_json(work / PLAN, plan)
         write_text(work / "train.csv", labels_csv(train, class_names))
         write_text(work / "test.csv", labels_csv(test, class_names))
         log(f"split by lesion: train {len(train)} images, test {len(test)} images "
@@ -317,10 +329,10 @@ def run_benefit(data, labels_csv_path, out, options: BenefitOptions, *, model=No
         generator = None
         if generated_methods:
             if model is not None:
-                check_model(model, test)
                 model_path = Path(model)
             else:
                 model_path = train_generator(data, work / "train.csv", work / "generator", options.recipe, options)
+            check_model(model_path, test)  # also the one trained here: what it recorded must be the train side only
             generator = open_generator(model_path, options.device, temperature=options.temperature, top_k=options.top_k)
             if list(generator.class_names) != list(class_names):
                 raise SkinaugError(f"the generator's classes ({', '.join(generator.class_names)}) are not the data's "
@@ -342,6 +354,8 @@ def run_benefit(data, labels_csv_path, out, options: BenefitOptions, *, model=No
             budget = Budget(**{**asdict(options.budget), "steps": steps})
             source = share_codes(generator, data, folder / "real.csv", class_names, device) if generator else None
             sets = {"real": (real_images, real_labels)}
+            judge = Judge(folder / "classifiers", real_images, real_labels, len(class_names), budget, device, options,
+                          f"{fraction:g} judge")
             for method in options.methods:
                 if method == "classic":
                     extra = classic_copies(real_images, real_labels, options.ratio, options.seed)
@@ -349,12 +363,9 @@ def run_benefit(data, labels_csv_path, out, options: BenefitOptions, *, model=No
                     generate_set(method, generator, source, folder / method, options, options.seed)
                     extra = read_generated(folder / method, class_names, options.budget.image_size, options.workers)
                     if options.filter is not None:
-                        # the judge: a classifier of the fraction's real images alone (the 'real' row's first seed)
-                        judge = classifier_run(folder / "classifiers" / f"judge_{method}.npy", real_images, real_labels,
-                                               len(class_names), budget, options.seed, device, options, extra[0],
-                                               f"{fraction:g} judge of {method}")
                         targets = {int(c): round(options.ratio * int((real_labels == c).sum())) for c in np.unique(real_labels)}
-                        *extra, counts = filter_generated(*extra, judge, targets, options.filter, folder / method, class_names)
+                        *extra, counts = filter_generated(*extra, judge.probabilities(method, extra[0]), targets,
+                                                          options.filter, folder / method, class_names)
                         filtered[(fraction, method)] = counts
                 sets[method] = (np.concatenate([real_images, extra[0]]), np.concatenate([real_labels, extra[1]]))
             log(f"real fraction {fraction:g}: {len(real_images)} real images; {budget.steps} classifier steps per set")
@@ -384,6 +395,34 @@ def run_benefit(data, labels_csv_path, out, options: BenefitOptions, *, model=No
     return summary
 
 
+class Judge:
+    """--filter's judge: one classifier of a fraction's real images alone (the budget and first seed of the 'real'
+    row), trained at most once, its probabilities for each method's candidates kept in judge_<method>.npy."""
+
+    def __init__(self, folder: Path, images, labels, num_classes, budget, device, options, desc):
+        self.folder, self.images, self.labels, self.num_classes = folder, images, labels, num_classes
+        self.budget, self.device, self.options, self.desc = budget, device, options, desc
+        self.model = None
+
+    def probabilities(self, method: str, candidates: np.ndarray) -> np.ndarray:
+        path = self.folder / f"judge_{method}.npy"
+        if path.is_file():
+            return np.load(path)
+        if self.model is None:
+            self.model = train_classifier(self.images, self.labels, self.num_classes, self.budget, seed=self.options.seed,
+                                          device=self.device, weights=self.options.weights, desc=self.desc)
+        probabilities = predict(self.model, candidates, self.device)
+        save_array(path, probabilities)
+        return probabilities
+
+
+def save_array(path: Path, values: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, values)
+
+
 def share_codes(generator, data, share_csv: Path, class_names: list[str], device):
     """The share's codes, labelled by the data's class list (a share may lack a class, and its CSV with it)."""
     from ..train_prior import codes_from_images
@@ -406,10 +445,7 @@ def classifier_run(path: Path, images, labels, num_classes, budget, seed, device
         return np.load(path)
     model = train_classifier(images, labels, num_classes, budget, seed=seed, device=device, weights=options.weights, desc=desc)
     probabilities = predict(model, test_images, device)
-    path.parent.mkdir(exist_ok=True)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.save(handle, probabilities)
+    save_array(path, probabilities)
     return probabilities
 
 

@@ -176,9 +176,15 @@ def split_external(real, test, task: Task, options: CasOptions) -> Split:
 def check_generator(image_set, split: Split, options: CasOptions) -> dict | None:
     """What the generator of a generated set saw of the test side, from its trained_on.json: a warning, or
     refusal under strict, when it saw test images or lesions, or when nobody can tell."""
+    from ..io import read_json
     from ..trained_on import read_record
 
     record = read_record(image_set.path)
+    run_file = image_set.path / "run.json"
+    if record is None and run_file.is_file():
+        methods = {m for per_class in read_json(run_file).get("counts", {}).values() for m in per_class}
+        if methods and methods <= {"classic", "original"}:  # no generator made these images
+            return {"images": 0, "lesions": 0}
     if record is None or not record.complete:
         problem = ("has no trained_on.json (made before skinaug recorded training images, or by another tool)"
                    if record is None else "was made by a generator started from a model without a record")
@@ -224,18 +230,27 @@ def load_training_set(spec: str, task: Task, split: Split, real_images: np.ndarr
         if not image_set.generated:
             raise SkinaugError(f"{part} is not a generated set (an OUT_DIR with images/ and labels.csv with "
                                "source_top/source_bottom): give such a folder, or the word real")
-        keep, keep_labels, leaked = [], [], []
+        keep, keep_labels, leaked, untraced = [], [], [], []
         for sample in image_set.dataset.samples:
             label = image_set.dataset.class_names[sample.label] if sample.label >= 0 else None
             if label not in index:
                 left_out_other += 1
                 continue
-            origins = (sample.name, *image_set.sources.get(sample.name, ()))
+            sources = image_set.sources.get(sample.name, ())
+            origins = (sample.name, *sources)
             if any(o in split.test_names or split.group_of.get(o) in split.test_groups for o in origins):
                 leaked.append(sample.name)
                 continue
+            if any(source not in split.group_of for source in sources):
+                untraced.append(sample.name)  # made from an image that is not a real one (a generated set's)
             keep.append(sample)
             keep_labels.append(index[label])
+        if untraced:
+            message = (f"{len(untraced)} images of {part} name sources that are not real images (e.g. {untraced[0]}): a "
+                       "generated folder used as DATA; whether they came from test images cannot be checked")
+            if options.strict:
+                raise SkinaugError(f"{message} (--strict)")
+            warn(message)
         if leaked and options.strict:
             raise SkinaugError(f"{len(leaked)} images of {part} were made from real test images (e.g. {leaked[0]}); "
                                "--strict refuses such a set: generate it from the training split only")

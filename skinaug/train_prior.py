@@ -372,14 +372,15 @@ def train_prior_level(model_dir: ModelDir, code_file: CodeFile, level: str, opti
     final = {k: metrics[k] for k in ("epoch", "train_bits_per_code", "val_bits_per_code", "val_accuracy") if k in metrics}
     if not dist.is_main:
         return final
+    # the record first: a crash before the weights land leaves it a superset, never missing what they saw
+    record_stage(model_dir.path, [code_file.images[i] for i in chosen], [code_file.groups[i] for i in chosen], f"prior_{level}",
+                 init_record, data=code_file.path)
     save_weights(weights_path, prior.state_dict())
     priors = dict(model_dir.config().get("priors", {}))
     priors[level] = {**prior_config.to_dict(), "classes": options.classes, "metrics": final}
     if init_record is not None:
         priors[level]["init"] = init_record
     model_dir.update_config(priors=priors)
-    record_stage(model_dir.path, [code_file.images[i] for i in chosen], [code_file.groups[i] for i in chosen], f"prior_{level}",
-                 init_record)
     return final
 
 

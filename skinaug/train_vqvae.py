@@ -510,7 +510,7 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig | dict | No
         final.update(epochs=options.epochs, steps=step)
         model_dir.save_vqvae(model, class_names=dataset.class_names, training_data=training_data, metrics=final)
         # every image read, validation included: it chose the weights kept
-        record_stage(model_dir.path, [s.name for s in samples], [s.group for s in samples], "vqvae", meta["init"])
+        record_stage(model_dir.path, [s.name for s in samples], [s.group for s in samples], "vqvae", meta["init"], data=data)
         if options.decoder_only:
             copy_init_priors(model_dir, meta["init"], dataset.class_names, shown_as=out)
         write_json(model_dir.train_dir / "train_config.json", {**meta, "options": _options_dict(options), "device": str(device)})

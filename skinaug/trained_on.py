@@ -121,9 +121,25 @@ def inherited(init_dir) -> TrainingRecord:
     return TrainingRecord(record.image_hashes, record.group_hashes, [f"init:{Path(init_dir).name}"], record.complete)
 
 
-def record_stage(folder, names: Iterable[str], groups: Iterable[str], stage: str, init: dict | None = None) -> TrainingRecord:
-    """Adds what one training stage read (and, for a stage started with --init, what that model had seen)."""
+def record_stage(folder, names: Iterable[str], groups: Iterable[str], stage: str, init: dict | None = None,
+                 data=None) -> TrainingRecord:
+    """Adds what one training stage read (and, for a stage started with --init, what that model had seen).
+
+    `data`: the folder (or code file) the stage read. When it is a generated folder (or a code file inside one), the
+    real images behind its images are not known here: the record is marked incomplete."""
     record = TrainingRecord.of(names, groups, stage)
     if init is not None:
         record = inherited(init.get("model", "")).merged(record)
+    if data is not None and str(data) != "-" and _made_by_skinaug(Path(data)):
+        record = record.merged(TrainingRecord(stages=[f"data:{Path(data).name}"], complete=False))
     return add_to_record(folder, record)
+
+
+def _made_by_skinaug(path: Path) -> bool:
+    from .data import is_generated_folder
+
+    folder = path if path.is_dir() else path.parent
+    try:
+        return is_generated_folder(folder) or (folder.name == "images" and is_generated_folder(folder.parent))
+    except SkinaugError:  # an unfinished generated folder is still a generated one
+        return True

@@ -210,3 +210,15 @@ def test_a_set_made_from_generated_images_cannot_be_traced_and_strict_refuses_it
     assert code == 0 and "1 images of" in stderr and "name sources that are not real images" in stderr
     code, _, stderr = cas_json(capsys, *args, "--strict")
     assert code == 1 and "not real images" in stderr.strip().splitlines()[-1]
+
+
+def test_a_model_trained_on_a_generated_folder_does_not_claim_a_complete_record(generator_model, tmp_path, capsys):
+    synth = tmp_path / "synth"
+    assert run_cli(capsys, "synthesize", "--model", generator_model["model"], "--out", synth, "--per-class", "4",
+                   "--device", "cpu", "--quiet")[0] == 0
+    out = tmp_path / "model"
+    code, _, stderr = run_cli(capsys, "train", "vqvae", synth, "--out", out, "--epochs", "1", "--batch-size", "4", "--quiet",
+                              *TINY_VQVAE_ARGS)
+    assert code == 0, stderr
+    record = read_record(out)
+    assert not record.complete and "data:synth" in record.stages  # the real images behind the set are not known

@@ -8,6 +8,7 @@ rank's hash of the quantizer buffers, how many codes were restarted, and whether
 
 import hashlib
 import json
+import os
 import sys
 
 import torch
@@ -39,8 +40,12 @@ def main(out_path: str) -> None:
     if dist.is_main:
         with open(out_path, "w") as handle:
             json.dump(gathered, handle)
+    # every rank done (rank 0 has written) before any leaves; then out without C++ teardown: tearing gloo down
+    # (destroy_process_group, or the interpreter's exit) aborts a rank now and then on a busy CPU ("terminate
+    # called without an active exception"), after all the work is done
     dist.barrier()
-    torch.distributed.destroy_process_group()
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ step, a hash of every rank's weights and buffers, and its final weights as a lis
 
 import hashlib
 import json
+import os
 import sys
 
 import numpy as np
@@ -51,11 +52,12 @@ def main(out_path: str) -> None:
         with open(out_path, "w") as handle:
             json.dump({"losses": losses, "hashes": hashes, "world_size": dist.world_size,
                        "state": {k: v.double().reshape(-1).tolist() for k, v in state.items()}}, handle)
-    if dist.enabled:
-        # every rank done (rank 0 has written) before any tears the group down: a rank that leaves early aborts gloo
-        dist.barrier()
-        del network
-        torch.distributed.destroy_process_group()
+    # every rank done (rank 0 has written) before any leaves; then out without C++ teardown: tearing gloo down
+    # (destroy_process_group, or the interpreter's exit) aborts a rank now and then on a busy CPU ("terminate
+    # called without an active exception"), after all the work is done
+    dist.barrier()
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

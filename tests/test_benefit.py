@@ -142,14 +142,20 @@ def test_benefit_runs_end_to_end_leak_free_and_resumes(tmp_path, capsys):
     with pytest.raises(SkinaugError, match="already exists"):
         run_benefit(data / "images", data / "labels.csv", out, tiny_options())
 
-    # the CLI with --model: the generator trained above is clean for this split; one trained on everything is not
+    # the CLI with --model (the generator trained above is clean for this split) and --filter
     code, stdout, stderr = run_cli(capsys, "score", "benefit", data / "images", "--labels", data / "labels.csv", "--out",
                                    tmp_path / "with_model", "--model", out / "generator", "--fractions", "1", "--methods",
                                    "synthesize", "--seeds", "1", "--test-fraction", "0.5", "--epochs", "1", "--arch", "resnet10",
-                                   "--image-size", "32", "--batch-size", "4", "--bootstrap", "0", "--device", "cpu", "--json", "--quiet")
+                                   "--image-size", "32", "--batch-size", "4", "--bootstrap", "0", "--filter", "0.5",
+                                   "--device", "cpu", "--json", "--quiet")
     assert code == 0, stderr
     result = json.loads(stdout)
     assert [r["method"] for r in result["rows"]] == ["real", "synthesize"] and result["rows"][1]["pair"]["gain_interval"] is None
+    row, real = result["rows"][1], result["rows"][0]["real_images"]
+    assert row["added_images"] == real and set(row["added_share_per_class"].values()) == {0.5}  # filled up to the share
+    assert sum(c["candidates"] for c in row["filter"]["per_class"].values()) == 2 * real  # --oversample 2
+    filtered = list(csv.DictReader(open(tmp_path / "with_model" / "fraction_1" / "synthesize" / "filtered.csv")))
+    assert len(filtered) == 2 * real and sum(r["kept"] == "1" for r in filtered) == real
 
 
 def test_benefit_refuses_a_generator_that_saw_the_test_side(generator_model, tmp_path, capsys):
@@ -188,15 +194,3 @@ def test_the_filter_keeps_passing_candidates_in_order_and_fills_a_class_up_with_
     rows = list(csv.DictReader(open(tmp_path / "filtered.csv")))
     assert [r["kept"] for r in rows] == ["1", "0", "1", "0", "0", "0", "1", "1"]
     assert float(rows[6]["p_label"]) == 0.55 and rows[6]["passed"] == "0"
-
-
-def test_benefit_with_the_filter_records_what_passed(tmp_path):
-    data = make_lesion_data(tmp_path / "data")
-    out = tmp_path / "benefit"
-    summary = run_benefit(data / "images", data / "labels.csv", out, tiny_options(fractions=[1.0], seeds=1, methods=["synthesize"],
-                                                                                  filter=0.5, bootstrap=0))
-    row = summary["rows"][1]
-    real = summary["rows"][0]["real_images"]
-    assert row["added_images"] == real and set(row["added_share_per_class"].values()) == {0.5}
-    assert sum(c["candidates"] for c in row["filter"]["per_class"].values()) == 2 * real  # --oversample 2
-    assert (out / "fraction_1" / "synthesize" / "filtered.csv").is_file()

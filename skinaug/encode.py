@@ -133,7 +133,8 @@ def decode_codes(codes_path, out, *, model, device="auto", batch_size=64, overwr
     plan = {"command": "decode", "codes": str(Path(codes_path).resolve()), "n": len(code_file), "batch_size": batch_size,
             "format": image_format}
     writer = DatasetWriter(out, model_config=config, plan=plan, overwrite=overwrite, resume=resume,
-                           image_format=image_format, quality=quality, inputs=(codes_path, model_dir.path))
+                           image_format=image_format, quality=quality, inputs=(codes_path, model_dir.path),
+                           model_dir=model_dir.path)  # the VQ-VAE made these images: its training record goes with them
     done = writer.done_batches()
     file_names = unique_names(f"{name}_rec" for name in code_file.images)  # names in a code file may be anything
     with progress(len(code_file), desc="decoding codes") as bar:

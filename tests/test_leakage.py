@@ -83,6 +83,10 @@ def test_a_generated_dataset_keeps_its_generators_record(generator_model, tmp_pa
     assert code == 0, stderr
     assert (out / TRAINED_ON).read_bytes() == (generator_model["model"] / TRAINED_ON).read_bytes()
     assert json.loads((out / "run.json").read_text())["generator_trained_on"] == TRAINED_ON
+    decoded = tmp_path / "decoded"  # the reconstruction set too: the VQ-VAE made its pixels
+    assert run_cli(capsys, "decode", generator_model["codes"], "--model", generator_model["model"], "--out", decoded,
+                   "--device", "cpu", "--quiet")[0] == 0
+    assert (decoded / TRAINED_ON).read_bytes() == (generator_model["model"] / TRAINED_ON).read_bytes()
 
 
 def make_test_set(folder, dataset, picks: dict[str, str]):

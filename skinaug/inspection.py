@@ -2,8 +2,8 @@
 
 Per image, one decode at a reduced size: its file size, pixel size, mode and format; per-channel RGB histograms;
 mean HSV saturation and mean CIELAB lightness L* (outliers beyond `z` standard deviations, listed with
-thumbnails); a SHA-256 of the file (exact duplicates) and a 64-bit difference hash (near duplicates: Hamming
-distance <= `near`). With a model, the images its VQ-VAE reconstructs worst. The HTML embeds its plots, so it
+thumbnails); a SHA-256 of the file (exact duplicates) and a 64-bit perceptual (DCT) hash (near duplicates: Hamming
+distance <= `near`, confirmed by thumbnails that differ by at most NEAR_PIXELS on average). With a model, the images its VQ-VAE reconstructs worst. The HTML embeds its plots, so it
 opens in a browser with no network; the same PNGs sit beside it.
 
     skinaug inspect DATA [--labels CSV] [--model MODEL] --out REPORT_DIR
@@ -30,6 +30,7 @@ from .runtime import log, progress
 REPORT_FOLDER = marked_folder("inspect report", "report.json")
 STATS_SIDE = 128  # images are measured at this side (JPEGs decode at a fraction of their size)
 THUMB = 64
+NEAR_PIXELS = 8.0  # near duplicates: mean absolute difference of the 64px thumbnails at most this (0-255)
 
 
 @dataclass
@@ -41,7 +42,7 @@ class ImageFacts:
     format: str
     file_bytes: int
     sha256: str
-    dhash: int
+    phash: int
     saturation: float  # mean HSV saturation in [0, 1]
     lightness: float  # mean CIELAB L* in [0, 100]
     histogram: np.ndarray  # (3, 256) pixel counts per channel
@@ -63,9 +64,14 @@ def saturation(rgb: np.ndarray) -> np.ndarray:
     return np.divide(high - low, high, out=np.zeros_like(high), where=high > 0)
 
 
-def difference_hash(gray: np.ndarray) -> int:
-    """64-bit dHash of a (8, 9) grayscale array: bit i is set where a pixel is brighter than its right neighbour."""
-    bits = (gray[:, 1:] > gray[:, :-1]).reshape(-1)
+def perceptual_hash(gray: np.ndarray) -> int:
+    """64-bit pHash of a (32, 32) grayscale array: the signs, against their median, of the 8x8 lowest frequencies of
+    its 2-D DCT (the constant term left out of the median). Steadier than a difference hash on the smooth,
+    low-contrast skin around a small lesion, where pixel-to-pixel differences are mostly noise."""
+    from scipy.fft import dctn
+
+    low = dctn(np.asarray(gray, dtype=np.float64), norm="ortho")[:8, :8].reshape(-1)
+    bits = low > np.median(low[1:])
     return int(np.packbits(bits).view(">u8")[0])
 
 
@@ -82,12 +88,12 @@ def measure(sample: Sample) -> ImageFacts:
             rgb = image.convert("RGB")
             rgb.thumbnail((STATS_SIDE, STATS_SIDE))
             pixels = np.asarray(rgb)
-            gray = np.asarray(rgb.convert("L").resize((9, 8), Image.Resampling.BILINEAR), dtype=np.int16)
+            gray = np.asarray(rgb.convert("L").resize((32, 32), Image.Resampling.LANCZOS), dtype=np.float64)
             thumbnail = np.asarray(rgb.resize((THUMB, THUMB), Image.Resampling.BILINEAR))
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise BadImage(str(error) or type(error).__name__) from None
     histogram = np.stack([np.bincount(pixels[..., c].reshape(-1), minlength=256) for c in range(3)])
-    return ImageFacts(sample, width, height, mode, kind, len(data), hashlib.sha256(data).hexdigest(), difference_hash(gray),
+    return ImageFacts(sample, width, height, mode, kind, len(data), hashlib.sha256(data).hexdigest(), perceptual_hash(gray),
                       float(saturation(pixels).mean()), float(lightness(pixels).mean()), histogram, thumbnail)
 
 
@@ -256,7 +262,10 @@ def _summarise(dataset, facts: list[ImageFacts], unreadable, *, near: int, z: fl
     for i, f in enumerate(facts):
         by_sha.setdefault(f.sha256, []).append(i)
     exact = [members for members in by_sha.values() if len(members) > 1]
-    pairs = near_duplicate_pairs(np.array([f.dhash for f in facts], dtype=np.uint64), near)
+    # hash neighbours are candidates; a pair counts when the thumbnails also agree pixel for pixel (a small dark
+    # lesion centred on plain skin shares its low frequencies with many others)
+    pairs = [(i, j, d) for i, j, d in near_duplicate_pairs(np.array([f.phash for f in facts], dtype=np.uint64), near)
+             if np.abs(facts[i].thumbnail.astype(np.int16) - facts[j].thumbnail).mean() <= NEAR_PIXELS]
     near_groups = _groups_of_pairs([(i, j) for i, j, _ in pairs], len(facts))
     crossing = [g for g in near_groups if len({facts[i].sample.group or facts[i].sample.name for i in g}) > 1]
     report = {
@@ -355,7 +364,7 @@ def _html(report: dict, plots: dict[str, bytes]) -> str:
         image("lightness.png", "lightness"), image("lightness_outliers.png", f"lightness outliers (|z| > {report['z']})"),
         "<h2>Duplicates</h2>",
         f"<p>{dup['exact_images']} exact copies in {len(dup['exact_groups'])} groups; {dup['near_images']} near copies "
-        f"(difference hash within {dup['near_distance']} bits) in {len(dup['near_groups'])} groups, "
+        f"(perceptual hashes within {dup['near_distance']} bits) in {len(dup['near_groups'])} groups, "
         f"{dup['near_groups_across_lesions']} of them across lesion ids.</p>",
         image("near_duplicates.png", "near duplicates (pairs)"),
     ]

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from skinaug.cli import main
-from skinaug.inspection import difference_hash, lightness, near_duplicate_pairs, saturation
+from skinaug.inspection import lightness, near_duplicate_pairs, perceptual_hash, saturation
 
 
 def test_lightness_and_saturation_are_the_cielab_and_hsv_definitions():
@@ -21,9 +21,12 @@ def test_lightness_and_saturation_are_the_cielab_and_hsv_definitions():
     assert saturation(pixels).tolist() == [0.0, 0.0, 0.0, 1.0, 0.75]
 
 
-def test_difference_hash_bits_and_hamming_pairs():
-    gray = np.tile(np.arange(9), (8, 1))  # brighter to the right everywhere: every bit set
-    assert difference_hash(gray) == 2**64 - 1 and difference_hash(gray[:, ::-1]) == 0
+def test_perceptual_hash_ignores_brightness_and_sees_structure_and_pairs_are_hamming_distances():
+    gray = np.random.default_rng(0).normal(128, 30, (32, 32))
+    # a brightness shift moves only the constant term, whose bit stays set
+    assert perceptual_hash(gray) == perceptual_hash(gray + 10) == perceptual_hash(gray + 40)
+    flipped = bin(perceptual_hash(gray) ^ perceptual_hash(gray[::-1])).count("1")
+    assert flipped >= 8  # the mirrored image is another image
     hashes = np.array([0, 0b1, 0b111, 2**64 - 1], dtype=np.uint64)
     assert near_duplicate_pairs(hashes, 1) == [(0, 1, 1)]
     assert near_duplicate_pairs(hashes, 3, chunk=2) == [(0, 1, 1), (0, 2, 3), (1, 2, 2)]

@@ -213,7 +213,7 @@ def test_decode_writes_the_reconstruction_set(tiny_model, tiny_codes, tmp_path, 
     assert summary["counts"] == {label: {"reconstruction": 4} for label in TINY_CLASSES}
     assert sorted(p.name for p in (out / "images").iterdir()) == [f"{name}_rec.png" for name in names]
     assert not (out / ".progress").exists() and sorted(p.name for p in out.iterdir()) == [
-        "codes.h5", "images", "labels.csv", "run.json"]
+        "codes.h5", "images", "labels.csv", "run.json", "trained_on.json"]  # the model's training record too
 
     # every image is the decoder's output for its codes
     model = ModelDir(tiny_model.path).load_vqvae()

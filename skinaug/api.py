@@ -56,11 +56,8 @@ class Model:
 
     def encode(self, images) -> dict[str, np.ndarray]:
         """uint8 images (N, S, S, 3) at the model's size -> code maps per level (N, H, W) uint16."""
-        from .encode import encode_batch
-
         images = self._check_images(images)
-        parts = [encode_batch(self._generator.vqvae, images[i : i + self.batch_size], self._generator.device)[0]
-                 for i in range(0, len(images), self.batch_size)]
+        parts = [self._generator.encode_images(images[i : i + self.batch_size]) for i in range(0, len(images), self.batch_size)]
         return {level: np.concatenate([p[level] for p in parts]) for level in self._generator.levels}
 
     def decode(self, codes: dict[str, np.ndarray]) -> np.ndarray:
@@ -110,15 +107,12 @@ class Model:
         return self._generate("resample", jobs, source, temperature, top_k, seed)
 
     def _generate(self, method: str, jobs, source, temperature: float, top_k: int | None, seed: int) -> np.ndarray:
-        from .generate import PRIORS_NEEDED, batch_seed, make_batches
+        from .generate import batch_seed, make_batches
         from .priors.sampling import check_draw_args
 
         check_draw_args(temperature, top_k)
         generator = self._generator
-        for level in PRIORS_NEEDED[method]:
-            if level in generator.levels:
-                for label in sorted({job.label for job in jobs}):
-                    generator.check_class(level, label)
+        generator.check_classes(jobs)
         saved = generator.temperature, generator.top_k
         generator.temperature, generator.top_k = temperature, top_k
         try:

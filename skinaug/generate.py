@@ -112,6 +112,13 @@ class Generator:
                 if level in self.levels:
                     self.model_dir.require_prior(level)
 
+    def check_classes(self, jobs) -> None:
+        """Every prior a job samples was trained on the job's class."""
+        for method, label in sorted({(job.method, job.label) for job in jobs}):
+            for level in PRIORS_NEEDED.get(method, ()):
+                if level in self.levels and label >= 0:
+                    self.check_class(level, label)
+
     def prior(self, level: str):
         if level not in self._priors:
             from .train_prior import load_prior
@@ -325,10 +332,7 @@ def run_jobs(generator: Generator, jobs: list[Job], source: CodeFile | None, out
     and the mask folder are known here."""
     dist = generator.distributed()
     generator.require({job.method for job in jobs})
-    for job in jobs:
-        for level in PRIORS_NEEDED.get(job.method, ()):
-            if level in generator.levels and job.label >= 0:
-                generator.check_class(level, job.label)
+    generator.check_classes(jobs)
     if any(job.method in PRIORS_NEEDED and job.label < 0 for job in jobs) and generator.class_names:
         raise SkinaugError("a class-conditional prior cannot resample unlabelled images: give --labels")
     check_masks(generator, jobs, source)

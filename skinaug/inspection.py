@@ -78,13 +78,16 @@ def perceptual_hash(gray: np.ndarray) -> int:
 def measure(sample: Sample) -> ImageFacts:
     from PIL import Image
 
-    from .data import PIL_FORMATS
+    from .data import MAX_IMAGE_PIXELS, PIL_FORMATS, _check_decoded_size
 
     data = Path(sample.path).read_bytes()
     try:
         with Image.open(io.BytesIO(data), formats=PIL_FORMATS) as image:
             width, height, mode, kind = image.width, image.height, image.mode, image.format or "?"
+            if width * height > MAX_IMAGE_PIXELS:
+                raise BadImage(f"decompression bomb: {width}x{height} pixels is over the limit of {MAX_IMAGE_PIXELS}")
             image.draft("RGB", (STATS_SIDE, STATS_SIDE))
+            _check_decoded_size(image)  # after draft (JPEGs shrink without decoding), before any pixel is decoded
             rgb = image.convert("RGB")
             rgb.thumbnail((STATS_SIDE, STATS_SIDE))
             pixels = np.asarray(rgb)

@@ -113,3 +113,18 @@ def test_a_headless_browser_renders_the_report_with_its_plots(tmp_path, capsys):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr[-1000:]
     assert result.stdout.count("<figure>") >= 5 and result.stdout.count('src="data:image/png;base64,') >= 5
+
+
+def test_inspect_refuses_decompression_bombs_like_every_reader(tmp_path, monkeypatch, capsys):
+    import skinaug.data
+
+    data = make_noise_data(tmp_path / "data")
+    monkeypatch.setattr(skinaug.data, "MAX_IMAGE_PIXELS", 48 * 48 - 1)  # every 48x48 image is now "too large"
+    Image.new("RGB", (16, 16), "red").save(data / "images" / "small.png")
+    with open(data / "labels.csv", "a") as handle:
+        handle.write("small,nevus,les_s\n")
+    out = tmp_path / "report"
+    assert main(["inspect", str(data / "images"), "--labels", str(data / "labels.csv"), "--out", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"] == 1 and len(report["unreadable"]) == 13
+    assert all(u["reason"].startswith("decompression bomb: 48x48") for u in report["unreadable"])

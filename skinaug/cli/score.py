@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..runtime import set_quiet
+from .generate import TemperatureOpt, TopKOpt
 from .options import (BatchOpt, DataArg, DeviceOpt, GroupColOpt, ImageColOpt, JsonOpt, LabelColOpt, LabelsOpt,
                       OverwriteOpt, QuietOpt, ResumeOpt, SeedOpt, StrictOpt, WorkersOpt, columns, emit, finite_number)
 
@@ -102,8 +103,8 @@ def benefit(
     batch_size: BatchOpt = 32,
     lr: LrOpt = 1e-3,
     weights: WeightsOpt = None,
-    temperature: Annotated[float, typer.Option("--temperature", callback=finite_number("--temperature", positive=True), help="Prior sampling temperature.")] = 1.0,
-    top_k: Annotated[Optional[int], typer.Option("--top-k", min=1, help="Sample among the k likeliest codes only.")] = None,
+    temperature: TemperatureOpt = 1.0,
+    top_k: TopKOpt = None,
     generator_epochs: Annotated[str, typer.Option("--generator-epochs", help="Epochs of the generator trained without --model: VQ-VAE,top prior,bottom prior.")] = "16,14,10",
     generator_image_size: Annotated[int, typer.Option("--generator-image-size", help="Image side of the generator trained without --model.")] = 64,
     filter_: Annotated[Optional[float], typer.Option("--filter", help="Keep generated images that a classifier of the fraction's real images gives p(label) >= P (of --oversample x candidates; the best-scored fill a class up when too few pass).")] = None,

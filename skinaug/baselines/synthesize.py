@@ -57,6 +57,8 @@ class BaselineSampler:
 def synthesize(model, out, *, class_name=None, n=None, per_class=None, temperature=1.0, device="auto", seed=0,
                batch_size=64, image_format="png", quality=95, overwrite=False, resume=False, jsonl=False) -> dict:
     """n images of one class, or per_class images of every class, into OUT_DIR; returns the run's summary."""
+    if (class_name is None) == (per_class is None) or (class_name is not None and n is None):
+        raise UsageError("give --class NAME with -n N, or --per-class N")
     sampler = BaselineSampler(model, device, temperature)
     if class_name is not None:
         jobs = [Job("synthesize", class_index(sampler.class_names, class_name)) for _ in range(n)]

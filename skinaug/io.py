@@ -168,7 +168,7 @@ def _json_has(path: Path, key: str) -> bool:
 
 # what a model directory may hold; a folder of only these, with train/, is a training cut off before config.json
 MODEL_ENTRIES = {"config.json", "vqvae.safetensors", "prior_top.safetensors", "prior_bottom.safetensors", "onnx",
-                 "MODEL_CARD.md", "train"}
+                 "baseline.safetensors", "MODEL_CARD.md", "train"}
 
 
 def is_model_directory(path: Path) -> bool:

@@ -177,6 +177,7 @@ class ModelDir:
             problem = "is not a directory" if self.path.exists() else "does not exist"
             raise SkinaugError(f"model directory {self.path} {problem} (train one with `skinaug train vqvae`)")
         if not self.exists():
+            refuse_baseline(self.path)
             raise SkinaugError(
                 f"{self.path} is not a trained model: {VQVAE_WEIGHTS} or {CONFIG} is missing "
                 "(train one with `skinaug train vqvae`, or finish an interrupted run with --resume)"
@@ -274,6 +275,32 @@ class ModelDir:
         write_text(self.path / "MODEL_CARD.md", "\n".join(lines))
 
 
+# ------------------------------------------------------------------ baseline generators (skinaug/baselines/)
+
+BASELINE_KIND = "baseline"  # config.json "kind" of a baseline generator's directory (VQ-VAE models have none)
+BASELINE_WEIGHTS = "baseline.safetensors"
+
+
+def baseline_arch(path) -> str | None:
+    """The arch of a baseline generator's directory (dcgan, cvae, ...), None for anything else. Torch-free."""
+    try:
+        config = read_json(Path(path) / CONFIG)
+    except (SkinaugError, OSError):
+        return None
+    if isinstance(config, dict) and config.get("kind") == BASELINE_KIND:
+        return str(config.get("arch", "?"))
+    return None
+
+
+def refuse_baseline(path) -> None:
+    """A baseline generator makes images from noise and has no codes: every command that reads or draws codes
+    (encode, decode, mix, resample, train prior, export onnx, ...) stops here with one line."""
+    arch = baseline_arch(path)
+    if arch is not None:
+        raise SkinaugError(f"{path} is a {arch} baseline generator: it has no VQ-VAE and no codes, so it serves only "
+                           "`skinaug synthesize` and `skinaug augment --methods synthesize`")
+
+
 # ------------------------------------------------------------------ shipped models and the default model
 
 SHIPPED_MODELS = Path(__file__).parent / "models"  # package data: installed with skinaug, read-only by contract
@@ -336,6 +363,10 @@ def require_writable(path, what: str) -> None:
 
 def describe(path) -> dict:
     """One row of `skinaug models`: name, image size, classes, licence, fingerprint, path, stages."""
+    if baseline_arch(path) is not None:
+        from .baselines.store import describe_baseline
+
+        return describe_baseline(path)
     model = ModelDir(path)
     config = model.config()
     data = config.get("training_data", {})

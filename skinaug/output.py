@@ -1,5 +1,7 @@
 """A generated dataset (OUT_DIR): images/, labels.csv, codes.h5, run.json; streamed and resumable.
 
+codes.h5 is absent from the datasets of a generator without codes (the baselines, skinaug/baselines/).
+
 Work is planned up front as numbered batches, each with its own seed, so a batch's images do not
 depend on which batches ran before it. After a batch's images are written, a record of it (its
 rows and codes) lands atomically in OUT_DIR/.progress/; --resume skips recorded batches and redoes
@@ -88,11 +90,13 @@ class DatasetWriter:
 
     def __init__(self, out_dir, *, model_config: dict, plan: dict, overwrite=False, resume=False,
                  image_format: str = "png", quality: int = 95, is_main: bool = True, inputs=(), work_dir=None,
-                 model_dir=None, jsonl: bool = False):
+                 model_dir=None, jsonl: bool = False, codes: bool = True):
         """`inputs`: what the command reads (model, sources, labels, masks), never to be written over.
         `work_dir`: on the other torchrun ranks, the folder rank 0's claim writes into (its `.work`).
-        `model_dir`: the generator's directory, whose record of training images the dataset keeps."""
+        `model_dir`: the generator's directory, whose record of training images the dataset keeps.
+        `codes`: False for a generator without codes (a baseline, skinaug/baselines/): no codes.h5 is written."""
         self.out = Path(out_dir)
+        self.codes = codes
         self.model_dir = model_dir
         self.jsonl = jsonl  # one JSON line per finished image on stdout, flushed per batch
         self.model_config = model_config
@@ -200,7 +204,8 @@ class DatasetWriter:
         write_text(self.work / "labels.csv", buffer.getvalue())
 
     def finish(self, *, command: str, seed, device: str, extra: dict | None = None) -> dict:
-        """Assembles labels.csv, codes.h5 and run.json from the batch records; returns the summary."""
+        """Assembles labels.csv, codes.h5 (unless `codes` is False) and run.json from the batch records; returns the
+        summary."""
         records = self._records()
         self._rewrite_labels(records)
         all_rows = [row for rows, _ in records for row in rows]
@@ -208,11 +213,12 @@ class DatasetWriter:
         if len(set(names)) != len(names):
             raise SkinaugError(f"internal error: duplicate image names in {self.out}")
         class_names = self.model_config.get("class_names", [])
-        grid = {level: tuple(shape) for level, shape in self.model_config["grid"].items()}
-        with atomic_path(self.work / "codes.h5") as tmp, CodeWriter(tmp, model_attrs(self.model_config), grid) as writer:
-            for rows, codes in records:
-                labels = [class_names.index(row["label"]) if row["label"] in class_names else -1 for row in rows]
-                writer.append(codes, [row["image"] for row in rows], labels, [row.get("group", "") for row in rows])
+        if self.codes:
+            grid = {level: tuple(shape) for level, shape in self.model_config["grid"].items()}
+            with atomic_path(self.work / "codes.h5") as tmp, CodeWriter(tmp, model_attrs(self.model_config), grid) as writer:
+                for rows, codes in records:
+                    labels = [class_names.index(row["label"]) if row["label"] in class_names else -1 for row in rows]
+                    writer.append(codes, [row["image"] for row in rows], labels, [row.get("group", "") for row in rows])
         counts: dict = {}
         for (label, method), count in sorted(Counter((r["label"], r["method"]) for r in all_rows).items()):
             counts.setdefault(label, {})[method] = count

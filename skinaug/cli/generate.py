@@ -78,6 +78,21 @@ def _check_outputs(as_json: bool, jsonl: bool, out: Path | None = None, overwrit
                          "remove the old output yourself, or choose another --out")
 
 
+def _is_baseline(model, *, backend=None, top_k=None, bf16=False, compile_=False, sampler="fast") -> bool:
+    """Whether --model is a baseline generator (skinaug/baselines/); the priors' sampling options do not apply to it."""
+    from ..modeldir import baseline_arch
+
+    arch = baseline_arch(model) if model is not None else None
+    if arch is None:
+        return False
+    given = [flag for flag, on in (("--backend onnx", backend == "onnx"), ("--top-k", top_k is not None), ("--bf16", bf16),
+                                   ("--compile", compile_), ("--sampler reference", sampler != "fast")) if on]
+    if given:
+        raise UsageError(f"{', '.join(given)} set how the priors sample codes; {model} is a {arch} baseline generator, "
+                         "which decodes noise (PyTorch only)")
+    return True
+
+
 def _file_digest(path: Path) -> str:
     import hashlib
 
@@ -208,6 +223,8 @@ def register(app: typer.Typer) -> None:
     ):
         """Sample top codes for a class, then bottom codes given them, and decode: new images.
 
+        With a baseline generator as --model (`skinaug train baseline`): its images from noise, --temperature scaling the noise's standard deviation; the OUT_DIR has no codes.h5.
+
         Example: skinaug synthesize --model models/derm64 --out synth/ --class melanoma -n 2000
         """
         set_quiet(quiet)
@@ -217,6 +234,13 @@ def register(app: typer.Typer) -> None:
 
         if (class_name is None) == (per_class is None) or (class_name is not None and n is None):
             raise UsageError("give --class NAME with -n N, or --per-class N")
+        if _is_baseline(model, backend=backend, top_k=top_k, bf16=bf16, compile_=compile_, sampler=sampler):
+            from ..baselines import synthesize as baseline
+
+            return _finish(baseline.synthesize(model, out, class_name=class_name, n=n, per_class=per_class,
+                                               temperature=temperature, device=device, seed=seed, batch_size=batch_size,
+                                               image_format=image_format, quality=quality, overwrite=overwrite,
+                                               resume=resume, jsonl=jsonl), json_, out, jsonl)
         generator = open_generator(model, device, backend=backend, temperature=temperature, top_k=top_k, dtype=_dtype(bf16), sampler=sampler,
                                    compile_step=compile_)
         generator.require(["synthesize"])
@@ -257,6 +281,8 @@ def register(app: typer.Typer) -> None:
     ):
         """Expand a labelled folder into a training-ready one: originals plus generated images.
 
+        With a baseline generator as --model (`skinaug train baseline`): --methods synthesize (classic may be added); the OUT_DIR has no codes.h5.
+
         Example: skinaug augment images/ --labels labels.csv --model models/derm64 --out train_aug/ --balance
         """
         set_quiet(quiet)
@@ -272,6 +298,20 @@ def register(app: typer.Typer) -> None:
             if weights.get("classic", 0) <= 0:
                 raise UsageError("--classic-config sets the classic pipeline: add classic to --methods")
             transforms = load_transforms(classic_config)
+        if _is_baseline(model, backend=backend, top_k=top_k, bf16=bf16, compile_=compile_):
+            from ..baselines import synthesize as baseline
+
+            summary = baseline.augment(
+                model, data, out, weights=weights, labels=labels, factor=factor, balance=balance,
+                originals=not no_originals, link_originals=not copy_originals, dry_run=dry_run, temperature=temperature,
+                device=device, seed=seed, batch_size=batch_size, image_format=image_format, quality=quality,
+                overwrite=overwrite, resume=resume, strict=strict, columns=columns(image_col, label_col, group_col),
+                jsonl=jsonl, classic_transforms=transforms,
+                classic_config=_file_digest(classic_config) if classic_config is not None else None)
+            if dry_run:
+                _print_plan(summary["plan"], weights)
+                return emit(summary, json_)
+            return _finish(summary, json_, out, jsonl)
         generator = open_generator(model, device, backend=backend, temperature=temperature, top_k=top_k, dtype=_dtype(bf16),
                                    compile_step=compile_)
         generator.require([m for m, w in weights.items() if w > 0])

@@ -48,6 +48,7 @@ def register(app: typer.Typer) -> None:
             table.add_column(column, overflow="fold")
         for row in rows:
             name = row["name"] + (" (default)" if row["default"] else "") + (" [shipped]" if row["shipped"] else "")
+            name += f" [{row['arch']} baseline]" if row.get("arch") else ""
             table.add_row(name, f"{row['image_size']}px", ", ".join(row["classes"]), row["licence"], row["fingerprint"],
                           ",".join(row["priors"]) or "none", row["path"])
         Console(soft_wrap=False, width=200).print(table) if rows else print("no models found", flush=True)

@@ -1,4 +1,4 @@
-"""`skinaug train vqvae` and `skinaug train prior`."""
+"""`skinaug train vqvae`, `skinaug train prior` and `skinaug train baseline`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..errors import UsageError
 from ..runtime import set_quiet
 from .options import (BatchOpt, DataArg, DeviceOpt, GroupColOpt, ImageColOpt, JsonOpt, LabelColOpt, LabelsOpt,
                       OverwriteOpt, QuietOpt, ResumeOpt, SeedOpt, StrictOpt, WorkersOpt, columns, emit, finite_number,
@@ -147,3 +148,67 @@ def prior(
     metrics = train_priors(model, codes=codes, data=data, labels=labels, level=level, options=options, resume=resume,
                            overwrite=overwrite, init=init, strict=strict, **columns(image_col, label_col, group_col))
     emit({"model": str(model), "priors": metrics}, json_, model)
+
+
+def _widths(value: Optional[str]) -> Optional[tuple[int, ...]]:
+    if value is None:
+        return None
+    try:
+        widths = tuple(int(part) for part in value.split(","))
+    except ValueError:
+        raise UsageError(f"--widths must be comma-separated integers, e.g. 32,64,128, not {value!r}") from None
+    if not widths or min(widths) < 1:
+        raise UsageError(f"--widths must be positive integers, not {value!r}")
+    return widths
+
+
+@app.command("baseline")
+def baseline(
+    data: DataArg,
+    arch: Annotated[str, typer.Option("--arch", help="dcgan, cvae, vae, msssim-vae or vae-gan.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="Model directory to create.", show_default=False)],
+    labels: LabelsOpt = None,
+    image_size: Annotated[int, typer.Option("--image-size", help="Side of the square training images (a multiple of 8 from 32 to 512, halved once per width; msssim-vae needs 40 or more).")] = 64,
+    widths: Annotated[Optional[str], typer.Option("--widths", callback=_widths, help="Channels of the stride-2 layers, shallow to deep, e.g. 32,64,128,256,512 (default: the arch's).", show_default=False)] = None,
+    latent_dim: Annotated[Optional[int], typer.Option("--latent-dim", min=1, help="Noise / latent dimension (default 100 for dcgan, 128 for the VAEs).", show_default=False)] = None,
+    hidden: Annotated[Optional[int], typer.Option("--hidden", min=1, help="Width of cvae's dense layers and of vae-gan's discriminator head (default 512).", show_default=False)] = None,
+    kl_weight: Annotated[Optional[float], typer.Option("--kl-weight", callback=finite_number("--kl-weight"), help="VAEs: weight of the KL term (default 0.00025).", show_default=False)] = None,
+    gan_weight: Annotated[Optional[float], typer.Option("--gan-weight", callback=finite_number("--gan-weight"), help="vae-gan: weight of the adversarial term (default 0.01).", show_default=False)] = None,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Passes over the data.")] = 30,
+    batch_size: BatchOpt = 64,
+    lr: Annotated[Optional[float], typer.Option("--lr", min=0.0, callback=finite_number("--lr"), show_default=False,
+                                                help="Peak learning rate (Adam, warm-up then cosine). Default: the arch's "
+                                                     "recipe: dcgan 2e-4, cvae 1e-3, vae and msssim-vae 5e-3, vae-gan 3e-4.")] = None,
+    val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.0, max=0.9, help="Share of lesion groups held out for validation.")] = 0.1,
+    no_augment: Annotated[bool, typer.Option("--no-augment", help="Train without flips, rotations and colour jitter.")] = False,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = 0,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
+    strict: StrictOpt = False,
+    workers: WorkersOpt = None,
+    image_col: ImageColOpt = None,
+    label_col: LabelColOpt = None,
+    group_col: GroupColOpt = None,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+):
+    """Train a baseline generator to compare with the VQ-VAE-2: the recipes of the seed reports (docs/seeds 003, 004).
+
+    dcgan: DCGAN with resize-convolutions and one-sided label smoothing. cvae: conv + dense encoder, dense + resize-conv decoder, MSE + KL. vae: five stride-2 convolutions, mirrored decoder with Tanh, MSE + KL. msssim-vae: the vae with a 1 - MS-SSIM loss. vae-gan: the vae plus a discriminator on its reconstructions.
+
+    Every arch is class-conditional through a learned label embedding: one model serves all classes. The model has no codes: use it with `skinaug synthesize` and `skinaug augment --methods synthesize`.
+
+    Example: skinaug train baseline images/ --labels labels.csv --arch dcgan --image-size 64 --epochs 50 --out models/dcgan64
+    """
+    set_quiet(quiet)
+    from ..baselines.train import BaselineOptions, train_baseline
+
+    shape = {"image_size": image_size, "widths": widths, "latent_dim": latent_dim, "hidden": hidden,
+             "kl_weight": kl_weight, "gan_weight": gan_weight}
+    options = BaselineOptions(epochs=epochs, batch_size=batch_size, lr=lr, val_fraction=val_fraction, seed=seed,
+                              device=device, augment=not no_augment, strict=strict, workers=workers,
+                              **columns(image_col, label_col, group_col))
+    metrics = train_baseline(data, out, arch=arch, labels=labels, shape=shape, options=options, resume=resume,
+                             overwrite=overwrite)
+    emit({"model": str(out), **metrics}, json_, out)

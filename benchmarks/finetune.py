@@ -38,7 +38,7 @@ from skinaug.cli import main as cli
 from skinaug.codes import read_codes
 from skinaug.data import group_split
 from skinaug.modeldir import ModelDir
-from skinaug.train_prior import CodeBatches, load_prior
+from skinaug.train_prior import CodeBatches
 
 
 def run(*args) -> None:
@@ -83,7 +83,7 @@ def subset(labels_csv: Path, classes: list[str], new_class: str, per_class: int,
 @torch.no_grad()
 def per_class_bits(model: Path, codes, level: str, val_index: np.ndarray, device: torch.device) -> dict:
     """Validation bits per code of each class under the model's trained prior of `level`."""
-    prior, _ = load_prior(ModelDir(model), level, device)
+    prior, _ = ModelDir(model).load_prior(level, device)
     class_names = ModelDir(model).class_names()
     conditional = prior.config.num_classes > 0
     data = CodeBatches(codes, level, val_index, device, conditional)

@@ -67,9 +67,7 @@ def main() -> None:
         manifest = export_onnx(path)
         model_dir = ModelDir(path)
         network = model_dir.load_vqvae(device)
-        from skinaug.train_prior import load_prior
-
-        priors = {level: load_prior(model_dir, level, device)[0] for level in ("top", "bottom")}
+        priors = {level: model_dir.load_prior(level, device)[0] for level in ("top", "bottom")}
         runtime = OnnxModel(path, "cpu" if device.type == "cpu" else "cuda")
         onnx_vqvae = runtime.vqvae
         rng = np.random.default_rng(0)

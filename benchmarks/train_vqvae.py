@@ -11,7 +11,9 @@ and the first-epoch rate that includes decoding every file once. Uses the real i
 from __future__ import annotations
 
 import argparse
+import itertools
 import tempfile
+from functools import partial
 
 from _common import SHARED_DATA, device_name, print_json, synchronize, timed
 
@@ -19,8 +21,8 @@ import torch
 
 from skinaug.data import scan_dataset
 from skinaug.image_cache import build_cache
-from skinaug.train_vqvae import BatchSource, augment_batch
-from skinaug.vqvae import VQVAE2, VQVAEConfig, vqvae_loss
+from skinaug.train_vqvae import BatchSource, VQVAEStep
+from skinaug.vqvae import VQVAE2, VQVAEConfig
 
 
 def main() -> None:
@@ -54,18 +56,14 @@ def main() -> None:
         optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
         network = torch.compile(model) if args.compile else model
         use_bf16 = device.type == "cuda" and args.precision == "bf16"
+        autocast = partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=use_bf16)
+        train_step = VQVAEStep(model, network, optimizer, source, autocast)  # `skinaug train vqvae`'s step, --loss mse
         generator = torch.Generator().manual_seed(0)
+        steps_done = itertools.count()
 
         def step():
             indices = torch.randint(len(kept), (args.batch_size,), generator=generator).numpy()
-            images = augment_batch(source(indices))
-            if device.type == "cuda":
-                images = images.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                loss, _ = vqvae_loss(network(images), images, config.commitment_weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            train_step(indices, next(steps_done))
 
         for _ in range(args.warmup):
             step()

@@ -19,17 +19,11 @@ from .output import DatasetWriter
 from .runtime import progress, resolve_backend, resolve_device
 
 
-def autocast_for(device):
-    """bf16 autocast on CUDA (the quantizer itself stays fp32); nothing on CPU."""
-    import torch
-
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
 def encode_batch(model, images_uint8, device) -> tuple[dict[str, np.ndarray], "torch.Tensor"]:
     """uint8 (B,S,S,3) -> (code maps per level as uint16 arrays, squared error sum on [0, 1] pixels)."""
     import torch
 
+    from .training import autocast_for
     from .vqvae import to_model_input
 
     images = to_model_input(torch.as_tensor(np.asarray(images_uint8)).to(device))
@@ -46,6 +40,7 @@ def decode_batch(model, codes: dict[str, np.ndarray], device) -> np.ndarray:
     """Code maps per level (B,H,W) -> uint8 images (B,S,S,3)."""
     import torch
 
+    from .training import autocast_for
     from .vqvae import to_uint8
 
     tensors = {level: torch.as_tensor(np.asarray(values, dtype=np.int64)).to(device) for level, values in codes.items()}

@@ -121,9 +121,7 @@ class Generator:
 
     def prior(self, level: str):
         if level not in self._priors:
-            from .train_prior import load_prior
-
-            self._priors[level] = load_prior(self.model_dir, level, self.device)
+            self._priors[level] = self.model_dir.load_prior(level, self.device)
         return self._priors[level]
 
     def check_class(self, level: str, label: int) -> None:

@@ -20,6 +20,7 @@ FORMAT_VERSION = 1
 CONFIG = "config.json"
 VQVAE_WEIGHTS = "vqvae.safetensors"
 PRIOR_WEIGHTS = {"top": "prior_top.safetensors", "bottom": "prior_bottom.safetensors"}
+PRIOR_ENTRY_METADATA = ("classes", "metrics", "init")  # keys of a config.json["priors"][level] entry beside its config
 
 
 def fingerprint(vqvae_config: dict, state_dict) -> str:
@@ -155,6 +156,13 @@ def _check_vqvae(config: dict, path) -> None:
             raise SkinaugError(f"{path}: vqvae.{field} must be a non-negative integer, not {vqvae[field]!r}")
 
 
+def prior_config_of(entry: dict):
+    """The PriorConfig of a config.json["priors"][level] entry (the entry adds what the prior was trained on)."""
+    from .priors import PriorConfig
+
+    return PriorConfig.from_dict({key: value for key, value in entry.items() if key not in PRIOR_ENTRY_METADATA})
+
+
 class ModelDir:
     """A model directory on disk; grows as stages are trained."""
 
@@ -234,6 +242,20 @@ class ModelDir:
         write_json(self.config_path, config)
         self.write_model_card(config)
         return config
+
+    def load_prior(self, level: str, device="cpu"):
+        """A trained prior in eval mode on `device`, with the classes it was trained on (None: every class)."""
+        from .priors import build_prior
+
+        self.require_prior(level)
+        entry = self.config()["priors"][level]
+        prior = build_prior(prior_config_of(entry))
+        weights = self.path / PRIOR_WEIGHTS[level]
+        try:
+            prior.load_state_dict(load_weights(weights))
+        except RuntimeError as error:
+            raise SkinaugError(f"{weights} does not match config.json ({str(error).splitlines()[0]})") from None
+        return prior.to(device).eval(), entry.get("classes")
 
     def has_prior(self, level: str) -> bool:
         return (self.path / PRIOR_WEIGHTS[level]).is_file() and level in self.config().get("priors", {})

@@ -18,9 +18,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
-from functools import partial
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -29,18 +28,17 @@ import torch.nn.functional as F
 
 from .codes import CodeFile, read_codes
 from .data import group_split
-from .encode import autocast_for
+from .distributed import Distributed
 from .errors import SkinaugError, UsageError
 from .io import OutputLock, real_path
-from .modeldir import PRIOR_WEIGHTS, ModelDir, fingerprint, load_weights, require_writable, save_weights
+from .modeldir import PRIOR_WEIGHTS, ModelDir, fingerprint, load_weights, prior_config_of, require_writable, save_weights
 from .priors import PriorConfig, build_prior
-from .runtime import log, progress, resolve_device, warn
+from .runtime import log, resolve_device, warn
 from .trained_on import record_stage
-from .train_vqvae import (InitSource, load_checkpoint, open_init, restore_training_state, save_checkpoint,
-                          training_state, warmup_cosine)
+from .train_vqvae import InitSource, open_init
+from .training import (Bar, Epoch, Hooks, MetricsLog, Run, TrainState, autocast_for, fit, load_checkpoint,
+                       optimizer_step, shuffled_batches, steps_per_epoch, warmup_cosine)
 
-# keys of a config.json["priors"][level] entry that are not PriorConfig fields
-ENTRY_METADATA = ("classes", "metrics", "init")
 # --init: the PriorConfig fields the command line may set, and their option names; all but dropout define the shape
 PRIOR_OPTIONS = {"arch": "--arch", "channels": "--channels", "n_blocks": "--blocks", "n_res_blocks": "--res-blocks",
                  "kernel_size": "--kernel-size", "dropout": "--dropout"}
@@ -121,8 +119,7 @@ def prior_config_for(level: str, config: dict, options: PriorOptions) -> PriorCo
 
 
 def source_prior_config(source: InitSource, level: str) -> PriorConfig:
-    entry = source.config["priors"][level]
-    return PriorConfig.from_dict({k: v for k, v in entry.items() if k not in ENTRY_METADATA})
+    return prior_config_of(source.config["priors"][level])
 
 
 def require_source_prior(source: InitSource, level: str) -> None:
@@ -254,11 +251,33 @@ def evaluate(prior, batches: CodeBatches, batch_size: int, autocast) -> dict:
     return {"val_bits_per_code": bits_sum / max(1, count), "val_accuracy": correct / max(1, count)}
 
 
+def prior_step(network, prior, optimizer, batches: CodeBatches, autocast):
+    """The prior's training step on a batch of code-map indices: bits per code, one AdamW update (gradient norm
+    clipped to 1). `network` is the prior as trained through (DDP-wrapped under torchrun)."""
+    device = batches.targets.device
+
+    def step(indices: np.ndarray, _steps_done: int) -> dict:
+        targets, labels, condition = batches(torch.as_tensor(indices).to(device))
+        with autocast():
+            logits = network(targets, labels, condition)
+        loss = nll_bits(logits, targets)
+        optimizer_step(loss, optimizer, clip_norm=1.0, parameters=prior.parameters())
+        return {"loss": loss.detach()}
+
+    return step
+
+
+@dataclass
+class _LevelData:
+    chosen: np.ndarray  # the code maps of the chosen classes (indices into the code file)
+    train: CodeBatches
+    val: CodeBatches  # the training maps when there is no validation split
+    val_count: int
+
+
 def train_prior_level(model_dir: ModelDir, code_file: CodeFile, level: str, options: PriorOptions, *,
                       resume: bool, overwrite: bool, init: InitSource | None = None) -> dict:
     """Trains one level's prior, from random weights or from `init`'s prior of the level; returns its final metrics."""
-    from .distributed import Distributed
-
     config = model_dir.config()
     dist = Distributed.from_environment(options.device)
     device = dist.device if dist.enabled else resolve_device(options.device)
@@ -271,117 +290,121 @@ def train_prior_level(model_dir: ModelDir, code_file: CodeFile, level: str, opti
         log(f"the {level} prior is already trained: nothing to resume")
         return config["priors"].get(level, {}).get("metrics", {})
     checkpoint = load_checkpoint(checkpoint_path) if resuming else None
-
-    class_names = config.get("class_names", [])
     if checkpoint is not None:
-        # the shape-defining config and the data selection come from the checkpoint (--init only sets the start)
-        prior_config = PriorConfig.from_dict(checkpoint["meta"]["prior"])
-        options.seed, options.classes = checkpoint["meta"]["seed"], checkpoint["meta"]["classes"]
+        init = None  # the checkpoint holds the weights; --init only sets the start of a run
+    prior_config = _level_config(level, config, options, checkpoint, init, model_dir)
+    data = _level_data(code_file, level, config, prior_config, options, device)
+    prior, state, init_record = _build_level(prior_config, level, config, options, init, dist, device, len(data.train))
+    if checkpoint is not None:
         init_record = checkpoint["meta"].get("init")
-        init = None
-    elif init is not None:
-        prior_config = prior_config_from_init(level, config, options, init, model_dir.path)
-    else:
-        prior_config = prior_config_for(level, config, options)
-        init_record = None
-    chosen = select_classes(code_file, class_names, options.classes)
+        state.restore(checkpoint, device, checkpoint_path)
+        if dist.is_main:
+            log(f"resuming the {level} prior from epoch {state.epoch}")
+    autocast = partial(autocast_for, device)
+    meta = {"prior": prior_config.to_dict(), "seed": options.seed, "classes": options.classes, "level": level,
+            "init": init_record}
+    model_dir.train_dir.mkdir(parents=True, exist_ok=True)
+    metrics_log = MetricsLog(model_dir.train_dir / "metrics.jsonl", f"prior_{level}")
+    if dist.is_main:
+        if checkpoint is not None:
+            metrics_log.truncate(state.epoch)  # the epochs after the checkpoint's are trained (and logged) again
+        log(f"{level} prior ({prior_config.arch}, {sum(p.numel() for p in prior.parameters()) / 1e6:.1f}M parameters): "
+            f"{len(data.train)} training and {data.val_count} validation code maps, {device}")
+    batch_size = max(1, options.batch_size // dist.world_size)
+    batches = partial(shuffled_batches, np.arange(len(data.train)), batch_size, seed=options.seed, dist=dist,
+                      drop_last=False)
+    step = prior_step(dist.wrap(prior), prior, state.objects["optimizer"], data.train, autocast)
+    run = Run(f"{level} prior training", checkpoint_path, meta, metrics_log)
+    metrics = fit(state, step, lambda epoch: batches(epoch=epoch), epochs=options.epochs, run=run, dist=dist,
+                  hooks=_level_hooks(prior, level, data, options, autocast),
+                  bar=Bar(desc=lambda epoch, epochs: f"{level} prior, epoch {epoch}/{epochs}", unit="map"))
+    if not dist.is_main:
+        return _final_metrics(metrics)
+    if options.epochs == 0:  # the --init prior as it is, on this model's codes
+        metrics = metrics_log.append({"epoch": 0, "step": 0,
+                                      **evaluate(prior, data.val, 2 * options.batch_size, autocast)})
+        log(f"{level} prior before training: validation {metrics['val_bits_per_code']:.3f} bits/code")
+    final = _final_metrics(metrics or metrics_log.last())  # none trained now: the checkpoint's last epoch
+    _save_level(model_dir, code_file, level, prior, prior_config, data.chosen, options.classes, final, init_record)
+    return final
+
+
+def _level_config(level: str, config: dict, options: PriorOptions, checkpoint: dict | None, init: InitSource | None,
+                  model_dir: ModelDir) -> PriorConfig:
+    """The level's prior config: a resumed run's from its checkpoint (with its seed and classes, set in `options`),
+    a new run's from --init or from the options."""
+    if checkpoint is not None:
+        options.seed, options.classes = checkpoint["meta"]["seed"], checkpoint["meta"]["classes"]
+        return PriorConfig.from_dict(checkpoint["meta"]["prior"])
+    if init is not None:
+        return prior_config_from_init(level, config, options, init, model_dir.path)
+    return prior_config_for(level, config, options)
+
+
+def _level_data(code_file: CodeFile, level: str, config: dict, prior_config: PriorConfig, options: PriorOptions,
+                device) -> _LevelData:
+    """The chosen classes' code maps, split by group into training and validation maps on the device."""
+    chosen = select_classes(code_file, config.get("class_names", []), options.classes)
     if prior_config.num_classes and (code_file.labels[chosen] < 0).any():
         raise SkinaugError("the codes include unlabelled images: a class-conditional prior needs labels "
                            "(pass --labels, or --unconditional)")
     groups = [code_file.groups[i] or code_file.images[i] for i in chosen]
     train_index, val_index = group_split(groups, options.val_fraction, options.seed, labels=code_file.labels[chosen])
     conditional = prior_config.num_classes > 0
-    train_data = CodeBatches(code_file, level, chosen[train_index], device, conditional)
-    val_data = CodeBatches(code_file, level, chosen[val_index], device, conditional) if len(val_index) else train_data
+    train = CodeBatches(code_file, level, chosen[train_index], device, conditional)
+    val = CodeBatches(code_file, level, chosen[val_index], device, conditional) if len(val_index) else train
+    return _LevelData(chosen, train, val, len(val_index))
 
+
+def _build_level(prior_config: PriorConfig, level: str, config: dict, options: PriorOptions, init: InitSource | None,
+                 dist: Distributed, device, train_maps: int):
+    """(prior, its TrainState, the --init record or None), in the order that fixes a new run's random stream."""
     torch.manual_seed(options.seed)  # the same initial weights on every rank (DDP checks), dropout offset below
     prior = build_prior(prior_config)
+    init_record = None
     if init is not None:
-        init_record = _start_from(prior, init, level, config, class_names, options.seed, dist.is_main)
+        init_record = _start_from(prior, init, level, config, config.get("class_names", []), options.seed, dist.is_main)
     prior = prior.to(device)
     torch.manual_seed(options.seed + dist.rank)
     batch_size = max(1, options.batch_size // dist.world_size)
     optimizer = torch.optim.AdamW(prior.parameters(), lr=options.lr, weight_decay=options.weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(dist.shard(np.arange(len(train_data)))) / batch_size))
-    total_steps = options.epochs * steps_per_epoch
+    total_steps = options.epochs * steps_per_epoch(train_maps, batch_size, dist=dist, drop_last=False)
     scheduler = warmup_cosine(optimizer, options.warmup_steps, total_steps)
-    step, start_epoch = 0, 0
-    if checkpoint is not None:
-        step, start_epoch = restore_training_state(checkpoint, prior, optimizer, scheduler, device)
-        if dist.is_main:
-            log(f"resuming the {level} prior from epoch {start_epoch}")
-    network = dist.wrap(prior)
-    autocast = partial(autocast_for, device)
-    meta = {"prior": prior_config.to_dict(), "seed": options.seed, "classes": options.classes, "level": level,
-            "init": init_record}
-    model_dir.train_dir.mkdir(parents=True, exist_ok=True)
-    if dist.is_main:
-        log(f"{level} prior ({prior_config.arch}, {sum(p.numel() for p in prior.parameters()) / 1e6:.1f}M parameters): "
-            f"{len(train_data)} training and {len(val_index)} validation code maps, {device}")
+    return prior, TrainState(model=prior, optimizer=optimizer, scheduler=scheduler), init_record
 
-    metrics: dict = {}
-    for epoch in range(start_epoch, options.epochs):
-        started = time.perf_counter()
-        # one permutation for all ranks (seed and epoch), then each rank takes its shard
-        permutation = torch.randperm(len(train_data), generator=torch.Generator().manual_seed(options.seed * 1_000_003 + epoch))
-        order = torch.as_tensor(dist.shard(permutation.numpy())).to(device)
-        bits_sum = torch.zeros((), device=device)
-        with progress(len(train_data), desc=f"{level} prior, epoch {epoch + 1}/{options.epochs}", unit="map") as bar:
-            for batch_number in range(steps_per_epoch):
-                targets, labels, condition = train_data(order[batch_number * batch_size : (batch_number + 1) * batch_size])
-                with autocast():
-                    logits = network(targets, labels, condition)
-                loss = nll_bits(logits, targets)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(prior.parameters(), 1.0)
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                bits_sum += loss.detach()
-                if device.type == "cpu" or batch_number % 25 == 24:
-                    if not dist.all_finite(bits_sum):
-                        raise SkinaugError(
-                            f"{level} prior training diverged (non-finite loss at epoch {epoch + 1}, step {step}); the last "
-                            f"good checkpoint is kept in {model_dir.train_dir} (resume with --resume after lowering --lr)")
-                bar.update(targets.shape[0])
-        if not dist.all_finite(bits_sum):
-            raise SkinaugError(f"{level} prior training diverged in epoch {epoch + 1}; the last good checkpoint is kept "
-                               f"in {model_dir.train_dir} (resume with --resume after lowering --lr)")
-        if dist.is_main:
-            metrics = {
-                "stage": f"prior_{level}",
-                "epoch": epoch + 1,
-                "step": step,
-                "train_bits_per_code": bits_sum.item() / steps_per_epoch,
-                **evaluate(prior, val_data, 2 * options.batch_size, autocast),
-                "maps_per_s": len(train_data) / (time.perf_counter() - started),
-            }
-            with open(model_dir.train_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(metrics) + "\n")
-            save_checkpoint(checkpoint_path, training_state(prior, optimizer, scheduler, step, epoch + 1, meta))
-            log(f"{level} prior epoch {epoch + 1}/{options.epochs}: train {metrics['train_bits_per_code']:.3f} bits/code, "
-                f"validation {metrics['val_bits_per_code']:.3f} bits/code, accuracy {metrics['val_accuracy']:.3f}")
-        dist.barrier()
 
-    if options.epochs == 0 and dist.is_main:  # the --init prior as it is, on this model's codes
-        metrics = {"stage": f"prior_{level}", "epoch": 0, "step": 0, **evaluate(prior, val_data, 2 * options.batch_size, autocast)}
-        with open(model_dir.train_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(metrics) + "\n")
-        log(f"{level} prior before training: validation {metrics['val_bits_per_code']:.3f} bits/code")
-    final = {k: metrics[k] for k in ("epoch", "train_bits_per_code", "val_bits_per_code", "val_accuracy") if k in metrics}
-    if not dist.is_main:
-        return final
+def _level_hooks(prior, level: str, data: _LevelData, options: PriorOptions, autocast) -> Hooks:
+    """The end of an epoch: validation bits per code and accuracy, and the log line."""
+
+    def evaluate_epoch(epoch: Epoch) -> dict:
+        return {"train_bits_per_code": epoch.mean("loss"),
+                **evaluate(prior, data.val, 2 * options.batch_size, autocast),
+                "maps_per_s": len(data.train) / epoch.seconds}
+
+    def epoch_end(epoch: Epoch, metrics: dict) -> None:
+        log(f"{level} prior epoch {epoch.number}/{epoch.epochs}: train {metrics['train_bits_per_code']:.3f} bits/code, "
+            f"validation {metrics['val_bits_per_code']:.3f} bits/code, accuracy {metrics['val_accuracy']:.3f}")
+
+    return Hooks(evaluate=evaluate_epoch, epoch_end=epoch_end)
+
+
+def _final_metrics(metrics: dict) -> dict:
+    """What config.json keeps of the last epoch's line."""
+    return {k: metrics[k] for k in ("epoch", "train_bits_per_code", "val_bits_per_code", "val_accuracy") if k in metrics}
+
+
+def _save_level(model_dir: ModelDir, code_file: CodeFile, level: str, prior, prior_config: PriorConfig,
+                chosen: np.ndarray, classes, final: dict, init_record: dict | None) -> None:
+    """Rank 0: the training record, the weights and the config.json entry of the level's prior."""
     # the record first: a crash before the weights land leaves it a superset, never missing what they saw
-    record_stage(model_dir.path, [code_file.images[i] for i in chosen], [code_file.groups[i] for i in chosen], f"prior_{level}",
-                 init_record, data=code_file.path)
-    save_weights(weights_path, prior.state_dict())
+    record_stage(model_dir.path, [code_file.images[i] for i in chosen], [code_file.groups[i] for i in chosen],
+                 f"prior_{level}", init_record, data=code_file.path)
+    save_weights(model_dir.path / PRIOR_WEIGHTS[level], prior.state_dict())
     priors = dict(model_dir.config().get("priors", {}))
-    priors[level] = {**prior_config.to_dict(), "classes": options.classes, "metrics": final}
+    priors[level] = {**prior_config.to_dict(), "classes": classes, "metrics": final}
     if init_record is not None:
         priors[level]["init"] = init_record
     model_dir.update_config(priors=priors)
-    return final
 
 
 def train_priors(model, **arguments) -> dict:
@@ -470,15 +493,3 @@ def _start_from(prior, source: InitSource, level: str, config: dict, class_names
         log(f"{level} prior: starting from the {level} prior of {source.path}{classes}")
     return source.record(prior_fingerprint=fingerprint(source_config.to_dict(), state),
                          vqvae=vqvae_relation(config, source), kept_classes=kept, new_classes=new)
-
-
-def load_prior(model_dir: ModelDir, level: str, device="cpu"):
-    """A trained prior in eval mode, with the classes it was trained on."""
-    model_dir.require_prior(level)
-    entry = model_dir.config()["priors"][level]
-    prior = build_prior(PriorConfig.from_dict({k: v for k, v in entry.items() if k not in ENTRY_METADATA}))
-    try:
-        prior.load_state_dict(load_weights(model_dir.path / PRIOR_WEIGHTS[level]))
-    except RuntimeError as error:
-        raise SkinaugError(f"{model_dir.path / PRIOR_WEIGHTS[level]} does not match config.json ({str(error).splitlines()[0]})") from None
-    return prior.to(device).eval(), entry.get("classes")

@@ -11,10 +11,8 @@ needed to continue bit-exactly on CPU with --resume.
 
 from __future__ import annotations
 
-import math
-import time
-from functools import partial
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,15 +20,17 @@ import torch
 
 from .codes import code_statistics
 from .data import check_image_size, group_split, scan_dataset
-from .encode import autocast_for
+from .distributed import Distributed
 from .errors import SkinaugError, UsageError
 from .image_cache import build_cache
-from .io import MODEL_DIRECTORY, atomic_path, claim_output, write_json, write_text
+from .io import MODEL_DIRECTORY, atomic_path, claim_output, write_json
 from .losses import (GAN_START_SHARE, Adversary, LossSettings, discriminator_width, loss_settings, ssim_loss,
                      ssim_module)
 from .modeldir import PRIOR_WEIGHTS, VQVAE_WEIGHTS, ModelDir, fingerprint, load_weights
-from .runtime import log, progress, resolve_device, warn
+from .runtime import log, resolve_device, warn
 from .trained_on import record_stage
+from .training import (Epoch, Hooks, MetricsLog, Run, TrainState, augment_batch, autocast_for, fit, load_checkpoint,
+                       optimizer_step, shuffled_batches, steps_per_epoch, warmup_cosine)
 from .vqvae import VQVAE2, VQVAEConfig, to_model_input, to_uint8, vqvae_loss
 
 CHECKPOINT = "checkpoint.pt"
@@ -114,45 +114,6 @@ def check_init_is_not_output(source: InitSource, out) -> None:
         raise UsageError(f"--out {out} is inside the --init model {source.path}: write the fine-tuned model elsewhere")
 
 
-def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
-    """Linear warm-up to 1, then cosine decay to 0 at total_steps."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress_ = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return 0.5 * (1.0 + math.cos(math.pi * progress_))
-
-
-def warmup_cosine(optimizer, warmup_steps: int, total_steps: int):
-    """AdamW's schedule for both stages: warm-up of at most a tenth of the run, then cosine decay."""
-    warmup = min(warmup_steps, total_steps // 10 + 1)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total_steps))
-
-
-def augment_batch(images: torch.Tensor) -> torch.Tensor:
-    """Random flips, 90-degree rotations and mild colour jitter for a (B, 3, S, S) batch in [-1, 1].
-
-    Done on the device as whole-batch tensor ops: per-image CPU augmentation would starve a GPU.
-    Lesions have no canonical orientation, so every dihedral transform is a valid view.
-    """
-    b = images.shape[0]
-    draws = torch.rand(b, 6, device=images.device)
-    flip = (draws[:, 0] < 0.5).view(b, 1, 1, 1)
-    images = torch.where(flip, images.flip(-1), images)
-    quarter_turns = (draws[:, 1] * 4).long().view(b, 1, 1, 1)
-    rotated = images
-    for k in range(1, 4):
-        rotated = torch.where(quarter_turns == k, torch.rot90(images, k, (2, 3)), rotated)
-    images = rotated
-    brightness = (draws[:, 2] - 0.5) * 0.2  # +-0.1 on the [-1, 1] scale
-    contrast = 1.0 + (draws[:, 3] - 0.5) * 0.2
-    saturation = 1.0 + (draws[:, 4] - 0.5) * 0.2
-    gray = images.mean(1, keepdim=True)
-    images = gray + (images - gray) * saturation.view(b, 1, 1, 1)
-    mean = images.mean((1, 2, 3), keepdim=True)
-    images = mean + (images - mean) * contrast.view(b, 1, 1, 1) + brightness.view(b, 1, 1, 1)
-    return images.clamp(-1.0, 1.0)
-
-
 class BatchSource:
     """Batches of images from the uint8 cache, already on the device.
 
@@ -178,45 +139,6 @@ class BatchSource:
             if self.device.type == "cuda":
                 batch = batch.pin_memory().to(self.device, non_blocking=True)
         return to_model_input(batch)
-
-
-def training_state(model, optimizer, scheduler, step, epoch, meta) -> dict:
-    """Everything --resume needs: weights, optimizer, schedule, position, RNG state and the run's meta."""
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    return {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "step": step,
-        "epoch": epoch,
-        "rng": rng,
-        "meta": meta,
-    }
-
-
-def restore_training_state(checkpoint: dict, model, optimizer, scheduler, device) -> tuple[int, int]:
-    """The inverse of training_state; returns (step, epoch) to continue from."""
-    model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    scheduler.load_state_dict(checkpoint["scheduler"])
-    torch.set_rng_state(checkpoint["rng"]["torch"])
-    if "cuda" in checkpoint["rng"] and device.type == "cuda":
-        torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
-    return checkpoint["step"], checkpoint["epoch"]
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_checkpoint(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise SkinaugError(f"cannot read checkpoint {path} ({str(error).splitlines()[0]})") from None
 
 
 @torch.no_grad()
@@ -254,6 +176,75 @@ def reconstruction_grid(model: VQVAE2, images: torch.Tensor, path: Path) -> None
         Image.fromarray(grid).save(tmp, format="PNG")
 
 
+class VQVAEStep:
+    """One training step on a batch of cache indices: the VQ-VAE's AdamW update and, once the gan term is in, the
+    discriminator's. `network` is the model as trained through (DDP-wrapped, or compiled by the benchmark)."""
+
+    def __init__(self, model: VQVAE2, network, optimizer, source: BatchSource, autocast, *,
+                 settings: LossSettings | None = None, adversary: Adversary | None = None, augment: bool = True):
+        self.model, self.network, self.optimizer, self.source, self.autocast = model, network, optimizer, source, autocast
+        self.settings = settings or loss_settings("mse")
+        self.adversary, self.augment = adversary, augment
+        self.channels_last = source.device.type == "cuda"
+
+    def __call__(self, indices: np.ndarray, step: int) -> dict:
+        """Scalar outputs: loss, mse, and the extra terms (ssim: 1 - SSIM; gan: the VQ-VAE's adversarial loss, its
+        adaptive weight, the discriminator's loss, and gan_steps, 1 when the discriminator trained)."""
+        images = self.source(indices)
+        if self.augment:
+            images = augment_batch(images)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        adversarial = self.adversary is not None and self.adversary.active(step)
+        outputs = {}
+        with self.autocast():
+            # through the (possibly DDP-wrapped) network so gradients are all-reduced
+            reconstruction = self.network(images)
+            loss, mse = vqvae_loss(reconstruction, images, self.model.config.commitment_weight)
+            if self.settings.uses_ssim:
+                ssim = ssim_loss(reconstruction[0], images)
+                loss = loss + self.settings.ssim_weight * ssim
+                outputs["ssim"] = ssim.detach()
+            if adversarial:
+                # the commitment term does not reach the decoder: at its last layer, `loss` is reconstruction
+                gan, gan_weight = self.adversary.generator_loss(reconstruction[0], loss, self.model.last_layer)
+                loss = loss + gan_weight * gan
+                outputs.update(gan=gan.detach(), gan_weight=gan_weight)
+        optimizer_step(loss, self.optimizer)
+        if adversarial:
+            outputs.update(discriminator=self.adversary.discriminator_step(images, reconstruction[0], self.autocast),
+                           gan_steps=1)
+        return {"loss": loss.detach(), "mse": mse.detach(), **outputs}
+
+
+@dataclass
+class _Start:
+    """Where a run writes and what it starts from: the checkpoint it resumes, or the --init model, or nothing."""
+
+    claim: object | None  # rank 0's claim on the output (None on the other ranks)
+    model_dir: ModelDir
+    checkpoint: dict | None
+    model_config: VQVAEConfig
+    settings: LossSettings
+    init_source: InitSource | None  # the --init model whose weights start a new run
+    init_record: dict | None  # what config.json keeps about --init
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.model_dir.train_dir / CHECKPOINT
+
+
+@dataclass
+class _Data:
+    class_names: list[str]
+    dialect: str
+    samples: list
+    skipped: int
+    cache: np.ndarray
+    train_index: np.ndarray
+    val_index: np.ndarray
+
+
 def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig | dict | None = None, options: TrainOptions,
                 resume=False, overwrite=False, init=None) -> dict:
     """Trains (or resumes) a VQ-VAE-2 into the model directory `out`; returns the final metrics.
@@ -262,14 +253,57 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig | dict | No
     directory or a shipped model's name) training starts from that model's VQ-VAE weights and config; asked-for
     shape fields must agree with it, and 0 epochs keep its weights unchanged (the same fingerprint).
     """
-    from .distributed import Distributed
-
     dist = Distributed.from_environment(options.device)
     device = dist.device if dist.enabled else resolve_device(options.device)
-    model_dir = ModelDir(out)
-    checkpoint_path = model_dir.train_dir / CHECKPOINT
+    start = _start(data, out, labels, model_config, options, resume, overwrite, init, dist)
+    dataset = _load_data(data, labels, start, options, dist)
+    batch_size = max(1, options.batch_size // dist.world_size)
+    total_steps = options.epochs * steps_per_epoch(len(dataset.train_index), batch_size, dist=dist)
+    model, state, adversary = _build(start, options, dist, device, total_steps)
+    if start.checkpoint is not None:
+        state.restore(start.checkpoint, device, start.checkpoint_path)
+        if dist.is_main:
+            log(f"resuming from epoch {state.epoch} (step {state.step})")
+    network = dist.wrap(model)
+    if adversary is not None:
+        adversary.network = dist.wrap(adversary.discriminator)
+
+    source = BatchSource(dataset.cache, device)
+    autocast = partial(autocast_for, device)
+    val_batches = ([dataset.val_index[i : i + 2 * batch_size] for i in range(0, len(dataset.val_index), 2 * batch_size)]
+                   or [dataset.train_index[:batch_size]])
+    meta = _meta(start, options, dataset, data, labels)
+    metrics_log = MetricsLog(start.model_dir.train_dir / "metrics.jsonl", "vqvae")
+    if dist.is_main:
+        if start.checkpoint is not None:
+            metrics_log.truncate(state.epoch)  # the epochs after the checkpoint's are trained (and logged) again
+        else:
+            metrics_log.reset()
+        _log_start(start, options, dataset, device, total_steps)
+    step = VQVAEStep(model, network, state.objects["optimizer"], source, autocast, settings=start.settings,
+                     adversary=adversary, augment=options.augment)
+    hooks = _epoch_hooks(model, state, start, source, val_batches, autocast, dist)
+    run = Run("training", start.checkpoint_path, meta, metrics_log,
+              restart="start again with --overwrite and a lower --lr")
+    batches = partial(shuffled_batches, dataset.train_index, batch_size, seed=options.seed, dist=dist)
+    metrics = fit(state, step, lambda epoch: batches(epoch=epoch), epochs=options.epochs, run=run, hooks=hooks, dist=dist)
+    if dist.is_main:
+        if options.epochs == 0:
+            # the --init VQ-VAE as it is: how well it reconstructs and covers the new data
+            metrics = metrics_log.append({"epoch": 0, "step": 0, **evaluate(model, val_batches, source, autocast)})
+        metrics = metrics or metrics_log.last()  # a resumed run with no epoch left: the checkpoint's last line
+        _finish(start, dataset, model, metrics, meta, options, state.step, data, device, out)
+    dist.barrier()
+    return metrics
+
+
+def _start(data, out, labels, model_config, options: TrainOptions, resume: bool, overwrite: bool, init,
+           dist: Distributed) -> _Start:
+    """Claims the output (rank 0; the others follow its decision) and settles the config: a resumed run's comes
+    from its checkpoint, a new run's from --init or the options."""
+    has_checkpoint = (ModelDir(out).train_dir / CHECKPOINT).is_file()
     init_source = None
-    if init is not None and not (resume and checkpoint_path.is_file()):  # a resumed run continues its checkpoint
+    if init is not None and not (resume and has_checkpoint):  # a resumed run continues its checkpoint
         init_source = open_init(init)
         check_init_is_not_output(init_source, out)
         model_config = vqvae_config_from_init(init_source, model_config)
@@ -278,67 +312,79 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig | dict | No
     if options.epochs == 0 and init is None:
         raise UsageError("--epochs 0 needs --init: it copies the --init model's VQ-VAE under the new data's classes")
     settings = loss_settings(options.loss, options.ssim_weight, options.gan_weight, options.gan_start)
-    if options.decoder_only and init is None and not (resume and checkpoint_path.is_file()):
+    if options.decoder_only and init is None and not (resume and has_checkpoint):
         raise UsageError("--decoder-only needs --init MODEL: it trains the decoder of MODEL's VQ-VAE, keeping its codes")
     # rank 0 alone applies the output policy and holds the lock; the others follow its decision and write where it
     # says: in place, or beside an earlier model that --overwrite replaces only once the new one is saved
     claim = claim_output(out, kind=MODEL_DIRECTORY, inputs=(data, labels, init_source.path if init_source else None),
                          overwrite=overwrite, resume=resume) if dist.is_main else None
     work, resuming = dist.broadcast_object((str(claim.work), claim.resuming) if claim is not None else None)
-    model_dir = ModelDir(work)
-    checkpoint_path = model_dir.train_dir / CHECKPOINT
-    if resuming and not checkpoint_path.is_file():
-        raise SkinaugError(f"{out} has no checkpoint to resume ({checkpoint_path} is missing)")
-    if resuming and _has_priors(model_dir):
+    start = _Start(claim, ModelDir(work), None, model_config, settings, init_source,
+                   init_source.record() if init_source is not None else None)
+    if resuming:
+        _resume_from_checkpoint(start, out, options, init is not None, dist)
+    elif resume and dist.is_main:
+        log(f"nothing to resume in {out}: starting a new run")
+    check_image_size(start.model_config.image_size)
+    if start.model_config.levels not in (1, 2):
+        raise UsageError(f"--levels must be 1 or 2, not {start.model_config.levels}")
+    return start
+
+
+def _resume_from_checkpoint(start: _Start, out, options: TrainOptions, with_init: bool, dist: Distributed) -> None:
+    """Loads the checkpoint into `start`; the shape-defining config, seed, loss and --decoder-only come from it."""
+    if not start.checkpoint_path.is_file():
+        raise SkinaugError(f"{out} has no checkpoint to resume ({start.checkpoint_path} is missing)")
+    if _has_priors(start.model_dir):
         # the priors were trained on this VQ-VAE's codes: training it further would silently invalidate them
         raise SkinaugError(f"{out} is a finished model with trained priors: --resume would retrain the VQ-VAE under "
                            "them; fine-tune into a new directory instead (--init " f"{out} --out NEW_DIR)")
-    if not resuming and resume and dist.is_main:
-        log(f"nothing to resume in {out}: starting a new run")
+    checkpoint = start.checkpoint = load_checkpoint(start.checkpoint_path)
+    start.model_config = VQVAEConfig.from_dict(checkpoint["meta"]["vqvae"])
+    options.seed = checkpoint["meta"]["seed"]
+    if with_init and dist.is_main:
+        log("resuming: the weights come from the checkpoint (--init only sets the start of a run)")
+    # so do the loss and what is trained: the checkpoint's discriminator and optimizer state fit only those
+    settings, decoder_only = (LossSettings.from_dict(checkpoint["meta"].get("loss")),
+                              checkpoint["meta"].get("decoder_only", False))
+    if (settings.terms, decoder_only) != (start.settings.terms, options.decoder_only) and dist.is_main:
+        log(f"resuming: --loss {settings.terms}{' --decoder-only' * decoder_only}, as the checkpoint was made")
+    start.settings, options.decoder_only, options.loss = settings, decoder_only, settings.terms
+    start.init_record = checkpoint["meta"].get("init")
 
-    checkpoint = load_checkpoint(checkpoint_path) if resuming else None
-    if checkpoint is not None:
-        # the shape-defining config comes from the checkpoint, not from the command line
-        model_config = VQVAEConfig.from_dict(checkpoint["meta"]["vqvae"])
-        options.seed = checkpoint["meta"]["seed"]
-        if init is not None and dist.is_main:
-            log("resuming: the weights come from the checkpoint (--init only sets the start of a run)")
-        # so do the loss and what is trained: the checkpoint's discriminator and optimizer state fit only those
-        resumed = LossSettings.from_dict(checkpoint["meta"].get("loss")), checkpoint["meta"].get("decoder_only", False)
-        if (resumed[0].terms, resumed[1]) != (settings.terms, options.decoder_only) and dist.is_main:
-            log(f"resuming: --loss {resumed[0].terms}{' --decoder-only' * resumed[1]}, as the checkpoint was made")
-        settings, options.decoder_only = resumed
-        options.loss = settings.terms
-    init_record = checkpoint["meta"].get("init") if checkpoint is not None else (
-        init_source.record() if init_source is not None else None)
-    check_image_size(model_config.image_size)
-    if model_config.levels not in (1, 2):
-        raise UsageError(f"--levels must be 1 or 2, not {model_config.levels}")
 
+def _load_data(data, labels, start: _Start, options: TrainOptions, dist: Distributed) -> _Data:
+    """Scans DATA, decodes it once into the uint8 cache (rank 0; the others then open it) and splits it by group."""
     dataset = scan_dataset(data, labels, image_col=options.image_col, label_col=options.label_col,
                            group_col=options.group_col, strict=options.strict)
     for name, reason in dataset.skipped[:20]:
         log(f"skipped {name}: {reason}")
     if dataset.rows_without_file or dataset.files_without_row:
         log(f"{dataset.rows_without_file} CSV rows without a file, {dataset.files_without_row} files without a CSV row (left out)")
-    model_dir.train_dir.mkdir(parents=True, exist_ok=True)
+    train_dir, image_size = start.model_dir.train_dir, start.model_config.image_size
+    train_dir.mkdir(parents=True, exist_ok=True)
     if dist.is_main:
-        cache, samples = build_cache(dataset.samples, model_config.image_size, model_dir.train_dir / "image_cache.npy",
-                                     strict=options.strict, workers=options.workers)
+        cache, samples = build_cache(dataset.samples, image_size, train_dir / "image_cache.npy", strict=options.strict,
+                                     workers=options.workers)
     dist.barrier()
     if not dist.is_main:
-        cache, samples = build_cache(dataset.samples, model_config.image_size, model_dir.train_dir / "image_cache.npy")
+        cache, samples = build_cache(dataset.samples, image_size, train_dir / "image_cache.npy")
     train_index, val_index = group_split([s.group or s.name for s in samples], options.val_fraction, options.seed,
                                          labels=np.array([s.label for s in samples]))
     if len(train_index) == 0:
         raise SkinaugError("not enough images to train: the training split is empty")
+    skipped = len(dataset.skipped) + len(dataset.samples) - len(samples)
+    return _Data(dataset.class_names, dataset.dialect, samples, skipped, cache, train_index, val_index)
 
+
+def _build(start: _Start, options: TrainOptions, dist: Distributed, device, total_steps: int):
+    """(model, its TrainState, the adversary or None), in the order that fixes the random stream of a new run."""
     torch.manual_seed(options.seed + dist.rank)
-    model = VQVAE2(model_config)
-    if init_source is not None and checkpoint is None:
-        _load_init_weights(model, init_source)
+    model = VQVAE2(start.model_config)
+    if start.init_source is not None and start.checkpoint is None:
+        _load_init_weights(model, start.init_source)
         if dist.is_main:
-            log(f"starting from the VQ-VAE of {init_source.path} (fingerprint {init_source.fingerprint})")
+            log(f"starting from the VQ-VAE of {start.init_source.path} (fingerprint {start.init_source.fingerprint})")
     if options.decoder_only:
         model.freeze_encoder()
     model = model.to(device)
@@ -346,177 +392,108 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig | dict | No
         model = model.to(memory_format=torch.channels_last)
     trained = [parameter for parameter in model.parameters() if parameter.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=options.lr, weight_decay=options.weight_decay)
-    batch_size = max(1, options.batch_size // dist.world_size)
-    steps_per_epoch = max(1, len(dist.shard(train_index)) // batch_size)
-    total_steps = options.epochs * steps_per_epoch
     scheduler = warmup_cosine(optimizer, options.warmup_steps, total_steps)
+    settings = start.settings
     if settings.uses_gan and settings.gan_start is None:
-        settings = replace(settings, gan_start=int(total_steps * GAN_START_SHARE))
+        start.settings = settings = replace(settings, gan_start=int(total_steps * GAN_START_SHARE))
     if settings.uses_ssim:
         ssim_module()  # imports MONAI now rather than inside the first epoch's timing
-    adversary = Adversary(settings, channels=discriminator_width(model_config.channels), lr=options.lr,
-                          weight_decay=options.weight_decay, seed=options.seed * 1_000_003 + 29,
-                          device=device) if settings.uses_gan else None
-    step, start_epoch = 0, 0
-    if checkpoint is not None:
-        step, start_epoch = restore_training_state(checkpoint, model, optimizer, scheduler, device)
-        if adversary is not None:
-            adversary.load_state_dict(checkpoint["adversary"])
-        if dist.is_main:
-            log(f"resuming from epoch {start_epoch} (step {step})")
-    network = dist.wrap(model)
-    if adversary is not None:
-        adversary.network = dist.wrap(adversary.discriminator)
+    state = TrainState(model=model, optimizer=optimizer, scheduler=scheduler)
+    adversary = None
+    if settings.uses_gan:
+        adversary = Adversary(settings, channels=discriminator_width(start.model_config.channels), lr=options.lr,
+                              weight_decay=options.weight_decay, seed=options.seed * 1_000_003 + 29, device=device)
+        state.objects["adversary"] = adversary  # resumes exactly; never part of the model's weights
+    return model, state, adversary
 
-    source = BatchSource(cache, device)
-    autocast = partial(autocast_for, device)
-    val_batches = [val_index[i : i + 2 * batch_size] for i in range(0, len(val_index), 2 * batch_size)] or [train_index[:batch_size]]
+
+def _epoch_hooks(model: VQVAE2, state: TrainState, start: _Start, source: BatchSource, val_batches, autocast,
+                 dist: Distributed) -> Hooks:
+    """The end of an epoch: codebooks synchronised, the metrics line, the reconstruction grid, the log line."""
+    restarted = {level: q.restarted_total for level, q in model.quantizers.items()}  # at the epoch's start
     grid_images = source(val_batches[0][:8])
-    meta = {
-        "vqvae": model_config.to_dict(),
+    codebook_size = model.config.codebook_size
+
+    def evaluate_epoch(epoch: Epoch) -> dict:
+        values = {
+            "lr": state.objects["scheduler"].get_last_lr()[0],
+            "train_loss": epoch.mean("loss"),
+            "train_mse": epoch.mean("mse") / 4.0,  # [-1, 1] -> [0, 1] halves the scale, so squared errors shrink by 4
+            **evaluate(model, val_batches, source, autocast),
+            **{f"codes_restarted_{level}": q.restarted_total - restarted[level] for level, q in model.quantizers.items()},
+            **loss_term_metrics(start.settings, epoch.sums, epoch.steps, epoch.sums.get("gan_steps", 0)),
+            "images_per_s": epoch.items * dist.world_size / epoch.seconds,
+            "seconds": epoch.seconds,
+        }
+        restarted.update({level: q.restarted_total for level, q in model.quantizers.items()})
+        return values
+
+    def epoch_end(epoch: Epoch, metrics: dict) -> None:
+        reconstruction_grid(model, grid_images, start.model_dir.train_dir / f"reconstructions_epoch{epoch.number:03d}.png")
+        usage = ", ".join(f"{level} {metrics[f'used_codes_{level}']}/{codebook_size} codes" for level in model.quantizers)
+        terms = "".join(f", {name} {metrics[key]:.4f}" for name, key in
+                        (("1-SSIM", "train_ssim"), ("gan", "train_gan"), ("discriminator", "train_discriminator"))
+                        if metrics.get(key) is not None)
+        log(f"epoch {epoch.number}/{epoch.epochs}: train MSE {metrics['train_mse']:.5f}{terms}, val MSE "
+            f"{metrics['val_mse']:.5f}, {usage}, {metrics['images_per_s']:.0f} img/s")
+
+    def postfix(outputs: dict) -> dict:
+        used = {f"codes_{level}": int(q.steps_unused.eq(0).sum()) for level, q in model.quantizers.items()}
+        return {"loss": f"{float(outputs['loss']):.4f}", **used}
+
+    return Hooks(synchronise=lambda: dist.sync_codebooks(model), evaluate=evaluate_epoch, epoch_end=epoch_end,
+                 postfix=postfix)
+
+
+def _meta(start: _Start, options: TrainOptions, dataset: _Data, data, labels) -> dict:
+    """What the checkpoint and train_config.json keep about the run."""
+    return {
+        "vqvae": start.model_config.to_dict(),
         "seed": options.seed,
         "class_names": dataset.class_names,
         "data": str(Path(data).resolve()),
         "labels": str(Path(labels).resolve()) if labels else None,
-        "init": init_record,
-        "loss": settings.to_dict(),
+        "init": start.init_record,
+        "loss": start.settings.to_dict(),
         "decoder_only": options.decoder_only,
     }
-    metrics: dict = {}
-    metrics_path = model_dir.train_dir / "metrics.jsonl"
-    if not resuming and metrics_path.exists() and dist.is_main:
-        metrics_path.unlink()
-    elif resuming and dist.is_main:
-        # a run cut off between logging an epoch and saving its checkpoint trains that epoch again
-        _drop_metrics_after(metrics_path, start_epoch)
+
+
+def _log_start(start: _Start, options: TrainOptions, dataset: _Data, device, total_steps: int) -> None:
+    log(f"training on {len(dataset.train_index)} images, validating on {len(dataset.val_index)}; {device}, batch "
+        f"{options.batch_size}, {total_steps} steps ({options.epochs} epochs)")
+    if start.settings.terms != "mse" or options.decoder_only:
+        trained_part = "; training the decoder only (the codes stay fixed)" if options.decoder_only else ""
+        log(f"loss {describe_loss(start.settings)}{trained_part}")
+
+
+def _finish(start: _Start, dataset: _Data, model: VQVAE2, metrics: dict, meta: dict, options: TrainOptions, steps: int,
+            data, device, out) -> None:
+    """Rank 0: the weights, config.json, the training record and train_config.json; then the output is committed."""
+    codebook_size = start.model_config.codebook_size
+    for level in model.quantizers:
+        used = metrics.get(f"used_codes_{level}", 0)
+        if used < 0.1 * codebook_size:
+            warn(f"the {level} level uses only {used} of {codebook_size} codes (under 10%): "
+                 "try a smaller --codebook-size or --code-dim, or train longer")
+    samples = dataset.samples
     per_class = {name: int(sum(1 for s in samples if s.label == i)) for i, name in enumerate(dataset.class_names)}
-    if dist.is_main:
-        log(f"training on {len(train_index)} images, validating on {len(val_index)}; {device}, batch {options.batch_size}, "
-            f"{total_steps} steps ({options.epochs} epochs)")
-        if settings.terms != "mse" or options.decoder_only:
-            trained_part = "; training the decoder only (the codes stay fixed)" if options.decoder_only else ""
-            log(f"loss {describe_loss(settings)}{trained_part}")
-
-    for epoch in range(start_epoch, options.epochs):
-        started = time.perf_counter()
-        # the same permutation on every rank (each then takes its shard), fixed by seed and epoch for exact resumes
-        epoch_order = torch.randperm(len(train_index), generator=torch.Generator().manual_seed(options.seed * 1_000_003 + epoch))
-        order = dist.shard(train_index[epoch_order.numpy()])
-        restarted_before = {level: q.restarted_total for level, q in model.quantizers.items()}
-        loss_sum = torch.zeros((), device=device)
-        mse_sum = torch.zeros((), device=device)
-        # ssim: 1 - SSIM; gan: the VQ-VAE's adversarial loss, its adaptive weight, the discriminator's loss
-        term_sums = {name: torch.zeros((), device=device) for name in ("ssim", "gan", "gan_weight", "discriminator")}
-        gan_steps = 0
-        with progress(steps_per_epoch * batch_size, desc=f"epoch {epoch + 1}/{options.epochs}") as bar:
-            for batch_number in range(steps_per_epoch):
-                images = source(order[batch_number * batch_size : (batch_number + 1) * batch_size])
-                if options.augment:
-                    images = augment_batch(images)
-                if device.type == "cuda":
-                    images = images.contiguous(memory_format=torch.channels_last)
-                adversarial = adversary is not None and adversary.active(step)
-                with autocast():
-                    # through the (possibly DDP-wrapped) network so gradients are all-reduced
-                    outputs = network(images)
-                    loss, mse = vqvae_loss(outputs, images, model_config.commitment_weight)
-                    if settings.uses_ssim:
-                        ssim = ssim_loss(outputs[0], images)
-                        loss = loss + settings.ssim_weight * ssim
-                        term_sums["ssim"] += ssim.detach()
-                    if adversarial:
-                        # the commitment term does not reach the decoder: at its last layer, `loss` is reconstruction
-                        gan, gan_weight = adversary.generator_loss(outputs[0], loss, model.last_layer)
-                        loss = loss + gan_weight * gan
-                        term_sums["gan"] += gan.detach()
-                        term_sums["gan_weight"] += gan_weight
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                if adversarial:
-                    term_sums["discriminator"] += adversary.discriminator_step(images, outputs[0], autocast)
-                    gan_steps += 1
-                step += 1
-                loss_sum += loss.detach()
-                mse_sum += mse.detach()
-                # checking finiteness costs a host sync: every step on CPU (free), every 25 on GPU
-                if device.type == "cpu" or batch_number % 25 == 24:
-                    if not dist.all_finite(loss_sum):
-                        raise _diverged(f"the loss became {loss.item()} at epoch {epoch + 1}, step {step}", checkpoint_path)
-                if bar.disable is False:
-                    bar.update(images.shape[0])
-                    used = {level: int(q.steps_unused.eq(0).sum()) for level, q in model.quantizers.items()}
-                    bar.set_postfix(loss=f"{loss.item():.4f}", **{f"codes_{k}": v for k, v in used.items()})
-        if not dist.all_finite(loss_sum):
-            raise _diverged(f"the loss became non-finite in epoch {epoch + 1}", checkpoint_path)
-        dist.sync_codebooks(model)
-        elapsed = time.perf_counter() - started
-        if dist.is_main:
-            evaluation = evaluate(model, val_batches, source, autocast)
-            metrics = {
-                "stage": "vqvae",
-                "epoch": epoch + 1,
-                "step": step,
-                "lr": scheduler.get_last_lr()[0],
-                "train_loss": loss_sum.item() / steps_per_epoch,
-                "train_mse": mse_sum.item() / steps_per_epoch / 4.0,
-                **evaluation,
-                **{f"codes_restarted_{level}": q.restarted_total - restarted_before[level] for level, q in model.quantizers.items()},
-                **loss_term_metrics(settings, term_sums, steps_per_epoch, gan_steps),
-                "images_per_s": steps_per_epoch * batch_size * dist.world_size / elapsed,
-                "seconds": elapsed,
-            }
-            with open(metrics_path, "a", encoding="utf-8") as handle:
-                import json
-
-                handle.write(json.dumps(metrics) + "\n")
-            reconstruction_grid(model, grid_images, model_dir.train_dir / f"reconstructions_epoch{epoch + 1:03d}.png")
-            state = training_state(model, optimizer, scheduler, step, epoch + 1, meta)
-            if adversary is not None:
-                state["adversary"] = adversary.state_dict()  # resumes exactly; never part of the model's weights
-            save_checkpoint(checkpoint_path, state)
-            usage = ", ".join(f"{level} {metrics[f'used_codes_{level}']}/{model_config.codebook_size} codes"
-                              for level in model.quantizers)
-            terms = "".join(f", {name} {metrics[key]:.4f}" for name, key in
-                            (("1-SSIM", "train_ssim"), ("gan", "train_gan"), ("discriminator", "train_discriminator"))
-                            if metrics.get(key) is not None)
-            log(f"epoch {epoch + 1}/{options.epochs}: train MSE {metrics['train_mse']:.5f}{terms}, val MSE "
-                f"{metrics['val_mse']:.5f}, {usage}, {metrics['images_per_s']:.0f} img/s")
-        dist.barrier()
-
-    if dist.is_main:
-        if options.epochs == 0:
-            # the --init VQ-VAE as it is: how well it reconstructs and covers the new data
-            metrics = {"stage": "vqvae", "epoch": 0, "step": 0, **evaluate(model, val_batches, source, autocast)}
-            with open(metrics_path, "a", encoding="utf-8") as handle:
-                import json
-
-                handle.write(json.dumps(metrics) + "\n")
-        if not metrics:
-            metrics = _last_metrics(metrics_path)
-        for level in model.quantizers:
-            used = metrics.get(f"used_codes_{level}", 0)
-            if used < 0.1 * model_config.codebook_size:
-                warn(f"the {level} level uses only {used} of {model_config.codebook_size} codes (under 10%): "
-                     "try a smaller --codebook-size or --code-dim, or train longer")
-        training_data = {
-            "data": meta["data"], "labels": meta["labels"], "dialect": dataset.dialect,
-            "images": len(samples), "train_images": int(len(train_index)), "val_images": int(len(val_index)),
-            "per_class": per_class, "skipped": len(dataset.skipped) + len(dataset.samples) - len(samples),
-            "init": meta["init"], "loss": settings.to_dict(), "decoder_only": options.decoder_only,
-        }
-        final = {k: metrics[k] for k in metrics if k.startswith(("val_mse", "used_codes", "perplexity", "co_occurring"))}
-        final.update(epochs=options.epochs, steps=step)
-        model_dir.save_vqvae(model, class_names=dataset.class_names, training_data=training_data, metrics=final)
-        # every image read, validation included: it chose the weights kept
-        record_stage(model_dir.path, [s.name for s in samples], [s.group for s in samples], "vqvae", meta["init"], data=data)
-        if options.decoder_only:
-            copy_init_priors(model_dir, meta["init"], dataset.class_names, shown_as=out)
-        write_json(model_dir.train_dir / "train_config.json", {**meta, "options": _options_dict(options), "device": str(device)})
-        claim.commit()
-    dist.barrier()
-    return metrics
+    training_data = {
+        "data": meta["data"], "labels": meta["labels"], "dialect": dataset.dialect,
+        "images": len(samples), "train_images": int(len(dataset.train_index)), "val_images": int(len(dataset.val_index)),
+        "per_class": per_class, "skipped": dataset.skipped,
+        "init": meta["init"], "loss": start.settings.to_dict(), "decoder_only": options.decoder_only,
+    }
+    final = {k: metrics[k] for k in metrics if k.startswith(("val_mse", "used_codes", "perplexity", "co_occurring"))}
+    final.update(epochs=options.epochs, steps=steps)
+    model_dir = start.model_dir
+    model_dir.save_vqvae(model, class_names=dataset.class_names, training_data=training_data, metrics=final)
+    # every image read, validation included: it chose the weights kept
+    record_stage(model_dir.path, [s.name for s in samples], [s.group for s in samples], "vqvae", meta["init"], data=data)
+    if options.decoder_only:
+        copy_init_priors(model_dir, meta["init"], dataset.class_names, shown_as=out)
+    write_json(model_dir.train_dir / "train_config.json", {**meta, "options": _options_dict(options), "device": str(device)})
+    start.claim.commit()
 
 
 def describe_loss(settings: LossSettings) -> str:
@@ -596,29 +573,6 @@ def _has_priors(model_dir: ModelDir) -> bool:
         return False  # an unreadable config.json: the checkpoint decides, as before
 
 
-def _diverged(what: str, checkpoint_path: Path) -> SkinaugError:
-    if checkpoint_path.is_file():
-        kept = f"the last good checkpoint is kept in {checkpoint_path.parent} (resume with --resume after lowering --lr)"
-    else:
-        kept = "no checkpoint was saved yet (start again with --overwrite and a lower --lr)"
-    return SkinaugError(f"training diverged: {what}; {kept}")
-
-
-def _drop_metrics_after(path: Path, epoch: int) -> None:
-    """Keeps the metrics lines of epochs up to `epoch` (the checkpoint's)."""
-    import json
-
-    if not path.exists():
-        return
-    lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("epoch", 0) <= epoch]
-    write_text(path, "".join(line + "\n" for line in lines))
-
-
-def _last_metrics(path: Path) -> dict:
-    import json
-
-    lines = path.read_text().splitlines() if path.exists() else []
-    return json.loads(lines[-1]) if lines else {}
 
 
 def _options_dict(options: TrainOptions) -> dict:

@@ -15,7 +15,6 @@ from skinaug.codes import read_codes
 from skinaug.generate import Generator, batch_seed, plan_per_source
 from skinaug.modeldir import ModelDir
 from skinaug.priors import PriorConfig, build_prior, conditional_log_probs, refine_codes, sample
-from skinaug.train_prior import load_prior
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest: tiny models, busy shared cores
 
@@ -188,7 +187,7 @@ def test_refine_zero_draws_exactly_the_codes_of_a_masked_draw(generator_model, s
     seed = batch_seed(0, 0)
     made = Generator(model, "cpu", mask_dir=masks, refine=0).codes_for("resample", jobs, source, seed)
     # the masked draw without refinement, straight from the sampler
-    prior, _ = load_prior(ModelDir(model), "bottom", "cpu")
+    prior, _ = ModelDir(model).load_prior("bottom", "cpu")
     bottom = torch.as_tensor(source.codes["bottom"].astype(np.int64))
     kept = torch.as_tensor(~np.broadcast_to(inside, bottom.shape))
     labels = torch.as_tensor(source.labels)

@@ -193,9 +193,8 @@ def test_the_onnx_samplers_draw_the_torch_codes_from_the_same_uniforms(exported,
     from skinaug.modeldir import ModelDir
     from skinaug.onnx.runtime import OnnxModel
     from skinaug.priors import sample
-    from skinaug.train_prior import load_prior
 
-    prior, _ = load_prior(ModelDir(exported["model"]), level, "cpu")
+    prior, _ = ModelDir(exported["model"]).load_prior(level, "cpu")
     onnx_prior = OnnxModel(exported["model"], "cpu").prior(level)
     config, batch = prior.config, 3
     generator = torch.Generator().manual_seed(1)

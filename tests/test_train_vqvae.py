@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 import skinaug.train_vqvae as train_module
 from skinaug.cli import main
 from skinaug.modeldir import ModelDir, fingerprint
-from skinaug.train_vqvae import lr_factor
+from skinaug.training import lr_factor
 from skinaug.vqvae import VQVAE2, VQVAEConfig
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -263,7 +263,7 @@ def test_lr_warms_up_linearly_then_decays_by_cosine(step, expected):
 
 
 def test_augmentation_keeps_solid_images_in_range_and_is_seeded():
-    from skinaug.train_vqvae import augment_batch
+    from skinaug.training import augment_batch
 
     images = torch.linspace(-1, 1, 4).view(4, 1, 1, 1).expand(4, 3, 8, 8).contiguous()
     torch.manual_seed(0)

@@ -464,9 +464,7 @@ def _export_all(model_dir: ModelDir, config: dict, out: Path, opset: int, batch:
     priors = {}
     for level in levels:
         if model_dir.has_prior(level):
-            from ..train_prior import load_prior
-
-            prior, _ = load_prior(model_dir, level, "cpu")
+            prior, _ = model_dir.load_prior(level, "cpu")
             priors[level] = prior
             files[f"prior_{level}"] = _export_prior(prior, level, out, opset, batch, generator)
             digests[f"prior_{level}"] = file_digest(model_dir.path / PRIOR_WEIGHTS[level])

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from ..errors import SkinaugError, UsageError
-from ..runtime import log, progress
-from ..train_vqvae import augment_batch, lr_factor
+from ..runtime import log
+from ..training import Bar, Run, TrainState, augment_batch, fit, optimizer_step, warmup_cosine
 from ..vqvae import to_model_input
 
 ARCHS = ("efficientnet-b0", "resnet10", "resnet18")
@@ -134,25 +134,24 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int, b
     rng = np.random.default_rng(seed)
     model = build_classifier(budget.arch, num_classes, weights).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=budget.lr, weight_decay=budget.weight_decay)
-    warmup = min(budget.warmup_steps, budget.steps // 10 + 1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, budget.steps))
+    state = TrainState(model=model, optimizer=optimizer,
+                       scheduler=warmup_cosine(optimizer, budget.warmup_steps, budget.steps))
     probabilities = balanced_weights(labels)
-    targets_all = torch.from_numpy(labels.astype(np.int64))
+    batches = [np.sort(rng.choice(len(images), size=budget.batch_size, p=probabilities)) for _ in range(budget.steps)]
+    targets = torch.from_numpy(labels.astype(np.int64))
     loss_fn = nn.CrossEntropyLoss()
-    with progress(budget.steps, desc=desc, unit="step") as bar:
-        for step in range(budget.steps):
-            index = np.sort(rng.choice(len(images), size=budget.batch_size, p=probabilities))
-            batch = to_model_input(torch.from_numpy(images[index])).to(device)
-            if budget.augment:
-                batch = augment_batch(batch)
-            loss = loss_fn(model(batch), targets_all[index].to(device))
-            if not torch.isfinite(loss):
-                raise SkinaugError(f"classifier training diverged at step {step + 1} (loss {loss.item()}): lower --lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            bar.update(1)
+
+    def step(index: np.ndarray, _steps_done: int) -> dict:
+        batch = to_model_input(torch.from_numpy(images[index])).to(device)
+        if budget.augment:
+            batch = augment_batch(batch)
+        loss = loss_fn(model(batch), targets[index].to(device))
+        optimizer_step(loss, optimizer)
+        return {"loss": loss.detach()}
+
+    # the whole budget is one epoch: the batches are drawn with replacement, there is no pass over the data
+    fit(state, step, lambda epoch: batches, epochs=1, run=Run("classifier training", restart="lower --lr"),
+        bar=Bar(desc=lambda epoch, epochs: desc, unit="step", size=lambda batch: 1))
     return model.eval()
 
 

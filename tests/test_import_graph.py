@@ -1,0 +1,61 @@
+"""Who imports a trainer: reading a model (loading its priors, exporting it, scoring with it) never needs the code
+that trains one. Read from the source with ast, lazy imports inside functions included."""
+
+import ast
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "skinaug"
+TRAINERS = {"skinaug.train_vqvae", "skinaug.train_prior"}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+@cache
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the skinaug modules it imports anywhere in its source."""
+    graph = {}
+    for path in PACKAGE.rglob("*.py"):
+        module = module_name(path)
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+                target = ".".join(base + ([node.module] if node.module else []))
+                targets.add(target)
+                targets.update(f"{target}.{alias.name}" for alias in node.names)  # from . import train_prior
+            elif isinstance(node, ast.Import):
+                targets.update(alias.name for alias in node.names)
+        graph[module] = targets
+    graph = {module: {target for target in targets if target in graph and target != module}
+             for module, targets in graph.items()}
+    graph["skinaug"] = set()  # skinaug/__init__.py imports api only when skinaug.load_model & co. are used
+    return graph
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for target in graph[todo.pop()] - seen:
+            seen.add(target)
+            todo.append(target)
+    return seen
+
+
+def test_the_graph_sees_lazy_imports():
+    graph = import_graph()
+    assert "skinaug.training" in graph["skinaug.encode"]  # imported inside encode_batch
+    assert TRAINERS <= reachable(graph, "skinaug.cli.train")
+
+
+@pytest.mark.parametrize("module", ["skinaug.training", "skinaug.modeldir", "skinaug.encode", "skinaug.onnx.export",
+                                   "skinaug.onnx.runtime", "skinaug.scores.classifier", "skinaug.scores.cas",
+                                   "skinaug.scores.fid", "skinaug.scores.memorization", "skinaug.scores.code_usage"])
+def test_reading_a_model_never_imports_a_trainer(module):
+    assert not reachable(import_graph(), module) & TRAINERS

@@ -358,6 +358,11 @@ class OnnxPrior:
         widest = max(len(members) for members in steps)
         logits = np.empty((n * widest, self.codebook_size), np.float32)
         embed_binding = embed.io_binding()
+        # keys that see their own code: the step's key and value wait in `partial` buffers for the drawn code, which
+        # the embed graph adds on its way into the cache
+        own_code = step.get("own_code", False)
+        if own_code:
+            self._bind_partial(binding, embed_binding, key_values, buffer)
         codes = np.zeros((n, positions), np.int64)
         logits_out = np.zeros((n, positions, self.codebook_size), np.float32) if return_logits else None
         size = np.dtype(np.float32).itemsize
@@ -383,8 +388,8 @@ class OnnxPrior:
                     if f"{kind}_{a}" in wanted:  # slots 0 (a dummy) .. p: the valid prefix
                         binding.bind_input(f"{kind}_{a}", device, device_id, np.float32, [first + 1, n, channels],
                                            cache.data_ptr())
-                    binding.bind_output(f"{kind[:-1]}_{a}", device, device_id, np.float32, [n, channels],
-                                        at(cache, first + 1, channels))
+                    (embed_binding if own_code else binding).bind_output(
+                        f"{kind[:-1]}_{a}", device, device_id, np.float32, [n, channels], at(cache, first + 1, channels))
             binding.bind_output("logits", "cpu", 0, np.float32, [n * slots, self.codebook_size], logits.ctypes.data)
             session.run_with_iobinding(binding)
             if device != "cpu":
@@ -405,6 +410,16 @@ class OnnxPrior:
         if not return_logits:
             return codes
         return codes, logits_out.transpose(0, 2, 1).reshape(n, -1, self.height, self.width)
+
+    @staticmethod
+    def _bind_partial(binding, embed_binding, key_values, buffer) -> None:
+        """Own-code attention: each step's key and value outputs go to a buffer per layer and kind, which the embed
+        graph reads (`EmbedGraph`)."""
+        for a, (keys, _, channels) in enumerate(key_values):
+            for kind in ("key", "value"):
+                partial = buffer((f"partial_{kind}", a), (keys.shape()[1], channels))
+                binding.bind_ortvalue_output(f"{kind}_{a}", partial)
+                embed_binding.bind_ortvalue_input(f"partial_{kind}_{a}", partial)
 
     def sample_reference(self, labels=None, condition=None, *, n: int, temperature: float = 1.0,
                          top_k: int | None = None, uniforms: np.ndarray | None = None,

@@ -30,11 +30,6 @@ class PriorConfig:
     n_res_blocks: int = 4
     kernel_size: int = 5  # odd; causal windows reach kernel_size // 2 rows up and columns left/right
     attention: bool = True  # causal multi-head self-attention at the end of each block
-    # PixelSNAIL's attention: the key and value at p also read the code at p (its embedding), and p attends to the
-    # positions before it only. False: the attention of priors made before this field existed ("legacy"), whose keys
-    # carry only the codes before their position, so a row's last codes stay hidden from the start of the next row.
-    # A config without the field is legacy (`from_dict`).
-    attention_sees_own_code: bool = True
     n_heads: int = 8
     dropout: float = 0.1  # training only
     num_classes: int = 0  # 0 = unconditional; else a class embedding biases every gated layer
@@ -42,6 +37,11 @@ class PriorConfig:
     condition_height: int = 0  # ... and this shape, through a non-causal stack upsampled to the grid
     condition_width: int = 0
     n_cond_res_blocks: int = 3
+    # PixelSNAIL's attention: the key and value at p also read the code at p (its embedding), and p attends to the
+    # positions before it only. False: the attention of priors made before this field existed ("legacy"), whose keys
+    # carry only the codes before their position, so a row's last codes stay hidden from the start of the next row.
+    # A config without the field is legacy (`from_dict`).
+    attention_sees_own_code: bool = True
 
     def __post_init__(self) -> None:
         problems = []

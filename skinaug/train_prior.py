@@ -33,6 +33,7 @@ from .errors import SkinaugError, UsageError
 from .io import OutputLock, real_path
 from .modeldir import PRIOR_WEIGHTS, ModelDir, fingerprint, load_weights, prior_config_of, require_writable, save_weights
 from .priors import PriorConfig, build_prior
+from .priors.config import ATTENTION_KINDS
 from .runtime import log, resolve_device, warn
 from .trained_on import record_stage
 from .train_vqvae import InitSource, open_init
@@ -41,7 +42,7 @@ from .training import (Bar, Epoch, Hooks, MetricsLog, Run, TrainState, autocast_
 
 # --init: the PriorConfig fields the command line may set, and their option names; all but dropout define the shape
 PRIOR_OPTIONS = {"arch": "--arch", "channels": "--channels", "n_blocks": "--blocks", "n_res_blocks": "--res-blocks",
-                 "kernel_size": "--kernel-size", "dropout": "--dropout"}
+                 "kernel_size": "--kernel-size", "dropout": "--dropout", "attention_sees_own_code": "--attention"}
 TRAINING_ONLY = ("dropout",)
 # fields fixed by the codes being modelled: a source prior must have the same
 GRID_FIELDS = ("codebook_size", "height", "width", "condition_codebook_size", "condition_height", "condition_width")
@@ -151,8 +152,10 @@ def prior_config_from_init(level: str, config: dict, options: PriorOptions, sour
         if not hasattr(base, name):
             raise UsageError(f"unknown prior option {name}")
         if value != getattr(base, name):
-            raise UsageError(f"{option} {value} contradicts the {level} prior of --init {source.path} ({option} "
-                             f"{getattr(base, name)}): fine-tuning keeps the source's shape (leave {option} out)")
+            shown = {v: k for k, v in ATTENTION_KINDS.items()} if name == "attention_sees_own_code" else {}
+            raise UsageError(f"{option} {shown.get(value, value)} contradicts the {level} prior of --init {source.path} "
+                             f"({option} {shown.get(getattr(base, name), getattr(base, name))}): fine-tuning keeps the "
+                             f"source's shape (leave {option} out)")
     training = {name: options.overrides[name] for name in TRAINING_ONLY if options.overrides.get(name) is not None}
     return replace(base, num_classes=wanted.num_classes, **training)
 

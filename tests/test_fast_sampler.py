@@ -19,11 +19,15 @@ LOGIT_TOLERANCE = 1e-4
 pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest: tiny models, busy shared cores
 
 
-def random_prior(arch, *, attention=True, classes=0, conditioned=False, kernel_size=3):
+# "fixed": attention whose keys see their position's own code; "legacy": keys from the codes before it; None: none
+ATTENTIONS = ("fixed", "legacy", None)
+
+
+def random_prior(arch, *, attention="fixed", classes=0, conditioned=False, kernel_size=3):
     condition = {"condition_codebook_size": 6, "condition_height": 3, "condition_width": 4} if conditioned else {}
     config = PriorConfig(arch=arch, codebook_size=11, height=HEIGHT, width=WIDTH, channels=16, n_blocks=2,
-                         n_res_blocks=2, kernel_size=kernel_size, attention=attention, n_heads=2, dropout=0.1,
-                         num_classes=classes, **condition)
+                         n_res_blocks=2, kernel_size=kernel_size, attention=attention is not None, n_heads=2,
+                         dropout=0.1, num_classes=classes, attention_sees_own_code=attention != "legacy", **condition)
     model = build_prior(config)
     with torch.no_grad():  # larger than the default init, so logits are far from uniform
         for parameter in model.parameters():
@@ -44,7 +48,7 @@ def conditioning(model, batch=3, seed=0):
     return labels, condition
 
 
-MATRIX = list(itertools.product(("pixelsnail", "gated-pixelcnn"), (True, False), (0, 3), (False, True), (3, 5)))
+MATRIX = list(itertools.product(("pixelsnail", "gated-pixelcnn"), ATTENTIONS, (0, 3), (False, True), (3, 5)))
 
 
 @pytest.mark.parametrize("arch, attention, classes, conditioned, kernel_size", MATRIX)
@@ -65,7 +69,7 @@ def test_cached_logits_and_codes_equal_the_reference(arch, attention, classes, c
     assert len(codes.unique()) > 3
 
 
-DRAW_MATRIX = list(itertools.product(("pixelsnail", "gated-pixelcnn"), (True, False), ((0.7, None), (1.3, 4), (1.0, 1)),
+DRAW_MATRIX = list(itertools.product(("pixelsnail", "gated-pixelcnn"), ATTENTIONS, ((0.7, None), (1.3, 4), (1.0, 1)),
                                      (1, 5), (False, True)))
 
 
@@ -113,7 +117,7 @@ def test_the_same_seed_gives_the_same_codes_and_another_seed_other_codes():
     assert torch.equal(sample(model, labels, uniforms=uniforms), seeded(5))
 
 
-@pytest.mark.parametrize("attention", (True, False))
+@pytest.mark.parametrize("attention", ATTENTIONS)
 def test_top_k_one_is_greedy_decoding(attention):
     model = random_prior("pixelsnail", attention=attention, conditioned=True)
     _, condition = conditioning(model)
@@ -154,7 +158,7 @@ def test_a_uniform_past_the_rounded_cdf_never_draws_a_code_top_k_excluded():
         assert draw_codes_numpy(logits.numpy(), uniforms.numpy(), top_k=top_k).tolist() == expected, top_k
 
 
-@pytest.mark.parametrize("attention", (True, False))
+@pytest.mark.parametrize("attention", ATTENTIONS)
 def test_kept_codes_stay_and_the_rest_is_drawn_given_them(attention):
     model = random_prior("gated-pixelcnn", attention=attention, classes=2)
     labels = torch.tensor([0, 1, 1])
@@ -190,8 +194,9 @@ def test_without_attention_rows_run_as_a_wavefront_and_visit_every_position_once
     assert sorted(raster[raster < HEIGHT * WIDTH].tolist()) == list(range(HEIGHT * WIDTH))
     step_of = {p: t for t, row in enumerate(raster.tolist()) for p in row}
     assert all(step_of[i * WIDTH + j] == j + 3 * i for i in range(HEIGHT) for j in range(WIDTH))
-    assert random_prior("gated-pixelcnn", attention=False, kernel_size=5).wavefront_skew == 3
-    assert random_prior("pixelsnail", attention=True).wavefront_skew is None
+    assert random_prior("gated-pixelcnn", attention=None, kernel_size=5).wavefront_skew == 3
+    assert random_prior("pixelsnail", attention="fixed").wavefront_skew is None
+    assert random_prior("pixelsnail", attention="legacy").wavefront_skew is None
 
 
 def test_sampling_arguments_are_checked():
@@ -234,7 +239,8 @@ def test_a_failing_compilation_falls_back_to_the_plain_step_unless_compile_was_a
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("arch, attention", (("pixelsnail", True), ("pixelsnail", False), ("gated-pixelcnn", False)))
+@pytest.mark.parametrize("arch, attention", (("pixelsnail", "fixed"), ("pixelsnail", "legacy"), ("pixelsnail", None),
+                                             ("gated-pixelcnn", None)))
 def test_cuda_graph_replays_give_the_eager_and_the_reference_codes(arch, attention):
     model = random_prior(arch, attention=attention, classes=3, conditioned=True).cuda()
     labels, condition = (t.cuda() for t in conditioning(model))
@@ -255,7 +261,7 @@ def test_cuda_graph_replays_give_the_eager_and_the_reference_codes(arch, attenti
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("attention", (True, False))
+@pytest.mark.parametrize("attention", ATTENTIONS)
 def test_the_compiled_step_gives_the_reference_codes_on_cuda(attention):
     model = random_prior("pixelsnail", attention=attention, classes=3, conditioned=True).cuda()
     labels, condition = (t.cuda() for t in conditioning(model))

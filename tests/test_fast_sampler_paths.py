@@ -13,10 +13,11 @@ from near_ties import assert_same_draws, close_draws, same_context
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def random_prior(arch, attention, kernel_size):
+def random_prior(arch, attention, kernel_size, own_code=True):
     config = PriorConfig(arch=arch, codebook_size=11, height=5, width=7, channels=16, n_blocks=2, n_res_blocks=2,
                          kernel_size=kernel_size, attention=attention, n_heads=2, num_classes=3,
-                         condition_codebook_size=6, condition_height=3, condition_width=4)
+                         condition_codebook_size=6, condition_height=3, condition_width=4,
+                         attention_sees_own_code=own_code)
     torch.manual_seed(0)
     model = build_prior(config)
     with torch.no_grad():
@@ -34,10 +35,11 @@ def run_sampler(model, labels, condition, uniforms, eager):
     return sampler, sampler.codes[:, :positions], sampler.logits[:, :positions]
 
 
-@pytest.mark.parametrize("arch, attention, kernel_size",
-                         [("pixelsnail", True, 5), ("pixelsnail", False, 3), ("gated-pixelcnn", True, 3)])
-def test_the_eager_paths_give_the_plain_steps_codes_and_logits(arch, attention, kernel_size):
-    model = random_prior(arch, attention, kernel_size)
+@pytest.mark.parametrize("arch, attention, kernel_size, own_code",
+                         [("pixelsnail", True, 5, True), ("pixelsnail", True, 5, False), ("pixelsnail", False, 3, True),
+                          ("gated-pixelcnn", True, 3, True)])
+def test_the_eager_paths_give_the_plain_steps_codes_and_logits(arch, attention, kernel_size, own_code):
+    model = random_prior(arch, attention, kernel_size, own_code)
     generator = torch.Generator().manual_seed(2)
     labels = torch.tensor([0, 2, 1, 1])
     condition = torch.randint(6, (4, 3, 4), generator=generator)

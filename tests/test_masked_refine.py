@@ -23,11 +23,11 @@ HEIGHT, WIDTH, CODEBOOK = 4, 5, 7
 PROBABILITY_TOLERANCE = 1e-4
 
 
-def random_prior(*, attention=False, classes=3, conditioned=True):
+def random_prior(*, attention=False, classes=3, conditioned=True, own_code=True):
     condition = {"condition_codebook_size": 6, "condition_height": 2, "condition_width": 3} if conditioned else {}
     config = PriorConfig(arch="pixelsnail", codebook_size=CODEBOOK, height=HEIGHT, width=WIDTH, channels=16,
                          n_blocks=1, n_res_blocks=2, kernel_size=3, attention=attention, n_heads=2, dropout=0.1,
-                         num_classes=classes, **condition)
+                         num_classes=classes, attention_sees_own_code=own_code, **condition)
     torch.manual_seed(0)
     model = build_prior(config)
     with torch.no_grad():  # larger than the default init, so conditionals are far from uniform
@@ -63,12 +63,13 @@ def brute_force_conditional(model, codes, position, labels, condition, temperatu
 # ------------------------------------------------------------------------- the maths, on a random tiny prior
 
 
-@pytest.mark.parametrize("attention, classes, conditioned", [(False, 3, True), (True, 0, False)])
+@pytest.mark.parametrize("attention, own_code, classes, conditioned",
+                         [(False, True, 3, True), (True, True, 0, False), (True, False, 0, False)])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 @pytest.mark.parametrize("position", [0, 7, HEIGHT * WIDTH - 1])
-def test_the_refined_conditional_is_the_joint_normalised_over_every_code(attention, classes, conditioned,
+def test_the_refined_conditional_is_the_joint_normalised_over_every_code(attention, own_code, classes, conditioned,
                                                                          temperature, position):
-    model = random_prior(attention=attention, classes=classes, conditioned=conditioned)
+    model = random_prior(attention=attention, classes=classes, conditioned=conditioned, own_code=own_code)
     codes, labels, condition = inputs(model)
     log_probs, choices = conditional_log_probs(model, codes, position, labels, condition, candidates=CODEBOOK,
                                                temperature=temperature)

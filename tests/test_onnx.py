@@ -47,6 +47,10 @@ def test_export_writes_named_graphs_a_manifest_and_parity_figures(exported):
     assert files["prior_top"]["full"]["inputs"] == ["codes", "labels"]
     assert files["prior_bottom"]["full"]["inputs"] == ["codes", "labels", "condition"]
     assert files["prior_bottom"]["step"]["inputs"][:5] == ["raster", "windows", "labels", "condition_features", "grid_0"]
+    # `train prior` makes top priors whose attention keys see their own code: the embed graph completes them
+    assert files["prior_top"]["step"]["own_code"] and not files["prior_bottom"]["step"]["own_code"]
+    assert files["prior_top"]["embed"]["inputs"] == ["codes", "partial_key_0", "partial_value_0"]
+    assert files["prior_top"]["embed"]["outputs"] == ["embedded", "key_0", "value_0"]
     for entry in [files["encoder"], files["decoder"], *[files[p][g] for p in ("prior_top", "prior_bottom") for g in ("full", "step")]]:
         assert (model / "onnx" / entry["file"]).is_file()
     parity = manifest["parity"]

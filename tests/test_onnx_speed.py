@@ -33,12 +33,13 @@ class _Graphs:
 
 
 def random_prior(arch, attention, classes, conditioned, kernel_size):
+    """attention: "fixed" (keys see their position's own code), "legacy" or None."""
     from skinaug.priors import PriorConfig, build_prior
 
     condition = {"condition_codebook_size": 6, "condition_height": 2, "condition_width": 3} if conditioned else {}
     config = PriorConfig(arch=arch, codebook_size=11, height=HEIGHT, width=WIDTH, channels=16, n_blocks=2,
-                         n_res_blocks=2, kernel_size=kernel_size, attention=attention, n_heads=2, num_classes=classes,
-                         **condition)
+                         n_res_blocks=2, kernel_size=kernel_size, attention=attention is not None, n_heads=2,
+                         num_classes=classes, attention_sees_own_code=attention != "legacy", **condition)
     torch.manual_seed(0)
     model = build_prior(config)
     with torch.no_grad():  # larger than the default init, so logits are far from uniform
@@ -47,8 +48,9 @@ def random_prior(arch, attention, classes, conditioned, kernel_size):
     return model.eval()
 
 
-CASES = [("pixelsnail", True, 3, True, 5), ("pixelsnail", False, 0, False, 3), ("pixelsnail", True, 0, False, 3),
-         ("gated-pixelcnn", True, 3, True, 5), ("gated-pixelcnn", False, 3, False, 3)]
+CASES = [("pixelsnail", "fixed", 3, True, 5), ("pixelsnail", "legacy", 3, True, 5), ("pixelsnail", None, 0, False, 3),
+         ("pixelsnail", "fixed", 0, False, 3), ("pixelsnail", "legacy", 0, False, 3), ("gated-pixelcnn", "fixed", 3, True, 5),
+         ("gated-pixelcnn", None, 3, False, 3)]
 
 
 @pytest.mark.parametrize("arch, attention, classes, conditioned, kernel_size", CASES)
@@ -62,7 +64,11 @@ def test_the_bound_step_and_row_graphs_sample_exactly(arch, attention, classes, 
     entry = _export_prior(prior, "top", tmp_path, 17, 3, generator)
     assert entry["step"]["inputs"][:2] == ["raster", "windows"] and "embed" in entry
     # the torch sampler's schedule: raster order, with the row graph, for attention; else the wavefront
-    assert entry["step"]["schedule"] == ("raster" if attention else "wavefront") and ("row" in entry) == attention
+    assert entry["step"]["schedule"] == ("raster" if attention else "wavefront") and ("row" in entry) == bool(attention)
+    # keys that see their own code are completed by the embed graph once the code is drawn
+    assert entry["step"]["own_code"] == (attention == "fixed")
+    completes = ["partial_key_0", "partial_value_0", "partial_key_1", "partial_value_1"] if attention == "fixed" else []
+    assert entry["embed"]["inputs"] == ["codes", *completes]
     onnx_prior = OnnxPrior(_Graphs(tmp_path), entry)
     batch = 3
     labels = torch.tensor([0, 2, 1]) if classes else None
@@ -91,7 +97,7 @@ def test_sessions_use_every_core_sequentially_with_all_graph_optimisations(tmp_p
     from skinaug.onnx.export import EmbedGraph, _export
     from skinaug.onnx.runtime import OnnxModel, usable_cpus
 
-    prior = random_prior("pixelsnail", False, 0, False, 3)
+    prior = random_prior("pixelsnail", None, 0, False, 3)
     for name in ("a", "b", "c"):
         _export(EmbedGraph(prior), (torch.zeros(1, 2, dtype=torch.long),), tmp_path / f"{name}.onnx", ["codes"],
                 ["embedded"], {"codes": {1: "batch"}, "embedded": {1: "batch"}}, 17)

@@ -80,7 +80,9 @@ def test_the_readme_pipeline_runs(generator_model, tmp_path):
     block = re.search(r"```bash\n# a pipeline\n(.*?)```", README.read_text(), flags=re.S)
     assert block, "the README shows a pipeline"
     script = block.group(1).replace("skinaug ", f"{sys.executable} -m skinaug ")
-    env = {"SKINAUG_MODEL": str(generator_model["model"]), "PATH": "/usr/bin:/bin"}
+    # this checkout's skinaug, whichever one the interpreter has installed
+    env = {"SKINAUG_MODEL": str(generator_model["model"]), "PATH": "/usr/bin:/bin",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -117,6 +117,7 @@ def prior(
     res_blocks: Annotated[Optional[int], typer.Option("--res-blocks", min=1, help="Gated residual blocks per block.")] = None,
     kernel_size: Annotated[Optional[int], typer.Option("--kernel-size", min=2, help="Causal convolution kernel.")] = None,
     dropout: Annotated[Optional[float], typer.Option("--dropout", min=0.0, max=0.9, help="Dropout while training (default 0.1; with --init the source's, but it may change).")] = None,
+    attention: Annotated[Optional[str], typer.Option("--attention", help="fixed (attention sees every earlier code, as in PixelSNAIL; default) or legacy (the priors of skinaug 0.1); with --init the source's.")] = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     resume: ResumeOpt = False,
@@ -141,7 +142,13 @@ def prior(
     set_quiet(quiet)
     from ..train_prior import PriorOptions, train_priors
 
-    overrides = {"channels": channels, "n_blocks": blocks, "n_res_blocks": res_blocks, "kernel_size": kernel_size, "dropout": dropout}
+    from ..errors import UsageError
+    from ..priors.config import ATTENTION_KINDS
+
+    if attention is not None and attention not in ATTENTION_KINDS:
+        raise UsageError(f"--attention must be fixed or legacy, not {attention}")
+    overrides = {"channels": channels, "n_blocks": blocks, "n_res_blocks": res_blocks, "kernel_size": kernel_size, "dropout": dropout,
+                 "attention_sees_own_code": None if attention is None else ATTENTION_KINDS[attention]}
     options = PriorOptions(arch=arch, classes=None if classes == "all" else [c.strip() for c in classes.split(",") if c.strip()],
                            unconditional=unconditional, epochs=epochs, batch_size=batch_size, lr=lr, val_fraction=val_fraction,
                            seed=seed, device=device, overrides=overrides)

@@ -17,7 +17,9 @@ Graphs (float32; names are the graph's input and output names, B a dynamic batch
                         above_0 .. above_m (W, B, out) -> logits (B * S, K), rows_1 .. rows_n (S, B, C), key_a,
                         value_a (B, C)
     prior_L_row.onnx    raster order only: the convs' above-tap sums of a whole row (see `RowGraph`)
-    prior_L_embed.onnx  codes (S, B) -> embedded (S, B, C): the drawn codes' embeddings, for grid_0
+    prior_L_embed.onnx  codes (S, B) [, partial_key_a, partial_value_a (B, C)] -> embedded (S, B, C) [, key_a,
+                        value_a (B, C)]: the drawn codes' embeddings, for grid_0; with attention whose keys see their
+                        own code, the step's key_a, value_a completed with it (see `EmbedGraph`)
 
 `skinaug export onnx --model M` writes M/onnx/ and M/config.json["onnx"]; `--out DIR` leaves M alone and makes DIR a
 model directory of its own (config.json, model card and weights copied, plus DIR/onnx/), for a model that is
@@ -108,14 +110,24 @@ class ConditionGraph(nn.Module):
 
 class EmbedGraph(nn.Module):
     """codes (S, B) -> embedded (S, B, C): the drawn codes' embeddings, which the runtime writes into grid_0 in
-    place."""
+    place. With attention whose keys see their position's own code (raster order, S = 1), also per such layer a:
+    partial_key_a, partial_value_a (B, C), the step's key and value outputs -> key_a, value_a (B, C), completed with
+    the drawn code as `CausalSelfAttention.write_code` does, which the runtime binds into the key/value caches."""
 
-    def __init__(self, prior):
+    def __init__(self, prior, code_readers: tuple = ()):
         super().__init__()
         self.embed = prior.embed
+        self.own_code = nn.ModuleList(layer.own_code for layer in code_readers)
 
-    def forward(self, codes: Tensor):
-        return self.embed(codes)
+    def forward(self, codes: Tensor, *partial: Tensor):
+        embedded = self.embed(codes)
+        if not len(self.own_code):
+            return embedded
+        completed = []
+        for a, own_code in enumerate(self.own_code):
+            key, value = own_code(embedded[0]).chunk(2, dim=-1)
+            completed += [partial[2 * a] + key, partial[2 * a + 1] + value]
+        return (embedded, *completed)
 
 
 class _StepGrid:
@@ -162,21 +174,28 @@ class _StepGrid:
 
 class _StepKeyValues:
     """An attention layer's keys and values as the exported step sees them: two read-only inputs (L, B, C),
-    position-major, holding a dummy slot 0 (masked) and then positions 0 .. p - 1: the valid prefix of the cache,
-    never empty. The position's own key and value become graph outputs, bound into slot p + 1. One slot per step
-    (attention samples in raster order)."""
+    position-major, holding a dummy slot 0 (zero, masked) and then positions 0 .. p - 1: the valid prefix of the
+    cache, never empty. The position's own key and value become graph outputs, bound into slot p + 1 (with `earlier`,
+    keys that see their own code: first completed by the embed graph, see `EmbedGraph`). One slot per step (attention
+    samples in raster order)."""
 
     def __init__(self, keys: Tensor | None, values: Tensor | None, heads: int, head_dim: int):
         self.keys, self.values, self.heads, self.head_dim, self.written = keys, values, heads, head_dim, None
 
-    def attend(self, step, query: Tensor, key_value: Tensor) -> Tensor:
+    def attend(self, step, query: Tensor, key_value: Tensor, earlier: bool = False) -> Tensor:
         batch, channels = step.batch, query.shape[1]
         key, value = key_value[:, :channels], key_value[:, channels:]
         self.written = (key, value)
         heads = (batch, self.heads, self.head_dim)
         query = query.reshape(heads)
         prefix = (self.keys.reshape(-1, *heads) * query).sum(-1)  # (L, B, heads)
-        first = torch.arange(prefix.shape[0])[:, None, None] == 0
+        index = torch.arange(prefix.shape[0])[:, None, None]
+        if earlier:
+            # the prefix alone; its dummy slot is masked unless it is all there is: position 0 then attends to zero
+            dummy = (index == 0) & (index[-1] > 0)
+            weights = torch.where(dummy, torch.full_like(prefix, float("-inf")), prefix).softmax(dim=0)
+            return (weights[..., None] * self.values.reshape(-1, *heads)).sum(0).reshape(batch, channels)
+        first = index == 0
         prefix = torch.where(first, torch.full_like(prefix, float("-inf")), prefix)
         own = (key.reshape(heads) * query).sum(-1)[None]
         weights = torch.cat([prefix, own]).softmax(dim=0)  # (L + 1, B, heads)
@@ -192,7 +211,7 @@ class _StepSpec:
     def __init__(self, batch, layout, rows_above: bool, grids: list | None = None, key_values: list | None = None):
         self.batch, self.layout = batch, layout
         self.dtype, self.device = torch.float32, torch.device("cpu")
-        self.rows_above, self.conv_steps = rows_above, []
+        self.rows_above, self.conv_steps, self.code_readers = rows_above, [], []
         self.grid_inputs, self.key_value_inputs = grids, key_values
         self.grids: list[_StepGrid] = []
         self.key_values: list[_StepKeyValues] = []
@@ -269,7 +288,7 @@ class StepGraph(nn.Module):
         config = prior.config
         self.layout = GridLayout(config.height, config.width, config.kernel_size)
         self.rows_above = prior.wavefront_skew is None
-        self.grid_channels, self.attention_channels, self.row_channels = self.caches()
+        self.grid_channels, self.attention_channels, self.row_channels, self.code_readers = self.caches()
 
     def start(self, spec, labels):
         """The sampling state on `spec`'s caches, with the condition stack left out (its output is an input here)."""
@@ -279,15 +298,16 @@ class StepGraph(nn.Module):
         finally:
             self.prior.condition_stack = stack
 
-    def caches(self) -> tuple[list[int], list[int], list[int]]:
+    def caches(self) -> tuple[list[int], list[int], list[int], list]:
         """Channels of each grid (creation order, the embedded codes first), of each attention layer, and of each
-        conv's row sums (`ConvStep.rows`, in creation order; none in wavefront order)."""
+        conv's row sums (`ConvStep.rows`, in creation order; none in wavefront order); and the attention layers whose
+        keys see their position's own code, in creation order (`CacheSpec.code_readers`)."""
         config = self.prior.config
         spec = _StepSpec(1, self.layout, self.rows_above)
         with torch.no_grad():
             self.start(spec, torch.zeros(1, dtype=torch.long) if config.num_classes else None)
         return ([g.channels for g in spec.grids], [kv.heads * kv.head_dim for kv in spec.key_values],
-                [conv.rows.shape[-1] for conv in spec.conv_steps])
+                [conv.rows.shape[-1] for conv in spec.conv_steps], [layer for layer, _ in spec.code_readers])
 
     def forward(self, raster: Tensor, windows: Tensor, *inputs: Tensor):
         from ..priors.cache import Step
@@ -535,16 +555,27 @@ def _export_prior(prior, level: str, out: Path, opset: int, batch: int, generato
                             ["logits", *row_names, *new_kv_names], dynamic, opset)
     entry["step"].update(grids=grid_channels, attention=attention_channels, above=row_channels,
                          kernel_size=config.kernel_size, schedule="raster" if graph.rows_above else "wavefront",
-                         skew=prior.wavefront_skew)
+                         skew=prior.wavefront_skew, own_code=bool(graph.code_readers))
     if graph.rows_above:
         row_windows = torch.randint(positions + 1, (layout.width, layout.r * config.kernel_size), generator=generator)
         entry["row"] = _export(RowGraph(graph), (row_windows, *caches[: len(grid_channels)]),
                                out / f"prior_{level}_row.onnx", ["row_windows", *grid_names], above_names,
                                {name: {1: "batch"} for name in grid_names + above_names}, opset)
-    codes = torch.randint(config.codebook_size, (2, batch), generator=generator)
-    entry["embed"] = _export(EmbedGraph(prior), (codes,), out / f"prior_{level}_embed.onnx", ["codes"], ["embedded"],
-                             {"codes": {0: "slots", 1: "batch"}, "embedded": {0: "slots", 1: "batch"}}, opset)
+    entry["embed"] = _export_embed(prior, graph, level, out, opset, batch, generator)
     return entry
+
+
+def _export_embed(prior, graph: StepGraph, level: str, out: Path, opset: int, batch: int, generator) -> dict:
+    """The embed graph (`EmbedGraph`): with own-code attention, one code per step completes its keys and values."""
+    readers = graph.code_readers  # attention layer a is the a-th key/value cache (each makes its cache, then registers)
+    codes = torch.randint(prior.config.codebook_size, (1 if readers else 2, batch), generator=generator)
+    kinds = [(a, kind) for a in range(len(readers)) for kind in ("key", "value")]
+    partial = [torch.randn(batch, graph.attention_channels[a], generator=generator) for a, _ in kinds]
+    inputs, outputs = [f"partial_{kind}_{a}" for a, kind in kinds], [f"{kind}_{a}" for a, kind in kinds]
+    dynamic = {"codes": {0: "slots", 1: "batch"}, "embedded": {0: "slots", 1: "batch"}}
+    dynamic.update({name: {0: "batch"} for name in inputs + outputs})
+    return _export(EmbedGraph(prior, readers), (codes, *partial), out / f"prior_{level}_embed.onnx",
+                   ["codes", *inputs], ["embedded", *outputs], dynamic, opset)
 
 
 # ----------------------------------------------------------------------------------------------- parity

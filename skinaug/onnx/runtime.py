@@ -306,7 +306,8 @@ class OnnxPrior:
         the caches at the step's cells and slot. The drawn codes' embeddings go into grid 0 through the embed graph
         the same way. In raster order, at the start of each image row, the row graph sums every conv's taps on the
         rows above for the whole row (one large matmul per conv) into buffers that the row's steps read, so a step
-        gathers only the taps to its left. Only the logits come back to the host, where codes are drawn."""
+        gathers only the taps to its left. Only the logits come back to the host, where codes are drawn. Keys that see
+        their own code wait for it: the embed graph completes them on their way into the cache (`EmbedGraph`)."""
         check_draw_args(temperature, top_k)
         positions, width = self.height * self.width, self.width
         uniforms = self._uniforms(uniforms, rng, n, positions)
@@ -318,46 +319,28 @@ class OnnxPrior:
         session = self.model.session(step["file"], spinning=True)
         embed = self.model.session(self.entry["embed"]["file"], threads=1)
         device, device_id = session_device(session)
-        ort = self.model.ort
 
         def buffer(key, shape) -> object:  # zeros: the zero cell and the dummy key/value slot stay zero
             return self._zeros(key, shape, device, device_id)
 
         binding, wanted = session.io_binding(), set(step["inputs"])
         if "labels" in wanted:
-            binding.bind_ortvalue_input("labels", ort.OrtValue.ortvalue_from_numpy(extra["labels"], device, device_id))
-        if "condition" in extra:
-            stack = self.model.session(self.entry["condition"]["file"])
-            stack_binding = stack.io_binding()
-            stack_binding.bind_cpu_input("condition", extra["condition"])
-            stack_binding.bind_output("condition_features", device, device_id)
-            stack.run_with_iobinding(stack_binding)
-            features = stack_binding.get_outputs()[0]
-            if "condition_features" in wanted:
-                binding.bind_ortvalue_input("condition_features", features)
-        grids = [buffer(("grid", i), (positions + 1, n, channels)) for i, channels in enumerate(step["grids"])]
-        for index, grid in enumerate(grids):
-            if f"grid_{index}" in wanted:
-                binding.bind_ortvalue_input(f"grid_{index}", grid)
-        key_values = [(buffer(("keys", a), (positions + 1, n, channels)),
-                       buffer(("values", a), (positions + 1, n, channels)), channels)
-                      for a, channels in enumerate(step["attention"])]
+            binding.bind_ortvalue_input("labels", self.model.ort.OrtValue.ortvalue_from_numpy(extra["labels"], device,
+                                                                                             device_id))
+        if "condition" in extra and "condition_features" in wanted:
+            binding.bind_ortvalue_input("condition_features", self._condition_features(extra["condition"], device, device_id))
+        grids, key_values = self._caches(buffer, binding, wanted, n)
         # raster order: the convs' above-tap sums of the current row, written by the row graph and read by the
         # steps; zero for row 0, whose rows above are padding
         sums = [buffer(("above", k), (width, n, channels)) for k, channels in enumerate(step["above"])]
         if sums:
-            rows = self.model.session(self.entry["row"]["file"])
-            row_binding, row_inputs = rows.io_binding(), set(self.entry["row"]["inputs"])
-            for index, grid in enumerate(grids):
-                if f"grid_{index}" in row_inputs:
-                    row_binding.bind_ortvalue_input(f"grid_{index}", grid)
-            for index, value in enumerate(sums):
-                row_binding.bind_ortvalue_output(f"above_{index}", value)
-                if f"above_{index}" in wanted:
-                    binding.bind_ortvalue_input(f"above_{index}", value)
+            rows, row_binding = self._row_graph(grids, sums, binding, wanted)
         widest = max(len(members) for members in steps)
         logits = np.empty((n * widest, self.codebook_size), np.float32)
         embed_binding = embed.io_binding()
+        own_code = step.get("own_code", False)  # keys that see their own code: completed by the embed graph
+        if own_code:
+            self._bind_partial(binding, embed_binding, key_values, buffer)
         codes = np.zeros((n, positions), np.int64)
         logits_out = np.zeros((n, positions, self.codebook_size), np.float32) if return_logits else None
         size = np.dtype(np.float32).itemsize
@@ -369,8 +352,7 @@ class OnnxPrior:
         for members in steps:
             slots, first = len(members), int(members[0])
             if sums and slots == 1 and first % width == 0 and first:  # a new row: sums from the rows now complete
-                row = np.ascontiguousarray(row_windows[first // width])
-                row_binding.bind_cpu_input("row_windows", row)
+                row_binding.bind_cpu_input("row_windows", np.ascontiguousarray(row_windows[first // width]))
                 rows.run_with_iobinding(row_binding)
             raster, step_windows = np.ascontiguousarray(members), np.ascontiguousarray(windows[members])
             binding.bind_cpu_input("raster", raster)
@@ -378,13 +360,9 @@ class OnnxPrior:
             for index, (grid, channels) in enumerate(zip(grids[1:], step["grids"][1:]), start=1):
                 binding.bind_output(f"rows_{index}", device, device_id, np.float32, [slots, n, channels],
                                     at(grid, cell, channels))
-            for a, (keys, values, channels) in enumerate(key_values):  # one position per step: p = first
-                for kind, cache in (("keys", keys), ("values", values)):
-                    if f"{kind}_{a}" in wanted:  # slots 0 (a dummy) .. p: the valid prefix
-                        binding.bind_input(f"{kind}_{a}", device, device_id, np.float32, [first + 1, n, channels],
-                                           cache.data_ptr())
-                    binding.bind_output(f"{kind[:-1]}_{a}", device, device_id, np.float32, [n, channels],
-                                        at(cache, first + 1, channels))
+            if key_values:
+                self._bind_key_values(binding, embed_binding if own_code else binding, key_values, wanted, first, n,
+                                      device, device_id)
             binding.bind_output("logits", "cpu", 0, np.float32, [n * slots, self.codebook_size], logits.ctypes.data)
             session.run_with_iobinding(binding)
             if device != "cpu":
@@ -405,6 +383,65 @@ class OnnxPrior:
         if not return_logits:
             return codes
         return codes, logits_out.transpose(0, 2, 1).reshape(n, -1, self.height, self.width)
+
+    def _caches(self, buffer, binding, wanted: set, n: int) -> tuple[list, list]:
+        """The grids, bound as the step's inputs, and the key/value caches with their channels, all zeroed:
+        (positions + 1, n, C) each (a zero cell, or a dummy slot, then one per position)."""
+        step, blocks = self.entry["step"], self.height * self.width + 1
+        grids = [buffer(("grid", i), (blocks, n, channels)) for i, channels in enumerate(step["grids"])]
+        for index, grid in enumerate(grids):
+            if f"grid_{index}" in wanted:
+                binding.bind_ortvalue_input(f"grid_{index}", grid)
+        key_values = [(buffer(("keys", a), (blocks, n, channels)), buffer(("values", a), (blocks, n, channels)), channels)
+                      for a, channels in enumerate(step["attention"])]
+        return grids, key_values
+
+    @staticmethod
+    def _bind_key_values(binding, output_binding, key_values: list, wanted: set, first: int, n: int, device: str,
+                         device_id: int) -> None:
+        """A step's key/value caches (one position per step, p = first): the valid prefix, slots 0 (a dummy) .. p, as
+        inputs; slot p + 1 where the position's key and value land, as outputs of `output_binding` (the step's, or
+        the embed graph's when keys see their own code)."""
+        size = np.dtype(np.float32).itemsize
+        for a, (keys, values, channels) in enumerate(key_values):
+            for kind, cache in (("keys", keys), ("values", values)):
+                if f"{kind}_{a}" in wanted:
+                    binding.bind_input(f"{kind}_{a}", device, device_id, np.float32, [first + 1, n, channels],
+                                       cache.data_ptr())
+                output_binding.bind_output(f"{kind[:-1]}_{a}", device, device_id, np.float32, [n, channels],
+                                           cache.data_ptr() + (first + 1) * n * channels * size)
+
+    def _condition_features(self, condition: np.ndarray, device: str, device_id: int):
+        """The condition stack's output for the step graph, left on the device (an OrtValue)."""
+        stack = self.model.session(self.entry["condition"]["file"])
+        stack_binding = stack.io_binding()
+        stack_binding.bind_cpu_input("condition", condition)
+        stack_binding.bind_output("condition_features", device, device_id)
+        stack.run_with_iobinding(stack_binding)
+        return stack_binding.get_outputs()[0]
+
+    def _row_graph(self, grids: list, sums: list, binding, wanted: set):
+        """The row graph's session and binding: it reads the grids and writes the above-tap sums the steps read."""
+        rows = self.model.session(self.entry["row"]["file"])
+        row_binding, row_inputs = rows.io_binding(), set(self.entry["row"]["inputs"])
+        for index, grid in enumerate(grids):
+            if f"grid_{index}" in row_inputs:
+                row_binding.bind_ortvalue_input(f"grid_{index}", grid)
+        for index, value in enumerate(sums):
+            row_binding.bind_ortvalue_output(f"above_{index}", value)
+            if f"above_{index}" in wanted:
+                binding.bind_ortvalue_input(f"above_{index}", value)
+        return rows, row_binding
+
+    @staticmethod
+    def _bind_partial(binding, embed_binding, key_values, buffer) -> None:
+        """Keys that see their own code: each step's key and value outputs go to a buffer per layer and kind, which
+        the embed graph reads and completes with the drawn code (`EmbedGraph`)."""
+        for a, (keys, _, channels) in enumerate(key_values):
+            for kind in ("key", "value"):
+                partial = buffer((f"partial_{kind}", a), (keys.shape()[1], channels))
+                binding.bind_ortvalue_output(f"{kind}_{a}", partial)
+                embed_binding.bind_ortvalue_input(f"partial_{kind}_{a}", partial)
 
     def sample_reference(self, labels=None, condition=None, *, n: int, temperature: float = 1.0,
                          top_k: int | None = None, uniforms: np.ndarray | None = None,

@@ -76,10 +76,10 @@ class CausalPrior(nn.Module, metaclass=ABCMeta):
         if self.condition_stack is not None:  # (B, H * W + 1, C): raster order plus the scratch position
             features = self.condition_stack(condition).flatten(2).transpose(1, 2)
             features = spec.cast(F.pad(features, (0, 0, 0, 1)))
+        body = self.start_body(spec, labels, embedded)
         return SimpleNamespace(
             embedded=embedded, embedding=spec.cast(self.embed.weight), condition=features,
-            head=spec.linear(self.head.weight, self.head.bias),
-            body=self.start_body(spec, labels, embedded))
+            head=spec.linear(self.head.weight, self.head.bias), body=body, code_readers=list(spec.code_readers))
 
     def step(self, state: SimpleNamespace, step: Step) -> Tensor:
         """Logits (batch * slots, K) in float32 at the step's positions; their codes' windows must be written."""
@@ -89,7 +89,10 @@ class CausalPrior(nn.Module, metaclass=ABCMeta):
 
     def write_codes(self, state: SimpleNamespace, step: Step, codes: Tensor) -> None:
         """Make the drawn codes (batch * slots,) visible to later positions."""
-        state.embedded.write(step, state.embedding.index_select(0, codes))
+        embedded = state.embedding.index_select(0, codes)
+        state.embedded.write(step, embedded)
+        for layer, layer_state in state.code_readers:  # attention whose keys see their position's own code
+            layer.write_code(layer_state, step, embedded)
 
     @abstractmethod
     def body(self, embedded: Tensor, labels: Tensor | None, condition: Tensor | None) -> Tensor:

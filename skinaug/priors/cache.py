@@ -159,8 +159,9 @@ class Grid:
 class KeyValueCache:
     """Attention keys and values of the positions sampled so far, by raster index: (2, B, heads, slots, head_dim),
     slots = H * W + 1 (the last is scratch) rounded up to a multiple of 16. A position attends to the slots up to its
-    own; when the step knows how far its positions reach (`Step.kv_length`, the eager loop's host-side plan), only
-    that prefix is read, else the whole cache, masked (static shapes for CUDA graphs and torch.compile)."""
+    own (or only those before it: `attend`'s `earlier`); when the step knows how far its positions reach
+    (`Step.kv_length`, the eager loop's host-side plan), only that prefix is read, else the whole cache, masked (static
+    shapes for CUDA graphs and torch.compile)."""
 
     def __init__(self, batch: int, heads: int, head_dim: int, positions: int, dtype: torch.dtype,
                  device: torch.device):
@@ -169,20 +170,31 @@ class KeyValueCache:
         self.data = torch.zeros(2, batch, heads, slots, head_dim, dtype=dtype, device=device)
         self.slot_index = torch.arange(slots, device=device)
 
-    def attend(self, step: Step, query: Tensor, key_value: Tensor) -> Tensor:
+    def attend(self, step: Step, query: Tensor, key_value: Tensor, earlier: bool = False) -> Tensor:
         """query (batch * slots, C), key_value (batch * slots, 2C) at the step's positions -> attended
-        (batch * slots, C). The keys and values are stored first: a position attends to itself."""
+        (batch * slots, C). The keys and values are stored first: a position attends to itself, or with `earlier`
+        only to the positions before it (zeros for position 0, which has none)."""
         batch, slots = step.batch, step.slots
-        # (B * slots, 2C) -> (2, B, heads, slots, head_dim), to each position's raster slot
-        self.data.index_copy_(3, step.raster, key_value.reshape(batch, slots, 2, self.heads, -1).permute(2, 0, 3, 1, 4))
+        self.data.index_copy_(3, step.raster, self._by_slot(step, key_value))
         cache, slot_index = self.data, self.slot_index
         if step.kv_length is not None:
             cache, slot_index = cache[:, :, :, : step.kv_length], slot_index[: step.kv_length]
         # a handful of queries against the cache: plain matmuls, where fused kernels would tile 64 queries at a time
         query = query.reshape(batch, slots, self.heads, -1).transpose(1, 2)
         scores = torch.matmul(query, cache[0].transpose(-1, -2))
-        scores.masked_fill_(slot_index > step.raster[:, None], float("-inf"))
-        return torch.matmul(scores.softmax(dim=-1), cache[1]).transpose(1, 2).reshape(batch * slots, -1)
+        hidden = slot_index >= step.raster[:, None] if earlier else slot_index > step.raster[:, None]
+        weights = scores.masked_fill_(hidden, float("-inf")).softmax(dim=-1)
+        if earlier:  # position 0 masks every slot: its NaN weights become zeros, and so does what it attends
+            weights = weights.nan_to_num_(0.0)
+        return torch.matmul(weights, cache[1]).transpose(1, 2).reshape(batch * slots, -1)
+
+    def add(self, step: Step, key_value: Tensor) -> None:
+        """Adds key_value (batch * slots, 2C) to the stored keys and values of the step's positions."""
+        self.data.index_copy_(3, step.raster, self.data.index_select(3, step.raster) + self._by_slot(step, key_value))
+
+    def _by_slot(self, step: Step, key_value: Tensor) -> Tensor:
+        """(batch * slots, 2C) -> (2, B, heads, slots, head_dim), the cache's layout."""
+        return key_value.reshape(step.batch, step.slots, 2, self.heads, -1).permute(2, 0, 3, 1, 4)
 
 
 class StepMatmul:
@@ -279,7 +291,8 @@ class CacheSpec:
     """Batch size, grid, dtype and device of one sampling call: what layers need to set up their caches.
     packed: step matmuls with prepacked oneDNN weights (`StepMatmul`); never under torch.compile.
     rows_above: convs sum their above taps once per image row (`ConvStep`); the sampler then calls `row` on every
-    one in `conv_steps` at the start of each row (raster order, eager loop only)."""
+    one in `conv_steps` at the start of each row (raster order, eager loop only). code_readers: the layers whose caches
+    also take the drawn codes (attention whose keys see their position's own code)."""
 
     batch: int
     layout: GridLayout
@@ -288,6 +301,7 @@ class CacheSpec:
     packed: bool = False
     rows_above: bool = False
     conv_steps: list = field(default_factory=list)
+    code_readers: list = field(default_factory=list)  # (layer, state): `layer.write_code` after every draw
 
     def grid(self, channels: int) -> Grid:
         return Grid(self.batch, self.layout, channels, self.dtype, self.device)

@@ -8,6 +8,8 @@ from ..errors import UsageError
 
 ARCHS = ("pixelsnail", "gated-pixelcnn")
 LEVELS = ("top", "bottom")
+OWN_CODE_FIELD = "attention_sees_own_code"  # absent from configs written before it: False there
+ATTENTION_KINDS = {"fixed": True, "legacy": False}  # `train prior --attention`: values of attention_sees_own_code
 
 # The reference (256px images) models a 32x32 top and a 64x64 bottom map with 256 channels and 4 blocks of 4.
 # Smaller grids get smaller networks: (min side / reference side at least, channels, blocks, res blocks per block).
@@ -35,6 +37,11 @@ class PriorConfig:
     condition_height: int = 0  # ... and this shape, through a non-causal stack upsampled to the grid
     condition_width: int = 0
     n_cond_res_blocks: int = 3
+    # PixelSNAIL's attention: the key and value at p also read the code at p (its embedding), and p attends to the
+    # positions before it only. False: the attention of priors made before this field existed ("legacy"), whose keys
+    # carry only the codes before their position, so a row's last codes stay hidden from the start of the next row.
+    # A config without the field is legacy (`from_dict`).
+    attention_sees_own_code: bool = True
 
     def __post_init__(self) -> None:
         problems = []
@@ -68,7 +75,12 @@ class PriorConfig:
         return self.condition_codebook_size > 0
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        # legacy attention is the field's absence: configs written before it round-trip unchanged (and so do the
+        # prior fingerprints made from them)
+        if not d[OWN_CODE_FIELD]:
+            del d[OWN_CODE_FIELD]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> PriorConfig:
@@ -76,7 +88,7 @@ class PriorConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise UsageError(f"unknown prior config keys: {', '.join(unknown)}")
-        return cls(**d)
+        return cls(**{OWN_CODE_FIELD: False, **d})
 
     @classmethod
     def default_for(cls, level: str, codebook_size: int, height: int, width: int, num_classes: int,

@@ -4,8 +4,9 @@ The reference algorithm re-runs the whole prior for every position. Here every l
 reads lives in a per-layer cache grid (`cache.py`); a step gathers each conv's window at the step's positions (one
 index and one matmul per conv), pushes those positions through every layer, writes each layer's inputs back to its
 grid, draws the codes and writes their embeddings where later windows will read them. Attention keeps a key/value
-cache and masks it to the positions sampled so far. Class embeddings, the top-code condition stack, positional
-projections and packed weights are computed once per call, before the loop.
+cache and masks it to the positions sampled so far; where keys see their position's own code, a position's key and
+value are completed with its code after the draw (`CausalSelfAttention.write_code`). Class embeddings, the top-code
+condition stack, positional projections and packed weights are computed once per call, before the loop.
 
 Schedule: with attention, one position per step in raster order. Without it, a position's dependence on row i - m
 reaches at most m * r columns right of it (r = kernel_size // 2), so row i runs r + 1 columns behind row i - 1 and

@@ -79,16 +79,16 @@ class GatedBlock(nn.Module):
             GatedStackLayer(c.channels, c.kernel_size, first and index == 0, c.dropout, c.num_classes,
                             condition_channels)
             for index in range(c.n_res_blocks))
-        # on the horizontal stack, keys and values from it alone: the block input of the first block is the
-        # embedded codes themselves
-        self.attention = (CausalSelfAttention(c.channels, c.n_heads, c.dropout, 0, c.height, c.width)
-                          if c.attention else None)
+        # on the horizontal stack, keys and values from it alone (and the embedded codes): the block input of the
+        # first block is the embedded codes themselves
+        self.attention = (CausalSelfAttention(c.channels, c.n_heads, c.dropout, 0, c.height, c.width,
+                                              sees_own_code=c.attention_sees_own_code) if c.attention else None)
 
-    def forward(self, v: Tensor, h: Tensor, labels: Tensor | None,
-                condition: Tensor | None) -> tuple[Tensor, Tensor]:
+    def forward(self, v: Tensor, h: Tensor, labels: Tensor | None, condition: Tensor | None,
+                codes: Tensor) -> tuple[Tensor, Tensor]:
         for layer in self.layers:
             v, h = layer(v, h, labels, condition)
-        return v, (h if self.attention is None else self.attention(h))
+        return v, (h if self.attention is None else self.attention(h, codes=codes))
 
     def start(self, spec: CacheSpec, labels: Tensor | None, embedded: Grid) -> SimpleNamespace:
         return SimpleNamespace(layers=[layer.start(spec, labels, embedded) for layer in self.layers],
@@ -112,7 +112,7 @@ class GatedPixelCNN(CausalPrior):
     def body(self, embedded: Tensor, labels: Tensor | None, condition: Tensor | None) -> Tensor:
         v = h = embedded
         for block in self.blocks:
-            v, h = block(v, h, labels, condition)
+            v, h = block(v, h, labels, condition, embedded)
         return h
 
     def start_body(self, spec: CacheSpec, labels: Tensor | None, embedded: Grid) -> SimpleNamespace:

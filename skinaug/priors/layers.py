@@ -1,7 +1,8 @@
 """Building blocks of both priors. Each cached layer has a full-grid `forward` and, next to it, a `step` computing
 the same function at one sampling step's positions from its caches (see `cache.py`).
 
-Causality: an activation at position p = (i, j) depends only on codes strictly before p in raster order. Every causal
+Causality: an activation at position p = (i, j) depends only on codes strictly before p in raster order (keys and
+values of attention that sees each position's own code aside: they are read only by later positions). Every causal
 conv reads r = kernel_size // 2 rows above (k columns centred on j) and/or up to r columns to the left on row i, with
 or without the centre. So a position can be pushed through all layers as soon as its window is written, and an
 activation's dependence on row i - m reaches at most m * r columns right of j, which lets the sampler run rows as a
@@ -130,17 +131,26 @@ def grid_coordinates(height: int, width: int) -> Tensor:
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head self-attention in which position p attends to positions <= p, merged through a gated residual.
+    """Multi-head self-attention over earlier positions, merged through a gated residual.
 
-    Queries come from h, keys and values from h and, for PixelSNAIL, the block input (`context`). Keys and values at
-    p are functions of codes before p, so p may attend to itself (and position 0 is never left with nothing). Row and
-    column coordinates enter as additive projections, which the sampler tabulates once per call."""
+    Queries come from h, keys and values from h and, for PixelSNAIL, the block input (`context`). Row and column
+    coordinates enter as additive projections, which the sampler tabulates once per call.
 
-    def __init__(self, channels: int, n_heads: int, dropout: float, context_channels: int, height: int, width: int):
+    sees_own_code (PixelSNAIL's attention): the key and value at p also read the embedded code at p (`codes`), and p
+    attends to the positions before it only, so every code is visible to every later position. Position 0 has nothing
+    before it: its attended vector is zero. When sampling, p's key and value are complete once its code is drawn
+    (`write_code`). Otherwise (legacy priors) keys and values at p carry only codes before p and p attends to itself
+    too: a code reaches attention only through a later position's convolutions, which hides a row's last codes from
+    the start of the next row.
+    """
+
+    def __init__(self, channels: int, n_heads: int, dropout: float, context_channels: int, height: int, width: int,
+                 sees_own_code: bool = False):
         super().__init__()
         self.n_heads, self.dropout = n_heads, dropout
         self.query = nn.Linear(channels, channels)
         self.key_value = nn.Linear(context_channels + channels, 2 * channels)
+        self.own_code = nn.Linear(channels, 2 * channels, bias=False) if sees_own_code else None
         self.position = nn.Linear(2, 3 * channels, bias=False)
         self.merge = nn.Linear(2 * channels, 2 * channels)
         self.register_buffer("coordinates", grid_coordinates(height, width), persistent=False)
@@ -148,41 +158,70 @@ class CausalSelfAttention(nn.Module):
     def _heads(self, x: Tensor) -> Tensor:  # (B, n, C) -> (B, heads, n, C / heads)
         return x.unflatten(-1, (self.n_heads, -1)).transpose(1, 2)
 
-    def forward(self, h: Tensor, context: Tensor | None = None) -> Tensor:
+    def forward(self, h: Tensor, context: Tensor | None = None, codes: Tensor | None = None) -> Tensor:
+        """h and context (B, C, H', W); codes: the embedded codes (B, C, H', W), read when the keys see them."""
         batch, channels, height, width = h.shape
         tokens = h.flatten(2).transpose(1, 2)
         kv_input = tokens if context is None else torch.cat([context.flatten(2).transpose(1, 2), tokens], dim=-1)
         position = self.position(self.coordinates[: height * width])
         query = self.query(tokens) + position[:, :channels]
-        key, value = (self.key_value(kv_input) + position[:, channels:]).chunk(2, dim=-1)
-        attended = F.scaled_dot_product_attention(
-            self._heads(query), self._heads(key), self._heads(value), is_causal=True,
-            dropout_p=self.dropout if self.training else 0.0)
+        key_value = self.key_value(kv_input) + position[:, channels:]
+        if self.own_code is not None:
+            key_value = key_value + self.own_code(codes.flatten(2).transpose(1, 2))
+        query, key, value = (self._heads(t) for t in (query, *key_value.chunk(2, dim=-1)))
+        dropout = self.dropout if self.training else 0.0
+        if self.own_code is None:
+            attended = F.scaled_dot_product_attention(query, key, value, is_causal=True, dropout_p=dropout)
+        else:
+            attended = attend_earlier(query, key, value, dropout)
         merged = self.merge(torch.cat([F.elu(tokens), attended.transpose(1, 2).flatten(2)], dim=-1))
         out = tokens + F.glu(merged, dim=-1)
         return out.transpose(1, 2).reshape(batch, channels, height, width)
 
     def start(self, spec: CacheSpec) -> SimpleNamespace:
         """One matmul's weight and per-position bias table for query, key and value from [context, h] (the query
-        ignores the context and carries the softmax scale), and a key/value cache (`cache.KeyValueCache`)."""
+        ignores the context and carries the softmax scale), and a key/value cache (`cache.KeyValueCache`). With
+        sees_own_code, also the projection of the drawn codes' embeddings, which `write_code` adds to the cache."""
         channels = self.query.weight.shape[0]
         scale = (channels // self.n_heads) ** -0.5
         context_channels = self.key_value.weight.shape[1] - channels
         query_weight = F.pad(self.query.weight, (context_channels, 0)) * scale
         table = self.position(self.coordinates) + torch.cat([self.query.bias, self.key_value.bias])
         table = torch.cat([table[:, :channels] * scale, table[:, channels:]], dim=1)
-        return SimpleNamespace(
+        state = SimpleNamespace(
             qkv=spec.linear(torch.cat([query_weight, self.key_value.weight])), table=spec.cast(F.pad(table, (0, 0, 0, 1))),
             merge=spec.linear(self.merge.weight, self.merge.bias),
-            cache=spec.key_value_cache(self.n_heads, channels // self.n_heads))
+            cache=spec.key_value_cache(self.n_heads, channels // self.n_heads), own_code=None)
+        if self.own_code is not None:
+            state.own_code = spec.linear(self.own_code.weight)
+            spec.code_readers.append((self, state))
+        return state
 
     def step(self, state: SimpleNamespace, step: Step, h: Tensor, context: Tensor | None = None) -> Tensor:
         channels = h.shape[1]
         qkv_input = h if context is None else torch.cat([context, h], dim=1)
         qkv = state.qkv(qkv_input, step.rows(state.table))
-        attended = state.cache.attend(step, qkv[:, :channels], qkv[:, channels:])
+        # with sees_own_code the cache keeps the keys and values without their codes until `write_code`; the step's
+        # own positions are not attended to, so nothing reads them before then
+        attended = state.cache.attend(step, qkv[:, :channels], qkv[:, channels:], earlier=self.own_code is not None)
         merged = state.merge(torch.cat([F.elu(h), attended], dim=1))
         return h + F.glu(merged, dim=1)
+
+    def write_code(self, state: SimpleNamespace, step: Step, embedded: Tensor) -> None:
+        """Completes the keys and values of the step's positions with their drawn codes' embeddings
+        (batch * slots, C)."""
+        state.cache.add(step, state.own_code(embedded))
+
+
+def attend_earlier(query: Tensor, key: Tensor, value: Tensor, dropout: float = 0.0) -> Tensor:
+    """(B, heads, n, d) each -> attended (B, heads, n, d): position p attends to positions before p only, and position
+    0 gets zeros. Queries 1.. against keys ..n-2, causally aligned: query p reads keys 0 .. p - 1 (and fused causal
+    kernels stay usable)."""
+    if query.shape[2] < 2:
+        return torch.zeros_like(query)
+    attended = F.scaled_dot_product_attention(query[:, :, 1:], key[:, :, :-1], value[:, :, :-1], is_causal=True,
+                                              dropout_p=dropout)
+    return F.pad(attended, (0, 0, 1, 0))
 
 
 class _ConditionResidual(nn.Module):

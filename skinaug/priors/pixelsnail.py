@@ -20,15 +20,15 @@ class PixelBlock(nn.Module):
         self.res_blocks = nn.ModuleList(
             GatedResidualBlock(c.channels, c.kernel_size, c.dropout, c.num_classes, condition_channels)
             for _ in range(c.n_res_blocks))
-        # keys and values also read the block input, as in PixelSNAIL
-        self.attention = (CausalSelfAttention(c.channels, c.n_heads, c.dropout, c.channels, c.height, c.width)
-                          if c.attention else None)
+        # keys and values also read the block input (and the embedded codes), as in PixelSNAIL
+        self.attention = (CausalSelfAttention(c.channels, c.n_heads, c.dropout, c.channels, c.height, c.width,
+                                              sees_own_code=c.attention_sees_own_code) if c.attention else None)
 
-    def forward(self, x: Tensor, labels: Tensor | None, condition: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, labels: Tensor | None, condition: Tensor | None, codes: Tensor) -> Tensor:
         h = x
         for res_block in self.res_blocks:
             h = res_block(h, labels, condition)
-        return h if self.attention is None else self.attention(h, context=x)
+        return h if self.attention is None else self.attention(h, context=x, codes=codes)
 
     def start(self, spec: CacheSpec, labels: Tensor | None) -> SimpleNamespace:
         return SimpleNamespace(res_blocks=[block.start(spec, labels) for block in self.res_blocks],
@@ -51,7 +51,7 @@ class PixelSNAIL(CausalPrior):
     def body(self, embedded: Tensor, labels: Tensor | None, condition: Tensor | None) -> Tensor:
         x = self.stem(embedded)
         for block in self.blocks:
-            x = block(x, labels, condition)
+            x = block(x, labels, condition, embedded)
         return x
 
     def start_body(self, spec: CacheSpec, labels: Tensor | None, embedded: Grid) -> SimpleNamespace:

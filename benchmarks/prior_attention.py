@@ -36,7 +36,7 @@ from _common import device_name, print_json
 from skinaug.modeldir import CONFIG, VQVAE_WEIGHTS, ModelDir
 from skinaug.priors.config import ATTENTION_KINDS
 from skinaug.runtime import resolve_device
-from skinaug.train_prior import DEFAULT_LR, PriorOptions, load_prior, train_priors
+from skinaug.train_prior import DEFAULT_LR, PriorOptions, train_priors
 from skinaug.trained_on import TRAINED_ON
 
 
@@ -64,7 +64,7 @@ def train_variant(model: Path, codes: Path, level: str, kind: str, args) -> dict
     with contextlib.redirect_stdout(sys.stderr):
         train_priors(model, codes=codes, level=level, options=options)
     seconds = time.perf_counter() - started
-    prior, _ = load_prior(ModelDir(model), level)
+    prior, _ = ModelDir(model).load_prior(level)
     if not prior.config.attention or prior.config.attention_sees_own_code != ATTENTION_KINDS[kind]:
         raise SystemExit(f"the {level} prior trained for {kind} attention has another config: {prior.config}")
     lines = [json.loads(line) for line in (model / "train" / "metrics.jsonl").read_text().splitlines() if line.strip()]

@@ -18,7 +18,7 @@ from near_ties import assert_same_draws, close_draws
 from skinaug.cli import main
 from skinaug.modeldir import ModelDir
 from skinaug.priors import sample
-from skinaug.train_prior import ENTRY_METADATA, load_prior
+from skinaug.modeldir import PRIOR_ENTRY_METADATA as ENTRY_METADATA
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -44,11 +44,11 @@ def test_the_shipped_priors_load_as_legacy_and_draw_the_codes_they_drew_before()
     model_dir = ModelDir(SHIPPED)
     for level in ("top", "bottom"):
         entry = model_dir.config()["priors"][level]
-        prior, _ = load_prior(model_dir, level)  # a strict load: the weights are the legacy network's, no more
+        prior, _ = model_dir.load_prior(level)  # a strict load: the weights are the legacy network's, no more
         assert "attention_sees_own_code" not in entry and not prior.config.attention_sees_own_code
         assert not [name for name in prior.state_dict() if "own_code" in name]
         assert prior.config.to_dict() == {k: v for k, v in entry.items() if k not in ENTRY_METADATA}
-    top, _ = load_prior(model_dir, "top")
+    top, _ = model_dir.load_prior("top")
     labels = torch.tensor([1, 4])
     uniforms = torch.rand(2, 64, generator=torch.Generator().manual_seed(2024))
     codes = sample(top, labels, uniforms=uniforms)
@@ -67,7 +67,7 @@ def test_train_prior_attention_option_writes_the_choice_into_the_config(generato
                "--overwrite", *TINY_PRIOR) == 0
     entry = json.loads((model / "config.json").read_text())["priors"]["top"]
     assert "attention_sees_own_code" not in entry  # written as skinaug 0.1 wrote it
-    prior, _ = load_prior(ModelDir(model), "top")
+    prior, _ = ModelDir(model).load_prior("top")
     assert prior.config.attention and not prior.config.attention_sees_own_code
     assert not [name for name in prior.state_dict() if "own_code" in name]
 
@@ -82,7 +82,7 @@ def test_train_prior_attention_option_writes_the_choice_into_the_config(generato
     assert run(*start, "--attention", "fixed", *TINY_PRIOR) == 2
     assert f"--attention fixed contradicts the top prior of --init {model} (--attention legacy)" in capsys.readouterr().err
     assert run(*start, *TINY_PRIOR) == 0
-    assert not load_prior(ModelDir(other), "top")[0].config.attention_sees_own_code
+    assert not ModelDir(other).load_prior("top")[0].config.attention_sees_own_code
 
 
 def _tree_digest(folder: Path) -> str:
@@ -112,7 +112,7 @@ def test_the_attention_benchmark_trains_both_variants_on_the_same_data(generator
         assert all(0 < bits < 8 for bits in finals)  # 16 codes: 4 bits at chance
         assert runs["fixed_minus_legacy_val_bits"] == pytest.approx(finals[1] - finals[0], abs=2e-4)
         for kind, own_code in (("legacy", False), ("fixed", True)):
-            prior, _ = load_prior(ModelDir(out / f"{level}-{kind}"), level)
+            prior, _ = ModelDir(out / f"{level}-{kind}").load_prior(level)
             assert prior.config.attention and prior.config.attention_sees_own_code == own_code
     assert np.isfinite(result["levels"]["bottom"]["fixed"]["epochs"][0]["train_bits_per_code"])
     sys.modules.pop("prior_attention", None)

@@ -108,7 +108,7 @@ class Model:
 
     def _generate(self, method: str, jobs, source, temperature: float, top_k: int | None, seed: int) -> np.ndarray:
         from .generate import batch_seed, make_batches
-        from .priors.sampling import check_draw_args
+        from .backends.base import check_draw_args
 
         check_draw_args(temperature, top_k)
         generator = self._generator

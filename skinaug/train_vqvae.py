@@ -549,7 +549,7 @@ def copy_init_priors(model_dir: ModelDir, init_record: dict, class_names: list[s
     `shown_as`: the model directory as the user named it (model_dir may be a staging directory)."""
     import shutil
 
-    from .train_prior import source_prior_config
+    from .priors.config import PriorConfig
 
     source = open_init(init_record["model"])
     if source.fingerprint != init_record["fingerprint"]:
@@ -572,7 +572,8 @@ def copy_init_priors(model_dir: ModelDir, init_record: dict, class_names: list[s
         weights = source.path / PRIOR_WEIGHTS[level]
         with atomic_path(model_dir.path / PRIOR_WEIGHTS[level]) as tmp:
             shutil.copyfile(weights, tmp)
-        prior_fingerprint = fingerprint(source_prior_config(source, level).to_dict(), load_weights(weights))
+        prior_fingerprint = fingerprint(PriorConfig.from_entry(source.config["priors"][level]).to_dict(),
+                                        load_weights(weights))
         priors[level] = {**source.config["priors"][level],
                          "init": source.record(prior_fingerprint=prior_fingerprint, vqvae="decoder-only", copied=True)}
     model_dir.update_config(priors=priors)

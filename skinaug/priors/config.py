@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, fields
 from ..errors import UsageError
 
 ARCHS = ("pixelsnail", "gated-pixelcnn")
+# keys of a config.json["priors"][level] entry that are not PriorConfig fields
+ENTRY_METADATA = ("classes", "metrics", "init")
 LEVELS = ("top", "bottom")
 
 # The reference (256px images) models a 32x32 top and a 64x64 bottom map with 256 channels and 4 blocks of 4.
@@ -77,6 +79,11 @@ class PriorConfig:
         if unknown:
             raise UsageError(f"unknown prior config keys: {', '.join(unknown)}")
         return cls(**d)
+
+    @classmethod
+    def from_entry(cls, entry: dict) -> PriorConfig:
+        """The config of a level's entry in config.json["priors"] (which also records its classes and metrics)."""
+        return cls.from_dict({key: value for key, value in entry.items() if key not in ENTRY_METADATA})
 
     @classmethod
     def default_for(cls, level: str, codebook_size: int, height: int, width: int, num_classes: int,

@@ -11,6 +11,9 @@ makes --resume exact and lets torchrun ranks take disjoint batches.
   redrawn code see the kept codes below and right of it: `priors/refine.py`).
 - synthesize: top codes drawn for a class, then bottom codes given them.
 - rand-bottom / rand-top: one level replaced by uniformly random codes (baselines for scoring).
+
+One `Generator` drives either backend (`skinaug.backends`: PyTorch, or the ONNX export on onnxruntime); it works
+in numpy and asks the backend for the code model, the priors and each batch's random numbers.
 """
 
 from __future__ import annotations
@@ -86,7 +89,7 @@ class Generator:
         if not (np.isfinite(temperature) and temperature > 0):  # nan passes a plain `<= 0` and fails only when sampling
             raise UsageError(f"--temperature must be a positive number, not {temperature}")
         self.model_dir = ModelDir(model)
-        self.config = self.model_dir.config()
+        self.config = self.model_dir.config()  # config.json as read (priors, export, ...); shapes: self.spec
         self.backend = open_backend(self.model_dir, device, name, dtype=dtype, compile_step=compile_step)
         self.spec, self.code_model, self.device = self.backend.spec, self.backend.code_model, self.backend.device
         self.temperature = temperature

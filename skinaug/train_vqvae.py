@@ -28,7 +28,7 @@ from .image_cache import build_cache
 from .io import MODEL_DIRECTORY, atomic_path, claim_output, write_json, write_text
 from .losses import (GAN_START_SHARE, Adversary, LossSettings, discriminator_width, loss_settings, ssim_loss,
                      ssim_module)
-from .modeldir import PRIOR_WEIGHTS, VQVAE_WEIGHTS, ModelDir, fingerprint, load_weights
+from .modeldir import PRIOR_WEIGHTS, VQVAE_WEIGHTS, ModelDir, fingerprint, load_weights, vqvae_config
 from .runtime import log, progress, resolve_device, warn
 from .trained_on import record_stage
 from .vqvae import VQVAE2, VQVAEConfig, to_model_input, to_uint8, vqvae_loss
@@ -93,7 +93,7 @@ def open_init(path) -> InitSource:
 def vqvae_config_from_init(source: InitSource, requested=None) -> VQVAEConfig:
     """The --init model's VQ-VAE config. `requested` (a dict of the values asked for, or a full VQVAEConfig) may
     change the training knobs (restart_after, ...) but must agree on every shape-defining field."""
-    base = source.config["vqvae"]
+    base = vqvae_config(source.config)
     if isinstance(requested, VQVAEConfig):
         requested = requested.to_dict()
     requested = {key: value for key, value in (requested or {}).items() if value is not None}

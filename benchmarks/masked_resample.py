@@ -55,7 +55,7 @@ def bits_per_code(generator: Generator, bottom: np.ndarray, masks: np.ndarray, l
                   batch_size: int) -> np.ndarray:
     """(images, 3): teacher-forced bits per code over the grid, inside the mask, and on the kept codes after the
     mask's first raster position."""
-    prior, _ = generator.prior("bottom")
+    prior = generator.backend.prior("bottom").network
     device = generator.device
     rows = []
     with torch.no_grad():

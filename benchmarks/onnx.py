@@ -90,7 +90,7 @@ def main() -> None:
         def synth_onnx():
             top = runtime.prior("top").sample(labels, n=args.synth_batch, rng=rng)
             bottom = runtime.prior("bottom").sample(labels, top, n=args.synth_batch, rng=rng)
-            return onnx_vqvae.decode_batch({"top": top, "bottom": bottom})
+            return onnx_vqvae.decode({"top": top, "bottom": bottom})
 
         n, m = args.batch_size, args.synth_batch
         result = {
@@ -98,9 +98,9 @@ def main() -> None:
             "image_size": args.image_size, "batch_size": n, "synth_batch": m,
             "prior_channels": {level: p.config.channels for level, p in priors.items()},
             "encode_images_per_s": {"torch": n / best(lambda: encode_batch(network, images, device)),
-                                    "onnx": n / best(lambda: onnx_vqvae.encode_batch(images))},
+                                    "onnx": n / best(lambda: onnx_vqvae.encode_with_error(images))},
             "decode_images_per_s": {"torch": n / best(lambda: decode_batch(network, codes, device)),
-                                    "onnx": n / best(lambda: onnx_vqvae.decode_batch(codes))},
+                                    "onnx": n / best(lambda: onnx_vqvae.decode(codes))},
             "synthesize_images_per_s": {"torch": m / best(synth_torch), "onnx": m / best(synth_onnx)},
             "parity": manifest["parity"],
         }

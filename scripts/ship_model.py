@@ -13,16 +13,16 @@ import argparse
 import shutil
 from pathlib import Path
 
-from skinaug.io import read_json, write_json
-from skinaug.modeldir import (CONFIG, PRIOR_WEIGHTS, SHIPPED_MODELS, VQVAE_WEIGHTS, compact_weights, fingerprint,
-                              load_weights)
+from skinaug.io import SHIPPED_MODELS, write_json
+from skinaug.modeldir import (CONFIG, PRIOR_WEIGHTS, VQVAE_WEIGHTS, ModelDir, compact_weights, fingerprint,
+                              load_weights, vqvae_config)
 from skinaug.trained_on import TRAINED_ON
 
 
 def ship(source: Path, name: str, licence: str) -> Path:
     target = SHIPPED_MODELS / name
     target.mkdir(parents=True, exist_ok=True)
-    config = read_json(source / CONFIG)
+    config = ModelDir(source).config()  # checked, and in the current layout
     for weights in (VQVAE_WEIGHTS, *PRIOR_WEIGHTS.values()):
         if (source / weights).is_file():
             shutil.copyfile(source / weights, target / weights)
@@ -32,7 +32,7 @@ def ship(source: Path, name: str, licence: str) -> Path:
     if (source / "train" / "metrics.jsonl").is_file():
         shutil.copyfile(source / "train" / "metrics.jsonl", target / "metrics.jsonl")
     config["trained_fingerprint"] = config["fingerprint"]  # the float32 model that the metrics were measured on
-    config["fingerprint"] = fingerprint(config["vqvae"], load_weights(target / VQVAE_WEIGHTS))
+    config["fingerprint"] = fingerprint(vqvae_config(config), load_weights(target / VQVAE_WEIGHTS))
     config["licence"] = licence
     # the paths where it was trained mean nothing on a user's machine: keep the data set's own folder names
     data = config.get("training_data", {})

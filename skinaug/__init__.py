@@ -1,6 +1,6 @@
 """skinaug: expand skin-lesion image datasets with a VQ-VAE-2 and autoregressive priors over its codes."""
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401  (skinaug.__version__)
 
 
 def __getattr__(name):

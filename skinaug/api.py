@@ -43,11 +43,11 @@ class Model:
 
     @property
     def image_size(self) -> int:
-        return int(self._generator.config["image_size"])
+        return self._generator.spec.image_size
 
     @property
     def fingerprint(self) -> str:
-        return self._generator.config["fingerprint"]
+        return self._generator.spec.fingerprint
 
     def __repr__(self) -> str:
         return f"skinaug.Model({str(self.path)!r}, {self.image_size}px, classes {self.class_names})"
@@ -108,7 +108,7 @@ class Model:
 
     def _generate(self, method: str, jobs, source, temperature: float, top_k: int | None, seed: int) -> np.ndarray:
         from .generate import batch_seed, make_batches
-        from .priors.sampling import check_draw_args
+        from .backends.base import check_draw_args
 
         check_draw_args(temperature, top_k)
         generator = self._generator
@@ -143,7 +143,7 @@ class Model:
         return images
 
     def _check_codes(self, codes) -> dict[str, np.ndarray]:
-        grid = self._generator.config["grid"]
+        grid, codebook_size = self._generator.spec.grid, self._generator.spec.codebook_size
         if not isinstance(codes, dict) or set(codes) != set(grid):
             raise SkinaugError(f"codes must be a dict with the levels {', '.join(grid)}")
         checked = {}
@@ -151,8 +151,8 @@ class Model:
             values = np.asarray(codes[level])
             if values.ndim != 3 or values.shape[1:] != (height, width):
                 raise SkinaugError(f"{level} codes must be (N, {height}, {width}), not {tuple(values.shape)}")
-            if values.size and (values.min() < 0 or values.max() >= self._generator.config["codebook_size"]):
-                raise SkinaugError(f"{level} codes must lie in [0, {self._generator.config['codebook_size']})")
+            if values.size and (values.min() < 0 or values.max() >= codebook_size):
+                raise SkinaugError(f"{level} codes must lie in [0, {codebook_size})")
             checked[level] = values
         if len({len(v) for v in checked.values()}) != 1:
             raise SkinaugError("every level needs the same number of code maps")

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SkinaugError
+from .spec import ModelSpec
 
 FORMAT_VERSION = 1
 
@@ -25,16 +26,17 @@ def _string_dtype():
     return h5py.string_dtype("utf-8")
 
 
-def model_attrs(config: dict) -> dict:
-    """The attrs a code file inherits from the model's config.json."""
+def model_attrs(spec: ModelSpec | dict) -> dict:
+    """The attrs a code file inherits from the model (its spec, or its config.json as a dict)."""
+    spec = ModelSpec.of(spec)
     return {
         "format_version": FORMAT_VERSION,
-        "model_fingerprint": config["fingerprint"],
-        "codebook_size": config["codebook_size"],
-        "code_dim": config["code_dim"],
-        "levels": config["levels"],
-        "image_size": config["image_size"],
-        "class_names": json.dumps(config.get("class_names", [])),
+        "model_fingerprint": spec.fingerprint,
+        "codebook_size": spec.codebook_size,
+        "code_dim": spec.code_dim,
+        "levels": spec.levels,
+        "image_size": spec.image_size,
+        "class_names": json.dumps(list(spec.class_names)),
     }
 
 
@@ -110,14 +112,15 @@ class CodeFile:
     def __len__(self) -> int:
         return len(self.images)
 
-    def check_model(self, config: dict) -> None:
+    def check_model(self, spec: ModelSpec | dict) -> None:
         """A code file is only meaningful for the VQ-VAE that wrote it, and only with that model's grids."""
-        if self.fingerprint != config["fingerprint"]:
+        spec = ModelSpec.of(spec)
+        if self.fingerprint != spec.fingerprint:
             raise SkinaugError(
-                f"{self.path} was written by model {self.fingerprint}, not by this model ({config['fingerprint']}): "
+                f"{self.path} was written by model {self.fingerprint}, not by this model ({spec.fingerprint}): "
                 "re-encode the images with `skinaug encode --model ...`"
             )
-        grids = {level: tuple(shape) for level, shape in config["grid"].items()}
+        grids = dict(spec.grid)
         found = {level: values.shape[1:] for level, values in self.codes.items()}
         if found != grids:
             raise SkinaugError(f"{self.path} holds code maps {_shapes(found)}, but this model's grids are {_shapes(grids)}: "

@@ -3,16 +3,21 @@
 `torchrun --nproc_per_node N -m skinaug train vqvae ...` sets RANK, LOCAL_RANK and WORLD_SIZE; a plain
 `skinaug ...` sets none of them and every method here is then a no-op, so one process behaves
 exactly as without this module. NCCL on GPUs, gloo on CPU.
+
+torch is imported only by the methods that need it: `Distributed()`, one process, is what the onnx backend runs
+as without importing torch.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.distributed as dist
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -35,6 +40,9 @@ class Distributed:
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if world_size <= 1:
             return cls()
+        import torch
+        import torch.distributed as dist
+
         rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
         use_cuda = torch.cuda.is_available() and device_name != "cpu"
         if use_cuda:
@@ -48,6 +56,8 @@ class Distributed:
 
     def barrier(self) -> None:
         if self.enabled:
+            import torch.distributed as dist
+
             dist.barrier()
 
     def shard(self, indices: np.ndarray) -> np.ndarray:
@@ -70,6 +80,8 @@ class Distributed:
         """Rank 0's quantizer buffers everywhere: a guard against drift from floating-point reduction order."""
         if not self.enabled:
             return
+        import torch.distributed as dist
+
         for name, buffer in model.named_buffers():
             dist.broadcast(buffer, 0)
 
@@ -77,12 +89,17 @@ class Distributed:
         """Rank 0's value on every rank."""
         if not self.enabled:
             return value
+        import torch.distributed as dist
+
         holder = [value]
         dist.broadcast_object_list(holder, src=0)
         return holder[0]
 
     def all_finite(self, value: torch.Tensor) -> bool:
         """Whether `value` is finite on every rank: all ranks must stop together, or the others hang."""
+        import torch
+        import torch.distributed as dist
+
         finite = torch.isfinite(value).all().to(torch.float32).reshape(1)
         if self.enabled:
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
@@ -91,6 +108,8 @@ class Distributed:
     def all_gather_objects(self, value):
         if not self.enabled:
             return [value]
+        import torch.distributed as dist
+
         gathered = [None] * self.world_size
         dist.all_gather_object(gathered, value)
         return gathered

@@ -1,4 +1,7 @@
-"""Images <-> code maps with a trained VQ-VAE: `skinaug encode` and `skinaug decode`."""
+"""Images <-> code maps with a trained VQ-VAE: `skinaug encode` and `skinaug decode`, and DATA's codes in memory.
+
+The VQ-VAE runs as a `backends.base.CodeModel`: `TorchCodeModel` here, or `onnx.runtime.OnnxVQVAE` (`--backend onnx`).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .codes import CodeWriter, code_statistics, model_attrs, read_codes
+from .backends.base import CodeModel
+from .codes import CodeFile, CodeWriter, code_statistics, model_attrs, read_codes
 from .data import Intake, scan_dataset
 from .errors import SkinaugError
 from .image_cache import decode_in_chunks
@@ -17,6 +21,7 @@ from .modeldir import ModelDir
 from .naming import unique_names
 from .output import DatasetWriter
 from .runtime import progress, resolve_backend, resolve_device
+from .spec import ModelSpec
 
 
 def encode_batch(model, images_uint8, device) -> tuple[dict[str, np.ndarray], "torch.Tensor"]:
@@ -49,58 +54,91 @@ def decode_batch(model, codes: dict[str, np.ndarray], device) -> np.ndarray:
     return to_uint8(images.clamp(-1, 1)).cpu().numpy()
 
 
-def dataset_for_model(data, labels, config: dict, **scan_options):
+class TorchCodeModel(CodeModel):
+    """The model directory's VQ-VAE in PyTorch on `device` (channels-last on CUDA), as a `CodeModel`."""
+
+    def __init__(self, model_dir: ModelDir, device="auto"):
+        import torch
+
+        self.spec = model_dir.spec()
+        self.device = resolve_device(device)
+        self.device_name = str(self.device)
+        self.network = model_dir.load_vqvae(self.device)
+        if self.device.type == "cuda":
+            self.network = self.network.to(memory_format=torch.channels_last)
+
+    def info(self) -> dict:
+        return {"backend": "torch", "provider": self.device_name}
+
+    def encode_with_error(self, images: np.ndarray) -> tuple[dict[str, np.ndarray], float]:
+        codes, squared_error = encode_batch(self.network, images, self.device)
+        return codes, float(squared_error)
+
+    def decode(self, codes: dict[str, np.ndarray]) -> np.ndarray:
+        return decode_batch(self.network, codes, self.device)
+
+
+def open_code_model(model_dir: ModelDir, device="auto", backend: str | None = None) -> CodeModel:
+    """The VQ-VAE on --backend: PyTorch, or the exported graphs through onnxruntime (which never import torch)."""
+    if resolve_backend(backend) == "onnx":
+        from .onnx.runtime import OnnxModel
+
+        return OnnxModel(model_dir, device).vqvae
+    return TorchCodeModel(model_dir, device)
+
+
+def dataset_for_model(data, labels, spec: ModelSpec | dict, **scan_options):
     """Scans DATA with the model's class names fixed, so label indices mean the same everywhere."""
-    class_names = config.get("class_names") or None
+    class_names = list(ModelSpec.of(spec).class_names) or None
     return scan_dataset(data, labels, class_names=class_names, **scan_options)
 
 
-def open_vqvae(model_dir: ModelDir, device, backend: str):
-    """(encode_batch, decode_batch, squared-error accumulator, device name, backend summary) for one backend: the
-    onnx backend runs the exported graphs with onnxruntime and never imports torch."""
-    if backend == "onnx":
-        from .onnx.runtime import OnnxModel
-
-        runtime = OnnxModel(model_dir, device)
-        vqvae = runtime.vqvae
-        return vqvae.encode_batch, vqvae.decode_batch, np.zeros((), np.float64), runtime.device_name, runtime.info()
-    import torch
-
-    device = resolve_device(device)
-    network = model_dir.load_vqvae(device)
-    if device.type == "cuda":
-        network = network.to(memory_format=torch.channels_last)
-    return (lambda images: encode_batch(network, images, device), lambda codes: decode_batch(network, codes, device),
-            torch.zeros((), dtype=torch.float64, device=device), str(device), {"backend": "torch", "provider": str(device)})
+def codes_from_images(code_model: CodeModel, data, labels=None, batch_size=64, **scan_options) -> CodeFile:
+    """DATA encoded in memory (no file written) into the structure `read_codes` returns, with each image's file."""
+    spec = code_model.spec
+    dataset = dataset_for_model(data, labels, spec, **scan_options)
+    codes: dict[str, list[np.ndarray]] = {level: [] for level in spec.level_names}
+    kept = []
+    for images, chunk in decode_in_chunks(dataset.samples, spec.image_size):
+        for start in range(0, len(chunk), batch_size):
+            for level, values in code_model.encode(images[start : start + batch_size]).items():
+                codes[level].append(values)
+        kept.extend(chunk)
+    if not kept:
+        raise SkinaugError(f"no image in {data} could be read")
+    attrs = {**model_attrs(spec), "class_names": json.dumps(dataset.class_names)}
+    return CodeFile(Path(str(data)), attrs, {k: np.concatenate(v) for k, v in codes.items()},
+                    [s.name for s in kept], np.array([s.label for s in kept]), [s.group for s in kept],
+                    files={s.name: s.path for s in kept})
 
 
 def encode_dataset(data, out, *, model, labels=None, device="auto", batch_size=64, overwrite=False,
                    strict=False, workers=None, backend=None, **columns) -> dict:
     """Writes CODES.h5 for every readable image in DATA; returns the Table 2 statistics."""
     model_dir = ModelDir(model)
-    config = model_dir.config()
+    spec = model_dir.spec()
     backend = resolve_backend(backend)
-    dataset = dataset_for_model(data, labels, config, strict=strict, **columns)  # warns about what it leaves out
+    dataset = dataset_for_model(data, labels, spec, strict=strict, **columns)  # warns about what it leaves out
     unreadable: list[tuple[str, str]] = []
     claim = claim_output(out, kind=CODE_FILE, inputs=(data, labels, model_dir.path), overwrite=overwrite)
-    encode, _, squared_error, _, backend_info = open_vqvae(model_dir, device, backend)
-    attrs = {**model_attrs(config), "class_names": json.dumps(dataset.class_names)}
-    grid = {level: tuple(shape) for level, shape in config["grid"].items()}
+    code_model = open_code_model(model_dir, device, backend)
+    attrs = {**model_attrs(spec), "class_names": json.dumps(dataset.class_names)}
     started = time.perf_counter()
-    all_codes: dict[str, list[np.ndarray]] = {level: [] for level in grid}
+    all_codes: dict[str, list[np.ndarray]] = {level: [] for level in spec.grid}
     count = pixels = 0
-    with claim, atomic_path(claim.work) as tmp, CodeWriter(tmp, attrs, grid) as writer:
-        for images, kept in decode_in_chunks(dataset.samples, config["image_size"], strict=strict, workers=workers,
+    squared_error = 0.0
+    with claim, atomic_path(claim.work) as tmp, CodeWriter(tmp, attrs, spec.grid) as writer:
+        for images, kept in decode_in_chunks(dataset.samples, spec.image_size, strict=strict, workers=workers,
                                              skipped_out=unreadable):
             for start in range(0, len(kept), batch_size):
                 batch = kept[start : start + batch_size]
-                codes, error = encode(images[start : start + batch_size])
+                codes, error = code_model.encode_with_error(images[start : start + batch_size])
                 squared_error += error
                 writer.append(codes, [s.name for s in batch], [s.label for s in batch], [s.group for s in batch])
                 for level, values in codes.items():
                     all_codes[level].append(values)
                 count += len(batch)
-                pixels += len(batch) * 3 * config["image_size"] ** 2
+                pixels += len(batch) * 3 * spec.image_size**2
         if count == 0:
             raise SkinaugError(f"no image in {data} could be read")
     stats = {
@@ -108,10 +146,10 @@ def encode_dataset(data, out, *, model, labels=None, device="auto", batch_size=6
         "images": count,
         "skipped": len(dataset.skipped) + len(dataset.samples) - count,
         "input": Intake.of(dataset, unreadable).summary(),
-        **code_statistics({k: np.concatenate(v) for k, v in all_codes.items()}, config["codebook_size"]),
-        "mse": float(squared_error.item() / pixels),
+        **code_statistics({k: np.concatenate(v) for k, v in all_codes.items()}, spec.codebook_size),
+        "mse": squared_error / pixels,
         "images_per_s": count / (time.perf_counter() - started),
-        **backend_info,
+        **code_model.info(),
     }
     return stats
 
@@ -120,14 +158,14 @@ def decode_codes(codes_path, out, *, model, device="auto", batch_size=64, overwr
                  image_format="png", quality=95, backend=None) -> dict:
     """The paper's 'reconstruction' set: every code map decoded, in the generated-dataset layout."""
     model_dir = ModelDir(model)
-    config = model_dir.config()
+    spec = model_dir.spec()
     code_file = read_codes(codes_path)
-    code_file.check_model(config)
-    _, decode, _, device_name, backend_info = open_vqvae(model_dir, device, resolve_backend(backend))
+    code_file.check_model(spec)
+    code_model = open_code_model(model_dir, device, backend)
     class_names = code_file.class_names
     plan = {"command": "decode", "codes": str(Path(codes_path).resolve()), "n": len(code_file), "batch_size": batch_size,
             "format": image_format}
-    writer = DatasetWriter(out, model_config=config, plan=plan, overwrite=overwrite, resume=resume,
+    writer = DatasetWriter(out, model_config=spec, plan=plan, overwrite=overwrite, resume=resume,
                            image_format=image_format, quality=quality, inputs=(codes_path, model_dir.path),
                            model_dir=model_dir.path)  # the VQ-VAE made these images: its training record goes with them
     done = writer.done_batches()
@@ -141,9 +179,9 @@ def decode_codes(codes_path, out, *, model, device="auto", batch_size=64, overwr
                     "image": file_name,
                     "label": class_names[label] if 0 <= label < len(class_names) else "",
                     "method": "reconstruction", "source_top": name, "source_bottom": name,
-                    "temperature": "", "seed": "", "model_fingerprint": config["fingerprint"], "group": group,
+                    "temperature": "", "seed": "", "model_fingerprint": spec.fingerprint, "group": group,
                 } for file_name, name, label, group in zip(file_names[start:stop], code_file.images[start:stop],
                                                            code_file.labels[start:stop], code_file.groups[start:stop])]
-                writer.write_batch(batch_index, decode(codes), rows, codes)
+                writer.write_batch(batch_index, code_model.decode(codes), rows, codes)
             bar.update(stop - start)
-    return writer.finish(command="decode", seed=None, device=device_name, extra=backend_info)
+    return writer.finish(command="decode", seed=None, device=code_model.device_name, extra=code_model.info())

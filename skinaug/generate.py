@@ -11,6 +11,9 @@ makes --resume exact and lets torchrun ranks take disjoint batches.
   redrawn code see the kept codes below and right of it: `priors/refine.py`).
 - synthesize: top codes drawn for a class, then bottom codes given them.
 - rand-bottom / rand-top: one level replaced by uniformly random codes (baselines for scoring).
+
+One `Generator` drives either backend (`skinaug.backends`: PyTorch, or the ONNX export on onnxruntime); it works
+in numpy and asks the backend for the code model, the priors and each batch's random numbers.
 """
 
 from __future__ import annotations
@@ -22,12 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .backends import open_backend
 from .codes import CodeFile, read_codes
 from .errors import SkinaugError, UsageError
 from .modeldir import ModelDir
 from .naming import name_key, unique_names
 from .output import DatasetWriter
-from .runtime import log, progress, resolve_backend, resolve_device, warn
+from .runtime import log, progress, resolve_backend, warn
 
 SOURCE_METHODS = ("mix", "resample", "rand-bottom", "rand-top")
 AUGMENT_METHODS = ("mix", "resample", "synthesize", "rand-bottom", "rand-top", "classic")
@@ -64,44 +68,38 @@ def check_refine(refine: int, candidates: int, mask_dir) -> None:
 
 def open_generator(model, device="auto", *, backend=None, **options) -> "Generator":
     """The Generator of --backend: PyTorch, or the exported graphs through onnxruntime (which never import torch)."""
-    if resolve_backend(backend) == "onnx":
-        if options.pop("refine", 0):
-            raise UsageError("--refine teacher-forces the bottom prior in PyTorch: it does not apply to --backend onnx")
-        options.pop("refine_candidates", None)
-        from .onnx.generate import OnnxGenerator
-
-        return OnnxGenerator(model, device, **options)
-    return Generator(model, device, **options)
+    return Generator(model, device, backend=backend, **options)
 
 
 class Generator:
-    """Turns batches of jobs into code maps and images with one model directory on one device."""
+    """Turns batches of jobs into code maps and images with one model directory on one backend and device.
 
-    def __init__(self, model, device="auto", *, temperature=1.0, top_k=None, mask_dir=None, dtype=None, sampler="fast",
-                 compile_step=False, refine=0, refine_candidates=None):
+    The backend (`skinaug.backends`) holds the networks and the random numbers; everything here is numpy, so both
+    backends make the same plans, names, seeds per batch and outputs."""
+
+    def __init__(self, model, device="auto", *, backend=None, temperature=1.0, top_k=None, mask_dir=None, dtype=None,
+                 sampler="fast", compile_step=False, refine=0, refine_candidates=None):
         refine_candidates = REFINE_CANDIDATES if refine_candidates is None else refine_candidates
         check_refine(refine, refine_candidates, mask_dir)
+        name = resolve_backend(backend)
+        if refine and name == "onnx":
+            raise UsageError("--refine teacher-forces the bottom prior in PyTorch: it does not apply to --backend onnx")
+        if sampler not in ("fast", "reference"):
+            raise UsageError(f"--sampler must be fast or reference, not {sampler}")
+        if not (np.isfinite(temperature) and temperature > 0):  # nan passes a plain `<= 0` and fails only when sampling
+            raise UsageError(f"--temperature must be a positive number, not {temperature}")
         self.model_dir = ModelDir(model)
-        self.config = self.model_dir.config()
-        self.device = resolve_device(device)
+        self.config = self.model_dir.config()  # config.json as read (priors, export, ...); shapes: self.spec
+        self.backend = open_backend(self.model_dir, device, name, dtype=dtype, compile_step=compile_step)
+        self.spec, self.code_model, self.device = self.backend.spec, self.backend.code_model, self.backend.device
         self.temperature = temperature
         self.top_k = top_k
         self.mask_dir = Path(mask_dir) if mask_dir else None
         self.refine = refine  # Gibbs sweeps over the masked bottom codes after the raster draw (0: none)
         self.refine_candidates = refine_candidates
-        self.dtype = dtype
-        if sampler not in ("fast", "reference"):
-            raise UsageError(f"--sampler must be fast or reference, not {sampler}")
         self.sampler = sampler  # "reference": one full forward per position, the ground truth (slow)
-        # torch.compile of the sampling step: ~30% faster steps on CUDA, but ~20 s of compilation per step width
-        # (about 2 minutes for a 256px model) that only pays off for thousands of images
-        self.compile_step = compile_step
-        self.class_names = self.config.get("class_names", [])
-        self.levels = list(self.config["grid"])
-        self.vqvae = self.model_dir.load_vqvae(self.device)
-        self._priors: dict = {}
-        if not (np.isfinite(temperature) and temperature > 0):  # nan passes a plain `<= 0` and fails only when sampling
-            raise UsageError(f"--temperature must be a positive number, not {temperature}")
+        self.class_names = list(self.spec.class_names)
+        self.levels = list(self.spec.level_names)
 
     def require(self, methods) -> None:
         """Fails early, naming the missing prior file and the command that trains it."""
@@ -119,51 +117,32 @@ class Generator:
                 if level in self.levels and label >= 0:
                     self.check_class(level, label)
 
-    def prior(self, level: str):
-        if level not in self._priors:
-            self._priors[level] = self.model_dir.load_prior(level, self.device)
-        return self._priors[level]
-
     def check_class(self, level: str, label: int) -> None:
-        _, trained_classes = self.prior(level)
+        trained_classes = self.backend.prior(level).trained_classes
         if trained_classes is not None and self.class_names[label] not in trained_classes:
             raise SkinaugError(f"the {level} prior was trained on {', '.join(trained_classes)} only, not on {self.class_names[label]}")
 
     def backend_info(self) -> dict:
         """run.json's "backend" and "provider"."""
-        return {"backend": "torch", "provider": str(self.device)}
+        return self.backend.info()
 
     def distributed(self):
-        """This process's share of the work (torchrun ranks take disjoint batches)."""
-        from .distributed import Distributed
+        """This process's share of the work (torchrun ranks take disjoint batches on the torch backend)."""
+        return self.backend.distributed()
 
-        return Distributed.from_environment("cpu" if self.device.type == "cpu" else "auto")
+    def _sample(self, level: str, labels: np.ndarray, condition, random, keep=None) -> np.ndarray:
+        prior = self.backend.prior(level)
+        draw = prior.sample_reference if self.sampler == "reference" else prior.sample
+        return draw(labels if prior.num_classes else None, condition, n=len(labels),
+                    uniforms=random.uniforms(len(labels), prior.height * prior.width), temperature=self.temperature,
+                    top_k=self.top_k, keep=keep)
 
-    def _sample(self, level: str, labels, condition, generator, keep=None):
-        from .priors import sample, sample_reference
-
-        prior, _ = self.prior(level)
-        class_labels = labels if prior.config.num_classes else None
-        options = dict(n=labels.shape[0], temperature=self.temperature, top_k=self.top_k, generator=generator, keep=keep)
-        if self.sampler == "reference":
-            return sample_reference(prior, class_labels, condition, **options)
-        return sample(prior, class_labels, condition, dtype=self.dtype, compile=self.compile_step, **options)
-
-    def _refine(self, codes, region, labels, condition, generator):
-        """Gibbs sweeps over the masked codes, after the raster draw and from the same generator (refine 0 draws
-        nothing from it, so its codes are those of a run without refinement)."""
-        from .priors import refine_codes
-
-        prior, _ = self.prior("bottom")
-        class_labels = labels if prior.config.num_classes else None
-        return refine_codes(prior, codes, region, class_labels, condition, sweeps=self.refine,
-                            candidates=self.refine_candidates, temperature=self.temperature, top_k=self.top_k,
-                            generator=generator)
-
-    def _mask(self, name: str):
-        import torch
-
-        return torch.from_numpy(self.mask_array(name))
+    def _refine(self, codes, region, labels, condition, random) -> np.ndarray:
+        """Gibbs sweeps over the masked codes, after the raster draw and from the same random numbers (torch only)."""
+        prior = self.backend.prior("bottom")
+        return prior.refine(codes, region, labels if prior.num_classes else None, condition, random=random,
+                            sweeps=self.refine, candidates=self.refine_candidates, temperature=self.temperature,
+                            top_k=self.top_k)
 
     def mask_array(self, name: str) -> np.ndarray:
         """A lesion mask (DIR/<image>.png) reduced to the bottom grid: True where codes are resampled."""
@@ -172,7 +151,7 @@ class Generator:
         path = self.mask_dir / f"{name}.png"
         if not path.is_file():
             raise SkinaugError(f"no mask for {name}: {path} is missing")
-        height, width = self.config["grid"]["bottom"]
+        height, width = self.spec.grid["bottom"]
         try:
             with Image.open(path) as image:
                 mask = np.asarray(image.convert("L").resize((width, height), Image.Resampling.BOX)) >= 128
@@ -181,74 +160,54 @@ class Generator:
         return mask
 
     def codes_for(self, method: str, jobs: list[Job], source: CodeFile | None, seed: int) -> dict[str, np.ndarray]:
-        """Code maps (uint16 per level) for a batch of jobs of one method."""
-        import torch
-
-        with torch.no_grad():
-            return self._codes_for(method, jobs, source, seed)
-
-    def _codes_for(self, method: str, jobs: list[Job], source: CodeFile | None, seed: int) -> dict[str, np.ndarray]:
-        import torch
-
-        generator = torch.Generator(device=self.device).manual_seed(seed)
-        labels = torch.tensor([job.label for job in jobs], device=self.device)
-        take = lambda level, attr: torch.as_tensor(  # noqa: E731
-            source.codes[level][[getattr(job, attr) for job in jobs]].astype(np.int64), device=self.device)
-        n = len(jobs)
-        codebook_size = self.config["codebook_size"]
+        """Code maps (uint16 per level) for a batch of jobs of one method; its random numbers come from `seed`."""
+        random = self.backend.random(seed)
+        labels = np.array([job.label for job in jobs], np.int64)
+        take = lambda level, attr: source.codes[level][[getattr(job, attr) for job in jobs]].astype(np.int64)  # noqa: E731
+        n, codebook_size, grid = len(jobs), self.spec.codebook_size, self.spec.grid
         if method == "mix":
             codes = {"top": take("top", "source_top"), "bottom": take("bottom", "source_bottom")}
         elif method == "rand-bottom":
             codes = {level: take(level, "source_top") for level in self.levels}
-            codes["bottom"] = torch.randint(codebook_size, (n, *self.config["grid"]["bottom"]), generator=generator, device=self.device)
+            codes["bottom"] = random.integers(codebook_size, (n, *grid["bottom"]))
         elif method == "rand-top":
-            codes = {"bottom": take("bottom", "source_bottom"),
-                     "top": torch.randint(codebook_size, (n, *self.config["grid"]["top"]), generator=generator, device=self.device)}
+            codes = {"bottom": take("bottom", "source_bottom"), "top": random.integers(codebook_size, (n, *grid["top"]))}
         elif method == "resample":
             codes = {level: take(level, "source_top") for level in self.levels}
             keep = None
             if self.mask_dir is not None:
-                resampled = torch.stack([self._mask(source.images[job.source_top]) for job in jobs]).to(self.device)
+                resampled = np.stack([self.mask_array(source.images[job.source_top]) for job in jobs])
                 keep = (codes["bottom"], ~resampled)
-            codes["bottom"] = self._sample("bottom", labels, codes.get("top"), generator, keep)
+            codes["bottom"] = self._sample("bottom", labels, codes.get("top"), random, keep)
             if self.refine:
-                codes["bottom"] = self._refine(codes["bottom"], resampled, labels, codes.get("top"), generator)
+                codes["bottom"] = self._refine(codes["bottom"], resampled, labels, codes.get("top"), random)
         elif method == "synthesize":
-            codes = {"top": self._sample("top", labels, None, generator)}
-            codes["bottom"] = self._sample("bottom", labels, codes["top"], generator)
+            codes = {"top": self._sample("top", labels, None, random)}
+            codes["bottom"] = self._sample("bottom", labels, codes["top"], random)
         else:
             raise UsageError(f"unknown method {method}")
-        return {level: codes[level].to(torch.int32).cpu().numpy().astype(np.uint16) for level in self.levels}
+        return {level: codes[level].astype(np.uint16) for level in self.levels}
 
     def images_for(self, codes: dict[str, np.ndarray]) -> np.ndarray:
-        from .encode import decode_batch
-
-        return decode_batch(self.vqvae, codes, self.device)
+        return self.code_model.decode(codes)
 
     def encode_images(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """uint8 images (B, S, S, 3) -> code maps per level: what codes.h5 keeps of a classically augmented image."""
-        from .encode import encode_batch
-
-        return encode_batch(self.vqvae, images, self.device)[0]
+        return self.code_model.encode(images)
 
 
 def load_sources(model, codes=None, data=None, labels=None, device="auto", backend=None, **scan_options) -> CodeFile:
     """Source images' codes: from a code file (checked against the model) or encoded from DATA now."""
+    from .encode import codes_from_images, open_code_model
+
     model_dir = ModelDir(model)
-    config = model_dir.config()
     if (codes is None) == (data is None):
         raise UsageError("give either an image folder DATA or --codes CODES.h5")
     if codes is not None:
         source = read_codes(codes)
-        source.check_model(config)
+        source.check_model(model_dir.spec())
         return source
-    if resolve_backend(backend) == "onnx":
-        from .onnx.generate import codes_from_images
-
-        return codes_from_images(model_dir, data, labels, device, **scan_options)
-    from .train_prior import codes_from_images
-
-    return codes_from_images(model_dir, data, labels, resolve_device(device), **scan_options)
+    return codes_from_images(open_code_model(model_dir, device, backend), data, labels, **scan_options)
 
 
 def class_index(class_names: list[str], name: str) -> int:
@@ -336,17 +295,17 @@ def run_jobs(generator: Generator, jobs: list[Job], source: CodeFile | None, out
     check_masks(generator, jobs, source)
     if any(job.method == "classic" for job in jobs) and (source is None or source.files is None):
         raise UsageError("classic augments the image files themselves: give DATA rather than --codes")
-    fingerprint = generator.config["fingerprint"]
+    fingerprint = generator.spec.fingerprint
     inputs = [generator.model_dir.path, generator.mask_dir, source.path if source is not None else None, *inputs]
     if dist.is_main:
-        writer = DatasetWriter(out, model_config=generator.config, plan=plan, overwrite=overwrite, resume=resume,
+        writer = DatasetWriter(out, model_config=generator.spec, plan=plan, overwrite=overwrite, resume=resume,
                                image_format=image_format, quality=quality, inputs=inputs, jsonl=jsonl,
                                # only images the generator made carry its training record (classic copies do not)
                                model_dir=generator.model_dir.path if any(job.method != "classic" for job in jobs) else None)
     # rank 0 alone claims the output; the other ranks write their batches where it says (staged under --overwrite)
     work_dir = dist.broadcast_object(str(writer.work) if dist.is_main else None) if dist.world_size > 1 else None
     if not dist.is_main:
-        writer = DatasetWriter(out, model_config=generator.config, plan=plan, resume=True, image_format=image_format,
+        writer = DatasetWriter(out, model_config=generator.spec, plan=plan, resume=True, image_format=image_format,
                                quality=quality, is_main=False, work_dir=work_dir, jsonl=jsonl)
     done = writer.done_batches()
     offset = 0
@@ -368,7 +327,7 @@ def run_jobs(generator: Generator, jobs: list[Job], source: CodeFile | None, out
             began = time.perf_counter()
             seed_value = batch_seed(seed, batch_index)
             if method == "classic":
-                images = classic_batch(source, batch, generator.config["image_size"], seed_value, classic_transforms)
+                images = classic_batch(source, batch, generator.spec.image_size, seed_value, classic_transforms)
                 codes = generator.encode_images(images)
             else:
                 codes = generator.codes_for(method, batch, source, seed_value)

@@ -316,27 +316,23 @@ def _summarise(dataset, facts: list[ImageFacts], unreadable, *, near: int, z: fl
 def _worst_reconstructions(model, facts: list[ImageFacts], show: int, device) -> tuple[dict, bytes]:
     """Per-image reconstruction MSE (images scaled to [0, 1]) under the model's VQ-VAE; the worst shown."""
     from .data import load_image
-    from .encode import decode_batch, encode_batch
+    from .encode import TorchCodeModel
     from .modeldir import ModelDir, resolve_model
-    from .runtime import resolve_device
 
     model_dir = ModelDir(resolve_model(model))
-    size = model_dir.config()["image_size"]
-    device = resolve_device(device)
-    network = model_dir.load_vqvae(device)
+    code_model = TorchCodeModel(model_dir, device)
+    size = code_model.spec.image_size
     errors = []
     for start in range(0, len(facts), 64):
         images = np.stack([load_image(f.sample.path, size) for f in facts[start : start + 64]])
-        codes, _ = encode_batch(network, images, device)
-        back = decode_batch(network, codes, device)
+        back = code_model.decode(code_model.encode(images))
         errors += list((((back.astype(np.float64) - images) / 255.0) ** 2).mean(axis=(1, 2, 3)))
     errors = np.array(errors)
     worst = np.argsort(-errors, kind="stable")[:show]
     tiles, captions = [], []
     for i in worst:
         original = load_image(facts[i].sample.path, size)
-        codes, _ = encode_batch(network, original[None], device)
-        tiles.append(np.concatenate([original, decode_batch(network, codes, device)[0]], axis=1))
+        tiles.append(np.concatenate([original, code_model.decode(code_model.encode(original[None]))[0]], axis=1))
         captions.append(f"{errors[i]:.4f}")
     summary = {"model": str(model_dir.path), "mse_mean": round(float(errors.mean()), 6),
                "worst": [{"image": facts[i].sample.name, "mse": round(float(errors[i]), 6)} for i in worst]}

@@ -11,7 +11,8 @@ writes it (`claim_output`):
 - the replacement is built beside the output (`.NAME.skinaug-new`) and renamed into place when the run
   commits, so an invalid option or a crash leaves the earlier complete output as it was;
 - one writer per output: an exclusive lock on `.NAME.skinaug.lock` beside the output (beside, so that it
-  outlives the output's replacement), which holds the holder's pid.
+  outlives the output's replacement), which holds the holder's pid;
+- nothing is written into the models installed with skinaug (`SHIPPED_MODELS`).
 This module never imports torch: the onnx backend and `--help` stay light.
 """
 
@@ -462,10 +463,20 @@ def claim_output(path, *, kind: OutputKind, inputs: Iterable = (), overwrite: bo
     return claim
 
 
+SHIPPED_MODELS = Path(__file__).parent / "models"  # package data: installed with skinaug, read-only by contract
+
+
+def is_shipped(path) -> bool:
+    """True for a model installed with skinaug (or a path inside one)."""
+    try:
+        Path(path).resolve().relative_to(SHIPPED_MODELS.resolve())
+    except ValueError:
+        return False
+    return True
+
+
 def _refuse_shipped(path: Path, final: Path) -> None:
     """Nothing is written into (or over) the models installed with skinaug: they belong to the installation."""
-    from .modeldir import SHIPPED_MODELS, is_shipped  # imported here: modeldir itself writes through this module
-
     if is_shipped(final) or final in real_path(SHIPPED_MODELS).parents:
         raise SkinaugError(f"--out {path} is or holds a model shipped with skinaug, which is read-only: "
                            "choose another --out")

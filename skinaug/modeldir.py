@@ -1,8 +1,13 @@
 """The model directory: config.json, the weights of each stage, the model card.
 
 `config.json` is the single source of truth for shapes (image size, levels, K, D, grids) and class
-names. The fingerprint hashes the stage-1 config and weights: code files and generated datasets carry
-it, so a code file can be matched to the VQ-VAE that wrote it even after priors are added.
+names, read as a `ModelSpec` (`ModelDir.spec`). The fingerprint hashes the stage-1 config and weights: code
+files and generated datasets carry it, so a code file can be matched to the VQ-VAE that wrote it even after
+priors are added.
+
+Format 2 keeps each shape once, at the top level; "vqvae" holds the rest of the network's config (channels,
+...). Format 1 repeated image_size, levels, codebook_size and code_dim under "vqvae": such a file is read as
+format 2 (the copies must agree, and are dropped), and written back as format 2 when a later stage updates it.
 """
 
 from __future__ import annotations
@@ -12,15 +17,16 @@ import json
 import os
 from pathlib import Path
 
-from . import __version__
+from . import io as skinaug_io
 from .errors import SkinaugError
-from .io import atomic_path, read_json, write_json, write_text
+from .io import atomic_path, is_shipped, read_json, write_json, write_text
+from .spec import SHAPE_FIELDS, ModelSpec, code_grid
+from .version import __version__
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the shape fields only at the top level (1 repeated them under "vqvae")
 CONFIG = "config.json"
 VQVAE_WEIGHTS = "vqvae.safetensors"
 PRIOR_WEIGHTS = {"top": "prior_top.safetensors", "bottom": "prior_bottom.safetensors"}
-PRIOR_ENTRY_METADATA = ("classes", "metrics", "init")  # keys of a config.json["priors"][level] entry beside its config
 
 
 def fingerprint(vqvae_config: dict, state_dict) -> str:
@@ -83,7 +89,6 @@ def compact_weights(path) -> None:
 # left alone: later versions and other stages add their own.
 
 REQUIRED_FIELDS = ("image_size", "levels", "codebook_size", "code_dim", "grid", "fingerprint", "vqvae")
-SHARED_VQVAE_FIELDS = ("image_size", "levels", "codebook_size", "code_dim")  # in config.json and its "vqvae"
 VQVAE_INT_FIELDS = ("channels", "res_channels", "n_res_blocks", "restart_after")
 
 
@@ -112,7 +117,8 @@ FIELD_RULES = {
 
 
 def validate_config(config, path) -> dict:
-    """config.json as read, once its fields are known to be usable; one clear error naming the field otherwise."""
+    """config.json as read, in the format-2 layout, once its fields are known to be usable; one clear error naming
+    the field otherwise."""
     if not isinstance(config, dict):
         raise SkinaugError(f"{path} is not a skinaug model config: expected a JSON object")
     _check_format_version(config, path)
@@ -123,8 +129,7 @@ def validate_config(config, path) -> dict:
         if field in config and not valid(config[field]):
             raise SkinaugError(f"{path}: {field} must be {wanted}, not {config[field]!r}")
     _check_grid(config, path)
-    _check_vqvae(config, path)
-    return config
+    return _vqvae_section(config, path)
 
 
 def _check_format_version(config: dict, path) -> None:
@@ -140,27 +145,33 @@ def _check_grid(config: dict, path) -> None:
     grid, levels = config["grid"], ({"bottom"} if config["levels"] == 1 else {"top", "bottom"})
     if not isinstance(grid, dict) or set(grid) != levels:
         raise SkinaugError(f"{path}: grid must give the shape of each level ({', '.join(sorted(levels))}), not {grid!r}")
+    made = code_grid(config["image_size"], config["levels"])
     for level, shape in grid.items():
         if not (isinstance(shape, list) and len(shape) == 2 and all(_is_int(side, 1) for side in shape)):
             raise SkinaugError(f"{path}: grid.{level} must be [height, width] in codes, not {shape!r}")
+        if tuple(shape) != made[level]:
+            raise SkinaugError(f"{path}: grid.{level} is {shape!r} but the VQ-VAE makes {made[level][0]}x{made[level][1]} "
+                               f"{level} codes from {config['image_size']}px images")
 
 
-def _check_vqvae(config: dict, path) -> None:
-    """The network is built from "vqvae": it must agree with the shapes every other part reads."""
-    vqvae = config["vqvae"]
-    for field in SHARED_VQVAE_FIELDS:
-        if vqvae.get(field) != config[field]:
-            raise SkinaugError(f"{path}: vqvae.{field} is {vqvae.get(field)!r} but {field} is {config[field]!r}")
+def _vqvae_section(config: dict, path) -> dict:
+    """The config with "vqvae" holding only what the top level does not: a format-1 file's copies of the shapes
+    are checked against the top level (the network is built from both) and dropped."""
+    vqvae = dict(config["vqvae"])
+    for field in SHAPE_FIELDS:
+        if field in vqvae and vqvae[field] != config[field]:
+            raise SkinaugError(f"{path}: vqvae.{field} is {vqvae[field]!r} but {field} is {config[field]!r}")
+        vqvae.pop(field, None)
     for field in VQVAE_INT_FIELDS:
         if field in vqvae and not _is_int(vqvae[field], 0):
             raise SkinaugError(f"{path}: vqvae.{field} must be a non-negative integer, not {vqvae[field]!r}")
+    return {**config, "format_version": FORMAT_VERSION, "vqvae": vqvae}
 
 
-def prior_config_of(entry: dict):
-    """The PriorConfig of a config.json["priors"][level] entry (the entry adds what the prior was trained on)."""
-    from .priors import PriorConfig
-
-    return PriorConfig.from_dict({key: value for key, value in entry.items() if key not in PRIOR_ENTRY_METADATA})
+def vqvae_config(config: dict) -> dict:
+    """The VQ-VAE's whole config (`VQVAEConfig.to_dict()`): the shapes at the top level with the rest under "vqvae".
+    The fingerprint hashes this dict."""
+    return {**{field: config[field] for field in SHAPE_FIELDS}, **config["vqvae"]}
 
 
 class ModelDir:
@@ -192,17 +203,21 @@ class ModelDir:
             )
         return validate_config(read_json(self.config_path), self.config_path)
 
+    def spec(self) -> ModelSpec:
+        """Image size, levels, K, D, grids, class names and fingerprint, as config.json gives them."""
+        return ModelSpec.from_config(self.config())
+
     def class_names(self) -> list[str]:
-        return list(self.config().get("class_names", []))
+        return list(self.spec().class_names)
 
     def fingerprint(self) -> str:
-        return self.config()["fingerprint"]
+        return self.spec().fingerprint
 
     def load_vqvae(self, device="cpu"):
         """The stage-1 network in eval mode on `device`."""
         from .vqvae import VQVAE2, VQVAEConfig
 
-        model = VQVAE2(VQVAEConfig.from_dict(self.config()["vqvae"]))
+        model = VQVAE2(VQVAEConfig.from_dict(vqvae_config(self.config())))
         state = load_weights(self.path / VQVAE_WEIGHTS)
         try:
             model.load_state_dict(state)
@@ -216,19 +231,17 @@ class ModelDir:
         vq_config = model.config.to_dict()
         fingerprint_ = fingerprint(vq_config, state)
         save_weights(self.path / VQVAE_WEIGHTS, state)
+        spec = ModelSpec(**{field: vq_config[field] for field in SHAPE_FIELDS}, grid=model.config.grid_shapes(),
+                         class_names=tuple(class_names), fingerprint=fingerprint_).to_config()
         config = {
             "format_version": FORMAT_VERSION,
             "skinaug_version": __version__,
-            "image_size": model.config.image_size,
-            "levels": model.config.levels,
-            "codebook_size": model.config.codebook_size,
-            "code_dim": model.config.code_dim,
-            "grid": {level: list(shape) for level, shape in model.config.grid_shapes().items()},
+            **{field: spec[field] for field in (*SHAPE_FIELDS, "grid")},
             "normalisation": {"input": "uint8 RGB", "scale": "x / 127.5 - 1", "range": [-1.0, 1.0]},
-            "class_names": list(class_names),
+            "class_names": spec["class_names"],
             "training_data": training_data,
             "metrics": metrics,
-            "vqvae": vq_config,
+            "vqvae": {key: value for key, value in vq_config.items() if key not in SHAPE_FIELDS},
             "priors": {},
             "fingerprint": fingerprint_,
         }
@@ -245,11 +258,11 @@ class ModelDir:
 
     def load_prior(self, level: str, device="cpu"):
         """A trained prior in eval mode on `device`, with the classes it was trained on (None: every class)."""
-        from .priors import build_prior
+        from .priors import PriorConfig, build_prior
 
         self.require_prior(level)
         entry = self.config()["priors"][level]
-        prior = build_prior(prior_config_of(entry))
+        prior = build_prior(PriorConfig.from_entry(entry))
         weights = self.path / PRIOR_WEIGHTS[level]
         try:
             prior.load_state_dict(load_weights(weights))
@@ -270,12 +283,13 @@ class ModelDir:
     def write_model_card(self, config: dict) -> None:
         data = config.get("training_data", {})
         metrics = config.get("metrics", {})
+        spec = ModelSpec.from_config(config)
         lines = [
-            f"# skinaug model {config['fingerprint']}",
+            f"# skinaug model {spec.fingerprint}",
             "",
-            f"VQ-VAE-2, {config['levels']} level(s), {config['image_size']}px images, "
-            f"K={config['codebook_size']} codes of dimension D={config['code_dim']} per level; "
-            "grids " + ", ".join(f"{level} {h}x{w}" for level, (h, w) in config["grid"].items()) + ".",
+            f"VQ-VAE-2, {spec.levels} level(s), {spec.image_size}px images, "
+            f"K={spec.codebook_size} codes of dimension D={spec.code_dim} per level; "
+            "grids " + ", ".join(f"{level} {h}x{w}" for level, (h, w) in spec.grid.items()) + ".",
             "",
             "## Training data",
             f"- images: {data.get('data', '?')} (labels: {data.get('labels') or 'none'}), {data.get('images', '?')} images",
@@ -325,25 +339,17 @@ def refuse_baseline(path) -> None:
 
 # ------------------------------------------------------------------ shipped models and the default model
 
-SHIPPED_MODELS = Path(__file__).parent / "models"  # package data: installed with skinaug, read-only by contract
 DEFAULT_MODEL = "ham10000-64"
 MODEL_ENV = "SKINAUG_MODEL"
 
 
 def shipped_models() -> dict[str, Path]:
-    """Name -> directory of every model installed with skinaug."""
-    if not SHIPPED_MODELS.is_dir():
+    """Name -> directory of every model installed with skinaug (in `io.SHIPPED_MODELS`, which the output policy
+    keeps read-only)."""
+    root = skinaug_io.SHIPPED_MODELS
+    if not root.is_dir():
         return {}
-    return {path.name: path for path in sorted(SHIPPED_MODELS.iterdir()) if (path / CONFIG).is_file()}
-
-
-def is_shipped(path) -> bool:
-    """True for a model installed with skinaug (or a path inside one)."""
-    try:
-        Path(path).resolve().relative_to(SHIPPED_MODELS.resolve())
-    except ValueError:
-        return False
-    return True
+    return {path.name: path for path in sorted(root.iterdir()) if (path / CONFIG).is_file()}
 
 
 def resolve_model(path=None) -> Path:
@@ -358,7 +364,7 @@ def resolve_model(path=None) -> Path:
         default = shipped_models().get(DEFAULT_MODEL)
         if default is None:
             raise SkinaugError(f"no --model given and the default model {DEFAULT_MODEL} is not installed "
-                               f"(looked in {SHIPPED_MODELS}): pass --model MODEL_DIR or set {MODEL_ENV}")
+                               f"(looked in {skinaug_io.SHIPPED_MODELS}): pass --model MODEL_DIR or set {MODEL_ENV}")
         return default
     return locate_model(str(path), "--model")
 
@@ -391,13 +397,13 @@ def describe(path) -> dict:
         return describe_baseline(path)
     model = ModelDir(path)
     config = model.config()
-    data = config.get("training_data", {})
+    spec, data = ModelSpec.from_config(config), config.get("training_data", {})
     return {
         "name": Path(path).name,
-        "image_size": config["image_size"],
-        "classes": list(config.get("class_names", [])),
+        "image_size": spec.image_size,
+        "classes": list(spec.class_names),
         "licence": config.get("licence") or data.get("licence") or "see MODEL_CARD.md",
-        "fingerprint": config["fingerprint"],
+        "fingerprint": spec.fingerprint,
         "priors": sorted(level for level in PRIOR_WEIGHTS if model.has_prior(level)),
         "shipped": is_shipped(path),
         "path": str(path),

@@ -29,11 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
 from .codes import CodeWriter, model_attrs
 from .errors import SkinaugError
 from .io import OutputKind, atomic_path, claim_output, naming_write_errors, read_json, write_json, write_text
+from .spec import ModelSpec
 from .trained_on import TRAINED_ON, read_record
+from .version import __version__
 
 LABEL_COLUMNS = ["image", "label", "method", "source_top", "source_bottom", "temperature", "seed", "model_fingerprint"]
 METHODS = ("original", "reconstruction", "mix", "resample", "synthesize", "rand-bottom", "rand-top")
@@ -88,18 +89,21 @@ def plan_digest(plan) -> str:
 class DatasetWriter:
     """Writes a generated dataset batch by batch; see the module docstring for the resume design."""
 
-    def __init__(self, out_dir, *, model_config: dict, plan: dict, overwrite=False, resume=False,
+    def __init__(self, out_dir, *, model_config: ModelSpec | dict, plan: dict, overwrite=False, resume=False,
                  image_format: str = "png", quality: int = 95, is_main: bool = True, inputs=(), work_dir=None,
                  model_dir=None, jsonl: bool = False, codes: bool = True):
         """`inputs`: what the command reads (model, sources, labels, masks), never to be written over.
         `work_dir`: on the other torchrun ranks, the folder rank 0's claim writes into (its `.work`).
         `model_dir`: the generator's directory, whose record of training images the dataset keeps.
-        `codes`: False for a generator without codes (a baseline, skinaug/baselines/): no codes.h5 is written."""
+        `model_config`: the generator's ModelSpec (or its config.json as a dict).
+        `codes`: False for a generator without codes (a baseline, skinaug/baselines/): no codes.h5 is written, and
+        `model_config` is its config.json dict (a baseline has no code grid, hence no ModelSpec)."""
         self.out = Path(out_dir)
         self.codes = codes
         self.model_dir = model_dir
         self.jsonl = jsonl  # one JSON line per finished image on stdout, flushed per batch
-        self.model_config = model_config
+        self.spec = ModelSpec.of(model_config) if codes else None
+        self.fingerprint = self.spec.fingerprint if codes else model_config["fingerprint"]
         self.image_format = image_format.lower()
         if self.image_format not in ("png", "jpg"):
             raise SkinaugError(f"--format must be png or jpg, not {image_format}")
@@ -212,10 +216,9 @@ class DatasetWriter:
         names = [row["image"] for row in all_rows]
         if len(set(names)) != len(names):
             raise SkinaugError(f"internal error: duplicate image names in {self.out}")
-        class_names = self.model_config.get("class_names", [])
         if self.codes:
-            grid = {level: tuple(shape) for level, shape in self.model_config["grid"].items()}
-            with atomic_path(self.work / "codes.h5") as tmp, CodeWriter(tmp, model_attrs(self.model_config), grid) as writer:
+            class_names = list(self.spec.class_names)
+            with atomic_path(self.work / "codes.h5") as tmp, CodeWriter(tmp, model_attrs(self.spec), self.spec.grid) as writer:
                 for rows, codes in records:
                     labels = [class_names.index(row["label"]) if row["label"] in class_names else -1 for row in rows]
                     writer.append(codes, [row["image"] for row in rows], labels, [row.get("group", "") for row in rows])
@@ -226,7 +229,7 @@ class DatasetWriter:
             "out": str(self.out),
             "images": len(all_rows),
             "counts": counts,
-            "model_fingerprint": self.model_config["fingerprint"],
+            "model_fingerprint": self.fingerprint,
             "seed": seed,
             "seconds": round(time.perf_counter() - self.started, 3),
             **(extra or {}),

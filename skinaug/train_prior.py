@@ -15,7 +15,6 @@ close to it when fine-tuned from it; an unrelated VQ-VAE is allowed, SOURCE's pr
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field, replace
@@ -29,12 +28,14 @@ import torch.nn.functional as F
 from .codes import CodeFile, read_codes
 from .data import group_split
 from .distributed import Distributed
+from .encode import codes_from_images, open_code_model
 from .errors import SkinaugError, UsageError
 from .io import OutputLock, real_path
-from .modeldir import PRIOR_WEIGHTS, ModelDir, fingerprint, load_weights, prior_config_of, require_writable, save_weights
+from .modeldir import PRIOR_WEIGHTS, ModelDir, fingerprint, load_weights, require_writable, save_weights
 from .priors import PriorConfig, build_prior
 from .priors.config import ATTENTION_KINDS
 from .runtime import log, resolve_device, warn
+from .spec import ModelSpec
 from .trained_on import record_stage
 from .train_vqvae import InitSource, open_init
 from .training import (Bar, Epoch, Hooks, MetricsLog, Run, TrainState, autocast_for, fit, load_checkpoint,
@@ -66,29 +67,6 @@ class PriorOptions:
     overrides: dict = field(default_factory=dict)  # PriorConfig fields from the command line (channels, ...)
 
 
-def codes_from_images(model_dir: ModelDir, data, labels, device, batch_size=64, **scan_options) -> CodeFile:
-    """Encodes DATA in memory (no file written) into the same structure `read_codes` returns."""
-    from .codes import model_attrs
-    from .encode import dataset_for_model, encode_batch
-    from .image_cache import decode_in_chunks
-
-    config = model_dir.config()
-    dataset = dataset_for_model(data, labels, config, **scan_options)
-    network = model_dir.load_vqvae(device)
-    codes: dict[str, list[np.ndarray]] = {level: [] for level in config["grid"]}
-    kept = []
-    for images, chunk in decode_in_chunks(dataset.samples, config["image_size"]):
-        for start in range(0, len(chunk), batch_size):
-            batch_codes, _ = encode_batch(network, images[start : start + batch_size], device)
-            for level, values in batch_codes.items():
-                codes[level].append(values)
-        kept.extend(chunk)
-    attrs = {**model_attrs(config), "class_names": json.dumps(dataset.class_names)}
-    return CodeFile(Path(str(data)), attrs, {k: np.concatenate(v) for k, v in codes.items()},
-                    [s.name for s in kept], np.array([s.label for s in kept]), [s.group for s in kept],
-                    files={s.name: s.path for s in kept})
-
-
 def select_classes(code_file: CodeFile, class_names: list[str], wanted: list[str] | None) -> np.ndarray:
     """Indices of the images to train on: every labelled image, or those of the named classes."""
     if wanted is None:
@@ -104,14 +82,17 @@ def select_classes(code_file: CodeFile, class_names: list[str], wanted: list[str
     return np.flatnonzero(keep)
 
 
-def prior_config_for(level: str, config: dict, options: PriorOptions) -> PriorConfig:
-    height, width = config["grid"][level]
-    num_classes = 0 if options.unconditional else len(config.get("class_names", []))
-    top = config["grid"].get("top")
+def prior_config_for(level: str, config: ModelSpec | dict, options: PriorOptions) -> PriorConfig:
+    """The prior of `level` for the model's codes (its spec, or its config.json as a dict): the code grid and K
+    from the spec, the network's size from the defaults and the options."""
+    spec = ModelSpec.of(config)
+    height, width = spec.grid[level]
+    num_classes = 0 if options.unconditional else len(spec.class_names)
+    conditioned = level == "bottom" and "top" in spec.grid
     prior_config = PriorConfig.default_for(
-        level, config["codebook_size"], height, width, num_classes, arch=options.arch or "pixelsnail",
-        top_shape=tuple(top) if (level == "bottom" and top) else None,
-        top_codebook_size=config["codebook_size"] if (level == "bottom" and top) else None,
+        level, spec.codebook_size, height, width, num_classes, arch=options.arch or "pixelsnail",
+        top_shape=spec.grid["top"] if conditioned else None,
+        top_codebook_size=spec.codebook_size if conditioned else None,
     )
     for key, value in options.overrides.items():
         if value is not None:
@@ -120,7 +101,7 @@ def prior_config_for(level: str, config: dict, options: PriorOptions) -> PriorCo
 
 
 def source_prior_config(source: InitSource, level: str) -> PriorConfig:
-    return prior_config_of(source.config["priors"][level])
+    return PriorConfig.from_entry(source.config["priors"][level])
 
 
 def require_source_prior(source: InitSource, level: str) -> None:
@@ -468,7 +449,8 @@ def _train_priors(model, *, codes=None, data=None, labels=None, level="both", op
         if code_file.class_names and code_file.class_names != config.get("class_names", []):
             raise SkinaugError(f"{codes} uses classes {code_file.class_names}, the model {config.get('class_names')}")
     else:
-        code_file = codes_from_images(model_dir, data, labels, resolve_device(options.device), **scan_options)
+        code_file = codes_from_images(open_code_model(model_dir, options.device, "torch"), data, labels,
+                                      **scan_options)
     return {lvl: train_prior_level(model_dir, code_file, lvl, options, resume=resume, overwrite=overwrite, init=source)
             for lvl in levels}
 

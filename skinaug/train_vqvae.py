@@ -26,7 +26,7 @@ from .image_cache import build_cache
 from .io import MODEL_DIRECTORY, atomic_path, claim_output, write_json
 from .losses import (GAN_START_SHARE, Adversary, LossSettings, discriminator_width, loss_settings, ssim_loss,
                      ssim_module)
-from .modeldir import PRIOR_WEIGHTS, VQVAE_WEIGHTS, ModelDir, fingerprint, load_weights
+from .modeldir import PRIOR_WEIGHTS, VQVAE_WEIGHTS, ModelDir, fingerprint, load_weights, vqvae_config
 from .runtime import log, resolve_device, warn
 from .trained_on import record_stage
 from .training import (Epoch, Hooks, MetricsLog, Run, TrainState, augment_batch, autocast_for, fit, load_checkpoint,
@@ -93,7 +93,7 @@ def open_init(path) -> InitSource:
 def vqvae_config_from_init(source: InitSource, requested=None) -> VQVAEConfig:
     """The --init model's VQ-VAE config. `requested` (a dict of the values asked for, or a full VQVAEConfig) may
     change the training knobs (restart_after, ...) but must agree on every shape-defining field."""
-    base = source.config["vqvae"]
+    base = vqvae_config(source.config)
     if isinstance(requested, VQVAEConfig):
         requested = requested.to_dict()
     requested = {key: value for key, value in (requested or {}).items() if value is not None}
@@ -526,7 +526,7 @@ def copy_init_priors(model_dir: ModelDir, init_record: dict, class_names: list[s
     `shown_as`: the model directory as the user named it (model_dir may be a staging directory)."""
     import shutil
 
-    from .train_prior import source_prior_config
+    from .priors.config import PriorConfig
 
     source = open_init(init_record["model"])
     if source.fingerprint != init_record["fingerprint"]:
@@ -549,7 +549,8 @@ def copy_init_priors(model_dir: ModelDir, init_record: dict, class_names: list[s
         weights = source.path / PRIOR_WEIGHTS[level]
         with atomic_path(model_dir.path / PRIOR_WEIGHTS[level]) as tmp:
             shutil.copyfile(weights, tmp)
-        prior_fingerprint = fingerprint(source_prior_config(source, level).to_dict(), load_weights(weights))
+        prior_fingerprint = fingerprint(PriorConfig.from_entry(source.config["priors"][level]).to_dict(),
+                                        load_weights(weights))
         priors[level] = {**source.config["priors"][level],
                          "init": source.record(prior_fingerprint=prior_fingerprint, vqvae="decoder-only", copied=True)}
     model_dir.update_config(priors=priors)

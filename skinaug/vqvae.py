@@ -12,10 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .backends.base import PIXEL_SCALE
 from .quantize import VectorQuantizer
-
-# pixels are scaled from [0, 255] to [-1, 1]; MSE on [0, 1] pixels is a quarter of MSE on this scale
-PIXEL_SCALE = 127.5
+from .spec import code_grid
 
 
 @dataclass
@@ -32,11 +31,8 @@ class VQVAEConfig:
     restart_after: int = 200  # training steps without use before a code is re-seeded
 
     def grid_shapes(self) -> dict[str, tuple[int, int]]:
-        """Code-map shape per level; the one source of truth for grid sizes."""
-        shapes = {"bottom": (self.image_size // 4, self.image_size // 4)}
-        if self.levels == 2:
-            shapes["top"] = (self.image_size // 8, self.image_size // 8)
-        return shapes
+        """Code-map shape per level (`spec.code_grid`, the one source of truth for grid sizes)."""
+        return code_grid(self.image_size, self.levels)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -48,7 +48,7 @@ def test_vqvae_init_with_zero_epochs_copies_the_source_under_the_new_classes(gen
     # no shape option at all: every one comes from the source (the defaults would be 256px, K=256, ...)
     assert run("train", "vqvae", images, "--labels", csv, "--init", source, "--epochs", 0, "--out", out, *CPU) == 0
     new, old = config_of(out), config_of(source)
-    assert new["vqvae"] == old["vqvae"] and new["vqvae"]["image_size"] == TINY_VQVAE["image_size"]
+    assert new["vqvae"] == old["vqvae"] and new["image_size"] == TINY_VQVAE["image_size"]
     assert (new["image_size"], new["codebook_size"], new["code_dim"], new["grid"]) == (32, 16, 4, {"bottom": [8, 8], "top": [4, 4]})
     assert new["class_names"] == NEW_CLASSES and old["class_names"] == ["bkl", "melanoma", "nevus"]
     assert new["training_data"]["per_class"] == {"melanoma": 4, "nevus": 4, "vitiligo": 4}

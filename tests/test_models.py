@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from skinaug import io as skinaug_io
 from skinaug import modeldir
 from skinaug.cli import main
 from skinaug.errors import SkinaugError
 
-SHIPPED = modeldir.SHIPPED_MODELS / modeldir.DEFAULT_MODEL
+SHIPPED = skinaug_io.SHIPPED_MODELS / modeldir.DEFAULT_MODEL
 
 
 @pytest.fixture
@@ -20,7 +21,7 @@ def shipped_dir(tmp_path, monkeypatch, generator_model):
     """A fake installation: the tiny model with priors installed as the shipped default."""
     root = tmp_path / "installed"
     shutil.copytree(generator_model["model"], root / modeldir.DEFAULT_MODEL, ignore=shutil.ignore_patterns("train"))
-    monkeypatch.setattr(modeldir, "SHIPPED_MODELS", root)
+    monkeypatch.setattr(skinaug_io, "SHIPPED_MODELS", root)
     monkeypatch.delenv(modeldir.MODEL_ENV, raising=False)
     return root / modeldir.DEFAULT_MODEL
 
@@ -46,7 +47,7 @@ def test_unknown_model_names_the_source_and_the_shipped_models(shipped_dir, monk
 
 
 def test_missing_default_says_how_to_choose_a_model(tmp_path, monkeypatch):
-    monkeypatch.setattr(modeldir, "SHIPPED_MODELS", tmp_path / "empty")
+    monkeypatch.setattr(skinaug_io, "SHIPPED_MODELS", tmp_path / "empty")
     monkeypatch.delenv(modeldir.MODEL_ENV, raising=False)
     with pytest.raises(SkinaugError, match="pass --model MODEL_DIR or set SKINAUG_MODEL"):
         modeldir.resolve_model(None)
@@ -121,7 +122,7 @@ def test_shipped_model_config_and_fingerprint():
     # the fingerprint is that of the weights as loaded (float16 on disk, float32 in memory)
     state = modeldir.load_weights(SHIPPED / modeldir.VQVAE_WEIGHTS)
     assert all(t.dtype != torch.float16 for t in state.values())
-    assert modeldir.fingerprint(config["vqvae"], state) == config["fingerprint"]
+    assert modeldir.fingerprint(modeldir.vqvae_config(config), state) == config["fingerprint"]
     assert sum(f.stat().st_size for f in SHIPPED.rglob("*") if f.is_file()) < 48 * 2**20
 
 

@@ -191,11 +191,11 @@ def test_export_refuses_a_read_only_model_with_one_line_naming_out(generator_mod
 
 
 def test_export_refuses_a_shipped_model(generator_model, tmp_path, monkeypatch, capsys):
-    import skinaug.modeldir as modeldir
+    import skinaug.io as skinaug_io
 
     shipped = tmp_path / "models"
     shutil.copytree(generator_model["model"], shipped / "tiny")
-    monkeypatch.setattr(modeldir, "SHIPPED_MODELS", shipped)
+    monkeypatch.setattr(skinaug_io, "SHIPPED_MODELS", shipped)
     assert main(["export", "onnx", "--model", str(shipped / "tiny"), "--quiet"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "read-only" in err[0] and "--out DIR" in err[0]

@@ -18,7 +18,7 @@ from near_ties import assert_same_draws, close_draws
 from skinaug.cli import main
 from skinaug.modeldir import ModelDir
 from skinaug.priors import sample
-from skinaug.modeldir import PRIOR_ENTRY_METADATA as ENTRY_METADATA
+from skinaug.priors.config import ENTRY_METADATA
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -350,12 +350,12 @@ def test_a_planted_lock_link_never_truncates_its_target(tmp_path):
 def test_nothing_is_written_over_a_shipped_model(tmp_path, monkeypatch, generator_model):
     import shutil
 
-    from skinaug import modeldir
+    from skinaug import io as skinaug_io
     from skinaug.cli import main
 
     shipped = tmp_path / "installed" / "ham10000-64"
     shutil.copytree(generator_model["model"], shipped, ignore=shutil.ignore_patterns("train"))
-    monkeypatch.setattr(modeldir, "SHIPPED_MODELS", shipped.parent)
+    monkeypatch.setattr(skinaug_io, "SHIPPED_MODELS", shipped.parent)
     before = {f.name: f.read_bytes() for f in shipped.iterdir() if f.is_file()}
     data = generator_model["data"]
     for argv in (["train", "vqvae", str(data.images), "--labels", str(data.labels_csv), "--out", str(shipped),

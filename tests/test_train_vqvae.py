@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 import skinaug.train_vqvae as train_module
 from skinaug.cli import main
-from skinaug.modeldir import ModelDir, fingerprint
+from skinaug.modeldir import ModelDir, fingerprint, vqvae_config
 from skinaug.training import lr_factor
 from skinaug.vqvae import VQVAE2, VQVAEConfig
 
@@ -77,7 +77,7 @@ def test_cli_trains_a_complete_model_directory(tiny_dataset, tmp_path, capsys):
     assert config["metrics"]["epochs"] == 2 and config["metrics"]["steps"] == 2 * (config["training_data"]["train_images"] // 4)
 
     weights = load_file(str(out / "vqvae.safetensors"))
-    assert config["fingerprint"] == fingerprint(config["vqvae"], weights)  # the fingerprint names these weights
+    assert config["fingerprint"] == fingerprint(vqvae_config(config), weights)  # the fingerprint names these weights
     assert len(config["fingerprint"]) == 12 and int(config["fingerprint"], 16) >= 0
     model = ModelDir(out).load_vqvae()
     assert model.config == VQVAEConfig(image_size=32, levels=2, codebook_size=16, code_dim=4, channels=16,

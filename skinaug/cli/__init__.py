@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from .. import __version__
+from ..version import __version__
 from ..errors import SkinaugError, os_error_message
 
 app = typer.Typer(

@@ -65,7 +65,7 @@ def register(app: typer.Typer) -> None:
         stats = encode_dataset(data, out, model=model, labels=labels, device=device, batch_size=batch_size,
                                overwrite=overwrite, strict=strict, workers=workers, backend=backend, **columns(image_col, label_col, group_col))
         if not quiet:
-            print_code_table(stats, ModelDir(model).config()["codebook_size"])
+            print_code_table(stats, ModelDir(model).spec().codebook_size)
         emit(stats, json_, out)
 
     @app.command("decode")

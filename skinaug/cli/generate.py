@@ -320,7 +320,7 @@ def register(app: typer.Typer) -> None:
 
             from ..classic import augment_images
 
-            side = generator.config["image_size"]
+            side = generator.spec.image_size
             augment_images(np.full((1, side, side, 3), 128, np.uint8), 0, transforms)
         source, read = _sources(model, None, data, labels, device, backend, strict, columns(image_col, label_col, group_col))
         jobs, table = plan_augment(source, generator.class_names, factor=factor, balance=balance, weights=weights,
@@ -329,7 +329,7 @@ def register(app: typer.Typer) -> None:
             _print_plan(table, weights)
             emit({"plan": table, "input": read}, json_)
             return
-        originals = None if no_originals else original_rows(source, generator.class_names, generator.config["fingerprint"])
+        originals = None if no_originals else original_rows(source, generator.class_names, generator.spec.fingerprint)
         name_jobs(jobs, generator.class_names, prefix="gen_", taken=[row["image"] for row in originals or []])
         plan = job_plan(jobs, command="augment", data=str(data), seed=seed, batch_size=batch_size, temperature=temperature,
                         top_k=top_k, originals=not no_originals, format=image_format, bf16=bf16,

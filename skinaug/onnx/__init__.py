@@ -5,8 +5,9 @@
     skinaug encode DATA --model MODEL_DIR --out codes.h5 --backend onnx   # runs with onnxruntime alone
 
 - `export.py` (imports torch): the graphs, the parity check against PyTorch, the atomic write.
-- `runtime.py` (numpy + onnxruntime only): sessions and providers, the VQ-VAE, and the priors' samplers.
-- `generate.py` (numpy + onnxruntime only): the augmentations' `Generator` on the onnx backend.
+- `runtime.py` (numpy + onnxruntime only): sessions and providers, and the VQ-VAE and the priors' samplers as the
+  `skinaug.backends.base` interfaces (a code model, prior samplers); `skinaug.backends.onnx` makes them a backend
+  that `skinaug.generate.Generator` drives.
 
 Nothing in this package's runtime half imports torch, directly or through another skinaug module: a CI test runs
 the commands in a process where `import torch` fails.

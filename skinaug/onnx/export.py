@@ -44,6 +44,7 @@ from ..errors import SkinaugError
 from ..io import EXPORTED_MODEL, OutputLock, claim_output, file_mode, folder_mode, real_path, swap_into_place
 from ..modeldir import PRIOR_WEIGHTS, VQVAE_WEIGHTS, ModelDir
 from ..runtime import log
+from ..spec import ModelSpec
 from ..trained_on import TRAINED_ON
 from . import EXPORT_FORMAT, ONNX_DIR, OPSET
 from .runtime import file_digest
@@ -466,7 +467,8 @@ def _same_path(a, b) -> bool:
 def _export_all(model_dir: ModelDir, config: dict, out: Path, opset: int, batch: int, generator) -> dict:
     from .runtime import OnnxModel
 
-    size = config["image_size"]
+    spec = ModelSpec.from_config(config)
+    size = spec.image_size
     vqvae = model_dir.load_vqvae("cpu")
     levels = list(EncoderGraph(vqvae).levels)
     images = torch.rand(batch, 3, size, size, generator=generator) * 2 - 1
@@ -475,8 +477,7 @@ def _export_all(model_dir: ModelDir, config: dict, out: Path, opset: int, batch:
                                [f"codes_{level}" for level in levels] + ["squared_error"],
                                {name: {0: "batch"} for name in ["images", *[f"codes_{lv}" for lv in levels], "squared_error"]},
                                opset)
-    codes = tuple(torch.randint(config["codebook_size"], (batch, *config["grid"][level]), generator=generator)
-                  for level in levels)
+    codes = tuple(torch.randint(spec.codebook_size, (batch, *spec.grid[level]), generator=generator) for level in levels)
     files["decoder"] = _export(DecoderGraph(vqvae), codes, out / "decoder.onnx", [f"codes_{lv}" for lv in levels],
                                ["images"], {name: {0: "batch"} for name in [*[f"codes_{lv}" for lv in levels], "images"]},
                                opset)
@@ -488,7 +489,7 @@ def _export_all(model_dir: ModelDir, config: dict, out: Path, opset: int, batch:
             priors[level] = prior
             files[f"prior_{level}"] = _export_prior(prior, level, out, opset, batch, generator)
             digests[f"prior_{level}"] = file_digest(model_dir.path / PRIOR_WEIGHTS[level])
-    manifest = {"files": files, "weights": digests, "fingerprint": config["fingerprint"]}
+    manifest = {"files": files, "weights": digests, "fingerprint": spec.fingerprint}
     runtime = OnnxModel(model_dir, "cpu", manifest=manifest, onnx_dir=out)
     manifest["parity"] = check_parity(runtime, vqvae, priors, config, batch, generator)
     return manifest
@@ -590,7 +591,8 @@ def check_parity(runtime, vqvae, priors: dict, config: dict, batch: int, generat
     from ..priors import sample
 
     figures: dict = {}
-    size = config["image_size"]
+    spec = runtime.spec
+    size = spec.image_size
     images = torch.rand(batch, 3, size, size, generator=generator) * 2 - 1
     with torch.no_grad():
         _, torch_codes, _ = vqvae.encode(images)
@@ -598,7 +600,7 @@ def check_parity(runtime, vqvae, priors: dict, config: dict, batch: int, generat
     agreement = min(float((onnx_codes[lv] == torch_codes[lv].numpy()).mean()) for lv in torch_codes)
     figures["encoder_code_agreement"] = agreement
     _require(agreement >= CODE_AGREEMENT, f"encoder: codes agree on {agreement:.4%} of positions")
-    codes = {lv: torch.randint(config["codebook_size"], (batch, *config["grid"][lv]), generator=generator) for lv in torch_codes}
+    codes = {lv: torch.randint(spec.codebook_size, (batch, *spec.grid[lv]), generator=generator) for lv in torch_codes}
     with torch.no_grad():
         torch_images = vqvae.decode_codes(codes).clamp(-1, 1).numpy()
     difference = float(np.abs(runtime.vqvae.decode_float({lv: c.numpy() for lv, c in codes.items()}) - torch_images).max())

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..backends.base import PIXEL_SCALE, CodeModel, PriorSampler, check_draw_args
 from ..errors import SkinaugError
 from ..modeldir import PRIOR_WEIGHTS, VQVAE_WEIGHTS, ModelDir
 from ..runtime import log, warn
+from ..spec import ModelSpec
 from . import EXPORT_FORMAT, ONNX_DIR
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
-PIXEL_SCALE = np.float32(127.5)  # as skinaug.vqvae.PIXEL_SCALE: uint8 [0, 255] <-> [-1, 1]
 
 
 def import_onnxruntime():
@@ -83,6 +84,7 @@ class OnnxModel:
         self.ort = import_onnxruntime()
         self.model_dir = model if isinstance(model, ModelDir) else ModelDir(model)
         self.config = self.model_dir.config()
+        self.spec = ModelSpec.from_config(self.config)
         self.onnx_dir = Path(onnx_dir) if onnx_dir is not None else self.model_dir.path / ONNX_DIR
         if manifest is None:
             manifest = self.config.get("onnx")
@@ -168,16 +170,23 @@ class OnnxModel:
             if entry is None:
                 raise SkinaugError(f"{self.onnx_dir} has no {level} prior: train it, then run "
                                    f"`skinaug export onnx --model {self.model_dir.path} --overwrite`")
-            self._priors[level] = OnnxPrior(self, entry)
+            self._priors[level] = OnnxPrior(self, entry, self.config.get("priors", {}).get(level, {}).get("classes"))
         return self._priors[level]
 
 
-class OnnxVQVAE:
-    """`encode.encode_batch` and `encode.decode_batch` through encoder.onnx and decoder.onnx."""
+class OnnxVQVAE(CodeModel):
+    """The VQ-VAE's `CodeModel` through encoder.onnx and decoder.onnx (`encode.TorchCodeModel`'s twin)."""
 
     def __init__(self, model: OnnxModel):
-        self.model = model
-        self.levels = ["top", "bottom"] if model.config["levels"] == 2 else ["bottom"]
+        self.model, self.spec = model, model.spec
+        self.levels = ["top", "bottom"] if model.spec.levels == 2 else ["bottom"]  # the graphs' output order
+
+    @property
+    def device_name(self) -> str:
+        return self.model.device_name
+
+    def info(self) -> dict:
+        return self.model.info()
 
     def encode_float(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """float (B, 3, S, S) in [-1, 1] -> code maps per level (int64)."""
@@ -187,20 +196,20 @@ class OnnxVQVAE:
         outputs = self.model.run(self.model.manifest["files"]["encoder"], {"images": np.ascontiguousarray(images, np.float32)})
         return dict(zip(self.levels, outputs[:-1])), outputs[-1]
 
-    def encode_batch(self, images_uint8: np.ndarray) -> tuple[dict[str, np.ndarray], np.float64]:
+    def encode_with_error(self, images_uint8: np.ndarray) -> tuple[dict[str, np.ndarray], float]:
         """uint8 (B, S, S, 3) -> (code maps per level as uint16, squared error sum on [0, 1] pixels)."""
-        images = np.asarray(images_uint8).transpose(0, 3, 1, 2).astype(np.float32) / PIXEL_SCALE - np.float32(1.0)
+        images = np.asarray(images_uint8).transpose(0, 3, 1, 2).astype(np.float32) / np.float32(PIXEL_SCALE) - np.float32(1.0)
         codes, squared_error = self._encode(images)
         return ({level: values.astype(np.uint16) for level, values in codes.items()},
-                np.float64(squared_error.astype(np.float64).sum()))
+                float(squared_error.astype(np.float64).sum()))
 
     def decode_float(self, codes: dict[str, np.ndarray]) -> np.ndarray:
         feeds = {f"codes_{level}": np.ascontiguousarray(codes[level], np.int64) for level in self.levels}
         return self.model.run(self.model.manifest["files"]["decoder"], feeds)[0]
 
-    def decode_batch(self, codes: dict[str, np.ndarray]) -> np.ndarray:
+    def decode(self, codes: dict[str, np.ndarray]) -> np.ndarray:
         """Code maps per level (B, H, W) -> uint8 images (B, S, S, 3), rounded like `skinaug.vqvae.to_uint8`."""
-        pixels = np.clip(np.round((self.decode_float(codes) + np.float32(1.0)) * PIXEL_SCALE), 0, 255)
+        pixels = np.clip(np.round((self.decode_float(codes) + np.float32(1.0)) * np.float32(PIXEL_SCALE)), 0, 255)
         return np.ascontiguousarray(pixels.astype(np.uint8).transpose(0, 2, 3, 1))
 
 
@@ -218,22 +227,14 @@ def draw_codes(logits: np.ndarray, uniforms: np.ndarray, temperature: float = 1.
     return np.minimum(codes, last_possible).astype(np.int64)
 
 
-def check_draw_args(temperature: float, top_k: int | None) -> None:
-    from ..errors import UsageError
+class OnnxPrior(PriorSampler):
+    """A prior's graphs: `logits` (full forward), `sample` (cached steps) and `sample_reference` (full forwards).
+    trained_classes: the classes it was trained on (None: every class of the model)."""
 
-    if not temperature > 0:
-        raise UsageError(f"temperature must be positive, not {temperature}")
-    if top_k is not None and not 1 <= top_k:
-        raise UsageError(f"top_k must be at least 1, not {top_k}")
-
-
-class OnnxPrior:
-    """A prior's graphs: `logits` (full forward), `sample` (cached steps) and `sample_reference` (full forwards)."""
-
-    def __init__(self, model: OnnxModel, entry: dict):
-        self.model, self.entry = model, entry
+    def __init__(self, model: OnnxModel, entry: dict, trained_classes: list[str] | None = None):
+        self.model, self.entry, self.trained_classes = model, entry, trained_classes
         self.height, self.width = entry["height"], entry["width"]
-        self.codebook_size = entry["codebook_size"]
+        self.codebook_size, self.num_classes = entry["codebook_size"], entry["num_classes"]
         self._buffers: dict = {}  # (shape, device) -> OrtValue, kept from one sampling call to the next
         self._schedule = None
 

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, fields
 from ..errors import UsageError
 
 ARCHS = ("pixelsnail", "gated-pixelcnn")
+# keys of a config.json["priors"][level] entry that are not PriorConfig fields
+ENTRY_METADATA = ("classes", "metrics", "init")
 LEVELS = ("top", "bottom")
 OWN_CODE_FIELD = "attention_sees_own_code"  # absent from configs written before it: False there
 ATTENTION_KINDS = {"fixed": True, "legacy": False}  # `train prior --attention`: values of attention_sees_own_code
@@ -89,6 +91,11 @@ class PriorConfig:
         if unknown:
             raise UsageError(f"unknown prior config keys: {', '.join(unknown)}")
         return cls(**{OWN_CODE_FIELD: False, **d})
+
+    @classmethod
+    def from_entry(cls, entry: dict) -> PriorConfig:
+        """The config of a level's entry in config.json["priors"] (which also records its classes and metrics)."""
+        return cls.from_dict({key: value for key, value in entry.items() if key not in ENTRY_METADATA})
 
     @classmethod
     def default_for(cls, level: str, codebook_size: int, height: int, width: int, num_classes: int,

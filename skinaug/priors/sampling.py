@@ -8,6 +8,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
+from ..backends.base import check_draw_args  # noqa: F401  (also imported from here by fast.py and refine.py)
 from ..errors import UsageError
 
 
@@ -91,13 +92,6 @@ def resolve_keep(keep: tuple[Tensor, Tensor] | None, batch: int, height: int, wi
     if tuple(codes.shape) != (batch, height, width) or tuple(mask.shape) != (batch, height, width):
         raise UsageError(f"keep must be (codes, mask), both of shape ({batch}, {height}, {width})")
     return codes.to(device=device, dtype=torch.long).flatten(1), mask.to(device=device, dtype=torch.bool).flatten(1)
-
-
-def check_draw_args(temperature: float, top_k: int | None) -> None:
-    if not temperature > 0:
-        raise UsageError(f"temperature must be positive, not {temperature}")
-    if top_k is not None and not 1 <= top_k:
-        raise UsageError(f"top_k must be at least 1, not {top_k}")
 
 
 @contextmanager

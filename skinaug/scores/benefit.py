@@ -352,7 +352,7 @@ def run_benefit(data, labels_csv_path, out, options: BenefitOptions, *, model=No
             real_labels = np.array([s.label for s in kept], dtype=np.int64)
             steps = options.steps or steps_for(options.epochs, len(real_images), options.budget.batch_size)
             budget = Budget(**{**asdict(options.budget), "steps": steps})
-            source = share_codes(generator, data, folder / "real.csv", class_names, device) if generator else None
+            source = share_codes(generator, data, folder / "real.csv", class_names) if generator else None
             sets = {"real": (real_images, real_labels)}
             judge = Judge(folder / "classifiers", real_images, real_labels, len(class_names), budget, device, options,
                           f"{fraction:g} judge")
@@ -423,11 +423,11 @@ def save_array(path: Path, values: np.ndarray) -> None:
             np.save(handle, values)
 
 
-def share_codes(generator, data, share_csv: Path, class_names: list[str], device):
+def share_codes(generator, data, share_csv: Path, class_names: list[str]):
     """The share's codes, labelled by the data's class list (a share may lack a class, and its CSV with it)."""
-    from ..train_prior import codes_from_images
+    from ..encode import codes_from_images
 
-    source = codes_from_images(generator.model_dir, data, share_csv, device)
+    source = codes_from_images(generator.code_model, data, share_csv)
     remap = np.array([class_names.index(name) for name in source.class_names], dtype=np.int64)
     source.labels = np.where(source.labels >= 0, remap[np.maximum(source.labels, 0)], -1)
     return source

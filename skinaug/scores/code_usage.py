@@ -3,33 +3,27 @@ pairs, perplexities, and the model's reconstruction MSE when the model and the i
 
 from __future__ import annotations
 
-import torch
-
 from ..codes import code_statistics, read_codes
-from ..encode import dataset_for_model, encode_batch
+from ..encode import TorchCodeModel, dataset_for_model
 from ..errors import SkinaugError, UsageError
 from ..image_cache import decode_in_chunks
 from ..modeldir import ModelDir
-from ..runtime import log, resolve_device
+from ..runtime import log
 
 
 def reconstruction_mse(model, data, labels=None, *, device="auto", batch_size=64, strict=False, workers=None, **columns) -> tuple[float, int]:
     """Mean squared error on [0, 1] pixels of the model's reconstructions of DATA, and the image count."""
-    model_dir = ModelDir(model)
-    config = model_dir.config()
-    device = resolve_device(device)
-    network = model_dir.load_vqvae(device)
-    dataset = dataset_for_model(data, labels, config, strict=strict, **columns)
-    squared_error = torch.zeros((), dtype=torch.float64, device=device)
-    count = 0
-    for images, kept in decode_in_chunks(dataset.samples, config["image_size"], strict=strict, workers=workers):
+    code_model = TorchCodeModel(ModelDir(model), device)
+    spec = code_model.spec
+    dataset = dataset_for_model(data, labels, spec, strict=strict, **columns)
+    squared_error, count = 0.0, 0
+    for images, kept in decode_in_chunks(dataset.samples, spec.image_size, strict=strict, workers=workers):
         for start in range(0, len(kept), batch_size):
-            _, error = encode_batch(network, images[start : start + batch_size], device)
-            squared_error += error
+            squared_error += code_model.encode_with_error(images[start : start + batch_size])[1]
             count += len(kept[start : start + batch_size])
     if count == 0:
         raise SkinaugError(f"no image in {data} could be read")
-    return float(squared_error.item() / (count * 3 * config["image_size"] ** 2)), count
+    return squared_error / (count * 3 * spec.image_size**2), count
 
 
 def score_codes(codes_path, *, model=None, data=None, labels=None, device="auto", batch_size=64, strict=False,
@@ -44,7 +38,7 @@ def score_codes(codes_path, *, model=None, data=None, labels=None, device="auto"
     for level, values in code_file.codes.items():
         stats[f"grid_{level}"] = list(values.shape[1:])
     if model is not None:
-        code_file.check_model(ModelDir(model).config())
+        code_file.check_model(ModelDir(model).spec())
         log(f"reconstructing {data} with {model} for the MSE")
         stats["mse"], stats["mse_images"] = reconstruction_mse(model, data, labels, device=device, batch_size=batch_size,
                                                                strict=strict, workers=workers, **columns)

@@ -17,9 +17,9 @@ A trainer supplies a step function and the objects a checkpoint keeps; `fit` run
 A trainer with several players (a GAN) keeps one entry per kind of object in the checkpoint, with a `Group`:
 `TrainState(model=gan, optimizer=Group(generator=..., discriminator=...), scheduler=Group(generator=..., ...))`.
 
-After each step fit advances every learning-rate scheduler in the state, in groups too. At the end of each epoch it calls
-`hooks.synchronise` on every rank, then on rank 0 alone `hooks.evaluate` (the metrics line), appends that line to
-the metrics log, calls `hooks.epoch_end` (sample grids, best-checkpoint logic) and saves the checkpoint. Under
+After each step fit advances every learning-rate scheduler in the state, in groups too. At the end of each epoch
+it calls `hooks.synchronise` on every rank, then on rank 0 alone `hooks.evaluate` (the metrics line), appends that
+line to the metrics log, calls `hooks.epoch_end` (sample grids, best-checkpoint logic) and saves the checkpoint. Under
 torchrun (skinaug.distributed) every rank steps in lockstep and only rank 0 logs and saves.
 
 Finite-loss guard: the summed "loss" is checked every step on CPU and every 25 steps on a GPU (each check is a

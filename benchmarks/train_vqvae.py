@@ -21,7 +21,8 @@ import torch
 
 from skinaug.data import scan_dataset
 from skinaug.image_cache import build_cache
-from skinaug.train_vqvae import BatchSource, VQVAEStep
+from skinaug.train_vqvae import VQVAEStep
+from skinaug.training import BatchSource
 from skinaug.vqvae import VQVAE2, VQVAEConfig
 
 

@@ -29,11 +29,9 @@ from .losses import (GAN_START_SHARE, Adversary, LossSettings, discriminator_wid
 from .modeldir import PRIOR_WEIGHTS, VQVAE_WEIGHTS, ModelDir, fingerprint, load_weights, vqvae_config
 from .runtime import log, resolve_device, warn
 from .trained_on import record_stage
-from .training import (Epoch, Hooks, MetricsLog, Run, TrainState, augment_batch, autocast_for, fit, load_checkpoint,
-                       optimizer_step, shuffled_batches, steps_per_epoch, warmup_cosine)
-from .vqvae import VQVAE2, VQVAEConfig, to_model_input, to_uint8, vqvae_loss
-
-CHECKPOINT = "checkpoint.pt"
+from .training import (CHECKPOINT, BatchSource, Epoch, Hooks, MetricsLog, Run, TrainState, augment_batch, autocast_for,
+                       fit, load_checkpoint, optimizer_step, shuffled_batches, steps_per_epoch, warmup_cosine)
+from .vqvae import VQVAE2, VQVAEConfig, to_uint8, vqvae_loss
 
 
 @dataclass
@@ -112,33 +110,6 @@ def check_init_is_not_output(source: InitSource, out) -> None:
                          "new directory")
     if init_path in out_path.parents:
         raise UsageError(f"--out {out} is inside the --init model {source.path}: write the fine-tuned model elsewhere")
-
-
-class BatchSource:
-    """Batches of images from the uint8 cache, already on the device.
-
-    When the cache fits comfortably in GPU memory it is moved there once; otherwise batches are
-    gathered on the CPU into pinned memory and copied without blocking.
-    """
-
-    def __init__(self, cache: np.ndarray, device: torch.device):
-        self.device = device
-        self.on_device = None
-        if device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            if cache.nbytes < 0.25 * free:
-                self.on_device = torch.from_numpy(np.array(cache)).to(device)
-        self.cache = cache
-
-    def __call__(self, indices: np.ndarray) -> torch.Tensor:
-        if self.on_device is not None:
-            batch = self.on_device[torch.from_numpy(indices).to(self.device)]
-        else:
-            # sorted reads are sequential on the memory map; order within a batch does not matter
-            batch = torch.from_numpy(self.cache[np.sort(indices)])
-            if self.device.type == "cuda":
-                batch = batch.pin_memory().to(self.device, non_blocking=True)
-        return to_model_input(batch)
 
 
 @torch.no_grad()

@@ -14,9 +14,12 @@ A trainer supplies a step function and the objects a checkpoint keeps; `fit` run
     metrics = fit(state, step, lambda epoch: shuffled_batches(train_index, 64, seed=0, epoch=epoch, dist=dist),
                   epochs=30, run=run, hooks=Hooks(evaluate=lambda epoch: {"train_loss": epoch.mean("loss")}), dist=dist)
 
-After each step fit advances every learning-rate scheduler in the state. At the end of each epoch it calls
-`hooks.synchronise` on every rank, then on rank 0 alone `hooks.evaluate` (the metrics line), appends that line to
-the metrics log, calls `hooks.epoch_end` (sample grids, best-checkpoint logic) and saves the checkpoint. Under
+A trainer with several players (a GAN) keeps one entry per kind of object in the checkpoint, with a `Group`:
+`TrainState(model=gan, optimizer=Group(generator=..., discriminator=...), scheduler=Group(generator=..., ...))`.
+
+After each step fit advances every learning-rate scheduler in the state, in groups too. At the end of each epoch
+it calls `hooks.synchronise` on every rank, then on rank 0 alone `hooks.evaluate` (the metrics line), appends that
+line to the metrics log, calls `hooks.epoch_end` (sample grids, best-checkpoint logic) and saves the checkpoint. Under
 torchrun (skinaug.distributed) every rank steps in lockstep and only rank 0 logs and saves.
 
 Finite-loss guard: the summed "loss" is checked every step on CPU and every 25 steps on a GPU (each check is a
@@ -41,7 +44,9 @@ from .distributed import Distributed
 from .errors import SkinaugError
 from .io import atomic_path, write_text
 from .runtime import progress
+from .vqvae import to_model_input
 
+CHECKPOINT = "checkpoint.pt"  # MODEL_DIR/train/checkpoint.pt: the checkpoint of `train vqvae` and `train baseline`
 CHECK_EVERY_ON_GPU = 25  # steps between finite-loss checks on a GPU, where each check waits for the device
 SEED_STRIDE = 1_000_003  # epoch seeds are seed * SEED_STRIDE + epoch: runs with nearby seeds never share an order
 
@@ -115,7 +120,52 @@ def shuffled_batches(indices: np.ndarray, batch_size: int, *, seed: int, epoch: 
     return [order[number * batch_size : (number + 1) * batch_size] for number in range(steps)]
 
 
+class BatchSource:
+    """Batches of images from the uint8 cache (image_cache.py), as model input on the device.
+
+    When the cache fits comfortably in GPU memory it is moved there once; otherwise batches are
+    gathered on the CPU into pinned memory and copied without blocking.
+    """
+
+    def __init__(self, cache: np.ndarray, device: torch.device):
+        self.device = device
+        self.on_device = None
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            if cache.nbytes < 0.25 * free:
+                self.on_device = torch.from_numpy(np.array(cache)).to(device)
+        self.cache = cache
+
+    def __call__(self, indices: np.ndarray) -> torch.Tensor:
+        if self.on_device is not None:
+            batch = self.on_device[torch.from_numpy(indices).to(self.device)]
+        else:
+            # sorted reads are sequential on the memory map; order within a batch does not matter
+            batch = torch.from_numpy(self.cache[np.sort(indices)])
+            if self.device.type == "cuda":
+                batch = batch.pin_memory().to(self.device, non_blocking=True)
+        return to_model_input(batch)
+
+
 # ------------------------------------------------------------------------------------------- state
+
+
+class Group:
+    """Named objects kept as one entry of a checkpoint, {name: state}: a GAN's optimizers (one per player), or
+    their schedules. fit steps every learning-rate scheduler in a group."""
+
+    def __init__(self, **members):
+        self.members = members
+
+    def __getitem__(self, name: str):
+        return self.members[name]
+
+    def state_dict(self) -> dict:
+        return {name: member.state_dict() for name, member in self.members.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, member in self.members.items():
+            member.load_state_dict(state[name])
 
 
 class TrainState:
@@ -132,8 +182,10 @@ class TrainState:
 
     @property
     def schedulers(self) -> list:
-        """The learning-rate schedulers, which fit steps after every optimizer step."""
-        return [value for value in self.objects.values() if isinstance(value, torch.optim.lr_scheduler.LRScheduler)]
+        """The learning-rate schedulers, in groups too, which fit steps after every step."""
+        values = [member for value in self.objects.values()
+                  for member in (value.members.values() if isinstance(value, Group) else (value,))]
+        return [value for value in values if isinstance(value, torch.optim.lr_scheduler.LRScheduler)]
 
     def checkpoint(self, meta: dict) -> dict:
         """Everything --resume needs: each object's state under its name, the position, the random state and the

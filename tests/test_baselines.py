@@ -97,6 +97,11 @@ def test_training_writes_a_complete_model_directory(trained, arch):
     assert all(math.isfinite(value) for m in metrics for value in m.values() if isinstance(value, float))
     expected = {"dcgan": {"val_d_real"}, "vae-gan": {"val_mse", "val_kl", "val_d_real"}}.get(arch, {"val_mse", "val_kl"})
     assert {key for key in metrics[-1] if key.startswith("val_")} == expected
+    vae_terms = ["loss", "reconstruction", "kl"]
+    terms = {"dcgan": ["generator", "discriminator"],
+             "vae-gan": [*vae_terms, "adversarial", "discriminator"]}.get(arch, vae_terms)
+    assert [key for key in metrics[-1] if key.startswith("train_")] == [f"train_{term}" for term in terms]
+    assert list(metrics[-1])[:5] == ["stage", "arch", "epoch", "step", "lr"] and metrics[-1]["stage"] == "baseline"
     grid = np.asarray(Image.open(model_dir / "train" / "samples_epoch002.png"))
     assert grid.shape == (3 * SIDE[arch], 8 * SIDE[arch], 3)  # a row per class, 8 samples each
     record = read_record(model_dir)
@@ -158,6 +163,31 @@ def test_resume_after_the_metrics_line_but_before_the_checkpoint_trains_that_epo
     assert read_metrics(out) == read_metrics(trained["dcgan"])
     assert (out / "config.json").read_text() == (trained["dcgan"] / "config.json").read_text().replace(
         str(trained["dcgan"]), str(out))
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "vae-gan"])
+def test_a_non_finite_discriminator_loss_stops_training_in_one_line(data, tmp_path, monkeypatch, capsys, arch):
+    """The finite-loss guard watches every term the step returns: a GAN's players share no single loss."""
+    real_make_step, calls = networks.make_step, []
+
+    def make_step(model, optimizers):
+        step = real_make_step(model, optimizers)
+
+        def poisoned(images, labels):
+            calls.append(1)
+            terms = step(images, labels)
+            return {**terms, "discriminator": torch.tensor(float("nan"))} if len(calls) == 4 else terms
+
+        return poisoned
+
+    monkeypatch.setattr(networks, "make_step", make_step)
+    out = tmp_path / arch
+    assert train(data, out, arch) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: training diverged: the loss became nan at epoch 2, step 4; the last good checkpoint is kept in "
+        f"{out / 'train'} (resume with --resume after lowering --lr)")
+    assert torch.load(out / "train" / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert [line["epoch"] for line in read_metrics(out)] == [1]
 
 
 def test_resume_with_another_arch_is_refused(trained, data, tmp_path, monkeypatch, capsys):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "skinaug"
-TRAINERS = {"skinaug.train_vqvae", "skinaug.train_prior"}
+TRAINERS = {"skinaug.train_vqvae", "skinaug.train_prior", "skinaug.baselines.train"}
 
 
 def module_name(path: Path) -> str:
@@ -56,6 +56,12 @@ def test_the_graph_sees_lazy_imports():
 
 @pytest.mark.parametrize("module", ["skinaug.training", "skinaug.modeldir", "skinaug.encode", "skinaug.onnx.export",
                                    "skinaug.onnx.runtime", "skinaug.scores.classifier", "skinaug.scores.cas",
-                                   "skinaug.scores.fid", "skinaug.scores.memorization", "skinaug.scores.code_usage"])
+                                   "skinaug.scores.fid", "skinaug.scores.memorization", "skinaug.scores.code_usage",
+                                   "skinaug.baselines.store"])
 def test_reading_a_model_never_imports_a_trainer(module):
     assert not reachable(import_graph(), module) & TRAINERS
+
+
+def test_the_baselines_trainer_imports_the_toolkit_not_another_trainer():
+    assert "skinaug.training" in import_graph()["skinaug.baselines.train"]
+    assert not reachable(import_graph(), "skinaug.baselines.train") & (TRAINERS - {"skinaug.baselines.train"})

@@ -10,8 +10,8 @@ import torch
 
 from skinaug.distributed import Distributed
 from skinaug.errors import SkinaugError
-from skinaug.training import (Diverged, Hooks, MetricsLog, Run, TrainState, fit, load_checkpoint, optimizer_step,
-                              shuffled_batches, steps_per_epoch, warmup_cosine)
+from skinaug.training import (Diverged, Group, Hooks, MetricsLog, Run, TrainState, fit, load_checkpoint, lr_factor,
+                              optimizer_step, shuffled_batches, steps_per_epoch, warmup_cosine)
 
 
 def linear_model(start: float = 1.0) -> torch.nn.Module:
@@ -186,6 +186,47 @@ def test_the_checkpoint_keeps_each_object_under_its_name_and_refuses_another_kin
     with_adversary = TrainState(model=linear_model(), adversary=linear_model())
     with pytest.raises(SkinaugError, match=r"^the checkpoint CK holds no adversary state: another kind of run made it"):
         with_adversary.restore(checkpoint, "cpu", "CK")
+
+
+def two_players(lr: float = 0.1):
+    """A GAN's layout (as `train baseline` keeps it): one optimizer and one schedule per player, each kind grouped
+    under one checkpoint name."""
+    generator, critic = linear_model(1.0), linear_model(-1.0)
+    optimizers = {"generator": torch.optim.SGD(generator.parameters(), lr=lr),
+                  "critic": torch.optim.SGD(critic.parameters(), lr=lr / 2)}
+    schedules = {"generator": warmup_cosine(optimizers["generator"], 1, 8),
+                 "critic": warmup_cosine(optimizers["critic"], 4, 20)}
+    state = TrainState(model=torch.nn.ModuleDict({"generator": generator, "critic": critic}),
+                       optimizer=Group(**optimizers), scheduler=Group(**schedules))
+    return state, generator, critic
+
+
+def test_a_group_keeps_each_players_state_under_one_name_and_fit_steps_every_schedule_in_it():
+    state, generator, critic = two_players()
+
+    def step(batch, steps_done):
+        loss = GRADIENT * (generator.weight.sum() + critic.weight.sum())
+        for name in ("generator", "critic"):
+            state.objects["optimizer"][name].zero_grad()
+        loss.backward()
+        for name in ("generator", "critic"):
+            state.objects["optimizer"][name].step()
+        return {"loss": loss.detach()}
+
+    fit(state, step, lambda epoch: range(3), epochs=2)
+    assert state.schedulers == [state.objects["scheduler"]["generator"], state.objects["scheduler"]["critic"]]
+    # 6 steps: the generator's warm-up is 1 step of 8, the critic's min(4, 20 // 10 + 1) = 3 of 20
+    assert state.objects["optimizer"]["generator"].param_groups[0]["lr"] == pytest.approx(0.1 * lr_factor(6, 1, 8))
+    assert state.objects["optimizer"]["critic"].param_groups[0]["lr"] == pytest.approx(0.05 * lr_factor(6, 3, 20))
+    expected_critic = -1.0 - 0.05 * GRADIENT * sum(lr_factor(t, 3, 20) for t in range(6))
+    assert critic.weight.item() == pytest.approx(expected_critic, abs=1e-6)
+
+    checkpoint = state.checkpoint({})
+    assert set(checkpoint["optimizer"]) == set(checkpoint["scheduler"]) == {"generator", "critic"}
+    fresh, fresh_generator, fresh_critic = two_players(lr=0.7)  # other rates and weights: all replaced
+    fresh.restore(checkpoint, "cpu")
+    assert_same(fresh.checkpoint({}), checkpoint)
+    assert fresh_critic.weight.item() == critic.weight.item() and fresh.step == 6
 
 
 def test_the_metrics_log_truncates_only_its_own_stage_after_the_checkpoint_epoch(tmp_path):

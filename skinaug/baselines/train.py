@@ -1,20 +1,17 @@
 """Training a baseline generator: `skinaug train baseline DATA --labels CSV --arch ARCH --out MODEL_DIR`.
 
-The run reuses the pieces of `train vqvae` (train_vqvae.py): the uint8 image cache read through BatchSource, the
-device-side augmentation, warm-up + cosine schedules, checkpoints that carry everything needed to continue
-bit-exactly on CPU with --resume, metrics.jsonl and the finite-loss guard. Only the step function differs per arch
-(networks.make_step: step(images, labels) -> {loss name: scalar}); `fit` below is the thin epoch loop around it.
-One process (no torchrun): the baselines are small networks at 64px.
+The run uses the project's training toolkit (skinaug/training.py) as `train vqvae` does: the uint8 image cache read
+through BatchSource, the device-side augmentation, warm-up + cosine schedules, `fit`'s epoch loop with its finite-loss
+guard and metrics log, and checkpoints that carry everything needed to continue bit-exactly on CPU with --resume.
+Each arch supplies its networks, optimizers and step (networks.make_step: step(images, labels) -> {loss name:
+scalar}); `BaselineStep` feeds it a batch. One process (no torchrun): the baselines are small networks at 64px.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -24,10 +21,10 @@ from ..errors import SkinaugError, UsageError
 from ..image_cache import build_cache
 from ..io import MODEL_DIRECTORY, atomic_path, claim_output, write_json
 from ..modeldir import ModelDir
-from ..runtime import log, progress, resolve_device
-from ..train_vqvae import (CHECKPOINT, BatchSource, _diverged, _drop_metrics_after, _last_metrics, augment_batch,
-                           load_checkpoint, restore_training_state, save_checkpoint, training_state, warmup_cosine)
+from ..runtime import log, resolve_device
 from ..trained_on import record_stage
+from ..training import (CHECKPOINT, BatchSource, Epoch, Group, Hooks, MetricsLog, Run, TrainState, augment_batch, fit,
+                        load_checkpoint, shuffled_batches, steps_per_epoch, warmup_cosine)
 from ..vqvae import to_uint8
 from . import networks
 from .config import ARCH_DEFAULTS, BaselineConfig, baseline_config
@@ -54,43 +51,46 @@ class BaselineOptions:
     group_col: str | None = None
 
 
-class Group:
-    """Named optimizers (or schedulers) behind the single-object interface of training_state and
-    restore_training_state: the GANs train two players, each with its own optimizer and schedule."""
-
-    def __init__(self, members: dict):
-        self.members = members
-
-    def state_dict(self) -> dict:
-        return {name: member.state_dict() for name, member in self.members.items()}
-
-    def load_state_dict(self, state: dict) -> None:
-        for name, member in self.members.items():
-            member.load_state_dict(state[name])
-
-    def step(self) -> None:
-        for member in self.members.values():
-            member.step()
-
-    def get_last_lr(self) -> list[float]:
-        return next(iter(self.members.values())).get_last_lr()
-
-
 @dataclass
-class Run:
-    """One training run as the epoch loop sees it."""
+class Dataset:
+    """The labelled images a run trains on: the scan, the kept samples, their uint8 cache, labels and split."""
 
-    model: torch.nn.Module
-    optimizers: Group
-    schedulers: Group
-    step: Callable[[torch.Tensor, torch.Tensor], dict]
-    source: BatchSource
+    scan: object  # data.Dataset: class names and CSV dialect
+    samples: list
+    cache: np.ndarray
     labels: torch.Tensor  # the label of every cached image (CPU)
     train_index: np.ndarray
     val_index: np.ndarray
-    device: torch.device
-    train_dir: Path
-    meta: dict  # what the checkpoint keeps besides the state: config, seed, classes, data
+
+
+class BaselineLog(MetricsLog):
+    """The "baseline" stage's metrics log; every line names the arch right after the stage."""
+
+    def __init__(self, path, arch: str):
+        super().__init__(path, "baseline")
+        self.arch = arch
+
+    def append(self, line: dict) -> dict:
+        return super().append({"arch": self.arch, **line})
+
+
+class BaselineStep:
+    """fit's step for every arch: a batch of cache indices gathered and augmented on the device, then one update of
+    each of the arch's networks (`train`, from networks.make_step). Outputs: each of the arch's terms as its metric,
+    train_<term>, and "loss", which fit's finite-loss guard watches: the sum of every term, so that any of them
+    going non-finite stops the run (a GAN's players share no single loss)."""
+
+    def __init__(self, train, source: BatchSource, labels: torch.Tensor, augment: bool):
+        self.train, self.source, self.labels, self.augment = train, source, labels, augment
+
+    def __call__(self, indices: np.ndarray, step: int) -> dict:
+        # sorted: BatchSource returns a CPU batch in index order, and the labels must follow it
+        indices = np.sort(indices)
+        images = self.source(indices)
+        if self.augment:
+            images = augment_batch(images)
+        terms = self.train(images, self.labels[torch.from_numpy(indices)].to(self.source.device))
+        return {**{f"train_{name}": value for name, value in terms.items()}, "loss": sum(terms.values())}
 
 
 def train_baseline(data, out, *, arch: str, labels=None, shape: dict | None = None, options: BaselineOptions,
@@ -113,29 +113,23 @@ def train_baseline(data, out, *, arch: str, labels=None, shape: dict | None = No
         options.seed = checkpoint["meta"]["seed"]  # so the epochs' orders continue as they began
     class_names = checkpoint["meta"]["class_names"] if checkpoint is not None else None
     image_size = checkpoint["meta"]["baseline"]["image_size"] if checkpoint is not None else shape.get("image_size", 64)
-    dataset, samples, cache, train_index, val_index = _training_data(data, labels, options, class_names, image_size,
-                                                                     model_dir.train_dir)
+    dataset = _training_data(data, labels, options, class_names, image_size, model_dir.train_dir)
     config = (BaselineConfig.from_dict(checkpoint["meta"]["baseline"]) if checkpoint is not None
-              else baseline_config(arch, num_classes=len(dataset.class_names), **shape))
-    torch.manual_seed(options.seed)
-    run, total_steps = _start_run(config, options, cache, samples, train_index, val_index, device, model_dir.train_dir)
-    run.meta = {"kind": "baseline", "baseline": config.to_dict(), "seed": options.seed,
-                "class_names": dataset.class_names, "data": str(Path(data).resolve()),
-                "labels": str(Path(labels).resolve()) if labels else None}
-    step, start_epoch = 0, 0
+              else baseline_config(arch, num_classes=len(dataset.scan.class_names), **shape))
+    meta = {"kind": "baseline", "baseline": config.to_dict(), "seed": options.seed,
+            "class_names": dataset.scan.class_names, "data": str(Path(data).resolve()),
+            "labels": str(Path(labels).resolve()) if labels else None}
+    model, state = _build(config, options, device, len(dataset.train_index))
+    metrics_log = BaselineLog(model_dir.train_dir / "metrics.jsonl", config.arch)
     if checkpoint is not None:
-        step, start_epoch = restore_training_state(checkpoint, run.model, run.optimizers, run.schedulers, device)
-        log(f"resuming from epoch {start_epoch} (step {step})")
-    metrics_path = model_dir.train_dir / "metrics.jsonl"
-    if checkpoint is None:
-        metrics_path.unlink(missing_ok=True)
-    else:  # a run cut off between logging an epoch and saving its checkpoint trains that epoch again
-        _drop_metrics_after(metrics_path, start_epoch)
-    log(f"{config.arch}: training on {len(train_index)} images, validating on {len(val_index)}; {device}, batch "
-        f"{options.batch_size}, {total_steps} steps ({options.epochs} epochs)")
-    metrics, step = fit(run, options, start_epoch=start_epoch, step=step)
-    metrics = metrics or _last_metrics(metrics_path)
-    _save(model_dir, run, dataset, samples, metrics, options, step, data)
+        state.restore(checkpoint, device, model_dir.train_dir / CHECKPOINT)
+        log(f"resuming from epoch {state.epoch} (step {state.step})")
+        metrics_log.truncate(state.epoch)  # a run cut off between logging an epoch and saving its checkpoint
+    else:
+        metrics_log.reset()
+    metrics = _train(model, state, dataset, options, device, model_dir.train_dir, meta, metrics_log)
+    metrics = metrics or metrics_log.last()  # a resumed run with no epoch left: the checkpoint's last line
+    _save(model_dir, model, meta, dataset, metrics, options, state.step, device, data)
     claim.commit()
     return metrics
 
@@ -154,17 +148,17 @@ def _checkpoint_to_resume(model_dir: ModelDir, out, arch: str) -> dict:
     return checkpoint
 
 
-def _training_data(data, labels, options: BaselineOptions, class_names, image_size: int, train_dir: Path):
-    """(dataset, kept samples, uint8 cache, train indices, validation indices): labelled images only."""
-    dataset = scan_dataset(data, labels, image_col=options.image_col, label_col=options.label_col,
-                           group_col=options.group_col, class_names=class_names, strict=options.strict)
-    for name, reason in dataset.skipped[:20]:
+def _training_data(data, labels, options: BaselineOptions, class_names, image_size: int, train_dir: Path) -> Dataset:
+    """Labelled images only, decoded into the uint8 cache and split by group."""
+    scan = scan_dataset(data, labels, image_col=options.image_col, label_col=options.label_col,
+                        group_col=options.group_col, class_names=class_names, strict=options.strict)
+    for name, reason in scan.skipped[:20]:
         log(f"skipped {name}: {reason}")
-    if not dataset.class_names:
+    if not scan.class_names:
         raise SkinaugError("the baselines are class-conditional: give --labels CSV or class sub-folders")
-    labelled = [sample for sample in dataset.samples if sample.label >= 0]
-    if len(labelled) < len(dataset.samples):
-        log(f"left out {len(dataset.samples) - len(labelled)} images without a label")
+    labelled = [sample for sample in scan.samples if sample.label >= 0]
+    if len(labelled) < len(scan.samples):
+        log(f"left out {len(scan.samples) - len(labelled)} images without a label")
     train_dir.mkdir(parents=True, exist_ok=True)
     cache, samples = build_cache(labelled, image_size, train_dir / "image_cache.npy", strict=options.strict,
                                  workers=options.workers)
@@ -172,92 +166,75 @@ def _training_data(data, labels, options: BaselineOptions, class_names, image_si
                                          labels=np.array([s.label for s in samples]))
     if len(train_index) < 2:
         raise SkinaugError(f"not enough images to train: {len(train_index)} in the training split (batch norm needs 2)")
-    return dataset, samples, cache, train_index, val_index
+    labels_ = torch.tensor([s.label for s in samples], dtype=torch.long)
+    return Dataset(scan, samples, cache, labels_, train_index, val_index)
 
 
-def _start_run(config: BaselineConfig, options: BaselineOptions, cache, samples, train_index, val_index, device,
-               train_dir: Path) -> tuple[Run, int]:
-    """The model, its optimizers and schedules, and its step function; and the run's total steps."""
+def _build(config: BaselineConfig, options: BaselineOptions, device, train_images: int):
+    """(model, its TrainState): the networks, an optimizer and a schedule per player, in the order that fixes the
+    random stream of a new run. The checkpoint keeps the optimizers under "optimizer" and the schedules under
+    "scheduler", each {player: state}."""
+    torch.manual_seed(options.seed)
     model = networks.build(config).to(device)
     optimizers = networks.optimizers(model, options.lr if options.lr is not None else ARCH_DEFAULTS[config.arch]["lr"])
-    steps_per_epoch = max(1, len(train_index) // options.batch_size)
-    total_steps = options.epochs * steps_per_epoch
-    schedulers = {name: warmup_cosine(optimizer, options.warmup_steps, total_steps) for name, optimizer in optimizers.items()}
-    labels = torch.tensor([s.label for s in samples], dtype=torch.long)
-    run = Run(model, Group(optimizers), Group(schedulers), networks.make_step(model, optimizers), BatchSource(cache, device),
-              labels, train_index, val_index, device, train_dir, {})
-    return run, total_steps
+    total_steps = options.epochs * steps_per_epoch(train_images, options.batch_size)
+    schedulers = {name: warmup_cosine(optimizer, options.warmup_steps, total_steps)
+                  for name, optimizer in optimizers.items()}
+    return model, TrainState(model=model, optimizer=Group(**optimizers), scheduler=Group(**schedulers))
 
 
-def fit(run: Run, options: BaselineOptions, *, start_epoch: int, step: int) -> tuple[dict, int]:
-    """The epochs from start_epoch: seeded order, steps, finite-loss guard, then per epoch the metrics line, the
-    sample grid and the checkpoint. Returns (last metrics, step)."""
-    batch_size = options.batch_size
-    steps_per_epoch = max(1, len(run.train_index) // batch_size)
-    checkpoint_path = run.train_dir / CHECKPOINT
-    metrics: dict = {}
-    for epoch in range(start_epoch, options.epochs):
-        started = time.perf_counter()
-        # fixed by seed and epoch, so that a resumed run sees the same batches
-        order = run.train_index[torch.randperm(len(run.train_index),
-                                               generator=torch.Generator().manual_seed(options.seed * 1_000_003 + epoch)).numpy()]
-        sums: dict[str, torch.Tensor] = {}
-        with progress(steps_per_epoch * batch_size, desc=f"epoch {epoch + 1}/{options.epochs}") as bar:
-            for batch_number in range(steps_per_epoch):
-                # sorted: BatchSource returns a CPU batch in index order, and the labels must follow it
-                indices = np.sort(order[batch_number * batch_size : (batch_number + 1) * batch_size])
-                images = run.source(indices)
-                if options.augment:
-                    images = augment_batch(images)
-                losses = run.step(images, run.labels[torch.from_numpy(indices)].to(run.device))
-                run.schedulers.step()
-                step += 1
-                for name, value in losses.items():
-                    sums[name] = sums.get(name, 0.0) + value
-                # checking finiteness costs a host sync: every step on CPU (free), every 25 on GPU
-                if (run.device.type == "cpu" or batch_number % 25 == 24) and not _finite(sums):
-                    raise _diverged(f"a loss became non-finite at epoch {epoch + 1}, step {step}", checkpoint_path)
-                bar.update(images.shape[0])
-        if not _finite(sums):
-            raise _diverged(f"a loss became non-finite in epoch {epoch + 1}", checkpoint_path)
-        elapsed = time.perf_counter() - started
-        metrics = {"stage": "baseline", "arch": run.model.config.arch, "epoch": epoch + 1, "step": step,
-                   "lr": run.schedulers.get_last_lr()[0],
-                   **{f"train_{name}": value.item() / steps_per_epoch for name, value in sums.items()},
-                   **validate(run, batch_size), "images_per_s": steps_per_epoch * batch_size / elapsed, "seconds": elapsed}
-        _end_epoch(run, metrics, epoch, step)
-    return metrics, step
+def _train(model, state: TrainState, dataset: Dataset, options: BaselineOptions, device, train_dir: Path, meta: dict,
+           metrics_log: MetricsLog) -> dict:
+    """The epochs left, through fit; returns the last metrics line written ({} when none was left)."""
+    source = BatchSource(dataset.cache, device)
+    step = BaselineStep(networks.make_step(model, state.objects["optimizer"].members), source, dataset.labels,
+                        options.augment)
+    total_steps = options.epochs * steps_per_epoch(len(dataset.train_index), options.batch_size)
+    log(f"{model.config.arch}: training on {len(dataset.train_index)} images, validating on {len(dataset.val_index)}; "
+        f"{device}, batch {options.batch_size}, {total_steps} steps ({options.epochs} epochs)")
+    run = Run("training", train_dir / CHECKPOINT, meta, metrics_log,
+              restart="start again with --overwrite and a lower --lr")
+
+    def batches(epoch: int) -> list[np.ndarray]:
+        return shuffled_batches(dataset.train_index, options.batch_size, seed=options.seed, epoch=epoch)
+
+    return fit(state, step, batches, epochs=options.epochs, run=run,
+               hooks=_epoch_hooks(model, state, dataset, source, options, train_dir))
 
 
-def _finite(sums: dict) -> bool:
-    return all(bool(torch.isfinite(value)) for value in sums.values())
+def _epoch_hooks(model, state: TrainState, dataset: Dataset, source: BatchSource, options: BaselineOptions,
+                 train_dir: Path) -> Hooks:
+    """The end of an epoch: the metrics line, the sample grid and the log line (fit then saves the checkpoint)."""
 
+    def evaluate(epoch: Epoch) -> dict:
+        return {"lr": state.schedulers[0].get_last_lr()[0],
+                **{name: epoch.mean(name) for name in epoch.sums if name != "loss"},
+                **validate(model, source, dataset.labels, dataset.val_index, options.batch_size),
+                "images_per_s": epoch.items / epoch.seconds, "seconds": epoch.seconds}
 
-def _end_epoch(run: Run, metrics: dict, epoch: int, step: int) -> None:
-    """The metrics line, the sample grid, then the checkpoint (last: a crash before it redoes the epoch)."""
-    with open(run.train_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(metrics) + "\n")
-    sample_grid(run.model, len(run.meta["class_names"]), run.meta["seed"], run.device,
-                run.train_dir / f"samples_epoch{epoch + 1:03d}.png")
-    save_checkpoint(run.train_dir / CHECKPOINT, training_state(run.model, run.optimizers, run.schedulers, step, epoch + 1,
-                                                               run.meta))
-    shown = ", ".join(f"{key} {value:.4f}" for key, value in metrics.items() if key.startswith(("train_", "val_")))
-    log(f"epoch {epoch + 1}: {shown}, {metrics['images_per_s']:.0f} img/s")
+    def epoch_end(epoch: Epoch, metrics: dict) -> None:
+        sample_grid(model, len(dataset.scan.class_names), options.seed, source.device,
+                    train_dir / f"samples_epoch{epoch.number:03d}.png")
+        shown = ", ".join(f"{key} {value:.4f}" for key, value in metrics.items() if key.startswith(("train_", "val_")))
+        log(f"epoch {epoch.number}: {shown}, {metrics['images_per_s']:.0f} img/s")
+
+    return Hooks(evaluate=evaluate, epoch_end=epoch_end)
 
 
 @torch.no_grad()
-def validate(run: Run, batch_size: int) -> dict:
+def validate(model, source: BatchSource, labels: torch.Tensor, val_index: np.ndarray, batch_size: int) -> dict:
     """The model's validation terms (model.validation: sums over a batch) averaged over the held-out images."""
-    if len(run.val_index) == 0:
+    if len(val_index) == 0:
         return {}
-    run.model.eval()
+    model.eval()
     sums: dict[str, float] = {}
-    for start in range(0, len(run.val_index), batch_size):
-        indices = np.sort(run.val_index[start : start + batch_size])
-        for name, value in run.model.validation(run.source(indices), run.labels[torch.from_numpy(indices)].to(run.device)).items():
+    for start in range(0, len(val_index), batch_size):
+        indices = np.sort(val_index[start : start + batch_size])
+        terms = model.validation(source(indices), labels[torch.from_numpy(indices)].to(source.device))
+        for name, value in terms.items():
             sums[name] = sums.get(name, 0.0) + value.item()
-    run.model.train()
-    return {f"val_{name}": value / len(run.val_index) for name, value in sums.items()}
+    model.train()
+    return {f"val_{name}": value / len(val_index) for name, value in sums.items()}
 
 
 @torch.no_grad()
@@ -278,17 +255,17 @@ def sample_grid(model, num_classes: int, seed: int, device, path: Path) -> None:
         Image.fromarray(grid).save(tmp, format="PNG")
 
 
-def _save(model_dir: ModelDir, run: Run, dataset, samples, metrics: dict, options: BaselineOptions, step: int, data) -> None:
+def _save(model_dir: ModelDir, model, meta: dict, dataset: Dataset, metrics: dict, options: BaselineOptions, step: int,
+          device, data) -> None:
     """Weights, config.json, model card, the record of training images and the run's resolved options."""
-    per_class = {name: sum(1 for s in samples if s.label == i) for i, name in enumerate(dataset.class_names)}
-    training_data = {"data": run.meta["data"], "labels": run.meta["labels"], "dialect": dataset.dialect,
-                     "images": len(samples), "train_images": int(len(run.train_index)),
-                     "val_images": int(len(run.val_index)), "per_class": per_class}
+    samples, class_names = dataset.samples, dataset.scan.class_names
+    per_class = {name: sum(1 for s in samples if s.label == i) for i, name in enumerate(class_names)}
+    training_data = {"data": meta["data"], "labels": meta["labels"], "dialect": dataset.scan.dialect,
+                     "images": len(samples), "train_images": int(len(dataset.train_index)),
+                     "val_images": int(len(dataset.val_index)), "per_class": per_class}
     final = {key: value for key, value in metrics.items() if key.startswith("val_")}
     final.update(epochs=options.epochs, steps=step)
-    save_baseline(model_dir.path, run.model.cpu(), class_names=dataset.class_names, training_data=training_data,
-                  metrics=final)
+    save_baseline(model_dir.path, model.cpu(), class_names=class_names, training_data=training_data, metrics=final)
     # every image read, validation included: it is part of what the run saw
     record_stage(model_dir.path, [s.name for s in samples], [s.group for s in samples], "baseline", data=data)
-    write_json(model_dir.train_dir / "train_config.json", {**run.meta, "options": asdict(options),
-                                                           "device": str(run.device)})
+    write_json(model_dir.train_dir / "train_config.json", {**meta, "options": asdict(options), "device": str(device)})

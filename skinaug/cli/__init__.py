@@ -58,14 +58,13 @@ def _root(
     """Expand skin-lesion image datasets with a VQ-VAE-2 and class-conditional priors over its codes."""
 
 
-from . import codes, export, generate, inspect, models, preview, score, train  # noqa: E402  (commands register themselves on `app`)
+from . import codes, export, generate, inspect, models, preview, score, train  # noqa: E402
 
+# Every module holds one command group as its own `app`: the groups of top-level commands are merged into this one
+# (in the order `skinaug --help` lists them), the others become sub-commands (`skinaug train vqvae`).
+for _group in (codes, generate, models, preview, inspect):
+    app.registered_commands += _group.app.registered_commands
 app.add_typer(train.app, name="train")
-codes.register(app)
-generate.register(app)
-models.register(app)
-preview.register(app)
-inspect.register(app)
 app.add_typer(score.app, name="score")
 app.add_typer(export.app, name="export")
 

@@ -89,217 +89,222 @@ def _finish(summary: dict, as_json: bool, out: Path, jsonl: bool = False) -> Non
         emit(summary, as_json, out)
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("mix")
-    def mix(
-        out: OutOpt,
-        n: Annotated[int, typer.Option("-n", "--count", min=1, help="Images to make.", show_default=False)],
-        model: ModelOpt = None,
-        data: SourceArg = None,
-        codes: CodesOpt = None,
-        labels: LabelsOpt = None,
-        class_name: Annotated[Optional[str], typer.Option("--class", help="Mix only images of this class.")] = None,
-        any_label: Annotated[bool, typer.Option("--any-label", help="Allow the two sources to have different labels (the top's label is kept).")] = False,
-        device: DeviceOpt = "auto", backend: BackendOpt = None, seed: SeedOpt = 0, batch_size: BatchOpt = 64,
-        image_format: FormatOpt = "png", quality: QualityOpt = 95,
-        overwrite: OverwriteOpt = False, resume: ResumeOpt = False, strict: StrictOpt = False,
-        image_col: ImageColOpt = None, label_col: LabelColOpt = None, group_col: GroupColOpt = None,
-        json_: JsonOpt = False, jsonl: JsonlOpt = False, quiet: QuietOpt = False,
-    ):
-        """Top codes of one image with the bottom codes of another of the same label.
+app = typer.Typer()
 
-        Example: skinaug mix images/ --labels labels.csv --model models/derm64 --out mixed/ -n 500
-        """
-        set_quiet(quiet)
-        _check_outputs(json_, jsonl, out, overwrite)
-        import numpy as np
 
-        from ..generate import open_generator, class_index, job_plan, name_jobs, plan_mix, run_jobs
+@app.command("mix")
+def mix(
+    out: OutOpt,
+    n: Annotated[int, typer.Option("-n", "--count", min=1, help="Images to make.", show_default=False)],
+    model: ModelOpt = None,
+    data: SourceArg = None,
+    codes: CodesOpt = None,
+    labels: LabelsOpt = None,
+    class_name: Annotated[Optional[str], typer.Option("--class", help="Mix only images of this class.")] = None,
+    any_label: Annotated[bool, typer.Option("--any-label", help="Allow the two sources to have different labels (the top's label is kept).")] = False,
+    device: DeviceOpt = "auto", backend: BackendOpt = None, seed: SeedOpt = 0, batch_size: BatchOpt = 64,
+    image_format: FormatOpt = "png", quality: QualityOpt = 95,
+    overwrite: OverwriteOpt = False, resume: ResumeOpt = False, strict: StrictOpt = False,
+    image_col: ImageColOpt = None, label_col: LabelColOpt = None, group_col: GroupColOpt = None,
+    json_: JsonOpt = False, jsonl: JsonlOpt = False, quiet: QuietOpt = False,
+):
+    """Top codes of one image with the bottom codes of another of the same label.
 
-        generator = open_generator(model, device, backend=backend)
-        generator.require(["mix"])
-        source, read = _sources(model, codes, data, labels, device, backend, strict, columns(image_col, label_col, group_col))
-        label = class_index(generator.class_names, class_name) if class_name else None
-        jobs = plan_mix(source, n, np.random.default_rng(seed), any_label=any_label, label=label)
-        name_jobs(jobs, generator.class_names)
-        plan = job_plan(jobs, command="mix", source=str(codes or data), seed=seed, batch_size=batch_size, format=image_format)
-        summary = run_jobs(generator, jobs, source, out, seed=seed, batch_size=batch_size, command="mix", plan=plan,
-                           overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
-                           extra={"any_label": any_label, "input": read}, inputs=[labels], jsonl=jsonl)
-        _finish(summary, json_, out, jsonl)
+    Example: skinaug mix images/ --labels labels.csv --model models/derm64 --out mixed/ -n 500
+    """
+    set_quiet(quiet)
+    _check_outputs(json_, jsonl, out, overwrite)
+    import numpy as np
 
-    @app.command("resample")
-    def resample(
-        out: OutOpt,
-        model: ModelOpt = None,
-        data: SourceArg = None,
-        codes: CodesOpt = None,
-        labels: LabelsOpt = None,
-        per_image: Annotated[int, typer.Option("--per-image", min=1, help="Variants per source image.")] = 1,
-        temperature: TemperatureOpt = 1.0,
-        top_k: TopKOpt = None,
-        method: Annotated[str, typer.Option("--method", help="resample, or a baseline: rand-bottom | rand-top (uniformly random codes in one level).")] = "resample",
-        mask_dir: MaskDirOpt = None,
-        refine: RefineOpt = 0,
-        refine_candidates: RefineCandidatesOpt = None,
-        class_name: Annotated[Optional[str], typer.Option("--class", help="Only images of this class.")] = None,
-        device: DeviceOpt = "auto", backend: BackendOpt = None, seed: SeedOpt = 0, batch_size: BatchOpt = 64, bf16: BF16Opt = False,
-        sampler: SamplerOpt = "fast", compile_: CompileOpt = False,
-        image_format: FormatOpt = "png", quality: QualityOpt = 95,
-        overwrite: OverwriteOpt = False, resume: ResumeOpt = False, strict: StrictOpt = False,
-        image_col: ImageColOpt = None, label_col: LabelColOpt = None, group_col: GroupColOpt = None,
-        json_: JsonOpt = False, jsonl: JsonlOpt = False, quiet: QuietOpt = False,
-    ):
-        """Keep each image's top codes and draw its bottom codes again from the bottom prior.
+    from ..generate import open_generator, class_index, job_plan, name_jobs, plan_mix, run_jobs
 
-        Example: skinaug resample images/ --labels labels.csv --model models/derm64 --out resampled/ --per-image 2 --temperature 0.9
-        """
-        set_quiet(quiet)
-        _check_outputs(json_, jsonl, out, overwrite)
-        import numpy as np
+    generator = open_generator(model, device, backend=backend)
+    generator.require(["mix"])
+    source, read = _sources(model, codes, data, labels, device, backend, strict, columns(image_col, label_col, group_col))
+    label = class_index(generator.class_names, class_name) if class_name else None
+    jobs = plan_mix(source, n, np.random.default_rng(seed), any_label=any_label, label=label)
+    name_jobs(jobs, generator.class_names)
+    plan = job_plan(jobs, command="mix", source=str(codes or data), seed=seed, batch_size=batch_size, format=image_format)
+    summary = run_jobs(generator, jobs, source, out, seed=seed, batch_size=batch_size, command="mix", plan=plan,
+                       overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
+                       extra={"any_label": any_label, "input": read}, inputs=[labels], jsonl=jsonl)
+    _finish(summary, json_, out, jsonl)
 
-        from ..generate import open_generator, class_index, job_plan, name_jobs, plan_per_source, run_jobs
 
-        if method not in ("resample", "rand-bottom", "rand-top"):
-            raise UsageError(f"--method must be resample, rand-bottom or rand-top, not {method}")
-        if mask_dir is not None and method != "resample":
-            raise UsageError("--mask-dir goes with --method resample")
-        if mask_dir is not None and not mask_dir.is_dir():
-            raise UsageError(f"--mask-dir {mask_dir} is not a folder")
-        if refine_candidates is not None and not refine:
-            raise UsageError("--refine-candidates goes with --refine N")
-        generator = open_generator(model, device, backend=backend, temperature=temperature, top_k=top_k, mask_dir=mask_dir,
-                                   dtype=_dtype(bf16), sampler=sampler, compile_step=compile_, refine=refine,
-                                   refine_candidates=refine_candidates)
-        generator.require([method])
-        source, read = _sources(model, codes, data, labels, device, backend, strict, columns(image_col, label_col, group_col))
-        indices = np.arange(len(source))
-        if class_name:
-            indices = indices[source.labels == class_index(generator.class_names, class_name)]
-        jobs = plan_per_source(method, indices, per_image, source)
-        name_jobs(jobs, generator.class_names)
-        # in the plan only when on: the plans (and --resume) of runs without refinement stay as they were
-        refine_candidates = generator.refine_candidates if refine else None
-        refined = {"refine": refine, "refine_candidates": refine_candidates} if refine else {}
-        plan = job_plan(jobs, command=method, source=str(codes or data), seed=seed, batch_size=batch_size,
-                        temperature=temperature, top_k=top_k, mask_dir=str(mask_dir) if mask_dir else None, format=image_format,
-                        bf16=bf16, sampler=sampler, **refined)
-        summary = run_jobs(generator, jobs, source, out, seed=seed, batch_size=batch_size, command=method, plan=plan,
-                           overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
-                           extra={"mask_dir": str(mask_dir) if mask_dir else None, "refine": refine,
-                                  "refine_candidates": refine_candidates, "input": read},
-                           inputs=[labels], jsonl=jsonl)
-        _finish(summary, json_, out, jsonl)
+@app.command("resample")
+def resample(
+    out: OutOpt,
+    model: ModelOpt = None,
+    data: SourceArg = None,
+    codes: CodesOpt = None,
+    labels: LabelsOpt = None,
+    per_image: Annotated[int, typer.Option("--per-image", min=1, help="Variants per source image.")] = 1,
+    temperature: TemperatureOpt = 1.0,
+    top_k: TopKOpt = None,
+    method: Annotated[str, typer.Option("--method", help="resample, or a baseline: rand-bottom | rand-top (uniformly random codes in one level).")] = "resample",
+    mask_dir: MaskDirOpt = None,
+    refine: RefineOpt = 0,
+    refine_candidates: RefineCandidatesOpt = None,
+    class_name: Annotated[Optional[str], typer.Option("--class", help="Only images of this class.")] = None,
+    device: DeviceOpt = "auto", backend: BackendOpt = None, seed: SeedOpt = 0, batch_size: BatchOpt = 64, bf16: BF16Opt = False,
+    sampler: SamplerOpt = "fast", compile_: CompileOpt = False,
+    image_format: FormatOpt = "png", quality: QualityOpt = 95,
+    overwrite: OverwriteOpt = False, resume: ResumeOpt = False, strict: StrictOpt = False,
+    image_col: ImageColOpt = None, label_col: LabelColOpt = None, group_col: GroupColOpt = None,
+    json_: JsonOpt = False, jsonl: JsonlOpt = False, quiet: QuietOpt = False,
+):
+    """Keep each image's top codes and draw its bottom codes again from the bottom prior.
 
-    @app.command("synthesize")
-    def synthesize(
-        out: OutOpt,
-        model: ModelOpt = None,
-        class_name: Annotated[Optional[str], typer.Option("--class", help="Class to synthesize (with -n).")] = None,
-        n: Annotated[Optional[int], typer.Option("-n", "--count", min=1, help="Images of --class to make.")] = None,
-        per_class: Annotated[Optional[int], typer.Option("--per-class", min=1, help="Images to make for every class.")] = None,
-        temperature: TemperatureOpt = 1.0,
-        top_k: TopKOpt = None,
-        device: DeviceOpt = "auto", backend: BackendOpt = None, seed: SeedOpt = 0, batch_size: BatchOpt = 64, bf16: BF16Opt = False,
-        sampler: SamplerOpt = "fast", compile_: CompileOpt = False,
-        image_format: FormatOpt = "png", quality: QualityOpt = 95,
-        overwrite: OverwriteOpt = False, resume: ResumeOpt = False,
-        json_: JsonOpt = False, jsonl: JsonlOpt = False, quiet: QuietOpt = False,
-    ):
-        """Sample top codes for a class, then bottom codes given them, and decode: new images.
+    Example: skinaug resample images/ --labels labels.csv --model models/derm64 --out resampled/ --per-image 2 --temperature 0.9
+    """
+    set_quiet(quiet)
+    _check_outputs(json_, jsonl, out, overwrite)
+    import numpy as np
 
-        Example: skinaug synthesize --model models/derm64 --out synth/ --class melanoma -n 2000
-        """
-        set_quiet(quiet)
-        _check_outputs(json_, jsonl, out, overwrite)
+    from ..generate import open_generator, class_index, job_plan, name_jobs, plan_per_source, run_jobs
+
+    if method not in ("resample", "rand-bottom", "rand-top"):
+        raise UsageError(f"--method must be resample, rand-bottom or rand-top, not {method}")
+    if mask_dir is not None and method != "resample":
+        raise UsageError("--mask-dir goes with --method resample")
+    if mask_dir is not None and not mask_dir.is_dir():
+        raise UsageError(f"--mask-dir {mask_dir} is not a folder")
+    if refine_candidates is not None and not refine:
+        raise UsageError("--refine-candidates goes with --refine N")
+    generator = open_generator(model, device, backend=backend, temperature=temperature, top_k=top_k, mask_dir=mask_dir,
+                               dtype=_dtype(bf16), sampler=sampler, compile_step=compile_, refine=refine,
+                               refine_candidates=refine_candidates)
+    generator.require([method])
+    source, read = _sources(model, codes, data, labels, device, backend, strict, columns(image_col, label_col, group_col))
+    indices = np.arange(len(source))
+    if class_name:
+        indices = indices[source.labels == class_index(generator.class_names, class_name)]
+    jobs = plan_per_source(method, indices, per_image, source)
+    name_jobs(jobs, generator.class_names)
+    # in the plan only when on: the plans (and --resume) of runs without refinement stay as they were
+    refine_candidates = generator.refine_candidates if refine else None
+    refined = {"refine": refine, "refine_candidates": refine_candidates} if refine else {}
+    plan = job_plan(jobs, command=method, source=str(codes or data), seed=seed, batch_size=batch_size,
+                    temperature=temperature, top_k=top_k, mask_dir=str(mask_dir) if mask_dir else None, format=image_format,
+                    bf16=bf16, sampler=sampler, **refined)
+    summary = run_jobs(generator, jobs, source, out, seed=seed, batch_size=batch_size, command=method, plan=plan,
+                       overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
+                       extra={"mask_dir": str(mask_dir) if mask_dir else None, "refine": refine,
+                              "refine_candidates": refine_candidates, "input": read},
+                       inputs=[labels], jsonl=jsonl)
+    _finish(summary, json_, out, jsonl)
+
+
+@app.command("synthesize")
+def synthesize(
+    out: OutOpt,
+    model: ModelOpt = None,
+    class_name: Annotated[Optional[str], typer.Option("--class", help="Class to synthesize (with -n).")] = None,
+    n: Annotated[Optional[int], typer.Option("-n", "--count", min=1, help="Images of --class to make.")] = None,
+    per_class: Annotated[Optional[int], typer.Option("--per-class", min=1, help="Images to make for every class.")] = None,
+    temperature: TemperatureOpt = 1.0,
+    top_k: TopKOpt = None,
+    device: DeviceOpt = "auto", backend: BackendOpt = None, seed: SeedOpt = 0, batch_size: BatchOpt = 64, bf16: BF16Opt = False,
+    sampler: SamplerOpt = "fast", compile_: CompileOpt = False,
+    image_format: FormatOpt = "png", quality: QualityOpt = 95,
+    overwrite: OverwriteOpt = False, resume: ResumeOpt = False,
+    json_: JsonOpt = False, jsonl: JsonlOpt = False, quiet: QuietOpt = False,
+):
+    """Sample top codes for a class, then bottom codes given them, and decode: new images.
+
+    Example: skinaug synthesize --model models/derm64 --out synth/ --class melanoma -n 2000
+    """
+    set_quiet(quiet)
+    _check_outputs(json_, jsonl, out, overwrite)
+    from ..errors import UsageError
+    from ..generate import open_generator, Job, class_index, job_plan, name_jobs, run_jobs
+
+    if (class_name is None) == (per_class is None) or (class_name is not None and n is None):
+        raise UsageError("give --class NAME with -n N, or --per-class N")
+    generator = open_generator(model, device, backend=backend, temperature=temperature, top_k=top_k, dtype=_dtype(bf16), sampler=sampler,
+                               compile_step=compile_)
+    generator.require(["synthesize"])
+    if class_name is not None:
+        jobs = [Job("synthesize", class_index(generator.class_names, class_name)) for _ in range(n)]
+    else:
+        if not generator.class_names:
+            raise UsageError("this model has no classes: use --class with a class name of a labelled model")
+        jobs = [Job("synthesize", label) for label in range(len(generator.class_names)) for _ in range(per_class)]
+    name_jobs(jobs, generator.class_names)
+    plan = job_plan(jobs, command="synthesize", seed=seed, batch_size=batch_size, temperature=temperature, top_k=top_k,
+                    format=image_format, bf16=bf16, sampler=sampler)
+    summary = run_jobs(generator, jobs, None, out, seed=seed, batch_size=batch_size, command="synthesize", plan=plan,
+                       overwrite=overwrite, resume=resume, image_format=image_format, quality=quality, jsonl=jsonl)
+    _finish(summary, json_, out, jsonl)
+
+
+@app.command("augment")
+def augment(
+    data: Annotated[Path, typer.Argument(help="Labelled image folder to expand.", show_default=False)],
+    out: OutOpt,
+    model: ModelOpt = None,
+    labels: LabelsOpt = None,
+    factor: Annotated[Optional[float], typer.Option("--factor", callback=finite_number("--factor", positive=True),
+                                                    help="Make the output F times the size of the input (per class).")] = None,
+    balance: Annotated[bool, typer.Option("--balance", help="Bring every class up to the largest one.")] = False,
+    methods: Annotated[str, typer.Option("--methods", help="Methods with optional weights, e.g. mix:1,resample:2,synthesize:1; classic: albumentations copies of the inputs (the baseline).")] = "mix,resample,synthesize",
+    classic_config: Annotated[Optional[Path], typer.Option("--classic-config", help="Your own albumentations pipeline for classic (a file A.save wrote, yaml or json).")] = None,
+    no_originals: Annotated[bool, typer.Option("--no-originals", help="Leave the input images out of the output.")] = False,
+    copy_originals: Annotated[bool, typer.Option("--copy-originals", help="Copy the input images instead of hard-linking them.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (images per class and method) and stop.")] = False,
+    temperature: TemperatureOpt = 1.0,
+    top_k: TopKOpt = None,
+    device: DeviceOpt = "auto", backend: BackendOpt = None, seed: SeedOpt = 0, batch_size: BatchOpt = 64, bf16: BF16Opt = False, compile_: CompileOpt = False,
+    image_format: FormatOpt = "png", quality: QualityOpt = 95,
+    overwrite: OverwriteOpt = False, resume: ResumeOpt = False, strict: StrictOpt = False,
+    image_col: ImageColOpt = None, label_col: LabelColOpt = None, group_col: GroupColOpt = None,
+    json_: JsonOpt = False, jsonl: JsonlOpt = False, quiet: QuietOpt = False,
+):
+    """Expand a labelled folder into a training-ready one: originals plus generated images.
+
+    Example: skinaug augment images/ --labels labels.csv --model models/derm64 --out train_aug/ --balance
+    """
+    set_quiet(quiet)
+    _check_outputs(json_, jsonl, out, overwrite)
+    from ..generate import open_generator, job_plan, name_jobs, original_rows, parse_methods, plan_augment, run_jobs
+
+    weights = parse_methods(methods)
+    transforms = None
+    if classic_config is not None:
+        from ..classic import load_transforms
         from ..errors import UsageError
-        from ..generate import open_generator, Job, class_index, job_plan, name_jobs, run_jobs
 
-        if (class_name is None) == (per_class is None) or (class_name is not None and n is None):
-            raise UsageError("give --class NAME with -n N, or --per-class N")
-        generator = open_generator(model, device, backend=backend, temperature=temperature, top_k=top_k, dtype=_dtype(bf16), sampler=sampler,
-                                   compile_step=compile_)
-        generator.require(["synthesize"])
-        if class_name is not None:
-            jobs = [Job("synthesize", class_index(generator.class_names, class_name)) for _ in range(n)]
-        else:
-            if not generator.class_names:
-                raise UsageError("this model has no classes: use --class with a class name of a labelled model")
-            jobs = [Job("synthesize", label) for label in range(len(generator.class_names)) for _ in range(per_class)]
-        name_jobs(jobs, generator.class_names)
-        plan = job_plan(jobs, command="synthesize", seed=seed, batch_size=batch_size, temperature=temperature, top_k=top_k,
-                        format=image_format, bf16=bf16, sampler=sampler)
-        summary = run_jobs(generator, jobs, None, out, seed=seed, batch_size=batch_size, command="synthesize", plan=plan,
-                           overwrite=overwrite, resume=resume, image_format=image_format, quality=quality, jsonl=jsonl)
-        _finish(summary, json_, out, jsonl)
+        if weights.get("classic", 0) <= 0:
+            raise UsageError("--classic-config sets the classic pipeline: add classic to --methods")
+        transforms = load_transforms(classic_config)
+    generator = open_generator(model, device, backend=backend, temperature=temperature, top_k=top_k, dtype=_dtype(bf16),
+                               compile_step=compile_)
+    generator.require([m for m, w in weights.items() if w > 0])
+    if transforms is not None:  # a pipeline that cannot give the model's images fails before anything is written
+        import numpy as np
 
-    @app.command("augment")
-    def augment(
-        data: Annotated[Path, typer.Argument(help="Labelled image folder to expand.", show_default=False)],
-        out: OutOpt,
-        model: ModelOpt = None,
-        labels: LabelsOpt = None,
-        factor: Annotated[Optional[float], typer.Option("--factor", callback=finite_number("--factor", positive=True),
-                                                        help="Make the output F times the size of the input (per class).")] = None,
-        balance: Annotated[bool, typer.Option("--balance", help="Bring every class up to the largest one.")] = False,
-        methods: Annotated[str, typer.Option("--methods", help="Methods with optional weights, e.g. mix:1,resample:2,synthesize:1; classic: albumentations copies of the inputs (the baseline).")] = "mix,resample,synthesize",
-        classic_config: Annotated[Optional[Path], typer.Option("--classic-config", help="Your own albumentations pipeline for classic (a file A.save wrote, yaml or json).")] = None,
-        no_originals: Annotated[bool, typer.Option("--no-originals", help="Leave the input images out of the output.")] = False,
-        copy_originals: Annotated[bool, typer.Option("--copy-originals", help="Copy the input images instead of hard-linking them.")] = False,
-        dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (images per class and method) and stop.")] = False,
-        temperature: TemperatureOpt = 1.0,
-        top_k: TopKOpt = None,
-        device: DeviceOpt = "auto", backend: BackendOpt = None, seed: SeedOpt = 0, batch_size: BatchOpt = 64, bf16: BF16Opt = False, compile_: CompileOpt = False,
-        image_format: FormatOpt = "png", quality: QualityOpt = 95,
-        overwrite: OverwriteOpt = False, resume: ResumeOpt = False, strict: StrictOpt = False,
-        image_col: ImageColOpt = None, label_col: LabelColOpt = None, group_col: GroupColOpt = None,
-        json_: JsonOpt = False, jsonl: JsonlOpt = False, quiet: QuietOpt = False,
-    ):
-        """Expand a labelled folder into a training-ready one: originals plus generated images.
+        from ..classic import augment_images
 
-        Example: skinaug augment images/ --labels labels.csv --model models/derm64 --out train_aug/ --balance
-        """
-        set_quiet(quiet)
-        _check_outputs(json_, jsonl, out, overwrite)
-        from ..generate import open_generator, job_plan, name_jobs, original_rows, parse_methods, plan_augment, run_jobs
-
-        weights = parse_methods(methods)
-        transforms = None
-        if classic_config is not None:
-            from ..classic import load_transforms
-            from ..errors import UsageError
-
-            if weights.get("classic", 0) <= 0:
-                raise UsageError("--classic-config sets the classic pipeline: add classic to --methods")
-            transforms = load_transforms(classic_config)
-        generator = open_generator(model, device, backend=backend, temperature=temperature, top_k=top_k, dtype=_dtype(bf16),
-                                   compile_step=compile_)
-        generator.require([m for m, w in weights.items() if w > 0])
-        if transforms is not None:  # a pipeline that cannot give the model's images fails before anything is written
-            import numpy as np
-
-            from ..classic import augment_images
-
-            side = generator.config["image_size"]
-            augment_images(np.full((1, side, side, 3), 128, np.uint8), 0, transforms)
-        source, read = _sources(model, None, data, labels, device, backend, strict, columns(image_col, label_col, group_col))
-        jobs, table = plan_augment(source, generator.class_names, factor=factor, balance=balance, weights=weights,
-                                   originals=not no_originals, seed=seed)
-        if dry_run:
-            _print_plan(table, weights)
-            emit({"plan": table, "input": read}, json_)
-            return
-        originals = None if no_originals else original_rows(source, generator.class_names, generator.config["fingerprint"])
-        name_jobs(jobs, generator.class_names, prefix="gen_", taken=[row["image"] for row in originals or []])
-        plan = job_plan(jobs, command="augment", data=str(data), seed=seed, batch_size=batch_size, temperature=temperature,
-                        top_k=top_k, originals=not no_originals, format=image_format, bf16=bf16,
-                        # the pipeline's content, so that --resume after an edit of the file is refused
-                        **({"classic_config": _file_digest(classic_config)} if classic_config is not None else {}))
-        summary = run_jobs(generator, jobs, source, out, seed=seed, batch_size=batch_size, command="augment", plan=plan,
-                           overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
-                           originals=originals, link_originals=not copy_originals, extra={"plan": table, "input": read},
-                           inputs=[labels, classic_config], jsonl=jsonl, classic_transforms=transforms)
-        _finish(summary, json_, out, jsonl)
+        side = generator.config["image_size"]
+        augment_images(np.full((1, side, side, 3), 128, np.uint8), 0, transforms)
+    source, read = _sources(model, None, data, labels, device, backend, strict, columns(image_col, label_col, group_col))
+    jobs, table = plan_augment(source, generator.class_names, factor=factor, balance=balance, weights=weights,
+                               originals=not no_originals, seed=seed)
+    if dry_run:
+        _print_plan(table, weights)
+        emit({"plan": table, "input": read}, json_)
+        return
+    originals = None if no_originals else original_rows(source, generator.class_names, generator.config["fingerprint"])
+    name_jobs(jobs, generator.class_names, prefix="gen_", taken=[row["image"] for row in originals or []])
+    plan = job_plan(jobs, command="augment", data=str(data), seed=seed, batch_size=batch_size, temperature=temperature,
+                    top_k=top_k, originals=not no_originals, format=image_format, bf16=bf16,
+                    # the pipeline's content, so that --resume after an edit of the file is refused
+                    **({"classic_config": _file_digest(classic_config)} if classic_config is not None else {}))
+    summary = run_jobs(generator, jobs, source, out, seed=seed, batch_size=batch_size, command="augment", plan=plan,
+                       overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
+                       originals=originals, link_originals=not copy_originals, extra={"plan": table, "input": read},
+                       inputs=[labels, classic_config], jsonl=jsonl, classic_transforms=transforms)
+    _finish(summary, json_, out, jsonl)
 
 
 def _print_plan(table: dict, weights: dict) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 
 from .codes import CodeFile, read_codes
 from .errors import SkinaugError, UsageError
-from .modeldir import ModelDir
+from .modeldir import ModelDir, model_location
 from .naming import name_key, unique_names
 from .output import DatasetWriter
 from .runtime import log, progress, resolve_backend, resolve_device, warn
@@ -369,12 +369,7 @@ def run_jobs(generator: Generator, jobs: list[Job], source: CodeFile | None, out
         for batch_index, method, batch in todo:
             began = time.perf_counter()
             seed_value = batch_seed(seed, batch_index)
-            if method == "classic":
-                images = classic_batch(source, batch, generator.config["image_size"], seed_value, classic_transforms)
-                codes = generator.encode_images(images)
-            else:
-                codes = generator.codes_for(method, batch, source, seed_value)
-                images = generator.images_for(codes)
+            codes, images = make_batch(generator, method, batch, source, seed_value, classic_transforms)
             rows = [{
                 "image": job.name,
                 "label": class_names[job.label] if 0 <= job.label < len(class_names) else "",
@@ -404,6 +399,17 @@ def run_jobs(generator: Generator, jobs: list[Job], source: CodeFile | None, out
         **generator.backend_info(),
         **(extra or {}),
     })
+
+
+def make_batch(generator: Generator, method: str, jobs: list[Job], source: CodeFile | None, seed: int,
+               classic_transforms=None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """One batch of one method: its code maps per level and its uint8 images (what the commands write and the Python
+    API returns). `classic` is the sources through the albumentations pipeline, encoded; the others draw and decode."""
+    if method == "classic":
+        images = classic_batch(source, jobs, generator.config["image_size"], seed, classic_transforms)
+        return generator.encode_images(images), images
+    codes = generator.codes_for(method, jobs, source, seed)
+    return codes, generator.images_for(codes)
 
 
 def classic_batch(source: CodeFile, jobs: list[Job], image_size: int, seed: int, transforms) -> np.ndarray:
@@ -508,3 +514,172 @@ def original_rows(source: CodeFile, class_names: list[str], fingerprint: str) ->
                      "model_fingerprint": fingerprint, "group": source.groups[index], "file": str(source.files[name]),
                      "index": index})
     return rows
+
+
+# ------------------------------------------------------------------ the generating commands as library functions
+#
+# Each writes a generated dataset into OUT_DIR (images/, labels.csv, codes.h5, run.json) and returns the run's summary
+# (what run.json records); `skinaug mix|resample|synthesize|augment` call them with their options. `model`: a model
+# directory or a shipped model's name (None: $SKINAUG_MODEL, else the shipped default). Sources are an image folder
+# `data` (labels from `labels` or class sub-folders) or a code file `codes`.
+
+
+def mix(out, n: int, *, model=None, data=None, codes=None, labels=None, class_name=None, any_label=False, device="auto",
+        backend=None, seed=0, batch_size=64, image_format="png", quality=95, overwrite=False, resume=False, strict=False,
+        jsonl=False, image_col=None, label_col=None, group_col=None) -> dict:
+    """n images, each the top codes of one source image with the bottom codes of another of the same label (of any
+    label with `any_label`; only of `class_name` when given)."""
+    check_streaming(out, jsonl, overwrite)
+    model = model_location(model)
+    generator = open_generator(model, device, backend=backend)
+    generator.require(["mix"])
+    source, read = read_sources(model, codes, data, labels, device, backend, strict, image_col=image_col,
+                                label_col=label_col, group_col=group_col)
+    label = class_index(generator.class_names, class_name) if class_name else None
+    jobs = plan_mix(source, n, np.random.default_rng(seed), any_label=any_label, label=label)
+    name_jobs(jobs, generator.class_names)
+    plan = job_plan(jobs, command="mix", source=str(codes or data), seed=seed, batch_size=batch_size, format=image_format)
+    return run_jobs(generator, jobs, source, out, seed=seed, batch_size=batch_size, command="mix", plan=plan,
+                    overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
+                    extra={"any_label": any_label, "input": read}, inputs=[labels], jsonl=jsonl)
+
+
+def resample(out, *, model=None, data=None, codes=None, labels=None, per_image=1, temperature=1.0, top_k=None,
+             method="resample", mask_dir=None, refine=0, refine_candidates=None, class_name=None, device="auto",
+             backend=None, seed=0, batch_size=64, bf16=False, sampler="fast", compile_step=False, image_format="png",
+             quality=95, overwrite=False, resume=False, strict=False, jsonl=False, image_col=None, label_col=None,
+             group_col=None) -> dict:
+    """per_image variants of every source image (of `class_name` when given): its top codes kept, its bottom codes
+    drawn again by the bottom prior (only inside its lesion mask mask_dir/<image>.png when given), or one level
+    replaced by random codes (method rand-bottom | rand-top, the baselines)."""
+    check_streaming(out, jsonl, overwrite)
+    if method not in ("resample", "rand-bottom", "rand-top"):
+        raise UsageError(f"--method must be resample, rand-bottom or rand-top, not {method}")
+    if mask_dir is not None and method != "resample":
+        raise UsageError("--mask-dir goes with --method resample")
+    if mask_dir is not None and not Path(mask_dir).is_dir():
+        raise UsageError(f"--mask-dir {mask_dir} is not a folder")
+    if refine_candidates is not None and not refine:
+        raise UsageError("--refine-candidates goes with --refine N")
+    model = model_location(model)
+    generator = open_generator(model, device, backend=backend, temperature=temperature, top_k=top_k, mask_dir=mask_dir,
+                               dtype=sampling_dtype(bf16), sampler=sampler, compile_step=compile_step, refine=refine,
+                               refine_candidates=refine_candidates)
+    generator.require([method])
+    source, read = read_sources(model, codes, data, labels, device, backend, strict, image_col=image_col,
+                                label_col=label_col, group_col=group_col)
+    indices = np.arange(len(source))
+    if class_name:
+        indices = indices[source.labels == class_index(generator.class_names, class_name)]
+    jobs = plan_per_source(method, indices, per_image, source)
+    name_jobs(jobs, generator.class_names)
+    # in the plan only when on: the plans (and --resume) of runs without refinement stay as they were
+    refine_candidates = generator.refine_candidates if refine else None
+    refined = {"refine": refine, "refine_candidates": refine_candidates} if refine else {}
+    plan = job_plan(jobs, command=method, source=str(codes or data), seed=seed, batch_size=batch_size,
+                    temperature=temperature, top_k=top_k, mask_dir=str(mask_dir) if mask_dir else None, format=image_format,
+                    bf16=bf16, sampler=sampler, **refined)
+    return run_jobs(generator, jobs, source, out, seed=seed, batch_size=batch_size, command=method, plan=plan,
+                    overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
+                    extra={"mask_dir": str(mask_dir) if mask_dir else None, "refine": refine,
+                           "refine_candidates": refine_candidates, "input": read},
+                    inputs=[labels], jsonl=jsonl)
+
+
+def synthesize(out, *, model=None, class_name=None, n=None, per_class=None, temperature=1.0, top_k=None, device="auto",
+               backend=None, seed=0, batch_size=64, bf16=False, sampler="fast", compile_step=False, image_format="png",
+               quality=95, overwrite=False, resume=False, jsonl=False) -> dict:
+    """New images from the priors alone: n of `class_name`, or per_class of every class."""
+    check_streaming(out, jsonl, overwrite)
+    if (class_name is None) == (per_class is None) or (class_name is not None and n is None):
+        raise UsageError("give --class NAME with -n N, or --per-class N")
+    model = model_location(model)
+    generator = open_generator(model, device, backend=backend, temperature=temperature, top_k=top_k,
+                               dtype=sampling_dtype(bf16), sampler=sampler, compile_step=compile_step)
+    generator.require(["synthesize"])
+    if class_name is not None:
+        jobs = [Job("synthesize", class_index(generator.class_names, class_name)) for _ in range(n)]
+    else:
+        if not generator.class_names:
+            raise UsageError("this model has no classes: use --class with a class name of a labelled model")
+        jobs = [Job("synthesize", label) for label in range(len(generator.class_names)) for _ in range(per_class)]
+    name_jobs(jobs, generator.class_names)
+    plan = job_plan(jobs, command="synthesize", seed=seed, batch_size=batch_size, temperature=temperature, top_k=top_k,
+                    format=image_format, bf16=bf16, sampler=sampler)
+    return run_jobs(generator, jobs, None, out, seed=seed, batch_size=batch_size, command="synthesize", plan=plan,
+                    overwrite=overwrite, resume=resume, image_format=image_format, quality=quality, jsonl=jsonl)
+
+
+def augment(data, out, *, model=None, labels=None, factor=None, balance=False, methods="mix,resample,synthesize",
+            classic_config=None, no_originals=False, copy_originals=False, dry_run=False, temperature=1.0, top_k=None,
+            device="auto", backend=None, seed=0, batch_size=64, bf16=False, compile_step=False, image_format="png",
+            quality=95, overwrite=False, resume=False, strict=False, jsonl=False, image_col=None, label_col=None,
+            group_col=None) -> dict:
+    """A labelled folder expanded into a training-ready one: its originals (hard-linked, or copied) plus generated
+    images, `factor` times the input per class or every class up to the largest (`balance`). `methods`:
+    "mix:1,resample:2,synthesize:1" or {"mix": 1, ...}; classic: albumentations copies (`classic_config`: a pipeline
+    A.save wrote). With dry_run nothing is written and the summary holds the plan (images per class and method)."""
+    check_streaming(out, jsonl, overwrite)
+    weights = parse_methods(methods if isinstance(methods, str) else ",".join(f"{m}:{w}" for m, w in methods.items()))
+    transforms = None
+    if classic_config is not None:
+        from .classic import load_transforms
+
+        if weights.get("classic", 0) <= 0:
+            raise UsageError("--classic-config sets the classic pipeline: add classic to --methods")
+        transforms = load_transforms(classic_config)
+    model = model_location(model)
+    generator = open_generator(model, device, backend=backend, temperature=temperature, top_k=top_k,
+                               dtype=sampling_dtype(bf16), compile_step=compile_step)
+    generator.require([m for m, w in weights.items() if w > 0])
+    if transforms is not None:  # a pipeline that cannot give the model's images fails before anything is written
+        from .classic import augment_images
+
+        side = generator.config["image_size"]
+        augment_images(np.full((1, side, side, 3), 128, np.uint8), 0, transforms)
+    source, read = read_sources(model, None, data, labels, device, backend, strict, image_col=image_col,
+                                label_col=label_col, group_col=group_col)
+    jobs, table = plan_augment(source, generator.class_names, factor=factor, balance=balance, weights=weights,
+                               originals=not no_originals, seed=seed)
+    if dry_run:
+        return {"plan": table, "input": read}
+    originals = None if no_originals else original_rows(source, generator.class_names, generator.config["fingerprint"])
+    name_jobs(jobs, generator.class_names, prefix="gen_", taken=[row["image"] for row in originals or []])
+    plan = job_plan(jobs, command="augment", data=str(data), seed=seed, batch_size=batch_size, temperature=temperature,
+                    top_k=top_k, originals=not no_originals, format=image_format, bf16=bf16,
+                    # the pipeline's content, so that --resume after an edit of the file is refused
+                    **({"classic_config": _file_digest(classic_config)} if classic_config is not None else {}))
+    return run_jobs(generator, jobs, source, out, seed=seed, batch_size=batch_size, command="augment", plan=plan,
+                    overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
+                    originals=originals, link_originals=not copy_originals, extra={"plan": table, "input": read},
+                    inputs=[labels, classic_config], jsonl=jsonl, classic_transforms=transforms)
+
+
+def read_sources(model, codes, data, labels, device, backend, strict, **columns) -> tuple[CodeFile, dict | None]:
+    """The source codes, and what reading DATA left out: the summary's "input" (None for a code file)."""
+    from .data import recording_intake
+
+    with recording_intake() as intake:
+        source = load_sources(model, codes, data, labels, device, backend=backend, strict=strict, **columns)
+    return source, (intake.summary() if data is not None else None)
+
+
+def check_streaming(out, jsonl: bool, overwrite: bool) -> None:
+    if jsonl and overwrite and out is not None and Path(out).exists():
+        # the replacement is staged beside the old output: its images reach the printed paths only at the end
+        raise UsageError("--jsonl prints paths as images land, and --overwrite lands them only when the run ends: "
+                         "remove the old output yourself, or choose another --out")
+
+
+def sampling_dtype(bf16: bool):
+    if not bf16:
+        return None  # without importing torch: the onnx backend runs where it is not installed
+    import torch
+
+    return torch.bfloat16
+
+
+def _file_digest(path) -> str:
+    import hashlib
+
+    return f"{path} sha256:{hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]}"

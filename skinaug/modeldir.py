@@ -314,6 +314,15 @@ def resolve_model(path=None) -> Path:
     return locate_model(str(path), "--model")
 
 
+def model_location(value=None) -> Path:
+    """The model a command or library call reads, as `resolve_model` finds it, except that a path that does not exist
+    (and names no shipped model) is returned as it is: the caller's usage checks come first, ModelDir reports it."""
+    if value is None or str(value) == "":
+        return resolve_model(None)
+    path = Path(value)
+    return path if path.exists() else shipped_models().get(str(value), path)
+
+
 def locate_model(value, source: str) -> Path:
     """A model directory given as a path, or the name of a shipped model; `source` (the flag) names it in errors."""
     value = str(value)

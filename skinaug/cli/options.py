@@ -40,19 +40,17 @@ LabelsOpt = Annotated[Optional[Path], typer.Option("--labels", help="CSV of labe
 
 def model_path(value: Path) -> Path:
     """A required model directory: a path, or the name of a shipped model when no such path exists."""
-    from ..modeldir import shipped_models
+    from ..modeldir import model_location
 
-    return value if value.exists() else shipped_models().get(str(value), value)
+    return model_location(value)
 
 
 def _resolve_model(value: Optional[Path]) -> Path:
     """--model > $SKINAUG_MODEL > the shipped default; a path that does not exist is left for the command to
     report (after the usage checks), unless it names a shipped model."""
-    from ..modeldir import resolve_model
+    from ..modeldir import model_location
 
-    if value is not None:
-        return model_path(value)
-    return resolve_model(value)
+    return model_location(value)
 
 
 ModelOpt = Annotated[Optional[Path], typer.Option(

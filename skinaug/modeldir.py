@@ -376,3 +376,15 @@ def find_models(paths) -> list[dict]:
         seen.add(path.resolve())
         rows.append(describe(path))
     return rows
+
+
+def list_models(paths=()) -> list[dict]:
+    """`skinaug models`: the `find_models` rows, each with "default" true for the model used when none is named."""
+    rows = find_models(paths)
+    try:
+        default = str(resolve_model(None).resolve())
+    except SkinaugError:
+        default = None
+    for row in rows:
+        row["default"] = Path(row["path"]).resolve().as_posix() == default
+    return rows

@@ -26,16 +26,9 @@ def models(
 
     Example: skinaug models models/ --json
     """
-    from ..errors import SkinaugError
-    from ..modeldir import find_models, resolve_model
+    from ..modeldir import list_models
 
-    rows = find_models(paths or [])
-    try:
-        default = str(resolve_model(None).resolve())
-    except SkinaugError:
-        default = None
-    for row in rows:
-        row["default"] = Path(row["path"]).resolve().as_posix() == default
+    rows = list_models(paths or [])
     if json_:
         print(json.dumps(rows, indent=None))
         return

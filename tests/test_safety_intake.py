@@ -5,6 +5,7 @@ bounded in bytes; the image cache follows replaced files and never unpickles."""
 import csv
 import hashlib
 import json
+import logging
 import os
 import shutil
 import struct
@@ -332,8 +333,8 @@ class _Trap:
 
 
 @pytest.mark.parametrize("bad", ["object array", "garbage", "wrong shape"])
-def test_an_object_or_corrupt_cache_is_rebuilt_never_unpickled(tiny_dataset, tmp_path, monkeypatch, capsys, bad):
-    monkeypatch.setattr(runtime, "_quiet", False)
+def test_an_object_or_corrupt_cache_is_rebuilt_never_unpickled(tiny_dataset, tmp_path, capsys, bad):
+    runtime.logger.setLevel(logging.INFO)  # what the default setup and every command run leave it at
     samples = scan_dataset(tiny_dataset.images, tiny_dataset.labels_csv).samples
     cache_path = tmp_path / "image_cache.npy"
     build_cache(samples, 32, cache_path)  # a valid index, then the array is replaced

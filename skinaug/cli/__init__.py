@@ -71,6 +71,13 @@ app.add_typer(export.app, name="export")
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the CLI; returns the exit code: 0 success, 1 runtime error (one line), 2 usage error, 130 interrupted."""
+    from ..runtime import StderrHandler, reporting
+
+    with reporting(StderrHandler()):  # progress lines on stderr (--quiet lowers the level), as before once done
+        return _run(argv)
+
+
+def _run(argv: list[str] | None) -> int:
     try:
         result = app(args=argv, prog_name="skinaug", standalone_mode=False)
         if result == 130:  # typer turns Ctrl-C into Exit(130), which click returns when not standalone

@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from ..runtime import set_quiet
 from .options import (BackendOpt, BatchOpt, DataArg, DeviceOpt, FormatOpt, GroupColOpt, ImageColOpt, JsonOpt, LabelColOpt, LabelsOpt,
                       ModelOpt, OverwriteOpt, QualityOpt, QuietOpt, ResumeOpt, StrictOpt, WorkersOpt, columns, emit)
 
@@ -60,7 +59,6 @@ def encode(
 
     Example: skinaug encode images/ --labels labels.csv --model models/derm128 --out codes.h5
     """
-    set_quiet(quiet)
     from ..encode import encode_dataset
     from ..modeldir import ModelDir
 
@@ -90,7 +88,6 @@ def decode(
 
     Example: skinaug decode codes.h5 --model models/derm128 --out recon/
     """
-    set_quiet(quiet)
     from ..encode import decode_codes
 
     summary = decode_codes(codes, out, model=model, device=device, batch_size=batch_size, overwrite=overwrite,

@@ -9,7 +9,6 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import UsageError
-from ..runtime import set_quiet
 from .options import (BackendOpt, BatchOpt, DeviceOpt, FormatOpt, GroupColOpt, ImageColOpt, JsonOpt, JsonlOpt, LabelColOpt, LabelsOpt, ModelOpt,
                       OverwriteOpt, QualityOpt, QuietOpt, ResumeOpt, SeedOpt, StrictOpt, columns, emit, finite_number)
 
@@ -82,7 +81,6 @@ def mix(
 
     Example: skinaug mix images/ --labels labels.csv --model models/derm64 --out mixed/ -n 500
     """
-    set_quiet(quiet)
     _check_outputs(json_, jsonl)
     from .. import generate
 
@@ -119,7 +117,6 @@ def resample(
 
     Example: skinaug resample images/ --labels labels.csv --model models/derm64 --out resampled/ --per-image 2 --temperature 0.9
     """
-    set_quiet(quiet)
     _check_outputs(json_, jsonl)
     from .. import generate
 
@@ -152,7 +149,6 @@ def synthesize(
 
     Example: skinaug synthesize --model models/derm64 --out synth/ --class melanoma -n 2000
     """
-    set_quiet(quiet)
     _check_outputs(json_, jsonl)
     from .. import generate
 
@@ -190,7 +186,6 @@ def augment(
 
     Example: skinaug augment images/ --labels labels.csv --model models/derm64 --out train_aug/ --balance
     """
-    set_quiet(quiet)
     _check_outputs(json_, jsonl)
     from .. import generate
 

@@ -7,7 +7,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..runtime import set_quiet
 from .options import (DataArg, DeviceOpt, GroupColOpt, ImageColOpt, JsonOpt, LabelColOpt, LabelsOpt, OverwriteOpt, QuietOpt,
                       WorkersOpt, columns, emit)
 
@@ -37,7 +36,6 @@ def inspect(
 
     Example: skinaug inspect images/ --labels labels.csv --out report/ --model ham10000-64
     """
-    set_quiet(quiet)
     from ..inspection import inspect_dataset
 
     report = inspect_dataset(data, labels, out=out, model=model, near=near, z=z, show=show, device=device, workers=workers,

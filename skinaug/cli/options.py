@@ -65,7 +65,18 @@ OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an exis
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in the same output.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
 JsonlOpt = Annotated[bool, typer.Option("--jsonl", help="Print one JSON object per finished image on stdout (path, label, method, sources, ...), flushed per batch, for pipes.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or log lines on stderr.")]
+
+
+def _quiet(value: bool) -> bool:
+    # the "skinaug" logger's level while the command runs: `skinaug.cli.main` restores it afterwards
+    if value:
+        import logging
+
+        logging.getLogger("skinaug").setLevel(logging.WARNING)
+    return value
+
+
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", callback=_quiet, help="No progress or log lines on stderr.")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Unreadable or unmatched inputs are fatal instead of skipped.")]
 ImageColOpt = Annotated[Optional[str], typer.Option("--image-col", help="CSV column with the image names.")]
 LabelColOpt = Annotated[Optional[str], typer.Option("--label-col", help="CSV column with the labels.")]

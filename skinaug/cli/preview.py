@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from ..runtime import set_quiet
 from .options import JsonOpt, QuietOpt, SeedOpt, emit
 
 
@@ -29,7 +28,6 @@ def preview(
 
     Example: skinaug preview aug/ synth/ --out sheet.png --by method,label
     """
-    set_quiet(quiet)
     from ..preview import contact_sheet
 
     emit(contact_sheet(folders, out, per_row=per_row, size=size, by=by, seed=seed), json_, out)

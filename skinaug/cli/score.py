@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..runtime import set_quiet
 from .generate import TemperatureOpt, TopKOpt
 from .options import (BatchOpt, DataArg, DeviceOpt, GroupColOpt, ImageColOpt, JsonOpt, LabelColOpt, LabelsOpt,
                       OverwriteOpt, QuietOpt, ResumeOpt, SeedOpt, StrictOpt, WorkersOpt, columns, emit, finite_number)
@@ -68,7 +67,6 @@ def cas(
 
     Example: skinaug score cas --real images/ --labels labels.csv --train real,recon/,mixed/ --positive melanoma --negative nevus --out cas/
     """
-    set_quiet(quiet)
     from ..scores.cas import CasOptions, print_cas_table, run_cas
 
     options = CasOptions(positive=positive, negative=negative, mode=mode, test_fraction=test_fraction, real_fraction=real_fraction,
@@ -125,7 +123,6 @@ def benefit(
 
     Example: skinaug score benefit images/ --labels labels.csv --out benefit/ --fractions 0.1,1.0 --seeds 3
     """
-    set_quiet(quiet)
     from ..errors import UsageError
     from ..scores.benefit import BenefitOptions, GeneratorRecipe, print_benefit_table, run_benefit
 
@@ -183,7 +180,6 @@ def codes(
 
     Example: skinaug score codes codes.h5 --model models/derm64 --data images/ --labels labels.csv
     """
-    set_quiet(quiet)
     from ..scores.code_usage import score_codes
     from .codes import print_code_table
 
@@ -224,7 +220,6 @@ def sweep(
 
     Example: skinaug score sweep images/ --labels labels.csv --codebook-size 128,256,512 --code-dim 8,32,64 --out sweep/
     """
-    set_quiet(quiet)
     from ..scores.sweep import print_sweep_table, run_sweep
     from ..train_vqvae import TrainOptions
     from ..vqvae import VQVAEConfig
@@ -266,7 +261,6 @@ def fid(
 
     Example: skinaug score fid mixed/ images/ --inception-weights pt_inception-2015-12-05-6726825d.pth
     """
-    set_quiet(quiet)
     from ..scores.fid import compute_fid
 
     result = compute_fid(generated, real, features=features, inception_weights=inception_weights, real_labels=labels,
@@ -323,7 +317,6 @@ def memorization(
 
     Example: skinaug score memorization synth/ images/ --out memo/ --threshold 0.02
     """
-    set_quiet(quiet)
     from ..scores.memorization import check_memorization
 
     summary = check_memorization(generated, real, out=out, threshold=threshold, feature_threshold=feature_threshold, size=size,

@@ -7,7 +7,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..runtime import set_quiet
 from .options import (BatchOpt, DataArg, DeviceOpt, GroupColOpt, ImageColOpt, JsonOpt, LabelColOpt, LabelsOpt,
                       OverwriteOpt, QuietOpt, ResumeOpt, SeedOpt, StrictOpt, WorkersOpt, columns, emit, finite_number,
                       model_path)
@@ -76,7 +75,6 @@ def vqvae(
 
     Sharper texture, same codes and priors: skinaug train vqvae images/ --labels labels.csv --init ham10000-64 --decoder-only --loss mse+gan --epochs 4 --out models/sharp
     """
-    set_quiet(quiet)
     from ..train_vqvae import TrainOptions, train_vqvae
     from ..vqvae import VQVAEConfig
 
@@ -137,7 +135,6 @@ def prior(
 
     Fine-tune: skinaug train prior --model models/mine --codes mine.h5 --init ham10000-64 --epochs 20
     """
-    set_quiet(quiet)
     from ..train_prior import PriorOptions, train_priors
 
     overrides = {"channels": channels, "n_blocks": blocks, "n_res_blocks": res_blocks, "kernel_size": kernel_size, "dropout": dropout}

@@ -55,18 +55,18 @@ REFINE_CANDIDATES = 32  # codes weighed per position by --refine; a sweep's cost
 def check_refine(refine: int, candidates: int, mask_dir) -> None:
     """--refine N sweeps need a mask (they re-draw codes given kept ones) and a non-empty candidate set."""
     if refine < 0:
-        raise UsageError(f"--refine must be 0 or more sweeps, not {refine}")
+        raise UsageError(f"{{refine}} must be 0 or more sweeps, not {refine}")
     if candidates < 1:
-        raise UsageError(f"--refine-candidates must be at least 1, not {candidates}")
+        raise UsageError(f"{{refine_candidates}} must be at least 1, not {candidates}")
     if refine and mask_dir is None:
-        raise UsageError("--refine re-draws the codes inside the lesion masks given the kept ones: give --mask-dir")
+        raise UsageError("{refine} re-draws the codes inside the lesion masks given the kept ones: give {mask_dir}")
 
 
 def open_generator(model, device="auto", *, backend=None, **options) -> "Generator":
     """The Generator of --backend: PyTorch, or the exported graphs through onnxruntime (which never import torch)."""
     if resolve_backend(backend) == "onnx":
         if options.pop("refine", 0):
-            raise UsageError("--refine teacher-forces the bottom prior in PyTorch: it does not apply to --backend onnx")
+            raise UsageError("{refine} teacher-forces the bottom prior in PyTorch: it does not apply to {backend='onnx'}")
         options.pop("refine_candidates", None)
         from .onnx.generate import OnnxGenerator
 
@@ -91,7 +91,7 @@ class Generator:
         self.refine_candidates = refine_candidates
         self.dtype = dtype
         if sampler not in ("fast", "reference"):
-            raise UsageError(f"--sampler must be fast or reference, not {sampler}")
+            raise UsageError(f"{{sampler}} must be fast or reference, not {sampler}")
         self.sampler = sampler  # "reference": one full forward per position, the ground truth (slow)
         # torch.compile of the sampling step: ~30% faster steps on CUDA, but ~20 s of compilation per step width
         # (about 2 minutes for a 256px model) that only pays off for thousands of images
@@ -101,7 +101,7 @@ class Generator:
         self.vqvae = self.model_dir.load_vqvae(self.device)
         self._priors: dict = {}
         if not (np.isfinite(temperature) and temperature > 0):  # nan passes a plain `<= 0` and fails only when sampling
-            raise UsageError(f"--temperature must be a positive number, not {temperature}")
+            raise UsageError(f"{{temperature}} must be a positive number, not {temperature}")
 
     def require(self, methods) -> None:
         """Fails early, naming the missing prior file and the command that trains it."""
@@ -239,7 +239,7 @@ def load_sources(model, codes=None, data=None, labels=None, device="auto", backe
     model_dir = ModelDir(model)
     config = model_dir.config()
     if (codes is None) == (data is None):
-        raise UsageError("give either an image folder DATA or --codes CODES.h5")
+        raise UsageError("give either an image folder {data} or {codes=CODES.h5}")
     if codes is not None:
         source = read_codes(codes)
         source.check_model(config)
@@ -256,7 +256,7 @@ def load_sources(model, codes=None, data=None, labels=None, device="auto", backe
 def class_index(class_names: list[str], name: str) -> int:
     """The index of --class NAME; a name the model does not know is a usage error (exit 2)."""
     if name not in class_names:
-        raise UsageError(f"--class {name!r} is not a class of this model: it knows {', '.join(class_names) or 'no classes'}")
+        raise UsageError(f"{{class_name}} {name!r} is not a class of this model: it knows {', '.join(class_names) or 'no classes'}")
     return class_names.index(name)
 
 
@@ -266,7 +266,7 @@ def plan_mix(source: CodeFile, n: int, rng: np.random.Generator, *, any_label=Fa
     if label is None and not any_label:
         candidates = candidates[source.labels[candidates] >= 0]
     if candidates.size == 0:
-        raise SkinaugError("no source image to mix" + (f" of class {label}" if label is not None else " with a label (use --any-label)"))
+        raise SkinaugError("no source image to mix" + (f" of class {label}" if label is not None else " with a label (use {any_label=True})"))
     by_label = {lab: np.flatnonzero(source.labels == lab) for lab in np.unique(source.labels[candidates])}
     jobs = []
     alone: set[int] = set()
@@ -334,10 +334,10 @@ def run_jobs(generator: Generator, jobs: list[Job], source: CodeFile | None, out
     generator.require({job.method for job in jobs})
     generator.check_classes(jobs)
     if any(job.method in PRIORS_NEEDED and job.label < 0 for job in jobs) and generator.class_names:
-        raise SkinaugError("a class-conditional prior cannot resample unlabelled images: give --labels")
+        raise SkinaugError("a class-conditional prior cannot resample unlabelled images: give {labels}")
     check_masks(generator, jobs, source)
     if any(job.method == "classic" for job in jobs) and (source is None or source.files is None):
-        raise UsageError("classic augments the image files themselves: give DATA rather than --codes")
+        raise UsageError("classic augments the image files themselves: give {data} rather than {codes}")
     fingerprint = generator.config["fingerprint"]
     inputs = [generator.model_dir.path, generator.mask_dir, source.path if source is not None else None, *inputs]
     if dist.is_main:
@@ -451,17 +451,17 @@ def parse_methods(text: str) -> dict[str, float]:
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, _, weight = part.partition(":")
         if name not in AUGMENT_METHODS:
-            raise UsageError(f"unknown method {name!r} in --methods: choose from {', '.join(AUGMENT_METHODS)}")
+            raise UsageError(f"unknown method {name!r} in {{methods}}: choose from {', '.join(AUGMENT_METHODS)}")
         try:
             weights[name] = float(weight) if weight else 1.0
         except ValueError:
-            raise UsageError(f"bad weight {weight!r} for {name} in --methods") from None
+            raise UsageError(f"bad weight {weight!r} for {name} in {{methods}}") from None
         if not np.isfinite(weights[name]):  # float() reads "nan" and "inf"
-            raise UsageError(f"bad weight {weight!r} for {name} in --methods: give a finite number")
+            raise UsageError(f"bad weight {weight!r} for {name} in {{methods}}: give a finite number")
         if weights[name] < 0:
-            raise UsageError(f"negative weight for {name} in --methods")
+            raise UsageError(f"negative weight for {name} in {{methods}}")
     if not weights or sum(weights.values()) <= 0:
-        raise UsageError("--methods names no method with a positive weight")
+        raise UsageError("{methods} names no method with a positive weight")
     return weights
 
 
@@ -469,14 +469,14 @@ def plan_augment(source: CodeFile, class_names: list[str], *, factor=None, balan
                  originals=True, seed=0) -> tuple[list[Job], dict]:
     """Jobs per class and method so the output holds F x the input (--factor) or equal classes (--balance)."""
     if (factor is None) == (not balance):
-        raise UsageError("give exactly one of --factor F or --balance")
+        raise UsageError("give exactly one of {factor=F} or {balance=True}")
     if factor is not None and factor < (1.0 if originals else 0.0):
-        raise UsageError(f"--factor {factor} would remove images: use a factor of at least 1 (or --no-originals)")
+        raise UsageError(f"{{factor}} {factor} would remove images: use a factor of at least 1 (or {{no_originals=True}})")
     rng = np.random.default_rng(seed)
     per_class = {c: int((source.labels == c).sum()) for c in range(len(class_names))}
     present = {c: n for c, n in per_class.items() if n > 0}
     if not present:
-        raise SkinaugError("no labelled image to augment: give --labels or class sub-folders")
+        raise SkinaugError("no labelled image to augment: give {labels} or class sub-folders")
     largest = max(present.values())
     jobs: list[Job] = []
     table: dict = {}
@@ -504,7 +504,7 @@ def plan_augment(source: CodeFile, class_names: list[str], *, factor=None, balan
 def original_rows(source: CodeFile, class_names: list[str], fingerprint: str) -> list[dict]:
     """labels.csv rows for the input images themselves (method 'original'), with their files."""
     if source.files is None:
-        raise UsageError("originals need the image files: give DATA rather than --codes")
+        raise UsageError("originals need the image files: give {data} rather than {codes}")
     rows = []
     # the file keeps the source's name where that is a safe, distinct file name; source_* keep it as it is
     for index, (name, file_name) in enumerate(zip(source.images, unique_names(source.images))):
@@ -554,13 +554,13 @@ def resample(out, *, model=None, data=None, codes=None, labels=None, per_image=1
     replaced by random codes (method rand-bottom | rand-top, the baselines)."""
     check_streaming(out, jsonl, overwrite)
     if method not in ("resample", "rand-bottom", "rand-top"):
-        raise UsageError(f"--method must be resample, rand-bottom or rand-top, not {method}")
+        raise UsageError(f"{{method}} must be resample, rand-bottom or rand-top, not {method}")
     if mask_dir is not None and method != "resample":
-        raise UsageError("--mask-dir goes with --method resample")
+        raise UsageError("{mask_dir} goes with {method='resample'}")
     if mask_dir is not None and not Path(mask_dir).is_dir():
-        raise UsageError(f"--mask-dir {mask_dir} is not a folder")
+        raise UsageError(f"{{mask_dir}} {mask_dir} is not a folder")
     if refine_candidates is not None and not refine:
-        raise UsageError("--refine-candidates goes with --refine N")
+        raise UsageError("{refine_candidates} goes with {refine=N}")
     model = model_location(model)
     generator = open_generator(model, device, backend=backend, temperature=temperature, top_k=top_k, mask_dir=mask_dir,
                                dtype=sampling_dtype(bf16), sampler=sampler, compile_step=compile_step, refine=refine,
@@ -592,7 +592,7 @@ def synthesize(out, *, model=None, class_name=None, n=None, per_class=None, temp
     """New images from the priors alone: n of `class_name`, or per_class of every class."""
     check_streaming(out, jsonl, overwrite)
     if (class_name is None) == (per_class is None) or (class_name is not None and n is None):
-        raise UsageError("give --class NAME with -n N, or --per-class N")
+        raise UsageError("give {class_name=NAME} with {n=N}, or {per_class=N}")
     model = model_location(model)
     generator = open_generator(model, device, backend=backend, temperature=temperature, top_k=top_k,
                                dtype=sampling_dtype(bf16), sampler=sampler, compile_step=compile_step)
@@ -601,7 +601,7 @@ def synthesize(out, *, model=None, class_name=None, n=None, per_class=None, temp
         jobs = [Job("synthesize", class_index(generator.class_names, class_name)) for _ in range(n)]
     else:
         if not generator.class_names:
-            raise UsageError("this model has no classes: use --class with a class name of a labelled model")
+            raise UsageError("this model has no classes: use {class_name} with a class name of a labelled model")
         jobs = [Job("synthesize", label) for label in range(len(generator.class_names)) for _ in range(per_class)]
     name_jobs(jobs, generator.class_names)
     plan = job_plan(jobs, command="synthesize", seed=seed, batch_size=batch_size, temperature=temperature, top_k=top_k,
@@ -626,7 +626,7 @@ def augment(data, out, *, model=None, labels=None, factor=None, balance=False, m
         from .classic import load_transforms
 
         if weights.get("classic", 0) <= 0:
-            raise UsageError("--classic-config sets the classic pipeline: add classic to --methods")
+            raise UsageError("{classic_config} sets the classic pipeline: add classic to {methods}")
         transforms = load_transforms(classic_config)
     model = model_location(model)
     generator = open_generator(model, device, backend=backend, temperature=temperature, top_k=top_k,
@@ -667,8 +667,8 @@ def read_sources(model, codes, data, labels, device, backend, strict, **columns)
 def check_streaming(out, jsonl: bool, overwrite: bool) -> None:
     if jsonl and overwrite and out is not None and Path(out).exists():
         # the replacement is staged beside the old output: its images reach the printed paths only at the end
-        raise UsageError("--jsonl prints paths as images land, and --overwrite lands them only when the run ends: "
-                         "remove the old output yourself, or choose another --out")
+        raise UsageError("{jsonl=True} prints paths as images land, and {overwrite=True} lands them only when the run ends: "
+                         "remove the old output yourself, or choose another {out}")
 
 
 def sampling_dtype(bf16: bool):

@@ -179,7 +179,7 @@ class ModelDir:
         if not self.exists():
             raise SkinaugError(
                 f"{self.path} is not a trained model: {VQVAE_WEIGHTS} or {CONFIG} is missing "
-                "(train one with `skinaug train vqvae`, or finish an interrupted run with --resume)"
+                "(train one with `skinaug train vqvae`, or finish an interrupted run with {resume=True})"
             )
         return validate_config(read_json(self.config_path), self.config_path)
 
@@ -308,10 +308,10 @@ def resolve_model(path=None) -> Path:
             return locate_model(value, f"${MODEL_ENV}")
         default = shipped_models().get(DEFAULT_MODEL)
         if default is None:
-            raise SkinaugError(f"no --model given and the default model {DEFAULT_MODEL} is not installed "
-                               f"(looked in {SHIPPED_MODELS}): pass --model MODEL_DIR or set {MODEL_ENV}")
+            raise SkinaugError(f"no {{model}} given and the default model {DEFAULT_MODEL} is not installed "
+                               f"(looked in {SHIPPED_MODELS}): pass {{model=MODEL_DIR}} or set {MODEL_ENV}")
         return default
-    return locate_model(str(path), "--model")
+    return locate_model(str(path), "{model}")
 
 
 def model_location(value=None) -> Path:
@@ -324,7 +324,8 @@ def model_location(value=None) -> Path:
 
 
 def locate_model(value, source: str) -> Path:
-    """A model directory given as a path, or the name of a shipped model; `source` (the flag) names it in errors."""
+    """A model directory given as a path, or the name of a shipped model; `source` (the parameter, as a placeholder
+    like "{model}", or the variable) names it in errors."""
     value = str(value)
     path = Path(value).expanduser()
     if path.exists():

@@ -14,17 +14,22 @@ import os
 import re
 import sys
 
-from .errors import SkinaugError, UsageError
+from .errors import Message, SkinaugError, UsageError, python_spelling
 
 logger = logging.getLogger("skinaug")
 
 
 class StderrHandler(logging.Handler):
-    """One line per record on the sys.stderr of the moment (pytest and notebooks swap it): warnings say so."""
+    """One line per record on the sys.stderr of the moment (pytest and notebooks swap it): warnings say so.
+    Parameters in skinaug's lines are spelled by `spell` (see skinaug.errors): Python's, or the CLI's flags."""
+
+    def __init__(self, spell=python_spelling):
+        super().__init__()
+        self.spell = spell
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            text = record.getMessage()
+            text = record.msg.render(self.spell) if isinstance(record.msg, Message) else record.getMessage()
             print(f"warning: {text}" if record.levelno >= logging.WARNING else text, file=sys.stderr, flush=True)
         except Exception:  # noqa: BLE001  (logging's own rule: a failed report must not end the run)
             self.handleError(record)
@@ -54,13 +59,14 @@ def reporting(handler: logging.Handler | None = None, level: int = logging.INFO)
 
 
 def log(message: str) -> None:
-    """A line for the user on stderr (stdout carries data only); hidden below INFO (--quiet)."""
-    logger.info(message)
+    """A line for the user on stderr (stdout carries data only); hidden below INFO (--quiet). It may name parameters
+    like an error message does (skinaug.errors)."""
+    logger.info(Message(message))
 
 
 def warn(message: str) -> None:
     """A warning: shown under --quiet too."""
-    logger.warning(message)
+    logger.warning(Message(message))
 
 
 def progress(total: int | None = None, desc: str = "", unit: str = "img", **kwargs):
@@ -81,7 +87,7 @@ def check_device_name(name: str) -> str:
     device is opened: the same command line is right on another machine.
     """
     if not isinstance(name, str) or not DEVICE_NAME.fullmatch(name):
-        raise UsageError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N")
+        raise UsageError(f"{{device}} {name!r} is not a device: use auto, cpu, cuda or cuda:N")
     return name
 
 
@@ -98,9 +104,9 @@ def resolve_device(name: str = "auto"):
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     device = torch.device(check_device_name(name))
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SkinaugError(f"--device {name} asked for CUDA but this machine has no usable GPU: use --device cpu")
+        raise SkinaugError(f"{{device}} {name} asked for CUDA but this machine has no usable GPU: use {{device='cpu'}}")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise SkinaugError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) visible")
+        raise SkinaugError(f"{{device}} {name}: only {torch.cuda.device_count()} GPU(s) visible")
     return device
 
 
@@ -128,5 +134,5 @@ def resolve_backend(name: str | None = None) -> str:
     if name not in BACKENDS:
         raise UsageError(f"unknown backend {name!r}: use torch or onnx")
     if name == "torch" and not torch_installed():
-        raise SkinaugError("--backend torch needs PyTorch, which is not installed: use --backend onnx")
+        raise SkinaugError("{backend='torch'} needs PyTorch, which is not installed: use {backend='onnx'}")
     return name

@@ -60,10 +60,8 @@ class TrainOptions:
     extra: dict = field(default_factory=dict)
 
 
-# --init: the options that define the VQ-VAE's shape, and the command-line names that set them
-VQVAE_SHAPE_OPTIONS = {"image_size": "--image-size", "levels": "--levels", "codebook_size": "--codebook-size",
-                       "code_dim": "--code-dim", "channels": "--channels", "res_channels": "--res-channels",
-                       "n_res_blocks": "--res-blocks"}
+# --init: the VQVAEConfig fields that define the VQ-VAE's shape
+VQVAE_SHAPE_FIELDS = ("image_size", "levels", "codebook_size", "code_dim", "channels", "res_channels", "n_res_blocks")
 
 
 @dataclass
@@ -86,7 +84,7 @@ def open_init(path) -> InitSource:
     """The --init model: a model directory, or the name of a model shipped with skinaug."""
     from .modeldir import locate_model
 
-    location = locate_model(path, "--init")
+    location = locate_model(path, "{init}")
     return InitSource(location, ModelDir(location).config())
 
 
@@ -97,9 +95,10 @@ def vqvae_config_from_init(source: InitSource, requested=None) -> VQVAEConfig:
     if isinstance(requested, VQVAEConfig):
         requested = requested.to_dict()
     requested = {key: value for key, value in (requested or {}).items() if value is not None}
-    for name, option in VQVAE_SHAPE_OPTIONS.items():
+    for name in VQVAE_SHAPE_FIELDS:
         if name in requested and requested[name] != base[name]:
-            raise UsageError(f"{option} {requested[name]} contradicts --init {source.path}, whose VQ-VAE has {option} "
+            option = "{" + name + "}"  # the parameter, in the spelling of whoever reads the message
+            raise UsageError(f"{option} {requested[name]} contradicts {{init}} {source.path}, whose VQ-VAE has {option} "
                              f"{base[name]}: fine-tuning keeps the source's shape (leave {option} out)")
     return VQVAEConfig.from_dict({**base, **requested})
 
@@ -108,10 +107,10 @@ def check_init_is_not_output(source: InitSource, out) -> None:
     """Inputs are never modified: the --init model may not be the output, inside it, or hold it."""
     out_path, init_path = Path(out).resolve(), source.path.resolve()
     if out_path == init_path or out_path in init_path.parents:
-        raise UsageError(f"--out {out} would replace the --init model {source.path}: write the fine-tuned model to a "
+        raise UsageError(f"{{out}} {out} would replace the {{init}} model {source.path}: write the fine-tuned model to a "
                          "new directory")
     if init_path in out_path.parents:
-        raise UsageError(f"--out {out} is inside the --init model {source.path}: write the fine-tuned model elsewhere")
+        raise UsageError(f"{{out}} {out} is inside the {{init}} model {source.path}: write the fine-tuned model elsewhere")
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -276,10 +275,10 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig | dict | No
     elif not isinstance(model_config, VQVAEConfig):
         model_config = VQVAEConfig(**(model_config or {}))
     if options.epochs == 0 and init is None:
-        raise UsageError("--epochs 0 needs --init: it copies the --init model's VQ-VAE under the new data's classes")
+        raise UsageError("{epochs=0} needs {init}: it copies the {init} model's VQ-VAE under the new data's classes")
     settings = loss_settings(options.loss, options.ssim_weight, options.gan_weight, options.gan_start)
     if options.decoder_only and init is None and not (resume and checkpoint_path.is_file()):
-        raise UsageError("--decoder-only needs --init MODEL: it trains the decoder of MODEL's VQ-VAE, keeping its codes")
+        raise UsageError("{decoder_only=True} needs {init=MODEL}: it trains the decoder of MODEL's VQ-VAE, keeping its codes")
     # rank 0 alone applies the output policy and holds the lock; the others follow its decision and write where it
     # says: in place, or beside an earlier model that --overwrite replaces only once the new one is saved
     claim = claim_output(out, kind=MODEL_DIRECTORY, inputs=(data, labels, init_source.path if init_source else None),
@@ -291,8 +290,8 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig | dict | No
         raise SkinaugError(f"{out} has no checkpoint to resume ({checkpoint_path} is missing)")
     if resuming and _has_priors(model_dir):
         # the priors were trained on this VQ-VAE's codes: training it further would silently invalidate them
-        raise SkinaugError(f"{out} is a finished model with trained priors: --resume would retrain the VQ-VAE under "
-                           "them; fine-tune into a new directory instead (--init " f"{out} --out NEW_DIR)")
+        raise SkinaugError(f"{out} is a finished model with trained priors: {{resume=True}} would retrain the VQ-VAE under "
+                           f"them; fine-tune into a new directory instead ({{init}} {out} {{out=NEW_DIR}})")
     if not resuming and resume and dist.is_main:
         log(f"nothing to resume in {out}: starting a new run")
 
@@ -302,18 +301,18 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig | dict | No
         model_config = VQVAEConfig.from_dict(checkpoint["meta"]["vqvae"])
         options.seed = checkpoint["meta"]["seed"]
         if init is not None and dist.is_main:
-            log("resuming: the weights come from the checkpoint (--init only sets the start of a run)")
+            log("resuming: the weights come from the checkpoint ({init} only sets the start of a run)")
         # so do the loss and what is trained: the checkpoint's discriminator and optimizer state fit only those
         resumed = LossSettings.from_dict(checkpoint["meta"].get("loss")), checkpoint["meta"].get("decoder_only", False)
         if (resumed[0].terms, resumed[1]) != (settings.terms, options.decoder_only) and dist.is_main:
-            log(f"resuming: --loss {resumed[0].terms}{' --decoder-only' * resumed[1]}, as the checkpoint was made")
+            log(f"resuming: {{loss}} {resumed[0].terms}{' {decoder_only=True}' * resumed[1]}, as the checkpoint was made")
         settings, options.decoder_only = resumed
         options.loss = settings.terms
     init_record = checkpoint["meta"].get("init") if checkpoint is not None else (
         init_source.record() if init_source is not None else None)
     check_image_size(model_config.image_size)
     if model_config.levels not in (1, 2):
-        raise UsageError(f"--levels must be 1 or 2, not {model_config.levels}")
+        raise UsageError(f"{{levels}} must be 1 or 2, not {model_config.levels}")
 
     dataset = scan_dataset(data, labels, image_col=options.image_col, label_col=options.label_col,
                            group_col=options.group_col, strict=options.strict)
@@ -499,7 +498,7 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig | dict | No
             used = metrics.get(f"used_codes_{level}", 0)
             if used < 0.1 * model_config.codebook_size:
                 warn(f"the {level} level uses only {used} of {model_config.codebook_size} codes (under 10%): "
-                     "try a smaller --codebook-size or --code-dim, or train longer")
+                     "try a smaller {codebook_size} or {code_dim}, or train longer")
         training_data = {
             "data": meta["data"], "labels": meta["labels"], "dialect": dataset.dialect,
             "images": len(samples), "train_images": int(len(train_index)), "val_images": int(len(val_index)),
@@ -598,9 +597,9 @@ def _has_priors(model_dir: ModelDir) -> bool:
 
 def _diverged(what: str, checkpoint_path: Path) -> SkinaugError:
     if checkpoint_path.is_file():
-        kept = f"the last good checkpoint is kept in {checkpoint_path.parent} (resume with --resume after lowering --lr)"
+        kept = f"the last good checkpoint is kept in {checkpoint_path.parent} (resume with {{resume=True}} after lowering {{lr}})"
     else:
-        kept = "no checkpoint was saved yet (start again with --overwrite and a lower --lr)"
+        kept = "no checkpoint was saved yet (start again with {overwrite=True} and a lower {lr})"
     return SkinaugError(f"training diverged: {what}; {kept}")
 
 

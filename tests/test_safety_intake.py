@@ -26,7 +26,8 @@ from skinaug.image_cache import build_cache
 from skinaug.naming import safe_name, unique_names
 
 READS = "(skinaug reads .jpg, .jpeg, .png, .bmp, .tif, .tiff, .webp, .gif)"
-STRICT_HINT = "--strict makes this an error"
+STRICT_HINT = "--strict makes this an error"  # as the commands print it
+STRICT_HINT_PYTHON = "strict=True makes this an error"  # as a library call logs it
 
 
 def h(text: str) -> str:
@@ -152,7 +153,7 @@ def test_scan_warns_about_rows_without_file_and_unsupported_types(tiny_dataset, 
     assert len(dataset) == 12 and dataset.missing == ["ghost"] and dataset.files_without_row == 0
     assert dataset.skipped == [("scan_x", f"unsupported file type: .heic {READS}")]
     assert capsys.readouterr().err == (f"warning: 2 inputs of {root} and labels.csv left out: no image file: 1 (ghost); "
-                                       f"unsupported file type: 1 (scan_x). {STRICT_HINT}\n")
+                                       f"unsupported file type: 1 (scan_x). {STRICT_HINT_PYTHON}\n")
 
 
 def test_class_folders_report_unsupported_files_and_read_gifs(tmp_path, capsys):
@@ -250,7 +251,7 @@ def test_the_decoded_size_is_bounded_in_bytes_so_bit_depth_counts(tmp_path, monk
         load_image(tmp_path / "gray16.png", 32)  # as many pixels, twice the bytes
     assert str(caught.value) == "too large to decode: 1000x1000 pixels of mode I;16 take 1.9 MiB, over the limit of 1.4 MiB"
     sample = Sample(tmp_path / "gray16.png", "gray16", -1, "")
-    with pytest.raises(SkinaugError, match=r"gray16\.png \(--strict\): too large to decode"):
+    with pytest.raises(SkinaugError, match=r"gray16\.png \(strict=True\): too large to decode"):
         load_images([sample], 32, strict=True)
     assert load_images([sample], 32)[2] == [("gray16", str(caught.value))]
 

@@ -34,7 +34,7 @@ def vqvae(
     code_dim: Annotated[Optional[int], typer.Option("--code-dim", min=1, help="Dimension of each code, D (default 8).")] = None,
     channels: Annotated[Optional[int], typer.Option("--channels", min=8, help="Width of the encoder and decoder (default 128).")] = None,
     res_channels: Annotated[Optional[int], typer.Option("--res-channels", min=4, help="Width inside residual blocks (default 32).")] = None,
-    res_blocks: Annotated[Optional[int], typer.Option("--res-blocks", min=0, help="Residual blocks per encoder/decoder (default 2).")] = None,
+    n_res_blocks: Annotated[Optional[int], typer.Option("--res-blocks", min=0, help="Residual blocks per encoder/decoder (default 2).")] = None,
     epochs: Annotated[int, typer.Option("--epochs", min=0, help="Passes over the data; 0 (with --init) keeps the source's VQ-VAE unchanged.")] = 30,
     batch_size: BatchOpt = 64,
     lr: Annotated[float, typer.Option("--lr", min=0.0, callback=finite_number("--lr"), help="Peak learning rate (AdamW, warm-up then cosine).")] = 3e-4,
@@ -79,7 +79,7 @@ def vqvae(
     from ..vqvae import VQVAEConfig
 
     given = {"image_size": image_size, "levels": levels, "codebook_size": codebook_size, "code_dim": code_dim,
-             "channels": channels, "res_channels": res_channels, "n_res_blocks": res_blocks, "restart_after": restart_after}
+             "channels": channels, "res_channels": res_channels, "n_res_blocks": n_res_blocks, "restart_after": restart_after}
     given = {key: value for key, value in given.items() if value is not None}
     config = given if init is not None else VQVAEConfig(**given)  # with --init: only what was asked for, checked there
     options = TrainOptions(epochs=epochs, batch_size=batch_size, lr=lr, val_fraction=val_fraction, seed=seed, device=device,
@@ -110,8 +110,8 @@ def prior(
                                                      "with --init 3e-5, which keeps what the source learned.")] = None,
     val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.0, max=0.9)] = 0.1,
     channels: Annotated[Optional[int], typer.Option("--channels", min=8, help="Width (default: sized from the grid).")] = None,
-    blocks: Annotated[Optional[int], typer.Option("--blocks", min=1, help="Blocks (default: sized from the grid).")] = None,
-    res_blocks: Annotated[Optional[int], typer.Option("--res-blocks", min=1, help="Gated residual blocks per block.")] = None,
+    n_blocks: Annotated[Optional[int], typer.Option("--blocks", min=1, help="Blocks (default: sized from the grid).")] = None,
+    n_res_blocks: Annotated[Optional[int], typer.Option("--res-blocks", min=1, help="Gated residual blocks per block.")] = None,
     kernel_size: Annotated[Optional[int], typer.Option("--kernel-size", min=2, help="Causal convolution kernel.")] = None,
     dropout: Annotated[Optional[float], typer.Option("--dropout", min=0.0, max=0.9, help="Dropout while training (default 0.1; with --init the source's, but it may change).")] = None,
     device: DeviceOpt = "auto",
@@ -137,7 +137,7 @@ def prior(
     """
     from ..train_prior import PriorOptions, train_priors
 
-    overrides = {"channels": channels, "n_blocks": blocks, "n_res_blocks": res_blocks, "kernel_size": kernel_size, "dropout": dropout}
+    overrides = {"channels": channels, "n_blocks": n_blocks, "n_res_blocks": n_res_blocks, "kernel_size": kernel_size, "dropout": dropout}
     options = PriorOptions(arch=arch, classes=None if classes == "all" else [c.strip() for c in classes.split(",") if c.strip()],
                            unconditional=unconditional, epochs=epochs, batch_size=batch_size, lr=lr, val_fraction=val_fraction,
                            seed=seed, device=device, overrides=overrides)

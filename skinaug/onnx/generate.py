@@ -32,13 +32,13 @@ class OnnxGenerator(Generator):
     def __init__(self, model, device="auto", *, temperature=1.0, top_k=None, mask_dir=None, dtype=None, sampler="fast",
                  compile_step=False):
         if compile_step:
-            raise UsageError("--compile compiles the PyTorch sampling step: it does not apply to --backend onnx")
+            raise UsageError("{compile_step} compiles the PyTorch sampling step: it does not apply to {backend='onnx'}")
         if sampler not in ("fast", "reference"):
-            raise UsageError(f"--sampler must be fast or reference, not {sampler}")
+            raise UsageError(f"{{sampler}} must be fast or reference, not {sampler}")
         if temperature <= 0:
-            raise UsageError(f"--temperature must be positive, not {temperature}")
+            raise UsageError(f"{{temperature}} must be positive, not {temperature}")
         if dtype is not None:
-            raise UsageError("--bf16 goes with --backend torch: the onnx graphs run in float32")
+            raise UsageError("{bf16} goes with {backend='torch'}: the onnx graphs run in float32")
         self.model_dir = ModelDir(model)
         self.config = self.model_dir.config()
         self.runtime = OnnxModel(self.model_dir, device)

@@ -56,7 +56,7 @@ class Classifier(nn.Module):
 def build_classifier(arch: str, num_classes: int, weights=None) -> Classifier:
     """A freshly initialised classifier (seed torch first), optionally starting from local backbone weights."""
     if arch not in ARCHS:
-        raise UsageError(f"--arch must be one of {', '.join(ARCHS)}, not {arch!r}")
+        raise UsageError(f"{{arch}} must be one of {', '.join(ARCHS)}, not {arch!r}")
     from monai.networks import nets
 
     if arch.startswith("efficientnet"):
@@ -147,7 +147,7 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int, b
                 batch = augment_batch(batch)
             loss = loss_fn(model(batch), targets_all[index].to(device))
             if not torch.isfinite(loss):
-                raise SkinaugError(f"classifier training diverged at step {step + 1} (loss {loss.item()}): lower --lr")
+                raise SkinaugError(f"classifier training diverged at step {step + 1} (loss {loss.item()}): lower {{lr}}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -76,12 +76,11 @@ def vqvae(
     Sharper texture, same codes and priors: skinaug train vqvae images/ --labels labels.csv --init ham10000-64 --decoder-only --loss mse+gan --epochs 4 --out models/sharp
     """
     from ..train_vqvae import TrainOptions, train_vqvae
-    from ..vqvae import VQVAEConfig
 
     given = {"image_size": image_size, "levels": levels, "codebook_size": codebook_size, "code_dim": code_dim,
              "channels": channels, "res_channels": res_channels, "n_res_blocks": n_res_blocks, "restart_after": restart_after}
-    given = {key: value for key, value in given.items() if value is not None}
-    config = given if init is not None else VQVAEConfig(**given)  # with --init: only what was asked for, checked there
+    # only what was asked for: the rest defaults, or with --init comes from the source (and is checked against it)
+    config = {key: value for key, value in given.items() if value is not None}
     options = TrainOptions(epochs=epochs, batch_size=batch_size, lr=lr, val_fraction=val_fraction, seed=seed, device=device,
                            augment=not no_augment, strict=strict, workers=workers, loss=loss, ssim_weight=ssim_weight,
                            gan_weight=gan_weight, gan_start=gan_start, decoder_only=decoder_only,

@@ -90,10 +90,11 @@ class Timed:
 
 def run_backend(backend: str, model: Path, label: str, n: int, batch_sizes: list[int], repeats: int, seed: int,
                 scratch: Path, log) -> dict:
-    from skinaug.generate import Job, class_index, job_plan, make_batches, name_jobs, open_generator, run_jobs
-    from skinaug.runtime import set_quiet
+    import logging
 
-    set_quiet(True)
+    from skinaug.generate import Job, class_index, job_plan, make_batches, name_jobs, open_generator, run_jobs
+
+    logging.getLogger("skinaug").setLevel(logging.WARNING)  # no progress lines inside the timings
     generator = open_generator(model, "cpu", backend=backend)
     timer = Timed(generator)
     label_index = class_index(generator.class_names, label)

@@ -93,7 +93,7 @@ class Model:
         """Each image's top codes kept and its bottom codes drawn anew by the bottom prior, given them and the label
         (one class for all images, or one per image)."""
         from .codes import CodeFile
-        from .generate import Job
+        from .generate import plan_per_source
 
         codes = self.encode(images)
         n = len(codes["bottom"])
@@ -103,11 +103,11 @@ class Model:
         indices = np.array([self._label(name) for name in names], dtype=np.int64)
         self._generator.require(["resample"])
         source = CodeFile(Path("<memory>"), {}, codes, [f"image_{i}" for i in range(n)], indices, [""] * n)
-        jobs = [Job("resample", int(indices[i]), i, i) for i in range(n)]
+        jobs = plan_per_source("resample", range(n), 1, source)
         return self._generate("resample", jobs, source, temperature, top_k, seed)
 
     def _generate(self, method: str, jobs, source, temperature: float, top_k: int | None, seed: int) -> np.ndarray:
-        from .generate import batch_seed, make_batches
+        from .generate import batch_seed, make_batch, make_batches
         from .backends.base import check_draw_args
 
         check_draw_args(temperature, top_k)
@@ -116,7 +116,7 @@ class Model:
         saved = generator.temperature, generator.top_k
         generator.temperature, generator.top_k = temperature, top_k
         try:
-            parts = [generator.images_for(generator.codes_for(method, batch, source, batch_seed(seed, index)))
+            parts = [make_batch(generator, method, batch, source, batch_seed(seed, index))[1]
                      for index, (_, batch) in enumerate(make_batches(jobs, self.batch_size))]
         finally:
             generator.temperature, generator.top_k = saved

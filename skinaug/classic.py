@@ -33,12 +33,12 @@ def load_transforms(path) -> list:
 
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"--classic-config {path} is not a file")
+        raise UsageError(f"{{classic_config}} {path} is not a file")
     data_format = "yaml" if path.suffix.lower() in (".yaml", ".yml") else "json"
     try:
         loaded = A.load(str(path), data_format=data_format)
     except Exception as error:  # albumentations raises many kinds on a bad file: all mean "not a pipeline"
-        raise UsageError(f"--classic-config {path} is not an albumentations pipeline ({type(error).__name__}: "
+        raise UsageError(f"{{classic_config}} {path} is not an albumentations pipeline ({type(error).__name__}: "
                          f"{str(error).splitlines()[0] if str(error) else 'unreadable'})") from None
     return list(loaded.transforms)
 

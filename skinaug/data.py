@@ -91,7 +91,7 @@ def check_image_size(image_size: int) -> int:
     if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or not (
         32 <= image_size <= 512 and image_size % 8 == 0
     ):
-        raise UsageError(f"--image-size must be a multiple of 8 from 32 to 512, got {image_size!r}")
+        raise UsageError(f"{{image_size}} must be a multiple of 8 from 32 to 512, got {image_size!r}")
     return int(image_size)
 
 
@@ -170,7 +170,7 @@ def _report_scan(dataset: Dataset, what: str) -> None:
         for name, reason in left_out:
             groups[_kind(reason)].append((name, reason))
         parts = [f"{kind}: {len(items)} ({_examples(items)})" for kind, items in groups.items()]
-        warn(f"{len(left_out)} inputs of {what} left out: {'; '.join(parts)}. --strict makes this an error")
+        warn(f"{len(left_out)} inputs of {what} left out: {'; '.join(parts)}. {{strict=True}} makes this an error")
     if dataset.files_without_row:
         log(f"{dataset.files_without_row} image files in {dataset.root} have no CSV row (not used)")
 
@@ -183,7 +183,7 @@ def report_unreadable(skipped: Sequence[tuple[str, str]]) -> None:
     if skipped:
         shown = ", ".join(f"{name} ({reason})" for name, reason in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
         warn(f"{len(skipped)} unreadable image{'s' if len(skipped) != 1 else ''} left out: {shown}. "
-             "--strict makes this an error")
+             "{strict=True} makes this an error")
 
 
 # ---------------------------------------------------------------------------------------------- scanning
@@ -352,7 +352,7 @@ def _detect_columns(header: list[str], image_col, label_col, group_col, csv_path
             "label column (label, dx, diagnosis, benign_malignant, target or one-hot MEL,NV,...)")
         raise SkinaugError(
             f"{csv_path} has no {missing}; its columns are: {', '.join(header)} "
-            "(name them with --image-col/--label-col)")
+            "(name them with {image_col}/{label_col})")
     return cols
 
 
@@ -391,7 +391,7 @@ def is_generated_folder(path: Path) -> bool:
     if not ((path / "images").is_dir() and labels.is_file()):
         return False
     if (path / ".progress").is_dir():
-        raise SkinaugError(f"{path} is an unfinished generated folder (.progress/ is there): finish it with --resume first")
+        raise SkinaugError(f"{path} is an unfinished generated folder (.progress/ is there): finish it with {{resume=True}} first")
     try:
         with open(labels, encoding="utf-8-sig", newline="") as handle:
             header = next(csv.reader(handle), [])
@@ -494,7 +494,7 @@ def scan_dataset(
         problems = [f"{name}: {reason}" for name, reason in skipped[:3]]
         if missing:
             problems.append(f"{len(missing)} CSV rows have no image file (e.g. {', '.join(missing[:3])})")
-        raise SkinaugError(f"{len(skipped) + len(missing)} unusable inputs (--strict): " + "; ".join(problems))
+        raise SkinaugError(f"{len(skipped) + len(missing)} unusable inputs ({{strict=True}}): " + "; ".join(problems))
     if not entries:
         hint = f" for the {len(rows)} rows of {csv_path.name}" if labels_csv is not None else ""
         example = f" (e.g. no file for {missing[0]!r})" if missing else ""
@@ -671,7 +671,7 @@ def load_images(
             i = futures[future]
             if strict and reasons[i] is not None:
                 pool.shutdown(cancel_futures=True)
-                raise SkinaugError(f"unusable image {samples[i].path} (--strict): {reasons[i]}")
+                raise SkinaugError(f"unusable image {samples[i].path} ({{strict=True}}): {reasons[i]}")
             if progress is not None:
                 progress(1)
 

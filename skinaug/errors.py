@@ -3,17 +3,55 @@
 Library code raises these; the CLI turns them into `error: <message>` on stderr and an exit code
 (1 for runtime problems, 2 for usage problems). Anything else is a bug and shows a traceback only
 when SKINAUG_DEBUG=1.
+
+Messages (and log lines) name the library's parameters, never command-line flags: a placeholder `{overwrite=True}`,
+`{device}`, `{level='bottom'}` or `{codes=CODES.h5}` in the text reads `overwrite=True`, `device`, `level='bottom'`,
+`codes=CODES.h5` for Python callers (str(error)) and `--overwrite`, `--device`, `--level bottom`, `--codes CODES.h5`
+where the CLI renders it with its flags (`render(text, spell)`). Placeholders sit in plain strings as `{name}` and in
+f-strings as `{{name}}`.
 """
 
 import errno
 import os
 import re
 
+# `{name}` or `{name=value}`: a lowercase Python identifier, and the value as Python writes it (or a METAVAR)
+PARAMETER = re.compile(r"\{([a-z_][a-z0-9_]*)(?:=([^{}]+))?\}")
+
+
+def python_spelling(name: str, value: str | None) -> str:
+    return name if value is None else f"{name}={value}"
+
+
+def render(text: str, spell=python_spelling) -> str:
+    """`text` with each parameter placeholder written as spell(name, value) (value None for a bare `{name}`)."""
+    return PARAMETER.sub(lambda match: spell(match.group(1), match.group(2)), str(text))
+
+
+class Message:
+    """A log line whose placeholders are rendered late: str() for Python, `render(spell)` by the CLI's handler."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __str__(self) -> str:
+        return render(self.text)
+
+    def render(self, spell=python_spelling) -> str:
+        return render(self.text, spell)
+
 
 class SkinaugError(Exception):
     """A runtime problem the user can act on (bad file, missing model part, ...): exit code 1."""
 
     exit_code = 1
+
+    def __str__(self) -> str:
+        return self.render()
+
+    def render(self, spell=python_spelling) -> str:
+        """The message with its parameters spelled by `spell`: Python's by default, the CLI passes its flags."""
+        return render(super().__str__(), spell)
 
 
 class UsageError(SkinaugError):

@@ -28,7 +28,7 @@ import numpy as np
 from .backends import open_backend
 from .codes import CodeFile, read_codes
 from .errors import SkinaugError, UsageError
-from .modeldir import ModelDir
+from .modeldir import ModelDir, model_location
 from .naming import name_key, unique_names
 from .output import DatasetWriter
 from .runtime import log, progress, resolve_backend, warn
@@ -59,11 +59,11 @@ REFINE_CANDIDATES = 32  # codes weighed per position by --refine; a sweep's cost
 def check_refine(refine: int, candidates: int, mask_dir) -> None:
     """--refine N sweeps need a mask (they re-draw codes given kept ones) and a non-empty candidate set."""
     if refine < 0:
-        raise UsageError(f"--refine must be 0 or more sweeps, not {refine}")
+        raise UsageError(f"{{refine}} must be 0 or more sweeps, not {refine}")
     if candidates < 1:
-        raise UsageError(f"--refine-candidates must be at least 1, not {candidates}")
+        raise UsageError(f"{{refine_candidates}} must be at least 1, not {candidates}")
     if refine and mask_dir is None:
-        raise UsageError("--refine re-draws the codes inside the lesion masks given the kept ones: give --mask-dir")
+        raise UsageError("{refine} re-draws the codes inside the lesion masks given the kept ones: give {mask_dir}")
 
 
 def open_generator(model, device="auto", *, backend=None, **options) -> "Generator":
@@ -83,11 +83,11 @@ class Generator:
         check_refine(refine, refine_candidates, mask_dir)
         name = resolve_backend(backend)
         if refine and name == "onnx":
-            raise UsageError("--refine teacher-forces the bottom prior in PyTorch: it does not apply to --backend onnx")
+            raise UsageError("{refine} teacher-forces the bottom prior in PyTorch: it does not apply to {backend='onnx'}")
         if sampler not in ("fast", "reference"):
-            raise UsageError(f"--sampler must be fast or reference, not {sampler}")
+            raise UsageError(f"{{sampler}} must be fast or reference, not {sampler}")
         if not (np.isfinite(temperature) and temperature > 0):  # nan passes a plain `<= 0` and fails only when sampling
-            raise UsageError(f"--temperature must be a positive number, not {temperature}")
+            raise UsageError(f"{{temperature}} must be a positive number, not {temperature}")
         self.model_dir = ModelDir(model)
         self.config = self.model_dir.config()  # config.json as read (priors, export, ...); shapes: self.spec
         self.backend = open_backend(self.model_dir, device, name, dtype=dtype, compile_step=compile_step)
@@ -202,7 +202,7 @@ def load_sources(model, codes=None, data=None, labels=None, device="auto", backe
 
     model_dir = ModelDir(model)
     if (codes is None) == (data is None):
-        raise UsageError("give either an image folder DATA or --codes CODES.h5")
+        raise UsageError("give either an image folder {data} or {codes=CODES.h5}")
     if codes is not None:
         source = read_codes(codes)
         source.check_model(model_dir.spec())
@@ -213,7 +213,7 @@ def load_sources(model, codes=None, data=None, labels=None, device="auto", backe
 def class_index(class_names: list[str], name: str) -> int:
     """The index of --class NAME; a name the model does not know is a usage error (exit 2)."""
     if name not in class_names:
-        raise UsageError(f"--class {name!r} is not a class of this model: it knows {', '.join(class_names) or 'no classes'}")
+        raise UsageError(f"{{class_name}} {name!r} is not a class of this model: it knows {', '.join(class_names) or 'no classes'}")
     return class_names.index(name)
 
 
@@ -223,7 +223,7 @@ def plan_mix(source: CodeFile, n: int, rng: np.random.Generator, *, any_label=Fa
     if label is None and not any_label:
         candidates = candidates[source.labels[candidates] >= 0]
     if candidates.size == 0:
-        raise SkinaugError("no source image to mix" + (f" of class {label}" if label is not None else " with a label (use --any-label)"))
+        raise SkinaugError("no source image to mix" + (f" of class {label}" if label is not None else " with a label (use {any_label=True})"))
     by_label = {lab: np.flatnonzero(source.labels == lab) for lab in np.unique(source.labels[candidates])}
     jobs = []
     alone: set[int] = set()
@@ -291,10 +291,10 @@ def run_jobs(generator: Generator, jobs: list[Job], source: CodeFile | None, out
     generator.require({job.method for job in jobs})
     generator.check_classes(jobs)
     if any(job.method in PRIORS_NEEDED and job.label < 0 for job in jobs) and generator.class_names:
-        raise SkinaugError("a class-conditional prior cannot resample unlabelled images: give --labels")
+        raise SkinaugError("a class-conditional prior cannot resample unlabelled images: give {labels}")
     check_masks(generator, jobs, source)
     if any(job.method == "classic" for job in jobs) and (source is None or source.files is None):
-        raise UsageError("classic augments the image files themselves: give DATA rather than --codes")
+        raise UsageError("classic augments the image files themselves: give {data} rather than {codes}")
     fingerprint = generator.spec.fingerprint
     inputs = [generator.model_dir.path, generator.mask_dir, source.path if source is not None else None, *inputs]
     if dist.is_main:
@@ -326,12 +326,7 @@ def run_jobs(generator: Generator, jobs: list[Job], source: CodeFile | None, out
         for batch_index, method, batch in todo:
             began = time.perf_counter()
             seed_value = batch_seed(seed, batch_index)
-            if method == "classic":
-                images = classic_batch(source, batch, generator.spec.image_size, seed_value, classic_transforms)
-                codes = generator.encode_images(images)
-            else:
-                codes = generator.codes_for(method, batch, source, seed_value)
-                images = generator.images_for(codes)
+            codes, images = make_batch(generator, method, batch, source, seed_value, classic_transforms)
             rows = [{
                 "image": job.name,
                 "label": class_names[job.label] if 0 <= job.label < len(class_names) else "",
@@ -361,6 +356,17 @@ def run_jobs(generator: Generator, jobs: list[Job], source: CodeFile | None, out
         **generator.backend_info(),
         **(extra or {}),
     })
+
+
+def make_batch(generator: Generator, method: str, jobs: list[Job], source: CodeFile | None, seed: int,
+               classic_transforms=None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """One batch of one method: its code maps per level and its uint8 images (what the commands write and the Python
+    API returns). `classic` is the sources through the albumentations pipeline, encoded; the others draw and decode."""
+    if method == "classic":
+        images = classic_batch(source, jobs, generator.spec.image_size, seed, classic_transforms)
+        return generator.encode_images(images), images
+    codes = generator.codes_for(method, jobs, source, seed)
+    return codes, generator.images_for(codes)
 
 
 def classic_batch(source: CodeFile, jobs: list[Job], image_size: int, seed: int, transforms) -> np.ndarray:
@@ -402,17 +408,17 @@ def parse_methods(text: str) -> dict[str, float]:
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, _, weight = part.partition(":")
         if name not in AUGMENT_METHODS:
-            raise UsageError(f"unknown method {name!r} in --methods: choose from {', '.join(AUGMENT_METHODS)}")
+            raise UsageError(f"unknown method {name!r} in {{methods}}: choose from {', '.join(AUGMENT_METHODS)}")
         try:
             weights[name] = float(weight) if weight else 1.0
         except ValueError:
-            raise UsageError(f"bad weight {weight!r} for {name} in --methods") from None
+            raise UsageError(f"bad weight {weight!r} for {name} in {{methods}}") from None
         if not np.isfinite(weights[name]):  # float() reads "nan" and "inf"
-            raise UsageError(f"bad weight {weight!r} for {name} in --methods: give a finite number")
+            raise UsageError(f"bad weight {weight!r} for {name} in {{methods}}: give a finite number")
         if weights[name] < 0:
-            raise UsageError(f"negative weight for {name} in --methods")
+            raise UsageError(f"negative weight for {name} in {{methods}}")
     if not weights or sum(weights.values()) <= 0:
-        raise UsageError("--methods names no method with a positive weight")
+        raise UsageError("{methods} names no method with a positive weight")
     return weights
 
 
@@ -420,14 +426,14 @@ def plan_augment(source: CodeFile, class_names: list[str], *, factor=None, balan
                  originals=True, seed=0) -> tuple[list[Job], dict]:
     """Jobs per class and method so the output holds F x the input (--factor) or equal classes (--balance)."""
     if (factor is None) == (not balance):
-        raise UsageError("give exactly one of --factor F or --balance")
+        raise UsageError("give exactly one of {factor=F} or {balance=True}")
     if factor is not None and factor < (1.0 if originals else 0.0):
-        raise UsageError(f"--factor {factor} would remove images: use a factor of at least 1 (or --no-originals)")
+        raise UsageError(f"{{factor}} {factor} would remove images: use a factor of at least 1 (or {{no_originals=True}})")
     rng = np.random.default_rng(seed)
     per_class = {c: int((source.labels == c).sum()) for c in range(len(class_names))}
     present = {c: n for c, n in per_class.items() if n > 0}
     if not present:
-        raise SkinaugError("no labelled image to augment: give --labels or class sub-folders")
+        raise SkinaugError("no labelled image to augment: give {labels} or class sub-folders")
     largest = max(present.values())
     jobs: list[Job] = []
     table: dict = {}
@@ -455,7 +461,7 @@ def plan_augment(source: CodeFile, class_names: list[str], *, factor=None, balan
 def original_rows(source: CodeFile, class_names: list[str], fingerprint: str) -> list[dict]:
     """labels.csv rows for the input images themselves (method 'original'), with their files."""
     if source.files is None:
-        raise UsageError("originals need the image files: give DATA rather than --codes")
+        raise UsageError("originals need the image files: give {data} rather than {codes}")
     rows = []
     # the file keeps the source's name where that is a safe, distinct file name; source_* keep it as it is
     for index, (name, file_name) in enumerate(zip(source.images, unique_names(source.images))):
@@ -465,3 +471,206 @@ def original_rows(source: CodeFile, class_names: list[str], fingerprint: str) ->
                      "model_fingerprint": fingerprint, "group": source.groups[index], "file": str(source.files[name]),
                      "index": index})
     return rows
+
+
+# ------------------------------------------------------------------ the generating commands as library functions
+#
+# Each writes a generated dataset into OUT_DIR (images/, labels.csv, codes.h5, run.json) and returns the run's summary
+# (what run.json records); `skinaug mix|resample|synthesize|augment` call them with their options. `model`: a model
+# directory or a shipped model's name (None: $SKINAUG_MODEL, else the shipped default). Sources are an image folder
+# `data` (labels from `labels` or class sub-folders) or a code file `codes`.
+
+
+def mix(out, n: int, *, model=None, data=None, codes=None, labels=None, class_name=None, any_label=False, device="auto",
+        backend=None, seed=0, batch_size=64, image_format="png", quality=95, overwrite=False, resume=False, strict=False,
+        jsonl=False, image_col=None, label_col=None, group_col=None) -> dict:
+    """n images, each the top codes of one source image with the bottom codes of another of the same label (of any
+    label with `any_label`; only of `class_name` when given)."""
+    check_streaming(out, jsonl, overwrite)
+    model = model_location(model)
+    generator = open_generator(model, device, backend=backend)
+    generator.require(["mix"])
+    source, read = read_sources(model, codes, data, labels, device, backend, strict, image_col=image_col,
+                                label_col=label_col, group_col=group_col)
+    label = class_index(generator.class_names, class_name) if class_name else None
+    jobs = plan_mix(source, n, np.random.default_rng(seed), any_label=any_label, label=label)
+    name_jobs(jobs, generator.class_names)
+    plan = job_plan(jobs, command="mix", source=str(codes or data), seed=seed, batch_size=batch_size, format=image_format)
+    return run_jobs(generator, jobs, source, out, seed=seed, batch_size=batch_size, command="mix", plan=plan,
+                    overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
+                    extra={"any_label": any_label, "input": read}, inputs=[labels], jsonl=jsonl)
+
+
+def resample(out, *, model=None, data=None, codes=None, labels=None, per_image=1, temperature=1.0, top_k=None,
+             method="resample", mask_dir=None, refine=0, refine_candidates=None, class_name=None, device="auto",
+             backend=None, seed=0, batch_size=64, bf16=False, sampler="fast", compile_step=False, image_format="png",
+             quality=95, overwrite=False, resume=False, strict=False, jsonl=False, image_col=None, label_col=None,
+             group_col=None) -> dict:
+    """per_image variants of every source image (of `class_name` when given): its top codes kept, its bottom codes
+    drawn again by the bottom prior (only inside its lesion mask mask_dir/<image>.png when given), or one level
+    replaced by random codes (method rand-bottom | rand-top, the baselines)."""
+    check_streaming(out, jsonl, overwrite)
+    if method not in ("resample", "rand-bottom", "rand-top"):
+        raise UsageError(f"{{method}} must be resample, rand-bottom or rand-top, not {method}")
+    if mask_dir is not None and method != "resample":
+        raise UsageError("{mask_dir} goes with {method='resample'}")
+    if mask_dir is not None and not Path(mask_dir).is_dir():
+        raise UsageError(f"{{mask_dir}} {mask_dir} is not a folder")
+    if refine_candidates is not None and not refine:
+        raise UsageError("{refine_candidates} goes with {refine=N}")
+    model = model_location(model)
+    generator = open_generator(model, device, backend=backend, temperature=temperature, top_k=top_k, mask_dir=mask_dir,
+                               dtype=sampling_dtype(bf16), sampler=sampler, compile_step=compile_step, refine=refine,
+                               refine_candidates=refine_candidates)
+    generator.require([method])
+    source, read = read_sources(model, codes, data, labels, device, backend, strict, image_col=image_col,
+                                label_col=label_col, group_col=group_col)
+    indices = np.arange(len(source))
+    if class_name:
+        indices = indices[source.labels == class_index(generator.class_names, class_name)]
+    jobs = plan_per_source(method, indices, per_image, source)
+    name_jobs(jobs, generator.class_names)
+    # in the plan only when on: the plans (and --resume) of runs without refinement stay as they were
+    refine_candidates = generator.refine_candidates if refine else None
+    refined = {"refine": refine, "refine_candidates": refine_candidates} if refine else {}
+    plan = job_plan(jobs, command=method, source=str(codes or data), seed=seed, batch_size=batch_size,
+                    temperature=temperature, top_k=top_k, mask_dir=str(mask_dir) if mask_dir else None, format=image_format,
+                    bf16=bf16, sampler=sampler, **refined)
+    return run_jobs(generator, jobs, source, out, seed=seed, batch_size=batch_size, command=method, plan=plan,
+                    overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
+                    extra={"mask_dir": str(mask_dir) if mask_dir else None, "refine": refine,
+                           "refine_candidates": refine_candidates, "input": read},
+                    inputs=[labels], jsonl=jsonl)
+
+
+def synthesize(out, *, model=None, class_name=None, n=None, per_class=None, temperature=1.0, top_k=None, device="auto",
+               backend=None, seed=0, batch_size=64, bf16=False, sampler="fast", compile_step=False, image_format="png",
+               quality=95, overwrite=False, resume=False, jsonl=False) -> dict:
+    """New images from the priors alone: n of `class_name`, or per_class of every class."""
+    check_streaming(out, jsonl, overwrite)
+    if (class_name is None) == (per_class is None) or (class_name is not None and n is None):
+        raise UsageError("give {class_name=NAME} with {n=N}, or {per_class=N}")
+    model = model_location(model)
+    if _baseline(model, backend=backend, top_k=top_k, bf16=bf16, compile_step=compile_step, sampler=sampler):
+        from .baselines import synthesize as baseline
+
+        return baseline.synthesize(model, out, class_name=class_name, n=n, per_class=per_class, temperature=temperature,
+                                   device=device, seed=seed, batch_size=batch_size, image_format=image_format,
+                                   quality=quality, overwrite=overwrite, resume=resume, jsonl=jsonl)
+    generator = open_generator(model, device, backend=backend, temperature=temperature, top_k=top_k,
+                               dtype=sampling_dtype(bf16), sampler=sampler, compile_step=compile_step)
+    generator.require(["synthesize"])
+    if class_name is not None:
+        jobs = [Job("synthesize", class_index(generator.class_names, class_name)) for _ in range(n)]
+    else:
+        if not generator.class_names:
+            raise UsageError("this model has no classes: use {class_name} with a class name of a labelled model")
+        jobs = [Job("synthesize", label) for label in range(len(generator.class_names)) for _ in range(per_class)]
+    name_jobs(jobs, generator.class_names)
+    plan = job_plan(jobs, command="synthesize", seed=seed, batch_size=batch_size, temperature=temperature, top_k=top_k,
+                    format=image_format, bf16=bf16, sampler=sampler)
+    return run_jobs(generator, jobs, None, out, seed=seed, batch_size=batch_size, command="synthesize", plan=plan,
+                    overwrite=overwrite, resume=resume, image_format=image_format, quality=quality, jsonl=jsonl)
+
+
+def augment(data, out, *, model=None, labels=None, factor=None, balance=False, methods="mix,resample,synthesize",
+            classic_config=None, no_originals=False, copy_originals=False, dry_run=False, temperature=1.0, top_k=None,
+            device="auto", backend=None, seed=0, batch_size=64, bf16=False, compile_step=False, image_format="png",
+            quality=95, overwrite=False, resume=False, strict=False, jsonl=False, image_col=None, label_col=None,
+            group_col=None) -> dict:
+    """A labelled folder expanded into a training-ready one: its originals (hard-linked, or copied) plus generated
+    images, `factor` times the input per class or every class up to the largest (`balance`). `methods`:
+    "mix:1,resample:2,synthesize:1" or {"mix": 1, ...}; classic: albumentations copies (`classic_config`: a pipeline
+    A.save wrote). With dry_run nothing is written and the summary holds the plan (images per class and method)."""
+    check_streaming(out, jsonl, overwrite)
+    weights = parse_methods(methods if isinstance(methods, str) else ",".join(f"{m}:{w}" for m, w in methods.items()))
+    transforms = None
+    if classic_config is not None:
+        from .classic import load_transforms
+
+        if weights.get("classic", 0) <= 0:
+            raise UsageError("{classic_config} sets the classic pipeline: add classic to {methods}")
+        transforms = load_transforms(classic_config)
+    model = model_location(model)
+    if _baseline(model, backend=backend, top_k=top_k, bf16=bf16, compile_step=compile_step):
+        from .baselines import synthesize as baseline
+
+        return baseline.augment(
+            model, data, out, weights=weights, labels=labels, factor=factor, balance=balance,
+            originals=not no_originals, link_originals=not copy_originals, dry_run=dry_run, temperature=temperature,
+            device=device, seed=seed, batch_size=batch_size, image_format=image_format, quality=quality,
+            overwrite=overwrite, resume=resume, strict=strict,
+            columns={"image_col": image_col, "label_col": label_col, "group_col": group_col}, jsonl=jsonl,
+            classic_transforms=transforms,
+            classic_config=_file_digest(classic_config) if classic_config is not None else None)
+    generator = open_generator(model, device, backend=backend, temperature=temperature, top_k=top_k,
+                               dtype=sampling_dtype(bf16), compile_step=compile_step)
+    generator.require([m for m, w in weights.items() if w > 0])
+    if transforms is not None:  # a pipeline that cannot give the model's images fails before anything is written
+        from .classic import augment_images
+
+        side = generator.spec.image_size
+        augment_images(np.full((1, side, side, 3), 128, np.uint8), 0, transforms)
+    source, read = read_sources(model, None, data, labels, device, backend, strict, image_col=image_col,
+                                label_col=label_col, group_col=group_col)
+    jobs, table = plan_augment(source, generator.class_names, factor=factor, balance=balance, weights=weights,
+                               originals=not no_originals, seed=seed)
+    if dry_run:
+        return {"plan": table, "input": read}
+    originals = None if no_originals else original_rows(source, generator.class_names, generator.spec.fingerprint)
+    name_jobs(jobs, generator.class_names, prefix="gen_", taken=[row["image"] for row in originals or []])
+    plan = job_plan(jobs, command="augment", data=str(data), seed=seed, batch_size=batch_size, temperature=temperature,
+                    top_k=top_k, originals=not no_originals, format=image_format, bf16=bf16,
+                    # the pipeline's content, so that --resume after an edit of the file is refused
+                    **({"classic_config": _file_digest(classic_config)} if classic_config is not None else {}))
+    return run_jobs(generator, jobs, source, out, seed=seed, batch_size=batch_size, command="augment", plan=plan,
+                    overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
+                    originals=originals, link_originals=not copy_originals, extra={"plan": table, "input": read},
+                    inputs=[labels, classic_config], jsonl=jsonl, classic_transforms=transforms)
+
+
+def _baseline(model, *, backend=None, top_k=None, bf16=False, compile_step=False, sampler="fast") -> bool:
+    """Whether `model` is a baseline generator (skinaug/baselines/), which decodes noise: the priors' sampling
+    options do not apply to it."""
+    from .modeldir import baseline_arch
+
+    arch = baseline_arch(model) if model is not None else None
+    if arch is None:
+        return False
+    given = [name for name, on in (("{backend='onnx'}", backend == "onnx"), ("{top_k}", top_k is not None),
+                                   ("{bf16}", bf16), ("{compile_step}", compile_step),
+                                   ("{sampler='reference'}", sampler != "fast")) if on]
+    if given:
+        raise UsageError(f"{', '.join(given)} set how the priors sample codes; {model} is a {arch} baseline generator, "
+                         "which decodes noise (PyTorch only)")
+    return True
+
+
+def read_sources(model, codes, data, labels, device, backend, strict, **columns) -> tuple[CodeFile, dict | None]:
+    """The source codes, and what reading DATA left out: the summary's "input" (None for a code file)."""
+    from .data import recording_intake
+
+    with recording_intake() as intake:
+        source = load_sources(model, codes, data, labels, device, backend=backend, strict=strict, **columns)
+    return source, (intake.summary() if data is not None else None)
+
+
+def check_streaming(out, jsonl: bool, overwrite: bool) -> None:
+    if jsonl and overwrite and out is not None and Path(out).exists():
+        # the replacement is staged beside the old output: its images reach the printed paths only at the end
+        raise UsageError("{jsonl=True} prints paths as images land, and {overwrite=True} lands them only when the run ends: "
+                         "remove the old output yourself, or choose another {out}")
+
+
+def sampling_dtype(bf16: bool):
+    if not bf16:
+        return None  # without importing torch: the onnx backend runs where it is not installed
+    import torch
+
+    return torch.bfloat16
+
+
+def _file_digest(path) -> str:
+    import hashlib
+
+    return f"{path} sha256:{hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]}"

@@ -99,7 +99,7 @@ def build_cache(samples: list[Sample], image_size: int, cache_path, *, strict=Fa
         kept = [sample for sample in samples if sample.name in kept_names]
         skipped = [tuple(item) for item in index.get("skipped", [])]
         if strict and skipped:
-            raise SkinaugError(f"unusable image {skipped[0][0]} (--strict): {skipped[0][1]}")
+            raise SkinaugError(f"unusable image {skipped[0][0]} ({{strict=True}}): {skipped[0][1]}")
         report_unreadable(skipped)  # as when the cache was built: a resumed run reports the same inputs
         return array[: len(kept)], kept
 

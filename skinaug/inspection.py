@@ -208,7 +208,7 @@ def inspect_dataset(data, labels=None, *, out, model=None, near: int = 4, z: flo
                     workers: int | None = None, overwrite: bool = False, **columns) -> dict:
     """Writes REPORT_DIR (report.html, report.json, plots/) and returns the report's summary."""
     if near < 0 or near > 64:
-        raise SkinaugError(f"--near must be a Hamming distance from 0 to 64, not {near}")
+        raise SkinaugError(f"{{near}} must be a Hamming distance from 0 to 64, not {near}")
     claim = claim_output(out, kind=REPORT_FOLDER, inputs=(data, labels, model), overwrite=overwrite)
     with claim:
         dataset = scan_dataset(data, labels, **columns)

@@ -231,8 +231,8 @@ def refuse_output_over_inputs(out, inputs: Iterable) -> None:
         source = real_path(given)
         if source == final or final in source.parents:
             relation = "is" if source == final else "holds"
-            raise SkinaugError(f"--out {out} {relation} the input {given}: skinaug never writes over its inputs, "
-                               "choose another --out")
+            raise SkinaugError(f"{{out}} {out} {relation} the input {given}: skinaug never writes over its inputs, "
+                               "choose another {out}")
 
 
 # ------------------------------------------------------------------------- the lock
@@ -276,7 +276,7 @@ class OutputLock:
                 holder = handle.read().strip() or "unknown"
                 handle.close()
                 raise SkinaugError(f"{shown} is being written by another skinaug process (pid {holder}): "
-                                   "wait for it to finish, or choose another --out") from None
+                                   "wait for it to finish, or choose another {out}") from None
             if _same_file(handle, self.path):
                 break
             handle.close()  # the previous holder removed the file after we opened it: lock the one there now
@@ -443,7 +443,7 @@ def claim_output(path, *, kind: OutputKind, inputs: Iterable = (), overwrite: bo
     Call it once the options are validated; write into `.work`, then `.commit()` (or `.release()` on failure).
     """
     if overwrite and resume:
-        raise UsageError("--overwrite and --resume contradict each other: choose one")
+        raise UsageError("{overwrite=True} and {resume=True} contradict each other: choose one")
     path = Path(path)
     refuse_output_over_inputs(path, list(inputs))
     final = real_path(path)
@@ -478,8 +478,8 @@ def is_shipped(path) -> bool:
 def _refuse_shipped(path: Path, final: Path) -> None:
     """Nothing is written into (or over) the models installed with skinaug: they belong to the installation."""
     if is_shipped(final) or final in real_path(SHIPPED_MODELS).parents:
-        raise SkinaugError(f"--out {path} is or holds a model shipped with skinaug, which is read-only: "
-                           "choose another --out")
+        raise SkinaugError(f"{{out}} {path} is or holds a model shipped with skinaug, which is read-only: "
+                           "choose another {out}")
 
 
 def _where_to_write(path: Path, final: Path, kind: OutputKind, *, overwrite: bool, resume: bool) -> tuple[Path, bool]:
@@ -495,11 +495,11 @@ def _where_to_write(path: Path, final: Path, kind: OutputKind, *, overwrite: boo
     if resume:
         return final, True
     if not overwrite:
-        hint = " or --resume to continue it" if kind.resumable else ""
-        raise SkinaugError(f"{kind.name} {path} already exists: pass --overwrite to replace it{hint}")
+        hint = " or {resume=True} to continue it" if kind.resumable else ""
+        raise SkinaugError(f"{kind.name} {path} already exists: pass {{overwrite=True}} to replace it{hint}")
     if not kind.recognise(final):
-        raise SkinaugError(f"--overwrite replaces only an earlier {kind.name} and {path} is not one (no {kind.marker}): "
-                           "remove it yourself or choose another --out")
+        raise SkinaugError(f"{{overwrite=True}} replaces only an earlier {kind.name} and {path} is not one (no {kind.marker}): "
+                           "remove it yourself or choose another {out}")
     _remove(staging)
     return (final if kind.single_file else staging), False
 

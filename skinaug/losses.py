@@ -57,16 +57,16 @@ def loss_settings(terms: str = "mse", ssim_weight: float | None = None, gan_weig
                   gan_start: int | None = None) -> LossSettings:
     """The checked settings; a weight or start given for a term the loss lacks is a usage error (it would do nothing)."""
     if terms not in LOSSES:
-        raise UsageError(f"--loss must be one of {', '.join(LOSSES)}, not {terms!r}")
-    for flag, value in (("--ssim-weight", ssim_weight), ("--gan-weight", gan_weight), ("--gan-start", gan_start)):
+        raise UsageError(f"{{loss}} must be one of {', '.join(LOSSES)}, not {terms!r}")
+    for flag, value in (("{ssim_weight}", ssim_weight), ("{gan_weight}", gan_weight), ("{gan_start}", gan_start)):
         if value is not None and not (value >= 0 and float(value) != float("inf")):  # also refuses nan
             raise UsageError(f"{flag} must be a finite number of at least 0, not {value}")
     settings = LossSettings(terms)
     if not settings.uses_ssim and ssim_weight is not None:
-        raise UsageError(f"--ssim-weight weighs the ssim term, which --loss {terms} does not have (use --loss mse+ssim)")
+        raise UsageError(f"{{ssim_weight}} weighs the ssim term, which {{loss}} {terms} does not have (use {{loss='mse+ssim'}})")
     if not settings.uses_gan and (gan_weight is not None or gan_start is not None):
-        raise UsageError(f"--gan-weight and --gan-start set the gan term, which --loss {terms} does not have "
-                         "(use --loss mse+gan)")
+        raise UsageError(f"{{gan_weight}} and {{gan_start}} set the gan term, which {{loss}} {terms} does not have "
+                         "(use {loss='mse+gan'})")
     return LossSettings(
         terms,
         ssim_weight=(DEFAULT_SSIM_WEIGHT if ssim_weight is None else float(ssim_weight)) if settings.uses_ssim else 0.0,

@@ -199,7 +199,7 @@ class ModelDir:
             refuse_baseline(self.path)
             raise SkinaugError(
                 f"{self.path} is not a trained model: {VQVAE_WEIGHTS} or {CONFIG} is missing "
-                "(train one with `skinaug train vqvae`, or finish an interrupted run with --resume)"
+                "(train one with `skinaug train vqvae`, or finish an interrupted run with {resume=True})"
             )
         return validate_config(read_json(self.config_path), self.config_path)
 
@@ -363,14 +363,24 @@ def resolve_model(path=None) -> Path:
             return locate_model(value, f"${MODEL_ENV}")
         default = shipped_models().get(DEFAULT_MODEL)
         if default is None:
-            raise SkinaugError(f"no --model given and the default model {DEFAULT_MODEL} is not installed "
-                               f"(looked in {skinaug_io.SHIPPED_MODELS}): pass --model MODEL_DIR or set {MODEL_ENV}")
+            raise SkinaugError(f"no {{model}} given and the default model {DEFAULT_MODEL} is not installed "
+                               f"(looked in {skinaug_io.SHIPPED_MODELS}): pass {{model=MODEL_DIR}} or set {MODEL_ENV}")
         return default
-    return locate_model(str(path), "--model")
+    return locate_model(str(path), "{model}")
+
+
+def model_location(value=None) -> Path:
+    """The model a command or library call reads, as `resolve_model` finds it, except that a path that does not exist
+    (and names no shipped model) is returned as it is: the caller's usage checks come first, ModelDir reports it."""
+    if value is None or str(value) == "":
+        return resolve_model(None)
+    path = Path(value)
+    return path if path.exists() else shipped_models().get(str(value), path)
 
 
 def locate_model(value, source: str) -> Path:
-    """A model directory given as a path, or the name of a shipped model; `source` (the flag) names it in errors."""
+    """A model directory given as a path, or the name of a shipped model; `source` (the parameter, as a placeholder
+    like "{model}", or the variable) names it in errors."""
     value = str(value)
     path = Path(value).expanduser()
     if path.exists():
@@ -425,4 +435,16 @@ def find_models(paths) -> list[dict]:
             continue
         seen.add(path.resolve())
         rows.append(describe(path))
+    return rows
+
+
+def list_models(paths=()) -> list[dict]:
+    """`skinaug models`: the `find_models` rows, each with "default" true for the model used when none is named."""
+    rows = find_models(paths)
+    try:
+        default = str(resolve_model(None).resolve())
+    except SkinaugError:
+        default = None
+    for row in rows:
+        row["default"] = Path(row["path"]).resolve().as_posix() == default
     return rows

@@ -106,7 +106,7 @@ class DatasetWriter:
         self.fingerprint = self.spec.fingerprint if codes else model_config["fingerprint"]
         self.image_format = image_format.lower()
         if self.image_format not in ("png", "jpg"):
-            raise SkinaugError(f"--format must be png or jpg, not {image_format}")
+            raise SkinaugError(f"{{image_format}} must be png or jpg, not {image_format}")
         self.quality = quality
         self.digest = plan_digest(plan)
         self.started = time.perf_counter()
@@ -133,12 +133,12 @@ class DatasetWriter:
     def _check_resumable(self) -> None:
         if not self.progress_dir.is_dir():
             if (self.work / "run.json").is_file():
-                raise SkinaugError(f"{self.out} is already complete: nothing to resume (use --overwrite to generate it again)")
-            raise SkinaugError(f"{self.out} exists but was not written by an interrupted skinaug run: choose another --out")
+                raise SkinaugError(f"{self.out} is already complete: nothing to resume (use {{overwrite=True}} to generate it again)")
+            raise SkinaugError(f"{self.out} exists but was not written by an interrupted skinaug run: choose another {{out}}")
         saved = read_json(self.progress_dir / "plan.json").get("digest") if (self.progress_dir / "plan.json").is_file() else None
         if saved != self.digest:
             raise SkinaugError(f"{self.out} holds an interrupted run of a different command or options: "
-                               "repeat the original command with --resume, or pass --overwrite")
+                               "repeat the original command with {resume=True}, or pass {overwrite=True}")
 
     def done_batches(self) -> set[int]:
         return {int(path.stem.split("-")[1]) for path in self.progress_dir.glob("batch-*.npz")}

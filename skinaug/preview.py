@@ -32,7 +32,7 @@ def contact_sheet(folders, out, *, per_row: int = 8, size: int = 64, by: str = "
 
     keys = [key.strip() for key in by.split(",")]
     if any(key not in ("method", "label") for key in keys):
-        raise UsageError(f"--by takes method and/or label, not {by}")
+        raise UsageError(f"{{by}} takes method and/or label, not {by}")
     groups: dict[str, list[Path]] = defaultdict(list)
     for folder in map(Path, folders):
         for row in _rows(folder):

@@ -1,36 +1,79 @@
-"""Device choice, logging and progress on stderr: shared by every command."""
+"""Device choice, logging and progress on stderr: shared by every command.
+
+What skinaug reports goes through the standard `logging` logger "skinaug": INFO for progress lines (and the
+progress bars, shown only while INFO is enabled and stderr is a terminal), WARNING for warnings. By default it writes
+plain lines to stderr; `logging.getLogger("skinaug").setLevel(logging.WARNING)` keeps only the warnings (what the
+commands' --quiet does), and handlers of one's own replace the default one.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
 import sys
 
-from .errors import SkinaugError, UsageError
+from .errors import Message, SkinaugError, UsageError, python_spelling
 
-_quiet = False
+logger = logging.getLogger("skinaug")
 
 
-def set_quiet(quiet: bool) -> None:
-    global _quiet
-    _quiet = quiet
+class StderrHandler(logging.Handler):
+    """One line per record on the sys.stderr of the moment (pytest and notebooks swap it): warnings say so.
+    Parameters in skinaug's lines are spelled by `spell` (see skinaug.errors): Python's, or the CLI's flags."""
+
+    def __init__(self, spell=python_spelling):
+        super().__init__()
+        self.spell = spell
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.msg.render(self.spell) if isinstance(record.msg, Message) else record.getMessage()
+            print(f"warning: {text}" if record.levelno >= logging.WARNING else text, file=sys.stderr, flush=True)
+        except Exception:  # noqa: BLE001  (logging's own rule: a failed report must not end the run)
+            self.handleError(record)
+
+
+if not logger.handlers:  # a program that set up the logger before importing skinaug keeps its setup
+    logger.addHandler(StderrHandler())
+    logger.propagate = False  # the root logger's handlers would print every line twice
+if logger.level == logging.NOTSET:
+    logger.setLevel(logging.INFO)
+
+
+@contextlib.contextmanager
+def reporting(handler: logging.Handler | None = None, level: int = logging.INFO):
+    """The logger at `level` (writing through `handler` alone when given) for a block, as it was afterwards: a
+    command run sets it up this way, and its --quiet lowers the level while it runs."""
+    saved = logger.level, list(logger.handlers), logger.propagate
+    if handler is not None:
+        logger.handlers = [handler]
+        logger.propagate = False
+    logger.setLevel(level)
+    try:
+        yield logger
+    finally:
+        logger.handlers, logger.propagate = saved[1], saved[2]
+        logger.setLevel(saved[0])
 
 
 def log(message: str) -> None:
-    """A line for the user on stderr (stdout carries data only)."""
-    if not _quiet:
-        print(message, file=sys.stderr, flush=True)
+    """A line for the user on stderr (stdout carries data only); hidden below INFO (--quiet). It may name parameters
+    like an error message does (skinaug.errors)."""
+    logger.info(Message(message))
 
 
 def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
+    """A warning: shown under --quiet too."""
+    logger.warning(Message(message))
 
 
 def progress(total: int | None = None, desc: str = "", unit: str = "img", **kwargs):
-    """A tqdm bar on stderr; it disappears when stderr is not a terminal or with --quiet."""
+    """A tqdm bar on stderr; it disappears when stderr is not a terminal or INFO is off (--quiet)."""
     from tqdm.auto import tqdm
 
-    disable = _quiet or not sys.stderr.isatty()
+    disable = not logger.isEnabledFor(logging.INFO) or not sys.stderr.isatty()
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=disable, dynamic_ncols=True, leave=False, **kwargs)
 
 
@@ -44,7 +87,7 @@ def check_device_name(name: str) -> str:
     device is opened: the same command line is right on another machine.
     """
     if not isinstance(name, str) or not DEVICE_NAME.fullmatch(name):
-        raise UsageError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N")
+        raise UsageError(f"{{device}} {name!r} is not a device: use auto, cpu, cuda or cuda:N")
     return name
 
 
@@ -61,9 +104,9 @@ def resolve_device(name: str = "auto"):
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     device = torch.device(check_device_name(name))
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SkinaugError(f"--device {name} asked for CUDA but this machine has no usable GPU: use --device cpu")
+        raise SkinaugError(f"{{device}} {name} asked for CUDA but this machine has no usable GPU: use {{device='cpu'}}")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise SkinaugError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) visible")
+        raise SkinaugError(f"{{device}} {name}: only {torch.cuda.device_count()} GPU(s) visible")
     return device
 
 
@@ -91,5 +134,5 @@ def resolve_backend(name: str | None = None) -> str:
     if name not in BACKENDS:
         raise UsageError(f"unknown backend {name!r}: use torch or onnx")
     if name == "torch" and not torch_installed():
-        raise SkinaugError("--backend torch needs PyTorch, which is not installed: use --backend onnx")
+        raise SkinaugError("{backend='torch'} needs PyTorch, which is not installed: use {backend='onnx'}")
     return name

@@ -41,9 +41,8 @@ from .train_vqvae import InitSource, open_init
 from .training import (Bar, Epoch, Hooks, MetricsLog, Run, TrainState, autocast_for, fit, load_checkpoint,
                        optimizer_step, shuffled_batches, steps_per_epoch, warmup_cosine)
 
-# --init: the PriorConfig fields the command line may set, and their option names; all but dropout define the shape
-PRIOR_OPTIONS = {"arch": "--arch", "channels": "--channels", "n_blocks": "--blocks", "n_res_blocks": "--res-blocks",
-                 "kernel_size": "--kernel-size", "dropout": "--dropout", "attention_sees_own_code": "--attention"}
+# --init: of the PriorConfig fields a caller may set (arch and `PriorOptions.overrides`), those that do not define
+# the shape
 TRAINING_ONLY = ("dropout",)
 # fields fixed by the codes being modelled: a source prior must have the same
 GRID_FIELDS = ("codebook_size", "height", "width", "condition_codebook_size", "condition_height", "condition_width")
@@ -72,7 +71,7 @@ def select_classes(code_file: CodeFile, class_names: list[str], wanted: list[str
     if wanted is None:
         return np.arange(len(code_file))
     if not wanted:  # --classes "," or " "
-        raise UsageError("--classes names no class: give 'all' or a comma-separated list of class names")
+        raise UsageError("{classes} names no class: give 'all' or a comma-separated list of class names")
     unknown = [name for name in wanted if name not in class_names]
     if unknown:
         raise UsageError(f"unknown class(es) {', '.join(unknown)}: the model knows {', '.join(class_names) or 'no classes'}")
@@ -108,10 +107,10 @@ def require_source_prior(source: InitSource, level: str) -> None:
     """--init needs the source's prior of every level being trained."""
     weights = source.path / PRIOR_WEIGHTS[level]
     if not weights.is_file():
-        raise SkinaugError(f"--init {source.path} has no {level} prior ({weights} is missing): train it first, "
-                           "or leave --init out to start from random weights")
+        raise SkinaugError(f"{{init}} {source.path} has no {level} prior ({weights} is missing): train it first, "
+                           "or leave {init} out to start from random weights")
     if level not in source.config.get("priors", {}):
-        raise SkinaugError(f"--init {source.path} has {weights} but its config.json has no priors.{level} entry "
+        raise SkinaugError(f"{{init}} {source.path} has {weights} but its config.json has no priors.{level} entry "
                            "(an interrupted `train prior`?)")
 
 
@@ -122,19 +121,19 @@ def prior_config_from_init(level: str, config: dict, options: PriorOptions, sour
     wanted = prior_config_for(level, config, replace(options, arch=base.arch, overrides={}))
     for name in GRID_FIELDS:
         if getattr(wanted, name) != getattr(base, name):
-            raise UsageError(f"the {level} prior of --init {source.path} has {name} {getattr(base, name)}, the codes of "
+            raise UsageError(f"the {level} prior of {{init}} {source.path} has {name} {getattr(base, name)}, the codes of "
                              f"{model} need {getattr(wanted, name)}: a prior can only start from one over the same code "
                              "grid (image size, levels, codebook size)")
     requested = {"arch": options.arch, **options.overrides}
     for name, value in requested.items():
         if value is None or name in TRAINING_ONLY:
             continue
-        option = PRIOR_OPTIONS.get(name, name)
+        option = "{" + name + "}"  # the parameter, in the spelling of whoever reads the message
         if not hasattr(base, name):
             raise UsageError(f"unknown prior option {name}")
         if value != getattr(base, name):
             shown = {v: k for k, v in ATTENTION_KINDS.items()} if name == "attention_sees_own_code" else {}
-            raise UsageError(f"{option} {shown.get(value, value)} contradicts the {level} prior of --init {source.path} "
+            raise UsageError(f"{option} {shown.get(value, value)} contradicts the {level} prior of {{init}} {source.path} "
                              f"({option} {shown.get(getattr(base, name), getattr(base, name))}): fine-tuning keeps the "
                              f"source's shape (leave {option} out)")
     training = {name: options.overrides[name] for name in TRAINING_ONLY if options.overrides.get(name) is not None}
@@ -169,7 +168,7 @@ def init_prior_weights(prior, source_state: dict, source_rows: dict[str, int], c
     missing = [key for key in target if key not in class_keys and key not in source_state]
     unexpected = [key for key in source_state if key not in target and not is_class_key(key)]
     if missing or unexpected:
-        raise SkinaugError(f"the --init prior's weights do not fit its config (missing {missing[:3]}, "
+        raise SkinaugError(f"the {{init}} prior's weights do not fit its config (missing {missing[:3]}, "
                            f"unexpected {unexpected[:3]})")
     if not class_keys:  # an unconditional prior: the source's class embeddings, if any, are dropped
         prior.load_state_dict({key: source_state[key] for key in target})
@@ -189,7 +188,7 @@ def init_prior_weights(prior, source_state: dict, source_rows: dict[str, int], c
         else:
             value = source_state[key]
             if value.shape != target[key].shape:
-                raise SkinaugError(f"the --init prior's {key} has shape {tuple(value.shape)}, not {tuple(target[key].shape)}")
+                raise SkinaugError(f"the {{init}} prior's {key} has shape {tuple(value.shape)}, not {tuple(target[key].shape)}")
         merged[key] = value
     prior.load_state_dict(merged)
     return kept, [name for name in class_names if name not in source_rows]
@@ -268,7 +267,7 @@ def train_prior_level(model_dir: ModelDir, code_file: CodeFile, level: str, opti
     weights_path = model_dir.path / PRIOR_WEIGHTS[level]
     checkpoint_path = _checkpoint_path(model_dir, level)
     if weights_path.exists() and not (overwrite or resume):
-        raise SkinaugError(f"{weights_path} already exists: pass --overwrite to train it again")
+        raise SkinaugError(f"{weights_path} already exists: pass {{overwrite=True}} to train it again")
     resuming = resume and checkpoint_path.is_file()
     if resume and not resuming and weights_path.exists():
         log(f"the {level} prior is already trained: nothing to resume")
@@ -331,7 +330,7 @@ def _level_data(code_file: CodeFile, level: str, config: dict, prior_config: Pri
     chosen = select_classes(code_file, config.get("class_names", []), options.classes)
     if prior_config.num_classes and (code_file.labels[chosen] < 0).any():
         raise SkinaugError("the codes include unlabelled images: a class-conditional prior needs labels "
-                           "(pass --labels, or --unconditional)")
+                           "(pass {labels}, or {unconditional=True})")
     groups = [code_file.groups[i] or code_file.images[i] for i in chosen]
     train_index, val_index = group_split(groups, options.val_fraction, options.seed, labels=code_file.labels[chosen])
     conditional = prior_config.num_classes > 0
@@ -413,24 +412,24 @@ def _train_priors(model, *, codes=None, data=None, labels=None, level="both", op
         # measured (benchmarks/finetune.py): on ~300 images, 3e-4 undoes much of what an --init prior knew
         options.lr = FINE_TUNE_LR if init is not None else DEFAULT_LR
     require_writable(model_dir.path, f"train your priors into your own model directory (`skinaug train vqvae ... "
-                                     f"--init {model_dir.path.name} --epochs 0 --out MINE`, then --model MINE)")
+                                     f"--init {model_dir.path.name} --epochs 0 --out MINE`, then {{model=MINE}})")
     if (codes is None) == (data is None):
-        raise UsageError("give either --codes CODES.h5 or an image folder DATA, not both and not neither")
+        raise UsageError("give either {codes=CODES.h5} or an image folder {data}, not both and not neither")
     levels = {"both": [lvl for lvl in ("top", "bottom") if lvl in config["grid"]], "top": ["top"], "bottom": ["bottom"]}.get(level)
     if levels is None:
-        raise UsageError(f"--level must be top, bottom or both, not {level}")
+        raise UsageError(f"{{level}} must be top, bottom or both, not {level}")
     if "top" in levels and "top" not in config["grid"]:
-        raise UsageError(f"{model} is a one-level model: it has no top codes (use --level bottom)")
+        raise UsageError(f"{model} is a one-level model: it has no top codes (use {{level='bottom'}})")
     if options.arch is not None and options.arch not in ("pixelsnail", "gated-pixelcnn"):
-        raise UsageError(f"--arch must be pixelsnail or gated-pixelcnn, not {options.arch}")
+        raise UsageError(f"{{arch}} must be pixelsnail or gated-pixelcnn, not {options.arch}")
     if options.epochs == 0 and init is None:
-        raise UsageError("--epochs 0 needs --init: it copies the --init model's priors under this model's classes")
+        raise UsageError("{epochs=0} needs {init}: it copies the {init} model's priors under this model's classes")
     source = None
     # a level that --resume continues (or finds finished) keeps its checkpoint: --init only sets the start of a run
     starting = [lvl for lvl in levels if not (resume and (_checkpoint_path(model_dir, lvl).is_file()
                                                           or (model_dir.path / PRIOR_WEIGHTS[lvl]).is_file()))]
     if init is not None and not starting:
-        log("resuming: the priors continue from their checkpoints (--init only sets the start of a run)")
+        log("resuming: the priors continue from their checkpoints ({init} only sets the start of a run)")
     elif init is not None:
         source = open_init(init)
         for lvl in starting:
@@ -440,8 +439,8 @@ def _train_priors(model, *, codes=None, data=None, labels=None, level="both", op
         if relation == "fine-tuned":
             log(f"the VQ-VAE of {model} was fine-tuned from that of {source.path}: its codes keep most of their meaning")
         elif relation == "different":
-            warn(f"the VQ-VAE of {model} (fingerprint {config['fingerprint']}) is not that of --init {source.path} "
-                 f"({source.fingerprint}) nor fine-tuned from it: its codes mean other things, so the --init priors are "
+            warn(f"the VQ-VAE of {model} (fingerprint {config['fingerprint']}) is not that of {{init}} {source.path} "
+                 f"({source.fingerprint}) nor fine-tuned from it: its codes mean other things, so the {{init}} priors are "
                  "only a generic start (usually still better than random weights); train as long as from scratch")
     if codes is not None:
         code_file = read_codes(codes)
@@ -466,7 +465,7 @@ def _start_from(prior, source: InitSource, level: str, config: dict, class_names
     state = load_weights(source.path / PRIOR_WEIGHTS[level])
     source_names = list(source.config.get("class_names", []))
     if source_config.num_classes and source_config.num_classes != len(source_names):
-        raise SkinaugError(f"the {level} prior of --init {source.path} has {source_config.num_classes} class rows but "
+        raise SkinaugError(f"the {level} prior of {{init}} {source.path} has {source_config.num_classes} class rows but "
                            f"its config.json names {len(source_names)} classes")
     # a prior trained on a subset of classes (--classes) never learned the other classes' rows: those count as new
     trained = source.config["priors"][level].get("classes") or source_names

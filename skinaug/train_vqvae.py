@@ -58,10 +58,8 @@ class TrainOptions:
     extra: dict = field(default_factory=dict)
 
 
-# --init: the options that define the VQ-VAE's shape, and the command-line names that set them
-VQVAE_SHAPE_OPTIONS = {"image_size": "--image-size", "levels": "--levels", "codebook_size": "--codebook-size",
-                       "code_dim": "--code-dim", "channels": "--channels", "res_channels": "--res-channels",
-                       "n_res_blocks": "--res-blocks"}
+# --init: the VQVAEConfig fields that define the VQ-VAE's shape
+VQVAE_SHAPE_FIELDS = ("image_size", "levels", "codebook_size", "code_dim", "channels", "res_channels", "n_res_blocks")
 
 
 @dataclass
@@ -84,7 +82,7 @@ def open_init(path) -> InitSource:
     """The --init model: a model directory, or the name of a model shipped with skinaug."""
     from .modeldir import locate_model
 
-    location = locate_model(path, "--init")
+    location = locate_model(path, "{init}")
     return InitSource(location, ModelDir(location).config())
 
 
@@ -95,9 +93,10 @@ def vqvae_config_from_init(source: InitSource, requested=None) -> VQVAEConfig:
     if isinstance(requested, VQVAEConfig):
         requested = requested.to_dict()
     requested = {key: value for key, value in (requested or {}).items() if value is not None}
-    for name, option in VQVAE_SHAPE_OPTIONS.items():
+    for name in VQVAE_SHAPE_FIELDS:
         if name in requested and requested[name] != base[name]:
-            raise UsageError(f"{option} {requested[name]} contradicts --init {source.path}, whose VQ-VAE has {option} "
+            option = "{" + name + "}"  # the parameter, in the spelling of whoever reads the message
+            raise UsageError(f"{option} {requested[name]} contradicts {{init}} {source.path}, whose VQ-VAE has {option} "
                              f"{base[name]}: fine-tuning keeps the source's shape (leave {option} out)")
     return VQVAEConfig.from_dict({**base, **requested})
 
@@ -106,10 +105,10 @@ def check_init_is_not_output(source: InitSource, out) -> None:
     """Inputs are never modified: the --init model may not be the output, inside it, or hold it."""
     out_path, init_path = Path(out).resolve(), source.path.resolve()
     if out_path == init_path or out_path in init_path.parents:
-        raise UsageError(f"--out {out} would replace the --init model {source.path}: write the fine-tuned model to a "
+        raise UsageError(f"{{out}} {out} would replace the {{init}} model {source.path}: write the fine-tuned model to a "
                          "new directory")
     if init_path in out_path.parents:
-        raise UsageError(f"--out {out} is inside the --init model {source.path}: write the fine-tuned model elsewhere")
+        raise UsageError(f"{{out}} {out} is inside the {{init}} model {source.path}: write the fine-tuned model elsewhere")
 
 
 @torch.no_grad()
@@ -255,7 +254,7 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig | dict | No
                      adversary=adversary, augment=options.augment)
     hooks = _epoch_hooks(model, state, start, source, val_batches, autocast, dist)
     run = Run("training", start.checkpoint_path, meta, metrics_log,
-              restart="start again with --overwrite and a lower --lr")
+              restart="start again with {overwrite=True} and a lower {lr}")
     batches = partial(shuffled_batches, dataset.train_index, batch_size, seed=options.seed, dist=dist)
     metrics = fit(state, step, lambda epoch: batches(epoch=epoch), epochs=options.epochs, run=run, hooks=hooks, dist=dist)
     if dist.is_main:
@@ -281,10 +280,10 @@ def _start(data, out, labels, model_config, options: TrainOptions, resume: bool,
     elif not isinstance(model_config, VQVAEConfig):
         model_config = VQVAEConfig(**(model_config or {}))
     if options.epochs == 0 and init is None:
-        raise UsageError("--epochs 0 needs --init: it copies the --init model's VQ-VAE under the new data's classes")
+        raise UsageError("{epochs=0} needs {init}: it copies the {init} model's VQ-VAE under the new data's classes")
     settings = loss_settings(options.loss, options.ssim_weight, options.gan_weight, options.gan_start)
     if options.decoder_only and init is None and not (resume and has_checkpoint):
-        raise UsageError("--decoder-only needs --init MODEL: it trains the decoder of MODEL's VQ-VAE, keeping its codes")
+        raise UsageError("{decoder_only=True} needs {init=MODEL}: it trains the decoder of MODEL's VQ-VAE, keeping its codes")
     # rank 0 alone applies the output policy and holds the lock; the others follow its decision and write where it
     # says: in place, or beside an earlier model that --overwrite replaces only once the new one is saved
     claim = claim_output(out, kind=MODEL_DIRECTORY, inputs=(data, labels, init_source.path if init_source else None),
@@ -298,7 +297,7 @@ def _start(data, out, labels, model_config, options: TrainOptions, resume: bool,
         log(f"nothing to resume in {out}: starting a new run")
     check_image_size(start.model_config.image_size)
     if start.model_config.levels not in (1, 2):
-        raise UsageError(f"--levels must be 1 or 2, not {start.model_config.levels}")
+        raise UsageError(f"{{levels}} must be 1 or 2, not {start.model_config.levels}")
     return start
 
 
@@ -308,18 +307,18 @@ def _resume_from_checkpoint(start: _Start, out, options: TrainOptions, with_init
         raise SkinaugError(f"{out} has no checkpoint to resume ({start.checkpoint_path} is missing)")
     if _has_priors(start.model_dir):
         # the priors were trained on this VQ-VAE's codes: training it further would silently invalidate them
-        raise SkinaugError(f"{out} is a finished model with trained priors: --resume would retrain the VQ-VAE under "
-                           "them; fine-tune into a new directory instead (--init " f"{out} --out NEW_DIR)")
+        raise SkinaugError(f"{out} is a finished model with trained priors: {{resume=True}} would retrain the VQ-VAE under "
+                           f"them; fine-tune into a new directory instead ({{init}} {out} {{out=NEW_DIR}})")
     checkpoint = start.checkpoint = load_checkpoint(start.checkpoint_path)
     start.model_config = VQVAEConfig.from_dict(checkpoint["meta"]["vqvae"])
     options.seed = checkpoint["meta"]["seed"]
     if with_init and dist.is_main:
-        log("resuming: the weights come from the checkpoint (--init only sets the start of a run)")
+        log("resuming: the weights come from the checkpoint ({init} only sets the start of a run)")
     # so do the loss and what is trained: the checkpoint's discriminator and optimizer state fit only those
     settings, decoder_only = (LossSettings.from_dict(checkpoint["meta"].get("loss")),
                               checkpoint["meta"].get("decoder_only", False))
     if (settings.terms, decoder_only) != (start.settings.terms, options.decoder_only) and dist.is_main:
-        log(f"resuming: --loss {settings.terms}{' --decoder-only' * decoder_only}, as the checkpoint was made")
+        log(f"resuming: {{loss}} {settings.terms}{' {decoder_only=True}' * decoder_only}, as the checkpoint was made")
     start.settings, options.decoder_only, options.loss = settings, decoder_only, settings.terms
     start.init_record = checkpoint["meta"].get("init")
 
@@ -446,7 +445,7 @@ def _finish(start: _Start, dataset: _Data, model: VQVAE2, metrics: dict, meta: d
         used = metrics.get(f"used_codes_{level}", 0)
         if used < 0.1 * codebook_size:
             warn(f"the {level} level uses only {used} of {codebook_size} codes (under 10%): "
-                 "try a smaller --codebook-size or --code-dim, or train longer")
+                 "try a smaller {codebook_size} or {code_dim}, or train longer")
     samples = dataset.samples
     per_class = {name: int(sum(1 for s in samples if s.label == i)) for i, name in enumerate(dataset.class_names)}
     training_data = {

@@ -202,7 +202,7 @@ class TrainState:
         if missing:
             where = f" {path}" if path is not None else ""
             raise SkinaugError(f"the checkpoint{where} holds no {', '.join(missing)} state: another kind of run made it "
-                               "(start again without --resume)")
+                               "(start again without {resume=True})")
         for name, value in self.objects.items():
             value.load_state_dict(checkpoint[name])
         self.step, self.epoch = checkpoint["step"], checkpoint["epoch"]
@@ -280,12 +280,12 @@ class Run:
     checkpoint: Path | None = None
     meta: dict = field(default_factory=dict)
     log: MetricsLog | None = None
-    restart: str = "start again with a lower --lr"
+    restart: str = "start again with a lower {lr}"
 
     def diverged(self, what: str) -> Diverged:
         if self.checkpoint is not None and Path(self.checkpoint).is_file():
-            kept = (f"the last good checkpoint is kept in {Path(self.checkpoint).parent} (resume with --resume after "
-                    "lowering --lr)")
+            kept = (f"the last good checkpoint is kept in {Path(self.checkpoint).parent} (resume with {{resume=True}} after "
+                    "lowering {lr})")
         elif self.checkpoint is not None:
             kept = f"no checkpoint was saved yet ({self.restart})"
         else:

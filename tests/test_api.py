@@ -55,6 +55,33 @@ def test_synthesize_gives_the_images_of_the_command_with_the_same_seed(model, ge
     assert model.synthesize("nevus", 0).shape == (0, 32, 32, 3)
 
 
+def test_the_generating_commands_are_library_functions_that_write_what_the_commands_write(generator_model, tmp_path):
+    from skinaug import generate
+
+    model, codes = str(generator_model["model"]), str(generator_model["codes"])
+    assert main(["mix", "--codes", codes, "--model", model, "--out", str(tmp_path / "cli"), "-n", "6", "--seed", "2",
+                 "--batch-size", "4", "--device", "cpu", "--quiet"]) == 0
+    summary = generate.mix(tmp_path / "lib", 6, model=model, codes=codes, seed=2, batch_size=4, device="cpu")
+    assert summary["images"] == 6 and summary["out"] == str(tmp_path / "lib")
+    rows = {name: _rows(tmp_path / name) for name in ("cli", "lib")}
+    assert rows["lib"] == rows["cli"] and len(rows["lib"]) == 6
+    for row in rows["lib"]:
+        file = f"images/{row['image']}.png"
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "lib" / file)), np.asarray(Image.open(tmp_path / "cli" / file)))
+
+    data = generator_model["data"]
+    plan = generate.augment(data.images, tmp_path / "aug", model=model, labels=data.labels_csv, factor=2.5,
+                            methods={"mix": 1, "resample": 3}, dry_run=True, device="cpu")["plan"]
+    assert plan["nevus"] == {"originals": 4, "mix": 2, "resample": 4, "total": 10} and not (tmp_path / "aug").exists()
+
+
+def _rows(out):
+    import csv
+
+    with open(out / "labels.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
 def test_mix_takes_the_top_of_one_image_and_the_bottom_of_the_other(model, generator_model):
     images = tiny_images(generator_model["data"])
     first, second = images[:4], images[4:8]

@@ -1,6 +1,8 @@
-"""CLI polish: flags show no `<bool>` type, shell completion is on, a missing optional package names its extra."""
+"""CLI polish: the command list, every help page, flags show no `<bool>` type, shell completion is on, a missing
+optional package names its extra."""
 
 import importlib.util
+import re
 
 import pytest
 
@@ -8,6 +10,49 @@ from skinaug.cli import main
 
 HELP_PAGES = [[], ["synthesize"], ["augment"], ["resample"], ["train", "vqvae"], ["train", "prior"], ["score", "cas"],
               ["score", "benefit"], ["export", "onnx"], ["models"]]
+
+
+TOP_LEVEL = ["encode", "decode", "mix", "resample", "synthesize", "augment", "models", "preview", "inspect", "train", "score",
+             "export"]
+GROUPS = {"train": ["vqvae", "prior"], "score": ["cas", "benefit", "codes", "sweep", "fid", "memorization"], "export": ["onnx"]}
+
+
+def _listed_commands(page: str) -> list[str]:
+    """The names in the help page's Commands panel, in their order."""
+    panel = page[page.index("Commands"):]
+    return re.findall(r"^│ ([a-z][a-z-]*)\s{2,}", panel, re.M)
+
+
+def test_the_help_lists_every_command_in_its_order(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["--help"]) == 0
+    assert _listed_commands(capsys.readouterr().out) == TOP_LEVEL
+    for group, commands in GROUPS.items():
+        assert main([group, "--help"]) == 0
+        listed = _listed_commands(capsys.readouterr().out)
+        assert [name for name in listed if name in commands] == commands  # groups may grow, never lose one
+
+
+def _every_command():
+    import typer
+
+    from skinaug.cli import app
+
+    def walk(command, path):
+        for name, sub in getattr(command, "commands", {}).items():
+            yield [*path, name]
+            yield from walk(sub, [*path, name])
+
+    return list(walk(typer.main.get_command(app), []))
+
+
+@pytest.mark.parametrize("command", _every_command(), ids=" ".join)
+def test_every_help_page_renders(command, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main([*command, "--help"]) == 0
+    captured = capsys.readouterr()
+    assert f"Usage: skinaug {' '.join(command)} [OPTIONS]" in captured.out and captured.err == ""
+    assert "--help" in captured.out
 
 
 @pytest.mark.parametrize("command", HELP_PAGES, ids=lambda c: " ".join(c) or "skinaug")

@@ -237,7 +237,7 @@ def test_strict_makes_skipped_rows_fatal_but_not_unlisted_files(tiny_dataset):
     write_csv(tiny_dataset.labels_csv, *lines[:-1])  # img_11 has no row: a CSV may select a subset
     assert len(scan_dataset(tiny_dataset.images, tiny_dataset.labels_csv, strict=True)) == 11
     write_csv(tiny_dataset.labels_csv, *lines, "../escape.png,nevus,L0")
-    with pytest.raises(SkinaugError, match=r"--strict.*\.\./escape\.png: escapes the image folder"):
+    with pytest.raises(SkinaugError, match=r"strict=True.*\.\./escape\.png: escapes the image folder"):
         scan_dataset(tiny_dataset.images, tiny_dataset.labels_csv, strict=True)
     write_csv(tiny_dataset.labels_csv, *lines, "ghost,nevus,L0")
     with pytest.raises(SkinaugError, match=r"1 CSV rows have no image file \(e\.g\. ghost\)"):
@@ -389,7 +389,7 @@ def test_load_images_keeps_order_and_skips_bad_files(tiny_dataset):
     colours = dict(zip(tiny_dataset.names, tiny_dataset.colours))
     assert [tuple(img[16, 16]) for img in images] == [colours[s.name] for s in kept]
     assert ticks == [1] * 12
-    with pytest.raises(SkinaugError, match=r"img_0[37]\.png \(--strict\): (empty file|not an image)"):
+    with pytest.raises(SkinaugError, match=r"img_0[37]\.png \(strict=True\): (empty file|not an image)"):
         load_images(dataset.samples, 32, strict=True)
 
 

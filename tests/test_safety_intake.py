@@ -5,6 +5,7 @@ bounded in bytes; the image cache follows replaced files and never unpickles."""
 import csv
 import hashlib
 import json
+import logging
 import os
 import shutil
 import struct
@@ -25,7 +26,8 @@ from skinaug.image_cache import build_cache
 from skinaug.naming import safe_name, unique_names
 
 READS = "(skinaug reads .jpg, .jpeg, .png, .bmp, .tif, .tiff, .webp, .gif)"
-STRICT_HINT = "--strict makes this an error"
+STRICT_HINT = "--strict makes this an error"  # as the commands print it
+STRICT_HINT_PYTHON = "strict=True makes this an error"  # as a library call logs it
 
 
 def h(text: str) -> str:
@@ -151,7 +153,7 @@ def test_scan_warns_about_rows_without_file_and_unsupported_types(tiny_dataset, 
     assert len(dataset) == 12 and dataset.missing == ["ghost"] and dataset.files_without_row == 0
     assert dataset.skipped == [("scan_x", f"unsupported file type: .heic {READS}")]
     assert capsys.readouterr().err == (f"warning: 2 inputs of {root} and labels.csv left out: no image file: 1 (ghost); "
-                                       f"unsupported file type: 1 (scan_x). {STRICT_HINT}\n")
+                                       f"unsupported file type: 1 (scan_x). {STRICT_HINT_PYTHON}\n")
 
 
 def test_class_folders_report_unsupported_files_and_read_gifs(tmp_path, capsys):
@@ -249,7 +251,7 @@ def test_the_decoded_size_is_bounded_in_bytes_so_bit_depth_counts(tmp_path, monk
         load_image(tmp_path / "gray16.png", 32)  # as many pixels, twice the bytes
     assert str(caught.value) == "too large to decode: 1000x1000 pixels of mode I;16 take 1.9 MiB, over the limit of 1.4 MiB"
     sample = Sample(tmp_path / "gray16.png", "gray16", -1, "")
-    with pytest.raises(SkinaugError, match=r"gray16\.png \(--strict\): too large to decode"):
+    with pytest.raises(SkinaugError, match=r"gray16\.png \(strict=True\): too large to decode"):
         load_images([sample], 32, strict=True)
     assert load_images([sample], 32)[2] == [("gray16", str(caught.value))]
 
@@ -332,8 +334,8 @@ class _Trap:
 
 
 @pytest.mark.parametrize("bad", ["object array", "garbage", "wrong shape"])
-def test_an_object_or_corrupt_cache_is_rebuilt_never_unpickled(tiny_dataset, tmp_path, monkeypatch, capsys, bad):
-    monkeypatch.setattr(runtime, "_quiet", False)
+def test_an_object_or_corrupt_cache_is_rebuilt_never_unpickled(tiny_dataset, tmp_path, capsys, bad):
+    runtime.logger.setLevel(logging.INFO)  # what the default setup and every command run leave it at
     samples = scan_dataset(tiny_dataset.images, tiny_dataset.labels_csv).samples
     cache_path = tmp_path / "image_cache.npy"
     build_cache(samples, 32, cache_path)  # a valid index, then the array is replaced

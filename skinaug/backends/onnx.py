@@ -34,9 +34,9 @@ class OnnxBackend(Backend):
 
     def __init__(self, model_dir, device="auto", *, dtype=None, compile_step: bool = False):
         if compile_step:
-            raise UsageError("--compile compiles the PyTorch sampling step: it does not apply to --backend onnx")
+            raise UsageError("{compile_step} compiles the PyTorch sampling step: it does not apply to {backend='onnx'}")
         if dtype is not None:
-            raise UsageError("--bf16 goes with --backend torch: the onnx graphs run in float32")
+            raise UsageError("{bf16} goes with {backend='torch'}: the onnx graphs run in float32")
         self.runtime = OnnxModel(model_dir, device)
         self.code_model = self.runtime.vqvae
         self.spec = self.code_model.spec

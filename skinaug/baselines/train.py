@@ -193,7 +193,7 @@ def _train(model, state: TrainState, dataset: Dataset, options: BaselineOptions,
     log(f"{model.config.arch}: training on {len(dataset.train_index)} images, validating on {len(dataset.val_index)}; "
         f"{device}, batch {options.batch_size}, {total_steps} steps ({options.epochs} epochs)")
     run = Run("training", train_dir / CHECKPOINT, meta, metrics_log,
-              restart="start again with --overwrite and a lower --lr")
+              restart="start again with {overwrite=True} and a lower {lr}")
 
     def batches(epoch: int) -> list[np.ndarray]:
         return shuffled_batches(dataset.train_index, options.batch_size, seed=options.seed, epoch=epoch)

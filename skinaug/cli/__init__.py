@@ -5,6 +5,7 @@ Heavy libraries (torch, h5py, PIL) are imported inside commands so that `skinaug
 
 from __future__ import annotations
 
+import ast
 import os
 import sys
 
@@ -58,20 +59,59 @@ def _root(
     """Expand skin-lesion image datasets with a VQ-VAE-2 and class-conditional priors over its codes."""
 
 
-from . import codes, export, generate, inspect, models, preview, score, train  # noqa: E402  (commands register themselves on `app`)
+from . import codes, export, generate, inspect, models, preview, score, train  # noqa: E402
 
+# Every module holds one command group as its own `app`: the groups of top-level commands are merged into this one
+# (in the order `skinaug --help` lists them), the others become sub-commands (`skinaug train vqvae`).
+for _group in (codes, generate, models, preview, inspect):
+    app.registered_commands += _group.app.registered_commands
 app.add_typer(train.app, name="train")
-codes.register(app)
-generate.register(app)
-models.register(app)
-preview.register(app)
-inspect.register(app)
 app.add_typer(score.app, name="score")
 app.add_typer(export.app, name="export")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the CLI; returns the exit code: 0 success, 1 runtime error (one line), 2 usage error, 130 interrupted."""
+    from ..runtime import StderrHandler, reporting
+
+    spell = flag_spelling(argv if argv is not None else sys.argv[1:])
+    with reporting(StderrHandler(spell)):  # progress lines on stderr (--quiet lowers the level), as before once done
+        return _run(argv, spell)
+
+
+def flag_spelling(argv: list[str]):
+    """How this command line spells a parameter that a library message names (skinaug.errors): as the running
+    command's option (its first flag) or argument (its metavar), else as --name-with-dashes; a value after it
+    (`--level bottom`), none for a flag set to True (`--overwrite`)."""
+    flags: dict = {}
+
+    def spell(name: str, value: str | None) -> str:
+        if not flags:
+            flags.update(_flags_of(argv))
+        flag = flags.get(name) or "--" + name.replace("_", "-")
+        if value is None:
+            return flag
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            pass  # a METAVAR (`{codes=CODES.h5}`)
+        return flag if value is True else f"{flag} {value}"
+
+    return spell
+
+
+def _flags_of(argv: list[str]) -> dict[str, str]:
+    command = typer.main.get_command(app)
+    for word in argv:
+        commands = getattr(command, "commands", None)
+        if not commands or word not in commands:
+            break
+        command = commands[word]
+    return {param.name: param.opts[0] if param.param_type_name == "option" else (param.metavar or param.name.upper())
+            for param in command.params if param.name}
+
+
+def _run(argv: list[str] | None, spell) -> int:
     try:
         result = app(args=argv, prog_name="skinaug", standalone_mode=False)
         if result == 130:  # typer turns Ctrl-C into Exit(130), which click returns when not standalone
@@ -80,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     except SkinaugError as error:
         if os.environ.get("SKINAUG_DEBUG"):
             raise
-        print(f"error: {_one_line(error)}", file=sys.stderr)
+        print(f"error: {_one_line(error.render(spell))}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         return _interrupted()

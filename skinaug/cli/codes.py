@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from ..runtime import set_quiet
 from .options import (BackendOpt, BatchOpt, DataArg, DeviceOpt, FormatOpt, GroupColOpt, ImageColOpt, JsonOpt, LabelColOpt, LabelsOpt,
                       ModelOpt, OverwriteOpt, QualityOpt, QuietOpt, ResumeOpt, StrictOpt, WorkersOpt, columns, emit)
 
@@ -35,61 +34,62 @@ def print_code_table(stats: dict, codebook_size: int) -> None:
     Console(file=sys.stderr).print(table)
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("encode")
-    def encode(
-        data: DataArg,
-        out: Annotated[Path, typer.Option("--out", help="Code file to write (CODES.h5).", show_default=False)],
-        model: ModelOpt = None,
-        labels: LabelsOpt = None,
-        device: DeviceOpt = "auto",
-        batch_size: BatchOpt = 64,
-        overwrite: OverwriteOpt = False,
-        strict: StrictOpt = False,
-        workers: WorkersOpt = None,
-        image_col: ImageColOpt = None,
-        label_col: LabelColOpt = None,
-        group_col: GroupColOpt = None,
-        backend: BackendOpt = None,
-        json_: JsonOpt = False,
-        quiet: QuietOpt = False,
-    ):
-        """Encode images to code maps (CODES.h5) and report code usage and reconstruction MSE.
+app = typer.Typer()
 
-        Example: skinaug encode images/ --labels labels.csv --model models/derm128 --out codes.h5
-        """
-        set_quiet(quiet)
-        from ..encode import encode_dataset
-        from ..modeldir import ModelDir
 
-        stats = encode_dataset(data, out, model=model, labels=labels, device=device, batch_size=batch_size,
-                               overwrite=overwrite, strict=strict, workers=workers, backend=backend, **columns(image_col, label_col, group_col))
-        if not quiet:
-            print_code_table(stats, ModelDir(model).spec().codebook_size)
-        emit(stats, json_, out)
+@app.command("encode")
+def encode(
+    data: DataArg,
+    out: Annotated[Path, typer.Option("--out", help="Code file to write (CODES.h5).", show_default=False)],
+    model: ModelOpt = None,
+    labels: LabelsOpt = None,
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 64,
+    overwrite: OverwriteOpt = False,
+    strict: StrictOpt = False,
+    workers: WorkersOpt = None,
+    image_col: ImageColOpt = None,
+    label_col: LabelColOpt = None,
+    group_col: GroupColOpt = None,
+    backend: BackendOpt = None,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+):
+    """Encode images to code maps (CODES.h5) and report code usage and reconstruction MSE.
 
-    @app.command("decode")
-    def decode(
-        codes: Annotated[Path, typer.Argument(help="Code file (CODES.h5) written by `skinaug encode`.", show_default=False)],
-        out: Annotated[Path, typer.Option("--out", help="Output folder (images/, labels.csv, codes.h5, run.json).", show_default=False)],
-        model: ModelOpt = None,
-        device: DeviceOpt = "auto",
-        batch_size: BatchOpt = 64,
-        image_format: FormatOpt = "png",
-        quality: QualityOpt = 95,
-        overwrite: OverwriteOpt = False,
-        resume: ResumeOpt = False,
-        backend: BackendOpt = None,
-        json_: JsonOpt = False,
-        quiet: QuietOpt = False,
-    ):
-        """Decode a code file back into images: the 'reconstruction' set.
+    Example: skinaug encode images/ --labels labels.csv --model models/derm128 --out codes.h5
+    """
+    from ..encode import encode_dataset
+    from ..modeldir import ModelDir
 
-        Example: skinaug decode codes.h5 --model models/derm128 --out recon/
-        """
-        set_quiet(quiet)
-        from ..encode import decode_codes
+    stats = encode_dataset(data, out, model=model, labels=labels, device=device, batch_size=batch_size,
+                           overwrite=overwrite, strict=strict, workers=workers, backend=backend, **columns(image_col, label_col, group_col))
+    if not quiet:
+        print_code_table(stats, ModelDir(model).spec().codebook_size)
+    emit(stats, json_, out)
 
-        summary = decode_codes(codes, out, model=model, device=device, batch_size=batch_size, overwrite=overwrite,
-                               resume=resume, image_format=image_format, quality=quality, backend=backend)
-        emit(summary, json_, out)
+
+@app.command("decode")
+def decode(
+    codes: Annotated[Path, typer.Argument(help="Code file (CODES.h5) written by `skinaug encode`.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="Output folder (images/, labels.csv, codes.h5, run.json).", show_default=False)],
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 64,
+    image_format: FormatOpt = "png",
+    quality: QualityOpt = 95,
+    overwrite: OverwriteOpt = False,
+    resume: ResumeOpt = False,
+    backend: BackendOpt = None,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+):
+    """Decode a code file back into images: the 'reconstruction' set.
+
+    Example: skinaug decode codes.h5 --model models/derm128 --out recon/
+    """
+    from ..encode import decode_codes
+
+    summary = decode_codes(codes, out, model=model, device=device, batch_size=batch_size, overwrite=overwrite,
+                           resume=resume, image_format=image_format, quality=quality, backend=backend)
+    emit(summary, json_, out)

@@ -7,7 +7,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..runtime import set_quiet
 from .options import JsonOpt, ModelOpt, OverwriteOpt, QuietOpt, emit
 
 app = typer.Typer(help="Export a model directory for other runtimes.", no_args_is_help=True)
@@ -31,7 +30,6 @@ def onnx(
     Example: skinaug export onnx --model models/derm64
     Example: skinaug export onnx --model ham10000-64 --out ~/ham64-onnx   (then --model ~/ham64-onnx --backend onnx)
     """
-    set_quiet(quiet)
     from ..onnx.export import export_onnx
     from ..runtime import log
 

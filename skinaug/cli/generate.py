@@ -9,7 +9,6 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import UsageError
-from ..runtime import set_quiet
 from .options import (BackendOpt, BatchOpt, DeviceOpt, FormatOpt, GroupColOpt, ImageColOpt, JsonOpt, JsonlOpt, LabelColOpt, LabelsOpt, ModelOpt,
                       OverwriteOpt, QualityOpt, QuietOpt, ResumeOpt, SeedOpt, StrictOpt, columns, emit, finite_number)
 
@@ -49,54 +48,9 @@ RefineCandidatesOpt = Annotated[Optional[int], typer.Option(
          "the codebook size or more: all codes, the exact conditional.")]
 
 
-def _dtype(bf16: bool):
-    if not bf16:
-        return None  # without importing torch: the onnx backend runs where it is not installed
-    import torch
-
-    return torch.bfloat16
-
-
-def _sources(model, codes, data, labels, device, backend, strict, cols: dict):
-    """The source codes, and what reading DATA left out: the summary's "input" (None with --codes)."""
-    from ..data import recording_intake
-    from ..generate import load_sources
-
-    with recording_intake() as intake:
-        source = load_sources(model, codes, data, labels, device, backend=backend, strict=strict, **cols)
-    return source, (intake.summary() if data is not None else None)
-
-
-def _check_outputs(as_json: bool, jsonl: bool, out: Path | None = None, overwrite: bool = False) -> None:
-    from ..errors import UsageError
-
+def _check_outputs(as_json: bool, jsonl: bool) -> None:
     if as_json and jsonl:
         raise UsageError("--json and --jsonl both write stdout: choose one")
-    if jsonl and overwrite and out is not None and Path(out).exists():
-        # the replacement is staged beside the old output: its images reach the printed paths only at the end
-        raise UsageError("--jsonl prints paths as images land, and --overwrite lands them only when the run ends: "
-                         "remove the old output yourself, or choose another --out")
-
-
-def _is_baseline(model, *, backend=None, top_k=None, bf16=False, compile_=False, sampler="fast") -> bool:
-    """Whether --model is a baseline generator (skinaug/baselines/); the priors' sampling options do not apply to it."""
-    from ..modeldir import baseline_arch
-
-    arch = baseline_arch(model) if model is not None else None
-    if arch is None:
-        return False
-    given = [flag for flag, on in (("--backend onnx", backend == "onnx"), ("--top-k", top_k is not None), ("--bf16", bf16),
-                                   ("--compile", compile_), ("--sampler reference", sampler != "fast")) if on]
-    if given:
-        raise UsageError(f"{', '.join(given)} set how the priors sample codes; {model} is a {arch} baseline generator, "
-                         "which decodes noise (PyTorch only)")
-    return True
-
-
-def _file_digest(path: Path) -> str:
-    import hashlib
-
-    return f"{path} sha256:{hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]}"
 
 
 def _finish(summary: dict, as_json: bool, out: Path, jsonl: bool = False) -> None:
@@ -104,250 +58,160 @@ def _finish(summary: dict, as_json: bool, out: Path, jsonl: bool = False) -> Non
         emit(summary, as_json, out)
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("mix")
-    def mix(
-        out: OutOpt,
-        n: Annotated[int, typer.Option("-n", "--count", min=1, help="Images to make.", show_default=False)],
-        model: ModelOpt = None,
-        data: SourceArg = None,
-        codes: CodesOpt = None,
-        labels: LabelsOpt = None,
-        class_name: Annotated[Optional[str], typer.Option("--class", help="Mix only images of this class.")] = None,
-        any_label: Annotated[bool, typer.Option("--any-label", help="Allow the two sources to have different labels (the top's label is kept).")] = False,
-        device: DeviceOpt = "auto", backend: BackendOpt = None, seed: SeedOpt = 0, batch_size: BatchOpt = 64,
-        image_format: FormatOpt = "png", quality: QualityOpt = 95,
-        overwrite: OverwriteOpt = False, resume: ResumeOpt = False, strict: StrictOpt = False,
-        image_col: ImageColOpt = None, label_col: LabelColOpt = None, group_col: GroupColOpt = None,
-        json_: JsonOpt = False, jsonl: JsonlOpt = False, quiet: QuietOpt = False,
-    ):
-        """Top codes of one image with the bottom codes of another of the same label.
-
-        Example: skinaug mix images/ --labels labels.csv --model models/derm64 --out mixed/ -n 500
-        """
-        set_quiet(quiet)
-        _check_outputs(json_, jsonl, out, overwrite)
-        import numpy as np
-
-        from ..generate import open_generator, class_index, job_plan, name_jobs, plan_mix, run_jobs
-
-        generator = open_generator(model, device, backend=backend)
-        generator.require(["mix"])
-        source, read = _sources(model, codes, data, labels, device, backend, strict, columns(image_col, label_col, group_col))
-        label = class_index(generator.class_names, class_name) if class_name else None
-        jobs = plan_mix(source, n, np.random.default_rng(seed), any_label=any_label, label=label)
-        name_jobs(jobs, generator.class_names)
-        plan = job_plan(jobs, command="mix", source=str(codes or data), seed=seed, batch_size=batch_size, format=image_format)
-        summary = run_jobs(generator, jobs, source, out, seed=seed, batch_size=batch_size, command="mix", plan=plan,
-                           overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
-                           extra={"any_label": any_label, "input": read}, inputs=[labels], jsonl=jsonl)
-        _finish(summary, json_, out, jsonl)
-
-    @app.command("resample")
-    def resample(
-        out: OutOpt,
-        model: ModelOpt = None,
-        data: SourceArg = None,
-        codes: CodesOpt = None,
-        labels: LabelsOpt = None,
-        per_image: Annotated[int, typer.Option("--per-image", min=1, help="Variants per source image.")] = 1,
-        temperature: TemperatureOpt = 1.0,
-        top_k: TopKOpt = None,
-        method: Annotated[str, typer.Option("--method", help="resample, or a baseline: rand-bottom | rand-top (uniformly random codes in one level).")] = "resample",
-        mask_dir: MaskDirOpt = None,
-        refine: RefineOpt = 0,
-        refine_candidates: RefineCandidatesOpt = None,
-        class_name: Annotated[Optional[str], typer.Option("--class", help="Only images of this class.")] = None,
-        device: DeviceOpt = "auto", backend: BackendOpt = None, seed: SeedOpt = 0, batch_size: BatchOpt = 64, bf16: BF16Opt = False,
-        sampler: SamplerOpt = "fast", compile_: CompileOpt = False,
-        image_format: FormatOpt = "png", quality: QualityOpt = 95,
-        overwrite: OverwriteOpt = False, resume: ResumeOpt = False, strict: StrictOpt = False,
-        image_col: ImageColOpt = None, label_col: LabelColOpt = None, group_col: GroupColOpt = None,
-        json_: JsonOpt = False, jsonl: JsonlOpt = False, quiet: QuietOpt = False,
-    ):
-        """Keep each image's top codes and draw its bottom codes again from the bottom prior.
-
-        Example: skinaug resample images/ --labels labels.csv --model models/derm64 --out resampled/ --per-image 2 --temperature 0.9
-        """
-        set_quiet(quiet)
-        _check_outputs(json_, jsonl, out, overwrite)
-        import numpy as np
-
-        from ..generate import open_generator, class_index, job_plan, name_jobs, plan_per_source, run_jobs
-
-        if method not in ("resample", "rand-bottom", "rand-top"):
-            raise UsageError(f"--method must be resample, rand-bottom or rand-top, not {method}")
-        if mask_dir is not None and method != "resample":
-            raise UsageError("--mask-dir goes with --method resample")
-        if mask_dir is not None and not mask_dir.is_dir():
-            raise UsageError(f"--mask-dir {mask_dir} is not a folder")
-        if refine_candidates is not None and not refine:
-            raise UsageError("--refine-candidates goes with --refine N")
-        generator = open_generator(model, device, backend=backend, temperature=temperature, top_k=top_k, mask_dir=mask_dir,
-                                   dtype=_dtype(bf16), sampler=sampler, compile_step=compile_, refine=refine,
-                                   refine_candidates=refine_candidates)
-        generator.require([method])
-        source, read = _sources(model, codes, data, labels, device, backend, strict, columns(image_col, label_col, group_col))
-        indices = np.arange(len(source))
-        if class_name:
-            indices = indices[source.labels == class_index(generator.class_names, class_name)]
-        jobs = plan_per_source(method, indices, per_image, source)
-        name_jobs(jobs, generator.class_names)
-        # in the plan only when on: the plans (and --resume) of runs without refinement stay as they were
-        refine_candidates = generator.refine_candidates if refine else None
-        refined = {"refine": refine, "refine_candidates": refine_candidates} if refine else {}
-        plan = job_plan(jobs, command=method, source=str(codes or data), seed=seed, batch_size=batch_size,
-                        temperature=temperature, top_k=top_k, mask_dir=str(mask_dir) if mask_dir else None, format=image_format,
-                        bf16=bf16, sampler=sampler, **refined)
-        summary = run_jobs(generator, jobs, source, out, seed=seed, batch_size=batch_size, command=method, plan=plan,
-                           overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
-                           extra={"mask_dir": str(mask_dir) if mask_dir else None, "refine": refine,
-                                  "refine_candidates": refine_candidates, "input": read},
-                           inputs=[labels], jsonl=jsonl)
-        _finish(summary, json_, out, jsonl)
-
-    @app.command("synthesize")
-    def synthesize(
-        out: OutOpt,
-        model: ModelOpt = None,
-        class_name: Annotated[Optional[str], typer.Option("--class", help="Class to synthesize (with -n).")] = None,
-        n: Annotated[Optional[int], typer.Option("-n", "--count", min=1, help="Images of --class to make.")] = None,
-        per_class: Annotated[Optional[int], typer.Option("--per-class", min=1, help="Images to make for every class.")] = None,
-        temperature: TemperatureOpt = 1.0,
-        top_k: TopKOpt = None,
-        device: DeviceOpt = "auto", backend: BackendOpt = None, seed: SeedOpt = 0, batch_size: BatchOpt = 64, bf16: BF16Opt = False,
-        sampler: SamplerOpt = "fast", compile_: CompileOpt = False,
-        image_format: FormatOpt = "png", quality: QualityOpt = 95,
-        overwrite: OverwriteOpt = False, resume: ResumeOpt = False,
-        json_: JsonOpt = False, jsonl: JsonlOpt = False, quiet: QuietOpt = False,
-    ):
-        """Sample top codes for a class, then bottom codes given them, and decode: new images.
-
-        With a baseline generator as --model (`skinaug train baseline`): its images from noise, --temperature scaling the noise's standard deviation; the OUT_DIR has no codes.h5.
-
-        Example: skinaug synthesize --model models/derm64 --out synth/ --class melanoma -n 2000
-        """
-        set_quiet(quiet)
-        _check_outputs(json_, jsonl, out, overwrite)
-        from ..errors import UsageError
-        from ..generate import open_generator, Job, class_index, job_plan, name_jobs, run_jobs
-
-        if (class_name is None) == (per_class is None) or (class_name is not None and n is None):
-            raise UsageError("give --class NAME with -n N, or --per-class N")
-        if _is_baseline(model, backend=backend, top_k=top_k, bf16=bf16, compile_=compile_, sampler=sampler):
-            from ..baselines import synthesize as baseline
-
-            return _finish(baseline.synthesize(model, out, class_name=class_name, n=n, per_class=per_class,
-                                               temperature=temperature, device=device, seed=seed, batch_size=batch_size,
-                                               image_format=image_format, quality=quality, overwrite=overwrite,
-                                               resume=resume, jsonl=jsonl), json_, out, jsonl)
-        generator = open_generator(model, device, backend=backend, temperature=temperature, top_k=top_k, dtype=_dtype(bf16), sampler=sampler,
-                                   compile_step=compile_)
-        generator.require(["synthesize"])
-        if class_name is not None:
-            jobs = [Job("synthesize", class_index(generator.class_names, class_name)) for _ in range(n)]
-        else:
-            if not generator.class_names:
-                raise UsageError("this model has no classes: use --class with a class name of a labelled model")
-            jobs = [Job("synthesize", label) for label in range(len(generator.class_names)) for _ in range(per_class)]
-        name_jobs(jobs, generator.class_names)
-        plan = job_plan(jobs, command="synthesize", seed=seed, batch_size=batch_size, temperature=temperature, top_k=top_k,
-                        format=image_format, bf16=bf16, sampler=sampler)
-        summary = run_jobs(generator, jobs, None, out, seed=seed, batch_size=batch_size, command="synthesize", plan=plan,
-                           overwrite=overwrite, resume=resume, image_format=image_format, quality=quality, jsonl=jsonl)
-        _finish(summary, json_, out, jsonl)
-
-    @app.command("augment")
-    def augment(
-        data: Annotated[Path, typer.Argument(help="Labelled image folder to expand.", show_default=False)],
-        out: OutOpt,
-        model: ModelOpt = None,
-        labels: LabelsOpt = None,
-        factor: Annotated[Optional[float], typer.Option("--factor", callback=finite_number("--factor", positive=True),
-                                                        help="Make the output F times the size of the input (per class).")] = None,
-        balance: Annotated[bool, typer.Option("--balance", help="Bring every class up to the largest one.")] = False,
-        methods: Annotated[str, typer.Option("--methods", help="Methods with optional weights, e.g. mix:1,resample:2,synthesize:1; classic: albumentations copies of the inputs (the baseline).")] = "mix,resample,synthesize",
-        classic_config: Annotated[Optional[Path], typer.Option("--classic-config", help="Your own albumentations pipeline for classic (a file A.save wrote, yaml or json).")] = None,
-        no_originals: Annotated[bool, typer.Option("--no-originals", help="Leave the input images out of the output.")] = False,
-        copy_originals: Annotated[bool, typer.Option("--copy-originals", help="Copy the input images instead of hard-linking them.")] = False,
-        dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (images per class and method) and stop.")] = False,
-        temperature: TemperatureOpt = 1.0,
-        top_k: TopKOpt = None,
-        device: DeviceOpt = "auto", backend: BackendOpt = None, seed: SeedOpt = 0, batch_size: BatchOpt = 64, bf16: BF16Opt = False, compile_: CompileOpt = False,
-        image_format: FormatOpt = "png", quality: QualityOpt = 95,
-        overwrite: OverwriteOpt = False, resume: ResumeOpt = False, strict: StrictOpt = False,
-        image_col: ImageColOpt = None, label_col: LabelColOpt = None, group_col: GroupColOpt = None,
-        json_: JsonOpt = False, jsonl: JsonlOpt = False, quiet: QuietOpt = False,
-    ):
-        """Expand a labelled folder into a training-ready one: originals plus generated images.
-
-        With a baseline generator as --model (`skinaug train baseline`): --methods synthesize (classic may be added); the OUT_DIR has no codes.h5.
-
-        Example: skinaug augment images/ --labels labels.csv --model models/derm64 --out train_aug/ --balance
-        """
-        set_quiet(quiet)
-        _check_outputs(json_, jsonl, out, overwrite)
-        from ..generate import open_generator, job_plan, name_jobs, original_rows, parse_methods, plan_augment, run_jobs
-
-        weights = parse_methods(methods)
-        transforms = None
-        if classic_config is not None:
-            from ..classic import load_transforms
-            from ..errors import UsageError
-
-            if weights.get("classic", 0) <= 0:
-                raise UsageError("--classic-config sets the classic pipeline: add classic to --methods")
-            transforms = load_transforms(classic_config)
-        if _is_baseline(model, backend=backend, top_k=top_k, bf16=bf16, compile_=compile_):
-            from ..baselines import synthesize as baseline
-
-            summary = baseline.augment(
-                model, data, out, weights=weights, labels=labels, factor=factor, balance=balance,
-                originals=not no_originals, link_originals=not copy_originals, dry_run=dry_run, temperature=temperature,
-                device=device, seed=seed, batch_size=batch_size, image_format=image_format, quality=quality,
-                overwrite=overwrite, resume=resume, strict=strict, columns=columns(image_col, label_col, group_col),
-                jsonl=jsonl, classic_transforms=transforms,
-                classic_config=_file_digest(classic_config) if classic_config is not None else None)
-            if dry_run:
-                _print_plan(summary["plan"], weights)
-                return emit(summary, json_)
-            return _finish(summary, json_, out, jsonl)
-        generator = open_generator(model, device, backend=backend, temperature=temperature, top_k=top_k, dtype=_dtype(bf16),
-                                   compile_step=compile_)
-        generator.require([m for m, w in weights.items() if w > 0])
-        if transforms is not None:  # a pipeline that cannot give the model's images fails before anything is written
-            import numpy as np
-
-            from ..classic import augment_images
-
-            side = generator.spec.image_size
-            augment_images(np.full((1, side, side, 3), 128, np.uint8), 0, transforms)
-        source, read = _sources(model, None, data, labels, device, backend, strict, columns(image_col, label_col, group_col))
-        jobs, table = plan_augment(source, generator.class_names, factor=factor, balance=balance, weights=weights,
-                                   originals=not no_originals, seed=seed)
-        if dry_run:
-            _print_plan(table, weights)
-            emit({"plan": table, "input": read}, json_)
-            return
-        originals = None if no_originals else original_rows(source, generator.class_names, generator.spec.fingerprint)
-        name_jobs(jobs, generator.class_names, prefix="gen_", taken=[row["image"] for row in originals or []])
-        plan = job_plan(jobs, command="augment", data=str(data), seed=seed, batch_size=batch_size, temperature=temperature,
-                        top_k=top_k, originals=not no_originals, format=image_format, bf16=bf16,
-                        # the pipeline's content, so that --resume after an edit of the file is refused
-                        **({"classic_config": _file_digest(classic_config)} if classic_config is not None else {}))
-        summary = run_jobs(generator, jobs, source, out, seed=seed, batch_size=batch_size, command="augment", plan=plan,
-                           overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
-                           originals=originals, link_originals=not copy_originals, extra={"plan": table, "input": read},
-                           inputs=[labels, classic_config], jsonl=jsonl, classic_transforms=transforms)
-        _finish(summary, json_, out, jsonl)
+app = typer.Typer()
 
 
-def _print_plan(table: dict, weights: dict) -> None:
+@app.command("mix")
+def mix(
+    out: OutOpt,
+    n: Annotated[int, typer.Option("-n", "--count", min=1, help="Images to make.", show_default=False)],
+    model: ModelOpt = None,
+    data: SourceArg = None,
+    codes: CodesOpt = None,
+    labels: LabelsOpt = None,
+    class_name: Annotated[Optional[str], typer.Option("--class", help="Mix only images of this class.")] = None,
+    any_label: Annotated[bool, typer.Option("--any-label", help="Allow the two sources to have different labels (the top's label is kept).")] = False,
+    device: DeviceOpt = "auto", backend: BackendOpt = None, seed: SeedOpt = 0, batch_size: BatchOpt = 64,
+    image_format: FormatOpt = "png", quality: QualityOpt = 95,
+    overwrite: OverwriteOpt = False, resume: ResumeOpt = False, strict: StrictOpt = False,
+    image_col: ImageColOpt = None, label_col: LabelColOpt = None, group_col: GroupColOpt = None,
+    json_: JsonOpt = False, jsonl: JsonlOpt = False, quiet: QuietOpt = False,
+):
+    """Top codes of one image with the bottom codes of another of the same label.
+
+    Example: skinaug mix images/ --labels labels.csv --model models/derm64 --out mixed/ -n 500
+    """
+    _check_outputs(json_, jsonl)
+    from .. import generate
+
+    summary = generate.mix(out, n, model=model, data=data, codes=codes, labels=labels, class_name=class_name,
+                           any_label=any_label, device=device, backend=backend, seed=seed, batch_size=batch_size,
+                           image_format=image_format, quality=quality, overwrite=overwrite, resume=resume, strict=strict,
+                           jsonl=jsonl, **columns(image_col, label_col, group_col))
+    _finish(summary, json_, out, jsonl)
+
+
+@app.command("resample")
+def resample(
+    out: OutOpt,
+    model: ModelOpt = None,
+    data: SourceArg = None,
+    codes: CodesOpt = None,
+    labels: LabelsOpt = None,
+    per_image: Annotated[int, typer.Option("--per-image", min=1, help="Variants per source image.")] = 1,
+    temperature: TemperatureOpt = 1.0,
+    top_k: TopKOpt = None,
+    method: Annotated[str, typer.Option("--method", help="resample, or a baseline: rand-bottom | rand-top (uniformly random codes in one level).")] = "resample",
+    mask_dir: MaskDirOpt = None,
+    refine: RefineOpt = 0,
+    refine_candidates: RefineCandidatesOpt = None,
+    class_name: Annotated[Optional[str], typer.Option("--class", help="Only images of this class.")] = None,
+    device: DeviceOpt = "auto", backend: BackendOpt = None, seed: SeedOpt = 0, batch_size: BatchOpt = 64, bf16: BF16Opt = False,
+    sampler: SamplerOpt = "fast", compile_step: CompileOpt = False,
+    image_format: FormatOpt = "png", quality: QualityOpt = 95,
+    overwrite: OverwriteOpt = False, resume: ResumeOpt = False, strict: StrictOpt = False,
+    image_col: ImageColOpt = None, label_col: LabelColOpt = None, group_col: GroupColOpt = None,
+    json_: JsonOpt = False, jsonl: JsonlOpt = False, quiet: QuietOpt = False,
+):
+    """Keep each image's top codes and draw its bottom codes again from the bottom prior.
+
+    Example: skinaug resample images/ --labels labels.csv --model models/derm64 --out resampled/ --per-image 2 --temperature 0.9
+    """
+    _check_outputs(json_, jsonl)
+    from .. import generate
+
+    summary = generate.resample(out, model=model, data=data, codes=codes, labels=labels, per_image=per_image,
+                                temperature=temperature, top_k=top_k, method=method, mask_dir=mask_dir, refine=refine,
+                                refine_candidates=refine_candidates, class_name=class_name, device=device,
+                                backend=backend, seed=seed, batch_size=batch_size, bf16=bf16, sampler=sampler,
+                                compile_step=compile_step, image_format=image_format, quality=quality,
+                                overwrite=overwrite, resume=resume, strict=strict, jsonl=jsonl,
+                                **columns(image_col, label_col, group_col))
+    _finish(summary, json_, out, jsonl)
+
+
+@app.command("synthesize")
+def synthesize(
+    out: OutOpt,
+    model: ModelOpt = None,
+    class_name: Annotated[Optional[str], typer.Option("--class", help="Class to synthesize (with -n).")] = None,
+    n: Annotated[Optional[int], typer.Option("-n", "--count", min=1, help="Images of --class to make.")] = None,
+    per_class: Annotated[Optional[int], typer.Option("--per-class", min=1, help="Images to make for every class.")] = None,
+    temperature: TemperatureOpt = 1.0,
+    top_k: TopKOpt = None,
+    device: DeviceOpt = "auto", backend: BackendOpt = None, seed: SeedOpt = 0, batch_size: BatchOpt = 64, bf16: BF16Opt = False,
+    sampler: SamplerOpt = "fast", compile_step: CompileOpt = False,
+    image_format: FormatOpt = "png", quality: QualityOpt = 95,
+    overwrite: OverwriteOpt = False, resume: ResumeOpt = False,
+    json_: JsonOpt = False, jsonl: JsonlOpt = False, quiet: QuietOpt = False,
+):
+    """Sample top codes for a class, then bottom codes given them, and decode: new images.
+
+    With a baseline generator as --model (`skinaug train baseline`): its images from noise, --temperature scaling the noise's standard deviation; the OUT_DIR has no codes.h5.
+
+    Example: skinaug synthesize --model models/derm64 --out synth/ --class melanoma -n 2000
+    """
+    _check_outputs(json_, jsonl)
+    from .. import generate
+
+    summary = generate.synthesize(out, model=model, class_name=class_name, n=n, per_class=per_class,
+                                  temperature=temperature, top_k=top_k, device=device, backend=backend, seed=seed,
+                                  batch_size=batch_size, bf16=bf16, sampler=sampler, compile_step=compile_step,
+                                  image_format=image_format, quality=quality, overwrite=overwrite, resume=resume,
+                                  jsonl=jsonl)
+    _finish(summary, json_, out, jsonl)
+
+
+@app.command("augment")
+def augment(
+    data: Annotated[Path, typer.Argument(help="Labelled image folder to expand.", show_default=False)],
+    out: OutOpt,
+    model: ModelOpt = None,
+    labels: LabelsOpt = None,
+    factor: Annotated[Optional[float], typer.Option("--factor", callback=finite_number("--factor", positive=True),
+                                                    help="Make the output F times the size of the input (per class).")] = None,
+    balance: Annotated[bool, typer.Option("--balance", help="Bring every class up to the largest one.")] = False,
+    methods: Annotated[str, typer.Option("--methods", help="Methods with optional weights, e.g. mix:1,resample:2,synthesize:1; classic: albumentations copies of the inputs (the baseline).")] = "mix,resample,synthesize",
+    classic_config: Annotated[Optional[Path], typer.Option("--classic-config", help="Your own albumentations pipeline for classic (a file A.save wrote, yaml or json).")] = None,
+    no_originals: Annotated[bool, typer.Option("--no-originals", help="Leave the input images out of the output.")] = False,
+    copy_originals: Annotated[bool, typer.Option("--copy-originals", help="Copy the input images instead of hard-linking them.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (images per class and method) and stop.")] = False,
+    temperature: TemperatureOpt = 1.0,
+    top_k: TopKOpt = None,
+    device: DeviceOpt = "auto", backend: BackendOpt = None, seed: SeedOpt = 0, batch_size: BatchOpt = 64, bf16: BF16Opt = False, compile_step: CompileOpt = False,
+    image_format: FormatOpt = "png", quality: QualityOpt = 95,
+    overwrite: OverwriteOpt = False, resume: ResumeOpt = False, strict: StrictOpt = False,
+    image_col: ImageColOpt = None, label_col: LabelColOpt = None, group_col: GroupColOpt = None,
+    json_: JsonOpt = False, jsonl: JsonlOpt = False, quiet: QuietOpt = False,
+):
+    """Expand a labelled folder into a training-ready one: originals plus generated images.
+
+    With a baseline generator as --model (`skinaug train baseline`): --methods synthesize (classic may be added); the OUT_DIR has no codes.h5.
+
+    Example: skinaug augment images/ --labels labels.csv --model models/derm64 --out train_aug/ --balance
+    """
+    _check_outputs(json_, jsonl)
+    from .. import generate
+
+    summary = generate.augment(data, out, model=model, labels=labels, factor=factor, balance=balance, methods=methods,
+                               classic_config=classic_config, no_originals=no_originals, copy_originals=copy_originals,
+                               dry_run=dry_run, temperature=temperature, top_k=top_k, device=device, backend=backend,
+                               seed=seed, batch_size=batch_size, bf16=bf16, compile_step=compile_step,
+                               image_format=image_format, quality=quality, overwrite=overwrite, resume=resume,
+                               strict=strict, jsonl=jsonl, **columns(image_col, label_col, group_col))
+    if dry_run:
+        _print_plan(summary["plan"])
+        emit(summary, json_)
+        return
+    _finish(summary, json_, out, jsonl)
+
+
+def _print_plan(table: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
     view = Table(title="augment plan (images per class)")
-    columns_ = ["originals", *weights, "total"]
+    columns_ = list(next(iter(table.values())))  # originals, each method of --methods, total
     view.add_column("class")
     for column in columns_:
         view.add_column(column, justify="right")

@@ -40,19 +40,17 @@ LabelsOpt = Annotated[Optional[Path], typer.Option("--labels", help="CSV of labe
 
 def model_path(value: Path) -> Path:
     """A required model directory: a path, or the name of a shipped model when no such path exists."""
-    from ..modeldir import shipped_models
+    from ..modeldir import model_location
 
-    return value if value.exists() else shipped_models().get(str(value), value)
+    return model_location(value)
 
 
 def _resolve_model(value: Optional[Path]) -> Path:
     """--model > $SKINAUG_MODEL > the shipped default; a path that does not exist is left for the command to
     report (after the usage checks), unless it names a shipped model."""
-    from ..modeldir import resolve_model
+    from ..modeldir import model_location
 
-    if value is not None:
-        return model_path(value)
-    return resolve_model(value)
+    return model_location(value)
 
 
 ModelOpt = Annotated[Optional[Path], typer.Option(
@@ -67,7 +65,18 @@ OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an exis
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in the same output.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
 JsonlOpt = Annotated[bool, typer.Option("--jsonl", help="Print one JSON object per finished image on stdout (path, label, method, sources, ...), flushed per batch, for pipes.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or log lines on stderr.")]
+
+
+def _quiet(value: bool) -> bool:
+    # the "skinaug" logger's level while the command runs: `skinaug.cli.main` restores it afterwards
+    if value:
+        import logging
+
+        logging.getLogger("skinaug").setLevel(logging.WARNING)
+    return value
+
+
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", callback=_quiet, help="No progress or log lines on stderr.")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Unreadable or unmatched inputs are fatal instead of skipped.")]
 ImageColOpt = Annotated[Optional[str], typer.Option("--image-col", help="CSV column with the image names.")]
 LabelColOpt = Annotated[Optional[str], typer.Option("--label-col", help="CSV column with the labels.")]

@@ -7,27 +7,27 @@ from typing import Annotated
 
 import typer
 
-from ..runtime import set_quiet
 from .options import JsonOpt, QuietOpt, SeedOpt, emit
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("preview")
-    def preview(
-        folders: Annotated[list[Path], typer.Argument(help="Folders written by skinaug (images/ + labels.csv).", show_default=False)],
-        out: Annotated[Path, typer.Option("--out", help="PNG to write.", show_default=False)],
-        per_row: Annotated[int, typer.Option("--per-row", min=1, help="Images per row.")] = 8,
-        size: Annotated[int, typer.Option("--size", min=8, help="Side of each thumbnail in pixels.")] = 64,
-        by: Annotated[str, typer.Option("--by", help="One row per: method, label, or method,label.")] = "method",
-        seed: SeedOpt = 0,
-        json_: JsonOpt = False,
-        quiet: QuietOpt = False,
-    ):
-        """Write a contact sheet (PNG grid) of generated images, one captioned row per method or class.
+app = typer.Typer()
 
-        Example: skinaug preview aug/ synth/ --out sheet.png --by method,label
-        """
-        set_quiet(quiet)
-        from ..preview import contact_sheet
 
-        emit(contact_sheet(folders, out, per_row=per_row, size=size, by=by, seed=seed), json_, out)
+@app.command("preview")
+def preview(
+    folders: Annotated[list[Path], typer.Argument(help="Folders written by skinaug (images/ + labels.csv).", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="PNG to write.", show_default=False)],
+    per_row: Annotated[int, typer.Option("--per-row", min=1, help="Images per row.")] = 8,
+    size: Annotated[int, typer.Option("--size", min=8, help="Side of each thumbnail in pixels.")] = 64,
+    by: Annotated[str, typer.Option("--by", help="One row per: method, label, or method,label.")] = "method",
+    seed: SeedOpt = 0,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+):
+    """Write a contact sheet (PNG grid) of generated images, one captioned row per method or class.
+
+    Example: skinaug preview aug/ synth/ --out sheet.png --by method,label
+    """
+    from ..preview import contact_sheet
+
+    emit(contact_sheet(folders, out, per_row=per_row, size=size, by=by, seed=seed), json_, out)

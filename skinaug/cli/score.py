@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..runtime import set_quiet
 from .generate import TemperatureOpt, TopKOpt
 from .options import (BatchOpt, DataArg, DeviceOpt, GroupColOpt, ImageColOpt, JsonOpt, LabelColOpt, LabelsOpt,
                       OverwriteOpt, QuietOpt, ResumeOpt, SeedOpt, StrictOpt, WorkersOpt, columns, emit, finite_number)
@@ -68,7 +67,6 @@ def cas(
 
     Example: skinaug score cas --real images/ --labels labels.csv --train real,recon/,mixed/ --positive melanoma --negative nevus --out cas/
     """
-    set_quiet(quiet)
     from ..scores.cas import CasOptions, print_cas_table, run_cas
 
     options = CasOptions(positive=positive, negative=negative, mode=mode, test_fraction=test_fraction, real_fraction=real_fraction,
@@ -125,7 +123,6 @@ def benefit(
 
     Example: skinaug score benefit images/ --labels labels.csv --out benefit/ --fractions 0.1,1.0 --seeds 3
     """
-    set_quiet(quiet)
     from ..errors import UsageError
     from ..scores.benefit import BenefitOptions, GeneratorRecipe, print_benefit_table, run_benefit
 
@@ -183,7 +180,6 @@ def codes(
 
     Example: skinaug score codes codes.h5 --model models/derm64 --data images/ --labels labels.csv
     """
-    set_quiet(quiet)
     from ..scores.code_usage import score_codes
     from .codes import print_code_table
 
@@ -224,7 +220,6 @@ def sweep(
 
     Example: skinaug score sweep images/ --labels labels.csv --codebook-size 128,256,512 --code-dim 8,32,64 --out sweep/
     """
-    set_quiet(quiet)
     from ..scores.sweep import print_sweep_table, run_sweep
     from ..train_vqvae import TrainOptions
     from ..vqvae import VQVAEConfig
@@ -245,7 +240,7 @@ def fid(
     real: RealArg,
     features: Annotated[str, typer.Option("--features", help="inception (the standard FID, needs --inception-weights) or classifier (a classifier trained on the real labels).")] = "inception",
     inception_weights: Annotated[Optional[Path], typer.Option("--inception-weights", help="Local pt_inception-2015-12-05-6726825d.pth (default: the torch hub cache). Nothing is downloaded.")] = None,
-    labels: Annotated[Optional[Path], typer.Option("--labels", help="Labels of REAL_DIR for --features classifier (else its class sub-folders or its labels.csv).")] = None,
+    real_labels: Annotated[Optional[Path], typer.Option("--labels", help="Labels of REAL_DIR for --features classifier (else its class sub-folders or its labels.csv).")] = None,
     image_size: Annotated[Optional[int], typer.Option("--image-size", min=16, help="Both sets are decoded at this side first (default: the generated images').")] = None,
     k: Annotated[int, typer.Option("--k", min=1, help="Neighbours for the precision/recall manifolds.")] = 3,
     arch: ArchOpt = "efficientnet-b0",
@@ -266,10 +261,9 @@ def fid(
 
     Example: skinaug score fid mixed/ images/ --inception-weights pt_inception-2015-12-05-6726825d.pth
     """
-    set_quiet(quiet)
     from ..scores.fid import compute_fid
 
-    result = compute_fid(generated, real, features=features, inception_weights=inception_weights, real_labels=labels,
+    result = compute_fid(generated, real, features=features, inception_weights=inception_weights, real_labels=real_labels,
                          image_size=image_size, k=k, device=device, batch_size=batch_size, budget=_budget(arch, 64, batch_size, lr),
                          epochs=epochs, seed=seed, strict=strict, workers=workers, columns=columns(image_col, label_col, group_col))
     if not quiet:
@@ -303,7 +297,7 @@ def memorization(
     feature_threshold: Annotated[Optional[float], typer.Option("--feature-threshold", min=0.0, help="Also flag those whose feature (cosine) distance is at most this.")] = None,
     size: Annotated[int, typer.Option("--size", min=8, help="Side at which pixels are compared.")] = 32,
     embedding: Annotated[str, typer.Option("--embedding", help="fixed (thumbnail, flip/rotation-invariant) or classifier (trained on the real labels).")] = "fixed",
-    labels: Annotated[Optional[Path], typer.Option("--labels", help="Labels of REAL_DIR for --embedding classifier.")] = None,
+    real_labels: Annotated[Optional[Path], typer.Option("--labels", help="Labels of REAL_DIR for --embedding classifier.")] = None,
     pairs: Annotated[int, typer.Option("--pairs", min=1, help="Closest pairs drawn in closest_pairs.png.")] = 16,
     arch: ArchOpt = "efficientnet-b0",
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Embedding classifier budget in passes over the real images.")] = 3,
@@ -323,11 +317,10 @@ def memorization(
 
     Example: skinaug score memorization synth/ images/ --out memo/ --threshold 0.02
     """
-    set_quiet(quiet)
     from ..scores.memorization import check_memorization
 
     summary = check_memorization(generated, real, out=out, threshold=threshold, feature_threshold=feature_threshold, size=size,
-                                 embedding=embedding, real_labels=labels, pairs=pairs, device=device,
+                                 embedding=embedding, real_labels=real_labels, pairs=pairs, device=device,
                                  budget=_budget(arch, size, batch_size, 1e-3), epochs=epochs, seed=seed, strict=strict,
                                  workers=workers, columns=columns(image_col, label_col, group_col), overwrite=overwrite)
     if not quiet:

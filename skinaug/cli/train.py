@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import UsageError
-from ..runtime import set_quiet
 from .options import (BatchOpt, DataArg, DeviceOpt, GroupColOpt, ImageColOpt, JsonOpt, LabelColOpt, LabelsOpt,
                       OverwriteOpt, QuietOpt, ResumeOpt, SeedOpt, StrictOpt, WorkersOpt, columns, emit, finite_number,
                       model_path)
@@ -36,7 +35,7 @@ def vqvae(
     code_dim: Annotated[Optional[int], typer.Option("--code-dim", min=1, help="Dimension of each code, D (default 8).")] = None,
     channels: Annotated[Optional[int], typer.Option("--channels", min=8, help="Width of the encoder and decoder (default 128).")] = None,
     res_channels: Annotated[Optional[int], typer.Option("--res-channels", min=4, help="Width inside residual blocks (default 32).")] = None,
-    res_blocks: Annotated[Optional[int], typer.Option("--res-blocks", min=0, help="Residual blocks per encoder/decoder (default 2).")] = None,
+    n_res_blocks: Annotated[Optional[int], typer.Option("--res-blocks", min=0, help="Residual blocks per encoder/decoder (default 2).")] = None,
     epochs: Annotated[int, typer.Option("--epochs", min=0, help="Passes over the data; 0 (with --init) keeps the source's VQ-VAE unchanged.")] = 30,
     batch_size: BatchOpt = 64,
     lr: Annotated[float, typer.Option("--lr", min=0.0, callback=finite_number("--lr"), help="Peak learning rate (AdamW, warm-up then cosine).")] = 3e-4,
@@ -77,14 +76,12 @@ def vqvae(
 
     Sharper texture, same codes and priors: skinaug train vqvae images/ --labels labels.csv --init ham10000-64 --decoder-only --loss mse+gan --epochs 4 --out models/sharp
     """
-    set_quiet(quiet)
     from ..train_vqvae import TrainOptions, train_vqvae
-    from ..vqvae import VQVAEConfig
 
     given = {"image_size": image_size, "levels": levels, "codebook_size": codebook_size, "code_dim": code_dim,
-             "channels": channels, "res_channels": res_channels, "n_res_blocks": res_blocks, "restart_after": restart_after}
-    given = {key: value for key, value in given.items() if value is not None}
-    config = given if init is not None else VQVAEConfig(**given)  # with --init: only what was asked for, checked there
+             "channels": channels, "res_channels": res_channels, "n_res_blocks": n_res_blocks, "restart_after": restart_after}
+    # only what was asked for: the rest defaults, or with --init comes from the source (and is checked against it)
+    config = {key: value for key, value in given.items() if value is not None}
     options = TrainOptions(epochs=epochs, batch_size=batch_size, lr=lr, val_fraction=val_fraction, seed=seed, device=device,
                            augment=not no_augment, strict=strict, workers=workers, loss=loss, ssim_weight=ssim_weight,
                            gan_weight=gan_weight, gan_start=gan_start, decoder_only=decoder_only,
@@ -113,8 +110,8 @@ def prior(
                                                      "with --init 3e-5, which keeps what the source learned.")] = None,
     val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.0, max=0.9)] = 0.1,
     channels: Annotated[Optional[int], typer.Option("--channels", min=8, help="Width (default: sized from the grid).")] = None,
-    blocks: Annotated[Optional[int], typer.Option("--blocks", min=1, help="Blocks (default: sized from the grid).")] = None,
-    res_blocks: Annotated[Optional[int], typer.Option("--res-blocks", min=1, help="Gated residual blocks per block.")] = None,
+    n_blocks: Annotated[Optional[int], typer.Option("--blocks", min=1, help="Blocks (default: sized from the grid).")] = None,
+    n_res_blocks: Annotated[Optional[int], typer.Option("--res-blocks", min=1, help="Gated residual blocks per block.")] = None,
     kernel_size: Annotated[Optional[int], typer.Option("--kernel-size", min=2, help="Causal convolution kernel.")] = None,
     dropout: Annotated[Optional[float], typer.Option("--dropout", min=0.0, max=0.9, help="Dropout while training (default 0.1; with --init the source's, but it may change).")] = None,
     attention: Annotated[Optional[str], typer.Option("--attention", help="fixed (attention sees every earlier code, as in PixelSNAIL; default) or legacy (the priors of skinaug 0.1); with --init the source's.")] = None,
@@ -139,15 +136,13 @@ def prior(
 
     Fine-tune: skinaug train prior --model models/mine --codes mine.h5 --init ham10000-64 --epochs 20
     """
-    set_quiet(quiet)
     from ..train_prior import PriorOptions, train_priors
 
-    from ..errors import UsageError
     from ..priors.config import ATTENTION_KINDS
 
     if attention is not None and attention not in ATTENTION_KINDS:
         raise UsageError(f"--attention must be fixed or legacy, not {attention}")
-    overrides = {"channels": channels, "n_blocks": blocks, "n_res_blocks": res_blocks, "kernel_size": kernel_size, "dropout": dropout,
+    overrides = {"channels": channels, "n_blocks": n_blocks, "n_res_blocks": n_res_blocks, "kernel_size": kernel_size, "dropout": dropout,
                  "attention_sees_own_code": None if attention is None else ATTENTION_KINDS[attention]}
     options = PriorOptions(arch=arch, classes=None if classes == "all" else [c.strip() for c in classes.split(",") if c.strip()],
                            unconditional=unconditional, epochs=epochs, batch_size=batch_size, lr=lr, val_fraction=val_fraction,
@@ -208,7 +203,6 @@ def baseline(
 
     Example: skinaug train baseline images/ --labels labels.csv --arch dcgan --image-size 64 --epochs 50 --out models/dcgan64
     """
-    set_quiet(quiet)
     from ..baselines.train import BaselineOptions, train_baseline
 
     shape = {"image_size": image_size, "widths": widths, "latent_dim": latent_dim, "hidden": hidden,

@@ -378,7 +378,7 @@ def export_onnx(model, *, out=None, overwrite: bool = False, opset: int = OPSET,
     onnx/; MODEL_DIR is only read. Either way the files are written into a temporary folder and renamed into place,
     and nothing changes when onnxruntime disagrees with PyTorch (see `check_parity`)."""
     if opset < 17:
-        raise SkinaugError(f"--opset must be 17 or newer, not {opset}")
+        raise SkinaugError(f"{{opset}} must be 17 or newer, not {opset}")
     for package in ("onnx", "onnxruntime"):  # the export writes with one and checks parity with the other
         if importlib.util.find_spec(package) is None:
             raise SkinaugError(f"export onnx needs {package}: pip install 'skinaug[onnx]' (or 'skinaug[onnx-gpu]')")
@@ -388,7 +388,7 @@ def export_onnx(model, *, out=None, overwrite: bool = False, opset: int = OPSET,
         return _export_standalone(model_dir, config, Path(out), overwrite, opset, batch, seed)
     final = model_dir.path / ONNX_DIR
     if final.exists() and not overwrite:
-        raise SkinaugError(f"{final} already exists: pass --overwrite to replace it")
+        raise SkinaugError(f"{final} already exists: pass {{overwrite=True}} to replace it")
     _require_writable(model_dir.path)
     # the model directory's own lock: no `train vqvae|prior` or other export writes it meanwhile
     lock = OutputLock(real_path(model_dir.path), model_dir.path)

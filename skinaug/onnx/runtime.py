@@ -30,7 +30,7 @@ def import_onnxruntime():
     try:
         import onnxruntime
     except ImportError:
-        raise SkinaugError("--backend onnx needs onnxruntime: pip install 'skinaug[onnx]' (or 'skinaug[onnx-gpu]')") from None
+        raise SkinaugError("{backend='onnx'} needs onnxruntime: pip install 'skinaug[onnx]' (or 'skinaug[onnx-gpu]')") from None
     return onnxruntime
 
 
@@ -140,7 +140,7 @@ class OnnxModel:
                 if wanted == CUDA and used != CUDA:
                     warn(f"onnxruntime could not use {CUDA} and fell back to {used}")
                 elif self.device.startswith("cuda") and CUDA not in self.ort.get_available_providers():
-                    warn(f"--device {self.device}: this onnxruntime has no {CUDA} (install skinaug[onnx-gpu]); using {used}")
+                    warn(f"{{device}} {self.device}: this onnxruntime has no {CUDA} (install skinaug[onnx-gpu]); using {used}")
                 log(f"backend onnx: onnxruntime {self.ort.__version__} on {used}")
             self.provider = used
             self._sessions[file] = session

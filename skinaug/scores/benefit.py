@@ -80,24 +80,24 @@ class BenefitOptions:
 
     def validate(self) -> None:
         if not self.fractions or any(not 0 < f <= 1 for f in self.fractions):
-            raise UsageError(f"--fractions takes shares in (0, 1], e.g. 0.1,1.0; got {self.fractions}")
+            raise UsageError(f"{{fractions}} takes shares in (0, 1], e.g. 0.1,1.0; got {self.fractions}")
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
-            raise UsageError(f"--methods takes {', '.join(METHODS)}; got {','.join(self.methods) or 'nothing'}")
+            raise UsageError(f"{{methods}} takes {', '.join(METHODS)}; got {','.join(self.methods) or 'nothing'}")
         if not (self.ratio > 0 and np.isfinite(self.ratio)):
-            raise UsageError(f"--ratio must be a positive number, got {self.ratio}")
+            raise UsageError(f"{{ratio}} must be a positive number, got {self.ratio}")
         if self.seeds < 1:
-            raise UsageError("--seeds must be at least 1")
+            raise UsageError("{seeds} must be at least 1")
         if not 0 < self.test_fraction < 1:
-            raise UsageError(f"--test-fraction must be between 0 and 1, got {self.test_fraction}")
+            raise UsageError(f"{{test_fraction}} must be between 0 and 1, got {self.test_fraction}")
         if (self.positive is None) != (self.negative is None) or (self.positive is not None and self.positive == self.negative):
-            raise UsageError("give --positive and --negative together, naming two different classes")
+            raise UsageError("give {positive} and {negative} together, naming two different classes")
         if self.filter is not None and not 0 < self.filter < 1:
-            raise UsageError(f"--filter is a probability in (0, 1), got {self.filter}")
+            raise UsageError(f"{{filter}} is a probability in (0, 1), got {self.filter}")
         if not self.oversample >= 1:
-            raise UsageError(f"--oversample must be at least 1, got {self.oversample}")
+            raise UsageError(f"{{oversample}} must be at least 1, got {self.oversample}")
         if self.bootstrap < 0:
-            raise UsageError("--bootstrap must be 0 or more")
+            raise UsageError("{bootstrap} must be 0 or more")
 
     def plan(self) -> dict:
         """What a resumed run must agree on: everything that changes a result."""
@@ -141,12 +141,12 @@ def check_model(model, test: list[Sample]) -> None:
     record = read_record(model)
     if record is None or not record.complete:
         raise SkinaugError(f"{model} does not record which images trained it (trained_on.json missing or incomplete): "
-                           "score benefit cannot show it leak-free; leave --model out to train a generator on the train side")
+                           "score benefit cannot show it leak-free; leave {model} out to train a generator on the train side")
     names, lesions = record.seen([s.name for s in test], [s.group for s in test])
     if names or lesions:
         example = names[0] if names else f"lesion {lesions[0]}"
         raise SkinaugError(f"{model} was trained on {len(names)} test images and {len(lesions)} test lesions of this split "
-                           f"(e.g. {example}): leave --model out to train a generator on the train side only")
+                           f"(e.g. {example}): leave {{model}} out to train a generator on the train side only")
 
 
 def train_generator(data, train_csv: Path, out: Path, recipe: GeneratorRecipe, options: BenefitOptions) -> Path:
@@ -284,7 +284,7 @@ def run_benefit(data, labels_csv_path, out, options: BenefitOptions, *, model=No
 
     options.validate()
     if model is not None:
-        model = locate_model(model, "--model")  # a model directory or a shipped model's name
+        model = locate_model(model, "{model}")  # a model directory or a shipped model's name
     claim = claim_output(out, kind=BENEFIT_FOLDER, inputs=(data, labels_csv_path, model), overwrite=overwrite, resume=resume)
     with claim:
         work = claim.work
@@ -300,7 +300,7 @@ def run_benefit(data, labels_csv_path, out, options: BenefitOptions, *, model=No
             for name in (options.positive, options.negative):
                 if name not in class_names:
                     raise SkinaugError(f"class {name!r} is not in the labels ({', '.join(class_names)}): "
-                                       "name others with --positive/--negative")
+                                       "name others with {positive}/{negative}")
             pair = (class_names.index(options.positive), class_names.index(options.negative))
         train, test = split_for_benefit(dataset.samples, options.test_fraction, options.seed)
         if not test:
@@ -318,7 +318,7 @@ def run_benefit(data, labels_csv_path, out, options: BenefitOptions, *, model=No
             if earlier != json_round_trip(plan):
                 changed = sorted(k for k in set(plan) | set(earlier) if json_round_trip(plan).get(k) != earlier.get(k))
                 raise SkinaugError(f"{out} was started with other options or data ({', '.join(changed)}): "
-                                   "rerun with the same ones, or --overwrite")
+                                   "rerun with the same ones, or {overwrite=True}")
         write_json(work / PLAN, plan)
         write_text(work / "train.csv", labels_csv(train, class_names))
         write_text(work / "test.csv", labels_csv(test, class_names))

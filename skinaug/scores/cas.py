@@ -54,13 +54,13 @@ class CasOptions:
     def validate(self) -> None:
         """Usage errors, found before any output is touched or any image decoded."""
         if self.mode not in MODES:
-            raise UsageError(f"--mode must be replace or add, not {self.mode!r}")
+            raise UsageError(f"{{mode}} must be replace or add, not {self.mode!r}")
         if self.seeds < 1:
-            raise UsageError("--seeds must be at least 1")
+            raise UsageError("{seeds} must be at least 1")
         if not 0 < self.test_fraction < 1:
-            raise UsageError(f"--test-fraction must be between 0 and 1, got {self.test_fraction}")
+            raise UsageError(f"{{test_fraction}} must be between 0 and 1, got {self.test_fraction}")
         if not 0 < self.real_fraction <= 1:
-            raise UsageError(f"--real-fraction must be in (0, 1], got {self.real_fraction}")
+            raise UsageError(f"{{real_fraction}} must be in (0, 1], got {self.real_fraction}")
 
 
 @dataclass
@@ -100,13 +100,13 @@ class TrainingSet:
 
 def choose_task(class_names: list[str], positive: str | None, negative: str | None) -> Task:
     if (positive is None) != (negative is None):
-        raise UsageError("give both --positive and --negative, or neither (all classes, macro one-vs-rest AUC)")
+        raise UsageError("give both {positive} and {negative}, or neither (all classes, macro one-vs-rest AUC)")
     if positive is not None:
         for name in (positive, negative):
             if name not in class_names:
                 raise SkinaugError(f"class {name!r} is not in the real labels ({', '.join(class_names)})")
         if positive == negative:
-            raise UsageError("--positive and --negative must differ")
+            raise UsageError("{positive} and {negative} must differ")
         return Task([negative, positive], True)
     if len(class_names) < 2:
         raise SkinaugError(f"the real data has {len(class_names)} class(es): AUC needs two or more")
@@ -129,7 +129,7 @@ def split_real(real, task: Task, options: CasOptions) -> Split:
         train = train[kept]
     missing = [task.class_names[c] for c in range(len(task.class_names)) if not (labels[test] == c).any()]
     if missing:
-        raise SkinaugError(f"no test image of class {', '.join(missing)}: use more data or a larger --test-fraction")
+        raise SkinaugError(f"no test image of class {', '.join(missing)}: use more data or a larger {{test_fraction}}")
     test_samples = [samples[i] for i in test]
     return Split([samples[i] for i in train], test_samples, labels[train], labels[test], {s.name for s in test_samples},
                  {group_of[s.name] for s in test_samples}, group_of, {s.group for s in test_samples if s.group})
@@ -156,7 +156,7 @@ def split_external(real, test, task: Task, options: CasOptions) -> Split:
     if overlapping:
         if options.strict:
             raise SkinaugError(f"{len(overlapping)} real training images are test images or of test lesions "
-                               f"(e.g. {overlapping[0].name}): --strict refuses overlapping sets")
+                               f"(e.g. {overlapping[0].name}): {{strict=True}} refuses overlapping sets")
         warn(f"left out {len(overlapping)} real training images that are test images or of test lesions "
              f"(e.g. {overlapping[0].name})")
         dropped = {s.name for s in overlapping}
@@ -189,7 +189,7 @@ def check_generator(image_set, split: Split, options: CasOptions) -> dict | None
         problem = ("has no trained_on.json (made before skinaug recorded training images, or by another tool)"
                    if record is None else "was made by a generator started from a model without a record")
         if options.strict:
-            raise SkinaugError(f"{image_set.path} {problem}: --strict cannot tell whether its generator saw the test images")
+            raise SkinaugError(f"{image_set.path} {problem}: {{strict=True}} cannot tell whether its generator saw the test images")
         warn(f"{image_set.path} {problem}: cannot tell whether its generator saw the test images")
         if record is None:
             return None
@@ -199,7 +199,7 @@ def check_generator(image_set, split: Split, options: CasOptions) -> dict | None
         message = (f"the generator of {image_set.path} was trained on {len(names)} of the {len(split.test_names)} test images "
                    f"and {len(lesions)} of the {len(split.test_lesion_ids)} test lesions (e.g. {example}): its score is flattered")
         if options.strict:
-            raise SkinaugError(f"{message}; --strict refuses it: train the generator on the training side only")
+            raise SkinaugError(f"{message}; {{strict=True}} refuses it: train the generator on the training side only")
         warn(message)
     return {"images": len(names), "lesions": len(lesions)} if record.complete else None
 
@@ -249,11 +249,11 @@ def load_training_set(spec: str, task: Task, split: Split, real_images: np.ndarr
             message = (f"{len(untraced)} images of {part} name sources that are not real images (e.g. {untraced[0]}): a "
                        "generated folder used as DATA; whether they came from test images cannot be checked")
             if options.strict:
-                raise SkinaugError(f"{message} (--strict)")
+                raise SkinaugError(f"{message} ({{strict=True}})")
             warn(message)
         if leaked and options.strict:
             raise SkinaugError(f"{len(leaked)} images of {part} were made from real test images (e.g. {leaked[0]}); "
-                               "--strict refuses such a set: generate it from the training split only")
+                               "{strict=True} refuses such a set: generate it from the training split only")
         seen = check_generator(image_set, split, options)
         saw_test = None if seen is None or saw_test is None else {k: saw_test[k] + seen[k] for k in seen}
         left_out_test += len(leaked)
@@ -294,15 +294,15 @@ def score_set(training: TrainingSet, task: Task, test_images: np.ndarray, test_l
     return aucs, probabilities
 
 
-def run_cas(real_dir, labels_csv, train_specs: list[str], options: CasOptions, out=None, overwrite=False) -> dict:
+def run_cas(real_dir, labels_csv, train: list[str], options: CasOptions, out=None, overwrite=False) -> dict:
     """The CAS table: one entry per training set (see the module docstring); writes `out` when given."""
     options.validate()
-    if not train_specs:
-        raise UsageError("--train needs at least one set: real, or a generated OUT_DIR")
+    if not train:
+        raise UsageError("{train} needs at least one set: real, or a generated OUT_DIR")
     # the folder is written whole at the end; --overwrite replaces an earlier one only then
-    sets = [part for spec in train_specs if spec != "real" for part in spec.split("+")]
+    sets = [part for spec in train if spec != "real" for part in spec.split("+")]
     if options.test_labels is not None and options.test is None:
-        raise UsageError("--test-labels needs --test")
+        raise UsageError("{test_labels} needs {test}")
     claim = None if out is None else claim_output(out, kind=CAS_FOLDER, overwrite=overwrite,
                                                   inputs=(real_dir, labels_csv, options.test, options.test_labels, *sets))
     device = resolve_device(options.device)
@@ -325,7 +325,7 @@ def run_cas(real_dir, labels_csv, train_specs: list[str], options: CasOptions, o
 
     entries, predictions, curves = [], [], []
     used_names: set[str] = set()
-    for spec in train_specs:
+    for spec in train:
         training = load_training_set(spec, task, split, real_images, options)
         name = training.name
         suffix = 2

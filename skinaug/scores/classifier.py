@@ -56,7 +56,7 @@ class Classifier(nn.Module):
 def build_classifier(arch: str, num_classes: int, weights=None) -> Classifier:
     """A freshly initialised classifier (seed torch first), optionally starting from local backbone weights."""
     if arch not in ARCHS:
-        raise UsageError(f"--arch must be one of {', '.join(ARCHS)}, not {arch!r}")
+        raise UsageError(f"{{arch}} must be one of {', '.join(ARCHS)}, not {arch!r}")
     from monai.networks import nets
 
     if arch.startswith("efficientnet"):
@@ -150,7 +150,7 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int, b
         return {"loss": loss.detach()}
 
     # the whole budget is one epoch: the batches are drawn with replacement, there is no pass over the data
-    fit(state, step, lambda epoch: batches, epochs=1, run=Run("classifier training", restart="lower --lr"),
+    fit(state, step, lambda epoch: batches, epochs=1, run=Run("classifier training", restart="lower {lr}"),
         bar=Bar(desc=lambda epoch, epochs: desc, unit="step", size=lambda batch: 1))
     return model.eval()
 

@@ -29,7 +29,7 @@ def reconstruction_mse(model, data, labels=None, *, device="auto", batch_size=64
 def score_codes(codes_path, *, model=None, data=None, labels=None, device="auto", batch_size=64, strict=False,
                 workers=None, **columns) -> dict:
     if (model is None) != (data is None):
-        raise UsageError("the reconstruction MSE needs both --model and --data (or neither)")
+        raise UsageError("the reconstruction MSE needs both {model} and {data} (or neither)")
     code_file = read_codes(codes_path)
     codebook_size = int(code_file.attrs["codebook_size"])
     stats = {"codes": str(codes_path), "images": len(code_file), "codebook_size": codebook_size,

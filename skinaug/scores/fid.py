@@ -118,7 +118,7 @@ def compute_fid(generated, real, *, features: str = "inception", inception_weigh
                 epochs: int = 3, seed: int = 0, strict: bool = False, workers=None, columns: dict | None = None) -> dict:
     """FID (or the classifier-feature Fréchet distance) of `generated` against `real`, with precision/recall."""
     if features not in FEATURES:
-        raise UsageError(f"--features must be inception or classifier, not {features!r}")
+        raise UsageError(f"{{features}} must be inception or classifier, not {features!r}")
     device = resolve_device(device)
     generated_set = open_set(generated, labelled=False, strict=strict)
     real_set = open_set(real, real_labels, labelled=features == "classifier", strict=strict, **(columns or {}))
@@ -163,7 +163,7 @@ def classifier_feature_pair(real_images, real_samples, class_names, generated_im
     labels = np.array([s.label for s in real_samples], dtype=np.int64)
     labelled = labels >= 0
     if len(set(labels[labelled].tolist())) < 2:
-        raise SkinaugError("classifier features need real images of at least two classes: give --labels CSV, "
+        raise SkinaugError("classifier features need real images of at least two classes: give {real_labels=CSV}, "
                            "class sub-folders, or a labelled OUT_DIR as REAL_DIR")
     budget = budget or Budget()
     budget.image_size = size

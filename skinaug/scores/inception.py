@@ -176,7 +176,7 @@ def load_fid_inception(weights=None, device="cpu") -> FIDInceptionV3:
     path = Path(weights).expanduser() if weights is not None else default_weights_path()
     if not path.is_file():
         raise SkinaugError(f"FID needs the Inception weights file {WEIGHTS_NAME} (pytorch-fid's): pass it with "
-                           f"--inception-weights PATH ({path} does not exist; skinaug downloads nothing)")
+                           f"{{inception_weights=PATH}} ({path} does not exist; skinaug downloads nothing)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:

@@ -90,7 +90,7 @@ def check_memorization(generated, real, *, out=None, threshold: float = 0.02, fe
                        columns: dict | None = None, overwrite: bool = False) -> dict:
     """Nearest real neighbours of every generated image; writes memorization.csv and closest_pairs.png to `out`."""
     if embedding not in EMBEDDINGS:
-        raise UsageError(f"--embedding must be fixed or classifier, not {embedding!r}")
+        raise UsageError(f"{{embedding}} must be fixed or classifier, not {embedding!r}")
     # the folder is written whole at the end; --overwrite replaces an earlier one only then
     claim = None if out is None else claim_output(out, kind=MEMORIZATION_FOLDER, inputs=(generated, real, real_labels),
                                                   overwrite=overwrite)

@@ -62,7 +62,7 @@ def open_set(path, labels=None, *, labelled: bool = True, strict: bool = False, 
         dataset = scan_dataset(path / "images", path / "labels.csv" if labelled else None, strict=strict)
         sources = read_sources(path / "labels.csv")
         if sources is None and strict:
-            raise SkinaugError(f"{path / 'labels.csv'} has no source_top/source_bottom columns (--strict)")
+            raise SkinaugError(f"{path / 'labels.csv'} has no source_top/source_bottom columns ({{strict=True}})")
     else:
         if not path.is_dir():
             raise SkinaugError(f"image folder not found: {path}")

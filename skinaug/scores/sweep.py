@@ -51,9 +51,9 @@ def _check_plan(out: Path, plan: dict) -> None:
                              if saved.get(section, {}).get(k) != plan[section][k])
             changed += [k for k in ("data", "labels") if saved.get(k) != plan[k]]
             raise SkinaugError(f"{out} holds a sweep with other options ({', '.join(changed) or 'format'} differ): "
-                               "repeat its options, pass --overwrite, or choose another --out")
+                               "repeat its options, pass {overwrite=True}, or choose another {out}")
     elif any(out.iterdir()):
-        raise SkinaugError(f"{out} exists and is not a sweep folder (no {PLAN}): choose another --out")
+        raise SkinaugError(f"{out} exists and is not a sweep folder (no {PLAN}): choose another {{out}}")
     else:
         write_json(path, plan)
 

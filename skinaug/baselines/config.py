@@ -74,7 +74,7 @@ def msssim_window(image_size: int) -> int:
     while window > 1 and (window - 1) * 2 ** (MSSIM_SCALES - 1) >= image_size:
         window -= 2
     if window < 3:
-        raise UsageError(f"msssim-vae needs --image-size of at least 40: MS-SSIM's five scales leave no room for a "
+        raise UsageError(f"msssim-vae needs {{image_size}} of at least 40: MS-SSIM's five scales leave no room for a "
                          f"comparison window at {image_size}px")
     return window
 
@@ -83,26 +83,26 @@ def baseline_config(arch: str, image_size: int = 64, num_classes: int = 1, *, wi
                     hidden=None, kl_weight=None, gan_weight=None) -> BaselineConfig:
     """The arch's defaults with what was asked for; each option given to an arch without its term is refused."""
     if arch not in ARCHS:
-        raise UsageError(f"--arch must be one of {', '.join(ARCHS)}, not {arch!r}")
+        raise UsageError(f"{{arch}} must be one of {', '.join(ARCHS)}, not {arch!r}")
     check_image_size(image_size)
     if kl_weight is not None and arch not in VAE_ARCHS:
-        raise UsageError(f"--kl-weight weighs the KL term of the VAEs; {arch} has none")
+        raise UsageError(f"{{kl_weight}} weighs the KL term of the VAEs; {arch} has none")
     if gan_weight is not None and arch != "vae-gan":
-        raise UsageError(f"--gan-weight weighs vae-gan's adversarial term; {arch} has none")
+        raise UsageError(f"{{gan_weight}} weighs vae-gan's adversarial term; {arch} has none")
     for flag, value in (("--kl-weight", kl_weight), ("--gan-weight", gan_weight)):
         if value is not None and not (0 <= value < float("inf")):
             raise UsageError(f"{flag} must be a finite number of at least 0, not {value}")
     defaults = ARCH_DEFAULTS[arch]
     widths = tuple(defaults["widths"] if widths is None else widths)
     if not widths or any(not isinstance(w, int) or w < 1 for w in widths):
-        raise UsageError(f"--widths must be positive integers, not {list(widths)}")
+        raise UsageError(f"{{widths}} must be positive integers, not {list(widths)}")
     latent_dim = defaults["latent_dim"] if latent_dim is None else latent_dim
     hidden = BaselineConfig.hidden if hidden is None else hidden
     for flag, value in (("--latent-dim", latent_dim), ("--hidden", hidden)):
         if not isinstance(value, int) or value < 1:
             raise UsageError(f"{flag} must be a positive integer, not {value!r}")
     if image_size % 2 ** len(widths) or image_size >> len(widths) < 1:
-        raise UsageError(f"--image-size {image_size} cannot be halved {len(widths)} times (one per --widths entry): "
+        raise UsageError(f"{{image_size}} {image_size} cannot be halved {len(widths)} times (one per {{widths}} entry): "
                          f"use a multiple of {2 ** len(widths)} or fewer widths")
     return BaselineConfig(
         arch, image_size, max(1, num_classes), latent_dim, widths, hidden=hidden,

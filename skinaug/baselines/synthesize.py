@@ -38,7 +38,7 @@ class BaselineSampler:
 
     def __init__(self, model, device="auto", temperature: float = 1.0):
         if not (np.isfinite(temperature) and temperature > 0):
-            raise UsageError(f"--temperature must be a positive number, not {temperature}")
+            raise UsageError(f"{{temperature}} must be a positive number, not {temperature}")
         self.path = Path(model)
         self.device = resolve_device(device)
         self.model, self.config = load_baseline(self.path, self.device)
@@ -58,7 +58,7 @@ def synthesize(model, out, *, class_name=None, n=None, per_class=None, temperatu
                batch_size=64, image_format="png", quality=95, overwrite=False, resume=False, jsonl=False) -> dict:
     """n images of one class, or per_class images of every class, into OUT_DIR; returns the run's summary."""
     if (class_name is None) == (per_class is None) or (class_name is not None and n is None):
-        raise UsageError("give --class NAME with -n N, or --per-class N")
+        raise UsageError("give {class_name=NAME} with {n=N}, or {per_class=N}")
     sampler = BaselineSampler(model, device, temperature)
     if class_name is not None:
         jobs = [Job("synthesize", class_index(sampler.class_names, class_name)) for _ in range(n)]
@@ -79,8 +79,8 @@ def augment(model, data, out, *, weights: dict, labels=None, factor=None, balanc
     {"plan", "input"}."""
     unsupported = [method for method, weight in weights.items() if weight > 0 and method not in METHODS]
     if unsupported:
-        raise UsageError(f"--methods {','.join(unsupported)}: {model} is a baseline generator, which has no codes to "
-                         "mix or resample; use --methods synthesize (classic may be added)")
+        raise UsageError(f"{{methods}} {','.join(unsupported)}: {model} is a baseline generator, which has no codes to "
+                         "mix or resample; use {methods=synthesize} (classic may be added)")
     sampler = BaselineSampler(model, device, temperature)
     if classic_transforms is not None:  # a pipeline that cannot give the model's images fails before anything is written
         from ..classic import augment_images

@@ -142,9 +142,9 @@ def _checkpoint_to_resume(model_dir: ModelDir, out, arch: str) -> dict:
     meta = checkpoint.get("meta", {})
     if meta.get("kind") != "baseline":
         raise SkinaugError(f"{out} holds a VQ-VAE's checkpoint, not a baseline generator's: resume it with "
-                           "`skinaug train vqvae --resume`, or train the baseline into another --out")
+                           "`skinaug train vqvae --resume`, or train the baseline into another {out}")
     if meta["baseline"]["arch"] != arch:
-        raise UsageError(f"--arch {arch} contradicts the checkpoint in {out}, which trains {meta['baseline']['arch']}")
+        raise UsageError(f"{{arch}} {arch} contradicts the checkpoint in {out}, which trains {meta['baseline']['arch']}")
     return checkpoint
 
 
@@ -155,7 +155,7 @@ def _training_data(data, labels, options: BaselineOptions, class_names, image_si
     for name, reason in scan.skipped[:20]:
         log(f"skipped {name}: {reason}")
     if not scan.class_names:
-        raise SkinaugError("the baselines are class-conditional: give --labels CSV or class sub-folders")
+        raise SkinaugError("the baselines are class-conditional: give {labels=CSV} or class sub-folders")
     labelled = [sample for sample in scan.samples if sample.label >= 0]
     if len(labelled) < len(scan.samples):
         log(f"left out {len(scan.samples) - len(labelled)} images without a label")

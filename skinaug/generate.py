@@ -551,12 +551,6 @@ def synthesize(out, *, model=None, class_name=None, n=None, per_class=None, temp
     if (class_name is None) == (per_class is None) or (class_name is not None and n is None):
         raise UsageError("give {class_name=NAME} with {n=N}, or {per_class=N}")
     model = model_location(model)
-    if _baseline(model, backend=backend, top_k=top_k, bf16=bf16, compile_step=compile_step, sampler=sampler):
-        from .baselines import synthesize as baseline
-
-        return baseline.synthesize(model, out, class_name=class_name, n=n, per_class=per_class, temperature=temperature,
-                                   device=device, seed=seed, batch_size=batch_size, image_format=image_format,
-                                   quality=quality, overwrite=overwrite, resume=resume, jsonl=jsonl)
     generator = open_generator(model, device, backend=backend, temperature=temperature, top_k=top_k,
                                dtype=sampling_dtype(bf16), sampler=sampler, compile_step=compile_step)
     generator.require(["synthesize"])
@@ -592,17 +586,6 @@ def augment(data, out, *, model=None, labels=None, factor=None, balance=False, m
             raise UsageError("{classic_config} sets the classic pipeline: add classic to {methods}")
         transforms = load_transforms(classic_config)
     model = model_location(model)
-    if _baseline(model, backend=backend, top_k=top_k, bf16=bf16, compile_step=compile_step):
-        from .baselines import synthesize as baseline
-
-        return baseline.augment(
-            model, data, out, weights=weights, labels=labels, factor=factor, balance=balance,
-            originals=not no_originals, link_originals=not copy_originals, dry_run=dry_run, temperature=temperature,
-            device=device, seed=seed, batch_size=batch_size, image_format=image_format, quality=quality,
-            overwrite=overwrite, resume=resume, strict=strict,
-            columns={"image_col": image_col, "label_col": label_col, "group_col": group_col}, jsonl=jsonl,
-            classic_transforms=transforms,
-            classic_config=_file_digest(classic_config) if classic_config is not None else None)
     generator = open_generator(model, device, backend=backend, temperature=temperature, top_k=top_k,
                                dtype=sampling_dtype(bf16), compile_step=compile_step)
     generator.require([m for m, w in weights.items() if w > 0])
@@ -627,23 +610,6 @@ def augment(data, out, *, model=None, labels=None, factor=None, balance=False, m
                     overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
                     originals=originals, link_originals=not copy_originals, extra={"plan": table, "input": read},
                     inputs=[labels, classic_config], jsonl=jsonl, classic_transforms=transforms)
-
-
-def _baseline(model, *, backend=None, top_k=None, bf16=False, compile_step=False, sampler="fast") -> bool:
-    """Whether `model` is a baseline generator (skinaug/baselines/), which decodes noise: the priors' sampling
-    options do not apply to it."""
-    from .modeldir import baseline_arch
-
-    arch = baseline_arch(model) if model is not None else None
-    if arch is None:
-        return False
-    given = [name for name, on in (("{backend='onnx'}", backend == "onnx"), ("{top_k}", top_k is not None),
-                                   ("{bf16}", bf16), ("{compile_step}", compile_step),
-                                   ("{sampler='reference'}", sampler != "fast")) if on]
-    if given:
-        raise UsageError(f"{', '.join(given)} set how the priors sample codes; {model} is a {arch} baseline generator, "
-                         "which decodes noise (PyTorch only)")
-    return True
 
 
 def read_sources(model, codes, data, labels, device, backend, strict, **columns) -> tuple[CodeFile, dict | None]:

@@ -402,9 +402,7 @@ def require_writable(path, what: str) -> None:
 def describe(path) -> dict:
     """One row of `skinaug models`: name, image size, classes, licence, fingerprint, path, stages."""
     if baseline_arch(path) is not None:
-        from .baselines.store import describe_baseline
-
-        return describe_baseline(path)
+        return _describe_baseline(path)
     model = ModelDir(path)
     config = model.config()
     spec, data = ModelSpec.from_config(config), config.get("training_data", {})
@@ -448,3 +446,11 @@ def list_models(paths=()) -> list[dict]:
     for row in rows:
         row["default"] = Path(row["path"]).resolve().as_posix() == default
     return rows
+
+
+def _describe_baseline(path) -> dict:
+    """The `skinaug models` row of a baseline generator (skinaug/baselines/): no priors, its arch."""
+    config = read_json(Path(path) / CONFIG)
+    return {"name": Path(path).name, "image_size": config["image_size"], "classes": list(config["class_names"]),
+            "licence": config.get("licence") or "see MODEL_CARD.md", "fingerprint": config["fingerprint"],
+            "priors": [], "arch": config["arch"], "shipped": is_shipped(path), "path": str(path)}

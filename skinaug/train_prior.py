@@ -128,7 +128,8 @@ def prior_config_from_init(level: str, config: dict, options: PriorOptions, sour
     for name, value in requested.items():
         if value is None or name in TRAINING_ONLY:
             continue
-        option = "{" + name + "}"  # the parameter, in the spelling of whoever reads the message
+        # the parameter, in the spelling of whoever reads the message (the command's --attention sets the flag)
+        option = "{" + ("attention" if name == "attention_sees_own_code" else name) + "}"
         if not hasattr(base, name):
             raise UsageError(f"unknown prior option {name}")
         if value != getattr(base, name):

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from skinaug.errors import SkinaugError, UsageError
-from skinaug.scores.benefit import (BenefitOptions, GeneratorRecipe, aucs, bootstrap_gain, classic_copies, real_share,
+from skinaug.studies.benefit import (BenefitOptions, GeneratorRecipe, aucs, bootstrap_gain, classic_copies, real_share,
                                     run_benefit, split_for_benefit)
 from skinaug.scores.classifier import Budget
 from skinaug.trained_on import read_record
@@ -180,7 +180,7 @@ def test_benefit_usage_errors_are_one_line_exit_2(tiny_dataset, tmp_path, capsys
 
 
 def test_the_filter_keeps_passing_candidates_in_order_and_fills_a_class_up_with_the_best(tmp_path):
-    from skinaug.scores.benefit import filter_generated
+    from skinaug.studies.benefit import filter_generated
 
     images = np.arange(8)[:, None, None, None] * np.ones((8, 2, 2, 3), np.uint8)
     labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])

@@ -65,3 +65,15 @@ def test_reading_a_model_never_imports_a_trainer(module):
 def test_the_baselines_trainer_imports_the_toolkit_not_another_trainer():
     assert "skinaug.training" in import_graph()["skinaug.baselines.train"]
     assert not reachable(import_graph(), "skinaug.baselines.train") & (TRAINERS - {"skinaug.baselines.train"})
+
+
+def test_scores_and_generation_never_import_a_trainer():
+    """Every scoring module and every generating one; the studies (score benefit, sweep) train, so they live in
+    skinaug.studies, above both."""
+    graph = import_graph()
+    readers = [module for module in graph if module.startswith(("skinaug.scores", "skinaug.backends"))]
+    readers += ["skinaug.generate", "skinaug.api", "skinaug.baselines.synthesize", "skinaug.priors.refine"]
+    assert len(readers) > 12
+    for module in readers:
+        assert not reachable(graph, module) & TRAINERS, module
+    assert reachable(graph, "skinaug.studies.benefit") & TRAINERS  # the check above would see a study in scores/

@@ -405,7 +405,7 @@ SWEEP_ARGS = ["--codebook-size", "8,16", "--code-dim", "4", "--image-size", "32"
 
 
 def test_sweep_writes_one_row_per_config_and_continues_where_it_stopped(tiny_dataset, tmp_path, capsys, monkeypatch):
-    from skinaug.scores import sweep
+    from skinaug.studies import sweep
 
     out = tmp_path / "sweep"
     args = ["score", "sweep", tiny_dataset.images, "--labels", tiny_dataset.labels_csv, "--out", out, *SWEEP_ARGS]

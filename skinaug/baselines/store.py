@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import __version__
+from ..version import __version__
 from ..errors import SkinaugError
 from ..io import read_json, write_json, write_text
-from ..modeldir import BASELINE_KIND, BASELINE_WEIGHTS, CONFIG, FORMAT_VERSION, fingerprint, is_shipped, load_weights, save_weights
+from ..modeldir import BASELINE_KIND, BASELINE_WEIGHTS, CONFIG, FORMAT_VERSION, fingerprint, load_weights, save_weights
 from .config import ARCHS, BaselineConfig
 
 
@@ -81,14 +81,6 @@ def load_baseline(path, device="cpu"):
         raise SkinaugError(f"{Path(path) / BASELINE_WEIGHTS} does not match its config.json "
                            f"({str(error).splitlines()[0]})") from None
     return model.to(device).eval(), config
-
-
-def describe_baseline(path) -> dict:
-    """The `skinaug models` row of a baseline generator (torch-free)."""
-    config = read_config(path)
-    return {"name": Path(path).name, "image_size": config["image_size"], "classes": list(config["class_names"]),
-            "licence": config.get("licence") or "see MODEL_CARD.md", "fingerprint": config["fingerprint"],
-            "priors": [], "arch": config["arch"], "shipped": is_shipped(path), "path": str(path)}
 
 
 def write_model_card(path, config: dict) -> None:

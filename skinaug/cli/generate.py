@@ -152,9 +152,9 @@ def synthesize(
     Example: skinaug synthesize --model models/derm64 --out synth/ --class melanoma -n 2000
     """
     _check_outputs(json_, jsonl)
-    from .. import generate
+    from .. import generators
 
-    summary = generate.synthesize(out, model=model, class_name=class_name, n=n, per_class=per_class,
+    summary = generators.synthesize(out, model=model, class_name=class_name, n=n, per_class=per_class,
                                   temperature=temperature, top_k=top_k, device=device, backend=backend, seed=seed,
                                   batch_size=batch_size, bf16=bf16, sampler=sampler, compile_step=compile_step,
                                   image_format=image_format, quality=quality, overwrite=overwrite, resume=resume,
@@ -191,9 +191,9 @@ def augment(
     Example: skinaug augment images/ --labels labels.csv --model models/derm64 --out train_aug/ --balance
     """
     _check_outputs(json_, jsonl)
-    from .. import generate
+    from .. import generators
 
-    summary = generate.augment(data, out, model=model, labels=labels, factor=factor, balance=balance, methods=methods,
+    summary = generators.augment(data, out, model=model, labels=labels, factor=factor, balance=balance, methods=methods,
                                classic_config=classic_config, no_originals=no_originals, copy_originals=copy_originals,
                                dry_run=dry_run, temperature=temperature, top_k=top_k, device=device, backend=backend,
                                seed=seed, batch_size=batch_size, bf16=bf16, compile_step=compile_step,

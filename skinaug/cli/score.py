@@ -124,7 +124,7 @@ def benefit(
     Example: skinaug score benefit images/ --labels labels.csv --out benefit/ --fractions 0.1,1.0 --seeds 3
     """
     from ..errors import UsageError
-    from ..scores.benefit import BenefitOptions, GeneratorRecipe, print_benefit_table, run_benefit
+    from ..studies.benefit import BenefitOptions, GeneratorRecipe, print_benefit_table, run_benefit
 
     try:
         shares = [float(part) for part in fractions.split(",") if part.strip()]
@@ -220,7 +220,7 @@ def sweep(
 
     Example: skinaug score sweep images/ --labels labels.csv --codebook-size 128,256,512 --code-dim 8,32,64 --out sweep/
     """
-    from ..scores.sweep import print_sweep_table, run_sweep
+    from ..studies.sweep import print_sweep_table, run_sweep
     from ..train_vqvae import TrainOptions
     from ..vqvae import VQVAEConfig
 

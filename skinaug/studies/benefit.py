@@ -30,8 +30,8 @@ from ..data import Sample, group_split, load_images, scan_dataset
 from ..errors import SkinaugError, UsageError
 from ..io import atomic_path, claim_output, marked_folder, read_json, write_json, write_text
 from ..runtime import log, resolve_device
-from .classifier import Budget, predict, steps_for, train_classifier
-from .roc import PALETTE, roc_auc
+from ..scores.classifier import Budget, predict, steps_for, train_classifier
+from ..scores.roc import PALETTE, roc_auc
 
 PLAN = "benefit_plan.json"
 BENEFIT_FOLDER = marked_folder("benefit folder", PLAN, resumable=True)

@@ -97,7 +97,7 @@ class DatasetWriter:
         self.out = Path(out_dir)
         self.model_dir = model_dir
         self.jsonl = jsonl  # one JSON line per finished image on stdout, flushed per batch
-        self.spec = ModelSpec.of(model_config)
+        self.model_config = model_config  # read when the dataset is assembled (finish)
         self.image_format = image_format.lower()
         if self.image_format not in ("png", "jpg"):
             raise SkinaugError(f"--format must be png or jpg, not {image_format}")
@@ -209,8 +209,9 @@ class DatasetWriter:
         names = [row["image"] for row in all_rows]
         if len(set(names)) != len(names):
             raise SkinaugError(f"internal error: duplicate image names in {self.out}")
-        class_names = list(self.spec.class_names)
-        with atomic_path(self.work / "codes.h5") as tmp, CodeWriter(tmp, model_attrs(self.spec), self.spec.grid) as writer:
+        spec = ModelSpec.of(self.model_config)
+        class_names = list(spec.class_names)
+        with atomic_path(self.work / "codes.h5") as tmp, CodeWriter(tmp, model_attrs(spec), spec.grid) as writer:
             for rows, codes in records:
                 labels = [class_names.index(row["label"]) if row["label"] in class_names else -1 for row in rows]
                 writer.append(codes, [row["image"] for row in rows], labels, [row.get("group", "") for row in rows])
@@ -221,7 +222,7 @@ class DatasetWriter:
             "out": str(self.out),
             "images": len(all_rows),
             "counts": counts,
-            "model_fingerprint": self.spec.fingerprint,
+            "model_fingerprint": spec.fingerprint,
             "seed": seed,
             "seconds": round(time.perf_counter() - self.started, 3),
             **(extra or {}),

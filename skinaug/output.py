@@ -102,8 +102,7 @@ class DatasetWriter:
         self.codes = codes
         self.model_dir = model_dir
         self.jsonl = jsonl  # one JSON line per finished image on stdout, flushed per batch
-        self.spec = ModelSpec.of(model_config) if codes else None
-        self.fingerprint = self.spec.fingerprint if codes else model_config["fingerprint"]
+        self.model_config = model_config  # read when the dataset is assembled (finish)
         self.image_format = image_format.lower()
         if self.image_format not in ("png", "jpg"):
             raise SkinaugError(f"{{image_format}} must be png or jpg, not {image_format}")
@@ -217,11 +216,15 @@ class DatasetWriter:
         if len(set(names)) != len(names):
             raise SkinaugError(f"internal error: duplicate image names in {self.out}")
         if self.codes:
-            class_names = list(self.spec.class_names)
-            with atomic_path(self.work / "codes.h5") as tmp, CodeWriter(tmp, model_attrs(self.spec), self.spec.grid) as writer:
+            spec = ModelSpec.of(self.model_config)
+            fingerprint = spec.fingerprint
+            class_names = list(spec.class_names)
+            with atomic_path(self.work / "codes.h5") as tmp, CodeWriter(tmp, model_attrs(spec), spec.grid) as writer:
                 for rows, codes in records:
                     labels = [class_names.index(row["label"]) if row["label"] in class_names else -1 for row in rows]
                     writer.append(codes, [row["image"] for row in rows], labels, [row.get("group", "") for row in rows])
+        else:  # a baseline's config.json: no code grid, hence no spec
+            fingerprint = self.model_config["fingerprint"]
         counts: dict = {}
         for (label, method), count in sorted(Counter((r["label"], r["method"]) for r in all_rows).items()):
             counts.setdefault(label, {})[method] = count
@@ -229,7 +232,7 @@ class DatasetWriter:
             "out": str(self.out),
             "images": len(all_rows),
             "counts": counts,
-            "model_fingerprint": self.fingerprint,
+            "model_fingerprint": fingerprint,
             "seed": seed,
             "seconds": round(time.perf_counter() - self.started, 3),
             **(extra or {}),

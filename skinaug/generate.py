@@ -59,7 +59,8 @@ def check_refine(refine: int, candidates: int, mask_dir) -> None:
     if candidates < 1:
         raise UsageError(f"--refine-candidates must be at least 1, not {candidates}")
     if refine and mask_dir is None:
-        raise UsageError("--refine re-draws the codes inside the lesion masks given the kept ones: give --mask-dir")
+        raise UsageError("--refine re-draws the codes inside the lesion masks given the kept ones: give --mask-dir "
+                         "(or --iterative STEPS, whose boxes it refines)")
 
 
 def open_generator(model, device="auto", *, backend=None, **options) -> "Generator":
@@ -221,6 +222,11 @@ class Generator:
         else:
             raise UsageError(f"unknown method {method}")
         return {level: codes[level].to(torch.int32).cpu().numpy().astype(np.uint16) for level in self.levels}
+
+    def image_details(self, method: str, jobs: list[Job], seed: int) -> list[dict]:
+        """Per image of a batch, what its row records beyond labels.csv's columns (the iterative resample's boxes:
+        skinaug/iterative.py); none here."""
+        return [{} for _ in jobs]
 
     def images_for(self, codes: dict[str, np.ndarray]) -> np.ndarray:
         from .encode import decode_batch
@@ -386,6 +392,8 @@ def run_jobs(generator: Generator, jobs: list[Job], source: CodeFile | None, out
                 "model_fingerprint": fingerprint,
                 "group": source.groups[job.source_top] if job.source_top >= 0 and source.groups[job.source_top] else "",
             } for job in batch]
+            for row, details in zip(rows, generator.image_details(method, batch, seed_value)):
+                row.update(details)
             writer.write_batch(batch_index, images, rows, codes)
             timings[method] += time.perf_counter() - began
             counts[method] += len(batch)

@@ -48,6 +48,25 @@ RefineCandidatesOpt = Annotated[Optional[int], typer.Option(
     help="Codes weighed per masked position by --refine (default 32): the likeliest of its raster conditional; "
          "the codebook size or more: all codes, the exact conditional.")]
 
+IterativeOpt = Annotated[Optional[int], typer.Option(
+    "--iterative", metavar="STEPS", callback=_at_least("--iterative", 1), show_default=False,
+    help="Iterative inpainting: STEPS times, re-draw one square box of bottom codes given all the others (with "
+         "--refine N: then N Gibbs sweeps over the box), placing each box where cells were re-drawn least so far; "
+         "decode once at the end. The boxes of every image go to OUT_DIR/boxes.jsonl. Not with --mask-dir "
+         "or --backend onnx.")]
+BoxSizeOpt = Annotated[Optional[int], typer.Option(
+    "--box-size", show_default=False,
+    help="With --iterative: the box's side in bottom-grid cells (a 64px model's grid is 16x16, so 4 cells are 16 "
+         "pixels); default a quarter of the grid's side. Large boxes lose the context, small ones only blur.")]
+BoxScheduleOpt = Annotated[Optional[str], typer.Option(
+    "--box-schedule", show_default=False,
+    help="With --iterative: constant (--box-size every step, the default), shrink (from --box-size down to half "
+         "of it: coarse changes first), or one size per step, e.g. 8,8,6,6,4.")]
+IterativeLevelsOpt = Annotated[Optional[str], typer.Option(
+    "--iterative-levels", show_default=False,
+    help="With --iterative: bottom (default) re-draws bottom codes only; both first re-draws the top codes over "
+         "the box, then the bottom box given them (larger changes).")]
+
 
 def _dtype(bf16: bool):
     if not bf16:
@@ -142,6 +161,8 @@ def register(app: typer.Typer) -> None:
         mask_dir: MaskDirOpt = None,
         refine: RefineOpt = 0,
         refine_candidates: RefineCandidatesOpt = None,
+        iterative: IterativeOpt = None, box_size: BoxSizeOpt = None, box_schedule: BoxScheduleOpt = None,
+        iterative_levels: IterativeLevelsOpt = None,
         class_name: Annotated[Optional[str], typer.Option("--class", help="Only images of this class.")] = None,
         device: DeviceOpt = "auto", backend: BackendOpt = None, seed: SeedOpt = 0, batch_size: BatchOpt = 64, bf16: BF16Opt = False,
         sampler: SamplerOpt = "fast", compile_: CompileOpt = False,
@@ -152,14 +173,22 @@ def register(app: typer.Typer) -> None:
     ):
         """Keep each image's top codes and draw its bottom codes again from the bottom prior.
 
+        With --iterative STEPS, only one box of codes is re-drawn at a time, STEPS times (iterative inpainting):
+        the image changes step by step while the rest of it holds the content.
+
         Example: skinaug resample images/ --labels labels.csv --model models/derm64 --out resampled/ --per-image 2 --temperature 0.9
+
+        Example: skinaug resample images/ --labels labels.csv --out inpainted/ --iterative 10 --box-size 4 --refine 1
         """
         set_quiet(quiet)
         _check_outputs(json_, jsonl, out, overwrite)
         import numpy as np
 
         from ..generate import open_generator, class_index, job_plan, name_jobs, plan_per_source, run_jobs
+        from ..iterative import IterativeGenerator, iterative_request
 
+        request = iterative_request(iterative, box_size, box_schedule, iterative_levels, method=method,
+                                    mask_dir=mask_dir, backend=backend)
         if method not in ("resample", "rand-bottom", "rand-top"):
             raise UsageError(f"--method must be resample, rand-bottom or rand-top, not {method}")
         if mask_dir is not None and method != "resample":
@@ -168,9 +197,10 @@ def register(app: typer.Typer) -> None:
             raise UsageError(f"--mask-dir {mask_dir} is not a folder")
         if refine_candidates is not None and not refine:
             raise UsageError("--refine-candidates goes with --refine N")
-        generator = open_generator(model, device, backend=backend, temperature=temperature, top_k=top_k, mask_dir=mask_dir,
-                                   dtype=_dtype(bf16), sampler=sampler, compile_step=compile_, refine=refine,
-                                   refine_candidates=refine_candidates)
+        options = dict(temperature=temperature, top_k=top_k, mask_dir=mask_dir, dtype=_dtype(bf16), sampler=sampler,
+                       compile_step=compile_, refine=refine, refine_candidates=refine_candidates)
+        generator = (IterativeGenerator(model, device, iterative=request, **options) if request
+                     else open_generator(model, device, backend=backend, **options))
         generator.require([method])
         source, read = _sources(model, codes, data, labels, device, backend, strict, columns(image_col, label_col, group_col))
         indices = np.arange(len(source))
@@ -181,13 +211,14 @@ def register(app: typer.Typer) -> None:
         # in the plan only when on: the plans (and --resume) of runs without refinement stay as they were
         refine_candidates = generator.refine_candidates if refine else None
         refined = {"refine": refine, "refine_candidates": refine_candidates} if refine else {}
+        iterated = {"iterative": generator.iterative.to_json()} if request else {}
         plan = job_plan(jobs, command=method, source=str(codes or data), seed=seed, batch_size=batch_size,
                         temperature=temperature, top_k=top_k, mask_dir=str(mask_dir) if mask_dir else None, format=image_format,
-                        bf16=bf16, sampler=sampler, **refined)
+                        bf16=bf16, sampler=sampler, **refined, **iterated)
         summary = run_jobs(generator, jobs, source, out, seed=seed, batch_size=batch_size, command=method, plan=plan,
                            overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
                            extra={"mask_dir": str(mask_dir) if mask_dir else None, "refine": refine,
-                                  "refine_candidates": refine_candidates, "input": read},
+                                  "refine_candidates": refine_candidates, "input": read, **iterated},
                            inputs=[labels], jsonl=jsonl)
         _finish(summary, json_, out, jsonl)
 

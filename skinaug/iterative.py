@@ -19,6 +19,11 @@ the same pixels again and again blurs them ("xerox effect"). Here the class-cond
 - Every image's boxes are recorded (labels rows carry them to the --jsonl lines and to OUT_DIR/boxes.jsonl), so a
   user sees which cells each step re-drew; nothing outside them changes.
 
+Cost per image and step: one raster draw of the grid (the fast sampler runs every position; kept codes are only
+read in), so STEPS steps cost about STEPS plain resamples; --refine N adds N x (box cells) teacher-forced forwards of
+`--refine-candidates` grids each, two orders of magnitude more on a CPU with the shipped model's 16 cells and 32
+candidates (`benchmarks/iterative_resample.py` measures both): refine on a GPU, or with fewer candidates.
+
 `--mask-dir` is refused with --iterative: the boxes are the region that is re-drawn. The onnx backend is refused too
 (the steps and the refinement drive the PyTorch priors).
 """
@@ -36,6 +41,7 @@ from .runtime import resolve_backend
 SCHEDULES = ("constant", "shrink")
 LEVELS = ("bottom", "both")
 PLACEMENT = "least-masked"  # run.json's name for the placement rule above
+WITH_MASK = "--iterative re-draws boxes of its own choosing and --mask-dir re-draws a lesion mask: choose one"
 
 
 @dataclass(frozen=True)
@@ -83,8 +89,7 @@ def iterative_request(steps, box_size=None, schedule=None, levels=None, *, metho
     if method != "resample":
         raise UsageError(f"--iterative goes with --method resample, not {method}")
     if mask_dir is not None:
-        raise UsageError("--iterative re-draws boxes of its own choosing and --mask-dir re-draws a lesion mask: "
-                         "choose one")
+        raise UsageError(WITH_MASK)
     if resolve_backend(backend) == "onnx":
         raise UsageError("--iterative drives the PyTorch priors step by step: it does not apply to --backend onnx")
     if levels is not None and levels not in LEVELS:
@@ -203,8 +208,7 @@ class IterativeGenerator(Generator):
     def __init__(self, model, device="auto", *, iterative: IterativeRequest, refine=0, refine_candidates=None,
                  mask_dir=None, **options):
         if mask_dir is not None:
-            raise UsageError("--iterative re-draws boxes of its own choosing and --mask-dir re-draws a lesion mask: "
-                             "choose one")
+            raise UsageError(WITH_MASK)
         if refine < 0:
             raise UsageError(f"--refine must be 0 or more sweeps, not {refine}")
         # the sweeps refine each box, not a lesion mask: the Generator's check that --refine has a mask does not apply

@@ -63,7 +63,8 @@ def check_refine(refine: int, candidates: int, mask_dir) -> None:
     if candidates < 1:
         raise UsageError(f"{{refine_candidates}} must be at least 1, not {candidates}")
     if refine and mask_dir is None:
-        raise UsageError("{refine} re-draws the codes inside the lesion masks given the kept ones: give {mask_dir}")
+        raise UsageError("{refine} re-draws the codes inside the lesion masks given the kept ones: give {mask_dir} "
+                         "(or {iterative=STEPS}, whose boxes it refines)")
 
 
 def open_generator(model, device="auto", *, backend=None, **options) -> "Generator":
@@ -187,6 +188,11 @@ class Generator:
         else:
             raise UsageError(f"unknown method {method}")
         return {level: codes[level].astype(np.uint16) for level in self.levels}
+
+    def image_details(self, method: str, jobs: list[Job], seed: int) -> list[dict]:
+        """Per image of a batch, what its row records beyond labels.csv's columns (the iterative resample's boxes:
+        skinaug/iterative.py); none here."""
+        return [{} for _ in jobs]
 
     def images_for(self, codes: dict[str, np.ndarray]) -> np.ndarray:
         return self.code_model.decode(codes)
@@ -338,6 +344,8 @@ def run_jobs(generator: Generator, jobs: list[Job], source: CodeFile | None, out
                 "model_fingerprint": fingerprint,
                 "group": source.groups[job.source_top] if job.source_top >= 0 and source.groups[job.source_top] else "",
             } for job in batch]
+            for row, details in zip(rows, generator.image_details(method, batch, seed_value)):
+                row.update(details)
             writer.write_batch(batch_index, images, rows, codes)
             timings[method] += time.perf_counter() - began
             counts[method] += len(batch)
@@ -502,14 +510,21 @@ def mix(out, n: int, *, model=None, data=None, codes=None, labels=None, class_na
 
 
 def resample(out, *, model=None, data=None, codes=None, labels=None, per_image=1, temperature=1.0, top_k=None,
-             method="resample", mask_dir=None, refine=0, refine_candidates=None, class_name=None, device="auto",
+             method="resample", mask_dir=None, refine=0, refine_candidates=None, iterative=None, box_size=None,
+             box_schedule=None, iterative_levels=None, class_name=None, device="auto",
              backend=None, seed=0, batch_size=64, bf16=False, sampler="fast", compile_step=False, image_format="png",
              quality=95, overwrite=False, resume=False, strict=False, jsonl=False, image_col=None, label_col=None,
              group_col=None) -> dict:
     """per_image variants of every source image (of `class_name` when given): its top codes kept, its bottom codes
     drawn again by the bottom prior (only inside its lesion mask mask_dir/<image>.png when given), or one level
-    replaced by random codes (method rand-bottom | rand-top, the baselines)."""
+    replaced by random codes (method rand-bottom | rand-top, the baselines). With iterative=STEPS, one box of codes
+    (box_size bottom-grid cells, or one size per step in box_schedule) is re-drawn per step instead, STEPS times
+    (iterative inpainting, skinaug/iterative.py)."""
+    from .iterative import IterativeGenerator, iterative_request
+
     check_streaming(out, jsonl, overwrite)
+    request = iterative_request(iterative, box_size, box_schedule, iterative_levels, method=method, mask_dir=mask_dir,
+                                backend=backend)
     if method not in ("resample", "rand-bottom", "rand-top"):
         raise UsageError(f"{{method}} must be resample, rand-bottom or rand-top, not {method}")
     if mask_dir is not None and method != "resample":
@@ -519,9 +534,10 @@ def resample(out, *, model=None, data=None, codes=None, labels=None, per_image=1
     if refine_candidates is not None and not refine:
         raise UsageError("{refine_candidates} goes with {refine=N}")
     model = model_location(model)
-    generator = open_generator(model, device, backend=backend, temperature=temperature, top_k=top_k, mask_dir=mask_dir,
-                               dtype=sampling_dtype(bf16), sampler=sampler, compile_step=compile_step, refine=refine,
-                               refine_candidates=refine_candidates)
+    options = dict(temperature=temperature, top_k=top_k, mask_dir=mask_dir, dtype=sampling_dtype(bf16), sampler=sampler,
+                   compile_step=compile_step, refine=refine, refine_candidates=refine_candidates)
+    generator = (IterativeGenerator(model, device, iterative=request, **options) if request
+                 else open_generator(model, device, backend=backend, **options))
     generator.require([method])
     source, read = read_sources(model, codes, data, labels, device, backend, strict, image_col=image_col,
                                 label_col=label_col, group_col=group_col)
@@ -533,13 +549,14 @@ def resample(out, *, model=None, data=None, codes=None, labels=None, per_image=1
     # in the plan only when on: the plans (and --resume) of runs without refinement stay as they were
     refine_candidates = generator.refine_candidates if refine else None
     refined = {"refine": refine, "refine_candidates": refine_candidates} if refine else {}
+    iterated = {"iterative": generator.iterative.to_json()} if request else {}
     plan = job_plan(jobs, command=method, source=str(codes or data), seed=seed, batch_size=batch_size,
                     temperature=temperature, top_k=top_k, mask_dir=str(mask_dir) if mask_dir else None, format=image_format,
-                    bf16=bf16, sampler=sampler, **refined)
+                    bf16=bf16, sampler=sampler, **refined, **iterated)
     return run_jobs(generator, jobs, source, out, seed=seed, batch_size=batch_size, command=method, plan=plan,
                     overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
                     extra={"mask_dir": str(mask_dir) if mask_dir else None, "refine": refine,
-                           "refine_candidates": refine_candidates, "input": read},
+                           "refine_candidates": refine_candidates, "input": read, **iterated},
                     inputs=[labels], jsonl=jsonl)
 
 

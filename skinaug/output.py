@@ -1,4 +1,5 @@
-"""A generated dataset (OUT_DIR): images/, labels.csv, codes.h5, run.json; streamed and resumable.
+"""A generated dataset (OUT_DIR): images/, labels.csv, codes.h5, run.json (and boxes.jsonl after an iterative
+resample); streamed and resumable.
 
 codes.h5 is absent from the datasets of a generator without codes (the baselines, skinaug/baselines/).
 
@@ -39,6 +40,9 @@ from .version import __version__
 LABEL_COLUMNS = ["image", "label", "method", "source_top", "source_bottom", "temperature", "seed", "model_fingerprint"]
 METHODS = ("original", "reconstruction", "mix", "resample", "synthesize", "rand-bottom", "rand-top")
 PROGRESS = ".progress"
+# rows of resample --iterative carry "boxes" (the cells each step re-drew): in their --jsonl lines, and in this file,
+# one {"image", "boxes"} a line
+BOXES = "boxes.jsonl"
 
 
 def is_generated_dataset(path: Path) -> bool:
@@ -176,7 +180,8 @@ class DatasetWriter:
         --jsonl with an --overwrite that would stage them). A resumed run announces only the batches it makes."""
         if not self.jsonl:
             return
-        lines = [json.dumps({"path": str(self.out / "images" / file), **{k: row.get(k, "") for k in LABEL_COLUMNS}})
+        lines = [json.dumps({"path": str(self.out / "images" / file), **{k: row.get(k, "") for k in LABEL_COLUMNS},
+                             **({"boxes": row["boxes"]} if "boxes" in row else {})})
                  for row, file in zip(rows, files)]
         sys.stdout.write("".join(line + "\n" for line in lines))
         sys.stdout.flush()
@@ -237,6 +242,9 @@ class DatasetWriter:
             "seconds": round(time.perf_counter() - self.started, 3),
             **(extra or {}),
         }
+        boxed = [json.dumps({"image": row["image"], "boxes": row["boxes"]}) for row in all_rows if "boxes" in row]
+        if boxed:
+            write_text(self.work / BOXES, "".join(line + "\n" for line in boxed))
         # which images trained the generator: what `score cas` checks against its test images
         record = read_record(self.model_dir) if self.model_dir is not None else None
         if record is not None:

@@ -47,6 +47,25 @@ RefineCandidatesOpt = Annotated[Optional[int], typer.Option(
     help="Codes weighed per masked position by --refine (default 32): the likeliest of its raster conditional; "
          "the codebook size or more: all codes, the exact conditional.")]
 
+IterativeOpt = Annotated[Optional[int], typer.Option(
+    "--iterative", metavar="STEPS", callback=_at_least("--iterative", 1), show_default=False,
+    help="Iterative inpainting: STEPS times, re-draw one square box of bottom codes given all the others (with "
+         "--refine N: then N Gibbs sweeps over the box), placing each box where cells were re-drawn least so far; "
+         "decode once at the end. The boxes of every image go to OUT_DIR/boxes.jsonl. Not with --mask-dir "
+         "or --backend onnx.")]
+BoxSizeOpt = Annotated[Optional[int], typer.Option(
+    "--box-size", show_default=False,
+    help="With --iterative: the box's side in bottom-grid cells (a 64px model's grid is 16x16, so 4 cells are 16 "
+         "pixels); default a quarter of the grid's side. Large boxes lose the context, small ones only blur.")]
+BoxScheduleOpt = Annotated[Optional[str], typer.Option(
+    "--box-schedule", show_default=False,
+    help="With --iterative: constant (--box-size every step, the default), shrink (from --box-size down to half "
+         "of it: coarse changes first), or one size per step, e.g. 8,8,6,6,4.")]
+IterativeLevelsOpt = Annotated[Optional[str], typer.Option(
+    "--iterative-levels", show_default=False,
+    help="With --iterative: bottom (default) re-draws bottom codes only; both first re-draws the top codes over "
+         "the box, then the bottom box given them (larger changes).")]
+
 
 def _check_outputs(as_json: bool, jsonl: bool) -> None:
     if as_json and jsonl:
@@ -105,6 +124,8 @@ def resample(
     mask_dir: MaskDirOpt = None,
     refine: RefineOpt = 0,
     refine_candidates: RefineCandidatesOpt = None,
+    iterative: IterativeOpt = None, box_size: BoxSizeOpt = None, box_schedule: BoxScheduleOpt = None,
+    iterative_levels: IterativeLevelsOpt = None,
     class_name: Annotated[Optional[str], typer.Option("--class", help="Only images of this class.")] = None,
     device: DeviceOpt = "auto", backend: BackendOpt = None, seed: SeedOpt = 0, batch_size: BatchOpt = 64, bf16: BF16Opt = False,
     sampler: SamplerOpt = "fast", compile_step: CompileOpt = False,
@@ -115,14 +136,21 @@ def resample(
 ):
     """Keep each image's top codes and draw its bottom codes again from the bottom prior.
 
+    With --iterative STEPS, only one box of codes is re-drawn at a time, STEPS times (iterative inpainting):
+    the image changes step by step while the rest of it holds the content.
+
     Example: skinaug resample images/ --labels labels.csv --model models/derm64 --out resampled/ --per-image 2 --temperature 0.9
+
+    Example: skinaug resample images/ --labels labels.csv --out inpainted/ --iterative 10 --box-size 4 --refine 1
     """
     _check_outputs(json_, jsonl)
     from .. import generate
 
     summary = generate.resample(out, model=model, data=data, codes=codes, labels=labels, per_image=per_image,
                                 temperature=temperature, top_k=top_k, method=method, mask_dir=mask_dir, refine=refine,
-                                refine_candidates=refine_candidates, class_name=class_name, device=device,
+                                refine_candidates=refine_candidates, iterative=iterative, box_size=box_size,
+                                box_schedule=box_schedule, iterative_levels=iterative_levels, class_name=class_name,
+                                device=device,
                                 backend=backend, seed=seed, batch_size=batch_size, bf16=bf16, sampler=sampler,
                                 compile_step=compile_step, image_format=image_format, quality=quality,
                                 overwrite=overwrite, resume=resume, strict=strict, jsonl=jsonl,

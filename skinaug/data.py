@@ -416,102 +416,18 @@ def scan_dataset(
     strings. Files and rows that cannot be used are listed in `skipped`, or are fatal when `strict`;
     files the CSV does not mention are only counted, since a CSV may select a subset of a folder.
     """
-    if str(data_dir) == STDIN:
-        root, files = _stdin_files()
-    else:
-        root = Path(data_dir).expanduser()
-        if not root.is_dir():
-            raise SkinaugError(f"image folder not found: {root}")
-        if labels_csv is None and is_generated_folder(root):
-            # a generated OUT_DIR: its images/ labelled by its own labels.csv, so that commands chain without --labels
-            root, labels_csv = root / "images", root / "labels.csv"
-        root = root.resolve()
-        files = _walk(root)
+    root, files, labels_csv = _scan_root(data_dir, labels_csv)
     skipped = [(f.rel, f.problem) for f in files if f.problem and not f.unsupported]
-    missing: list[str] = []
-    entries: list[tuple[_File, str | None, str]] = []  # file, label string, group
-    files_without_row = 0
-
     if labels_csv is not None:
         csv_path = Path(labels_csv).expanduser()
-        header, rows = _read_csv(csv_path)
-        cols = _detect_columns(header, image_col, label_col, group_col, csv_path)
-        dialect = cols.dialect
-        by_rel = {f.rel: f for f in files}
-        by_key: dict[str, list[_File]] = defaultdict(list)  # relative path without extension, and bare stem
-        for f in files:
-            by_key[f.rel.rsplit(".", 1)[0]].append(f)
-            if "/" in f.rel:
-                by_key[_stem(f.rel)].append(f)
-        used: set[str] = set()
-        for line, row in enumerate(rows, start=2):
-            name = (row[cols.image] if cols.image < len(row) else "").strip().replace("\\", "/")
-            if not name:
-                skipped.append((f"{csv_path.name} line {line}", "no image name"))
-                continue
-            if _escapes(name):
-                skipped.append((name, ESCAPES))
-                continue
-            key = name.rsplit(".", 1)[0] if name.lower().endswith(IMAGE_EXTENSIONS) else name
-            hits = [by_rel[name]] if name in by_rel else by_key.get(key, [])
-            if len(hits) > 1 and sum(not f.unsupported for f in hits) == 1:
-                hits = [f for f in hits if not f.unsupported]  # 'x' names x.jpg, not its x.heic original
-            if len(hits) > 1:
-                raise SkinaugError(f"image name {name!r} matches several files: {', '.join(f.rel for f in hits)}")
-            if not hits:
-                missing.append(name)
-                continue
-            if hits[0].rel in used:
-                raise SkinaugError(f"{csv_path} lists image {name!r} twice (again on line {line})")
-            used.add(hits[0].rel)
-            if hits[0].unsupported:
-                skipped.append((name, hits[0].problem))
-                continue
-            if hits[0].problem:
-                continue  # already listed by the walk
-            label, reason = _row_label(row, cols, header)
-            if label is None:
-                skipped.append((name, reason))
-                continue
-            group = row[cols.group].strip() if cols.group is not None and cols.group < len(row) else ""
-            entries.append((hits[0], label, group))
-        files_without_row = sum(1 for f in files if f.rel not in used and not f.problem)
+        scan = _entries_from_csv(files, csv_path, image_col, label_col, group_col)
+        where = f" for the {scan.rows} rows of {csv_path.name}"
     else:
-        class_dirs = {f.rel.split("/", 1)[0] for f in files if "/" in f.rel and not f.problem}
-        dialect = "folders" if class_dirs else "unlabelled"
-        skipped += [(f.rel, f.problem) for f in files if f.unsupported]  # every file counts without a CSV
-        for f in files:
-            if f.problem:
-                continue
-            if not class_dirs:
-                entries.append((f, None, ""))
-            elif "/" in f.rel:
-                entries.append((f, f.rel.split("/", 1)[0], ""))
-            else:
-                skipped.append((f.rel, "outside the class folders"))
-
-    if strict and (skipped or missing):
-        problems = [f"{name}: {reason}" for name, reason in skipped[:3]]
-        if missing:
-            problems.append(f"{len(missing)} CSV rows have no image file (e.g. {', '.join(missing[:3])})")
-        raise SkinaugError(f"{len(skipped) + len(missing)} unusable inputs ({{strict=True}}): " + "; ".join(problems))
-    if not entries:
-        hint = f" for the {len(rows)} rows of {csv_path.name}" if labels_csv is not None else ""
-        example = f" (e.g. no file for {missing[0]!r})" if missing else ""
-        other = [f.rel for f in files if f.unsupported]
-        found_other = f"; found {len(other)} files of types skinaug does not read (e.g. {other[0]})" if other else ""
-        raise SkinaugError(
-            f"no images found in {root}{hint}{example}; looked for {', '.join(IMAGE_EXTENSIONS)}{found_other}")
-
-    stems = Counter(_stem(f.rel) for f, _, _ in entries)
-    duplicates = [stem for stem, n in stems.items() if n > 1]
-    if duplicates:
-        paths = [f.rel for f, _, _ in entries if _stem(f.rel) == duplicates[0]]
-        raise SkinaugError(
-            f"image names must be unique (they are file stems): {duplicates[0]!r} is {' and '.join(paths)}"
-            + (f", and {len(duplicates) - 1} more names repeat" if len(duplicates) > 1 else ""))
-
-    found = sorted({label for _, label, _ in entries if label is not None})
+        scan, where = _entries_from_folders(files), ""
+    skipped += scan.skipped
+    _check_usable(root, files, scan, skipped, strict, where)
+    _check_unique_stems(scan.entries)
+    found = sorted({label for _, label, _ in scan.entries if label is not None})
     if class_names is not None:
         unknown = [label for label in found if label not in class_names]
         if unknown:
@@ -519,11 +435,130 @@ def scan_dataset(
         found = list(class_names)
     index = {name: i for i, name in enumerate(found)}
     samples = [
-        Sample(f.path, _stem(f.rel), -1 if label is None else index[label], group) for f, label, group in entries
+        Sample(f.path, _stem(f.rel), -1 if label is None else index[label], group) for f, label, group in scan.entries
     ]
-    dataset = Dataset(root, samples, found, dialect, skipped, files_without_row, missing)
+    dataset = Dataset(root, samples, found, scan.dialect, skipped, scan.files_without_row, scan.missing)
     _report_scan(dataset, f"{root}" + (f" and {Path(labels_csv).name}" if labels_csv is not None else ""))
     return dataset
+
+
+@dataclass
+class _Scan:
+    """What matching the files with a CSV (or with class folders) gave."""
+
+    dialect: str
+    entries: list = field(default_factory=list)  # (file, label string or None, group)
+    skipped: list = field(default_factory=list)  # (name, reason)
+    missing: list = field(default_factory=list)  # CSV names with no file
+    files_without_row: int = 0
+    rows: int = 0
+
+
+def _scan_root(data_dir, labels_csv):
+    """The folder the images are read from, its files, and the labels CSV (a generated OUT_DIR brings its own)."""
+    if str(data_dir) == STDIN:
+        root, files = _stdin_files()
+        return root, files, labels_csv
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        raise SkinaugError(f"image folder not found: {root}")
+    if labels_csv is None and is_generated_folder(root):
+        # a generated OUT_DIR: its images/ labelled by its own labels.csv, so that commands chain without --labels
+        root, labels_csv = root / "images", root / "labels.csv"
+    root = root.resolve()
+    return root, _walk(root), labels_csv
+
+
+def _entries_from_csv(files, csv_path: Path, image_col, label_col, group_col) -> _Scan:
+    header, rows = _read_csv(csv_path)
+    cols = _detect_columns(header, image_col, label_col, group_col, csv_path)
+    scan = _Scan(cols.dialect, rows=len(rows))
+    by_rel = {f.rel: f for f in files}
+    by_key: dict[str, list[_File]] = defaultdict(list)  # relative path without extension, and bare stem
+    for f in files:
+        by_key[f.rel.rsplit(".", 1)[0]].append(f)
+        if "/" in f.rel:
+            by_key[_stem(f.rel)].append(f)
+    used: set[str] = set()
+    for line, row in enumerate(rows, start=2):
+        name = (row[cols.image] if cols.image < len(row) else "").strip().replace("\\", "/")
+        if not name:
+            scan.skipped.append((f"{csv_path.name} line {line}", "no image name"))
+            continue
+        if _escapes(name):
+            scan.skipped.append((name, ESCAPES))
+            continue
+        hit = _file_for(name, by_rel, by_key)
+        if hit is None:
+            scan.missing.append(name)
+            continue
+        if hit.rel in used:
+            raise SkinaugError(f"{csv_path} lists image {name!r} twice (again on line {line})")
+        used.add(hit.rel)
+        if hit.unsupported:
+            scan.skipped.append((name, hit.problem))
+            continue
+        if hit.problem:
+            continue  # already listed by the walk
+        label, reason = _row_label(row, cols, header)
+        if label is None:
+            scan.skipped.append((name, reason))
+            continue
+        group = row[cols.group].strip() if cols.group is not None and cols.group < len(row) else ""
+        scan.entries.append((hit, label, group))
+    scan.files_without_row = sum(1 for f in files if f.rel not in used and not f.problem)
+    return scan
+
+
+def _file_for(name: str, by_rel: dict, by_key: dict):
+    """The one file a CSV name means (None: no file); a name that matches several is an error."""
+    key = name.rsplit(".", 1)[0] if name.lower().endswith(IMAGE_EXTENSIONS) else name
+    hits = [by_rel[name]] if name in by_rel else by_key.get(key, [])
+    if len(hits) > 1 and sum(not f.unsupported for f in hits) == 1:
+        hits = [f for f in hits if not f.unsupported]  # 'x' names x.jpg, not its x.heic original
+    if len(hits) > 1:
+        raise SkinaugError(f"image name {name!r} matches several files: {', '.join(f.rel for f in hits)}")
+    return hits[0] if hits else None
+
+
+def _entries_from_folders(files) -> _Scan:
+    class_dirs = {f.rel.split("/", 1)[0] for f in files if "/" in f.rel and not f.problem}
+    scan = _Scan("folders" if class_dirs else "unlabelled")
+    scan.skipped += [(f.rel, f.problem) for f in files if f.unsupported]  # every file counts without a CSV
+    for f in files:
+        if f.problem:
+            continue
+        if not class_dirs:
+            scan.entries.append((f, None, ""))
+        elif "/" in f.rel:
+            scan.entries.append((f, f.rel.split("/", 1)[0], ""))
+        else:
+            scan.skipped.append((f.rel, "outside the class folders"))
+    return scan
+
+
+def _check_usable(root, files, scan: _Scan, skipped: list, strict: bool, where: str) -> None:
+    if strict and (skipped or scan.missing):
+        problems = [f"{name}: {reason}" for name, reason in skipped[:3]]
+        if scan.missing:
+            problems.append(f"{len(scan.missing)} CSV rows have no image file (e.g. {', '.join(scan.missing[:3])})")
+        raise SkinaugError(f"{len(skipped) + len(scan.missing)} unusable inputs ({{strict=True}}): " + "; ".join(problems))
+    if not scan.entries:
+        example = f" (e.g. no file for {scan.missing[0]!r})" if scan.missing else ""
+        other = [f.rel for f in files if f.unsupported]
+        found_other = f"; found {len(other)} files of types skinaug does not read (e.g. {other[0]})" if other else ""
+        raise SkinaugError(
+            f"no images found in {root}{where}{example}; looked for {', '.join(IMAGE_EXTENSIONS)}{found_other}")
+
+
+def _check_unique_stems(entries) -> None:
+    stems = Counter(_stem(f.rel) for f, _, _ in entries)
+    duplicates = [stem for stem, n in stems.items() if n > 1]
+    if duplicates:
+        paths = [f.rel for f, _, _ in entries if _stem(f.rel) == duplicates[0]]
+        raise SkinaugError(
+            f"image names must be unique (they are file stems): {duplicates[0]!r} is {' and '.join(paths)}"
+            + (f", and {len(duplicates) - 1} more names repeat" if len(duplicates) > 1 else ""))
 
 
 # ---------------------------------------------------------------------------------------------- decoding

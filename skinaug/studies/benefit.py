@@ -278,8 +278,6 @@ def bootstrap_gain(method_probs: list[np.ndarray], real_probs: list[np.ndarray],
 
 def run_benefit(data, labels_csv_path, out, options: BenefitOptions, *, model=None, resume=False, overwrite=False) -> dict:
     """The benefit table (see the module docstring); writes everything into `out`."""
-    from ..generate import open_generator
-
     from ..modeldir import locate_model
 
     options.validate()
@@ -293,94 +291,16 @@ def run_benefit(data, labels_csv_path, out, options: BenefitOptions, *, model=No
         class_names = dataset.class_names
         if len(class_names) < 2:
             raise SkinaugError(f"the data has {len(class_names)} class(es): a benefit needs two or more")
-        pair = None
-        if options.positive is None and {"melanoma", "nevus"} <= set(class_names):
-            options.positive, options.negative = "melanoma", "nevus"
-        if options.positive is not None:
-            for name in (options.positive, options.negative):
-                if name not in class_names:
-                    raise SkinaugError(f"class {name!r} is not in the labels ({', '.join(class_names)}): "
-                                       "name others with {positive}/{negative}")
-            pair = (class_names.index(options.positive), class_names.index(options.negative))
-        train, test = split_for_benefit(dataset.samples, options.test_fraction, options.seed)
-        if not test:
-            raise SkinaugError("too few lesions to hold any out: use more data")
-        missing = [name for c, name in enumerate(class_names) if not any(s.label == c for s in train)]
-        if missing:
-            raise SkinaugError(f"class {', '.join(missing)} has too few lesions to be on both sides of the split")
-        # a resumed run must see the same images on each side, or its generator and classifiers would not fit
-        split = hashlib.sha256("\n".join(["train", *sorted(s.name for s in train), "test", *sorted(s.name for s in test)])
-                               .encode()).hexdigest()[:16]
-        plan = {"data": str(Path(str(data)).resolve()), "model": str(Path(model).resolve()) if model else None,
-                "split": split, **options.plan()}
-        if (work / PLAN).is_file():
-            earlier = read_json(work / PLAN)
-            if earlier != json_round_trip(plan):
-                changed = sorted(k for k in set(plan) | set(earlier) if json_round_trip(plan).get(k) != earlier.get(k))
-                raise SkinaugError(f"{out} was started with other options or data ({', '.join(changed)}): "
-                                   "rerun with the same ones, or {overwrite=True}")
-        write_json(work / PLAN, plan)
-        write_text(work / "train.csv", labels_csv(train, class_names))
-        write_text(work / "test.csv", labels_csv(test, class_names))
-        log(f"split by lesion: train {len(train)} images, test {len(test)} images "
-            f"({len({s.group or s.name for s in test})} lesions), seed {options.seed}")
-
-        generated_methods = [m for m in options.methods if m in GENERATED_METHODS]
-        generator = None
-        if generated_methods:
-            if model is not None:
-                model_path = Path(model)
-            else:
-                model_path = train_generator(data, work / "train.csv", work / "generator", options.recipe, options)
-            check_model(model_path, test)  # also the one trained here: what it recorded must be the train side only
-            generator = open_generator(model_path, options.device, temperature=options.temperature, top_k=options.top_k)
-            if list(generator.class_names) != list(class_names):
-                raise SkinaugError(f"the generator's classes ({', '.join(generator.class_names)}) are not the data's "
-                                   f"({', '.join(class_names)})")
-
+        pair = benefit_pair(options, class_names)
+        train, test = split_and_plan(dataset, data, out, work, model, options)
+        generator = benefit_generator(data, work, model, test, class_names, options)
         test_images, test_samples, _ = load_images(test, options.budget.image_size, strict=True, workers=options.workers)
         test_labels = np.array([s.label for s in test_samples], dtype=np.int64)
         test_groups = [s.group or s.name for s in test_samples]
         rows = []
-        filtered: dict = {}
         for fraction in options.fractions:
-            folder = work / f"fraction_{fraction:g}"
-            folder.mkdir(exist_ok=True)
-            share = real_share(train, fraction, options.seed)
-            write_text(folder / "real.csv", labels_csv(share, class_names))
-            real_images, kept, _ = load_images(share, options.budget.image_size, strict=True, workers=options.workers)
-            real_labels = np.array([s.label for s in kept], dtype=np.int64)
-            steps = options.steps or steps_for(options.epochs, len(real_images), options.budget.batch_size)
-            budget = Budget(**{**asdict(options.budget), "steps": steps})
-            source = share_codes(generator, data, folder / "real.csv", class_names) if generator else None
-            sets = {"real": (real_images, real_labels)}
-            judge = Judge(folder / "classifiers", real_images, real_labels, len(class_names), budget, device, options,
-                          f"{fraction:g} judge")
-            for method in options.methods:
-                if method == "classic":
-                    extra = classic_copies(real_images, real_labels, options.ratio, options.seed)
-                else:
-                    generate_set(method, generator, source, folder / method, options, options.seed)
-                    extra = read_generated(folder / method, class_names, options.budget.image_size, options.workers)
-                    if options.filter is not None:
-                        targets = {int(c): round(options.ratio * int((real_labels == c).sum())) for c in np.unique(real_labels)}
-                        *extra, counts = filter_generated(*extra, judge.probabilities(method, extra[0]), targets,
-                                                          options.filter, folder / method, class_names)
-                        filtered[(fraction, method)] = counts
-                sets[method] = (np.concatenate([real_images, extra[0]]), np.concatenate([real_labels, extra[1]]))
-            log(f"real fraction {fraction:g}: {len(real_images)} real images; {budget.steps} classifier steps per set")
-            probabilities = {}
-            for name, (images, labels) in sets.items():
-                probabilities[name] = [classifier_run(folder / "classifiers" / f"{name}_seed{options.seed + k}.npy", images,
-                                                      labels, len(class_names), budget, options.seed + k, device, options,
-                                                      test_images, f"{fraction:g} {name} seed {options.seed + k}")
-                                       for k in range(options.seeds)]
-            for name, (images, labels) in sets.items():
-                rows.append(summarise(name, fraction, probabilities, test_labels, test_groups, pair, options,
-                                      len(real_images), len(images) - len(real_images), labels, len(class_names)))
-                rows[-1]["classifier_steps"] = steps
-                if (fraction, name) in filtered:
-                    rows[-1]["filter"] = {"threshold": options.filter, "per_class": filtered[(fraction, name)]}
+            rows += fraction_rows(fraction, train, data, work, generator, class_names, test_images, test_labels,
+                                  test_groups, pair, device, options)
         summary = {
             "classes": class_names, "pair": [options.positive, options.negative] if pair else None,
             "train_images": len(train), "test_images": int(len(test_images)), "test_lesions": len(set(test_groups)),
@@ -393,6 +313,109 @@ def run_benefit(data, labels_csv_path, out, options: BenefitOptions, *, model=No
         draw_benefit_png(rows, options, work / "benefit.png")
     summary["out"] = str(out)
     return summary
+
+
+def benefit_pair(options: BenefitOptions, class_names: list[str]) -> tuple[int, int] | None:
+    """The classes of the pairwise AUC (melanoma vs nevus when both are there), as label indices; None: none."""
+    if options.positive is None and {"melanoma", "nevus"} <= set(class_names):
+        options.positive, options.negative = "melanoma", "nevus"
+    if options.positive is None:
+        return None
+    for name in (options.positive, options.negative):
+        if name not in class_names:
+            raise SkinaugError(f"class {name!r} is not in the labels ({', '.join(class_names)}): "
+                               "name others with {positive}/{negative}")
+    return class_names.index(options.positive), class_names.index(options.negative)
+
+
+def split_and_plan(dataset, data, out, work: Path, model, options: BenefitOptions):
+    """The lesion-grouped split, checked against a resumed run's plan, written as train.csv and test.csv."""
+    class_names = dataset.class_names
+    train, test = split_for_benefit(dataset.samples, options.test_fraction, options.seed)
+    if not test:
+        raise SkinaugError("too few lesions to hold any out: use more data")
+    missing = [name for c, name in enumerate(class_names) if not any(s.label == c for s in train)]
+    if missing:
+        raise SkinaugError(f"class {', '.join(missing)} has too few lesions to be on both sides of the split")
+    # a resumed run must see the same images on each side, or its generator and classifiers would not fit
+    split = hashlib.sha256("\n".join(["train", *sorted(s.name for s in train), "test", *sorted(s.name for s in test)])
+                           .encode()).hexdigest()[:16]
+    plan = {"data": str(Path(str(data)).resolve()), "model": str(Path(model).resolve()) if model else None,
+            "split": split, **options.plan()}
+    if (work / PLAN).is_file():
+        earlier = read_json(work / PLAN)
+        if earlier != json_round_trip(plan):
+            changed = sorted(k for k in set(plan) | set(earlier) if json_round_trip(plan).get(k) != earlier.get(k))
+            raise SkinaugError(f"{out} was started with other options or data ({', '.join(changed)}): "
+                               "rerun with the same ones, or {overwrite=True}")
+    write_json(work / PLAN, plan)
+    write_text(work / "train.csv", labels_csv(train, class_names))
+    write_text(work / "test.csv", labels_csv(test, class_names))
+    log(f"split by lesion: train {len(train)} images, test {len(test)} images "
+        f"({len({s.group or s.name for s in test})} lesions), seed {options.seed}")
+    return train, test
+
+
+def benefit_generator(data, work: Path, model, test, class_names: list[str], options: BenefitOptions):
+    """The Generator of the generated methods (None when only classic is asked for): `model`, or one trained here on
+    the train side; either must have recorded no test image or lesion."""
+    from ..generate import open_generator
+
+    if not any(m in GENERATED_METHODS for m in options.methods):
+        return None
+    if model is not None:
+        model_path = Path(model)
+    else:
+        model_path = train_generator(data, work / "train.csv", work / "generator", options.recipe, options)
+    check_model(model_path, test)  # also the one trained here: what it recorded must be the train side only
+    generator = open_generator(model_path, options.device, temperature=options.temperature, top_k=options.top_k)
+    if list(generator.class_names) != list(class_names):
+        raise SkinaugError(f"the generator's classes ({', '.join(generator.class_names)}) are not the data's "
+                           f"({', '.join(class_names)})")
+    return generator
+
+
+def fraction_rows(fraction, train, data, work: Path, generator, class_names, test_images, test_labels, test_groups,
+                  pair, device, options: BenefitOptions) -> list[dict]:
+    """One real fraction: its share of the train side, every method's set, the classifiers, a row per set."""
+    folder = work / f"fraction_{fraction:g}"
+    folder.mkdir(exist_ok=True)
+    share = real_share(train, fraction, options.seed)
+    write_text(folder / "real.csv", labels_csv(share, class_names))
+    real_images, kept, _ = load_images(share, options.budget.image_size, strict=True, workers=options.workers)
+    real_labels = np.array([s.label for s in kept], dtype=np.int64)
+    steps = options.steps or steps_for(options.epochs, len(real_images), options.budget.batch_size)
+    budget = Budget(**{**asdict(options.budget), "steps": steps})
+    source = share_codes(generator, data, folder / "real.csv", class_names) if generator else None
+    sets = {"real": (real_images, real_labels)}
+    judge = Judge(folder / "classifiers", real_images, real_labels, len(class_names), budget, device, options,
+                  f"{fraction:g} judge")
+    filtered: dict = {}
+    for method in options.methods:
+        if method == "classic":
+            extra = classic_copies(real_images, real_labels, options.ratio, options.seed)
+        else:
+            generate_set(method, generator, source, folder / method, options, options.seed)
+            extra = read_generated(folder / method, class_names, options.budget.image_size, options.workers)
+            if options.filter is not None:
+                targets = {int(c): round(options.ratio * int((real_labels == c).sum())) for c in np.unique(real_labels)}
+                *extra, filtered[method] = filter_generated(*extra, judge.probabilities(method, extra[0]), targets,
+                                                            options.filter, folder / method, class_names)
+        sets[method] = (np.concatenate([real_images, extra[0]]), np.concatenate([real_labels, extra[1]]))
+    log(f"real fraction {fraction:g}: {len(real_images)} real images; {budget.steps} classifier steps per set")
+    probabilities = {
+        name: [classifier_run(folder / "classifiers" / f"{name}_seed{options.seed + k}.npy", images, labels,
+                              len(class_names), budget, options.seed + k, device, options, test_images,
+                              f"{fraction:g} {name} seed {options.seed + k}") for k in range(options.seeds)]
+        for name, (images, labels) in sets.items()}
+    rows = []
+    for name, (images, labels) in sets.items():
+        rows.append(summarise(name, fraction, probabilities, test_labels, test_groups, pair, options,
+                              len(real_images), len(images) - len(real_images), labels, len(class_names)))
+        rows[-1]["classifier_steps"] = steps
+        if name in filtered:
+            rows[-1]["filter"] = {"threshold": options.filter, "per_class": filtered[name]}
+    return rows
 
 
 class Judge:

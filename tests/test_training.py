@@ -82,11 +82,11 @@ def test_a_nan_loss_stops_with_one_line_naming_the_epoch_step_and_what_to_do(tmp
     assert "\n" not in message and isinstance(caught.value, SkinaugError)
     if checkpointed:
         assert message == (f"toy training diverged: the loss became nan at epoch 2, step 6; the last good checkpoint is "
-                           f"kept in {checkpoint.parent} (resume with --resume after lowering --lr)")
+                           f"kept in {checkpoint.parent} (resume with resume=True after lowering lr)")
         assert load_checkpoint(checkpoint)["epoch"] == 1  # epoch 1's checkpoint, never the diverged state
     else:
         assert message == ("toy training diverged: the loss became nan at epoch 1, step 3; no checkpoint was saved yet "
-                           "(start again with a lower --lr)")
+                           "(start again with a lower lr)")
         assert not checkpoint.exists()
 
 

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from skinaug.generate import batch_seed, load_sources, make_batches, plan_per_source
-from skinaug.iterative import IterativeGenerator, IterativeRequest
+from skinaug.generate import IterativeGenerator
+from skinaug.iterative import IterativeRequest
 from skinaug.runtime import resolve_device
 
 GLIDE_REFERENCE = {"method": "GLIDE iterative inpainting (seed report 003)", "device": "NVIDIA A100",

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import iterative as iterative_module
 from .backends import open_backend
 from .codes import CodeFile, read_codes
 from .errors import SkinaugError, UsageError
@@ -481,6 +482,64 @@ def original_rows(source: CodeFile, class_names: list[str], fingerprint: str) ->
     return rows
 
 
+class IterativeGenerator(Generator):
+    """The Generator whose `resample` jobs re-draw one box per step (other methods are the Generator's): iterative
+    inpainting in code space, skinaug/iterative.py (the boxes and their placement)."""
+
+    def __init__(self, model, device="auto", *, iterative, refine=0, refine_candidates=None,
+                 mask_dir=None, **options):
+        if mask_dir is not None:
+            raise UsageError(iterative_module.WITH_MASK)
+        if refine < 0:
+            raise UsageError(f"{{refine}} must be 0 or more sweeps, not {refine}")
+        # the sweeps refine each box, not a lesion mask: the Generator's check that --refine has a mask does not apply
+        super().__init__(model, device, refine_candidates=refine_candidates, **options)
+        self.refine = refine
+        self.iterative = iterative_module.resolve_settings(iterative, self.config)
+
+    def require(self, methods) -> None:
+        super().require(methods)
+        if "resample" in methods and self.iterative.levels == "both":
+            self.model_dir.require_prior("top")
+
+    def check_classes(self, jobs) -> None:
+        super().check_classes(jobs)
+        if self.iterative.levels == "both":
+            for label in sorted({job.label for job in jobs if job.method == "resample" and job.label >= 0}):
+                self.check_class("top", label)
+
+    def image_details(self, method: str, jobs, seed: int) -> list[dict]:
+        if method != "resample":
+            return super().image_details(method, jobs, seed)
+        return [{"boxes": iterative_module.image_boxes(self.iterative, seed, index)} for index in range(len(jobs))]
+
+    def codes_for(self, method, jobs, source, seed):
+        if method != "resample":
+            return super().codes_for(method, jobs, source, seed)
+        random = self.backend.random(seed)
+        labels = np.array([job.label for job in jobs], np.int64)
+        sources = [job.source_top for job in jobs]
+        codes = {level: source.codes[level][sources].astype(np.int64) for level in self.levels}
+        boxes = [details["boxes"] for details in self.image_details(method, jobs, seed)]
+        for step in range(self.iterative.steps):
+            for level in self.iterative.redrawn_levels:
+                grid = tuple(self.spec.grid[level])
+                region = np.stack([iterative_module.boxes_mask(records, level, grid, step) for records in boxes])
+                condition = codes.get("top") if level == "bottom" else None
+                codes[level] = self._redraw(level, codes[level], region, labels, condition, random)
+        return {level: codes[level].astype(np.uint16) for level in self.levels}
+
+    def _redraw(self, level, codes, region, labels, condition, random):
+        """The codes inside `region` drawn again given the others (raster draw, then the {refine} sweeps)."""
+        drawn = self._sample(level, labels, condition, random, keep=(codes, ~region))
+        if not self.refine:
+            return drawn
+        prior = self.backend.prior(level)
+        return prior.refine(drawn, region, labels if prior.num_classes else None, condition, random=random,
+                            sweeps=self.refine, candidates=self.refine_candidates, temperature=self.temperature,
+                            top_k=self.top_k)
+
+
 # ------------------------------------------------------------------ the generating commands as library functions
 #
 # Each writes a generated dataset into OUT_DIR (images/, labels.csv, codes.h5, run.json) and returns the run's summary
@@ -520,11 +579,9 @@ def resample(out, *, model=None, data=None, codes=None, labels=None, per_image=1
     replaced by random codes (method rand-bottom | rand-top, the baselines). With iterative=STEPS, one box of codes
     (box_size bottom-grid cells, or one size per step in box_schedule) is re-drawn per step instead, STEPS times
     (iterative inpainting, skinaug/iterative.py)."""
-    from .iterative import IterativeGenerator, iterative_request
-
     check_streaming(out, jsonl, overwrite)
-    request = iterative_request(iterative, box_size, box_schedule, iterative_levels, method=method, mask_dir=mask_dir,
-                                backend=backend)
+    request = iterative_module.iterative_request(iterative, box_size, box_schedule, iterative_levels, method=method,
+                                                 mask_dir=mask_dir, backend=backend)
     if method not in ("resample", "rand-bottom", "rand-top"):
         raise UsageError(f"{{method}} must be resample, rand-bottom or rand-top, not {method}")
     if mask_dir is not None and method != "resample":

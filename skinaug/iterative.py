@@ -35,7 +35,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import UsageError
-from .generate import Generator
 from .runtime import resolve_backend
 
 SCHEDULES = ("constant", "shrink")
@@ -200,60 +199,3 @@ def boxes_mask(records: list[dict], level: str, grid: tuple[int, int], step: int
 
 
 # ------------------------------------------------------------------------- drawing
-
-
-class IterativeGenerator(Generator):
-    """The Generator whose `resample` jobs re-draw one box per step (other methods are the Generator's)."""
-
-    def __init__(self, model, device="auto", *, iterative: IterativeRequest, refine=0, refine_candidates=None,
-                 mask_dir=None, **options):
-        if mask_dir is not None:
-            raise UsageError(WITH_MASK)
-        if refine < 0:
-            raise UsageError(f"{{refine}} must be 0 or more sweeps, not {refine}")
-        # the sweeps refine each box, not a lesion mask: the Generator's check that --refine has a mask does not apply
-        super().__init__(model, device, refine_candidates=refine_candidates, **options)
-        self.refine = refine
-        self.iterative = resolve_settings(iterative, self.config)
-
-    def require(self, methods) -> None:
-        super().require(methods)
-        if "resample" in methods and self.iterative.levels == "both":
-            self.model_dir.require_prior("top")
-
-    def check_classes(self, jobs) -> None:
-        super().check_classes(jobs)
-        if self.iterative.levels == "both":
-            for label in sorted({job.label for job in jobs if job.method == "resample" and job.label >= 0}):
-                self.check_class("top", label)
-
-    def image_details(self, method: str, jobs, seed: int) -> list[dict]:
-        if method != "resample":
-            return super().image_details(method, jobs, seed)
-        return [{"boxes": image_boxes(self.iterative, seed, index)} for index in range(len(jobs))]
-
-    def codes_for(self, method, jobs, source, seed):
-        if method != "resample":
-            return super().codes_for(method, jobs, source, seed)
-        random = self.backend.random(seed)
-        labels = np.array([job.label for job in jobs], np.int64)
-        sources = [job.source_top for job in jobs]
-        codes = {level: source.codes[level][sources].astype(np.int64) for level in self.levels}
-        boxes = [details["boxes"] for details in self.image_details(method, jobs, seed)]
-        for step in range(self.iterative.steps):
-            for level in self.iterative.redrawn_levels:
-                grid = tuple(self.spec.grid[level])
-                region = np.stack([boxes_mask(records, level, grid, step) for records in boxes])
-                condition = codes.get("top") if level == "bottom" else None
-                codes[level] = self._redraw(level, codes[level], region, labels, condition, random)
-        return {level: codes[level].astype(np.uint16) for level in self.levels}
-
-    def _redraw(self, level, codes, region, labels, condition, random):
-        """The codes inside `region` drawn again given the others (raster draw, then the {refine} sweeps)."""
-        drawn = self._sample(level, labels, condition, random, keep=(codes, ~region))
-        if not self.refine:
-            return drawn
-        prior = self.backend.prior(level)
-        return prior.refine(drawn, region, labels if prior.num_classes else None, condition, random=random,
-                            sweeps=self.refine, candidates=self.refine_candidates, temperature=self.temperature,
-                            top_k=self.top_k)

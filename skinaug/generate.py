@@ -651,14 +651,7 @@ def augment(data, out, *, model=None, labels=None, factor=None, balance=False, m
     "mix:1,resample:2,synthesize:1" or {"mix": 1, ...}; classic: albumentations copies (`classic_config`: a pipeline
     A.save wrote). With dry_run nothing is written and the summary holds the plan (images per class and method)."""
     check_streaming(out, jsonl, overwrite)
-    weights = parse_methods(methods if isinstance(methods, str) else ",".join(f"{m}:{w}" for m, w in methods.items()))
-    transforms = None
-    if classic_config is not None:
-        from .classic import load_transforms
-
-        if weights.get("classic", 0) <= 0:
-            raise UsageError("{classic_config} sets the classic pipeline: add classic to {methods}")
-        transforms = load_transforms(classic_config)
+    weights, transforms = augment_methods(methods, classic_config)
     model = model_location(model)
     generator = open_generator(model, device, backend=backend, temperature=temperature, top_k=top_k,
                                dtype=sampling_dtype(bf16), compile_step=compile_step)
@@ -679,7 +672,7 @@ def augment(data, out, *, model=None, labels=None, factor=None, balance=False, m
     plan = job_plan(jobs, command="augment", data=str(data), seed=seed, batch_size=batch_size, temperature=temperature,
                     top_k=top_k, originals=not no_originals, format=image_format, bf16=bf16,
                     # the pipeline's content, so that --resume after an edit of the file is refused
-                    **({"classic_config": _file_digest(classic_config)} if classic_config is not None else {}))
+                    **({"classic_config": file_record(classic_config)} if classic_config is not None else {}))
     return run_jobs(generator, jobs, source, out, seed=seed, batch_size=batch_size, command="augment", plan=plan,
                     overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
                     originals=originals, link_originals=not copy_originals, extra={"plan": table, "input": read},
@@ -693,6 +686,19 @@ def read_sources(model, codes, data, labels, device, backend, strict, **columns)
     with recording_intake() as intake:
         source = load_sources(model, codes, data, labels, device, backend=backend, strict=strict, **columns)
     return source, (intake.summary() if data is not None else None)
+
+
+def augment_methods(methods, classic_config=None):
+    """augment's method weights ("mix:1,resample:2" or {"mix": 1, ...}) and the classic pipeline of `classic_config`
+    (None: the default one, or no classic at all)."""
+    weights = parse_methods(methods if isinstance(methods, str) else ",".join(f"{m}:{w}" for m, w in methods.items()))
+    if classic_config is None:
+        return weights, None
+    from .classic import load_transforms
+
+    if weights.get("classic", 0) <= 0:
+        raise UsageError("{classic_config} sets the classic pipeline: add classic to {methods}")
+    return weights, load_transforms(classic_config)
 
 
 def check_streaming(out, jsonl: bool, overwrite: bool) -> None:
@@ -710,7 +716,8 @@ def sampling_dtype(bf16: bool):
     return torch.bfloat16
 
 
-def _file_digest(path) -> str:
+def file_record(path) -> str:
+    """A file's name and content digest as a plan records it (so that --resume after an edit of the file is refused)."""
     import hashlib
 
     return f"{path} sha256:{hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]}"

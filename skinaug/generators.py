@@ -38,19 +38,11 @@ def augment(data, out, *, model=None, methods="mix,resample,synthesize", classic
     from .baselines import synthesize as baseline
 
     generate.check_streaming(out, arguments.get("jsonl", False), arguments.get("overwrite", False))
-    weights = generate.parse_methods(methods if isinstance(methods, str) else
-                                     ",".join(f"{m}:{w}" for m, w in methods.items()))
-    transforms = None
-    if classic_config is not None:
-        from .classic import load_transforms
-
-        if weights.get("classic", 0) <= 0:
-            raise UsageError("{classic_config} sets the classic pipeline: add classic to {methods}")
-        transforms = load_transforms(classic_config)
+    weights, transforms = generate.augment_methods(methods, classic_config)
     return baseline.augment(
         model, data, out, weights=weights, originals=not no_originals, link_originals=not copy_originals,
         columns={"image_col": image_col, "label_col": label_col, "group_col": group_col}, classic_transforms=transforms,
-        classic_config=generate._file_digest(classic_config) if classic_config is not None else None, **arguments)
+        classic_config=generate.file_record(classic_config) if classic_config is not None else None, **arguments)
 
 
 def _is_baseline(model, *, backend=None, top_k=None, bf16=False, compile_step=False, sampler="fast") -> bool:

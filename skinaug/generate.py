@@ -495,7 +495,7 @@ class IterativeGenerator(Generator):
         # the sweeps refine each box, not a lesion mask: the Generator's check that --refine has a mask does not apply
         super().__init__(model, device, refine_candidates=refine_candidates, **options)
         self.refine = refine
-        self.iterative = iterative_module.resolve_settings(iterative, self.config)
+        self.iterative = iterative_module.resolve_settings(iterative, self.spec.grid)
 
     def require(self, methods) -> None:
         super().require(methods)

@@ -96,10 +96,10 @@ def iterative_request(steps, box_size=None, schedule=None, levels=None, *, metho
     return IterativeRequest(steps, box_size, schedule, levels or "bottom")
 
 
-def resolve_settings(request: IterativeRequest, config: dict) -> IterativeSettings:
+def resolve_settings(request: IterativeRequest, grids: dict) -> IterativeSettings:
     """Box sizes per step for a model's config; a size that cannot fit its bottom grid is a usage error."""
-    grid = tuple(config["grid"]["bottom"])
-    top_grid = tuple(config["grid"]["top"]) if "top" in config["grid"] else None
+    grid = tuple(grids["bottom"])  # the model's code grid per level (ModelSpec.grid)
+    top_grid = tuple(grids["top"]) if "top" in grids else None
     if request.levels == "both" and top_grid is None:
         raise UsageError("{iterative_levels='both'} re-draws top codes too: this model has one level")
     side = min(grid)

@@ -20,7 +20,7 @@ from skinaug.output import LABEL_COLUMNS
 pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest: tiny models, busy shared cores
 
 GRID = (8, 8)  # the tiny model's bottom grid (its top grid is 4x4)
-TWO_LEVEL = {"grid": {"top": [4, 4], "bottom": [8, 8]}}
+TWO_LEVEL = {"top": [4, 4], "bottom": [8, 8]}  # code grids per level
 
 
 # ------------------------------------------------------------------------- sizes and placement
@@ -103,7 +103,7 @@ def test_box_schedules():
     assert schedule_sizes("shrink", 5, 3) == (5, 4, 3)
     assert schedule_sizes("shrink", 6, 1) == (6,)
     assert parse_sizes("8, 8,6,6,4", 5) == (8, 8, 6, 6, 4)
-    assert resolve_settings(IterativeRequest(2), {"grid": {"bottom": [16, 16]}}).box_sizes == (4, 4)  # a quarter
+    assert resolve_settings(IterativeRequest(2), {"bottom": [16, 16]}).box_sizes == (4, 4)  # a quarter
     assert resolve_settings(IterativeRequest(3, schedule="4,2,1"), TWO_LEVEL).box_sizes == (4, 2, 1)
     assert resolve_settings(IterativeRequest(4, 6, "shrink"), TWO_LEVEL).box_sizes == (6, 5, 4, 3)
 
@@ -124,7 +124,7 @@ def test_impossible_boxes_are_usage_errors(request_, message):
 
 def test_both_levels_need_a_top_level():
     with pytest.raises(UsageError, match="one level"):
-        resolve_settings(IterativeRequest(2, levels="both"), {"grid": {"bottom": [8, 8]}})
+        resolve_settings(IterativeRequest(2, levels="both"), {"bottom": [8, 8]})
 
 
 # ------------------------------------------------------------------------- the command

@@ -1,4 +1,4 @@
-"""Contact sheets: a quick look at generated datasets, one row per method (and class)."""
+"""Contact sheets: a quick look at generated datasets, one row per method, class or folder."""
 
 from __future__ import annotations
 
@@ -9,7 +9,24 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SkinaugError, UsageError
-from .io import atomic_path
+from .io import OutputKind, atomic_path, claim_output
+
+SOFTWARE = "skinaug preview"  # the PNG text chunk that marks a contact sheet: --overwrite replaces only those
+ROW_KEYS = ("folder", "method", "label")
+
+
+def is_contact_sheet(path: Path) -> bool:
+    """A PNG that `skinaug preview` wrote (its Software text chunk), not any other image or file."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.format == "PNG" and image.text.get("Software") == SOFTWARE
+    except (OSError, ValueError, SyntaxError):
+        return False
+
+
+CONTACT_SHEET = OutputKind("contact sheet", is_contact_sheet, f"a PNG with Software={SOFTWARE!r}", single_file=True)
 
 
 def _rows(folder: Path) -> list[dict]:
@@ -23,34 +40,56 @@ def _rows(folder: Path) -> list[dict]:
         raise SkinaugError(f"{labels} is not UTF-8 text: give folders written by skinaug") from None
 
 
-def contact_sheet(folders, out, *, per_row: int = 8, size: int = 64, by: str = "method", seed: int = 0) -> dict:
-    """Writes a PNG grid with one row per method (or per method and class, by="method,label") and returns the rows.
+def folder_captions(folders: list[Path]) -> dict[Path, str]:
+    """Each folder's caption: its name, or the path as given where two folders share a name."""
+    names = [folder.name or str(folder) for folder in folders]
+    return {folder: name if names.count(name) == 1 else str(folder) for folder, name in zip(folders, names)}
+
+
+def contact_sheet(folders, out, *, per_row: int = 8, size: int = 64, by: str = "method", seed: int = 0,
+                  overwrite: bool = False) -> dict:
+    """Writes a PNG grid with one row per method, class or folder (or a combination, by="method,label") and returns
+    the rows.
 
     Images are picked at random (seeded) within each row, resized to `size` pixels, and each row is captioned.
+    `out` is never one of the folders' files: an existing file is replaced only with `overwrite`, and only when it
+    is an earlier contact sheet.
     """
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, PngImagePlugin
 
     keys = [key.strip() for key in by.split(",")]
-    if any(key not in ("method", "label") for key in keys):
-        raise UsageError(f"{{by}} takes method and/or label, not {by}")
+    if not keys or any(key not in ROW_KEYS for key in keys) or len(set(keys)) != len(keys):
+        raise UsageError(f"{{by}} takes folder, method and/or label, comma-separated, not {by}")
+    folders = [Path(folder) for folder in folders]
+    captions = folder_captions(folders)
     groups: dict[str, list[Path]] = defaultdict(list)
-    for folder in map(Path, folders):
+    paths_folder: dict[str, Path] = {}  # each row's first folder
+    for folder in folders:
         for row in _rows(folder):
             path = next(iter(sorted((folder / "images").glob(f"{row['image']}.*"))), None)
             if path is not None:
-                groups[" / ".join(row[key] or "-" for key in keys)].append(path)
+                values = {**row, "folder": captions[folder]}
+                name = " / ".join(values.get(key) or "-" for key in keys)
+                groups[name].append(path)
+                paths_folder.setdefault(name, folder)
     if not groups:
         raise SkinaugError("no images found in " + ", ".join(map(str, folders)))
-    rng = np.random.default_rng(seed)
-    caption = 14
-    sheet = Image.new("RGB", (per_row * size, len(groups) * (size + caption)), "white")
-    draw = ImageDraw.Draw(sheet)
-    for row_index, (name, paths) in enumerate(sorted(groups.items())):
-        top = row_index * (size + caption)
-        draw.text((2, top + 1), f"{name} ({len(paths)})", fill="black")
-        for column, pick in enumerate(rng.choice(len(paths), size=min(per_row, len(paths)), replace=False)):
-            with Image.open(paths[pick]) as image:
-                sheet.paste(image.convert("RGB").resize((size, size)), (column * size, top + caption))
-    with atomic_path(out) as tmp:
-        sheet.save(tmp, format="PNG")
-    return {"out": str(out), "rows": {name: len(paths) for name, paths in sorted(groups.items())}}
+    order = {name: (folders.index(paths_folder[name]) if "folder" in keys else 0, name) for name in groups}
+    rows = sorted(groups, key=order.__getitem__)  # by name; with folder, in the order the folders were given
+    claim = claim_output(out, kind=CONTACT_SHEET, inputs=folders, overwrite=overwrite)
+    with claim:
+        rng = np.random.default_rng(seed)
+        caption = 14
+        sheet = Image.new("RGB", (per_row * size, len(rows) * (size + caption)), "white")
+        draw = ImageDraw.Draw(sheet)
+        for row_index, name in enumerate(rows):
+            paths, top = groups[name], row_index * (size + caption)
+            draw.text((2, top + 1), f"{name} ({len(paths)})", fill="black")
+            for column, pick in enumerate(rng.choice(len(paths), size=min(per_row, len(paths)), replace=False)):
+                with Image.open(paths[pick]) as image:
+                    sheet.paste(image.convert("RGB").resize((size, size)), (column * size, top + caption))
+        marks = PngImagePlugin.PngInfo()
+        marks.add_text("Software", SOFTWARE)
+        with atomic_path(claim.work) as tmp:
+            sheet.save(tmp, format="PNG", pnginfo=marks)
+    return {"out": str(out), "rows": {name: len(groups[name]) for name in rows}}

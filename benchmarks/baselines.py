@@ -11,7 +11,7 @@ in M minutes (at least 1), with its schedule over those epochs. --vqvae MODEL al
 model (trained beforehand, on the same split for a fair comparison) into the same folder, for the synthesis speed.
 
 OUT/models/<arch>/ are the model directories, OUT/synth/<arch>/ the generated OUT_DIRs: score them with `skinaug
-score cas` or `score fid` (`score benefit --model` takes VQ-VAE models only). Prints JSON (last line): per arch the
+score cas`, `score fid` or `score benefit --model <arch dir> --methods synthesize`. Prints JSON (last line): per arch the
 epochs, training seconds, the last epoch's metrics, and the synthesis's images and images per second.
 """
 

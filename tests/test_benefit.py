@@ -179,6 +179,48 @@ def test_benefit_usage_errors_are_one_line_exit_2(tiny_dataset, tmp_path, capsys
     assert not (tmp_path / "b").exists()
 
 
+def benefit_with_baseline(capsys, data: Path, out: Path, model: Path, *extra):
+    return run_cli(capsys, "score", "benefit", data / "images", "--labels", data / "labels.csv", "--out", out,
+                   "--model", model, "--fractions", "1", "--seeds", "1", "--test-fraction", "0.5", "--epochs", "1",
+                   "--arch", "resnet10", "--image-size", "32", "--batch-size", "4", "--bootstrap", "0", "--device", "cpu",
+                   "--json", "--quiet", *extra)
+
+
+def test_benefit_with_a_baseline_generator_synthesizes_the_same_share_and_refuses_codes(tmp_path, capsys):
+    from skinaug.cli import main
+    from skinaug.data import scan_dataset
+
+    data = make_lesion_data(tmp_path / "data")
+    train, _ = split_for_benefit(scan_dataset(data / "images", data / "labels.csv").samples, 0.5, seed=0)
+    (tmp_path / "train.csv").write_text("image,label,lesion_id\n" + "".join(
+        f"{s.name},{CLASSES[s.label]},{s.group}\n" for s in train))
+    tiny = ["--arch", "cvae", "--image-size", "32", "--widths", "8,16", "--latent-dim", "8", "--hidden", "16",
+            "--batch-size", "4", "--epochs", "1", "--device", "cpu", "--quiet"]
+    for name, labels in (("clean", tmp_path / "train.csv"), ("leaky", data / "labels.csv")):
+        assert main(["train", "baseline", str(data / "images"), "--labels", str(labels), "--out", str(tmp_path / name),
+                     *tiny]) == 0
+    capsys.readouterr()
+    code, stdout, stderr = benefit_with_baseline(capsys, data, tmp_path / "b", tmp_path / "clean", "--methods",
+                                                 "classic,synthesize")
+    assert code == 0, stderr
+    rows = {row["method"]: row for row in json.loads(stdout)["rows"]}
+    real = rows["real"]["real_images"]
+    assert list(rows) == ["real", "classic", "synthesize"] and real == len(train)
+    assert rows["synthesize"]["added_images"] == real and set(rows["synthesize"]["added_share_per_class"].values()) == {0.5}
+    made = tmp_path / "b" / "fraction_1" / "synthesize"
+    run = json.loads((made / "run.json").read_text())
+    assert run["model_kind"] == "baseline" and run["arch"] == "cvae" and not (made / "codes.h5").exists()
+    generated = [row["label"] for row in csv.DictReader(open(made / "labels.csv"))]
+    assert sorted(generated) == sorted(CLASSES[s.label] for s in train)  # as many of each class as the real share
+    assert read_record(made).seen([s.name for s in train], [])[0]  # the set carries the generator's record
+
+    code, _, stderr = benefit_with_baseline(capsys, data, tmp_path / "m", tmp_path / "clean", "--methods", "mix")
+    assert code == 2 and "cvae baseline generator, which has no codes: mix need a VQ-VAE-2 model" in stderr
+    code, _, stderr = benefit_with_baseline(capsys, data, tmp_path / "l", tmp_path / "leaky", "--methods", "synthesize")
+    assert code == 1 and "was trained on" in stderr and "test images" in stderr
+    assert not (tmp_path / "m").exists() and not (tmp_path / "l" / "fraction_1").exists()
+
+
 def test_the_filter_keeps_passing_candidates_in_order_and_fills_a_class_up_with_the_best(tmp_path):
     from skinaug.studies.benefit import filter_generated
 

@@ -86,7 +86,7 @@ def benefit(
     data: DataArg,
     out: Annotated[Path, typer.Option("--out", help="Benefit folder: split, generator, generated sets, classifier results, benefit.json and benefit.png.", show_default=False)],
     labels: LabelsOpt = None,
-    model: Annotated[Optional[Path], typer.Option("--model", help="A generator to use instead of training one on the train side; refused if its trained_on.json shows it saw a test image or lesion.")] = None,
+    model: Annotated[Optional[Path], typer.Option("--model", help="A generator to use instead of training one on the train side: a VQ-VAE-2 model, or a baseline (train baseline) for synthesize and classic; refused if its trained_on.json shows it saw a test image or lesion.")] = None,
     fractions: Annotated[str, typer.Option("--fractions", help="Shares of the real train side (by lesion), comma-separated.")] = "0.1,1.0",
     methods: Annotated[str, typer.Option("--methods", help="Added images: classic (albumentations copies), mix, resample, synthesize.")] = "classic,mix,resample,synthesize",
     ratio: Annotated[float, typer.Option("--ratio", callback=finite_number("--ratio", positive=True), help="Added images per real image, in every class (the same share everywhere).")] = 1.0,

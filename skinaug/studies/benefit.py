@@ -201,6 +201,12 @@ def generate_set(method: str, generator, source, out: Path, options: BenefitOpti
     name_jobs(jobs, generator.class_names, prefix="gen_")
     plan = job_plan(jobs, command="score benefit", seed=seed, batch_size=options.generation_batch_size,
                     temperature=options.temperature, top_k=options.top_k)
+    if isinstance(source, ShareLabels):  # a baseline generator: images from noise, no codes.h5
+        from ..baselines.synthesize import write_jobs
+
+        write_jobs(generator, jobs, out, seed=seed, batch_size=options.generation_batch_size, command="score benefit",
+                   plan=plan, resume=True, extra={"plan": table})
+        return
     run_jobs(generator, jobs, source, out, seed=seed, batch_size=options.generation_batch_size, command="score benefit",
              plan=plan, resume=True, extra={"plan": table})
 
@@ -283,6 +289,7 @@ def run_benefit(data, labels_csv_path, out, options: BenefitOptions, *, model=No
     options.validate()
     if model is not None:
         model = locate_model(model, "{model}")  # a model directory or a shipped model's name
+        check_baseline_methods(model, options)
     claim = claim_output(out, kind=BENEFIT_FOLDER, inputs=(data, labels_csv_path, model), overwrite=overwrite, resume=resume)
     with claim:
         work = claim.work
@@ -313,6 +320,21 @@ def run_benefit(data, labels_csv_path, out, options: BenefitOptions, *, model=No
         draw_benefit_png(rows, options, work / "benefit.png")
     summary["out"] = str(out)
     return summary
+
+
+def check_baseline_methods(model, options: BenefitOptions) -> None:
+    """A baseline generator (`train baseline`) makes images from noise: it serves synthesize (and classic), not the
+    methods that read or draw codes."""
+    from ..modeldir import baseline_arch
+
+    arch = baseline_arch(model)
+    if arch is None:
+        return
+    coded = [m for m in options.methods if m in ("mix", "resample")]
+    if coded or options.top_k is not None:
+        given = ", ".join([*coded, *(["{top_k}"] if options.top_k is not None else [])])
+        raise UsageError(f"{model} is a {arch} baseline generator, which has no codes: {given} need a VQ-VAE-2 model; "
+                         "use {methods=synthesize} (classic may be added)")
 
 
 def benefit_pair(options: BenefitOptions, class_names: list[str]) -> tuple[int, int] | None:
@@ -357,9 +379,11 @@ def split_and_plan(dataset, data, out, work: Path, model, options: BenefitOption
 
 
 def benefit_generator(data, work: Path, model, test, class_names: list[str], options: BenefitOptions):
-    """The Generator of the generated methods (None when only classic is asked for): `model`, or one trained here on
-    the train side; either must have recorded no test image or lesion."""
+    """The generator of the generated methods (None when only classic is asked for): `model`, or one trained here on
+    the train side; either must have recorded no test image or lesion. A baseline generator (`train baseline`)
+    serves `synthesize` only: it has no codes to mix or resample."""
     from ..generate import open_generator
+    from ..modeldir import baseline_arch
 
     if not any(m in GENERATED_METHODS for m in options.methods):
         return None
@@ -367,8 +391,14 @@ def benefit_generator(data, work: Path, model, test, class_names: list[str], opt
         model_path = Path(model)
     else:
         model_path = train_generator(data, work / "train.csv", work / "generator", options.recipe, options)
+    arch = baseline_arch(model_path)
     check_model(model_path, test)  # also the one trained here: what it recorded must be the train side only
-    generator = open_generator(model_path, options.device, temperature=options.temperature, top_k=options.top_k)
+    if arch is not None:
+        from ..baselines.synthesize import BaselineSampler
+
+        generator = BaselineSampler(model_path, options.device, options.temperature)
+    else:
+        generator = open_generator(model_path, options.device, temperature=options.temperature, top_k=options.top_k)
     if list(generator.class_names) != list(class_names):
         raise SkinaugError(f"the generator's classes ({', '.join(generator.class_names)}) are not the data's "
                            f"({', '.join(class_names)})")
@@ -386,7 +416,7 @@ def fraction_rows(fraction, train, data, work: Path, generator, class_names, tes
     real_labels = np.array([s.label for s in kept], dtype=np.int64)
     steps = options.steps or steps_for(options.epochs, len(real_images), options.budget.batch_size)
     budget = Budget(**{**asdict(options.budget), "steps": steps})
-    source = share_codes(generator, data, folder / "real.csv", class_names) if generator else None
+    source = share_source(generator, data, folder / "real.csv", class_names, real_labels)
     sets = {"real": (real_images, real_labels)}
     judge = Judge(folder / "classifiers", real_images, real_labels, len(class_names), budget, device, options,
                   f"{fraction:g} judge")
@@ -446,10 +476,22 @@ def save_array(path: Path, values: np.ndarray) -> None:
             np.save(handle, values)
 
 
-def share_codes(generator, data, share_csv: Path, class_names: list[str]):
-    """The share's codes, labelled by the data's class list (a share may lack a class, and its CSV with it)."""
+@dataclass
+class ShareLabels:
+    """What a baseline generator's set is planned from: the share's labels (it draws from noise, not from codes)."""
+
+    labels: np.ndarray
+
+
+def share_source(generator, data, share_csv: Path, class_names: list[str], labels: np.ndarray):
+    """The share as the generator's jobs see it: its codes, labelled by the data's class list (a share may lack a
+    class, and its CSV with it); only its labels for a baseline generator; None without a generator."""
     from ..encode import codes_from_images
 
+    if generator is None:
+        return None
+    if not hasattr(generator, "code_model"):
+        return ShareLabels(labels)
     source = codes_from_images(generator.code_model, data, share_csv)
     remap = np.array([class_names.index(name) for name in source.class_names], dtype=np.int64)
     source.labels = np.where(source.labels >= 0, remap[np.maximum(source.labels, 0)], -1)

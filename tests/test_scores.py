@@ -338,6 +338,25 @@ def test_fid_in_classifier_features_of_a_set_with_itself(tiny_dataset, tmp_path,
     assert result["kid_subset_size"] == 12 and result["kid_std"] >= 0 and np.isfinite(result["kid"])
 
 
+def test_fid_of_two_folders_joined_by_plus_is_that_of_their_union(tiny_dataset, tmp_path, capsys):
+    names = sorted(tiny_dataset.images.iterdir())
+    halves = [tmp_path / "a", tmp_path / "b"]
+    for half, part in zip(halves, (names[:5], names[5:])):
+        half.mkdir()
+        for name in part:
+            shutil.copyfile(name, half / name.name)
+    code, stdout, stderr = run_cli(capsys, "score", "fid", f"{halves[0]}+{halves[1]}", tiny_dataset.images, "--labels",
+                                   tiny_dataset.labels_csv, "--features", "classifier", "--arch", "resnet10", "--epochs", "1",
+                                   "--batch-size", "4", "--image-size", "32", "--device", "cpu", "--json")
+    assert code == 0, stderr
+    result = json.loads(stdout)
+    assert result["generated_images"] == result["real_images"] == 12  # 5 + 7: the union, the real set itself
+    assert abs(result["frechet_distance"]) < 1e-6 and result["precision"] == result["recall"] == 1.0
+    code, _, stderr = run_cli(capsys, "score", "fid", f"{halves[0]}+{tmp_path / 'missing'}", tiny_dataset.images,
+                              "--features", "classifier", "--device", "cpu")
+    assert code == 1 and "image folder not found" in stderr and "missing" in stderr
+
+
 # ----------------------------------------------------------------------------------------------- memorization
 
 

@@ -22,6 +22,7 @@ LrOpt = Annotated[float, typer.Option("--lr", min=0.0, callback=finite_number("-
 WeightsOpt = Annotated[Optional[Path], typer.Option("--weights", help="Local pretrained backbone weights (.safetensors, or a torch file read with weights_only=True). Nothing is downloaded.")]
 OutDirOpt = Annotated[Optional[Path], typer.Option("--out", help="Folder for the detailed results.")]
 GenArg = Annotated[Path, typer.Argument(help="Generated images: an OUT_DIR (its images/) or an image folder.", show_default=False)]
+SetsArg = Annotated[str, typer.Argument(help="Generated images: an OUT_DIR (its images/) or an image folder; several joined by + are one set (A+B).", show_default=False)]
 RealArg = Annotated[Path, typer.Argument(help="Real images: an image folder or an OUT_DIR.", show_default=False)]
 
 
@@ -236,7 +237,7 @@ def sweep(
 
 @app.command("fid")
 def fid(
-    generated: GenArg,
+    generated: SetsArg,
     real: RealArg,
     features: Annotated[str, typer.Option("--features", help="inception (the standard FID, needs --inception-weights) or classifier (a classifier trained on the real labels).")] = "inception",
     inception_weights: Annotated[Optional[Path], typer.Option("--inception-weights", help="Local pt_inception-2015-12-05-6726825d.pth (default: the torch hub cache). Nothing is downloaded.")] = None,

@@ -8,6 +8,8 @@ score compares content rather than resolution.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -113,6 +115,15 @@ def _first_image_side(samples) -> int | None:
     return None
 
 
+def set_parts(spec) -> list[Path]:
+    """A generated set: one folder, or several joined by '+' (scored as one set, as `score cas --train` reads them).
+    A path that exists is taken whole, '+' in its name included."""
+    path = Path(spec)
+    if path.exists() or "+" not in str(spec):
+        return [path]
+    return [Path(part) for part in str(spec).split("+") if part]
+
+
 def compute_fid(generated, real, *, features: str = "inception", inception_weights=None, real_labels=None,
                 image_size: int | None = None, k: int = 3, device="auto", batch_size: int = 64, budget=None,
                 epochs: int = 3, seed: int = 0, strict: bool = False, workers=None, columns: dict | None = None) -> dict:
@@ -120,14 +131,16 @@ def compute_fid(generated, real, *, features: str = "inception", inception_weigh
     if features not in FEATURES:
         raise UsageError(f"{{features}} must be inception or classifier, not {features!r}")
     device = resolve_device(device)
-    generated_set = open_set(generated, labelled=False, strict=strict)
+    generated_sets = [open_set(part, labelled=False, strict=strict) for part in set_parts(generated)]
     real_set = open_set(real, real_labels, labelled=features == "classifier", strict=strict, **(columns or {}))
     if features == "inception":
         from .inception import load_fid_inception
 
         model = load_fid_inception(inception_weights, device)  # fails before any image is decoded
-    size = image_size or _first_image_side(generated_set.dataset.samples) or 299
-    generated_images, _, skipped_generated = load_images(generated_set.dataset, size, strict=strict, workers=workers)
+    size = image_size or _first_image_side(generated_sets[0].dataset.samples) or 299
+    loaded = [load_images(part.dataset, size, strict=strict, workers=workers) for part in generated_sets]
+    generated_images = np.concatenate([images for images, _, _ in loaded])
+    skipped_generated = [name for _, _, skipped in loaded for name in skipped]
     real_images, real_kept, skipped_real = load_images(real_set.dataset, size, strict=strict, workers=workers)
     log(f"{len(generated_images)} generated and {len(real_images)} real images at {size}px "
         f"({len(skipped_generated) + len(skipped_real)} unreadable, skipped)")

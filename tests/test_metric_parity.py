@@ -4,7 +4,7 @@
 import numpy as np
 import pytest
 
-from skinaug.scores.fid import feature_statistics, frechet_distance, kernel_distance
+from skinaug.scores.fid import feature_scale, feature_statistics, frechet_distance, kernel_distance
 from skinaug.scores.roc import macro_auc, roc_auc
 
 
@@ -54,3 +54,14 @@ def test_kid_is_the_unbiased_polynomial_mmd_and_near_zero_for_one_distribution()
     shifted, spread, _ = kernel_distance(rng.normal(size=(400, 5)), rng.normal(1.0, 1.0, size=(400, 5)), subsets=20,
                                          subset_size=200)
     assert abs(same) < 0.05 < shifted and spread > 0
+
+
+def test_kid_of_classifier_features_does_not_depend_on_their_magnitude():
+    rng = np.random.default_rng(3)
+    real, generated = rng.gamma(2.0, 1.0, size=(300, 16)), rng.gamma(2.5, 1.0, size=(300, 16))
+    assert feature_scale(real) == pytest.approx(np.sqrt(np.mean(real ** 2)), rel=1e-12)
+    kids = [kernel_distance(generated * c / feature_scale(real * c), real * c / feature_scale(real * c), subsets=5,
+                            subset_size=100)[0] for c in (1.0, 1000.0)]
+    assert kids[0] == pytest.approx(kids[1], rel=1e-9) and kids[0] > 0
+    raw = kernel_distance(generated * 1000.0, real * 1000.0, subsets=5, subset_size=100)[0]
+    assert abs(raw) > 1e6 * abs(kids[0])  # unscaled, the cubic kernel's values grow with the features' magnitude cubed

@@ -71,6 +71,17 @@ def kernel_distance(generated: np.ndarray, real: np.ndarray, *, subsets: int = 1
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, size
 
 
+def feature_scale(real: np.ndarray) -> float:
+    """The root mean square of the real features' entries: what a classifier's features are divided by before KID.
+
+    KID's cubic kernel (x.y / d + 1)^3 suits Inception's small pooled features; a classifier's features can be
+    several units each, which makes x.y / d large, the kernel values huge and the estimate noise (negative KIDs with
+    spreads of thousands). Dividing both sets by one constant of the real set keeps the kernel in its working range
+    and makes the KID independent of the network's feature magnitude."""
+    rms = float(np.sqrt(np.mean(np.square(np.asarray(real, np.float64)))))
+    return rms if rms > 0 else 1.0
+
+
 def _pairwise_distances(a: np.ndarray, b: np.ndarray, chunk: int = 1024) -> np.ndarray:
     """Euclidean distances (len(a), len(b)) in float64, chunked over a."""
     tb = torch.from_numpy(np.asarray(b, np.float64))
@@ -154,18 +165,21 @@ def compute_fid(generated, real, *, features: str = "inception", inception_weigh
     mu_r, sigma_r = feature_statistics(real_features)
     precision, recall = precision_recall(real_features, generated_features, k)
     distance = frechet_distance(mu_g, sigma_g, mu_r, sigma_r)
-    kid_mean, kid_std, kid_subset = kernel_distance(generated_features, real_features, seed=seed)
+    scale = 1.0 if features == "inception" else feature_scale(real_features)
+    kid_mean, kid_std, kid_subset = kernel_distance(generated_features / scale, real_features / scale, seed=seed)
     result = {
         "generated": str(generated), "real": str(real), "features": features, "feature_dim": int(generated_features.shape[1]),
         "image_size": size, "generated_images": int(len(generated_images)), "real_images": int(len(real_images)),
         "frechet_distance": distance, "kid": kid_mean, "kid_std": kid_std, "kid_subset_size": kid_subset,
+        "kid_feature_scale": scale,
         "precision": precision, "recall": recall, "k": k,
     }
     if features == "inception":
         result["fid"] = distance  # the standard FID: only Inception features make one
     else:
-        result["note"] = ("Fréchet distance in the features of a classifier trained on these real images: not an FID, "
-                          "not comparable with Inception FIDs, nor across real sets, seeds or budgets")
+        result["note"] = ("Fréchet distance and KID in the features of a classifier trained on these real images: not an "
+                          "FID, not comparable with Inception FIDs, nor across real sets, seeds or budgets; the KID's "
+                          "features are divided by kid_feature_scale, the real features' root mean square")
     return result
 
 

@@ -4,7 +4,7 @@
 import numpy as np
 import pytest
 
-from skinaug.scores.fid import feature_scale, feature_statistics, frechet_distance, kernel_distance
+from skinaug.scores.fid import feature_statistics, frechet_distance, kernel_distance, standardiser
 from skinaug.scores.roc import macro_auc, roc_auc
 
 
@@ -56,12 +56,19 @@ def test_kid_is_the_unbiased_polynomial_mmd_and_near_zero_for_one_distribution()
     assert abs(same) < 0.05 < shifted and spread > 0
 
 
-def test_kid_of_classifier_features_does_not_depend_on_their_magnitude():
+def test_kid_of_z_scored_features_does_not_depend_on_their_magnitudes():
     rng = np.random.default_rng(3)
     real, generated = rng.gamma(2.0, 1.0, size=(300, 16)), rng.gamma(2.5, 1.0, size=(300, 16))
-    assert feature_scale(real) == pytest.approx(np.sqrt(np.mean(real ** 2)), rel=1e-12)
-    kids = [kernel_distance(generated * c / feature_scale(real * c), real * c / feature_scale(real * c), subsets=5,
-                            subset_size=100)[0] for c in (1.0, 1000.0)]
+    mean, std = standardiser(real)
+    np.testing.assert_allclose(((real - mean) / std).mean(axis=0), 0, atol=1e-12)
+    np.testing.assert_allclose(((real - mean) / std).std(axis=0), 1, rtol=1e-12)
+    gains = np.geomspace(1, 1e4, 16)  # one channel per gain: a few huge channels, as a trained network has
+    kids = []
+    for g, r in ((generated, real), (generated * gains, real * gains)):
+        mean, std = standardiser(r)
+        kids.append(kernel_distance((g - mean) / std, (r - mean) / std, subsets=5, subset_size=100)[0])
     assert kids[0] == pytest.approx(kids[1], rel=1e-9) and kids[0] > 0
-    raw = kernel_distance(generated * 1000.0, real * 1000.0, subsets=5, subset_size=100)[0]
-    assert abs(raw) > 1e6 * abs(kids[0])  # unscaled, the cubic kernel's values grow with the features' magnitude cubed
+    raw = kernel_distance(generated * gains, real * gains, subsets=5, subset_size=100)[0]
+    assert abs(raw) > 1e6 * abs(kids[0])  # unscaled, the largest channels rule the cubic kernel
+    constant = np.ones((10, 3))
+    assert standardiser(constant)[1].tolist() == [1.0, 1.0, 1.0]

@@ -71,15 +71,17 @@ def kernel_distance(generated: np.ndarray, real: np.ndarray, *, subsets: int = 1
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, size
 
 
-def feature_scale(real: np.ndarray) -> float:
-    """The root mean square of the real features' entries: what a classifier's features are divided by before KID.
+def standardiser(real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) per feature of the real set: a classifier's features are z-scored with them before KID.
 
-    KID's cubic kernel (x.y / d + 1)^3 suits Inception's small pooled features; a classifier's features can be
-    several units each, which makes x.y / d large, the kernel values huge and the estimate noise (negative KIDs with
-    spreads of thousands). Dividing both sets by one constant of the real set keeps the kernel in its working range
-    and makes the KID independent of the network's feature magnitude."""
-    rms = float(np.sqrt(np.mean(np.square(np.asarray(real, np.float64)))))
-    return rms if rms > 0 else 1.0
+    KID's cubic kernel (x.y / d + 1)^3 suits Inception's small non-negative pooled features. A trained classifier's
+    features have a few channels many times larger than the rest: x.y / d is then ruled by those channels, cubed,
+    and the estimate is noise (negative KIDs with spreads of thousands). Z-scored with the real set's statistics,
+    every channel weighs alike and the KID no longer depends on the network's feature magnitudes. Constant channels
+    keep a std of 1."""
+    real = np.asarray(real, np.float64)
+    std = real.std(axis=0)
+    return real.mean(axis=0), np.where(std > 0, std, 1.0)
 
 
 def _pairwise_distances(a: np.ndarray, b: np.ndarray, chunk: int = 1024) -> np.ndarray:
@@ -165,13 +167,16 @@ def compute_fid(generated, real, *, features: str = "inception", inception_weigh
     mu_r, sigma_r = feature_statistics(real_features)
     precision, recall = precision_recall(real_features, generated_features, k)
     distance = frechet_distance(mu_g, sigma_g, mu_r, sigma_r)
-    scale = 1.0 if features == "inception" else feature_scale(real_features)
-    kid_mean, kid_std, kid_subset = kernel_distance(generated_features / scale, real_features / scale, seed=seed)
+    if features == "inception":
+        kid_mean, kid_std, kid_subset = kernel_distance(generated_features, real_features, seed=seed)
+    else:
+        mean, std = standardiser(real_features)
+        kid_mean, kid_std, kid_subset = kernel_distance((generated_features - mean) / std, (real_features - mean) / std,
+                                                        seed=seed)
     result = {
         "generated": str(generated), "real": str(real), "features": features, "feature_dim": int(generated_features.shape[1]),
         "image_size": size, "generated_images": int(len(generated_images)), "real_images": int(len(real_images)),
         "frechet_distance": distance, "kid": kid_mean, "kid_std": kid_std, "kid_subset_size": kid_subset,
-        "kid_feature_scale": scale,
         "precision": precision, "recall": recall, "k": k,
     }
     if features == "inception":
@@ -179,7 +184,7 @@ def compute_fid(generated, real, *, features: str = "inception", inception_weigh
     else:
         result["note"] = ("Fréchet distance and KID in the features of a classifier trained on these real images: not an "
                           "FID, not comparable with Inception FIDs, nor across real sets, seeds or budgets; the KID's "
-                          "features are divided by kid_feature_scale, the real features' root mean square")
+                          "features are z-scored with the real set's mean and std per feature")
     return result
 
 

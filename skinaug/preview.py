@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SkinaugError, UsageError
-from .io import OutputKind, atomic_path, claim_output
+from .io import OutputKind, atomic_path, claim_output, real_path
 
 SOFTWARE = "skinaug preview"  # the PNG text chunk that marks a contact sheet: --overwrite replaces only those
 ROW_KEYS = ("folder", "method", "label")
@@ -26,7 +26,7 @@ def is_contact_sheet(path: Path) -> bool:
         return False
 
 
-CONTACT_SHEET = OutputKind("contact sheet", is_contact_sheet, f"a PNG with Software={SOFTWARE!r}", single_file=True)
+CONTACT_SHEET = OutputKind("contact sheet", is_contact_sheet, f"PNG text chunk Software={SOFTWARE!r}", single_file=True)
 
 
 def _rows(folder: Path) -> list[dict]:
@@ -46,6 +46,23 @@ def folder_captions(folders: list[Path]) -> dict[Path, str]:
     return {folder: name if names.count(name) == 1 else str(folder) for folder, name in zip(folders, names)}
 
 
+def check_sheet_path(out, folders: list[Path]) -> None:
+    """Usage errors before anything is read: a folder given twice, an --out that is a folder, or one among a
+    folder's images (where every later reader would take the sheet for a generated image)."""
+    seen: dict[Path, Path] = {}
+    for folder in folders:
+        if real_path(folder) in seen:
+            raise UsageError(f"{folder} is given twice (as {seen[real_path(folder)]} too): give each folder once")
+        seen[real_path(folder)] = folder
+    if Path(out).is_dir():
+        raise UsageError(f"{{out}} {out} is a folder: give a file name such as {Path(out) / 'sheet.png'}")
+    final = real_path(out)
+    for folder in folders:
+        if real_path(folder / "images") in final.parents:
+            raise UsageError(f"{{out}} {out} is inside {folder / 'images'}, where it would be read as a generated "
+                             "image: write the sheet elsewhere")
+
+
 def contact_sheet(folders, out, *, per_row: int = 8, size: int = 64, by: str = "method", seed: int = 0,
                   overwrite: bool = False) -> dict:
     """Writes a PNG grid with one row per method, class or folder (or a combination, by="method,label") and returns
@@ -61,6 +78,7 @@ def contact_sheet(folders, out, *, per_row: int = 8, size: int = 64, by: str = "
     if not keys or any(key not in ROW_KEYS for key in keys) or len(set(keys)) != len(keys):
         raise UsageError(f"{{by}} takes folder, method and/or label, comma-separated, not {by}")
     folders = [Path(folder) for folder in folders]
+    check_sheet_path(out, folders)
     captions = folder_captions(folders)
     groups: dict[str, list[Path]] = defaultdict(list)
     paths_folder: dict[str, Path] = {}  # each row's first folder

@@ -215,7 +215,7 @@ def test_benefit_with_a_baseline_generator_synthesizes_the_same_share_and_refuse
     assert read_record(made).seen([s.name for s in train], [])[0]  # the set carries the generator's record
 
     code, _, stderr = benefit_with_baseline(capsys, data, tmp_path / "m", tmp_path / "clean", "--methods", "mix")
-    assert code == 2 and "cvae baseline generator, which has no codes: mix need a VQ-VAE-2 model" in stderr
+    assert code == 2 and "cvae baseline generator, which has no codes; these need a VQ-VAE-2 model: mix." in stderr
     code, _, stderr = benefit_with_baseline(capsys, data, tmp_path / "l", tmp_path / "leaky", "--methods", "synthesize")
     assert code == 1 and "was trained on" in stderr and "test images" in stderr
     assert not (tmp_path / "m").exists() and not (tmp_path / "l" / "fraction_1").exists()

@@ -59,16 +59,28 @@ def test_kid_is_the_unbiased_polynomial_mmd_and_near_zero_for_one_distribution()
 def test_kid_of_z_scored_features_does_not_depend_on_their_magnitudes():
     rng = np.random.default_rng(3)
     real, generated = rng.gamma(2.0, 1.0, size=(300, 16)), rng.gamma(2.5, 1.0, size=(300, 16))
-    mean, std = standardiser(real)
-    np.testing.assert_allclose(((real - mean) / std).mean(axis=0), 0, atol=1e-12)
-    np.testing.assert_allclose(((real - mean) / std).std(axis=0), 1, rtol=1e-12)
+    mean, std = standardiser(generated, real)
+    both = np.concatenate([generated, real])
+    np.testing.assert_allclose(((both - mean) / std).mean(axis=0), 0, atol=1e-12)
+    np.testing.assert_allclose(((both - mean) / std).std(axis=0), 1, rtol=1e-12)
     gains = np.geomspace(1, 1e4, 16)  # one channel per gain: a few huge channels, as a trained network has
     kids = []
     for g, r in ((generated, real), (generated * gains, real * gains)):
-        mean, std = standardiser(r)
+        mean, std = standardiser(g, r)
         kids.append(kernel_distance((g - mean) / std, (r - mean) / std, subsets=5, subset_size=100)[0])
     assert kids[0] == pytest.approx(kids[1], rel=1e-9) and kids[0] > 0
     raw = kernel_distance(generated * gains, real * gains, subsets=5, subset_size=100)[0]
     assert abs(raw) > 1e6 * abs(kids[0])  # unscaled, the largest channels rule the cubic kernel
-    constant = np.ones((10, 3))
-    assert standardiser(constant)[1].tolist() == [1.0, 1.0, 1.0]
+    assert standardiser(np.ones((10, 3)))[1].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_a_channel_nearly_dead_in_the_real_set_does_not_blow_the_kid_up():
+    rng = np.random.default_rng(4)
+    real, generated = np.maximum(rng.normal(size=(200, 8)), 0), np.maximum(rng.normal(size=(200, 8)), 0)
+    real[:, 0] = 0.0
+    real[0, 0] = 1e-4  # all but dead in the real set, active in the generated one
+    mean, std = standardiser(generated, real)
+    z_generated, z_real = (generated - mean) / std, (real - mean) / std
+    assert np.abs(z_generated).max() < np.sqrt(len(real) + len(generated))  # a pooled z-score is bounded
+    kid = kernel_distance(z_generated, z_real, subsets=5, subset_size=100)[0]
+    assert 0 < kid < 10

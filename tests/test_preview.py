@@ -58,10 +58,11 @@ def test_out_never_replaces_an_input_file_even_with_overwrite(tmp_path, capsys):
         code, _, err = run(["preview", folder, "--out", folder / "labels.csv", *extra], capsys)
         assert code == 1 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
         assert (folder / "labels.csv").read_bytes() == before
-    image = folder / "images" / "a.png"
-    image_bytes = image.read_bytes()
-    code, _, err = run(["preview", folder, "--out", image, "--overwrite"], capsys)
-    assert code == 1 and "is not one" in err and image.read_bytes() == image_bytes  # a PNG, but not a contact sheet
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.full((8, 8, 3), 99, np.uint8)).save(photo)
+    photo_bytes = photo.read_bytes()
+    code, _, err = run(["preview", folder, "--out", photo, "--overwrite"], capsys)
+    assert code == 1 and "is not one" in err and photo.read_bytes() == photo_bytes  # a PNG, but not a contact sheet
 
 
 def test_an_earlier_sheet_is_replaced_only_with_overwrite(tmp_path, capsys):
@@ -84,3 +85,17 @@ def test_an_unknown_row_key_is_a_usage_error(tmp_path, capsys):
         code, _, err = run(["preview", folder, "--out", tmp_path / "sheet.png", "--by", by], capsys)
         assert code == 2 and "--by" in err, (by, err)
     assert not (tmp_path / "sheet.png").exists()
+
+
+def test_a_folder_out_a_sheet_among_the_images_and_a_folder_given_twice_are_usage_errors(tmp_path, capsys):
+    folder = generated_folder(tmp_path / "aug", [("a", "nevus", "mix")], 10)
+    cases = {
+        "is a folder": [folder, "--out", tmp_path],
+        "is inside": [folder, "--out", folder / "images" / "sheet.png"],
+        "is given twice": [folder, tmp_path / "." / "aug", "--out", tmp_path / "sheet.png"],
+    }
+    for message, args in cases.items():
+        code, _, err = run(["preview", *args], capsys)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (message, err)
+    assert sorted(p.name for p in (folder / "images").iterdir()) == ["a.png"] and not (tmp_path / "sheet.png").exists()
+    assert run(["preview", folder, "--out", folder / "sheet.png"], capsys)[0] == 0  # beside images/ is fine

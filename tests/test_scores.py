@@ -355,6 +355,24 @@ def test_fid_of_two_folders_joined_by_plus_is_that_of_their_union(tiny_dataset, 
     code, _, stderr = run_cli(capsys, "score", "fid", f"{halves[0]}+{tmp_path / 'missing'}", tiny_dataset.images,
                               "--features", "classifier", "--device", "cpu")
     assert code == 1 and "image folder not found" in stderr and "missing" in stderr
+    for spec in ("+", f"{halves[0]}+"):
+        code, _, stderr = run_cli(capsys, "score", "fid", spec, tiny_dataset.images, "--features", "classifier",
+                                  "--device", "cpu")
+        assert code == 2 and "has an empty part" in stderr and stderr.count("\n") == 1, stderr
+
+
+def test_the_classifier_kid_is_that_of_the_z_scored_features(tiny_dataset, monkeypatch):
+    from skinaug.scores import fid
+
+    rng = np.random.default_rng(5)
+    generated, real = rng.gamma(2.0, 3.0, size=(12, 6)), rng.gamma(2.0, 1.0, size=(12, 6))
+    monkeypatch.setattr(fid, "classifier_feature_pair", lambda *args: (generated, real))
+    result = fid.compute_fid(tiny_dataset.images, tiny_dataset.images, features="classifier",
+                             real_labels=tiny_dataset.labels_csv, image_size=16, device="cpu")
+    mean, std = fid.standardiser(generated, real)
+    expected = fid.kernel_distance((generated - mean) / std, (real - mean) / std, seed=0)
+    assert (result["kid"], result["kid_std"], result["kid_subset_size"]) == expected
+    assert result["frechet_distance"] == fid.frechet_distance(*fid.feature_statistics(generated), *fid.feature_statistics(real))
 
 
 # ----------------------------------------------------------------------------------------------- memorization

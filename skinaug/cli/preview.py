@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .options import JsonOpt, OverwriteOpt, QuietOpt, SeedOpt, emit
+from .options import JsonOpt, QuietOpt, SeedOpt, emit
 
 
 app = typer.Typer()
@@ -21,7 +21,7 @@ def preview(
     size: Annotated[int, typer.Option("--size", min=8, help="Side of each thumbnail in pixels.")] = 64,
     by: Annotated[str, typer.Option("--by", help="One row per: folder, method or label, or a combination such as method,label.")] = "method",
     seed: SeedOpt = 0,
-    overwrite: OverwriteOpt = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier contact sheet (never another file).")] = False,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
 ):

@@ -258,7 +258,7 @@ def fid(
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
 ):
-    """Fréchet distance of GEN_DIR to REAL_DIR (Inception or classifier features), with k-NN precision and recall.
+    """Fréchet distance and KID of GEN_DIR (or GEN_DIR+GEN_DIR...) to REAL_DIR (Inception or classifier features), with k-NN precision and recall.
 
     Example: skinaug score fid mixed/ images/ --inception-weights pt_inception-2015-12-05-6726825d.pth
     """

@@ -71,17 +71,17 @@ def kernel_distance(generated: np.ndarray, real: np.ndarray, *, subsets: int = 1
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, size
 
 
-def standardiser(real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, std) per feature of the real set: a classifier's features are z-scored with them before KID.
+def standardiser(*sets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) per feature of the given sets together: a classifier's features are z-scored with them before KID.
 
     KID's cubic kernel (x.y / d + 1)^3 suits Inception's small non-negative pooled features. A trained classifier's
     features have a few channels many times larger than the rest: x.y / d is then ruled by those channels, cubed,
-    and the estimate is noise (negative KIDs with spreads of thousands). Z-scored with the real set's statistics,
-    every channel weighs alike and the KID no longer depends on the network's feature magnitudes. Constant channels
-    keep a std of 1."""
-    real = np.asarray(real, np.float64)
-    std = real.std(axis=0)
-    return real.mean(axis=0), np.where(std > 0, std, 1.0)
+    and the estimate is noise (negative KIDs with spreads of thousands). Z-scored, every channel weighs alike and
+    the KID no longer depends on the network's feature magnitudes. The statistics pool both sets, so a channel
+    that is nearly constant in one set but not in the other cannot blow up; a constant channel keeps a std of 1."""
+    pooled = np.concatenate([np.asarray(features, np.float64) for features in sets])
+    std = pooled.std(axis=0)
+    return pooled.mean(axis=0), np.where(std > 0, std, 1.0)
 
 
 def _pairwise_distances(a: np.ndarray, b: np.ndarray, chunk: int = 1024) -> np.ndarray:
@@ -129,12 +129,15 @@ def _first_image_side(samples) -> int | None:
 
 
 def set_parts(spec) -> list[Path]:
-    """A generated set: one folder, or several joined by '+' (scored as one set, as `score cas --train` reads them).
-    A path that exists is taken whole, '+' in its name included."""
+    """A generated set: one folder, or several joined by '+' (scored as one set). A path that exists is taken whole,
+    '+' in its name included."""
     path = Path(spec)
-    if path.exists() or "+" not in str(spec):
+    if path.expanduser().exists() or "+" not in str(spec):
         return [path]
-    return [Path(part) for part in str(spec).split("+") if part]
+    parts = str(spec).split("+")
+    if not all(parts):
+        raise UsageError(f"{{generated}} {spec} has an empty part: join folders as A+B")
+    return [Path(part) for part in parts]
 
 
 def compute_fid(generated, real, *, features: str = "inception", inception_weights=None, real_labels=None,
@@ -170,7 +173,7 @@ def compute_fid(generated, real, *, features: str = "inception", inception_weigh
     if features == "inception":
         kid_mean, kid_std, kid_subset = kernel_distance(generated_features, real_features, seed=seed)
     else:
-        mean, std = standardiser(real_features)
+        mean, std = standardiser(generated_features, real_features)
         kid_mean, kid_std, kid_subset = kernel_distance((generated_features - mean) / std, (real_features - mean) / std,
                                                         seed=seed)
     result = {
@@ -184,7 +187,7 @@ def compute_fid(generated, real, *, features: str = "inception", inception_weigh
     else:
         result["note"] = ("Fréchet distance and KID in the features of a classifier trained on these real images: not an "
                           "FID, not comparable with Inception FIDs, nor across real sets, seeds or budgets; the KID's "
-                          "features are z-scored with the real set's mean and std per feature")
+                          "features are z-scored with both sets' mean and std per feature")
     return result
 
 

@@ -333,8 +333,8 @@ def check_baseline_methods(model, options: BenefitOptions) -> None:
     coded = [m for m in options.methods if m in ("mix", "resample")]
     if coded or options.top_k is not None:
         given = ", ".join([*coded, *(["{top_k}"] if options.top_k is not None else [])])
-        raise UsageError(f"{model} is a {arch} baseline generator, which has no codes: {given} need a VQ-VAE-2 model; "
-                         "use {methods=synthesize} (classic may be added)")
+        raise UsageError(f"{model} is a {arch} baseline generator, which has no codes; these need a VQ-VAE-2 model: "
+                         f"{given}. Use {{methods=synthesize}} (classic may be added)")
 
 
 def benefit_pair(options: BenefitOptions, class_names: list[str]) -> tuple[int, int] | None:

@@ -39,3 +39,12 @@ def print_json(result: dict) -> None:
     """The last stdout line of every benchmark is one JSON object."""
     result = {"torch": torch.__version__, **result}
     print(json.dumps(result))
+
+
+def add_source_arguments(parser) -> None:
+    """--model and where its source codes come from (--data with --labels, or --codes), for skinaug.generate's
+    load_sources."""
+    parser.add_argument("--model", required=True, type=Path)
+    parser.add_argument("--data", type=Path, help="image folder (with --labels), encoded here")
+    parser.add_argument("--labels", type=Path)
+    parser.add_argument("--codes", type=Path, help="a code file from `skinaug encode` instead of --data")

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from _common import device_name, print_json, timed
+from _common import add_source_arguments, device_name, print_json, timed
 
 import numpy as np
 import torch
@@ -35,10 +34,7 @@ GLIDE_REFERENCE = {"method": "GLIDE iterative inpainting (seed report 003)", "de
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, type=Path)
-    parser.add_argument("--data", type=Path, help="image folder (with --labels), encoded here")
-    parser.add_argument("--labels", type=Path)
-    parser.add_argument("--codes", type=Path, help="a code file from `skinaug encode` instead of --data")
+    add_source_arguments(parser)
     parser.add_argument("--steps", type=int, default=10, help="--iterative STEPS")
     parser.add_argument("--box-size", type=int, help="bottom-grid cells (default: a quarter of the grid's side)")
     parser.add_argument("--box-schedule", help="constant, shrink or one size per step")

@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import device_name, print_json, timed
+from _common import add_source_arguments, device_name, print_json, timed
 
 import numpy as np
 import torch
@@ -83,10 +83,7 @@ def spread(values) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, type=Path)
-    parser.add_argument("--data", type=Path, help="image folder (with --labels), encoded here")
-    parser.add_argument("--labels", type=Path)
-    parser.add_argument("--codes", type=Path, help="a code file from `skinaug encode` instead of --data")
+    add_source_arguments(parser)
     parser.add_argument("--mask-dir", type=Path, help="lesion masks DIR/<image>.png (default: a centred square)")
     parser.add_argument("--limit", type=int, default=64, help="images resampled (a seeded choice); 0: all")
     parser.add_argument("--refine", type=int_list, default=[0, 1, 2, 4], help="sweeps to compare, e.g. 0,1,2,4")

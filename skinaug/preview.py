@@ -81,19 +81,18 @@ def contact_sheet(folders, out, *, per_row: int = 8, size: int = 64, by: str = "
     check_sheet_path(out, folders)
     captions = folder_captions(folders)
     groups: dict[str, list[Path]] = defaultdict(list)
-    paths_folder: dict[str, Path] = {}  # each row's first folder
-    for folder in folders:
+    first_folder: dict[str, int] = {}  # each row's first folder, by its place among the folders given
+    for index, folder in enumerate(folders):
         for row in _rows(folder):
             path = next(iter(sorted((folder / "images").glob(f"{row['image']}.*"))), None)
             if path is not None:
                 values = {**row, "folder": captions[folder]}
                 name = " / ".join(values.get(key) or "-" for key in keys)
                 groups[name].append(path)
-                paths_folder.setdefault(name, folder)
+                first_folder.setdefault(name, index if "folder" in keys else 0)
     if not groups:
         raise SkinaugError("no images found in " + ", ".join(map(str, folders)))
-    order = {name: (folders.index(paths_folder[name]) if "folder" in keys else 0, name) for name in groups}
-    rows = sorted(groups, key=order.__getitem__)  # by name; with folder, in the order the folders were given
+    rows = sorted(groups, key=lambda name: (first_folder[name], name))  # with folder, in the order given
     claim = claim_output(out, kind=CONTACT_SHEET, inputs=folders, overwrite=overwrite)
     with claim:
         rng = np.random.default_rng(seed)

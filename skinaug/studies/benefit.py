@@ -487,10 +487,11 @@ def share_source(generator, data, share_csv: Path, class_names: list[str], label
     """The share as the generator's jobs see it: its codes, labelled by the data's class list (a share may lack a
     class, and its CSV with it); only its labels for a baseline generator; None without a generator."""
     from ..encode import codes_from_images
+    from ..generate import Generator
 
     if generator is None:
         return None
-    if not hasattr(generator, "code_model"):
+    if not isinstance(generator, Generator):  # a baseline's BaselineSampler
         return ShareLabels(labels)
     source = codes_from_images(generator.code_model, data, share_csv)
     remap = np.array([class_names.index(name) for name in source.class_names], dtype=np.int64)

@@ -28,6 +28,7 @@ from PIL import Image, ImageMode, ImageOps, UnidentifiedImageError
 
 from .errors import BadImage, SkinaugError, UsageError
 from .runtime import log, warn
+from .spec import DOWNSAMPLES, TOP_STRIDE_FACTOR
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 # The decoders Image.open may use. Pillow picks a decoder by content, not by name, so without this list a
@@ -85,13 +86,17 @@ class Dataset:
         return [s.group for s in self.samples]
 
 
-def check_image_size(image_size: int) -> int:
-    """Both VQ-VAE-2 levels need whole grids (bottom /4, top /8); above 512 the bottom prior's 128x128 grid
-    is too long a sequence to train."""
+def check_image_size(image_size: int, downsample: int = 4) -> int:
+    """Both VQ-VAE-2 levels need whole grids (bottom /downsample, top twice that); above 512 the bottom prior's
+    128x128 grid is too long a sequence to train."""
+    if downsample not in DOWNSAMPLES:
+        raise UsageError(f"{{downsample}} must be one of {', '.join(map(str, DOWNSAMPLES))}, not {downsample!r}")
+    step = downsample * TOP_STRIDE_FACTOR
     if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or not (
-        32 <= image_size <= 512 and image_size % 8 == 0
+        32 <= image_size <= 512 and image_size % step == 0
     ):
-        raise UsageError(f"{{image_size}} must be a multiple of 8 from 32 to 512, got {image_size!r}")
+        raise UsageError(f"{{image_size}} must be a multiple of {step} from 32 to 512"
+                         f"{' with {downsample} 8' if downsample != 4 else ''}, got {image_size!r}")
     return int(image_size)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from . import io as skinaug_io
 from .errors import SkinaugError
 from .io import atomic_path, is_shipped, read_json, write_json, write_text
-from .spec import SHAPE_FIELDS, ModelSpec, code_grid
+from .spec import DOWNSAMPLES, SHAPE_FIELDS, ModelSpec, code_grid
 from .version import __version__
 
 FORMAT_VERSION = 2  # 2: the shape fields only at the top level (1 repeated them under "vqvae")
@@ -145,7 +145,10 @@ def _check_grid(config: dict, path) -> None:
     grid, levels = config["grid"], ({"bottom"} if config["levels"] == 1 else {"top", "bottom"})
     if not isinstance(grid, dict) or set(grid) != levels:
         raise SkinaugError(f"{path}: grid must give the shape of each level ({', '.join(sorted(levels))}), not {grid!r}")
-    made = code_grid(config["image_size"], config["levels"])
+    downsample = config["vqvae"].get("downsample", 4)
+    if downsample not in DOWNSAMPLES:
+        raise SkinaugError(f"{path}: vqvae.downsample must be one of {', '.join(map(str, DOWNSAMPLES))}, not {downsample!r}")
+    made = code_grid(config["image_size"], config["levels"], downsample)
     for level, shape in grid.items():
         if not (isinstance(shape, list) and len(shape) == 2 and all(_is_int(side, 1) for side in shape)):
             raise SkinaugError(f"{path}: grid.{level} must be [height, width] in codes, not {shape!r}")

@@ -12,16 +12,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# the VQ-VAE-2 downsamples by 4 to the bottom codes and by 8 to the top codes (vqvae.py builds exactly this)
-LEVEL_STRIDES = {"bottom": 4, "top": 8}
+# the VQ-VAE-2 downsamples by `downsample` (4 unless config.json's vqvae section says 8) to the bottom codes and by
+# twice that to the top codes (vqvae.py builds exactly this)
+DOWNSAMPLES = (4, 8)
+TOP_STRIDE_FACTOR = 2
 # the top-level config.json fields that make a ModelSpec (grid and class_names aside)
 SHAPE_FIELDS = ("image_size", "levels", "codebook_size", "code_dim")
 
 
-def code_grid(image_size: int, levels: int) -> dict[str, tuple[int, int]]:
-    """The code map's (height, width) per level of a VQ-VAE-2 with these images and levels: bottom first."""
+def code_grid(image_size: int, levels: int, downsample: int = 4) -> dict[str, tuple[int, int]]:
+    """The code map's (height, width) per level of a VQ-VAE-2 with these images, levels and bottom stride: bottom
+    first."""
+    strides = {"bottom": downsample, "top": downsample * TOP_STRIDE_FACTOR}
     names = ("bottom",) if levels == 1 else ("bottom", "top")
-    return {name: (image_size // LEVEL_STRIDES[name], image_size // LEVEL_STRIDES[name]) for name in names}
+    return {name: (image_size // strides[name], image_size // strides[name]) for name in names}
 
 
 @dataclass(frozen=True)

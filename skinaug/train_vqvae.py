@@ -59,7 +59,8 @@ class TrainOptions:
 
 
 # --init: the VQVAEConfig fields that define the VQ-VAE's shape
-VQVAE_SHAPE_FIELDS = ("image_size", "levels", "codebook_size", "code_dim", "channels", "res_channels", "n_res_blocks")
+VQVAE_SHAPE_FIELDS = ("image_size", "levels", "codebook_size", "code_dim", "channels", "res_channels", "n_res_blocks",
+                      "downsample")
 
 
 @dataclass
@@ -94,10 +95,11 @@ def vqvae_config_from_init(source: InitSource, requested=None) -> VQVAEConfig:
         requested = requested.to_dict()
     requested = {key: value for key, value in (requested or {}).items() if value is not None}
     for name in VQVAE_SHAPE_FIELDS:
-        if name in requested and requested[name] != base[name]:
+        source_value = base.get(name, getattr(VQVAEConfig, name))  # a field older models' config.json leaves out
+        if name in requested and requested[name] != source_value:
             option = "{" + name + "}"  # the parameter, in the spelling of whoever reads the message
             raise UsageError(f"{option} {requested[name]} contradicts {{init}} {source.path}, whose VQ-VAE has {option} "
-                             f"{base[name]}: fine-tuning keeps the source's shape (leave {option} out)")
+                             f"{source_value}: fine-tuning keeps the source's shape (leave {option} out)")
     return VQVAEConfig.from_dict({**base, **requested})
 
 
@@ -295,7 +297,7 @@ def _start(data, out, labels, model_config, options: TrainOptions, resume: bool,
         _resume_from_checkpoint(start, out, options, init is not None, dist)
     elif resume and dist.is_main:
         log(f"nothing to resume in {out}: starting a new run")
-    check_image_size(start.model_config.image_size)
+    check_image_size(start.model_config.image_size, start.model_config.downsample)
     if start.model_config.levels not in (1, 2):
         raise UsageError(f"{{levels}} must be 1 or 2, not {start.model_config.levels}")
     return start

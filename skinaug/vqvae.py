@@ -1,7 +1,8 @@
 """The stage-1 model: a one- or two-level VQ-VAE-2 (Razavi et al. 2019).
 
-Bottom codes live at 1/4 of the image side, top codes at 1/8 (256px: 64x64 and 32x32). The top
-level sees the whole lesion coarsely; the bottom level, conditioned on the decoded top, adds texture.
+Bottom codes live at 1/4 of the image side, top codes at 1/8 (256px: 64x64 and 32x32); `downsample=8` halves both
+(128px: 16x16 and 8x8), so that a larger image costs the priors what a smaller one does. The top level sees the
+whole lesion coarsely; the bottom level, conditioned on the decoded top, adds texture.
 """
 
 from __future__ import annotations
@@ -29,13 +30,19 @@ class VQVAEConfig:
     commitment_weight: float = 0.25
     ema_decay: float = 0.99
     restart_after: int = 200  # training steps without use before a code is re-seeded
+    # the bottom codes' stride (4 or 8; the top's is twice it): 8 keeps a 128px model's grids at the 64px model's
+    # 16x16 and 8x8, so its priors cost the same (VQGAN compresses by 16 for the same reason)
+    downsample: int = 4
 
     def grid_shapes(self) -> dict[str, tuple[int, int]]:
         """Code-map shape per level (`spec.code_grid`, the one source of truth for grid sizes)."""
-        return code_grid(self.image_size, self.levels)
+        return code_grid(self.image_size, self.levels, self.downsample)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        values = asdict(self)
+        if values["downsample"] == 4:  # models from before the option hash (fingerprint) as they always did
+            del values["downsample"]
+        return values
 
     @classmethod
     def from_dict(cls, values: dict) -> "VQVAEConfig":
@@ -62,24 +69,19 @@ def _res_stack(channels: int, res_channels: int, n_res_blocks: int) -> list[nn.M
 
 
 class Encoder(nn.Module):
-    """Downsamples by `stride` (2 or 4) with strided 4x4 convolutions, then residual blocks."""
+    """Downsamples by `stride` (2, 4 or 8) with strided 4x4 convolutions, then residual blocks."""
 
     def __init__(self, in_channels, channels, res_channels, n_res_blocks, stride):
         super().__init__()
-        if stride == 4:
-            layers = [
-                nn.Conv2d(in_channels, channels // 2, 4, stride=2, padding=1),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(channels // 2, channels, 4, stride=2, padding=1),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(channels, channels, 3, padding=1),
-            ]
+        half, halvings = channels // 2, stride.bit_length() - 1
+        layers = [nn.Conv2d(in_channels, half, 4, stride=2, padding=1), nn.ReLU(inplace=True)]
+        for _ in range(halvings - 2):  # stride 8: one more halving at half width, where the maps are largest
+            layers += [nn.Conv2d(half, half, 4, stride=2, padding=1), nn.ReLU(inplace=True)]
+        if halvings == 1:
+            layers += [nn.Conv2d(half, channels, 3, padding=1)]
         else:
-            layers = [
-                nn.Conv2d(in_channels, channels // 2, 4, stride=2, padding=1),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(channels // 2, channels, 3, padding=1),
-            ]
+            layers += [nn.Conv2d(half, channels, 4, stride=2, padding=1), nn.ReLU(inplace=True),
+                       nn.Conv2d(channels, channels, 3, padding=1)]
         self.net = nn.Sequential(*layers, *_res_stack(channels, res_channels, n_res_blocks))
 
     def forward(self, x):
@@ -87,19 +89,19 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Residual blocks, then upsamples by `stride` (2 or 4) with transposed convolutions."""
+    """Residual blocks, then upsamples by `stride` (2, 4 or 8) with transposed convolutions."""
 
     def __init__(self, in_channels, out_channels, channels, res_channels, n_res_blocks, stride):
         super().__init__()
+        half, halvings = channels // 2, stride.bit_length() - 1
         layers = [nn.Conv2d(in_channels, channels, 3, padding=1), *_res_stack(channels, res_channels, n_res_blocks)]
-        if stride == 4:
-            layers += [
-                nn.ConvTranspose2d(channels, channels // 2, 4, stride=2, padding=1),
-                nn.ReLU(inplace=True),
-                nn.ConvTranspose2d(channels // 2, out_channels, 4, stride=2, padding=1),
-            ]
-        else:
+        if halvings == 1:
             layers += [nn.ConvTranspose2d(channels, out_channels, 4, stride=2, padding=1)]
+        else:
+            layers += [nn.ConvTranspose2d(channels, half, 4, stride=2, padding=1), nn.ReLU(inplace=True)]
+            for _ in range(halvings - 2):
+                layers += [nn.ConvTranspose2d(half, half, 4, stride=2, padding=1), nn.ReLU(inplace=True)]
+            layers += [nn.ConvTranspose2d(half, out_channels, 4, stride=2, padding=1)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, x):
@@ -107,14 +109,14 @@ class Decoder(nn.Module):
 
 
 class VQVAE2(nn.Module):
-    """Images in [-1, 1] (B, 3, S, S) <-> code maps {"top": (B, S/8, S/8), "bottom": (B, S/4, S/4)}."""
+    """Images in [-1, 1] (B, 3, S, S) <-> code maps {"top": (B, S/2r, S/2r), "bottom": (B, S/r, S/r)}, r = downsample."""
 
     def __init__(self, config: VQVAEConfig):
         super().__init__()
         self.config = config
         c, r, n, d = config.channels, config.res_channels, config.n_res_blocks, config.code_dim
         quantizer = lambda: VectorQuantizer(config.codebook_size, d, config.ema_decay, restart_after=config.restart_after)  # noqa: E731
-        self.encode_bottom = Encoder(3, c, r, n, stride=4)
+        self.encode_bottom = Encoder(3, c, r, n, stride=config.downsample)
         self.quantize_conv_bottom = nn.Conv2d(c + (d if config.levels == 2 else 0), d, 1)
         self.quantize_bottom = quantizer()
         if config.levels == 2:
@@ -124,7 +126,7 @@ class VQVAE2(nn.Module):
             # decodes the top codes to the bottom grid so the bottom level encodes only what the top missed
             self.decode_top = Decoder(d, d, c, r, n, stride=2)
             self.upsample_top = nn.ConvTranspose2d(d, d, 4, stride=2, padding=1)
-        self.decoder = Decoder(d * config.levels, 3, c, r, n, stride=4)
+        self.decoder = Decoder(d * config.levels, 3, c, r, n, stride=config.downsample)
         self.encoder_frozen = False
 
     @property

@@ -280,3 +280,41 @@ def test_training_models_differ_by_seed_and_load_into_the_network(tiny_model, ti
     one_level = ModelDir(tiny_model_one_level.path).load_vqvae()
     assert isinstance(one_level, VQVAE2) and set(one_level.quantizers) == {"bottom"}
     assert ModelDir(tiny_model_one_level.path).config()["grid"] == {"bottom": [8, 8]}
+
+
+def test_downsample_8_trains_a_model_whose_codes_are_half_as_wide(tiny_dataset, tmp_path):
+    out = tmp_path / "model"
+    assert train_cli(tiny_dataset, out, "--downsample", "8", "--epochs", "1", "--batch-size", "4", "--quiet") == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["grid"] == {"bottom": [4, 4], "top": [2, 2]} and config["vqvae"]["downsample"] == 8
+    model = ModelDir(out).load_vqvae()
+    assert model.config.downsample == 8
+    assert config["fingerprint"] == fingerprint(vqvae_config(config), load_file(str(out / "vqvae.safetensors")))
+    images = torch.rand(3, 3, 32, 32) * 2 - 1
+    assert {level: tuple(c.shape) for level, c in model.eval().encode(images)[1].items()} == {
+        "bottom": (3, 4, 4), "top": (3, 2, 2)}
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--downsample", "5"], "{downsample} must be one of 4, 8"),
+    (["--downsample", "8", "--image-size", "40"], "must be a multiple of 16"),
+])
+def test_a_downsample_the_grids_cannot_use_is_a_usage_error(tiny_dataset, tmp_path, capsys, extra, message):
+    assert train_cli(tiny_dataset, tmp_path / "model", *extra, "--epochs", "1") == 2
+    err = capsys.readouterr().err
+    assert message.replace("{downsample}", "--downsample") in err and "Traceback" not in err
+    assert not (tmp_path / "model" / "config.json").exists()
+
+
+def test_a_config_with_an_unknown_downsample_is_refused(tiny_model, tmp_path):
+    import shutil
+
+    from skinaug.errors import SkinaugError
+
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model.path, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["vqvae"]["downsample"] = 3
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SkinaugError, match="vqvae.downsample must be one of 4, 8, not 3"):
+        ModelDir(copy).config()

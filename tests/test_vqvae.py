@@ -1,5 +1,7 @@
 """The VQ-VAE-2 network: code-map shapes per image size and level, decoding codes, pixel scaling."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -87,3 +89,43 @@ def test_loss_is_mse_plus_weighted_commitment():
     reconstruction = torch.full((1, 3, 4, 4), 0.5)
     loss, mse = vqvae_loss((reconstruction, {}, torch.tensor(2.0)), images, commitment_weight=0.25)
     assert mse.item() == 0.25 and loss.item() == 0.25 + 0.25 * 2.0
+
+
+@pytest.mark.parametrize("levels", [1, 2])
+def test_downsample_8_halves_both_grids_and_decodes_to_the_full_image(levels):
+    torch.manual_seed(0)
+    config = VQVAEConfig(image_size=64, levels=levels, codebook_size=16, code_dim=4, downsample=8, **TINY_WIDTHS)
+    expected = {"bottom": (8, 8), "top": (4, 4)} if levels == 2 else {"bottom": (8, 8)}
+    assert config.grid_shapes() == expected
+    assert VQVAEConfig(image_size=128, downsample=8).grid_shapes() == {"bottom": (16, 16), "top": (8, 8)}  # = 64px/4
+    model = VQVAE2(config)
+    images = torch.rand(2, 3, 64, 64) * 2 - 1
+    model.train()
+    reconstruction, codes, _ = model(images)
+    assert reconstruction.shape == images.shape
+    assert {level: tuple(c.shape[1:]) for level, c in codes.items()} == expected
+    model.eval()
+    with torch.no_grad():
+        assert model.decode_codes(model.encode(images)[1]).shape == (2, 3, 64, 64)
+    # the extra halving is one more strided convolution on each side, at half width
+    strided = [m for m in model.encode_bottom.net if isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2)]
+    assert [(m.in_channels, m.out_channels) for m in strided] == [(3, 8), (8, 8), (8, 16)]
+    upsampling = [m for m in model.decoder.net if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert [(m.in_channels, m.out_channels) for m in upsampling] == [(16, 8), (8, 8), (8, 3)]
+
+
+def test_downsample_4_builds_the_networks_models_were_saved_with():
+    """The shipped model's weights were saved before `downsample` existed: the default must name and shape every
+    tensor as then, and leave the config dict (which the fingerprint hashes) as it was."""
+    from skinaug import modeldir
+
+    shipped = Path(modeldir.__file__).parent / "models" / "ham10000-64"
+    if not (shipped / "vqvae.safetensors").is_file():
+        pytest.skip("the shipped model is not installed")
+    config = modeldir.ModelDir(shipped).config()
+    saved = modeldir.load_weights(shipped / modeldir.VQVAE_WEIGHTS)
+    built = VQVAE2(VQVAEConfig.from_dict(modeldir.vqvae_config(config))).state_dict()
+    assert {name: tuple(t.shape) for name, t in built.items()} == {name: tuple(t.shape) for name, t in saved.items()}
+    assert "downsample" not in VQVAEConfig(image_size=64).to_dict()
+    assert VQVAEConfig(downsample=8).to_dict()["downsample"] == 8
+    assert VQVAEConfig.from_dict(VQVAEConfig(downsample=8).to_dict()).downsample == 8

@@ -36,6 +36,7 @@ def vqvae(
     channels: Annotated[Optional[int], typer.Option("--channels", min=8, help="Width of the encoder and decoder (default 128).")] = None,
     res_channels: Annotated[Optional[int], typer.Option("--res-channels", min=4, help="Width inside residual blocks (default 32).")] = None,
     n_res_blocks: Annotated[Optional[int], typer.Option("--res-blocks", min=0, help="Residual blocks per encoder/decoder (default 2).")] = None,
+    downsample: Annotated[Optional[int], typer.Option("--downsample", help="Stride of the bottom codes, 4 or 8 (the top codes' is twice it): 8 gives a 128px model the 64px model's 16x16 and 8x8 code maps, so its priors cost the same (default 4; with --init the source's).")] = None,
     epochs: Annotated[int, typer.Option("--epochs", min=0, help="Passes over the data; 0 (with --init) keeps the source's VQ-VAE unchanged.")] = 30,
     batch_size: BatchOpt = 64,
     lr: Annotated[float, typer.Option("--lr", min=0.0, callback=finite_number("--lr"), help="Peak learning rate (AdamW, warm-up then cosine).")] = 3e-4,
@@ -79,7 +80,8 @@ def vqvae(
     from ..train_vqvae import TrainOptions, train_vqvae
 
     given = {"image_size": image_size, "levels": levels, "codebook_size": codebook_size, "code_dim": code_dim,
-             "channels": channels, "res_channels": res_channels, "n_res_blocks": n_res_blocks, "restart_after": restart_after}
+             "channels": channels, "res_channels": res_channels, "n_res_blocks": n_res_blocks, "restart_after": restart_after,
+             "downsample": downsample}
     # only what was asked for: the rest defaults, or with --init comes from the source (and is checked against it)
     config = {key: value for key, value in given.items() if value is not None}
     options = TrainOptions(epochs=epochs, batch_size=batch_size, lr=lr, val_fraction=val_fraction, seed=seed, device=device,

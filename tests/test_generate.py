@@ -313,3 +313,26 @@ def test_a_generated_folder_is_data_with_its_labels_so_commands_chain(generator_
     originals = [r for r in rows if r["method"] == "original"]
     assert {r["source_top"]: r["label"] for r in originals} == made
     assert sorted(r["label"] for r in rows if r["method"] == "mix") == sorted(made.values())
+
+
+def test_generated_shares_count_every_generator_method_but_not_classic_copies():
+    from skinaug.generate import generated_shares
+
+    table = {"melanoma": {"originals": 2, "mix": 3, "synthesize": 3, "classic": 2, "total": 10},
+             "nevus": {"originals": 8, "resample": 1, "rand-top": 1, "total": 10}}
+    assert generated_shares(table) == {"melanoma": 0.6, "nevus": 0.2}
+
+
+def test_balance_warns_that_the_classes_generated_shares_differ_and_factor_does_not(generator_model, tmp_path, capsys):
+    data = generator_model["data"]
+    lines = data.labels_csv.read_text().splitlines()
+    skewed = tmp_path / "skewed.csv"
+    skewed.write_text("\n".join(lines[:1] + lines[3:]) + "\n")  # bkl 2, melanoma 4, nevus 4
+    common = ["--labels", skewed, "--model", generator_model["model"], "--methods", "resample", "--dry-run", "--device",
+              "cpu", "--quiet"]
+    capsys.readouterr()
+    assert run(["augment", data.images, "--out", tmp_path / "a", "--balance", *common]) == 0
+    err = capsys.readouterr().err
+    assert "generated shares differ (bkl 50%, melanoma 0%, nevus 0%)" in err and "--factor F" in err
+    assert run(["augment", data.images, "--out", tmp_path / "b", "--factor", "2", *common]) == 0
+    assert "generated shares" not in capsys.readouterr().err

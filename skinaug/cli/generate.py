@@ -198,7 +198,9 @@ def augment(
     labels: LabelsOpt = None,
     factor: Annotated[Optional[float], typer.Option("--factor", callback=finite_number("--factor", positive=True),
                                                     help="Make the output F times the size of the input (per class).")] = None,
-    balance: Annotated[bool, typer.Option("--balance", help="Bring every class up to the largest one.")] = False,
+    balance: Annotated[bool, typer.Option("--balance", help="Bring every class up to the largest one with generated images. The smaller classes then hold a larger "
+                  "generated share than the largest (warned): a classifier can learn 'generated' as their cue. --factor gives "
+                  "every class the same share.")] = False,
     methods: Annotated[str, typer.Option("--methods", help="Methods with optional weights, e.g. mix:1,resample:2,synthesize:1; classic: albumentations copies of the inputs (the baseline).")] = "mix,resample,synthesize",
     classic_config: Annotated[Optional[Path], typer.Option("--classic-config", help="Your own albumentations pipeline for classic (a file A.save wrote, yaml or json).")] = None,
     no_originals: Annotated[bool, typer.Option("--no-originals", help="Leave the input images out of the output.")] = False,
@@ -216,7 +218,7 @@ def augment(
 
     With a baseline generator as --model (`skinaug train baseline`): --methods synthesize (classic may be added); the OUT_DIR has no codes.h5.
 
-    Example: skinaug augment images/ --labels labels.csv --model models/derm64 --out train_aug/ --balance
+    Example: skinaug augment images/ --labels labels.csv --model models/derm64 --out train_aug/ --factor 2
     """
     _check_outputs(json_, jsonl)
     from .. import generators

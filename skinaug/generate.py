@@ -31,6 +31,7 @@ from .codes import CodeFile, read_codes
 from .errors import SkinaugError, UsageError
 from .modeldir import ModelDir, model_location
 from .naming import name_key, unique_names
+from .layout import Layout, as_layout, check_layout
 from .output import DatasetWriter
 from .runtime import log, progress, resolve_backend, warn
 
@@ -286,7 +287,7 @@ def make_batches(jobs: list[Job], batch_size: int) -> list[tuple[str, list[Job]]
 def run_jobs(generator: Generator, jobs: list[Job], source: CodeFile | None, out, *, seed: int, batch_size: int,
              command: str, plan: dict, overwrite=False, resume=False, image_format="png", quality=95,
              originals: list | None = None, link_originals=True, extra: dict | None = None, inputs=(), jsonl=False,
-             classic_transforms: list | None = None) -> dict:
+             classic_transforms: list | None = None, layout=Layout.images) -> dict:
     """Makes every job's image into OUT_DIR (streamed, resumable, sharded under torchrun).
 
     `classic` jobs are their source image through the albumentations pipeline (skinaug.classic; `classic_transforms`
@@ -300,20 +301,21 @@ def run_jobs(generator: Generator, jobs: list[Job], source: CodeFile | None, out
     if any(job.method in PRIORS_NEEDED and job.label < 0 for job in jobs) and generator.class_names:
         raise SkinaugError("a class-conditional prior cannot resample unlabelled images: give {labels}")
     check_masks(generator, jobs, source)
+    check_layout(layout, [job.label for job in jobs] + [row["label"] for row in originals or []])
     if any(job.method == "classic" for job in jobs) and (source is None or source.files is None):
         raise UsageError("classic augments the image files themselves: give {data} rather than {codes}")
     fingerprint = generator.spec.fingerprint
     inputs = [generator.model_dir.path, generator.mask_dir, source.path if source is not None else None, *inputs]
     if dist.is_main:
         writer = DatasetWriter(out, model_config=generator.spec, plan=plan, overwrite=overwrite, resume=resume,
-                               image_format=image_format, quality=quality, inputs=inputs, jsonl=jsonl,
+                               image_format=image_format, quality=quality, inputs=inputs, jsonl=jsonl, layout=layout,
                                # only images the generator made carry its training record (classic copies do not)
                                model_dir=generator.model_dir.path if any(job.method != "classic" for job in jobs) else None)
     # rank 0 alone claims the output; the other ranks write their batches where it says (staged under --overwrite)
     work_dir = dist.broadcast_object(str(writer.work) if dist.is_main else None) if dist.world_size > 1 else None
     if not dist.is_main:
         writer = DatasetWriter(out, model_config=generator.spec, plan=plan, resume=True, image_format=image_format,
-                               quality=quality, is_main=False, work_dir=work_dir, jsonl=jsonl)
+                               quality=quality, is_main=False, work_dir=work_dir, jsonl=jsonl, layout=layout)
     done = writer.done_batches()
     offset = 0
     if originals:
@@ -550,10 +552,11 @@ class IterativeGenerator(Generator):
 
 def mix(out, n: int, *, model=None, data=None, codes=None, labels=None, class_name=None, any_label=False, device="auto",
         backend=None, seed=0, batch_size=64, image_format="png", quality=95, overwrite=False, resume=False, strict=False,
-        jsonl=False, image_col=None, label_col=None, group_col=None) -> dict:
+        jsonl=False, image_col=None, label_col=None, group_col=None, layout="images") -> dict:
     """n images, each the top codes of one source image with the bottom codes of another of the same label (of any
     label with `any_label`; only of `class_name` when given)."""
     check_streaming(out, jsonl, overwrite)
+    as_layout(layout)
     model = model_location(model)
     generator = open_generator(model, device, backend=backend)
     generator.require(["mix"])
@@ -565,7 +568,7 @@ def mix(out, n: int, *, model=None, data=None, codes=None, labels=None, class_na
     plan = job_plan(jobs, command="mix", source=str(codes or data), seed=seed, batch_size=batch_size, format=image_format)
     return run_jobs(generator, jobs, source, out, seed=seed, batch_size=batch_size, command="mix", plan=plan,
                     overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
-                    extra={"any_label": any_label, "input": read}, inputs=[labels], jsonl=jsonl)
+                    extra={"any_label": any_label, "input": read}, inputs=[labels], jsonl=jsonl, layout=layout)
 
 
 def resample(out, *, model=None, data=None, codes=None, labels=None, per_image=1, temperature=1.0, top_k=None,
@@ -573,13 +576,14 @@ def resample(out, *, model=None, data=None, codes=None, labels=None, per_image=1
              box_schedule=None, iterative_levels=None, class_name=None, device="auto",
              backend=None, seed=0, batch_size=64, bf16=False, sampler="fast", compile_step=False, image_format="png",
              quality=95, overwrite=False, resume=False, strict=False, jsonl=False, image_col=None, label_col=None,
-             group_col=None) -> dict:
+             group_col=None, layout="images") -> dict:
     """per_image variants of every source image (of `class_name` when given): its top codes kept, its bottom codes
     drawn again by the bottom prior (only inside its lesion mask mask_dir/<image>.png when given), or one level
     replaced by random codes (method rand-bottom | rand-top, the baselines). With iterative=STEPS, one box of codes
     (box_size bottom-grid cells, or one size per step in box_schedule) is re-drawn per step instead, STEPS times
     (iterative inpainting, skinaug/iterative.py)."""
     check_streaming(out, jsonl, overwrite)
+    as_layout(layout)
     request = iterative_module.iterative_request(iterative, box_size, box_schedule, iterative_levels, method=method,
                                                  mask_dir=mask_dir, backend=backend)
     if method not in ("resample", "rand-bottom", "rand-top"):
@@ -614,14 +618,15 @@ def resample(out, *, model=None, data=None, codes=None, labels=None, per_image=1
                     overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
                     extra={"mask_dir": str(mask_dir) if mask_dir else None, "refine": refine,
                            "refine_candidates": refine_candidates, "input": read, **iterated},
-                    inputs=[labels], jsonl=jsonl)
+                    inputs=[labels], jsonl=jsonl, layout=layout)
 
 
 def synthesize(out, *, model=None, class_name=None, n=None, per_class=None, temperature=1.0, top_k=None, device="auto",
                backend=None, seed=0, batch_size=64, bf16=False, sampler="fast", compile_step=False, image_format="png",
-               quality=95, overwrite=False, resume=False, jsonl=False) -> dict:
+               quality=95, overwrite=False, resume=False, jsonl=False, layout="images") -> dict:
     """New images from the priors alone: n of `class_name`, or per_class of every class."""
     check_streaming(out, jsonl, overwrite)
+    as_layout(layout)
     if (class_name is None) == (per_class is None) or (class_name is not None and n is None):
         raise UsageError("give {class_name=NAME} with {n=N}, or {per_class=N}")
     model = model_location(model)
@@ -638,19 +643,21 @@ def synthesize(out, *, model=None, class_name=None, n=None, per_class=None, temp
     plan = job_plan(jobs, command="synthesize", seed=seed, batch_size=batch_size, temperature=temperature, top_k=top_k,
                     format=image_format, bf16=bf16, sampler=sampler)
     return run_jobs(generator, jobs, None, out, seed=seed, batch_size=batch_size, command="synthesize", plan=plan,
-                    overwrite=overwrite, resume=resume, image_format=image_format, quality=quality, jsonl=jsonl)
+                    overwrite=overwrite, resume=resume, image_format=image_format, quality=quality, jsonl=jsonl,
+                    layout=layout)
 
 
 def augment(data, out, *, model=None, labels=None, factor=None, balance=False, methods="mix,resample,synthesize",
             classic_config=None, no_originals=False, copy_originals=False, dry_run=False, temperature=1.0, top_k=None,
             device="auto", backend=None, seed=0, batch_size=64, bf16=False, compile_step=False, image_format="png",
             quality=95, overwrite=False, resume=False, strict=False, jsonl=False, image_col=None, label_col=None,
-            group_col=None) -> dict:
+            group_col=None, layout="images") -> dict:
     """A labelled folder expanded into a training-ready one: its originals (hard-linked, or copied) plus generated
     images, `factor` times the input per class or every class up to the largest (`balance`). `methods`:
     "mix:1,resample:2,synthesize:1" or {"mix": 1, ...}; classic: albumentations copies (`classic_config`: a pipeline
     A.save wrote). With dry_run nothing is written and the summary holds the plan (images per class and method)."""
     check_streaming(out, jsonl, overwrite)
+    as_layout(layout)
     weights, transforms = augment_methods(methods, classic_config)
     model = model_location(model)
     generator = open_generator(model, device, backend=backend, temperature=temperature, top_k=top_k,
@@ -676,7 +683,7 @@ def augment(data, out, *, model=None, labels=None, factor=None, balance=False, m
     return run_jobs(generator, jobs, source, out, seed=seed, batch_size=batch_size, command="augment", plan=plan,
                     overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
                     originals=originals, link_originals=not copy_originals, extra={"plan": table, "input": read},
-                    inputs=[labels, classic_config], jsonl=jsonl, classic_transforms=transforms)
+                    inputs=[labels, classic_config], jsonl=jsonl, classic_transforms=transforms, layout=layout)
 
 
 def read_sources(model, codes, data, labels, device, backend, strict, **columns) -> tuple[CodeFile, dict | None]:

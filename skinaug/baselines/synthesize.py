@@ -25,6 +25,7 @@ import torch
 from ..codes import CodeFile
 from ..errors import UsageError
 from ..generate import Job, batch_seed, class_index, classic_batch, job_plan, make_batches, name_jobs, original_rows, plan_augment
+from ..layout import check_layout
 from ..output import DatasetWriter
 from ..runtime import log, progress, resolve_device
 from ..vqvae import to_uint8
@@ -55,7 +56,8 @@ class BaselineSampler:
 
 
 def synthesize(model, out, *, class_name=None, n=None, per_class=None, temperature=1.0, device="auto", seed=0,
-               batch_size=64, image_format="png", quality=95, overwrite=False, resume=False, jsonl=False) -> dict:
+               batch_size=64, image_format="png", quality=95, overwrite=False, resume=False, jsonl=False,
+               layout="images") -> dict:
     """n images of one class, or per_class images of every class, into OUT_DIR; returns the run's summary."""
     if (class_name is None) == (per_class is None) or (class_name is not None and n is None):
         raise UsageError("give {class_name=NAME} with {n=N}, or {per_class=N}")
@@ -68,13 +70,14 @@ def synthesize(model, out, *, class_name=None, n=None, per_class=None, temperatu
     plan = job_plan(jobs, command="synthesize", seed=seed, batch_size=batch_size, temperature=temperature,
                     format=image_format, model=sampler.config["fingerprint"])
     return write_jobs(sampler, jobs, out, seed=seed, batch_size=batch_size, command="synthesize", plan=plan,
-                      overwrite=overwrite, resume=resume, image_format=image_format, quality=quality, jsonl=jsonl)
+                      overwrite=overwrite, resume=resume, image_format=image_format, quality=quality, jsonl=jsonl,
+                      layout=layout)
 
 
 def augment(model, data, out, *, weights: dict, labels=None, factor=None, balance=False, originals=True,
             link_originals=True, dry_run=False, temperature=1.0, device="auto", seed=0, batch_size=64,
             image_format="png", quality=95, overwrite=False, resume=False, strict=False, columns=None, jsonl=False,
-            classic_transforms=None, classic_config=None) -> dict:
+            classic_transforms=None, classic_config=None, layout="images") -> dict:
     """DATA's originals plus synthesized (and classic) images per class (--factor or --balance); with dry_run only
     {"plan", "input"}."""
     unsupported = [method for method, weight in weights.items() if weight > 0 and method not in METHODS]
@@ -100,7 +103,7 @@ def augment(model, data, out, *, weights: dict, labels=None, factor=None, balanc
     return write_jobs(sampler, jobs, out, seed=seed, batch_size=batch_size, command="augment", plan=plan,
                       overwrite=overwrite, resume=resume, image_format=image_format, quality=quality, jsonl=jsonl,
                       source=source, originals=rows, link_originals=link_originals, inputs=[labels],
-                      classic_transforms=classic_transforms, extra={"plan": table, "input": read})
+                      classic_transforms=classic_transforms, extra={"plan": table, "input": read}, layout=layout)
 
 
 def sources(config: dict, data, labels, strict: bool, columns: dict) -> tuple[CodeFile, dict]:
@@ -121,11 +124,12 @@ def sources(config: dict, data, labels, strict: bool, columns: dict) -> tuple[Co
 def write_jobs(sampler: BaselineSampler, jobs: list[Job], out, *, seed: int, batch_size: int, command: str, plan: dict,
                overwrite=False, resume=False, image_format="png", quality=95, jsonl=False, source: CodeFile | None = None,
                originals: list | None = None, link_originals=True, inputs=(), classic_transforms=None,
-               extra: dict | None = None) -> dict:
+               extra: dict | None = None, layout="images") -> dict:
     """Every job's image into OUT_DIR through DatasetWriter, batch by batch (resumable), without codes.h5."""
     generated = any(job.method != "classic" for job in jobs)
+    check_layout(layout, [job.label for job in jobs] + [row["label"] for row in originals or []])
     writer = DatasetWriter(out, model_config=sampler.config, plan=plan, overwrite=overwrite, resume=resume,
-                           image_format=image_format, quality=quality, jsonl=jsonl, codes=False,
+                           image_format=image_format, quality=quality, jsonl=jsonl, codes=False, layout=layout,
                            inputs=[sampler.path, source.path if source is not None else None, *inputs],
                            model_dir=sampler.path if generated else None)
     done, offset = writer.done_batches(), 1 if originals else 0

@@ -17,7 +17,7 @@ from .data import Intake, scan_dataset
 from .errors import SkinaugError
 from .image_cache import decode_in_chunks
 from .io import CODE_FILE, atomic_path, claim_output
-from .layout import check_layout
+from .layout import plan_layout
 from .modeldir import ModelDir
 from .naming import unique_names
 from .output import DatasetWriter
@@ -163,14 +163,13 @@ def decode_codes(codes_path, out, *, model, device="auto", batch_size=64, overwr
     spec = model_dir.spec()
     code_file = read_codes(codes_path)
     code_file.check_model(spec)
-    check_layout(layout, code_file.labels)
     code_model = open_code_model(model_dir, device, backend)
     class_names = code_file.class_names
     plan = {"command": "decode", "codes": str(Path(codes_path).resolve()), "n": len(code_file), "batch_size": batch_size,
-            "format": image_format}
+            "format": image_format, **plan_layout(layout, code_file.labels)}
     writer = DatasetWriter(out, model_config=spec, plan=plan, overwrite=overwrite, resume=resume,
                            image_format=image_format, quality=quality, inputs=(codes_path, model_dir.path),
-                           model_dir=model_dir.path, layout=layout)  # the VQ-VAE made these images: its training record goes with them
+                           model_dir=model_dir.path)  # the VQ-VAE made these images: its training record goes with them
     done = writer.done_batches()
     file_names = unique_names(f"{name}_rec" for name in code_file.images)  # names in a code file may be anything
     with progress(len(code_file), desc="decoding codes") as bar:

@@ -29,9 +29,9 @@ from . import iterative as iterative_module
 from .backends import open_backend
 from .codes import CodeFile, read_codes
 from .errors import SkinaugError, UsageError
+from .layout import as_layout, plan_layout
 from .modeldir import ModelDir, model_location
 from .naming import name_key, unique_names
-from .layout import Layout, as_layout, check_layout
 from .output import DatasetWriter
 from .runtime import log, progress, resolve_backend, warn
 
@@ -287,7 +287,7 @@ def make_batches(jobs: list[Job], batch_size: int) -> list[tuple[str, list[Job]]
 def run_jobs(generator: Generator, jobs: list[Job], source: CodeFile | None, out, *, seed: int, batch_size: int,
              command: str, plan: dict, overwrite=False, resume=False, image_format="png", quality=95,
              originals: list | None = None, link_originals=True, extra: dict | None = None, inputs=(), jsonl=False,
-             classic_transforms: list | None = None, layout=Layout.images) -> dict:
+             classic_transforms: list | None = None) -> dict:
     """Makes every job's image into OUT_DIR (streamed, resumable, sharded under torchrun).
 
     `classic` jobs are their source image through the albumentations pipeline (skinaug.classic; `classic_transforms`
@@ -301,21 +301,20 @@ def run_jobs(generator: Generator, jobs: list[Job], source: CodeFile | None, out
     if any(job.method in PRIORS_NEEDED and job.label < 0 for job in jobs) and generator.class_names:
         raise SkinaugError("a class-conditional prior cannot resample unlabelled images: give {labels}")
     check_masks(generator, jobs, source)
-    check_layout(layout, [job.label for job in jobs] + [row["label"] for row in originals or []])
     if any(job.method == "classic" for job in jobs) and (source is None or source.files is None):
         raise UsageError("classic augments the image files themselves: give {data} rather than {codes}")
     fingerprint = generator.spec.fingerprint
     inputs = [generator.model_dir.path, generator.mask_dir, source.path if source is not None else None, *inputs]
     if dist.is_main:
         writer = DatasetWriter(out, model_config=generator.spec, plan=plan, overwrite=overwrite, resume=resume,
-                               image_format=image_format, quality=quality, inputs=inputs, jsonl=jsonl, layout=layout,
+                               image_format=image_format, quality=quality, inputs=inputs, jsonl=jsonl,
                                # only images the generator made carry its training record (classic copies do not)
                                model_dir=generator.model_dir.path if any(job.method != "classic" for job in jobs) else None)
     # rank 0 alone claims the output; the other ranks write their batches where it says (staged under --overwrite)
     work_dir = dist.broadcast_object(str(writer.work) if dist.is_main else None) if dist.world_size > 1 else None
     if not dist.is_main:
         writer = DatasetWriter(out, model_config=generator.spec, plan=plan, resume=True, image_format=image_format,
-                               quality=quality, is_main=False, work_dir=work_dir, jsonl=jsonl, layout=layout)
+                               quality=quality, is_main=False, work_dir=work_dir, jsonl=jsonl)
     done = writer.done_batches()
     offset = 0
     if originals:
@@ -565,10 +564,11 @@ def mix(out, n: int, *, model=None, data=None, codes=None, labels=None, class_na
     label = class_index(generator.class_names, class_name) if class_name else None
     jobs = plan_mix(source, n, np.random.default_rng(seed), any_label=any_label, label=label)
     name_jobs(jobs, generator.class_names)
-    plan = job_plan(jobs, command="mix", source=str(codes or data), seed=seed, batch_size=batch_size, format=image_format)
+    plan = job_plan(jobs, command="mix", source=str(codes or data), seed=seed, batch_size=batch_size, format=image_format,
+                    **plan_layout(layout, [job.label for job in jobs]))
     return run_jobs(generator, jobs, source, out, seed=seed, batch_size=batch_size, command="mix", plan=plan,
                     overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
-                    extra={"any_label": any_label, "input": read}, inputs=[labels], jsonl=jsonl, layout=layout)
+                    extra={"any_label": any_label, "input": read}, inputs=[labels], jsonl=jsonl)
 
 
 def resample(out, *, model=None, data=None, codes=None, labels=None, per_image=1, temperature=1.0, top_k=None,
@@ -613,12 +613,12 @@ def resample(out, *, model=None, data=None, codes=None, labels=None, per_image=1
     iterated = {"iterative": generator.iterative.to_json()} if request else {}
     plan = job_plan(jobs, command=method, source=str(codes or data), seed=seed, batch_size=batch_size,
                     temperature=temperature, top_k=top_k, mask_dir=str(mask_dir) if mask_dir else None, format=image_format,
-                    bf16=bf16, sampler=sampler, **refined, **iterated)
+                    bf16=bf16, sampler=sampler, **refined, **iterated, **plan_layout(layout, [job.label for job in jobs]))
     return run_jobs(generator, jobs, source, out, seed=seed, batch_size=batch_size, command=method, plan=plan,
                     overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
                     extra={"mask_dir": str(mask_dir) if mask_dir else None, "refine": refine,
                            "refine_candidates": refine_candidates, "input": read, **iterated},
-                    inputs=[labels], jsonl=jsonl, layout=layout)
+                    inputs=[labels], jsonl=jsonl)
 
 
 def synthesize(out, *, model=None, class_name=None, n=None, per_class=None, temperature=1.0, top_k=None, device="auto",
@@ -641,10 +641,9 @@ def synthesize(out, *, model=None, class_name=None, n=None, per_class=None, temp
         jobs = [Job("synthesize", label) for label in range(len(generator.class_names)) for _ in range(per_class)]
     name_jobs(jobs, generator.class_names)
     plan = job_plan(jobs, command="synthesize", seed=seed, batch_size=batch_size, temperature=temperature, top_k=top_k,
-                    format=image_format, bf16=bf16, sampler=sampler)
+                    format=image_format, bf16=bf16, sampler=sampler, **plan_layout(layout, [job.label for job in jobs]))
     return run_jobs(generator, jobs, None, out, seed=seed, batch_size=batch_size, command="synthesize", plan=plan,
-                    overwrite=overwrite, resume=resume, image_format=image_format, quality=quality, jsonl=jsonl,
-                    layout=layout)
+                    overwrite=overwrite, resume=resume, image_format=image_format, quality=quality, jsonl=jsonl)
 
 
 def augment(data, out, *, model=None, labels=None, factor=None, balance=False, methods="mix,resample,synthesize",
@@ -678,12 +677,13 @@ def augment(data, out, *, model=None, labels=None, factor=None, balance=False, m
     name_jobs(jobs, generator.class_names, prefix="gen_", taken=[row["image"] for row in originals or []])
     plan = job_plan(jobs, command="augment", data=str(data), seed=seed, batch_size=batch_size, temperature=temperature,
                     top_k=top_k, originals=not no_originals, format=image_format, bf16=bf16,
+                    **plan_layout(layout, [job.label for job in jobs] + ([] if no_originals else source.labels.tolist())),
                     # the pipeline's content, so that --resume after an edit of the file is refused
                     **({"classic_config": file_record(classic_config)} if classic_config is not None else {}))
     return run_jobs(generator, jobs, source, out, seed=seed, batch_size=batch_size, command="augment", plan=plan,
                     overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
                     originals=originals, link_originals=not copy_originals, extra={"plan": table, "input": read},
-                    inputs=[labels, classic_config], jsonl=jsonl, classic_transforms=transforms, layout=layout)
+                    inputs=[labels, classic_config], jsonl=jsonl, classic_transforms=transforms)
 
 
 def read_sources(model, codes, data, labels, device, backend, strict, **columns) -> tuple[CodeFile, dict | None]:

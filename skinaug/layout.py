@@ -44,14 +44,15 @@ def as_layout(value) -> Layout:
         raise UsageError(f"{{layout}} must be {' or '.join(item.value for item in Layout)}, not {value!r}") from None
 
 
-def check_layout(layout, labels) -> Layout:
-    """{layout} as a Layout, checked before anything is written: imagefolder files every image under its class, so
-    each needs one (`labels`: class indices or names; -1 or "" for none)."""
+def plan_layout(layout, labels) -> dict:
+    """What a generating command's plan records of {layout} (nothing for the default, so that earlier plans resume
+    as they were): the writer (output.DatasetWriter) reads it there. Checked before anything is written: imagefolder
+    files every image under its class, so each needs one (`labels`: class indices, -1 for none)."""
     layout = as_layout(layout)
-    if layout is Layout.imagefolder and any(int(label) < 0 if not isinstance(label, str) else not label for label in labels):
+    if layout is Layout.imagefolder and any(int(label) < 0 for label in labels):
         raise UsageError("{layout='imagefolder'} files every image under its class, and some images have none: "
                          "give {labels}, or keep the images layout")
-    return layout
+    return {} if layout is DEFAULT_LAYOUT else {"layout": layout.value}
 
 
 def class_folders(class_names) -> dict[str, str]:

@@ -34,7 +34,7 @@ import numpy as np
 from .codes import CodeWriter, model_attrs
 from .errors import SkinaugError
 from .io import OutputKind, atomic_path, claim_output, naming_write_errors, read_json, write_json, write_text
-from .layout import METADATA, Layout, as_layout, class_folders
+from .layout import DEFAULT_LAYOUT, METADATA, Layout, as_layout, class_folders
 from .spec import ModelSpec
 from .trained_on import TRAINED_ON, read_record
 from .version import __version__
@@ -97,18 +97,16 @@ class DatasetWriter:
 
     def __init__(self, out_dir, *, model_config: ModelSpec | dict, plan: dict, overwrite=False, resume=False,
                  image_format: str = "png", quality: int = 95, is_main: bool = True, inputs=(), work_dir=None,
-                 model_dir=None, jsonl: bool = False, codes: bool = True, layout: Layout | str = Layout.images):
+                 model_dir=None, jsonl: bool = False, codes: bool = True):
         """`inputs`: what the command reads (model, sources, labels, masks), never to be written over.
         `work_dir`: on the other torchrun ranks, the folder rank 0's claim writes into (its `.work`).
         `model_dir`: the generator's directory, whose record of training images the dataset keeps.
         `model_config`: the generator's ModelSpec (or its config.json as a dict).
         `codes`: False for a generator without codes (a baseline, skinaug/baselines/): no codes.h5 is written, and
         `model_config` is its config.json dict (a baseline has no code grid, hence no ModelSpec).
-        `layout`: images/ (the default) or one folder per class (imagefolder), skinaug/layout.py."""
+        The plan's "layout" (layout.plan_layout) puts the images in images/ (the default) or one folder per class."""
         self.out = Path(out_dir)
-        self.layout = as_layout(layout)
-        if self.layout is not Layout.images:  # in the plan only when not the default: earlier plans resume as they were
-            plan = {**plan, "layout": self.layout.value}
+        self.layout = as_layout(plan.get("layout", DEFAULT_LAYOUT.value))
         class_names = model_config.get("class_names", []) if isinstance(model_config, dict) else model_config.class_names
         self.class_names = list(class_names)  # in index order: run.json records them for readers (GeneratedDataset)
         self.folders = class_folders(self.class_names)

@@ -137,3 +137,26 @@ def test_a_class_named_like_a_file_of_the_output_gets_a_folder_of_its_own(name):
 
     folders = class_folders([name, "nevus"])
     assert folders["nevus"] == "nevus" and folders[name] != name and "/" not in folders[name]
+
+
+def test_decode_writes_the_reconstructions_in_class_folders(generator_model, tmp_path):
+    out = tmp_path / "recon"
+    assert run(["decode", generator_model["codes"], "--model", generator_model["model"], "--out", out, "--layout",
+                "imagefolder", "--device", "cpu", "--quiet"]) == 0
+    classes, _, samples = image_folder_samples(out)
+    data = generator_model["data"]
+    assert classes == ["bkl", "melanoma", "nevus"]
+    assert sorted((path.stem, classes[index]) for path, index in samples) \
+        == sorted((f"{name}_rec", label) for name, label in zip(data.names, data.labels))
+
+
+def test_preview_reads_an_imagefolder_output_and_keeps_its_sheet_out_of_the_class_folders(generator_model, tmp_path,
+                                                                                        capsys):
+    out = tmp_path / "synth"
+    assert synthesize(generator_model, out, "--layout", "imagefolder") == 0
+    sheet = out / "sheet.png"  # beside the class folders, where no reader takes it for an image of a class
+    assert run(["preview", out, "--out", sheet, "--by", "label", "--quiet"]) == 0
+    assert Image.open(sheet).size[0] > 0
+    capsys.readouterr()
+    assert run(["preview", out, "--out", out / "nevus" / "sheet.png", "--quiet"]) == 2
+    assert "where it would be read as a generated image" in capsys.readouterr().err

@@ -25,7 +25,7 @@ import torch
 from ..codes import CodeFile
 from ..errors import UsageError
 from ..generate import Job, batch_seed, class_index, classic_batch, job_plan, make_batches, name_jobs, original_rows, plan_augment
-from ..layout import check_layout
+from ..layout import plan_layout
 from ..output import DatasetWriter
 from ..runtime import log, progress, resolve_device
 from ..vqvae import to_uint8
@@ -68,10 +68,9 @@ def synthesize(model, out, *, class_name=None, n=None, per_class=None, temperatu
         jobs = [Job("synthesize", label) for label in range(len(sampler.class_names)) for _ in range(per_class)]
     name_jobs(jobs, sampler.class_names)
     plan = job_plan(jobs, command="synthesize", seed=seed, batch_size=batch_size, temperature=temperature,
-                    format=image_format, model=sampler.config["fingerprint"])
+                    format=image_format, model=sampler.config["fingerprint"], **plan_layout(layout, [j.label for j in jobs]))
     return write_jobs(sampler, jobs, out, seed=seed, batch_size=batch_size, command="synthesize", plan=plan,
-                      overwrite=overwrite, resume=resume, image_format=image_format, quality=quality, jsonl=jsonl,
-                      layout=layout)
+                      overwrite=overwrite, resume=resume, image_format=image_format, quality=quality, jsonl=jsonl)
 
 
 def augment(model, data, out, *, weights: dict, labels=None, factor=None, balance=False, originals=True,
@@ -99,11 +98,12 @@ def augment(model, data, out, *, weights: dict, labels=None, factor=None, balanc
     name_jobs(jobs, sampler.class_names, prefix="gen_", taken=[row["image"] for row in rows or []])
     plan = job_plan(jobs, command="augment", data=str(data), seed=seed, batch_size=batch_size, temperature=temperature,
                     originals=originals, format=image_format, model=sampler.config["fingerprint"],
+                    **plan_layout(layout, [job.label for job in jobs] + (source.labels.tolist() if originals else [])),
                     **({"classic_config": classic_config} if classic_config is not None else {}))
     return write_jobs(sampler, jobs, out, seed=seed, batch_size=batch_size, command="augment", plan=plan,
                       overwrite=overwrite, resume=resume, image_format=image_format, quality=quality, jsonl=jsonl,
                       source=source, originals=rows, link_originals=link_originals, inputs=[labels],
-                      classic_transforms=classic_transforms, extra={"plan": table, "input": read}, layout=layout)
+                      classic_transforms=classic_transforms, extra={"plan": table, "input": read})
 
 
 def sources(config: dict, data, labels, strict: bool, columns: dict) -> tuple[CodeFile, dict]:
@@ -124,12 +124,11 @@ def sources(config: dict, data, labels, strict: bool, columns: dict) -> tuple[Co
 def write_jobs(sampler: BaselineSampler, jobs: list[Job], out, *, seed: int, batch_size: int, command: str, plan: dict,
                overwrite=False, resume=False, image_format="png", quality=95, jsonl=False, source: CodeFile | None = None,
                originals: list | None = None, link_originals=True, inputs=(), classic_transforms=None,
-               extra: dict | None = None, layout="images") -> dict:
+               extra: dict | None = None) -> dict:
     """Every job's image into OUT_DIR through DatasetWriter, batch by batch (resumable), without codes.h5."""
     generated = any(job.method != "classic" for job in jobs)
-    check_layout(layout, [job.label for job in jobs] + [row["label"] for row in originals or []])
     writer = DatasetWriter(out, model_config=sampler.config, plan=plan, overwrite=overwrite, resume=resume,
-                           image_format=image_format, quality=quality, jsonl=jsonl, codes=False, layout=layout,
+                           image_format=image_format, quality=quality, jsonl=jsonl, codes=False,
                            inputs=[sampler.path, source.path if source is not None else None, *inputs],
                            model_dir=sampler.path if generated else None)
     done, offset = writer.done_batches(), 1 if originals else 0

@@ -74,7 +74,7 @@ def recorded_layout(out_dir) -> Layout:
         except (OSError, ValueError):
             continue
         if path.name == "run.json" or value is not None:
-            return Layout(value) if value in {item.value for item in Layout} else DEFAULT_LAYOUT
+            return Layout(value) if isinstance(value, str) and value in Layout.__members__ else DEFAULT_LAYOUT
     return DEFAULT_LAYOUT
 
 

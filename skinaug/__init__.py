@@ -4,9 +4,9 @@ from .version import __version__  # noqa: F401  (skinaug.__version__)
 
 
 def __getattr__(name):
-    """`skinaug.load_model`, `skinaug.Model` and `skinaug.GeneratedDataset` (skinaug.api), imported on first use so
+    """`skinaug.load_model`, `skinaug.Model`, `skinaug.GeneratedDataset` and `skinaug.ConcatDataset` (skinaug.api), imported on first use so
     that `import skinaug` and `skinaug --help` stay light."""
-    if name in ("load_model", "Model", "GeneratedDataset"):
+    if name in ("load_model", "Model", "GeneratedDataset", "ConcatDataset"):
         from . import api
 
         return getattr(api, name)

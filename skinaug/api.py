@@ -8,11 +8,13 @@
     same = model.decode(codes)                             # uint8 images again
     mixed = model.mix(melanomas[:8], melanomas[8:])        # the tops of the first, the bottoms of the second
     variants = model.resample(melanomas, "melanoma", seed=1)  # same tops, new bottoms drawn by the prior
-    data = skinaug.GeneratedDataset("synth/")              # an OUT_DIR (or real DATA): (image, label) pairs
+    data = skinaug.GeneratedDataset("synth/")              # an OUT_DIR (or real DATA): (image, target) pairs
+    both = skinaug.ConcatDataset([real, data])             # refused unless both number their classes alike
 
 Images are uint8 arrays (N, S, S, 3) at the model's image size; codes are uint16 arrays per level. Everything
-runs on PyTorch (the onnx backend is for the command line). Sampling is seeded like the commands: the same seed
-gives the same images as `skinaug synthesize --seed` with the same batch size.
+runs on PyTorch (the onnx backend is for the command line). Sampling is seeded as numpy and torch are: seed=None
+(the default) draws fresh randomness, an int or a numpy Generator reproducible images; an int gives the same images
+as `skinaug synthesize --seed` with the same batch size.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 
 from .errors import SkinaugError
 
-__all__ = ["Model", "load_model", "GeneratedDataset"]
+__all__ = ["Model", "load_model", "GeneratedDataset", "ConcatDataset"]
 
 
 class Model:
@@ -70,8 +72,10 @@ class Model:
 
     # ------------------------------------------------------------------ generation
 
-    def synthesize(self, label, n: int, *, temperature: float = 1.0, top_k: int | None = None, seed: int = 0) -> np.ndarray:
-        """n new images of one class: top codes from the top prior, bottom codes given them, decoded."""
+    def synthesize(self, label, n: int, *, temperature: float = 1.0, top_k: int | None = None, seed=None) -> np.ndarray:
+        """n new images of one class: top codes from the top prior, bottom codes given them, decoded. `seed`: None
+        draws fresh randomness (new images on every call); an int (the same images as `synthesize --seed`) or a
+        numpy Generator gives reproducible ones."""
         from .generate import Job
 
         if int(n) < 0:
@@ -89,9 +93,9 @@ class Model:
             raise SkinaugError(f"mix pairs images one to one: {len(tops['top'])} top images, {len(bottoms['bottom'])} bottom images")
         return self.decode({"top": tops["top"], "bottom": bottoms["bottom"]})
 
-    def resample(self, images, labels, *, temperature: float = 1.0, top_k: int | None = None, seed: int = 0) -> np.ndarray:
+    def resample(self, images, labels, *, temperature: float = 1.0, top_k: int | None = None, seed=None) -> np.ndarray:
         """Each image's top codes kept and its bottom codes drawn anew by the bottom prior, given them and the label
-        (one class for all images, or one per image)."""
+        (one class for all images, or one per image). `seed` as in `synthesize`."""
         from .codes import CodeFile
         from .generate import plan_per_source
 
@@ -106,11 +110,12 @@ class Model:
         jobs = plan_per_source("resample", range(n), 1, source)
         return self._generate("resample", jobs, source, temperature, top_k, seed)
 
-    def _generate(self, method: str, jobs, source, temperature: float, top_k: int | None, seed: int) -> np.ndarray:
+    def _generate(self, method: str, jobs, source, temperature: float, top_k: int | None, seed) -> np.ndarray:
         from .generate import batch_seed, make_batch, make_batches
         from .backends.base import check_draw_args
 
         check_draw_args(temperature, top_k)
+        seed = seed_value(seed)
         generator = self._generator
         generator.check_classes(jobs)
         saved = generator.temperature, generator.top_k
@@ -159,6 +164,18 @@ class Model:
         return checked
 
 
+def seed_value(seed) -> int:
+    """The int seed the batches' seeds derive from, as numpy and torch read a seed: None draws one from fresh OS
+    entropy, a numpy Generator gives its next draw (reproducible from its state), an int is itself."""
+    if seed is None:
+        seed = np.random.default_rng()
+    if isinstance(seed, np.random.Generator):
+        return int(seed.integers(0, 2**63 - 1))
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and seed >= 0:
+        return int(seed)
+    raise SkinaugError(f"seed must be None, a non-negative int or a numpy.random.Generator, not {seed!r}")
+
+
 def load_model(path=None, device: str = "auto", batch_size: int = 64) -> Model:
     """A model directory (or a shipped model's name); None: `$SKINAUG_MODEL`, else the shipped default."""
     return Model(path, device=device, batch_size=batch_size)
@@ -171,18 +188,33 @@ def _dataset_base():
 
 
 class GeneratedDataset(_dataset_base()):
-    """A generated OUT_DIR (images/ + labels.csv) or a real image folder as a torch Dataset.
+    """A generated OUT_DIR (either layout, skinaug/layout.py) or a real image folder as a torch Dataset, numbered
+    as torchvision's datasets are: `classes` (names in index order), `class_to_idx` and `targets` (each item's index).
 
-    Item i is (image, label): a float32 tensor (3, S, S) in [0, 1] (or `transform(uint8 array)` when given) and the
-    label's index in `class_names` (-1 unlabelled). `info(i)` gives the image's name, label, method and sources
-    (`method` is "real" for real images), so a training script can mix real and generated images and keep track."""
+    `classes` fixes the numbering, so that datasets concatenated for training agree on it: by default the generating
+    model's class list where the folder has one (a generated OUT_DIR records it), else the sorted labels found (as
+    torchvision's ImageFolder numbers its folders). A label outside `classes` is an error.
 
-    def __init__(self, path, labels=None, *, image_size: int | None = None, transform=None, **columns):
+    Item i is (image, target). Without `transform` the image is a float32 tensor (3, S, S) in [0, 1]. A
+    `transform` receives what its library expects: an albumentations transform or Compose is called as
+    `transform(image=array)` with the HWC uint8 RGB array (S, S, 3), and its "image" is the item's image; any other
+    callable (torchvision's transforms) receives a PIL RGB image of S x S. `target_transform` receives the target:
+    the label's index in `classes`, -1 for an unlabelled image. `info(i)` gives the image's name, label, method and
+    sources (`method` is "real" for real images), so a training script can mix real and generated images and keep
+    track. `real + generated` (or `skinaug.ConcatDataset([...])`) concatenates datasets after checking that they
+    number their classes alike."""
+
+    def __init__(self, path, labels=None, *, classes=None, image_size: int | None = None, transform=None,
+                 target_transform=None, **columns):
         from .scores.sets import open_set
 
-        self.set = open_set(path, labels, **columns)
+        if classes is None and labels is None:
+            classes = _model_classes(Path(path))
+        self.set = open_set(path, labels, class_names=None if classes is None else list(classes), **columns)
         self.samples = list(self.set.dataset.samples)
-        self.class_names = list(self.set.dataset.class_names)
+        self.classes = list(self.set.dataset.class_names)
+        self.class_to_idx = {name: index for index, name in enumerate(self.classes)}
+        self.targets = [sample.label for sample in self.samples]
         if image_size is None and self.samples:  # one size for every item, so that a DataLoader can batch them
             from PIL import Image
 
@@ -190,7 +222,13 @@ class GeneratedDataset(_dataset_base()):
                 image_size = max(first.size)
         self.image_size = image_size
         self.transform = transform
+        self.target_transform = target_transform
         self._methods = _methods(Path(path) / "labels.csv") if self.set.generated and labels is None else {}
+
+    @property
+    def class_names(self) -> list[str]:
+        """The class names in index order (the same list as `classes`)."""
+        return self.classes
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -202,15 +240,93 @@ class GeneratedDataset(_dataset_base()):
 
         sample = self.samples[index]
         pixels = load_image(sample.path, self.image_size)
-        image = self.transform(pixels) if self.transform is not None else torch.from_numpy(pixels).permute(2, 0, 1).float() / 255.0
-        return image, sample.label
+        if self.transform is None:
+            image = torch.from_numpy(pixels).permute(2, 0, 1).float() / 255.0
+        elif _is_albumentations(self.transform):
+            image = self.transform(image=pixels)["image"]
+        else:
+            from PIL import Image
+
+            image = self.transform(Image.fromarray(pixels))
+        target = sample.label if self.target_transform is None else self.target_transform(sample.label)
+        return image, target
+
+    def __add__(self, other):
+        return ConcatDataset([self, other])
 
     def info(self, index: int) -> dict:
         sample = self.samples[index]
         sources = (self.set.sources or {}).get(sample.name, ())
         return {"image": sample.name, "path": str(sample.path),
-                "label": self.class_names[sample.label] if sample.label >= 0 else None,
+                "label": self.classes[sample.label] if sample.label >= 0 else None,
                 "method": self._methods.get(sample.name, "real"), "sources": list(sources), "group": sample.group}
+
+
+def _concat_base():
+    from torch.utils.data import ConcatDataset as TorchConcat
+
+    return TorchConcat
+
+
+class ConcatDataset(_concat_base()):
+    """torch's ConcatDataset of datasets that number their classes alike, with their `classes`, `class_to_idx`
+    and `targets`; datasets whose class lists differ (or that have none to compare) are refused, since their
+    concatenation would give one label number to different classes. Make them agree with GeneratedDataset's
+    `classes=`."""
+
+    def __init__(self, datasets):
+        datasets = list(datasets)
+        check_same_classes(datasets)
+        super().__init__(datasets)
+        self.classes = list(datasets[0].classes)
+        self.class_to_idx = {name: index for index, name in enumerate(self.classes)}
+
+    @property
+    def targets(self) -> list[int]:
+        return [target for dataset in self.datasets for target in dataset.targets]
+
+    def __add__(self, other):
+        return ConcatDataset([self, other])
+
+
+def check_same_classes(datasets) -> None:
+    """Refuses datasets that number their classes differently (one clear line naming both lists)."""
+    if not datasets:
+        raise SkinaugError("ConcatDataset needs at least one dataset")
+    for index, dataset in enumerate(datasets):
+        if not isinstance(getattr(dataset, "classes", None), (list, tuple)) or not hasattr(dataset, "targets"):
+            raise SkinaugError(f"dataset {index} ({type(dataset).__name__}) has no classes and targets to check its "
+                               "label numbers against: give GeneratedDatasets (or datasets with both attributes)")
+        if list(dataset.classes) != list(datasets[0].classes):
+            raise SkinaugError(f"dataset {index} numbers its classes {list(dataset.classes)}, dataset 0 "
+                               f"{list(datasets[0].classes)}: one label number would mean two classes; open both with "
+                               f"the same classes=, e.g. GeneratedDataset(..., classes={list(datasets[0].classes)})")
+
+
+def _is_albumentations(transform) -> bool:
+    """An albumentations transform or Compose, known by its classes' module (without importing albumentations)."""
+    return any(cls.__module__.split(".")[0] == "albumentations" for cls in type(transform).__mro__)
+
+
+def _model_classes(path: Path) -> list[str] | None:
+    """The class list of the model that generated the OUT_DIR `path` (run.json records it; earlier folders'
+    codes.h5 holds it), or None for a real image folder or a folder that does not say."""
+    import json
+
+    from .data import is_generated_folder
+
+    if not path.is_dir() or not is_generated_folder(path):
+        return None
+    try:
+        names = json.loads((path / "run.json").read_text(encoding="utf-8")).get("class_names")
+    except (OSError, ValueError, AttributeError):
+        names = None
+    if names is None and (path / "codes.h5").is_file():
+        import h5py
+
+        with h5py.File(path / "codes.h5", "r") as handle:
+            names = json.loads(handle.attrs.get("class_names", "null"))
+    return list(names) if isinstance(names, list) and all(isinstance(name, str) for name in names) else None
 
 
 def _methods(labels_csv: Path) -> dict[str, str]:

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image, ImageMode, ImageOps, UnidentifiedImageError
 
 from .errors import BadImage, SkinaugError, UsageError
+from .layout import images_root
 from .runtime import log, warn
 from .spec import DOWNSAMPLES, TOP_STRIDE_FACTOR
 
@@ -390,10 +391,10 @@ GENERATED_HEADER = ("image", "label", "source_top", "source_bottom")
 
 
 def is_generated_folder(path: Path) -> bool:
-    """A folder skinaug generated: images/ beside a labels.csv with provenance columns. An unfinished one
-    (.progress/ still there) is refused: its labels.csv holds only part of the run."""
+    """A folder skinaug generated: its images (images/, or class folders: skinaug/layout.py) beside a labels.csv with
+    provenance columns. An unfinished one (.progress/ still there) is refused: its labels.csv holds only part of the run."""
     labels = path / "labels.csv"
-    if not ((path / "images").is_dir() and labels.is_file()):
+    if not (images_root(path).is_dir() and labels.is_file()):
         return False
     if (path / ".progress").is_dir():
         raise SkinaugError(f"{path} is an unfinished generated folder (.progress/ is there): finish it with {{resume=True}} first")
@@ -469,7 +470,7 @@ def _scan_root(data_dir, labels_csv):
         raise SkinaugError(f"image folder not found: {root}")
     if labels_csv is None and is_generated_folder(root):
         # a generated OUT_DIR: its images/ labelled by its own labels.csv, so that commands chain without --labels
-        root, labels_csv = root / "images", root / "labels.csv"
+        root, labels_csv = images_root(root), root / "labels.csv"
     root = root.resolve()
     return root, _walk(root), labels_csv
 

@@ -17,6 +17,7 @@ from .data import Intake, scan_dataset
 from .errors import SkinaugError
 from .image_cache import decode_in_chunks
 from .io import CODE_FILE, atomic_path, claim_output
+from .layout import plan_layout
 from .modeldir import ModelDir
 from .naming import unique_names
 from .output import DatasetWriter
@@ -155,8 +156,9 @@ def encode_dataset(data, out, *, model, labels=None, device="auto", batch_size=6
 
 
 def decode_codes(codes_path, out, *, model, device="auto", batch_size=64, overwrite=False, resume=False,
-                 image_format="png", quality=95, backend=None) -> dict:
-    """The paper's 'reconstruction' set: every code map decoded, in the generated-dataset layout."""
+                 image_format="png", quality=95, backend=None, layout="images") -> dict:
+    """The paper's 'reconstruction' set: every code map decoded, in the generated-dataset layout (`layout`: images/ or
+    one folder per class, skinaug/layout.py)."""
     model_dir = ModelDir(model)
     spec = model_dir.spec()
     code_file = read_codes(codes_path)
@@ -164,7 +166,7 @@ def decode_codes(codes_path, out, *, model, device="auto", batch_size=64, overwr
     code_model = open_code_model(model_dir, device, backend)
     class_names = code_file.class_names
     plan = {"command": "decode", "codes": str(Path(codes_path).resolve()), "n": len(code_file), "batch_size": batch_size,
-            "format": image_format}
+            "format": image_format, **plan_layout(layout, code_file.labels)}
     writer = DatasetWriter(out, model_config=spec, plan=plan, overwrite=overwrite, resume=resume,
                            image_format=image_format, quality=quality, inputs=(codes_path, model_dir.path),
                            model_dir=model_dir.path)  # the VQ-VAE made these images: its training record goes with them

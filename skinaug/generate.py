@@ -29,6 +29,7 @@ from . import iterative as iterative_module
 from .backends import open_backend
 from .codes import CodeFile, read_codes
 from .errors import SkinaugError, UsageError
+from .layout import as_layout, plan_layout
 from .modeldir import ModelDir, model_location
 from .naming import name_key, unique_names
 from .output import DatasetWriter
@@ -571,10 +572,11 @@ class IterativeGenerator(Generator):
 
 def mix(out, n: int, *, model=None, data=None, codes=None, labels=None, class_name=None, any_label=False, device="auto",
         backend=None, seed=0, batch_size=64, image_format="png", quality=95, overwrite=False, resume=False, strict=False,
-        jsonl=False, image_col=None, label_col=None, group_col=None) -> dict:
+        jsonl=False, image_col=None, label_col=None, group_col=None, layout="images") -> dict:
     """n images, each the top codes of one source image with the bottom codes of another of the same label (of any
     label with `any_label`; only of `class_name` when given)."""
     check_streaming(out, jsonl, overwrite)
+    as_layout(layout)
     model = model_location(model)
     generator = open_generator(model, device, backend=backend)
     generator.require(["mix"])
@@ -583,7 +585,8 @@ def mix(out, n: int, *, model=None, data=None, codes=None, labels=None, class_na
     label = class_index(generator.class_names, class_name) if class_name else None
     jobs = plan_mix(source, n, np.random.default_rng(seed), any_label=any_label, label=label)
     name_jobs(jobs, generator.class_names)
-    plan = job_plan(jobs, command="mix", source=str(codes or data), seed=seed, batch_size=batch_size, format=image_format)
+    plan = job_plan(jobs, command="mix", source=str(codes or data), seed=seed, batch_size=batch_size, format=image_format,
+                    **plan_layout(layout, [job.label for job in jobs]))
     return run_jobs(generator, jobs, source, out, seed=seed, batch_size=batch_size, command="mix", plan=plan,
                     overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
                     extra={"any_label": any_label, "input": read}, inputs=[labels], jsonl=jsonl)
@@ -594,13 +597,14 @@ def resample(out, *, model=None, data=None, codes=None, labels=None, per_image=1
              box_schedule=None, iterative_levels=None, class_name=None, device="auto",
              backend=None, seed=0, batch_size=64, bf16=False, sampler="fast", compile_step=False, image_format="png",
              quality=95, overwrite=False, resume=False, strict=False, jsonl=False, image_col=None, label_col=None,
-             group_col=None) -> dict:
+             group_col=None, layout="images") -> dict:
     """per_image variants of every source image (of `class_name` when given): its top codes kept, its bottom codes
     drawn again by the bottom prior (only inside its lesion mask mask_dir/<image>.png when given), or one level
     replaced by random codes (method rand-bottom | rand-top, the baselines). With iterative=STEPS, one box of codes
     (box_size bottom-grid cells, or one size per step in box_schedule) is re-drawn per step instead, STEPS times
     (iterative inpainting, skinaug/iterative.py)."""
     check_streaming(out, jsonl, overwrite)
+    as_layout(layout)
     request = iterative_module.iterative_request(iterative, box_size, box_schedule, iterative_levels, method=method,
                                                  mask_dir=mask_dir, backend=backend)
     if method not in ("resample", "rand-bottom", "rand-top"):
@@ -630,7 +634,7 @@ def resample(out, *, model=None, data=None, codes=None, labels=None, per_image=1
     iterated = {"iterative": generator.iterative.to_json()} if request else {}
     plan = job_plan(jobs, command=method, source=str(codes or data), seed=seed, batch_size=batch_size,
                     temperature=temperature, top_k=top_k, mask_dir=str(mask_dir) if mask_dir else None, format=image_format,
-                    bf16=bf16, sampler=sampler, **refined, **iterated)
+                    bf16=bf16, sampler=sampler, **refined, **iterated, **plan_layout(layout, [job.label for job in jobs]))
     return run_jobs(generator, jobs, source, out, seed=seed, batch_size=batch_size, command=method, plan=plan,
                     overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
                     extra={"mask_dir": str(mask_dir) if mask_dir else None, "refine": refine,
@@ -640,9 +644,10 @@ def resample(out, *, model=None, data=None, codes=None, labels=None, per_image=1
 
 def synthesize(out, *, model=None, class_name=None, n=None, per_class=None, temperature=1.0, top_k=None, device="auto",
                backend=None, seed=0, batch_size=64, bf16=False, sampler="fast", compile_step=False, image_format="png",
-               quality=95, overwrite=False, resume=False, jsonl=False) -> dict:
+               quality=95, overwrite=False, resume=False, jsonl=False, layout="images") -> dict:
     """New images from the priors alone: n of `class_name`, or per_class of every class."""
     check_streaming(out, jsonl, overwrite)
+    as_layout(layout)
     if (class_name is None) == (per_class is None) or (class_name is not None and n is None):
         raise UsageError("give {class_name=NAME} with {n=N}, or {per_class=N}")
     model = model_location(model)
@@ -657,7 +662,7 @@ def synthesize(out, *, model=None, class_name=None, n=None, per_class=None, temp
         jobs = [Job("synthesize", label) for label in range(len(generator.class_names)) for _ in range(per_class)]
     name_jobs(jobs, generator.class_names)
     plan = job_plan(jobs, command="synthesize", seed=seed, batch_size=batch_size, temperature=temperature, top_k=top_k,
-                    format=image_format, bf16=bf16, sampler=sampler)
+                    format=image_format, bf16=bf16, sampler=sampler, **plan_layout(layout, [job.label for job in jobs]))
     return run_jobs(generator, jobs, None, out, seed=seed, batch_size=batch_size, command="synthesize", plan=plan,
                     overwrite=overwrite, resume=resume, image_format=image_format, quality=quality, jsonl=jsonl)
 
@@ -666,12 +671,13 @@ def augment(data, out, *, model=None, labels=None, factor=None, balance=False, m
             classic_config=None, no_originals=False, copy_originals=False, dry_run=False, temperature=1.0, top_k=None,
             device="auto", backend=None, seed=0, batch_size=64, bf16=False, compile_step=False, image_format="png",
             quality=95, overwrite=False, resume=False, strict=False, jsonl=False, image_col=None, label_col=None,
-            group_col=None) -> dict:
+            group_col=None, layout="images") -> dict:
     """A labelled folder expanded into a training-ready one: its originals (hard-linked, or copied) plus generated
     images, `factor` times the input per class or every class up to the largest (`balance`). `methods`:
     "mix:1,resample:2,synthesize:1" or {"mix": 1, ...}; classic: albumentations copies (`classic_config`: a pipeline
     A.save wrote). With dry_run nothing is written and the summary holds the plan (images per class and method)."""
     check_streaming(out, jsonl, overwrite)
+    as_layout(layout)
     weights, transforms = augment_methods(methods, classic_config)
     model = model_location(model)
     generator = open_generator(model, device, backend=backend, temperature=temperature, top_k=top_k,
@@ -692,6 +698,7 @@ def augment(data, out, *, model=None, labels=None, factor=None, balance=False, m
     name_jobs(jobs, generator.class_names, prefix="gen_", taken=[row["image"] for row in originals or []])
     plan = job_plan(jobs, command="augment", data=str(data), seed=seed, batch_size=batch_size, temperature=temperature,
                     top_k=top_k, originals=not no_originals, format=image_format, bf16=bf16,
+                    **plan_layout(layout, [job.label for job in jobs] + ([] if no_originals else source.labels.tolist())),
                     # the pipeline's content, so that --resume after an edit of the file is refused
                     **({"classic_config": file_record(classic_config)} if classic_config is not None else {}))
     return run_jobs(generator, jobs, source, out, seed=seed, batch_size=batch_size, command="augment", plan=plan,

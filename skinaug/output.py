@@ -1,5 +1,6 @@
 """A generated dataset (OUT_DIR): images/, labels.csv, codes.h5, run.json (and boxes.jsonl after an iterative
-resample); streamed and resumable.
+resample); streamed and resumable. With layout imagefolder the images lie in one folder per class instead of images/
+(skinaug/layout.py).
 
 codes.h5 is absent from the datasets of a generator without codes (the baselines, skinaug/baselines/).
 
@@ -33,6 +34,7 @@ import numpy as np
 from .codes import CodeWriter, model_attrs
 from .errors import SkinaugError
 from .io import OutputKind, atomic_path, claim_output, naming_write_errors, read_json, write_json, write_text
+from .layout import DEFAULT_LAYOUT, METADATA, Layout, as_layout, class_folders
 from .spec import ModelSpec
 from .trained_on import TRAINED_ON, read_record
 from .version import __version__
@@ -101,8 +103,13 @@ class DatasetWriter:
         `model_dir`: the generator's directory, whose record of training images the dataset keeps.
         `model_config`: the generator's ModelSpec (or its config.json as a dict).
         `codes`: False for a generator without codes (a baseline, skinaug/baselines/): no codes.h5 is written, and
-        `model_config` is its config.json dict (a baseline has no code grid, hence no ModelSpec)."""
+        `model_config` is its config.json dict (a baseline has no code grid, hence no ModelSpec).
+        The plan's "layout" (layout.plan_layout) puts the images in images/ (the default) or one folder per class."""
         self.out = Path(out_dir)
+        self.layout = as_layout(plan.get("layout", DEFAULT_LAYOUT.value))
+        class_names = model_config.get("class_names", []) if isinstance(model_config, dict) else model_config.class_names
+        self.class_names = list(class_names)  # in index order: run.json records them for readers (GeneratedDataset)
+        self.folders = class_folders(self.class_names)
         self.codes = codes
         self.model_dir = model_dir
         self.jsonl = jsonl  # one JSON line per finished image on stdout, flushed per batch
@@ -126,7 +133,7 @@ class DatasetWriter:
             except SkinaugError:
                 self.claim.release()
                 raise
-        (self.work / "images").mkdir(parents=True, exist_ok=True)
+        (self.work / "images" if self.layout is Layout.images else self.work).mkdir(parents=True, exist_ok=True)
         self.progress_dir.mkdir(exist_ok=True)
         if is_main:
             write_json(self.progress_dir / "plan.json", {"digest": self.digest, "plan": plan})
@@ -146,8 +153,21 @@ class DatasetWriter:
     def done_batches(self) -> set[int]:
         return {int(path.stem.split("-")[1]) for path in self.progress_dir.glob("batch-*.npz")}
 
-    def image_path(self, name: str) -> Path:
-        return self.work / "images" / f"{name}.{self.image_format}"
+    def relative_path(self, row: dict) -> str:
+        """Where a row's image lies under OUT_DIR: images/<name>.<ext>, or <class folder>/<name>.<ext> (imagefolder).
+        An original (its row carries the "file" it comes from) keeps that file's extension."""
+        suffix = Path(row["file"]).suffix.lower() if "file" in row else f".{self.image_format}"
+        if self.layout is Layout.images:
+            return f"images/{row['image']}{suffix}"
+        if row["label"] not in self.folders:
+            raise SkinaugError(f"{row['image']} has no class, and {{layout='imagefolder'}} files every image under its "
+                               "class: use the images layout for unlabelled images")
+        return f"{self.folders[row['label']]}/{row['image']}{suffix}"
+
+    def image_path(self, row: dict) -> Path:
+        path = self.work / self.relative_path(row)
+        path.parent.mkdir(exist_ok=True)
+        return path
 
     def write_batch(self, batch_index: int, images: np.ndarray, rows: list[dict], codes: dict[str, np.ndarray]) -> None:
         """Writes the images (each atomically), then the batch record; appends to labels.csv.
@@ -157,32 +177,32 @@ class DatasetWriter:
         from PIL import Image
 
         for image, row in zip(images, rows):
-            with atomic_path(self.image_path(row["image"])) as tmp:
+            with atomic_path(self.image_path(row)) as tmp:
                 if self.image_format == "png":
                     Image.fromarray(image).save(tmp, format="PNG")
                 else:
                     Image.fromarray(image).save(tmp, format="JPEG", quality=self.quality)
         self._record(batch_index, rows, codes)
-        self._announce(rows, [self.image_path(row["image"]).name for row in rows])
+        self._announce(rows)
 
     def write_originals(self, batch_index: int, rows: list[dict], codes: dict[str, np.ndarray], *, link: bool = True) -> None:
         """The input images themselves (rows carry their "file"), linked or copied, never re-encoded."""
         for row in rows:
             source = Path(row["file"])
-            target = self.work / "images" / f"{row['image']}{source.suffix.lower()}"
+            target = self.image_path(row)
             with naming_write_errors(target):
                 link_or_copy(source, target, link)
         self._record(batch_index, rows, codes)
-        self._announce(rows, [f"{row['image']}{Path(row['file']).suffix.lower()}" for row in rows])
+        self._announce(rows)
 
-    def _announce(self, rows: list[dict], files: list[str]) -> None:
+    def _announce(self, rows: list[dict]) -> None:
         """--jsonl: the batch's images, one JSON object a line, once they are on disk at those paths (the CLI refuses
         --jsonl with an --overwrite that would stage them). A resumed run announces only the batches it makes."""
         if not self.jsonl:
             return
-        lines = [json.dumps({"path": str(self.out / "images" / file), **{k: row.get(k, "") for k in LABEL_COLUMNS},
+        lines = [json.dumps({"path": str(self.out / self.relative_path(row)), **{k: row.get(k, "") for k in LABEL_COLUMNS},
                              **({"boxes": row["boxes"]} if "boxes" in row else {})})
-                 for row, file in zip(rows, files)]
+                 for row in rows]
         sys.stdout.write("".join(line + "\n" for line in lines))
         sys.stdout.flush()
 
@@ -211,12 +231,22 @@ class DatasetWriter:
             writer.writerows(rows)
         write_text(self.work / "labels.csv", buffer.getvalue())
 
+    def _write_metadata(self, rows: list[dict]) -> None:
+        """metadata.csv (imagefolder layout): labels.csv's rows after a file_name column, as Hugging Face reads it."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["file_name", *LABEL_COLUMNS])
+        writer.writerows([self.relative_path(row), *(row.get(column, "") for column in LABEL_COLUMNS)] for row in rows)
+        write_text(self.work / METADATA, buffer.getvalue())
+
     def finish(self, *, command: str, seed, device: str, extra: dict | None = None) -> dict:
         """Assembles labels.csv, codes.h5 (unless `codes` is False) and run.json from the batch records; returns the
         summary."""
         records = self._records()
         self._rewrite_labels(records)
         all_rows = [row for rows, _ in records for row in rows]
+        if self.layout is Layout.imagefolder:
+            self._write_metadata(all_rows)
         names = [row["image"] for row in all_rows]
         if len(set(names)) != len(names):
             raise SkinaugError(f"internal error: duplicate image names in {self.out}")
@@ -256,6 +286,8 @@ class DatasetWriter:
             "versions": versions(),
             "device": device,
             "format": self.image_format,
+            "layout": self.layout.value,
+            "class_names": self.class_names,
             **summary,
         })
         shutil.rmtree(self.progress_dir)

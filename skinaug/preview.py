@@ -10,6 +10,7 @@ import numpy as np
 
 from .errors import SkinaugError, UsageError
 from .io import OutputKind, atomic_path, claim_output, real_path
+from .layout import images_root
 
 SOFTWARE = "skinaug preview"  # the PNG text chunk that marks a contact sheet: --overwrite replaces only those
 ROW_KEYS = ("folder", "method", "label")
@@ -58,8 +59,9 @@ def check_sheet_path(out, folders: list[Path]) -> None:
         raise UsageError(f"{{out}} {out} is a folder: give a file name such as {Path(out) / 'sheet.png'}")
     final = real_path(out)
     for folder in folders:
-        if real_path(folder / "images") in final.parents:
-            raise UsageError(f"{{out}} {out} is inside {folder / 'images'}, where it would be read as a generated "
+        root = images_root(folder)  # images/, or the folder itself with its class folders (layout imagefolder)
+        if real_path(root) in final.parents and (root != folder or final.parent != real_path(folder)):
+            raise UsageError(f"{{out}} {out} is inside {final.parent}, where it would be read as a generated "
                              "image: write the sheet elsewhere")
 
 
@@ -84,7 +86,7 @@ def contact_sheet(folders, out, *, per_row: int = 8, size: int = 64, by: str = "
     first_folder: dict[str, int] = {}  # each row's first folder, by its place among the folders given
     for index, folder in enumerate(folders):
         for row in _rows(folder):
-            path = next(iter(sorted((folder / "images").glob(f"{row['image']}.*"))), None)
+            path = next(iter(sorted(images_root(folder).rglob(f"{row['image']}.*"))), None)
             if path is not None:
                 values = {**row, "folder": captions[folder]}
                 name = " / ".join(values.get(key) or "-" for key in keys)

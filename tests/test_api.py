@@ -144,3 +144,17 @@ def test_the_readme_python_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(README.parent)  # its paths are the repository's
     monkeypatch.delenv("SKINAUG_MODEL", raising=False)
     exec(compile(blocks[0], "README.md", "exec"), {})
+
+
+def test_seed_none_draws_fresh_images_and_an_int_or_a_generator_reproduces_them(model):
+    fresh = [model.synthesize("melanoma", 3) for _ in range(2)]
+    assert not np.array_equal(fresh[0], fresh[1])  # seed=None: new images on every call
+    np.testing.assert_array_equal(model.synthesize("melanoma", 3, seed=5), model.synthesize("melanoma", 3, seed=5))
+    from_generator = [model.synthesize("melanoma", 3, seed=np.random.default_rng(11)) for _ in range(2)]
+    np.testing.assert_array_equal(*from_generator)
+    images = fresh[0]
+    np.testing.assert_array_equal(model.resample(images, "melanoma", seed=np.random.default_rng(2)),
+                                  model.resample(images, "melanoma", seed=np.random.default_rng(2)))
+    assert not np.array_equal(model.resample(images, "melanoma"), model.resample(images, "melanoma"))
+    with pytest.raises(SkinaugError, match="seed must be None, a non-negative int or a numpy.random.Generator"):
+        model.synthesize("melanoma", 1, seed=-1)

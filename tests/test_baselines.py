@@ -287,6 +287,17 @@ def test_augment_with_a_baseline_adds_synthesized_images_to_the_originals(traine
     assert len(dataset.samples) == 36 and sorted(dataset.class_names) == list(CLASSES)
 
 
+def test_a_baseline_writes_the_imagefolder_layout_too(trained, data, tmp_path):
+    images, labels = data
+    out = tmp_path / "augmented"
+    assert main(["augment", str(images), "--labels", str(labels), "--model", str(trained["cvae"]), "--out", str(out),
+                 "--factor", "1.5", "--methods", "synthesize", "--layout", "imagefolder", "--device", "cpu", "--quiet"]) == 0
+    assert not (out / "images").exists() and sorted(p.name for p in out.iterdir() if p.is_dir()) == list(CLASSES)
+    for row in read_rows(out):  # originals and synthesized images alike lie in their class's folder
+        assert len(list((out / row["label"]).glob(f"{row['image']}.*"))) == 1
+    assert json.loads((out / "run.json").read_text())["layout"] == "imagefolder"
+
+
 @pytest.mark.parametrize("command", [
     ["mix", "{data}", "--labels", "{labels}", "--model", "{model}", "--out", "{tmp}/o", "-n", "2"],
     ["resample", "{data}", "--labels", "{labels}", "--model", "{model}", "--out", "{tmp}/o"],

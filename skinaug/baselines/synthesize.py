@@ -25,6 +25,7 @@ import torch
 from ..codes import CodeFile
 from ..errors import UsageError
 from ..generate import Job, batch_seed, class_index, classic_batch, job_plan, make_batches, name_jobs, original_rows, plan_augment
+from ..layout import plan_layout
 from ..output import DatasetWriter
 from ..runtime import log, progress, resolve_device
 from ..vqvae import to_uint8
@@ -55,7 +56,8 @@ class BaselineSampler:
 
 
 def synthesize(model, out, *, class_name=None, n=None, per_class=None, temperature=1.0, device="auto", seed=0,
-               batch_size=64, image_format="png", quality=95, overwrite=False, resume=False, jsonl=False) -> dict:
+               batch_size=64, image_format="png", quality=95, overwrite=False, resume=False, jsonl=False,
+               layout="images") -> dict:
     """n images of one class, or per_class images of every class, into OUT_DIR; returns the run's summary."""
     if (class_name is None) == (per_class is None) or (class_name is not None and n is None):
         raise UsageError("give {class_name=NAME} with {n=N}, or {per_class=N}")
@@ -66,7 +68,7 @@ def synthesize(model, out, *, class_name=None, n=None, per_class=None, temperatu
         jobs = [Job("synthesize", label) for label in range(len(sampler.class_names)) for _ in range(per_class)]
     name_jobs(jobs, sampler.class_names)
     plan = job_plan(jobs, command="synthesize", seed=seed, batch_size=batch_size, temperature=temperature,
-                    format=image_format, model=sampler.config["fingerprint"])
+                    format=image_format, model=sampler.config["fingerprint"], **plan_layout(layout, [j.label for j in jobs]))
     return write_jobs(sampler, jobs, out, seed=seed, batch_size=batch_size, command="synthesize", plan=plan,
                       overwrite=overwrite, resume=resume, image_format=image_format, quality=quality, jsonl=jsonl)
 
@@ -74,7 +76,7 @@ def synthesize(model, out, *, class_name=None, n=None, per_class=None, temperatu
 def augment(model, data, out, *, weights: dict, labels=None, factor=None, balance=False, originals=True,
             link_originals=True, dry_run=False, temperature=1.0, device="auto", seed=0, batch_size=64,
             image_format="png", quality=95, overwrite=False, resume=False, strict=False, columns=None, jsonl=False,
-            classic_transforms=None, classic_config=None) -> dict:
+            classic_transforms=None, classic_config=None, layout="images") -> dict:
     """DATA's originals plus synthesized (and classic) images per class (--factor or --balance); with dry_run only
     {"plan", "input"}."""
     unsupported = [method for method, weight in weights.items() if weight > 0 and method not in METHODS]
@@ -96,6 +98,7 @@ def augment(model, data, out, *, weights: dict, labels=None, factor=None, balanc
     name_jobs(jobs, sampler.class_names, prefix="gen_", taken=[row["image"] for row in rows or []])
     plan = job_plan(jobs, command="augment", data=str(data), seed=seed, batch_size=batch_size, temperature=temperature,
                     originals=originals, format=image_format, model=sampler.config["fingerprint"],
+                    **plan_layout(layout, [job.label for job in jobs] + (source.labels.tolist() if originals else [])),
                     **({"classic_config": classic_config} if classic_config is not None else {}))
     return write_jobs(sampler, jobs, out, seed=seed, batch_size=batch_size, command="augment", plan=plan,
                       overwrite=overwrite, resume=resume, image_format=image_format, quality=quality, jsonl=jsonl,

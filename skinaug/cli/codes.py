@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from .options import (BackendOpt, BatchOpt, DataArg, DeviceOpt, FormatOpt, GroupColOpt, ImageColOpt, JsonOpt, LabelColOpt, LabelsOpt,
-                      ModelOpt, OverwriteOpt, QualityOpt, QuietOpt, ResumeOpt, StrictOpt, WorkersOpt, columns, emit)
+                      Layout, LayoutOpt, ModelOpt, OverwriteOpt, QualityOpt, QuietOpt, ResumeOpt, StrictOpt, WorkersOpt, columns, emit)
 
 
 def print_code_table(stats: dict, codebook_size: int) -> None:
@@ -78,6 +78,7 @@ def decode(
     batch_size: BatchOpt = 64,
     image_format: FormatOpt = "png",
     quality: QualityOpt = 95,
+    layout: LayoutOpt = Layout.images,
     overwrite: OverwriteOpt = False,
     resume: ResumeOpt = False,
     backend: BackendOpt = None,
@@ -91,5 +92,5 @@ def decode(
     from ..encode import decode_codes
 
     summary = decode_codes(codes, out, model=model, device=device, batch_size=batch_size, overwrite=overwrite,
-                           resume=resume, image_format=image_format, quality=quality, backend=backend)
+                           resume=resume, image_format=image_format, quality=quality, backend=backend, layout=layout)
     emit(summary, json_, out)

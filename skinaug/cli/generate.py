@@ -10,7 +10,7 @@ import typer
 
 from ..errors import UsageError
 from .options import (BackendOpt, BatchOpt, DeviceOpt, FormatOpt, GroupColOpt, ImageColOpt, JsonOpt, JsonlOpt, LabelColOpt, LabelsOpt, ModelOpt,
-                      OverwriteOpt, QualityOpt, QuietOpt, ResumeOpt, SeedOpt, StrictOpt, columns, emit, finite_number)
+                      Layout, LayoutOpt, OverwriteOpt, QualityOpt, QuietOpt, ResumeOpt, SeedOpt, StrictOpt, columns, emit, finite_number)
 
 SourceArg = Annotated[Optional[Path], typer.Argument(help="Image folder (or use --codes).", show_default=False)]
 CodesOpt = Annotated[Optional[Path], typer.Option("--codes", help="Code file from `skinaug encode` (instead of DATA).")]
@@ -92,6 +92,7 @@ def mix(
     any_label: Annotated[bool, typer.Option("--any-label", help="Allow the two sources to have different labels (the top's label is kept).")] = False,
     device: DeviceOpt = "auto", backend: BackendOpt = None, seed: SeedOpt = 0, batch_size: BatchOpt = 64,
     image_format: FormatOpt = "png", quality: QualityOpt = 95,
+    layout: LayoutOpt = Layout.images,
     overwrite: OverwriteOpt = False, resume: ResumeOpt = False, strict: StrictOpt = False,
     image_col: ImageColOpt = None, label_col: LabelColOpt = None, group_col: GroupColOpt = None,
     json_: JsonOpt = False, jsonl: JsonlOpt = False, quiet: QuietOpt = False,
@@ -106,7 +107,7 @@ def mix(
     summary = generate.mix(out, n, model=model, data=data, codes=codes, labels=labels, class_name=class_name,
                            any_label=any_label, device=device, backend=backend, seed=seed, batch_size=batch_size,
                            image_format=image_format, quality=quality, overwrite=overwrite, resume=resume, strict=strict,
-                           jsonl=jsonl, **columns(image_col, label_col, group_col))
+                           jsonl=jsonl, layout=layout, **columns(image_col, label_col, group_col))
     _finish(summary, json_, out, jsonl)
 
 
@@ -130,6 +131,7 @@ def resample(
     device: DeviceOpt = "auto", backend: BackendOpt = None, seed: SeedOpt = 0, batch_size: BatchOpt = 64, bf16: BF16Opt = False,
     sampler: SamplerOpt = "fast", compile_step: CompileOpt = False,
     image_format: FormatOpt = "png", quality: QualityOpt = 95,
+    layout: LayoutOpt = Layout.images,
     overwrite: OverwriteOpt = False, resume: ResumeOpt = False, strict: StrictOpt = False,
     image_col: ImageColOpt = None, label_col: LabelColOpt = None, group_col: GroupColOpt = None,
     json_: JsonOpt = False, jsonl: JsonlOpt = False, quiet: QuietOpt = False,
@@ -153,7 +155,7 @@ def resample(
                                 device=device,
                                 backend=backend, seed=seed, batch_size=batch_size, bf16=bf16, sampler=sampler,
                                 compile_step=compile_step, image_format=image_format, quality=quality,
-                                overwrite=overwrite, resume=resume, strict=strict, jsonl=jsonl,
+                                overwrite=overwrite, resume=resume, strict=strict, jsonl=jsonl, layout=layout,
                                 **columns(image_col, label_col, group_col))
     _finish(summary, json_, out, jsonl)
 
@@ -170,6 +172,7 @@ def synthesize(
     device: DeviceOpt = "auto", backend: BackendOpt = None, seed: SeedOpt = 0, batch_size: BatchOpt = 64, bf16: BF16Opt = False,
     sampler: SamplerOpt = "fast", compile_step: CompileOpt = False,
     image_format: FormatOpt = "png", quality: QualityOpt = 95,
+    layout: LayoutOpt = Layout.images,
     overwrite: OverwriteOpt = False, resume: ResumeOpt = False,
     json_: JsonOpt = False, jsonl: JsonlOpt = False, quiet: QuietOpt = False,
 ):
@@ -186,7 +189,7 @@ def synthesize(
                                   temperature=temperature, top_k=top_k, device=device, backend=backend, seed=seed,
                                   batch_size=batch_size, bf16=bf16, sampler=sampler, compile_step=compile_step,
                                   image_format=image_format, quality=quality, overwrite=overwrite, resume=resume,
-                                  jsonl=jsonl)
+                                  jsonl=jsonl, layout=layout)
     _finish(summary, json_, out, jsonl)
 
 
@@ -210,6 +213,7 @@ def augment(
     top_k: TopKOpt = None,
     device: DeviceOpt = "auto", backend: BackendOpt = None, seed: SeedOpt = 0, batch_size: BatchOpt = 64, bf16: BF16Opt = False, compile_step: CompileOpt = False,
     image_format: FormatOpt = "png", quality: QualityOpt = 95,
+    layout: LayoutOpt = Layout.images,
     overwrite: OverwriteOpt = False, resume: ResumeOpt = False, strict: StrictOpt = False,
     image_col: ImageColOpt = None, label_col: LabelColOpt = None, group_col: GroupColOpt = None,
     json_: JsonOpt = False, jsonl: JsonlOpt = False, quiet: QuietOpt = False,
@@ -228,7 +232,7 @@ def augment(
                                dry_run=dry_run, temperature=temperature, top_k=top_k, device=device, backend=backend,
                                seed=seed, batch_size=batch_size, bf16=bf16, compile_step=compile_step,
                                image_format=image_format, quality=quality, overwrite=overwrite, resume=resume,
-                               strict=strict, jsonl=jsonl, **columns(image_col, label_col, group_col))
+                               strict=strict, jsonl=jsonl, layout=layout, **columns(image_col, label_col, group_col))
     if dry_run:
         _print_plan(summary["plan"])
         emit(summary, json_)

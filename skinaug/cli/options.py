@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import UsageError
+from ..layout import Layout
 from ..runtime import check_device_name
 
 IMAGE_FORMATS = ("png", "jpg")
@@ -86,6 +87,9 @@ FormatOpt = Annotated[str, typer.Option("--format", callback=_image_format, help
 BackendOpt = Annotated[Optional[str], typer.Option(
     "--backend", help="torch or onnx (onnxruntime on an exported model: `skinaug export onnx`). Default: torch when installed.")]
 QualityOpt = Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG quality with --format jpg.")]
+LayoutOpt = Annotated[Layout, typer.Option(
+    "--layout", help="Where the images go: images (images/ + labels.csv) or imagefolder (one folder per class, as "
+                     "torchvision's ImageFolder and Hugging Face's imagefolder read; labels.csv and metadata.csv beside them).")]
 
 
 def columns(image_col, label_col, group_col) -> dict:

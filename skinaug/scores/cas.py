@@ -23,7 +23,7 @@ from ..data import Sample, group_split, load_images, scan_dataset
 from ..errors import SkinaugError, UsageError
 from ..io import claim_output, marked_folder, write_json, write_text
 from ..runtime import log, resolve_device, warn
-from .classifier import Budget, predict, steps_for, train_classifier
+from .classifier import Budget, constant_predictions, predict, steps_for, train_classifier
 from .roc import draw_roc_png, macro_auc, macro_roc_curve, roc_auc, roc_curve
 from .sets import open_set
 
@@ -96,6 +96,7 @@ class TrainingSet:
     left_out_test: int  # generated images made from test images or test lesions
     left_out_other: int  # generated images of classes outside the task
     generator_saw_test: dict | None = None  # {"images": n, "lesions": m} from the generators' records; None: unknown
+    degenerate_seeds: list[int] = field(default_factory=list)  # seeds whose classifier gave every test image one score
 
 
 def choose_task(class_names: list[str], positive: str | None, negative: str | None) -> Task:
@@ -289,9 +290,34 @@ def score_set(training: TrainingSet, task: Task, test_images: np.ndarray, test_l
         probs = predict(model, test_images, device)
         auc = roc_auc(test_labels == 1, probs[:, 1]) if task.binary else macro_auc(test_labels, probs)
         log(f"{training.name} ({training.mode}), seed {seed}: AUC {auc:.4f}")
+        if constant_predictions(probs):
+            refuse_constant(training, seed, auc, options)
         aucs.append(auc)
         probabilities.append(probs)
     return aucs, probabilities
+
+
+def refuse_constant(training: TrainingSet, seed: int, auc: float, options: CasOptions) -> None:
+    """A classifier that gave every test image the same scores measured nothing: said (and recorded), or refused
+    under strict."""
+    message = (f"degenerate classifier: the one trained on {training.name} (seed {seed}) gives every test image the same "
+               f"scores, so its AUC {auc:.4f} measures nothing; train it longer ({{steps}} or {{epochs}})")
+    if options.strict:
+        raise SkinaugError(f"{message} ({{strict=True}} refuses such a score)")
+    warn(message)
+    training.degenerate_seeds.append(seed)
+
+
+def set_entry(training: TrainingSet, aucs: list[float], options: CasOptions) -> dict:
+    """One training set's row of cas.json."""
+    return {
+        "name": training.name, "mode": training.mode, "seeds": [options.seed + k for k in range(options.seeds)],
+        "aucs": aucs, "auc_mean": float(np.mean(aucs)), "auc_std": float(np.std(aucs, ddof=1)) if len(aucs) > 1 else 0.0,
+        "train_images": int(len(training.images)), "generated_images": training.generated,
+        "left_out_test_provenance": training.left_out_test, "left_out_other_classes": training.left_out_other,
+        "generator_saw_test": training.generator_saw_test if training.generated else {"images": 0, "lesions": 0},
+        "degenerate_seeds": list(training.degenerate_seeds),
+    }
 
 
 def run_cas(real_dir, labels_csv, train: list[str], options: CasOptions, out=None, overwrite=False) -> dict:
@@ -336,13 +362,7 @@ def run_cas(real_dir, labels_csv, train: list[str], options: CasOptions, out=Non
         if training.left_out_test:
             log(f"{name}: left out {training.left_out_test} images made from real test images")
         aucs, probabilities = score_set(training, task, test_images, test_labels, options, device)
-        entries.append({
-            "name": name, "mode": training.mode, "seeds": [options.seed + k for k in range(options.seeds)],
-            "aucs": aucs, "auc_mean": float(np.mean(aucs)), "auc_std": float(np.std(aucs, ddof=1)) if len(aucs) > 1 else 0.0,
-            "train_images": int(len(training.images)), "generated_images": training.generated,
-            "left_out_test_provenance": training.left_out_test, "left_out_other_classes": training.left_out_other,
-            "generator_saw_test": training.generator_saw_test if training.generated else {"images": 0, "lesions": 0},
-        })
+        entries.append(set_entry(training, aucs, options))
         seed_curves = []
         for k, probs in enumerate(probabilities):
             predictions.append((name, options.seed + k, probs))
@@ -355,13 +375,18 @@ def run_cas(real_dir, labels_csv, train: list[str], options: CasOptions, out=Non
         "train_real_images": int(len(real_images)), "budget": asdict(options.budget), "sets": entries,
     }
     if claim is not None:
-        with claim:
-            write_text(claim.work / "predictions.csv", predictions_csv(predictions, [s.name for s in test_samples], test_labels, task))
-            draw_roc_png(curves, claim.work / "roc.png", title=f"ROC on {len(test_images)} real test images: {task.title}")
-            write_text(claim.work / "split.csv", split_csv({"train": (split.train, split.train_labels), "test": (test_samples, test_labels)}, task))
-            write_json(claim.work / "cas.json", summary)
+        write_cas_folder(claim, summary, predictions, curves, split, test_samples, test_labels, task)
         summary["out"] = str(out)
     return summary
+
+
+def write_cas_folder(claim, summary: dict, predictions, curves, split: Split, test_samples, test_labels, task: Task) -> None:
+    """cas.json, predictions.csv, split.csv and roc.png into the claimed folder, which replaces an earlier one only now."""
+    with claim:
+        write_text(claim.work / "predictions.csv", predictions_csv(predictions, [s.name for s in test_samples], test_labels, task))
+        draw_roc_png(curves, claim.work / "roc.png", title=f"ROC on {len(test_labels)} real test images: {task.title}")
+        write_text(claim.work / "split.csv", split_csv({"train": (split.train, split.train_labels), "test": (test_samples, test_labels)}, task))
+        write_json(claim.work / "cas.json", summary)
 
 
 def predictions_csv(predictions, test_names: list[str], test_labels: np.ndarray, task: Task) -> str:
@@ -404,7 +429,8 @@ def print_cas_table(summary: dict) -> None:
         table.add_column(column, justify="left" if column in ("training set", "mode") else "right", no_wrap=column != "left out (from test images)")
     for entry in summary["sets"]:
         spread = f" ± {entry['auc_std']:.3f}" if len(entry["aucs"]) > 1 else ""
+        constant = " (constant scores: no result)" if entry.get("degenerate_seeds") else ""
         table.add_row(entry["name"], entry["mode"], f"{entry['train_images']:,}", f"{entry['left_out_test_provenance']:,}",
-                      f"{entry['auc_mean']:.3f}{spread}", " ".join(f"{a:.3f}" for a in entry["aucs"]))
+                      f"{entry['auc_mean']:.3f}{spread}{constant}", " ".join(f"{a:.3f}" for a in entry["aucs"]))
     # a log file gets the whole table rather than rich's 80-column default
     Console(file=sys.stderr, width=None if sys.stderr.isatty() else 140).print(table)

@@ -176,6 +176,17 @@ def features(model: Classifier, images: np.ndarray, device: torch.device, batch_
     return _batched(model.features, images, device, batch_size).astype(np.float64)
 
 
+# Scores that vary by less than this over a whole test set are one score: an untrained classifier gives every image
+# the same probabilities, and its AUC of 0.5 is a tie, not a measurement
+CONSTANT_SPREAD = 1e-4
+
+
+def constant_predictions(probabilities: np.ndarray) -> bool:
+    """Whether a classifier gave every image (of two or more) the same class probabilities, up to CONSTANT_SPREAD."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    return len(probabilities) > 1 and float(np.ptp(probabilities, axis=0).max()) <= CONSTANT_SPREAD
+
+
 def steps_for(epochs: int, n_images: int, batch_size: int) -> int:
     """An epoch budget in optimizer steps: `epochs` passes over n_images."""
     return max(1, epochs * math.ceil(n_images / batch_size))

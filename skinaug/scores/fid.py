@@ -15,10 +15,27 @@ import torch
 
 from ..data import load_images
 from ..errors import SkinaugError, UsageError
-from ..runtime import log, resolve_device
+from ..runtime import log, resolve_device, warn
 from .sets import open_set
 
 FEATURES = ("inception", "classifier")
+
+# Directions along which features spread less than this share of their typical norm do not count towards their rank
+RANK_TOLERANCE = 1e-3
+
+
+def feature_rank(features: np.ndarray, tolerance: float = RANK_TOLERANCE) -> int:
+    """The number of directions the images' features spread along: the centred features' singular values above
+    `tolerance` times the features' root-mean-square norm (0: every image has the same features)."""
+    features = np.asarray(features, dtype=np.float64)
+    if len(features) < 2:
+        return 0
+    scale = float(np.sqrt((features**2).sum(axis=1).mean()))
+    centred = features - features.mean(axis=0)
+    # the nonzero eigenvalues of the smaller Gram matrix: d x d or n x n, whichever is smaller
+    gram = centred.T @ centred if centred.shape[1] <= centred.shape[0] else centred @ centred.T
+    spread = np.sqrt(np.clip(np.linalg.eigvalsh(gram), 0, None) / len(features))
+    return int((spread > tolerance * max(scale, 1e-300)).sum())
 
 
 def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -166,6 +183,7 @@ def compute_fid(generated, real, *, features: str = "inception", inception_weigh
     else:
         generated_features, real_features = classifier_feature_pair(real_images, real_kept, real_set.dataset.class_names,
                                                                     generated_images, size, device, budget, epochs, seed)
+    rank, degenerate = degenerate_features(generated_features, real_features, features, strict)
     mu_g, sigma_g = feature_statistics(generated_features)
     mu_r, sigma_r = feature_statistics(real_features)
     precision, recall = precision_recall(real_features, generated_features, k)
@@ -180,7 +198,7 @@ def compute_fid(generated, real, *, features: str = "inception", inception_weigh
         "generated": str(generated), "real": str(real), "features": features, "feature_dim": int(generated_features.shape[1]),
         "image_size": size, "generated_images": int(len(generated_images)), "real_images": int(len(real_images)),
         "frechet_distance": distance, "kid": kid_mean, "kid_std": kid_std, "kid_subset_size": kid_subset,
-        "precision": precision, "recall": recall, "k": k,
+        "precision": precision, "recall": recall, "k": k, "feature_rank": rank, "degenerate": degenerate,
     }
     if features == "inception":
         result["fid"] = distance  # the standard FID: only Inception features make one
@@ -189,6 +207,21 @@ def compute_fid(generated, real, *, features: str = "inception", inception_weigh
                           "FID, not comparable with Inception FIDs, nor across real sets, seeds or budgets; the KID's "
                           "features are z-scored with both sets' mean and std per feature")
     return result
+
+
+def degenerate_features(generated_features, real_features, features: str, strict: bool) -> tuple[int, str | None]:
+    """The features' rank over both sets, and what to say when it is 0: every image embedded alike (an untrained
+    classifier), so the distance (0), KID, precision (1) and recall measure nothing. Refused under `strict`."""
+    rank = feature_rank(np.concatenate([generated_features, real_features]))
+    if rank > 0:
+        return rank, None
+    advice = "train the feature classifier longer ({epochs})" if features == "classifier" else "check the Inception weights"
+    message = (f"degenerate {features} features: all {len(generated_features) + len(real_features)} images have the "
+               f"same features (rank 0), so the distance, KID, precision and recall measure nothing; {advice}")
+    if strict:
+        raise SkinaugError(f"{message} ({{strict=True}} refuses such a score)")
+    warn(message)
+    return rank, message
 
 
 def classifier_feature_pair(real_images, real_samples, class_names, generated_images, size, device, budget, epochs, seed):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..data import IMAGE_EXTENSIONS, Dataset, scan_dataset
 from ..errors import SkinaugError
+from ..layout import images_root
 
 SOURCE_COLUMNS = ("source_top", "source_bottom")
 
@@ -30,7 +31,7 @@ class ImageSet:
 
 def is_generated(path) -> bool:
     path = Path(path)
-    return (path / "images").is_dir() and (path / "labels.csv").is_file()
+    return images_root(path).is_dir() and (path / "labels.csv").is_file()
 
 
 def read_sources(labels_csv) -> dict[str, tuple[str, ...]] | None:
@@ -52,20 +53,23 @@ def _stem(name: str) -> str:
     return stem.rsplit(".", 1)[0] if stem.lower().endswith(IMAGE_EXTENSIONS) else stem
 
 
-def open_set(path, labels=None, *, labelled: bool = True, strict: bool = False, **columns) -> ImageSet:
+def open_set(path, labels=None, *, labelled: bool = True, strict: bool = False, class_names=None, **columns) -> ImageSet:
     """An image folder (labels from `labels` or class sub-folders), or a generated OUT_DIR.
 
-    With `labelled=False` every image counts, labelled or not (FID and memorization need no labels).
+    With `labelled=False` every image counts, labelled or not (FID and memorization need no labels). `class_names`
+    fixes the label numbering (see `scan_dataset`).
     """
     path = Path(path).expanduser()
     if is_generated(path) and labels is None:
-        dataset = scan_dataset(path / "images", path / "labels.csv" if labelled else None, strict=strict)
+        dataset = scan_dataset(images_root(path), path / "labels.csv" if labelled else None, strict=strict,
+                               class_names=class_names)
         sources = read_sources(path / "labels.csv")
         if sources is None and strict:
             raise SkinaugError(f"{path / 'labels.csv'} has no source_top/source_bottom columns ({{strict=True}})")
     else:
         if not path.is_dir():
             raise SkinaugError(f"image folder not found: {path}")
-        dataset = scan_dataset(path, labels if labelled else None, strict=strict, **(columns if labelled else {}))
+        dataset = scan_dataset(path, labels if labelled else None, strict=strict, class_names=class_names,
+                               **(columns if labelled else {}))
         sources = read_sources(labels) if labels is not None and labelled else None
     return ImageSet(path.resolve().name or str(path), path, dataset, sources)

@@ -165,6 +165,12 @@ def load_model(path=None, device: str = "auto", batch_size: int = 64) -> Model:
 
 
 def _dataset_base():
+    """torch's Dataset where PyTorch is installed; without it (an onnx-only install) a plain class, so that a
+    generated folder can still be read: `image(i)`, `info(i)`, and items through a `transform` of your own."""
+    from .runtime import torch_installed
+
+    if not torch_installed():
+        return object
     from torch.utils.data import Dataset
 
     return Dataset
@@ -175,7 +181,8 @@ class GeneratedDataset(_dataset_base()):
 
     Item i is (image, label): a float32 tensor (3, S, S) in [0, 1] (or `transform(uint8 array)` when given) and the
     label's index in `class_names` (-1 unlabelled). `info(i)` gives the image's name, label, method and sources
-    (`method` is "real" for real images), so a training script can mix real and generated images and keep track."""
+    (`method` is "real" for real images), so a training script can mix real and generated images and keep track.
+    `image(i)` is the uint8 array (S, S, 3); it, `info`, and items with a `transform` need no PyTorch."""
 
     def __init__(self, path, labels=None, *, image_size: int | None = None, transform=None, **columns):
         from .scores.sets import open_set
@@ -196,14 +203,18 @@ class GeneratedDataset(_dataset_base()):
         return len(self.samples)
 
     def __getitem__(self, index: int):
+        pixels = self.image(index)
+        if self.transform is not None:
+            return self.transform(pixels), self.samples[index].label
         import torch
 
+        return torch.from_numpy(pixels).permute(2, 0, 1).float() / 255.0, self.samples[index].label
+
+    def image(self, index: int) -> np.ndarray:
+        """Image i as uint8 (S, S, 3) at `image_size` (EXIF-rotated, RGB, resized and centre-cropped)."""
         from .data import load_image
 
-        sample = self.samples[index]
-        pixels = load_image(sample.path, self.image_size)
-        image = self.transform(pixels) if self.transform is not None else torch.from_numpy(pixels).permute(2, 0, 1).float() / 255.0
-        return image, sample.label
+        return load_image(self.samples[index].path, self.image_size)
 
     def info(self, index: int) -> dict:
         sample = self.samples[index]

@@ -10,9 +10,10 @@
     variants = model.resample(melanomas, "melanoma", seed=1)  # same tops, new bottoms drawn by the prior
     data = skinaug.GeneratedDataset("synth/")              # an OUT_DIR (or real DATA): (image, label) pairs
 
-Images are uint8 arrays (N, S, S, 3) at the model's image size; codes are uint16 arrays per level. Everything
-runs on PyTorch (the onnx backend is for the command line). Sampling is seeded like the commands: the same seed
-gives the same images as `skinaug synthesize --seed` with the same batch size.
+Images are uint8 arrays (N, S, S, 3) at the model's image size; codes are uint16 arrays per level. A model runs on
+PyTorch, or where PyTorch is not installed on its ONNX export (`skinaug export onnx`) through onnxruntime. Sampling
+is seeded like the commands: the same seed gives the same images as `skinaug synthesize --seed` with the same batch
+size and backend.
 """
 
 from __future__ import annotations
@@ -39,14 +40,17 @@ class Model:
 
     @property
     def class_names(self) -> list[str]:
+        """The model's classes, in label-index order."""
         return list(self._generator.class_names)
 
     @property
     def image_size(self) -> int:
+        """The side in pixels of the images the model encodes and generates."""
         return self._generator.spec.image_size
 
     @property
     def fingerprint(self) -> str:
+        """The VQ-VAE's fingerprint, which code files and generated datasets record."""
         return self._generator.spec.fingerprint
 
     def __repr__(self) -> str:

@@ -357,12 +357,13 @@ def test_gated_pixelcnn_priors_export_with_a_cached_step(generator_model, tmp_pa
     assert manifest["parity"]["prior_top_step_max_abs_diff"] < 1e-4
 
 
-# What `pip install "skinaug[onnx]"` leaves out: PyTorch and every package of the torch and classic extras. Missing,
-# each raises ModuleNotFoundError, as an absent package does.
+# What `pip install "skinaug[onnx]"` leaves out (PyTorch and every package of the torch and classic extras), and
+# scipy, which only `inspect` needs: generating, listing, previewing and reading need onnxruntime, numpy, pillow,
+# h5py, typer, rich and tqdm alone. Missing, each raises ModuleNotFoundError, as an absent package does.
 BLOCK_TORCH_EXTRAS = """
 import sys
 
-MISSING = {"torch", "torchvision", "safetensors", "monai", "pytorch_msssim", "albumentations", "sklearn"}
+MISSING = {"torch", "torchvision", "safetensors", "monai", "pytorch_msssim", "albumentations", "sklearn", "scipy"}
 
 
 class Missing:

@@ -11,14 +11,16 @@
     data = skinaug.GeneratedDataset("synth/")              # an OUT_DIR (or real DATA): (image, target) pairs
     both = skinaug.ConcatDataset([real, data])             # refused unless both number their classes alike
 
-Images are uint8 arrays (N, S, S, 3) at the model's image size; codes are uint16 arrays per level. Everything
-runs on PyTorch (the onnx backend is for the command line). Sampling is seeded as numpy and torch are: seed=None
-(the default) draws fresh randomness, an int or a numpy Generator reproducible images; an int gives the same images
-as `skinaug synthesize --seed` with the same batch size.
+Images are uint8 arrays (N, S, S, 3) at the model's image size; codes are uint16 arrays per level. A model runs on
+PyTorch, or where PyTorch is not installed on its ONNX export (`skinaug export onnx`) through onnxruntime. Sampling
+is seeded as numpy and torch are: seed=None (the default) draws fresh randomness, an int or a numpy Generator gives
+reproducible images; an int gives the same images as `skinaug synthesize --seed` with the same batch size and backend.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -41,14 +43,17 @@ class Model:
 
     @property
     def class_names(self) -> list[str]:
+        """The model's classes, in label-index order."""
         return list(self._generator.class_names)
 
     @property
     def image_size(self) -> int:
+        """The side in pixels of the images the model encodes and generates."""
         return self._generator.spec.image_size
 
     @property
     def fingerprint(self) -> str:
+        """The VQ-VAE's fingerprint, which code files and generated datasets record."""
         return self._generator.spec.fingerprint
 
     def __repr__(self) -> str:
@@ -182,6 +187,12 @@ def load_model(path=None, device: str = "auto", batch_size: int = 64) -> Model:
 
 
 def _dataset_base():
+    """torch's Dataset where PyTorch is installed; without it (an onnx-only install) a plain class, so that a
+    generated folder can still be read: `image(i)`, `info(i)`, and items through a `transform` of your own."""
+    from .runtime import torch_installed
+
+    if not torch_installed():
+        return object
     from torch.utils.data import Dataset
 
     return Dataset
@@ -202,7 +213,8 @@ class GeneratedDataset(_dataset_base()):
     the label's index in `classes`, -1 for an unlabelled image. `info(i)` gives the image's name, label, method and
     sources (`method` is "real" for real images), so a training script can mix real and generated images and keep
     track. `real + generated` (or `skinaug.ConcatDataset([...])`) concatenates datasets after checking that they
-    number their classes alike."""
+    number their classes alike. `image(i)` is the uint8 array (S, S, 3); it, `info`, and items with a `transform`
+    need no PyTorch."""
 
     def __init__(self, path, labels=None, *, classes=None, image_size: int | None = None, transform=None,
                  target_transform=None, **columns):
@@ -234,13 +246,11 @@ class GeneratedDataset(_dataset_base()):
         return len(self.samples)
 
     def __getitem__(self, index: int):
-        import torch
-
-        from .data import load_image
-
         sample = self.samples[index]
-        pixels = load_image(sample.path, self.image_size)
+        pixels = self.image(index)
         if self.transform is None:
+            import torch
+
             image = torch.from_numpy(pixels).permute(2, 0, 1).float() / 255.0
         elif _is_albumentations(self.transform):
             image = self.transform(image=pixels)["image"]
@@ -250,6 +260,12 @@ class GeneratedDataset(_dataset_base()):
             image = self.transform(Image.fromarray(pixels))
         target = sample.label if self.target_transform is None else self.target_transform(sample.label)
         return image, target
+
+    def image(self, index: int) -> np.ndarray:
+        """Image i as uint8 (S, S, 3) at `image_size` (EXIF-rotated, RGB, resized and centre-cropped)."""
+        from .data import load_image
+
+        return load_image(self.samples[index].path, self.image_size)
 
     def __add__(self, other):
         return ConcatDataset([self, other])
@@ -263,9 +279,32 @@ class GeneratedDataset(_dataset_base()):
 
 
 def _concat_base():
+    """torch's ConcatDataset where PyTorch is installed, else `_PlainConcat` (as `_dataset_base` does)."""
+    from .runtime import torch_installed
+
+    if not torch_installed():
+        return _PlainConcat
     from torch.utils.data import ConcatDataset as TorchConcat
 
     return TorchConcat
+
+
+class _PlainConcat:
+    """The datasets' items one after the other, for an onnx-only install (torch's ConcatDataset does the same)."""
+
+    def __init__(self, datasets):
+        self.datasets = list(datasets)
+        self.cumulative_sizes = list(itertools.accumulate(len(dataset) for dataset in self.datasets))
+
+    def __len__(self) -> int:
+        return self.cumulative_sizes[-1] if self.cumulative_sizes else 0
+
+    def __getitem__(self, index: int):
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} is out of range for {len(self)} items")
+        index %= len(self)
+        which = bisect.bisect_right(self.cumulative_sizes, index)
+        return self.datasets[which][index - (self.cumulative_sizes[which - 1] if which else 0)]
 
 
 class ConcatDataset(_concat_base()):

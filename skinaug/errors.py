@@ -64,6 +64,24 @@ class BadImage(SkinaugError):
     """One input image cannot be used; the message is the reason (skipped unless --strict)."""
 
 
+# The optional packages (import names) and the extra of pyproject.toml that installs each. The core install is what
+# the onnx backend needs (numpy, pillow, h5py, scipy, typer, rich, tqdm); PyTorch and the training-only packages come
+# with `skinaug[torch]`.
+EXTRAS = {"torch": "torch", "safetensors": "torch", "monai": "torch", "pytorch_msssim": "torch",
+          "albumentations": "classic", "onnxruntime": "onnx", "onnx": "onnx"}
+
+
+def install_hint(package: str) -> str:
+    """What to run when the package `package` (an import name) is missing: the one place that names the extras."""
+    extra = EXTRAS.get(package.split(".")[0])
+    return f"pip install 'skinaug[{extra}]'" if extra else "reinstall skinaug with its dependencies"
+
+
+def missing_package_message(package: str) -> str:
+    """One line for a missing package, e.g. `this needs the package torch, which is not installed: pip install ...`."""
+    return f"this needs the package {package}, which is not installed: {install_hint(package)}"
+
+
 # What the user can do about the causes of a failed read or write that have one remedy.
 _OS_ERROR_HINTS = {
     errno.EACCES: "check the permissions, or choose another location",

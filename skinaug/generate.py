@@ -720,6 +720,8 @@ def augment_methods(methods, classic_config=None):
     """augment's method weights ("mix:1,resample:2" or {"mix": 1, ...}) and the classic pipeline of `classic_config`
     (None: the default one, or no classic at all)."""
     weights = parse_methods(methods if isinstance(methods, str) else ",".join(f"{m}:{w}" for m, w in methods.items()))
+    if weights.get("classic", 0) > 0:  # an optional package (skinaug[classic]): missing, it stops us before any write
+        import albumentations  # noqa: F401
     if classic_config is None:
         return weights, None
     from .classic import load_transforms

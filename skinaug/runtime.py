@@ -14,7 +14,7 @@ import os
 import re
 import sys
 
-from .errors import Message, SkinaugError, UsageError, python_spelling
+from .errors import Message, SkinaugError, UsageError, install_hint, python_spelling
 
 logger = logging.getLogger("skinaug")
 
@@ -134,5 +134,6 @@ def resolve_backend(name: str | None = None) -> str:
     if name not in BACKENDS:
         raise UsageError(f"unknown backend {name!r}: use torch or onnx")
     if name == "torch" and not torch_installed():
-        raise SkinaugError("{backend='torch'} needs PyTorch, which is not installed: use {backend='onnx'}")
+        raise SkinaugError("{backend='torch'} needs PyTorch, which is not installed: use {backend='onnx'} with an exported "
+                           f"model, or {install_hint('torch')}")
     return name

@@ -104,3 +104,18 @@ def test_an_albumentations_pipeline_is_called_with_image_as_hwc_uint8(nevus_only
     np.testing.assert_array_equal(image, original[:, ::-1])
     flipped, _ = skinaug.GeneratedDataset(nevus_only, transform=A.HorizontalFlip(p=1.0))[1]  # a single transform too
     np.testing.assert_array_equal(flipped, original[:, ::-1])
+
+
+def test_the_onnx_only_concatenation_gives_the_items_in_order_as_torch_does():
+    import torch.utils.data
+
+    from skinaug.api import _PlainConcat
+
+    parts = [["a", "b"], [], ["c"], ["d", "e"]]
+    plain, torch_concat = _PlainConcat(parts), torch.utils.data.ConcatDataset(parts)
+    assert len(plain) == len(torch_concat) == 5
+    assert [plain[i] for i in range(5)] == [torch_concat[i] for i in range(5)] == ["a", "b", "c", "d", "e"]
+    assert plain[-1] == "e" and plain[-5] == "a"
+    for index in (5, -6):
+        with pytest.raises(IndexError):
+            plain[index]

@@ -1,5 +1,6 @@
 """ONNX export and the onnxruntime backend: parity with PyTorch, the CLI's --backend onnx, and a run without torch."""
 
+import csv
 import json
 import os
 import shutil
@@ -11,9 +12,11 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from near_ties import assert_same_draws, close_draws, same_context
 from skinaug.cli import main
+from skinaug.generate import batch_seed
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 SAMPLER_LOGIT_TOLERANCE = 1e-4  # |onnxruntime - torch| on the priors' logits
@@ -352,3 +355,80 @@ def test_gated_pixelcnn_priors_export_with_a_cached_step(generator_model, tmp_pa
     # the export itself requires its code agreement; equal samples everywhere would be a rate of near-ties
     assert manifest["parity"]["prior_bottom_sample_agreement"] >= manifest["parity"]["code_agreement_required"]
     assert manifest["parity"]["prior_top_step_max_abs_diff"] < 1e-4
+
+
+# What `pip install "skinaug[onnx]"` leaves out (PyTorch and every package of the torch and classic extras), and
+# scipy, which only `inspect` needs: generating, listing, previewing and reading need onnxruntime, numpy, pillow,
+# h5py, typer, rich and tqdm alone. Missing, each raises ModuleNotFoundError, as an absent package does.
+BLOCK_TORCH_EXTRAS = """
+import sys
+
+MISSING = {"torch", "torchvision", "safetensors", "monai", "pytorch_msssim", "albumentations", "sklearn", "scipy"}
+
+
+class Missing:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in MISSING:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
+sys.meta_path.insert(0, Missing())
+"""
+
+
+def without_torch(tmp_path):
+    """A runner of `python ARGS...` in a process where the torch extra's packages cannot be imported."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(textwrap.dedent(BLOCK_TORCH_EXTRAS))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    env.pop("SKINAUG_DEBUG", None)
+    return lambda *args: subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=180)
+
+
+def test_an_onnx_only_install_synthesizes_previews_and_reads_the_dataset(exported, tmp_path):
+    run = without_torch(tmp_path)
+    assert "No module named 'monai'" in run("-c", "import monai").stderr
+    model, out = exported["model"], tmp_path / "synth"
+    listed = run("-m", "skinaug", "models", str(model), "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [entry["classes"] for entry in json.loads(listed.stdout) if entry["path"] == str(model)] == [["bkl", "melanoma", "nevus"]]
+    done = run("-m", "skinaug", "synthesize", "--backend", "onnx", "--model", str(model), "--class", "melanoma", "-n", "3",
+               "--seed", "2", "--out", str(out), "--quiet")
+    assert done.returncode == 0 and done.stderr == "" and done.stdout.strip() == str(out)
+    with open(out / "labels.csv", encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    fingerprint = json.loads((model / "config.json").read_text())["fingerprint"]
+    seed = str(batch_seed(2, 0))  # one batch
+    assert [(row["label"], row["method"], row["seed"], row["model_fingerprint"]) for row in rows] == [("melanoma", "synthesize", seed, fingerprint)] * 3
+    for row in rows:
+        with Image.open(out / "images" / f"{row['image']}.png") as image:
+            assert image.size == (32, 32) and image.mode == "RGB"
+    sheet = run("-m", "skinaug", "preview", str(out), "--out", str(tmp_path / "sheet.png"))
+    assert sheet.returncode == 0, sheet.stderr
+    with Image.open(tmp_path / "sheet.png") as image:
+        assert image.width > 32 and image.height > 32
+    read = run("-c", "import sys, skinaug; d = skinaug.GeneratedDataset(sys.argv[1]); "
+                     "print(len(d), d.image(0).shape, d.info(0)['label'], d.info(0)['method'], 'torch' in sys.modules)", str(out))
+    assert read.returncode == 0, read.stderr
+    assert read.stdout.split() == ["3", "(32,", "32,", "3)", "melanoma", "synthesize", "False"]
+
+
+@pytest.mark.parametrize("command, package, extra", [
+    (["train", "vqvae", "{data}", "--out", "{out}"], "torch", "torch"),
+    (["encode", "{data}", "--backend", "torch", "--out", "{out}"], "torch", "torch"),
+    (["augment", "{data}", "--model", "{model}", "--backend", "onnx", "--methods", "classic", "--factor", "2", "--out", "{out}"],
+     "albumentations", "classic"),
+])
+def test_a_command_that_needs_the_torch_extra_says_what_to_install(exported, tmp_path, command, package, extra):
+    run = without_torch(tmp_path)
+    data, out = exported["data"], tmp_path / "out"
+    args = [word.format(data=data.images, model=exported["model"], out=out) for word in command]
+    done = run("-m", "skinaug", *args, "--labels", str(data.labels_csv))
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    if package == "torch" and "encode" in command:  # the backend is checked first, with its own line
+        assert done.stderr.strip().endswith("or pip install 'skinaug[torch]'")
+    else:
+        assert done.stderr.strip() == f"error: this needs the package {package}, which is not installed: pip install 'skinaug[{extra}]'"
+    assert not out.exists()

@@ -9,7 +9,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "skinaug"
 # never import torch, directly or through another skinaug module: the onnx backend and `--help` run without it
 TORCH_FREE = ("skinaug.spec", "skinaug.backends", "skinaug.backends.base", "skinaug.backends.onnx", "skinaug.onnx.runtime",
               "skinaug.io", "skinaug.errors", "skinaug.distributed", "skinaug.modeldir", "skinaug.codes",
-              "skinaug.encode", "skinaug.generate", "skinaug.output", "skinaug.runtime")
+              "skinaug.encode", "skinaug.generate", "skinaug.output", "skinaug.runtime", "skinaug.cli", "skinaug.preview",
+              "skinaug.inspection", "skinaug.scores.sets")
 
 
 def module_name(path: Path) -> str:
@@ -103,3 +104,29 @@ def test_one_distributed_process_needs_no_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True", "1", "3", "False"]
+
+
+def requirement_names(requirements: list[str]) -> set[str]:
+    """The distributions `requirements` name, without versions, markers or extras (`skinaug[torch]` is skinaug)."""
+    import re
+
+    return {re.match(r"[A-Za-z0-9._-]+", requirement).group(0).lower() for requirement in requirements}
+
+
+def test_the_core_install_holds_no_torch_and_the_test_extra_pulls_it():
+    import pytest
+
+    from skinaug.errors import EXTRAS
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    extras = project["optional-dependencies"]
+    core = requirement_names(project["dependencies"])
+    assert core == {"numpy", "pillow", "h5py", "scipy", "typer", "rich", "tqdm"}
+    assert requirement_names(extras["torch"]) == {"torch", "safetensors", "monai", "pytorch-msssim", "skinaug"}
+    assert "skinaug[torch]" in extras["test"] and "skinaug[classic]" in extras["torch"]
+    # each optional package that skinaug names in a missing-package line is installed by the extra it names
+    distribution = {"pytorch_msssim": "pytorch-msssim"}
+    for package, extra in EXTRAS.items():
+        assert distribution.get(package, package) in requirement_names(extras[extra]), (package, extra)

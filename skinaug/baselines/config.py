@@ -1,6 +1,7 @@
 """The shape and loss weights of a baseline generator: one dataclass, kept in config.json and in every checkpoint.
 
-The defaults are the seed reports' recipes (shared/docs/seeds 003 and 004) at 64px:
+The defaults are the recipes of two student reports at 64px: (003) D'Amico, Murgia and Moeini Feizabadi, "Skin Disease
+Image Generation"; (004) Holsman, Feliu and Mokel, "VAE for Medical Images" (CS 675 / ECE 685):
 - dcgan: DCGAN with resize-convolutions and one-sided label smoothing (003); Adam 2e-4, beta1 0.5, latent 100.
 - cvae: conv encoder + dense layers, dense + resize-conv decoder, MSE + KL (003).
 - vae: five stride-2 convolutions 32..512, linear mean/log-variance, mirrored transposed-conv decoder ending in

@@ -12,7 +12,7 @@ import sys
 import typer
 
 from ..version import __version__
-from ..errors import SkinaugError, os_error_message
+from ..errors import SkinaugError, missing_package_message, os_error_message
 
 app = typer.Typer(
     name="skinaug",
@@ -41,10 +41,6 @@ def _flags_without_metavar() -> None:
 
 
 _flags_without_metavar()
-
-# optional dependencies and the extra that installs each: a missing one is named, not reported as a bug
-EXTRAS = {"onnxruntime": "onnx", "onnx": "onnx"}
-
 
 def _version(value: bool) -> None:
     if value:
@@ -136,9 +132,9 @@ def _run(argv: list[str] | None, spell) -> int:
     except ModuleNotFoundError as error:
         if os.environ.get("SKINAUG_DEBUG"):
             raise
+        # an optional dependency (torch for the torch backend and training, ...) is named with its extra, not as a bug
         package = (error.name or "").split(".")[0]
-        hint = f"pip install 'skinaug[{EXTRAS[package]}]'" if package in EXTRAS else "reinstall skinaug with its dependencies"
-        print(f"error: this needs the package {package or error}, which is not installed: {hint}", file=sys.stderr)
+        print(f"error: {missing_package_message(package or str(error))}", file=sys.stderr)
         return 1
     except Exception as error:
         # typer's (click's) own signals, matched by shape: their classes moved between typer releases

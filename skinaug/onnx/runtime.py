@@ -77,6 +77,19 @@ def file_digest(path) -> str:
     return digest.hexdigest()[:12]
 
 
+def no_export_message(path: Path) -> str:
+    """What to do about a model without graphs: export it (where PyTorch is installed), into a directory of its own
+    for a shipped (read-only) model."""
+    from ..io import is_shipped
+    from ..runtime import torch_installed
+
+    where = "" if torch_installed() else " where PyTorch is installed"
+    if is_shipped(path):
+        return (f"the shipped model {path.name} has no ONNX export: run `skinaug export onnx --model {path.name} --out DIR`"
+                f"{where}, then pass {{model=DIR}}")
+    return f"{path} has no ONNX export: run `skinaug export onnx --model {path}`{where}"
+
+
 class OnnxModel:
     """A model directory's exported graphs: one onnxruntime session per graph, opened on first use."""
 
@@ -89,7 +102,7 @@ class OnnxModel:
         if manifest is None:
             manifest = self.config.get("onnx")
             if not manifest or not self.onnx_dir.is_dir():
-                raise SkinaugError(f"{self.model_dir.path} has no ONNX export: run `skinaug export onnx --model {self.model_dir.path}`")
+                raise SkinaugError(no_export_message(self.model_dir.path))
             self._check_fresh(manifest)
         self.manifest = manifest
         self.device = device or "auto"

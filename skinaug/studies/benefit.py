@@ -10,7 +10,11 @@
 4. One classifier per (fraction, method, seed) over all classes, with the same budget (steps) for every method
    of a fraction; AUC on the held-out test lesions: macro one-vs-rest over all classes, and positive vs
    negative (P(positive) / (P(positive) + P(negative)) on the test images of those two classes).
-5. The gain over real alone, with a bootstrap interval over test lesions (of the mean over seeds).
+   How a classifier uses the added images is `train_recipe` (skinaug.recipes): add pools them with the real ones;
+   exposure keeps the real arm's exact batches and adds them as an extra share, weighted lower; pretrain trains on
+   them first, then on the real arm's batches.
+5. The gain over real alone, with a bootstrap interval over test lesions (of the mean over seeds), and its minimum
+   detectable effect (studies/power.py): how large a gain these seeds and test lesions could have seen.
 
 Every finished piece is kept in OUT (split, generator, generated sets, each classifier's test probabilities),
 so a rerun with `resume` continues where it stopped.

@@ -108,7 +108,9 @@ def benefit(
     generator_image_size: Annotated[int, typer.Option("--generator-image-size", help="Image side of the generator trained without --model.")] = 64,
     filter_: Annotated[Optional[float], typer.Option("--filter", help="Keep generated images that a classifier of the fraction's real images gives p(label) >= P (of --oversample x candidates; the best-scored fill a class up when too few pass).")] = None,
     oversample: Annotated[float, typer.Option("--oversample", help="With --filter: candidates generated per image kept.")] = 2.0,
-    bootstrap: Annotated[int, typer.Option("--bootstrap", min=0, help="Bootstrap replicates over test lesions for the gain's interval (0: none).")] = 1000,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", min=0, help="Bootstrap replicates over test lesions for the gain's interval and MDE (0: none).")] = 1000,
+    train_recipe: Annotated[str, typer.Option("--recipe", help="How classifiers use the added images: add (one pool), exposure (the real arm's batches plus --ratio x batch added images, loss weight --synthetic-weight), pretrain (the budget on the added images, then the real arm's batches).")] = "add",
+    synthetic_weight: Annotated[Optional[float], typer.Option("--synthetic-weight", help="With --recipe exposure: the added images' loss weight (real 1).  [default: 0.5]")] = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     overwrite: OverwriteOpt = False,
@@ -142,7 +144,8 @@ def benefit(
                              seeds=seeds, seed=seed, test_fraction=test_fraction, positive=positive, negative=negative,
                              epochs=epochs, steps=steps, budget=_budget(arch, image_size, batch_size, lr), temperature=temperature, top_k=top_k,
                              bootstrap=bootstrap, filter=filter_, oversample=oversample, device=device, weights=str(weights) if weights else None, workers=workers,
-                             columns=columns(image_col, label_col, group_col), recipe=recipe)
+                             columns=columns(image_col, label_col, group_col), recipe=recipe, train_recipe=train_recipe,
+                             synthetic_weight=synthetic_weight)
     summary = run_benefit(data, labels, out, options, model=model, resume=resume, overwrite=overwrite)
     if not quiet:
         print_benefit_table(summary)

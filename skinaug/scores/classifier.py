@@ -121,23 +121,33 @@ def balanced_weights(labels: np.ndarray) -> np.ndarray:
     return weights / weights.sum()
 
 
+def balanced_batches(labels: np.ndarray, steps: int, batch_size: int, seed: int) -> list[np.ndarray]:
+    """The real arm's batches: `steps` class-balanced batches drawn with replacement from one seeded stream (each
+    sorted), so `steps` = a + b gives the a batches of `steps` = a, then b more."""
+    rng = np.random.default_rng(seed)
+    probabilities = balanced_weights(labels)
+    return [np.sort(rng.choice(len(labels), size=batch_size, p=probabilities)) for _ in range(steps)]
+
+
 def train_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int, budget: Budget, *, seed: int,
-                     device: torch.device, weights=None, desc: str = "classifier") -> Classifier:
+                     device: torch.device, weights=None, desc: str = "classifier", batches=None, loss=None,
+                     init: Classifier | None = None) -> Classifier:
     """Trains on uint8 images (N, S, S, 3) for exactly `budget.steps` steps of class-balanced batches.
 
     Batches are drawn with replacement, so a set of 500 images and one of 5,000 get the same number of
-    updates; the same seed on the same device gives the same classifier.
+    updates; the same seed on the same device gives the same classifier. A training recipe (skinaug.recipes) gives
+    its own `batches` (index arrays; the schedule spans them), a `loss(logits, targets, index)` (e.g. weighted per
+    image), or `init`, a classifier to continue from (fine-tuning).
     """
     if len(images) == 0:
         raise SkinaugError("no training images")
     torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    model = build_classifier(budget.arch, num_classes, weights).to(device).train()
+    model = (init if init is not None else build_classifier(budget.arch, num_classes, weights)).to(device).train()
+    if batches is None:
+        batches = balanced_batches(labels, budget.steps, budget.batch_size, seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=budget.lr, weight_decay=budget.weight_decay)
     state = TrainState(model=model, optimizer=optimizer,
-                       scheduler=warmup_cosine(optimizer, budget.warmup_steps, budget.steps))
-    probabilities = balanced_weights(labels)
-    batches = [np.sort(rng.choice(len(images), size=budget.batch_size, p=probabilities)) for _ in range(budget.steps)]
+                       scheduler=warmup_cosine(optimizer, budget.warmup_steps, len(batches)))
     targets = torch.from_numpy(labels.astype(np.int64))
     loss_fn = nn.CrossEntropyLoss()
 
@@ -145,9 +155,10 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int, b
         batch = to_model_input(torch.from_numpy(images[index])).to(device)
         if budget.augment:
             batch = augment_batch(batch)
-        loss = loss_fn(model(batch), targets[index].to(device))
-        optimizer_step(loss, optimizer)
-        return {"loss": loss.detach()}
+        logits, batch_targets = model(batch), targets[index].to(device)
+        value = loss_fn(logits, batch_targets) if loss is None else loss(logits, batch_targets, index)
+        optimizer_step(value, optimizer)
+        return {"loss": value.detach()}
 
     # the whole budget is one epoch: the batches are drawn with replacement, there is no pass over the data
     fit(state, step, lambda epoch: batches, epochs=1, run=Run("classifier training", restart="lower {lr}"),

@@ -10,7 +10,11 @@
 4. One classifier per (fraction, method, seed) over all classes, with the same budget (steps) for every method
    of a fraction; AUC on the held-out test lesions: macro one-vs-rest over all classes, and positive vs
    negative (P(positive) / (P(positive) + P(negative)) on the test images of those two classes).
-5. The gain over real alone, with a bootstrap interval over test lesions (of the mean over seeds).
+   How a classifier uses the added images is `train_recipe` (skinaug.recipes): add pools them with the real ones;
+   exposure keeps the real arm's exact batches and adds them as an extra share, weighted lower; pretrain trains on
+   them first, then on the real arm's batches.
+5. The gain over real alone, with a bootstrap interval over test lesions (of the mean over seeds), and its minimum
+   detectable effect (studies/power.py): how large a gain these seeds and test lesions could have seen.
 
 Every finished piece is kept in OUT (split, generator, generated sets, each classifier's test probabilities),
 so a rerun with `resume` continues where it stopped.
@@ -32,6 +36,7 @@ from ..io import atomic_path, claim_output, marked_folder, read_json, write_json
 from ..runtime import log, resolve_device
 from ..scores.classifier import Budget, predict, steps_for, train_classifier
 from ..scores.roc import PALETTE, roc_auc
+from .power import minimum_detectable_effect
 
 PLAN = "benefit_plan.json"
 BENEFIT_FOLDER = marked_folder("benefit folder", PLAN, resumable=True)
@@ -77,6 +82,8 @@ class BenefitOptions:
     workers: int | None = None
     columns: dict = field(default_factory=dict)
     recipe: GeneratorRecipe = field(default_factory=GeneratorRecipe)
+    train_recipe: str = "add"  # how the classifiers use the added images (skinaug.recipes.Recipe): add, exposure, pretrain
+    synthetic_weight: float | None = None  # exposure: the added images' loss weight (None: 0.5)
 
     def validate(self) -> None:
         if not self.fractions or any(not 0 < f <= 1 for f in self.fractions):
@@ -98,10 +105,33 @@ class BenefitOptions:
             raise UsageError(f"{{oversample}} must be at least 1, got {self.oversample}")
         if self.bootstrap < 0:
             raise UsageError("{bootstrap} must be 0 or more")
+        self.validate_recipe()
+
+    def validate_recipe(self) -> None:
+        from ..recipes import RECIPES
+
+        if self.train_recipe not in RECIPES:
+            raise UsageError(f"{{train_recipe}} takes {', '.join(RECIPES)}; got {self.train_recipe!r}")
+        if self.synthetic_weight is not None and self.train_recipe != "exposure":
+            raise UsageError("{synthetic_weight} is the loss weight of {train_recipe='exposure'}")
+        if self.synthetic_weight is not None and not (np.isfinite(self.synthetic_weight) and self.synthetic_weight > 0):
+            raise UsageError(f"{{synthetic_weight}} must be a positive number, got {self.synthetic_weight}")
+
+    def training_recipe(self):
+        """The classifiers' recipe: exposure adds round(ratio x batch) added images to each real batch."""
+        from ..recipes import DEFAULT_SYNTHETIC_WEIGHT, Recipe
+
+        if self.train_recipe != "exposure":
+            return Recipe(self.train_recipe)
+        weight = DEFAULT_SYNTHETIC_WEIGHT if self.synthetic_weight is None else self.synthetic_weight
+        return Recipe(self.train_recipe, weight, max(1, round(self.ratio * self.budget.batch_size)))
 
     def plan(self) -> dict:
         """What a resumed run must agree on: everything that changes a result."""
-        return {k: v for k, v in asdict(self).items() if k not in ("device", "workers", "bootstrap")}
+        plan = {k: v for k, v in asdict(self).items() if k not in ("device", "workers", "bootstrap", "train_recipe", "synthetic_weight")}
+        if self.train_recipe != "add":  # add (the default) leaves the plans of earlier runs as they were
+            plan["train_recipe"] = asdict(self.training_recipe())
+        return plan
 
 
 # ------------------------------------------------------------------------- the split
@@ -262,6 +292,18 @@ def aucs(probabilities: np.ndarray, labels: np.ndarray, pair: tuple[int, int] | 
 def bootstrap_gain(method_probs: list[np.ndarray], real_probs: list[np.ndarray], labels: np.ndarray, groups: list[str],
                    pair, replicates: int, seed: int) -> dict[str, list[float]]:
     """2.5 and 97.5 percentiles of (mean AUC over seeds of the method - that of real alone), test lesions resampled."""
+    gains = bootstrap_gains(method_probs, real_probs, labels, groups, pair, replicates, seed)
+    return {key: percentile_interval(values) for key, values in gains.items()}
+
+
+def percentile_interval(values: np.ndarray) -> list[float]:
+    return [float(np.nanpercentile(values, 2.5)), float(np.nanpercentile(values, 97.5))]
+
+
+def bootstrap_gains(method_probs: list[np.ndarray], real_probs: list[np.ndarray], labels: np.ndarray, groups: list[str],
+                    pair, replicates: int, seed: int) -> dict[str, np.ndarray]:
+    """The gain (mean AUC over seeds of the method - that of real alone) in each of `replicates` resamples of the
+    test lesions (nan where a resample lacks a class)."""
     if replicates == 0:
         return {}
     members: dict[str, list[int]] = {}
@@ -276,7 +318,7 @@ def bootstrap_gain(method_probs: list[np.ndarray], real_probs: list[np.ndarray],
         real = [aucs(p[index], labels[index], pair) for p in real_probs]
         for key in method[0]:
             gains.setdefault(key, []).append(np.mean([m[key] for m in method]) - np.mean([r[key] for r in real]))
-    return {key: [float(np.nanpercentile(values, 2.5)), float(np.nanpercentile(values, 97.5))] for key, values in gains.items()}
+    return {key: np.array(values) for key, values in gains.items()}
 
 
 # ------------------------------------------------------------------------- the protocol
@@ -314,7 +356,7 @@ def run_benefit(data, labels_csv_path, out, options: BenefitOptions, *, model=No
             "generator": str(model) if model else "trained on the train side (generator/)",
             "generator_saw_test": False, "ratio": options.ratio, "seeds": [options.seed + k for k in range(options.seeds)],
             "budget": {**asdict(options.budget), "epochs": None if options.steps else options.epochs, "steps": options.steps},
-            "rows": rows,
+            "train_recipe": asdict(options.training_recipe()), "rows": rows,
         }
         write_json(work / "benefit.json", summary)
         draw_benefit_png(rows, options, work / "benefit.png")
@@ -436,7 +478,8 @@ def fraction_rows(fraction, train, data, work: Path, generator, class_names, tes
     probabilities = {
         name: [classifier_run(folder / "classifiers" / f"{name}_seed{options.seed + k}.npy", images, labels,
                               len(class_names), budget, options.seed + k, device, options, test_images,
-                              f"{fraction:g} {name} seed {options.seed + k}") for k in range(options.seeds)]
+                              f"{fraction:g} {name} seed {options.seed + k}", real_count=len(real_images))
+               for k in range(options.seeds)]
         for name, (images, labels) in sets.items()}
     rows = []
     for name, (images, labels) in sets.items():
@@ -505,11 +548,16 @@ def json_round_trip(value):
     return json.loads(json.dumps(value))
 
 
-def classifier_run(path: Path, images, labels, num_classes, budget, seed, device, options, test_images, desc) -> np.ndarray:
-    """One classifier's test probabilities, kept in `path` so that a rerun does not train it again."""
+def classifier_run(path: Path, images, labels, num_classes, budget, seed, device, options, test_images, desc,
+                   real_count=None) -> np.ndarray:
+    """One classifier's test probabilities, kept in `path` so that a rerun does not train it again. The first
+    `real_count` images are the real ones (all by default): the others are used by `options`' training recipe."""
+    from ..recipes import train_with_recipe
+
     if path.is_file():
         return np.load(path)
-    model = train_classifier(images, labels, num_classes, budget, seed=seed, device=device, weights=options.weights, desc=desc)
+    model = train_with_recipe(options.training_recipe(), images, labels, len(images) if real_count is None else real_count,
+                              num_classes, budget, seed=seed, device=device, weights=options.weights, desc=desc)
     probabilities = predict(model, test_images, device)
     save_array(path, probabilities)
     return probabilities
@@ -525,11 +573,14 @@ def summarise(name, fraction, probabilities, test_labels, test_groups, pair, opt
         row[key] = {"aucs": values, "mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
     if name != "real":
         real_seed = [aucs(p, test_labels, pair) for p in probabilities["real"]]
-        interval = bootstrap_gain(probabilities[name], probabilities["real"], test_labels, test_groups, pair,
-                                  options.bootstrap, options.seed)
+        replicates = bootstrap_gains(probabilities[name], probabilities["real"], test_labels, test_groups, pair,
+                                     options.bootstrap, options.seed)
         for key in per_seed[0]:
             row[key]["gain"] = row[key]["mean"] - float(np.mean([s[key] for s in real_seed]))
-            row[key]["gain_interval"] = interval.get(key)
+            row[key]["gain_interval"] = percentile_interval(replicates[key]) if key in replicates else None
+            # the smallest gain this study's seeds and test lesions could tell from noise (studies/power.py)
+            row[key]["mde"] = minimum_detectable_effect([m[key] - r[key] for m, r in zip(per_seed, real_seed)],
+                                                        replicates.get(key, []))
     return row
 
 
@@ -601,8 +652,11 @@ def print_benefit_table(summary: dict) -> None:
     budget = summary["budget"]
     table.caption = (f"{budget['arch']} {budget['image_size']}px, batch {budget['batch_size']}, "
                      + (f"{budget['steps']} steps" if budget["steps"] else f"{budget['epochs']} epochs of the real images")
-                     + " per classifier; gain: mean over seeds minus real alone's, 95% bootstrap interval over test lesions")
-    for column in ("real fraction", "method", "real", "added", *(f"AUC {names[k]}" for k in keys), *(f"gain {names[k]} [95% CI]" for k in keys)):
+                     + " per classifier; gain: mean over seeds minus real alone's, 95% bootstrap interval over test lesions"
+                     + "; MDE: the smallest true gain found with 80% power (two-sided 0.05)"
+                     + recipe_caption(summary.get("train_recipe")))
+    for column in ("real fraction", "method", "real", "added", *(f"AUC {names[k]}" for k in keys),
+                   *(f"gain {names[k]} [95% CI]" for k in keys), *(f"MDE {names[k]}" for k in keys)):
         table.add_column(column, justify="left" if column == "method" else "right")
     for row in summary["rows"]:
         cells = [f"{row['fraction']:g}", row["method"], f"{row['real_images']:,}", f"{row['added_images']:,}"]
@@ -610,5 +664,16 @@ def print_benefit_table(summary: dict) -> None:
         for k in keys:
             gain, interval = row[k].get("gain"), row[k].get("gain_interval")
             cells.append("" if gain is None else f"{gain:+.3f}" + (f" [{interval[0]:+.3f}, {interval[1]:+.3f}]" if interval else ""))
+        cells += ["" if row[k].get("mde") is None else f"{row[k]['mde']:.3f}" for k in keys]
         table.add_row(*cells)
     Console(file=sys.stderr, width=None if sys.stderr.isatty() else 160).print(table)
+
+
+def recipe_caption(recipe: dict | None) -> str:
+    """How the classifiers used the added images, for the table's caption (nothing for the default, add)."""
+    if not recipe or recipe["name"] == "add":
+        return ""
+    if recipe["name"] == "exposure":
+        return (f"; recipe exposure: the real arm's batches + {recipe['synthetic_per_batch']} added images each, "
+                f"loss weight {recipe['synthetic_weight']:g}")
+    return "; recipe pretrain: the step budget on the added images, then the real arm's batches"

@@ -71,7 +71,7 @@ def encode(
 
 @app.command("decode")
 def decode(
-    codes: Annotated[Path, typer.Argument(help="Code file (CODES.h5) written by `skinaug encode`.", show_default=False)],
+    codes: Annotated[Path, typer.Argument(metavar="CODES", help="Code file (CODES.h5) written by `skinaug encode`.", show_default=False)],
     out: Annotated[Path, typer.Option("--out", help="Output folder (images/, labels.csv, codes.h5, run.json).", show_default=False)],
     model: ModelOpt = None,
     device: DeviceOpt = "auto",

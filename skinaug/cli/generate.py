@@ -9,10 +9,10 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import UsageError
-from .options import (BackendOpt, BatchOpt, DeviceOpt, FormatOpt, GroupColOpt, ImageColOpt, JsonOpt, JsonlOpt, LabelColOpt, LabelsOpt, ModelOpt,
+from .options import (BackendOpt, BatchOpt, choices, DeviceOpt, FormatOpt, GroupColOpt, ImageColOpt, JsonOpt, JsonlOpt, LabelColOpt, LabelsOpt, ModelOpt,
                       OverwriteOpt, QualityOpt, QuietOpt, ResumeOpt, SeedOpt, StrictOpt, columns, emit, finite_number)
 
-SourceArg = Annotated[Optional[Path], typer.Argument(help="Image folder (or use --codes).", show_default=False)]
+SourceArg = Annotated[Optional[Path], typer.Argument(metavar="DATA", help="Image folder (or use --codes).", show_default=False)]
 CodesOpt = Annotated[Optional[Path], typer.Option("--codes", help="Code file from `skinaug encode` (instead of DATA).")]
 OutOpt = Annotated[Path, typer.Option("--out", help="Output folder: images/, labels.csv, codes.h5, run.json.", show_default=False)]
 TemperatureOpt = Annotated[float, typer.Option("--temperature", callback=finite_number("--temperature", positive=True),
@@ -20,7 +20,7 @@ TemperatureOpt = Annotated[float, typer.Option("--temperature", callback=finite_
 TopKOpt = Annotated[Optional[int], typer.Option("--top-k", min=1, help="Sample only among the k most likely codes.")]
 BF16Opt = Annotated[bool, typer.Option("--bf16", help="Sample in bfloat16 on CUDA (faster; logits differ slightly from fp32).")]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the sampling step (CUDA: faster steps after ~2 min of compilation; for large runs).")]
-SamplerOpt = Annotated[str, typer.Option("--sampler", help="fast (cached: the reference's distribution, its codes up to float rounding) or reference (one full forward per code: slow, for checks).")]
+SamplerOpt = Annotated[str, typer.Option("--sampler", **choices("fast", "reference"), help="fast (cached: the reference's distribution, its codes up to float rounding) or reference (one full forward per code: slow, for checks).")]
 
 
 def _at_least(flag: str, minimum: int):
@@ -62,7 +62,7 @@ BoxScheduleOpt = Annotated[Optional[str], typer.Option(
     help="With --iterative: constant (--box-size every step, the default), shrink (from --box-size down to half "
          "of it: coarse changes first), or one size per step, e.g. 8,8,6,6,4.")]
 IterativeLevelsOpt = Annotated[Optional[str], typer.Option(
-    "--iterative-levels", show_default=False,
+    "--iterative-levels", show_default=False, **choices("bottom", "both"),
     help="With --iterative: bottom (default) re-draws bottom codes only; both first re-draws the top codes over "
          "the box, then the bottom box given them (larger changes).")]
 
@@ -120,7 +120,7 @@ def resample(
     per_image: Annotated[int, typer.Option("--per-image", min=1, help="Variants per source image.")] = 1,
     temperature: TemperatureOpt = 1.0,
     top_k: TopKOpt = None,
-    method: Annotated[str, typer.Option("--method", help="resample, or a baseline: rand-bottom | rand-top (uniformly random codes in one level).")] = "resample",
+    method: Annotated[str, typer.Option("--method", **choices("resample", "rand-bottom", "rand-top"), help="resample, or a baseline: rand-bottom | rand-top (uniformly random codes in one level).")] = "resample",
     mask_dir: MaskDirOpt = None,
     refine: RefineOpt = 0,
     refine_candidates: RefineCandidatesOpt = None,
@@ -192,7 +192,7 @@ def synthesize(
 
 @app.command("augment")
 def augment(
-    data: Annotated[Path, typer.Argument(help="Labelled image folder to expand.", show_default=False)],
+    data: Annotated[Path, typer.Argument(metavar="DATA", help="Labelled image folder to expand.", show_default=False)],
     out: OutOpt,
     model: ModelOpt = None,
     labels: LabelsOpt = None,

@@ -105,8 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     """Runs the CLI; returns the exit code: 0 success, 1 runtime error (one line), 2 usage error, 130 interrupted."""
     from ..runtime import StderrHandler, reporting
 
+    from ..class_map import using_class_map
+
     spell = flag_spelling(argv if argv is not None else sys.argv[1:])
-    with reporting(StderrHandler(spell)):  # progress lines on stderr (--quiet lowers the level), as before once done
+    with reporting(StderrHandler(spell)), using_class_map(None):  # --class-map holds for this command only  # progress lines on stderr (--quiet lowers the level), as before once done
         return _run(argv, spell)
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from .options import (BackendOpt, BatchOpt, DataArg, DeviceOpt, FormatOpt, GroupColOpt, ImageColOpt, JsonOpt, LabelColOpt, LabelsOpt,
+from .options import (ClassMapOpt, BackendOpt, BatchOpt, DataArg, DeviceOpt, FormatOpt, GroupColOpt, ImageColOpt, JsonOpt, LabelColOpt, LabelsOpt,
                       ModelOpt, OverwriteOpt, QualityOpt, QuietOpt, ResumeOpt, StrictOpt, WorkersOpt, columns, emit)
 
 
@@ -50,7 +50,7 @@ def encode(
     workers: WorkersOpt = None,
     image_col: ImageColOpt = None,
     label_col: LabelColOpt = None,
-    group_col: GroupColOpt = None,
+    group_col: GroupColOpt = None, class_map: ClassMapOpt = None,
     backend: BackendOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import UsageError
-from .options import (BackendOpt, BatchOpt, choices, DeviceOpt, FormatOpt, GroupColOpt, ImageColOpt, JsonOpt, JsonlOpt, LabelColOpt, LabelsOpt, ModelOpt,
+from .options import (ClassMapOpt, BackendOpt, BatchOpt, choices, DeviceOpt, FormatOpt, GroupColOpt, ImageColOpt, JsonOpt, JsonlOpt, LabelColOpt, LabelsOpt, ModelOpt,
                       OverwriteOpt, QualityOpt, QuietOpt, ResumeOpt, SeedOpt, StrictOpt, columns, emit, finite_number)
 
 SourceArg = Annotated[Optional[Path], typer.Argument(metavar="DATA", help="Image folder (or use --codes).", show_default=False)]
@@ -93,7 +93,7 @@ def mix(
     device: DeviceOpt = "auto", backend: BackendOpt = None, seed: SeedOpt = 0, batch_size: BatchOpt = 64,
     image_format: FormatOpt = "png", quality: QualityOpt = 95,
     overwrite: OverwriteOpt = False, resume: ResumeOpt = False, strict: StrictOpt = False,
-    image_col: ImageColOpt = None, label_col: LabelColOpt = None, group_col: GroupColOpt = None,
+    image_col: ImageColOpt = None, label_col: LabelColOpt = None, group_col: GroupColOpt = None, class_map: ClassMapOpt = None,
     json_: JsonOpt = False, jsonl: JsonlOpt = False, quiet: QuietOpt = False,
 ):
     """Top codes of one image with the bottom codes of another of the same label.
@@ -131,7 +131,7 @@ def resample(
     sampler: SamplerOpt = "fast", compile_step: CompileOpt = False,
     image_format: FormatOpt = "png", quality: QualityOpt = 95,
     overwrite: OverwriteOpt = False, resume: ResumeOpt = False, strict: StrictOpt = False,
-    image_col: ImageColOpt = None, label_col: LabelColOpt = None, group_col: GroupColOpt = None,
+    image_col: ImageColOpt = None, label_col: LabelColOpt = None, group_col: GroupColOpt = None, class_map: ClassMapOpt = None,
     json_: JsonOpt = False, jsonl: JsonlOpt = False, quiet: QuietOpt = False,
 ):
     """Keep each image's top codes and draw its bottom codes again from the bottom prior.
@@ -209,7 +209,7 @@ def augment(
     device: DeviceOpt = "auto", backend: BackendOpt = None, seed: SeedOpt = 0, batch_size: BatchOpt = 64, bf16: BF16Opt = False, compile_step: CompileOpt = False,
     image_format: FormatOpt = "png", quality: QualityOpt = 95,
     overwrite: OverwriteOpt = False, resume: ResumeOpt = False, strict: StrictOpt = False,
-    image_col: ImageColOpt = None, label_col: LabelColOpt = None, group_col: GroupColOpt = None,
+    image_col: ImageColOpt = None, label_col: LabelColOpt = None, group_col: GroupColOpt = None, class_map: ClassMapOpt = None,
     json_: JsonOpt = False, jsonl: JsonlOpt = False, quiet: QuietOpt = False,
 ):
     """Expand a labelled folder into a training-ready one: originals plus generated images.

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import (DataArg, DeviceOpt, GroupColOpt, ImageColOpt, JsonOpt, LabelColOpt, LabelsOpt, OverwriteOpt, QuietOpt,
+from .options import (ClassMapOpt, DataArg, DeviceOpt, GroupColOpt, ImageColOpt, JsonOpt, LabelColOpt, LabelsOpt, OverwriteOpt, QuietOpt,
                       WorkersOpt, columns, emit)
 
 
@@ -28,7 +28,7 @@ def inspect(
     overwrite: OverwriteOpt = False,
     image_col: ImageColOpt = None,
     label_col: LabelColOpt = None,
-    group_col: GroupColOpt = None,
+    group_col: GroupColOpt = None, class_map: ClassMapOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
 ):

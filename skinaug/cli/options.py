@@ -92,6 +92,21 @@ StrictOpt = Annotated[bool, typer.Option("--strict", help="Unreadable or unmatch
 ImageColOpt = Annotated[Optional[str], typer.Option("--image-col", help="CSV column with the image names.")]
 LabelColOpt = Annotated[Optional[str], typer.Option("--label-col", help="CSV column with the labels.")]
 GroupColOpt = Annotated[Optional[str], typer.Option("--group-col", help="CSV column with lesion or patient ids (for group-aware splits).")]
+
+
+def _class_map(value: Optional[str]) -> Optional[str]:
+    # parsed while parsing (a bad map is a usage error before a model loads), and in force until the command ends
+    from ..class_map import choose_class_map, parse_class_map
+
+    if value is not None:
+        choose_class_map(parse_class_map(value))
+    return value
+
+
+ClassMapOpt = Annotated[Optional[str], typer.Option(
+    "--class-map", callback=_class_map, metavar="FILE|A=B,...", show_default=False,
+    help="Your label names mapped to the model's classes: a file (name=class a line, or JSON) or mel=melanoma,nv=nevus. "
+         "HAM10000, ISIC 2019 and ISIC 2020 names are mapped without it (README, Label vocabularies).")]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=1, help="Threads decoding images (default: up to 8).")]
 FormatOpt = Annotated[str, typer.Option("--format", callback=_image_format, **choices(*IMAGE_FORMATS), help="Image format of generated files: png or jpg.")]
 BackendOpt = Annotated[Optional[str], typer.Option(

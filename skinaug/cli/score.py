@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from .generate import TemperatureOpt, TopKOpt
-from .options import (BatchOpt, DataArg, DeviceOpt, choices, GroupColOpt, ImageColOpt, JsonOpt, LabelColOpt, LabelsOpt,
+from .options import (ClassMapOpt, BatchOpt, DataArg, DeviceOpt, choices, GroupColOpt, ImageColOpt, JsonOpt, LabelColOpt, LabelsOpt,
                       OverwriteOpt, QuietOpt, ResumeOpt, SeedOpt, StrictOpt, WorkersOpt, columns, emit, finite_number)
 
 app = typer.Typer(help="Judge a model and its generated datasets: CAS, benefit, code usage, FID, memorization.", no_args_is_help=True)
@@ -60,7 +60,7 @@ def cas(
     workers: WorkersOpt = None,
     image_col: ImageColOpt = None,
     label_col: LabelColOpt = None,
-    group_col: GroupColOpt = None,
+    group_col: GroupColOpt = None, class_map: ClassMapOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
 ):
@@ -116,7 +116,7 @@ def benefit(
     workers: WorkersOpt = None,
     image_col: ImageColOpt = None,
     label_col: LabelColOpt = None,
-    group_col: GroupColOpt = None,
+    group_col: GroupColOpt = None, class_map: ClassMapOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
 ):
@@ -173,7 +173,7 @@ def codes(
     workers: WorkersOpt = None,
     image_col: ImageColOpt = None,
     label_col: LabelColOpt = None,
-    group_col: GroupColOpt = None,
+    group_col: GroupColOpt = None, class_map: ClassMapOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
 ):
@@ -213,7 +213,7 @@ def sweep(
     workers: WorkersOpt = None,
     image_col: ImageColOpt = None,
     label_col: LabelColOpt = None,
-    group_col: GroupColOpt = None,
+    group_col: GroupColOpt = None, class_map: ClassMapOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
 ):
@@ -254,7 +254,7 @@ def fid(
     workers: WorkersOpt = None,
     image_col: ImageColOpt = None,
     label_col: LabelColOpt = None,
-    group_col: GroupColOpt = None,
+    group_col: GroupColOpt = None, class_map: ClassMapOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
 ):
@@ -310,7 +310,7 @@ def memorization(
     workers: WorkersOpt = None,
     image_col: ImageColOpt = None,
     label_col: LabelColOpt = None,
-    group_col: GroupColOpt = None,
+    group_col: GroupColOpt = None, class_map: ClassMapOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
 ):

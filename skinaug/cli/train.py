@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import UsageError
-from .options import (BatchOpt, DataArg, DeviceOpt, choices, GroupColOpt, ImageColOpt, JsonOpt, LabelColOpt, LabelsOpt,
+from .options import (ClassMapOpt, BatchOpt, DataArg, DeviceOpt, choices, GroupColOpt, ImageColOpt, JsonOpt, LabelColOpt, LabelsOpt,
                       OverwriteOpt, QuietOpt, ResumeOpt, SeedOpt, StrictOpt, WorkersOpt, columns, emit, finite_number,
                       model_path)
 
@@ -62,7 +62,7 @@ def vqvae(
     workers: WorkersOpt = None,
     image_col: ImageColOpt = None,
     label_col: LabelColOpt = None,
-    group_col: GroupColOpt = None,
+    group_col: GroupColOpt = None, class_map: ClassMapOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
 ):
@@ -122,7 +122,7 @@ def prior(
     strict: StrictOpt = False,
     image_col: ImageColOpt = None,
     label_col: LabelColOpt = None,
-    group_col: GroupColOpt = None,
+    group_col: GroupColOpt = None, class_map: ClassMapOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
 ):
@@ -191,7 +191,7 @@ def baseline(
     workers: WorkersOpt = None,
     image_col: ImageColOpt = None,
     label_col: LabelColOpt = None,
-    group_col: GroupColOpt = None,
+    group_col: GroupColOpt = None, class_map: ClassMapOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
 ):

@@ -155,8 +155,11 @@ def encode_dataset(data, out, *, model, labels=None, device="auto", batch_size=6
 
 
 def decode_codes(codes_path, out, *, model, device="auto", batch_size=64, overwrite=False, resume=False,
-                 image_format="png", quality=95, backend=None) -> dict:
+                 image_format="png", quality=95, backend=None, jsonl=False) -> dict:
     """The paper's 'reconstruction' set: every code map decoded, in the generated-dataset layout."""
+    from .generate import check_streaming
+
+    check_streaming(out, jsonl, overwrite)
     model_dir = ModelDir(model)
     spec = model_dir.spec()
     code_file = read_codes(codes_path)
@@ -167,7 +170,7 @@ def decode_codes(codes_path, out, *, model, device="auto", batch_size=64, overwr
             "format": image_format}
     writer = DatasetWriter(out, model_config=spec, plan=plan, overwrite=overwrite, resume=resume,
                            image_format=image_format, quality=quality, inputs=(codes_path, model_dir.path),
-                           model_dir=model_dir.path)  # the VQ-VAE made these images: its training record goes with them
+                           model_dir=model_dir.path, jsonl=jsonl)  # the VQ-VAE made these images: its training record goes with them
     done = writer.done_batches()
     file_names = unique_names(f"{name}_rec" for name in code_file.images)  # names in a code file may be anything
     with progress(len(code_file), desc="decoding codes") as bar:

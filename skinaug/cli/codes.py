@@ -8,12 +8,12 @@ from typing import Annotated
 
 import typer
 
-from .options import (ClassMapOpt, BackendOpt, BatchOpt, DataArg, DeviceOpt, FormatOpt, GroupColOpt, ImageColOpt, JsonOpt, LabelColOpt, LabelsOpt,
+from .options import (ClassMapOpt, BackendOpt, BatchOpt, DataArg, DeviceOpt, FormatOpt, GroupColOpt, ImageColOpt, JsonOpt, JsonlOpt, LabelColOpt, LabelsOpt,
                       ModelOpt, OverwriteOpt, QualityOpt, QuietOpt, ResumeOpt, StrictOpt, WorkersOpt, columns, emit)
 
 
-def print_code_table(stats: dict, codebook_size: int) -> None:
-    """The skin-lesion paper's Table 2 columns, on stderr."""
+def print_code_table(stats: dict, codebook_size: int, file=None) -> None:
+    """The skin-lesion paper's Table 2 columns: on stderr beside a command's output, on stdout where it is the result."""
     from rich.console import Console
     from rich.table import Table
 
@@ -31,7 +31,7 @@ def print_code_table(stats: dict, codebook_size: int) -> None:
     if "mse" in stats:
         row.append(f"{stats['mse']:.5f}")
     table.add_row(*row)
-    Console(file=sys.stderr).print(table)
+    Console(file=file or sys.stderr).print(table)
 
 
 app = typer.Typer()
@@ -82,6 +82,7 @@ def decode(
     resume: ResumeOpt = False,
     backend: BackendOpt = None,
     json_: JsonOpt = False,
+    jsonl: JsonlOpt = False,
     quiet: QuietOpt = False,
 ):
     """Decode a code file back into images: the 'reconstruction' set.
@@ -89,7 +90,9 @@ def decode(
     Example: skinaug decode codes.h5 --model models/derm128 --out recon/
     """
     from ..encode import decode_codes
+    from .generate import check_outputs, finish
 
+    check_outputs(json_, jsonl)
     summary = decode_codes(codes, out, model=model, device=device, batch_size=batch_size, overwrite=overwrite,
-                           resume=resume, image_format=image_format, quality=quality, backend=backend)
-    emit(summary, json_, out)
+                           resume=resume, image_format=image_format, quality=quality, backend=backend, jsonl=jsonl)
+    finish(summary, json_, out, jsonl)

@@ -67,12 +67,12 @@ IterativeLevelsOpt = Annotated[Optional[str], typer.Option(
          "the box, then the bottom box given them (larger changes).")]
 
 
-def _check_outputs(as_json: bool, jsonl: bool) -> None:
+def check_outputs(as_json: bool, jsonl: bool) -> None:
     if as_json and jsonl:
         raise UsageError("--json and --jsonl both write stdout: choose one")
 
 
-def _finish(summary: dict, as_json: bool, out: Path, jsonl: bool = False) -> None:
+def finish(summary: dict, as_json: bool, out: Path, jsonl: bool = False) -> None:
     if not jsonl:  # with --jsonl, stdout holds only the image lines
         emit(summary, as_json, out)
 
@@ -100,14 +100,14 @@ def mix(
 
     Example: skinaug mix images/ --labels labels.csv --model models/derm64 --out mixed/ -n 500
     """
-    _check_outputs(json_, jsonl)
+    check_outputs(json_, jsonl)
     from .. import generate
 
     summary = generate.mix(out, n, model=model, data=data, codes=codes, labels=labels, class_name=class_name,
                            any_label=any_label, device=device, backend=backend, seed=seed, batch_size=batch_size,
                            image_format=image_format, quality=quality, overwrite=overwrite, resume=resume, strict=strict,
                            jsonl=jsonl, **columns(image_col, label_col, group_col))
-    _finish(summary, json_, out, jsonl)
+    finish(summary, json_, out, jsonl)
 
 
 @app.command("resample")
@@ -143,7 +143,7 @@ def resample(
 
     Example: skinaug resample images/ --labels labels.csv --out inpainted/ --iterative 10 --box-size 4 --refine 1
     """
-    _check_outputs(json_, jsonl)
+    check_outputs(json_, jsonl)
     from .. import generate
 
     summary = generate.resample(out, model=model, data=data, codes=codes, labels=labels, per_image=per_image,
@@ -155,7 +155,7 @@ def resample(
                                 compile_step=compile_step, image_format=image_format, quality=quality,
                                 overwrite=overwrite, resume=resume, strict=strict, jsonl=jsonl,
                                 **columns(image_col, label_col, group_col))
-    _finish(summary, json_, out, jsonl)
+    finish(summary, json_, out, jsonl)
 
 
 @app.command("synthesize")
@@ -179,7 +179,7 @@ def synthesize(
 
     Example: skinaug synthesize --model models/derm64 --out synth/ --class melanoma -n 2000
     """
-    _check_outputs(json_, jsonl)
+    check_outputs(json_, jsonl)
     from .. import generators
 
     summary = generators.synthesize(out, model=model, class_name=class_name, n=n, per_class=per_class,
@@ -187,7 +187,7 @@ def synthesize(
                                   batch_size=batch_size, bf16=bf16, sampler=sampler, compile_step=compile_step,
                                   image_format=image_format, quality=quality, overwrite=overwrite, resume=resume,
                                   jsonl=jsonl)
-    _finish(summary, json_, out, jsonl)
+    finish(summary, json_, out, jsonl)
 
 
 @app.command("augment")
@@ -218,7 +218,7 @@ def augment(
 
     Example: skinaug augment images/ --labels labels.csv --model models/derm64 --out train_aug/ --balance
     """
-    _check_outputs(json_, jsonl)
+    check_outputs(json_, jsonl)
     from .. import generators
 
     summary = generators.augment(data, out, model=model, labels=labels, factor=factor, balance=balance, methods=methods,
@@ -227,11 +227,13 @@ def augment(
                                seed=seed, batch_size=batch_size, bf16=bf16, compile_step=compile_step,
                                image_format=image_format, quality=quality, overwrite=overwrite, resume=resume,
                                strict=strict, jsonl=jsonl, **columns(image_col, label_col, group_col))
-    if dry_run:
-        _print_plan(summary["plan"])
-        emit(summary, json_)
+    if dry_run:  # the plan is the result: the --json summary, else its table, on stdout
+        if json_:
+            emit(summary, True)
+        else:
+            _print_plan(summary["plan"])
         return
-    _finish(summary, json_, out, jsonl)
+    finish(summary, json_, out, jsonl)
 
 
 def _print_plan(table: dict) -> None:
@@ -245,4 +247,4 @@ def _print_plan(table: dict) -> None:
         view.add_column(column, justify="right")
     for name, row in table.items():
         view.add_row(name, *(str(row.get(column, 0)) for column in columns_))
-    Console(file=sys.stderr).print(view)
+    Console(file=sys.stdout).print(view)

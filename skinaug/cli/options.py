@@ -55,6 +55,13 @@ def model_path(value: Path) -> Path:
     return model_location(value)
 
 
+def optional_model(value: Optional[Path]) -> Optional[Path]:
+    """An optional model with no default (score codes' --model): a path, or the name of a shipped model."""
+    from ..modeldir import model_location
+
+    return None if value is None else model_location(value)
+
+
 def _resolve_model(value: Optional[Path]) -> Path:
     """--model > $SKINAUG_MODEL > the shipped default; a path that does not exist is left for the command to
     report (after the usage checks), unless it names a shipped model."""

@@ -10,7 +10,8 @@ import typer
 
 from .generate import TemperatureOpt, TopKOpt
 from .options import (ClassMapOpt, BatchOpt, DataArg, DeviceOpt, choices, GroupColOpt, ImageColOpt, JsonOpt, LabelColOpt, LabelsOpt,
-                      OverwriteOpt, QuietOpt, ResumeOpt, SeedOpt, StrictOpt, WorkersOpt, columns, emit, finite_number)
+                      OverwriteOpt, QuietOpt, ResumeOpt, SeedOpt, StrictOpt, WorkersOpt, columns, emit, finite_number,
+                      optional_model)
 
 app = typer.Typer(help="Judge a model and its generated datasets: CAS, benefit, code usage, FID, memorization.", no_args_is_help=True)
 
@@ -164,7 +165,7 @@ def _int_list(text: str, option: str) -> list[int]:
 @app.command("codes")
 def codes(
     codes_path: Annotated[Path, typer.Argument(metavar="CODES", help="Code file (CODES.h5).", show_default=False)],
-    model: Annotated[Optional[Path], typer.Option("--model", metavar="MODEL", help="Model directory, for the reconstruction MSE (with --data).")] = None,
+    model: Annotated[Optional[Path], typer.Option("--model", metavar="MODEL", callback=optional_model, help="Model directory or shipped model name, for the reconstruction MSE (with --data).")] = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="Image folder to reconstruct for the MSE (with --model).")] = None,
     labels: LabelsOpt = None,
     device: DeviceOpt = "auto",
@@ -186,9 +187,10 @@ def codes(
 
     stats = score_codes(codes_path, model=model, data=data, labels=labels, device=device, batch_size=batch_size,
                         strict=strict, workers=workers, **columns(image_col, label_col, group_col))
-    if not quiet:
-        print_code_table(stats, stats["codebook_size"])
-    emit(stats, json_, None)  # no output file: stdout carries only the --json summary
+    if json_:
+        emit(stats, json_, None)
+    else:  # no output file: the table is the result, on stdout as `skinaug models` prints its own
+        print_code_table(stats, stats["codebook_size"], file=sys.stdout)
 
 
 @app.command("sweep")

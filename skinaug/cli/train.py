@@ -29,7 +29,7 @@ def vqvae(
     out: Annotated[Path, typer.Option("--out", help="Model directory to create.", show_default=False)],
     labels: LabelsOpt = None,
     init: VqvaeInitOpt = None,
-    image_size: Annotated[Optional[int], typer.Option("--image-size", help="Side of the square training images: a multiple of 8 from 32 to 512 (default 256; with --init the source's).")] = None,
+    image_size: Annotated[Optional[int], typer.Option("--image-size", help="Side of the square training images: a multiple of 8 from 32 to 512 (default 64, as the shipped model; with --init the source's).")] = None,
     levels: Annotated[Optional[int], typer.Option("--levels", min=1, max=2, help="1 (bottom codes only) or 2 (top and bottom) (default 2).")] = None,
     codebook_size: Annotated[Optional[int], typer.Option("--codebook-size", min=2, max=65535, help="Codes per level, K (default 256).")] = None,
     code_dim: Annotated[Optional[int], typer.Option("--code-dim", min=1, help="Dimension of each code, D (default 8).")] = None,

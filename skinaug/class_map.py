@@ -139,18 +139,22 @@ class Relabelled:
     unknown: list  # (file, label as written): labels the classes do not hold
 
 
-def relabel(entries: list, class_names, class_map: dict[str, str]) -> Relabelled:
+def relabel(entries: list, class_names, class_map: dict[str, str], onto=None) -> Relabelled:
     """Each entry's label through `class_map` (always), then, against a model's `class_names`, through the
-    standard table when it is not one of them already; what then is no class of the model is `unknown`."""
+    standard table when it is not one of them already; what then is no class of the model is `unknown`.
+    `onto` (a fine-tuning source's classes, without `class_names`): the table maps labels onto those names where it
+    can, and every other label stays as written, a new class."""
     result = Relabelled([], Counter(), [])
     class_map = {_key(name): target for name, target in class_map.items()}
     classes = set(class_names) if class_names is not None else None
+    towards = classes if classes is not None else (set(onto) if onto is not None else None)
     for file, label, group in entries:
         written, target = label, label
         if label is not None and _key(label) in class_map:
             target = class_map[_key(label)]
-        elif label is not None and classes is not None and label not in classes:
-            target = standard_class(label)[1]
+        elif label is not None and towards is not None and label not in towards:
+            standard = standard_class(label)[1]
+            target = standard if classes is not None or standard in towards else label
         if label is not None and classes is not None and target not in classes:
             result.unknown.append((file, written))
             continue

@@ -411,13 +411,15 @@ def scan_dataset(
     class_names: list[str] | None = None,
     strict: bool = False,
     class_map: dict[str, str] | None = None,
+    map_onto: Sequence[str] | None = None,
 ) -> Dataset:
     """Find the images of DATA and their labels, without decoding any of them.
 
     `class_names` fixes the label order (a trained model's); without it the order is the sorted label
     strings. Labels go through `class_map` (default: the command's `--class-map`, skinaug.class_map), then,
     against `class_names`, through the public datasets' vocabularies (`mel` -> melanoma); a label the classes
-    do not hold is skipped, or fatal when `strict`. Files and rows that cannot be used are listed in `skipped`,
+    do not hold is skipped, or fatal when `strict`. `map_onto` (a fine-tuning source's classes) maps through the
+    vocabularies onto those names where it can and keeps every other label as a class of its own. Files and rows that cannot be used are listed in `skipped`,
     or are fatal when `strict`; files the CSV does not mention are only counted, since a CSV may select a subset
     of a folder.
     """
@@ -429,7 +431,7 @@ def scan_dataset(
         where = f" for the {scan.rows} rows of {csv_path.name}"
     else:
         scan, where = _entries_from_folders(files), ""
-    _to_classes(scan, class_names, chosen_class_map() if class_map is None else class_map, strict)
+    _to_classes(scan, class_names, chosen_class_map() if class_map is None else class_map, strict, map_onto)
     skipped += scan.skipped
     _check_usable(root, files, scan, skipped, strict, where)
     _check_unique_stems(scan.entries)
@@ -445,10 +447,10 @@ def scan_dataset(
     return dataset
 
 
-def _to_classes(scan: "_Scan", class_names, class_map: dict[str, str], strict: bool) -> None:
+def _to_classes(scan: "_Scan", class_names, class_map: dict[str, str], strict: bool, map_onto=None) -> None:
     """The scan's labels mapped (skinaug.class_map.relabel), the mapping told on stderr, and the rows whose label
     is no class of the model moved to `skipped` (`strict`: refused)."""
-    result = relabel(scan.entries, class_names, class_map)
+    result = relabel(scan.entries, class_names, class_map, onto=map_onto)
     unknown = sorted({label for _, label in result.unknown})
     if unknown and not result.entries and not strict:
         raise SkinaugError(f"no label is among the classes {list(class_names)}: {', '.join(unknown[:EXAMPLES])} "

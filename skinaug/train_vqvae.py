@@ -328,8 +328,12 @@ def _resume_from_checkpoint(start: _Start, out, options: TrainOptions, with_init
 
 def _load_data(data, labels, start: _Start, options: TrainOptions, dist: Distributed) -> _Data:
     """Scans DATA, decodes it once into the uint8 cache (rank 0; the others then open it) and splits it by group."""
+    # fine-tuning: labels in a public vocabulary (HAM10000's mel) take the source's names (melanoma), so that its
+    # priors' class embeddings carry over; a resumed run maps onto the classes it started with
+    onto = (start.checkpoint["meta"]["class_names"] if start.checkpoint is not None
+            else start.init_source.config.get("class_names") if start.init_source is not None else None)
     dataset = scan_dataset(data, labels, image_col=options.image_col, label_col=options.label_col,
-                           group_col=options.group_col, strict=options.strict)
+                           group_col=options.group_col, strict=options.strict, map_onto=onto)
     for name, reason in dataset.skipped[:20]:
         log(f"skipped {name}: {reason}")
     if dataset.rows_without_file or dataset.files_without_row:

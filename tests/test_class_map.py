@@ -171,3 +171,15 @@ def test_the_readme_table_is_the_code_table():
     table = text[text.index("| Label as written |"):].split("\n\n", 1)[0].splitlines()[2:]
     rows = [[cell.strip() for cell in row.strip("|").split("|")] for row in table]
     assert rows == [[f"`{e.label}`", e.source, e.class_name or "(no class: skipped)", e.why] for e in STANDARD_LABELS]
+
+
+def test_fine_tuning_maps_public_labels_onto_the_source_classes_and_keeps_new_ones(tmp_path, capsys):
+    make_images(tmp_path / "img", [f"ISIC_{i}.jpg" for i in range(6)], size=(64, 64))
+    csv = write_csv(tmp_path / "meta.csv", "lesion_id,image_id,dx", *[
+        f"H{i},ISIC_{i},{('mel', 'nv', 'vitiligo')[i % 3]}" for i in range(6)])
+    out = tmp_path / "mine"
+    assert main(["train", "vqvae", str(tmp_path / "img"), "--labels", str(csv), "--init", "ham10000-64", "--epochs", "0",
+                 "--out", str(out), "--device", "cpu"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["class_names"] == ["melanoma", "nevus", "vitiligo"]  # vitiligo: a new class, as written
+    assert "labels mapped to the classes: mel -> melanoma (2), nv -> nevus (2)" in capsys.readouterr().err

@@ -147,3 +147,19 @@ def test_pytest_q_ends_with_the_passed_summary_line(tmp_path):
                             cwd=tmp_path)
     assert result.returncode == 0, result.stdout
     assert result.stdout.strip().splitlines()[-1].startswith("1 passed")
+
+
+def test_a_prior_fine_tuned_from_another_model_names_it_in_the_card(generator_model, tiny_model, tmp_path, capsys):
+    import shutil
+
+    mine = tmp_path / "mine"
+    shutil.copytree(tiny_model.path, mine)
+    code, _, err = run_cli(capsys, "train", "prior", "--model", mine, "--codes", generator_model["codes"], "--init",
+                           generator_model["model"], "--level", "top", "--epochs", 1, "--batch-size", 4, "--quiet", *CPU)
+    assert code == 0, err
+    config = json.loads((mine / "config.json").read_text())
+    source = str(generator_model["model"].resolve())
+    assert config["priors"]["top"]["base_model"]["name"] == source
+    assert (f"- base model of the top prior: {source} (fingerprint {config['priors']['top']['init']['fingerprint']}); "
+            "its licence carries over to this model and to what it generates: see its MODEL_CARD.md") in (
+        mine / "MODEL_CARD.md").read_text()

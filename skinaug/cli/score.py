@@ -187,10 +187,12 @@ def codes(
 
     stats = score_codes(codes_path, model=model, data=data, labels=labels, device=device, batch_size=batch_size,
                         strict=strict, workers=workers, **columns(image_col, label_col, group_col))
-    if json_:
-        emit(stats, json_, None)
-    else:  # no output file: the table is the result, on stdout as `skinaug models` prints its own
+    if not json_:  # no output file: the table is the result, on stdout as `skinaug models` prints its own
         print_code_table(stats, stats["codebook_size"], file=sys.stdout)
+        return
+    if not quiet:  # beside the JSON, the table for a reader, on stderr
+        print_code_table(stats, stats["codebook_size"])
+    emit(stats, json_, None)
 
 
 @app.command("sweep")

@@ -419,9 +419,9 @@ def scan_dataset(
     strings. Labels go through `class_map` (default: the command's `--class-map`, skinaug.class_map), then,
     against `class_names`, through the public datasets' vocabularies (`mel` -> melanoma); a label the classes
     do not hold is skipped, or fatal when `strict`. `map_onto` (a fine-tuning source's classes) maps through the
-    vocabularies onto those names where it can and keeps every other label as a class of its own. Files and rows that cannot be used are listed in `skipped`,
-    or are fatal when `strict`; files the CSV does not mention are only counted, since a CSV may select a subset
-    of a folder.
+    vocabularies onto those names where it can and keeps every other label as a class of its own. Files and rows
+    that cannot be used are listed in `skipped`, or are fatal when `strict`; files the CSV does not mention are
+    only counted, since a CSV may select a subset of a folder.
     """
     root, files, labels_csv = _scan_root(data_dir, labels_csv)
     skipped = [(f.rel, f.problem) for f in files if f.problem and not f.unsupported]

@@ -103,12 +103,12 @@ app.add_typer(export.app, name="export")
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the CLI; returns the exit code: 0 success, 1 runtime error (one line), 2 usage error, 130 interrupted."""
+    from ..class_map import using_class_map
     from ..runtime import StderrHandler, reporting
 
-    from ..class_map import using_class_map
-
     spell = flag_spelling(argv if argv is not None else sys.argv[1:])
-    with reporting(StderrHandler(spell)), using_class_map(None):  # --class-map holds for this command only  # progress lines on stderr (--quiet lowers the level), as before once done
+    # progress lines on stderr (--quiet lowers the level), as before once done; --class-map holds for this command only
+    with reporting(StderrHandler(spell)), using_class_map(None):
         return _run(argv, spell)
 
 

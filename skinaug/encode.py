@@ -19,7 +19,7 @@ from .image_cache import decode_in_chunks
 from .io import CODE_FILE, atomic_path, claim_output
 from .modeldir import ModelDir
 from .naming import unique_names
-from .output import DatasetWriter
+from .output import DatasetWriter, check_streaming
 from .runtime import progress, resolve_backend, resolve_device
 from .spec import ModelSpec
 
@@ -157,8 +157,6 @@ def encode_dataset(data, out, *, model, labels=None, device="auto", batch_size=6
 def decode_codes(codes_path, out, *, model, device="auto", batch_size=64, overwrite=False, resume=False,
                  image_format="png", quality=95, backend=None, jsonl=False) -> dict:
     """The paper's 'reconstruction' set: every code map decoded, in the generated-dataset layout."""
-    from .generate import check_streaming
-
     check_streaming(out, jsonl, overwrite)
     model_dir = ModelDir(model)
     spec = model_dir.spec()

@@ -26,6 +26,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import numpy as np
 from PIL import Image, ImageMode, ImageOps, UnidentifiedImageError
 
+from .class_map import NOT_A_CLASS, chosen_class_map, relabel
 from .errors import BadImage, SkinaugError, UsageError
 from .layout import images_root
 from .runtime import log, warn
@@ -415,12 +416,18 @@ def scan_dataset(
     group_col: str | None = None,
     class_names: list[str] | None = None,
     strict: bool = False,
+    class_map: dict[str, str] | None = None,
+    map_onto: Sequence[str] | None = None,
 ) -> Dataset:
     """Find the images of DATA and their labels, without decoding any of them.
 
     `class_names` fixes the label order (a trained model's); without it the order is the sorted label
-    strings. Files and rows that cannot be used are listed in `skipped`, or are fatal when `strict`;
-    files the CSV does not mention are only counted, since a CSV may select a subset of a folder.
+    strings. Labels go through `class_map` (default: the command's `--class-map`, skinaug.class_map), then,
+    against `class_names`, through the public datasets' vocabularies (`mel` -> melanoma); a label the classes
+    do not hold is skipped, or fatal when `strict`. `map_onto` (a fine-tuning source's classes) maps through the
+    vocabularies onto those names where it can and keeps every other label as a class of its own. Files and rows
+    that cannot be used are listed in `skipped`, or are fatal when `strict`; files the CSV does not mention are
+    only counted, since a CSV may select a subset of a folder.
     """
     root, files, labels_csv = _scan_root(data_dir, labels_csv)
     skipped = [(f.rel, f.problem) for f in files if f.problem and not f.unsupported]
@@ -430,14 +437,12 @@ def scan_dataset(
         where = f" for the {scan.rows} rows of {csv_path.name}"
     else:
         scan, where = _entries_from_folders(files), ""
+    _to_classes(scan, class_names, chosen_class_map() if class_map is None else class_map, strict, map_onto)
     skipped += scan.skipped
     _check_usable(root, files, scan, skipped, strict, where)
     _check_unique_stems(scan.entries)
     found = sorted({label for _, label, _ in scan.entries if label is not None})
     if class_names is not None:
-        unknown = [label for label in found if label not in class_names]
-        if unknown:
-            raise SkinaugError(f"labels not among the classes {list(class_names)}: {', '.join(unknown)}")
         found = list(class_names)
     index = {name: i for i, name in enumerate(found)}
     samples = [
@@ -446,6 +451,25 @@ def scan_dataset(
     dataset = Dataset(root, samples, found, scan.dialect, skipped, scan.files_without_row, scan.missing)
     _report_scan(dataset, f"{root}" + (f" and {Path(labels_csv).name}" if labels_csv is not None else ""))
     return dataset
+
+
+def _to_classes(scan: "_Scan", class_names, class_map: dict[str, str], strict: bool, map_onto=None) -> None:
+    """The scan's labels mapped (skinaug.class_map.relabel), the mapping told on stderr, and the rows whose label
+    is no class of the model moved to `skipped` (`strict`: refused)."""
+    result = relabel(scan.entries, class_names, class_map, onto=map_onto)
+    unknown = sorted({label for _, label in result.unknown})
+    if unknown and not result.entries and not strict:
+        raise SkinaugError(f"no label is among the classes {list(class_names)}: {', '.join(unknown[:EXAMPLES])} "
+                           "(map them with {class_map}, e.g. mel=melanoma)")
+    if unknown and strict:
+        raise SkinaugError(f"labels not among the classes {list(class_names)}: {', '.join(unknown)} "
+                           f"({len(result.unknown)} rows; without {{strict=True}} they are skipped, "
+                           "or map them with {class_map})")
+    if result.mapped:
+        pairs = ", ".join(f"{written} -> {target} ({rows})" for (written, target), rows in sorted(result.mapped.items()))
+        log(f"labels mapped to the classes: {pairs}")
+    scan.entries = result.entries
+    scan.skipped += [(f.rel, f"{NOT_A_CLASS}: {label}") for f, label in result.unknown]
 
 
 @dataclass

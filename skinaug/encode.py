@@ -20,7 +20,7 @@ from .io import CODE_FILE, atomic_path, claim_output
 from .layout import plan_layout
 from .modeldir import ModelDir
 from .naming import unique_names
-from .output import DatasetWriter
+from .output import DatasetWriter, check_streaming
 from .runtime import progress, resolve_backend, resolve_device
 from .spec import ModelSpec
 
@@ -156,9 +156,10 @@ def encode_dataset(data, out, *, model, labels=None, device="auto", batch_size=6
 
 
 def decode_codes(codes_path, out, *, model, device="auto", batch_size=64, overwrite=False, resume=False,
-                 image_format="png", quality=95, backend=None, layout="images") -> dict:
+                 image_format="png", quality=95, backend=None, layout="images", jsonl=False) -> dict:
     """The paper's 'reconstruction' set: every code map decoded, in the generated-dataset layout (`layout`: images/ or
     one folder per class, skinaug/layout.py)."""
+    check_streaming(out, jsonl, overwrite)
     model_dir = ModelDir(model)
     spec = model_dir.spec()
     code_file = read_codes(codes_path)
@@ -169,7 +170,7 @@ def decode_codes(codes_path, out, *, model, device="auto", batch_size=64, overwr
             "format": image_format, **plan_layout(layout, code_file.labels)}
     writer = DatasetWriter(out, model_config=spec, plan=plan, overwrite=overwrite, resume=resume,
                            image_format=image_format, quality=quality, inputs=(codes_path, model_dir.path),
-                           model_dir=model_dir.path)  # the VQ-VAE made these images: its training record goes with them
+                           model_dir=model_dir.path, jsonl=jsonl)  # the VQ-VAE made these images: its training record goes with them
     done = writer.done_batches()
     file_names = unique_names(f"{name}_rec" for name in code_file.images)  # names in a code file may be anything
     with progress(len(code_file), desc="decoding codes") as bar:

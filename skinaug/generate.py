@@ -32,7 +32,7 @@ from .errors import SkinaugError, UsageError
 from .layout import as_layout, plan_layout
 from .modeldir import ModelDir, model_location
 from .naming import name_key, unique_names
-from .output import DatasetWriter
+from .output import DatasetWriter, check_streaming  # noqa: F401  (generate.check_streaming: generators.py uses it)
 from .runtime import log, progress, resolve_backend, warn
 
 SOURCE_METHODS = ("mix", "resample", "rand-bottom", "rand-top")
@@ -729,13 +729,6 @@ def augment_methods(methods, classic_config=None):
     if weights.get("classic", 0) <= 0:
         raise UsageError("{classic_config} sets the classic pipeline: add classic to {methods}")
     return weights, load_transforms(classic_config)
-
-
-def check_streaming(out, jsonl: bool, overwrite: bool) -> None:
-    if jsonl and overwrite and out is not None and Path(out).exists():
-        # the replacement is staged beside the old output: its images reach the printed paths only at the end
-        raise UsageError("{jsonl=True} prints paths as images land, and {overwrite=True} lands them only when the run ends: "
-                         "remove the old output yourself, or choose another {out}")
 
 
 def sampling_dtype(bf16: bool):

@@ -248,6 +248,11 @@ class ModelDir:
             "priors": {},
             "fingerprint": fingerprint_,
         }
+        base = base_model(training_data.get("init"))
+        if base is not None:  # a fine-tuned model: its base model's licence (HAM10000's CC BY-NC) carries over
+            config["base_model"] = base
+            if base["licence"]:
+                config["licence"] = f"{base['licence']}, inherited from the base model {base['name']}"
         write_json(self.config_path, config)
         self.write_model_card(config)
         return fingerprint_
@@ -299,6 +304,7 @@ class ModelDir:
             "- per class: " + ", ".join(f"{k} {v}" for k, v in data.get("per_class", {}).items()),
             "- licence: the licence of the training images applies to this model and to everything it generates "
             "(HAM10000 is CC BY-NC 4.0: non-commercial use, with attribution).",
+            *base_model_lines(config),
             "",
             "## Metrics",
             *[f"- {k}: {v}" for k, v in metrics.items()],
@@ -312,6 +318,33 @@ class ModelDir:
             "",
         ]
         write_text(self.path / "MODEL_CARD.md", "\n".join(lines))
+
+
+def base_model(init: dict | None) -> dict | None:
+    """What a model trained from another (`init`, a config.json init record) says about it: its name (a shipped
+    model's, else its path), fingerprint and licence, read from its config.json while it is at hand."""
+    if not init:
+        return None
+    path = Path(init["model"])
+    try:
+        licence = read_json(path / CONFIG).get("licence")
+    except (OSError, SkinaugError, ValueError):
+        licence = None
+    return {"name": path.name if is_shipped(path) else str(path), "fingerprint": init.get("fingerprint"),
+            "licence": licence}
+
+
+def base_model_lines(config: dict) -> list[str]:
+    """The model card's lines on the models its weights started from (--init of the VQ-VAE or of a prior)."""
+    starts = [("VQ-VAE", config.get("base_model"))]
+    starts += [(f"{level} prior", entry.get("base_model")) for level, entry in config.get("priors", {}).items()]
+    lines = []
+    for part, base in starts:
+        if base:
+            licence = base.get("licence") or "see its MODEL_CARD.md"
+            lines.append(f"- base model of the {part}: {base['name']} (fingerprint {base['fingerprint']}); its "
+                         f"licence carries over to this model and to what it generates: {licence}")
+    return ["", "## Base model", *lines] if lines else []
 
 
 # ------------------------------------------------------------------ baseline generators (skinaug/baselines/)

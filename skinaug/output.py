@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .codes import CodeWriter, model_attrs
-from .errors import SkinaugError
+from .errors import SkinaugError, UsageError
 from .io import OutputKind, atomic_path, claim_output, naming_write_errors, read_json, write_json, write_text
 from .layout import DEFAULT_LAYOUT, METADATA, Layout, as_layout, class_folders
 from .spec import ModelSpec
@@ -90,6 +90,13 @@ def versions() -> dict:
 
 def plan_digest(plan) -> str:
     return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_streaming(out, jsonl: bool, overwrite: bool) -> None:
+    if jsonl and overwrite and out is not None and Path(out).exists():
+        # the replacement is staged beside the old output: its images reach the printed paths only at the end
+        raise UsageError("{jsonl=True} prints paths as images land, and {overwrite=True} lands them only when the run ends: "
+                         "remove the old output yourself, or choose another {out}")
 
 
 class DatasetWriter:

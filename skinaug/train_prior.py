@@ -31,7 +31,7 @@ from .distributed import Distributed
 from .encode import codes_from_images, open_code_model
 from .errors import SkinaugError, UsageError
 from .io import OutputLock, real_path
-from .modeldir import PRIOR_WEIGHTS, ModelDir, fingerprint, load_weights, require_writable, save_weights
+from .modeldir import PRIOR_WEIGHTS, ModelDir, base_model, fingerprint, load_weights, require_writable, save_weights
 from .priors import PriorConfig, build_prior
 from .priors.config import ATTENTION_KINDS
 from .runtime import log, resolve_device, warn
@@ -388,6 +388,7 @@ def _save_level(model_dir: ModelDir, code_file: CodeFile, level: str, prior, pri
     priors[level] = {**prior_config.to_dict(), "classes": classes, "metrics": final}
     if init_record is not None:
         priors[level]["init"] = init_record
+        priors[level]["base_model"] = base_model(init_record)
     model_dir.update_config(priors=priors)
 
 

@@ -59,6 +59,9 @@ class TrainOptions:
 
 
 # --init: the VQVAEConfig fields that define the VQ-VAE's shape
+# what `train vqvae` trains at without --image-size: the shipped model's size and the README's recipe, which a CPU
+# trains in minutes (VQVAEConfig's own default stays the paper's 256)
+DEFAULT_IMAGE_SIZE = 64
 VQVAE_SHAPE_FIELDS = ("image_size", "levels", "codebook_size", "code_dim", "channels", "res_channels", "n_res_blocks",
                       "downsample")
 
@@ -280,7 +283,7 @@ def _start(data, out, labels, model_config, options: TrainOptions, resume: bool,
         check_init_is_not_output(init_source, out)
         model_config = vqvae_config_from_init(init_source, model_config)
     elif not isinstance(model_config, VQVAEConfig):
-        model_config = VQVAEConfig(**(model_config or {}))
+        model_config = VQVAEConfig(**{"image_size": DEFAULT_IMAGE_SIZE, **(model_config or {})})
     if options.epochs == 0 and init is None:
         raise UsageError("{epochs=0} needs {init}: it copies the {init} model's VQ-VAE under the new data's classes")
     settings = loss_settings(options.loss, options.ssim_weight, options.gan_weight, options.gan_start)
@@ -327,8 +330,12 @@ def _resume_from_checkpoint(start: _Start, out, options: TrainOptions, with_init
 
 def _load_data(data, labels, start: _Start, options: TrainOptions, dist: Distributed) -> _Data:
     """Scans DATA, decodes it once into the uint8 cache (rank 0; the others then open it) and splits it by group."""
+    # fine-tuning: labels in a public vocabulary (HAM10000's mel) take the source's names (melanoma), so that its
+    # priors' class embeddings carry over; a resumed run maps onto the classes it started with
+    onto = (start.checkpoint["meta"]["class_names"] if start.checkpoint is not None
+            else start.init_source.config.get("class_names") if start.init_source is not None else None)
     dataset = scan_dataset(data, labels, image_col=options.image_col, label_col=options.label_col,
-                           group_col=options.group_col, strict=options.strict)
+                           group_col=options.group_col, strict=options.strict, map_onto=onto)
     for name, reason in dataset.skipped[:20]:
         log(f"skipped {name}: {reason}")
     if dataset.rows_without_file or dataset.files_without_row:

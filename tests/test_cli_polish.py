@@ -62,7 +62,7 @@ def test_flags_show_no_bool_type_in_the_help(command, capsys, monkeypatch):
     page = capsys.readouterr().out
     assert "--help" in page and "<bool>" not in page
     if command == ["synthesize"]:
-        assert "<path>" in page  # options that take a value still show its type
+        assert "PATH" in page  # options that take a value still show its type
         line = next(line for line in page.splitlines() if "--overwrite" in line)
         assert "Replace an existing output" in line
 

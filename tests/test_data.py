@@ -172,8 +172,11 @@ def test_fixed_class_names_set_the_order_and_reject_unknown_labels(tiny_dataset)
     dataset = scan_dataset(tiny_dataset.images, tiny_dataset.labels_csv, class_names=order)
     assert dataset.class_names == order
     assert dataset.labels().tolist() == [2] * 4 + [1] * 4 + [0] * 4
+    # issue 24: labels a model does not know are skipped with a count, and refused under strict (was: always refused)
     with pytest.raises(SkinaugError, match=r"labels not among the classes \['nevus', 'vasc'\]: bkl, melanoma"):
-        scan_dataset(tiny_dataset.images, tiny_dataset.labels_csv, class_names=["nevus", "vasc"])
+        scan_dataset(tiny_dataset.images, tiny_dataset.labels_csv, class_names=["nevus", "vasc"], strict=True)
+    dataset = scan_dataset(tiny_dataset.images, tiny_dataset.labels_csv, class_names=["nevus", "vasc"])
+    assert len(dataset) == 4 and len(dataset.skipped) == 8
 
 
 def test_duplicate_stems_are_an_error(tmp_path):

@@ -24,23 +24,54 @@ app = typer.Typer(
 )
 
 
-def _flags_without_metavar() -> None:
-    """Typer 0.2x labels every flag `<bool>` in the help (`--overwrite <bool>`), as if it took a value: a flag
-    shows no type. One place, so that each option need not say `metavar=""`."""
-    from typer.core import TyperOption
+# How a value is shown when an option names no metavar of its own: plain words, as Click tools write them
+PLAIN_METAVARS = {"int": "N", "float": "NUMBER", "str": "TEXT", "bool": "BOOL"}
 
-    shown = getattr(TyperOption, "display_type_rich", None)
-    if shown is None or getattr(shown, "skinaug_flags", False):
+
+def plain_metavar(param, ctx) -> str | None:
+    """What the help shows after an option (or as an argument's name) in place of Typer 0.2x's own
+    `<int range>`, `<list[Path]>`, `<str>` and `{data}`: the param's metavar, else its choices as `[a|b]`
+    (Enum and Literal types, so that completion offers them too), else PATH, N, NUMBER or TEXT; a flag shows none."""
+    if getattr(param, "is_flag", False) and not getattr(param, "count", False):
+        return None
+    if param.metavar is not None:
+        return param.metavar
+    described = param.type_descriptor
+    if described.is_choice:
+        values = [getattr(choice, "value", choice) for choice in described.choices or ()]
+        shown = "[" + "|".join(str(value) for value in values) + "]"
+    elif described.is_path or (described.is_list and "Path" in param.bare_type()):
+        shown = "PATH"
+    else:
+        shown = PLAIN_METAVARS.get(param.bare_type().removeprefix("list[").removesuffix("]"), "VALUE")
+    return shown + ("..." if param.nargs != 1 or described.is_list else "")
+
+
+def _plain_help() -> None:
+    """Typer 0.2x writes every flag `--overwrite <bool>`, a value `<int range>` or `<list[Path]>`, and a required
+    argument `{data}` in the usage line. One place renders them the Click way instead (`--seed N`, `--device
+    [auto|cpu|cuda]`, `skinaug encode DATA`), so that no option need say metavar= to read well."""
+    from typer.core import TyperArgument, TyperOption
+
+    if getattr(TyperOption, "skinaug_plain_help", False):
         return
 
-    def display_type_rich(self, ctx):
-        return None if getattr(self, "is_flag", False) and not getattr(self, "count", False) else shown(self, ctx)
+    def argument_name(self) -> str:
+        return self.metavar or (self.name or "").upper()
 
-    display_type_rich.skinaug_flags = True
-    TyperOption.display_type_rich = display_type_rich
+    def usage_name(self) -> str:
+        name = argument_name(self)
+        name = name if self.required else f"[{name}]"
+        return name + ("..." if self.nargs != 1 else "")
+
+    TyperOption.display_type_rich = lambda self, ctx: plain_metavar(self, ctx)
+    TyperArgument.display_type_rich = lambda self, ctx: None  # the name column already shows DATA
+    TyperArgument.display_name_raw = property(argument_name)
+    TyperArgument._usage_display_name = usage_name
+    TyperOption.skinaug_plain_help = True
 
 
-_flags_without_metavar()
+_plain_help()
 
 def _version(value: bool) -> None:
     if value:
@@ -68,10 +99,12 @@ app.add_typer(export.app, name="export")
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the CLI; returns the exit code: 0 success, 1 runtime error (one line), 2 usage error, 130 interrupted."""
+    from ..class_map import using_class_map
     from ..runtime import StderrHandler, reporting
 
     spell = flag_spelling(argv if argv is not None else sys.argv[1:])
-    with reporting(StderrHandler(spell)):  # progress lines on stderr (--quiet lowers the level), as before once done
+    # progress lines on stderr (--quiet lowers the level), as before once done; --class-map holds for this command only
+    with reporting(StderrHandler(spell)), using_class_map(None):
         return _run(argv, spell)
 
 

@@ -8,12 +8,13 @@ from typing import Annotated
 
 import typer
 
-from .options import (BackendOpt, BatchOpt, DataArg, DeviceOpt, FormatOpt, GroupColOpt, ImageColOpt, JsonOpt, LabelColOpt, LabelsOpt,
-                      Layout, LayoutOpt, ModelOpt, OverwriteOpt, QualityOpt, QuietOpt, ResumeOpt, StrictOpt, WorkersOpt, columns, emit)
+from .options import (BackendOpt, BatchOpt, ClassMapOpt, DataArg, DeviceOpt, FormatOpt, GroupColOpt, ImageColOpt, JsonOpt,
+                      JsonlOpt, LabelColOpt, LabelsOpt, Layout, LayoutOpt, ModelOpt, OverwriteOpt, QualityOpt, QuietOpt,
+                      ResumeOpt, StrictOpt, WorkersOpt, columns, emit)
 
 
-def print_code_table(stats: dict, codebook_size: int) -> None:
-    """The skin-lesion paper's Table 2 columns, on stderr."""
+def print_code_table(stats: dict, codebook_size: int, file=None) -> None:
+    """The skin-lesion paper's Table 2 columns: on stderr beside a command's output, on stdout where it is the result."""
     from rich.console import Console
     from rich.table import Table
 
@@ -31,7 +32,7 @@ def print_code_table(stats: dict, codebook_size: int) -> None:
     if "mse" in stats:
         row.append(f"{stats['mse']:.5f}")
     table.add_row(*row)
-    Console(file=sys.stderr).print(table)
+    Console(file=file or sys.stderr).print(table)
 
 
 app = typer.Typer()
@@ -50,7 +51,7 @@ def encode(
     workers: WorkersOpt = None,
     image_col: ImageColOpt = None,
     label_col: LabelColOpt = None,
-    group_col: GroupColOpt = None,
+    group_col: GroupColOpt = None, class_map: ClassMapOpt = None,
     backend: BackendOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -71,7 +72,7 @@ def encode(
 
 @app.command("decode")
 def decode(
-    codes: Annotated[Path, typer.Argument(help="Code file (CODES.h5) written by `skinaug encode`.", show_default=False)],
+    codes: Annotated[Path, typer.Argument(metavar="CODES", help="Code file (CODES.h5) written by `skinaug encode`.", show_default=False)],
     out: Annotated[Path, typer.Option("--out", help="Output folder (images/, labels.csv, codes.h5, run.json).", show_default=False)],
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
@@ -83,6 +84,7 @@ def decode(
     resume: ResumeOpt = False,
     backend: BackendOpt = None,
     json_: JsonOpt = False,
+    jsonl: JsonlOpt = False,
     quiet: QuietOpt = False,
 ):
     """Decode a code file back into images: the 'reconstruction' set.
@@ -90,7 +92,10 @@ def decode(
     Example: skinaug decode codes.h5 --model models/derm128 --out recon/
     """
     from ..encode import decode_codes
+    from .generate import check_outputs, finish
 
+    check_outputs(json_, jsonl)
     summary = decode_codes(codes, out, model=model, device=device, batch_size=batch_size, overwrite=overwrite,
-                           resume=resume, image_format=image_format, quality=quality, backend=backend, layout=layout)
-    emit(summary, json_, out)
+                           resume=resume, image_format=image_format, quality=quality, backend=backend, layout=layout,
+                           jsonl=jsonl)
+    finish(summary, json_, out, jsonl)

@@ -9,10 +9,11 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import UsageError
-from .options import (BackendOpt, BatchOpt, DeviceOpt, FormatOpt, GroupColOpt, ImageColOpt, JsonOpt, JsonlOpt, LabelColOpt, LabelsOpt, ModelOpt,
-                      Layout, LayoutOpt, OverwriteOpt, QualityOpt, QuietOpt, ResumeOpt, SeedOpt, StrictOpt, columns, emit, finite_number)
+from .options import (BackendOpt, BatchOpt, ClassMapOpt, DeviceOpt, FormatOpt, GroupColOpt, ImageColOpt, JsonOpt, JsonlOpt,
+                      LabelColOpt, LabelsOpt, Layout, LayoutOpt, ModelOpt, OverwriteOpt, QualityOpt, QuietOpt, ResumeOpt,
+                      SeedOpt, StrictOpt, choices, columns, emit, finite_number)
 
-SourceArg = Annotated[Optional[Path], typer.Argument(help="Image folder (or use --codes).", show_default=False)]
+SourceArg = Annotated[Optional[Path], typer.Argument(metavar="DATA", help="Image folder (or use --codes).", show_default=False)]
 CodesOpt = Annotated[Optional[Path], typer.Option("--codes", help="Code file from `skinaug encode` (instead of DATA).")]
 OutOpt = Annotated[Path, typer.Option("--out", help="Output folder: images/, labels.csv, codes.h5, run.json.", show_default=False)]
 TemperatureOpt = Annotated[float, typer.Option("--temperature", callback=finite_number("--temperature", positive=True),
@@ -20,7 +21,7 @@ TemperatureOpt = Annotated[float, typer.Option("--temperature", callback=finite_
 TopKOpt = Annotated[Optional[int], typer.Option("--top-k", min=1, help="Sample only among the k most likely codes.")]
 BF16Opt = Annotated[bool, typer.Option("--bf16", help="Sample in bfloat16 on CUDA (faster; logits differ slightly from fp32).")]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the sampling step (CUDA: faster steps after ~2 min of compilation; for large runs).")]
-SamplerOpt = Annotated[str, typer.Option("--sampler", help="fast (cached: the reference's distribution, its codes up to float rounding) or reference (one full forward per code: slow, for checks).")]
+SamplerOpt = Annotated[str, typer.Option("--sampler", **choices("fast", "reference"), help="fast (cached: the reference's distribution, its codes up to float rounding) or reference (one full forward per code: slow, for checks).")]
 
 
 def _at_least(flag: str, minimum: int):
@@ -62,17 +63,17 @@ BoxScheduleOpt = Annotated[Optional[str], typer.Option(
     help="With --iterative: constant (--box-size every step, the default), shrink (from --box-size down to half "
          "of it: coarse changes first), or one size per step, e.g. 8,8,6,6,4.")]
 IterativeLevelsOpt = Annotated[Optional[str], typer.Option(
-    "--iterative-levels", show_default=False,
+    "--iterative-levels", show_default=False, **choices("bottom", "both"),
     help="With --iterative: bottom (default) re-draws bottom codes only; both first re-draws the top codes over "
          "the box, then the bottom box given them (larger changes).")]
 
 
-def _check_outputs(as_json: bool, jsonl: bool) -> None:
+def check_outputs(as_json: bool, jsonl: bool) -> None:
     if as_json and jsonl:
         raise UsageError("--json and --jsonl both write stdout: choose one")
 
 
-def _finish(summary: dict, as_json: bool, out: Path, jsonl: bool = False) -> None:
+def finish(summary: dict, as_json: bool, out: Path, jsonl: bool = False) -> None:
     if not jsonl:  # with --jsonl, stdout holds only the image lines
         emit(summary, as_json, out)
 
@@ -94,21 +95,21 @@ def mix(
     image_format: FormatOpt = "png", quality: QualityOpt = 95,
     layout: LayoutOpt = Layout.images,
     overwrite: OverwriteOpt = False, resume: ResumeOpt = False, strict: StrictOpt = False,
-    image_col: ImageColOpt = None, label_col: LabelColOpt = None, group_col: GroupColOpt = None,
+    image_col: ImageColOpt = None, label_col: LabelColOpt = None, group_col: GroupColOpt = None, class_map: ClassMapOpt = None,
     json_: JsonOpt = False, jsonl: JsonlOpt = False, quiet: QuietOpt = False,
 ):
     """Top codes of one image with the bottom codes of another of the same label.
 
     Example: skinaug mix images/ --labels labels.csv --model models/derm64 --out mixed/ -n 500
     """
-    _check_outputs(json_, jsonl)
+    check_outputs(json_, jsonl)
     from .. import generate
 
     summary = generate.mix(out, n, model=model, data=data, codes=codes, labels=labels, class_name=class_name,
                            any_label=any_label, device=device, backend=backend, seed=seed, batch_size=batch_size,
                            image_format=image_format, quality=quality, overwrite=overwrite, resume=resume, strict=strict,
                            jsonl=jsonl, layout=layout, **columns(image_col, label_col, group_col))
-    _finish(summary, json_, out, jsonl)
+    finish(summary, json_, out, jsonl)
 
 
 @app.command("resample")
@@ -121,7 +122,7 @@ def resample(
     per_image: Annotated[int, typer.Option("--per-image", min=1, help="Variants per source image.")] = 1,
     temperature: TemperatureOpt = 1.0,
     top_k: TopKOpt = None,
-    method: Annotated[str, typer.Option("--method", help="resample, or a baseline: rand-bottom | rand-top (uniformly random codes in one level).")] = "resample",
+    method: Annotated[str, typer.Option("--method", **choices("resample", "rand-bottom", "rand-top"), help="resample, or a baseline: rand-bottom | rand-top (uniformly random codes in one level).")] = "resample",
     mask_dir: MaskDirOpt = None,
     refine: RefineOpt = 0,
     refine_candidates: RefineCandidatesOpt = None,
@@ -133,7 +134,7 @@ def resample(
     image_format: FormatOpt = "png", quality: QualityOpt = 95,
     layout: LayoutOpt = Layout.images,
     overwrite: OverwriteOpt = False, resume: ResumeOpt = False, strict: StrictOpt = False,
-    image_col: ImageColOpt = None, label_col: LabelColOpt = None, group_col: GroupColOpt = None,
+    image_col: ImageColOpt = None, label_col: LabelColOpt = None, group_col: GroupColOpt = None, class_map: ClassMapOpt = None,
     json_: JsonOpt = False, jsonl: JsonlOpt = False, quiet: QuietOpt = False,
 ):
     """Keep each image's top codes and draw its bottom codes again from the bottom prior.
@@ -145,7 +146,7 @@ def resample(
 
     Example: skinaug resample images/ --labels labels.csv --out inpainted/ --iterative 10 --box-size 4 --refine 1
     """
-    _check_outputs(json_, jsonl)
+    check_outputs(json_, jsonl)
     from .. import generate
 
     summary = generate.resample(out, model=model, data=data, codes=codes, labels=labels, per_image=per_image,
@@ -157,7 +158,7 @@ def resample(
                                 compile_step=compile_step, image_format=image_format, quality=quality,
                                 overwrite=overwrite, resume=resume, strict=strict, jsonl=jsonl, layout=layout,
                                 **columns(image_col, label_col, group_col))
-    _finish(summary, json_, out, jsonl)
+    finish(summary, json_, out, jsonl)
 
 
 @app.command("synthesize")
@@ -182,7 +183,7 @@ def synthesize(
 
     Example: skinaug synthesize --model models/derm64 --out synth/ --class melanoma -n 2000
     """
-    _check_outputs(json_, jsonl)
+    check_outputs(json_, jsonl)
     from .. import generators
 
     summary = generators.synthesize(out, model=model, class_name=class_name, n=n, per_class=per_class,
@@ -190,12 +191,12 @@ def synthesize(
                                   batch_size=batch_size, bf16=bf16, sampler=sampler, compile_step=compile_step,
                                   image_format=image_format, quality=quality, overwrite=overwrite, resume=resume,
                                   jsonl=jsonl, layout=layout)
-    _finish(summary, json_, out, jsonl)
+    finish(summary, json_, out, jsonl)
 
 
 @app.command("augment")
 def augment(
-    data: Annotated[Path, typer.Argument(help="Labelled image folder to expand.", show_default=False)],
+    data: Annotated[Path, typer.Argument(metavar="DATA", help="Labelled image folder to expand.", show_default=False)],
     out: OutOpt,
     model: ModelOpt = None,
     labels: LabelsOpt = None,
@@ -215,7 +216,7 @@ def augment(
     image_format: FormatOpt = "png", quality: QualityOpt = 95,
     layout: LayoutOpt = Layout.images,
     overwrite: OverwriteOpt = False, resume: ResumeOpt = False, strict: StrictOpt = False,
-    image_col: ImageColOpt = None, label_col: LabelColOpt = None, group_col: GroupColOpt = None,
+    image_col: ImageColOpt = None, label_col: LabelColOpt = None, group_col: GroupColOpt = None, class_map: ClassMapOpt = None,
     json_: JsonOpt = False, jsonl: JsonlOpt = False, quiet: QuietOpt = False,
 ):
     """Expand a labelled folder into a training-ready one: originals plus generated images.
@@ -224,7 +225,7 @@ def augment(
 
     Example: skinaug augment images/ --labels labels.csv --model models/derm64 --out train_aug/ --factor 2
     """
-    _check_outputs(json_, jsonl)
+    check_outputs(json_, jsonl)
     from .. import generators
 
     summary = generators.augment(data, out, model=model, labels=labels, factor=factor, balance=balance, methods=methods,
@@ -233,11 +234,13 @@ def augment(
                                seed=seed, batch_size=batch_size, bf16=bf16, compile_step=compile_step,
                                image_format=image_format, quality=quality, overwrite=overwrite, resume=resume,
                                strict=strict, jsonl=jsonl, layout=layout, **columns(image_col, label_col, group_col))
-    if dry_run:
-        _print_plan(summary["plan"])
-        emit(summary, json_)
+    if dry_run:  # the plan is the result: the --json summary, else its table, on stdout
+        if json_:
+            emit(summary, True)
+        else:
+            _print_plan(summary["plan"])
         return
-    _finish(summary, json_, out, jsonl)
+    finish(summary, json_, out, jsonl)
 
 
 def _print_plan(table: dict) -> None:
@@ -251,4 +254,4 @@ def _print_plan(table: dict) -> None:
         view.add_column(column, justify="right")
     for name, row in table.items():
         view.add_row(name, *(str(row.get(column, 0)) for column in columns_))
-    Console(file=sys.stderr).print(view)
+    Console(file=sys.stdout).print(view)

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import (DataArg, DeviceOpt, GroupColOpt, ImageColOpt, JsonOpt, LabelColOpt, LabelsOpt, OverwriteOpt, QuietOpt,
+from .options import (ClassMapOpt, DataArg, DeviceOpt, GroupColOpt, ImageColOpt, JsonOpt, LabelColOpt, LabelsOpt, OverwriteOpt, QuietOpt,
                       WorkersOpt, columns, emit)
 
 
@@ -19,7 +19,7 @@ def inspect(
     data: DataArg,
     out: Annotated[Path, typer.Option("--out", help="Report folder: report.html (self-contained), report.json, plots/.", show_default=False)],
     labels: LabelsOpt = None,
-    model: Annotated[Optional[Path], typer.Option("--model", help="Also list the images this model's VQ-VAE reconstructs worst.")] = None,
+    model: Annotated[Optional[Path], typer.Option("--model", metavar="MODEL", help="Also list the images this model's VQ-VAE reconstructs worst.")] = None,
     near: Annotated[int, typer.Option("--near", min=0, max=64, help="Near duplicates: perceptual hashes within this many bits (and thumbnails within 8/255 on average).")] = 4,
     z: Annotated[float, typer.Option("--z", min=0.0, help="Saturation and lightness outliers: beyond this many standard deviations.")] = 3.0,
     show: Annotated[int, typer.Option("--show", min=1, help="Thumbnails per contact sheet (outliers, duplicates, worst reconstructions).")] = 16,
@@ -28,7 +28,7 @@ def inspect(
     overwrite: OverwriteOpt = False,
     image_col: ImageColOpt = None,
     label_col: LabelColOpt = None,
-    group_col: GroupColOpt = None,
+    group_col: GroupColOpt = None, class_map: ClassMapOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
 ):

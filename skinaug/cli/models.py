@@ -17,7 +17,7 @@ app = typer.Typer()
 @app.command("models")
 def models(
     paths: Annotated[Optional[list[Path]], typer.Argument(
-        help="Model directories, or folders holding model directories, to list besides the shipped ones.",
+        metavar="MODEL_DIR", help="Model directories, or folders holding model directories, to list besides the shipped ones.",
         show_default=False)] = None,
     json_: JsonOpt = False,
 ):

@@ -35,8 +35,18 @@ def _image_format(value: str) -> str:
         raise UsageError(f"--format must be png or jpg, not {value!r}")
     return value.lower()
 
-DataArg = Annotated[Path, typer.Argument(help="Folder of images (labels from --labels CSV or class sub-folders).", show_default=False)]
-LabelsOpt = Annotated[Optional[Path], typer.Option("--labels", help="CSV of labels: generic, ISIC 2020, HAM10000 or ISIC 2019 one-hot.")]
+def choices(*values: str, shown: str | None = None) -> dict:
+    """An option's choices, shown as `[a|b]` in the help and offered by shell completion; the value stays a
+    plain str that the library checks (with its own message), so that e.g. `cuda:1` can be allowed besides."""
+
+    def complete(incomplete: str) -> list[str]:
+        return [value for value in values if value.startswith(incomplete)]
+
+    return {"metavar": shown or "[" + "|".join(values) + "]", "autocompletion": complete}
+
+
+DataArg = Annotated[Path, typer.Argument(metavar="DATA", help="Folder of images (labels from --labels CSV or class sub-folders).", show_default=False)]
+LabelsOpt = Annotated[Optional[Path], typer.Option("--labels", metavar="CSV", help="CSV of labels: generic, ISIC 2020, HAM10000 or ISIC 2019 one-hot.")]
 
 
 def model_path(value: Path) -> Path:
@@ -44,6 +54,13 @@ def model_path(value: Path) -> Path:
     from ..modeldir import model_location
 
     return model_location(value)
+
+
+def optional_model(value: Optional[Path]) -> Optional[Path]:
+    """An optional model with no default (score codes' --model): a path, or the name of a shipped model."""
+    from ..modeldir import model_location
+
+    return None if value is None else model_location(value)
 
 
 def _resolve_model(value: Optional[Path]) -> Path:
@@ -55,10 +72,11 @@ def _resolve_model(value: Optional[Path]) -> Path:
 
 
 ModelOpt = Annotated[Optional[Path], typer.Option(
-    "--model", callback=_resolve_model, show_default=False,
+    "--model", callback=_resolve_model, show_default=False, metavar="MODEL",
     help="Model directory (from `skinaug train vqvae`) or the name of a shipped model (`skinaug models`). "
          "Default: $SKINAUG_MODEL, else the shipped ham10000-64.")]
-DeviceOpt = Annotated[str, typer.Option("--device", callback=check_device_name, help="auto, cpu, cuda or cuda:N.")]
+DeviceOpt = Annotated[str, typer.Option("--device", callback=check_device_name,
+                                        **choices("auto", "cpu", "cuda", shown="[auto|cpu|cuda|cuda:N]"), help="auto, cpu, cuda or cuda:N.")]
 # numpy's generators take only non-negative seeds
 SeedOpt = Annotated[int, typer.Option("--seed", min=0, help="Seed: the same seed on the same device gives the same result.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch.")]
@@ -82,10 +100,25 @@ StrictOpt = Annotated[bool, typer.Option("--strict", help="Unreadable or unmatch
 ImageColOpt = Annotated[Optional[str], typer.Option("--image-col", help="CSV column with the image names.")]
 LabelColOpt = Annotated[Optional[str], typer.Option("--label-col", help="CSV column with the labels.")]
 GroupColOpt = Annotated[Optional[str], typer.Option("--group-col", help="CSV column with lesion or patient ids (for group-aware splits).")]
+
+
+def _class_map(value: Optional[str]) -> Optional[str]:
+    # parsed while parsing (a bad map is a usage error before a model loads), and in force until the command ends
+    from ..class_map import choose_class_map, parse_class_map
+
+    if value is not None:
+        choose_class_map(parse_class_map(value))
+    return value
+
+
+ClassMapOpt = Annotated[Optional[str], typer.Option(
+    "--class-map", callback=_class_map, metavar="FILE|A=B,...", show_default=False,
+    help="Your label names mapped to the model's classes: a file (name=class a line, or JSON) or mel=melanoma,nv=nevus. "
+         "HAM10000, ISIC 2019 and ISIC 2020 names are mapped without it (README, Label vocabularies).")]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=1, help="Threads decoding images (default: up to 8).")]
-FormatOpt = Annotated[str, typer.Option("--format", callback=_image_format, help="Image format of generated files: png or jpg.")]
+FormatOpt = Annotated[str, typer.Option("--format", callback=_image_format, **choices(*IMAGE_FORMATS), help="Image format of generated files: png or jpg.")]
 BackendOpt = Annotated[Optional[str], typer.Option(
-    "--backend", help="torch or onnx (onnxruntime on an exported model: `skinaug export onnx`). Default: torch when installed.")]
+    "--backend", **choices("torch", "onnx"), help="torch or onnx (onnxruntime on an exported model: `skinaug export onnx`). Default: torch when installed.")]
 QualityOpt = Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG quality with --format jpg.")]
 LayoutOpt = Annotated[Layout, typer.Option(
     "--layout", help="Where the images go: images (images/ + labels.csv) or imagefolder (one folder per class, as "

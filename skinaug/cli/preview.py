@@ -15,7 +15,7 @@ app = typer.Typer()
 
 @app.command("preview")
 def preview(
-    folders: Annotated[list[Path], typer.Argument(help="Folders written by skinaug (images/ + labels.csv).", show_default=False)],
+    folders: Annotated[list[Path], typer.Argument(metavar="OUT_DIR", help="Folders written by skinaug (images/ + labels.csv).", show_default=False)],
     out: Annotated[Path, typer.Option("--out", help="PNG to write.", show_default=False)],
     per_row: Annotated[int, typer.Option("--per-row", min=1, help="Images per row.")] = 8,
     size: Annotated[int, typer.Option("--size", min=8, help="Side of each thumbnail in pixels.")] = 64,

@@ -9,21 +9,22 @@ from typing import Annotated, Optional
 import typer
 
 from .generate import TemperatureOpt, TopKOpt
-from .options import (BatchOpt, DataArg, DeviceOpt, GroupColOpt, ImageColOpt, JsonOpt, LabelColOpt, LabelsOpt,
-                      OverwriteOpt, QuietOpt, ResumeOpt, SeedOpt, StrictOpt, WorkersOpt, columns, emit, finite_number)
+from .options import (ClassMapOpt, BatchOpt, DataArg, DeviceOpt, choices, GroupColOpt, ImageColOpt, JsonOpt, LabelColOpt, LabelsOpt,
+                      OverwriteOpt, QuietOpt, ResumeOpt, SeedOpt, StrictOpt, WorkersOpt, columns, emit, finite_number,
+                      optional_model)
 
 app = typer.Typer(help="Judge a model and its generated datasets: CAS, benefit, code usage, FID, memorization.", no_args_is_help=True)
 
-ArchOpt = Annotated[str, typer.Option("--arch", help="Classifier: efficientnet-b0 (the paper's), resnet10 or resnet18 (MONAI).")]
+ArchOpt = Annotated[str, typer.Option("--arch", **choices("efficientnet-b0", "resnet10", "resnet18"), help="Classifier: efficientnet-b0 (the paper's), resnet10 or resnet18 (MONAI).")]
 ClassifierImageSizeOpt = Annotated[int, typer.Option("--image-size", min=16, help="Side of the square images the classifier sees.")]
 EpochsOpt = Annotated[int, typer.Option("--epochs", min=1, help="Classifier budget in passes over the real training images (the same number of steps for every set).")]
 StepsOpt = Annotated[Optional[int], typer.Option("--steps", min=1, help="Classifier budget in optimizer steps (overrides --epochs).")]
 LrOpt = Annotated[float, typer.Option("--lr", min=0.0, callback=finite_number("--lr"), help="Classifier peak learning rate (AdamW, warm-up then cosine).")]
 WeightsOpt = Annotated[Optional[Path], typer.Option("--weights", help="Local pretrained backbone weights (.safetensors, or a torch file read with weights_only=True). Nothing is downloaded.")]
 OutDirOpt = Annotated[Optional[Path], typer.Option("--out", help="Folder for the detailed results.")]
-GenArg = Annotated[Path, typer.Argument(help="Generated images: an OUT_DIR (its images/) or an image folder.", show_default=False)]
-SetsArg = Annotated[str, typer.Argument(help="Generated images: an OUT_DIR (its images/) or an image folder; several joined by + are one set (A+B).", show_default=False)]
-RealArg = Annotated[Path, typer.Argument(help="Real images: an image folder or an OUT_DIR.", show_default=False)]
+GenArg = Annotated[Path, typer.Argument(metavar="GEN_DIR", help="Generated images: an OUT_DIR (its images/) or an image folder.", show_default=False)]
+SetsArg = Annotated[str, typer.Argument(metavar="GEN_DIR[+GEN_DIR...]", help="Generated images: an OUT_DIR (its images/) or an image folder; several joined by + are one set (A+B).", show_default=False)]
+RealArg = Annotated[Path, typer.Argument(metavar="REAL_DIR", help="Real images: an image folder or an OUT_DIR.", show_default=False)]
 
 
 def _budget(arch: str, image_size: int, batch_size: int, lr: float):
@@ -39,7 +40,7 @@ def cas(
     labels: LabelsOpt = None,
     positive: Annotated[Optional[str], typer.Option("--positive", help="Positive class (e.g. melanoma); omit both for all classes.")] = None,
     negative: Annotated[Optional[str], typer.Option("--negative", help="Negative class (e.g. nevus).")] = None,
-    mode: Annotated[str, typer.Option("--mode", help="replace: train on the set alone (the paper's); add: real train split + the set.")] = "replace",
+    mode: Annotated[str, typer.Option("--mode", **choices("replace", "add"), help="replace: train on the set alone (the paper's); add: real train split + the set.")] = "replace",
     test: Annotated[Optional[Path], typer.Option("--test", help="External test images (folder or OUT_DIR): all of --real then trains.")] = None,
     test_labels: Annotated[Optional[Path], typer.Option("--test-labels", help="Labels CSV of --test (else its class sub-folders).")] = None,
     test_fraction: Annotated[float, typer.Option("--test-fraction", help="Share of the real data held out for testing (by lesion; without --test).")] = 0.2,
@@ -60,7 +61,7 @@ def cas(
     workers: WorkersOpt = None,
     image_col: ImageColOpt = None,
     label_col: LabelColOpt = None,
-    group_col: GroupColOpt = None,
+    group_col: GroupColOpt = None, class_map: ClassMapOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
 ):
@@ -87,7 +88,7 @@ def benefit(
     data: DataArg,
     out: Annotated[Path, typer.Option("--out", help="Benefit folder: split, generator, generated sets, classifier results, benefit.json and benefit.png.", show_default=False)],
     labels: LabelsOpt = None,
-    model: Annotated[Optional[Path], typer.Option("--model", help="A generator to use instead of training one on the train side: a VQ-VAE-2 model, or a baseline (train baseline) for synthesize and classic; refused if its trained_on.json shows it saw a test image or lesion.")] = None,
+    model: Annotated[Optional[Path], typer.Option("--model", metavar="MODEL", help="A generator to use instead of training one on the train side: a VQ-VAE-2 model, or a baseline (train baseline) for synthesize and classic; refused if its trained_on.json shows it saw a test image or lesion.")] = None,
     fractions: Annotated[str, typer.Option("--fractions", help="Shares of the real train side (by lesion), comma-separated.")] = "0.1,1.0",
     methods: Annotated[str, typer.Option("--methods", help="Added images: classic (albumentations copies), mix, resample, synthesize.")] = "classic,mix,resample,synthesize",
     ratio: Annotated[float, typer.Option("--ratio", callback=finite_number("--ratio", positive=True), help="Added images per real image, in every class (the same share everywhere).")] = 1.0,
@@ -118,7 +119,7 @@ def benefit(
     workers: WorkersOpt = None,
     image_col: ImageColOpt = None,
     label_col: LabelColOpt = None,
-    group_col: GroupColOpt = None,
+    group_col: GroupColOpt = None, class_map: ClassMapOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
 ):
@@ -166,8 +167,8 @@ def _int_list(text: str, option: str) -> list[int]:
 
 @app.command("codes")
 def codes(
-    codes_path: Annotated[Path, typer.Argument(help="Code file (CODES.h5).", show_default=False)],
-    model: Annotated[Optional[Path], typer.Option("--model", help="Model directory, for the reconstruction MSE (with --data).")] = None,
+    codes_path: Annotated[Path, typer.Argument(metavar="CODES", help="Code file (CODES.h5).", show_default=False)],
+    model: Annotated[Optional[Path], typer.Option("--model", metavar="MODEL", callback=optional_model, help="Model directory or shipped model name, for the reconstruction MSE (with --data).")] = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="Image folder to reconstruct for the MSE (with --model).")] = None,
     labels: LabelsOpt = None,
     device: DeviceOpt = "auto",
@@ -176,7 +177,7 @@ def codes(
     workers: WorkersOpt = None,
     image_col: ImageColOpt = None,
     label_col: LabelColOpt = None,
-    group_col: GroupColOpt = None,
+    group_col: GroupColOpt = None, class_map: ClassMapOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
 ):
@@ -189,9 +190,12 @@ def codes(
 
     stats = score_codes(codes_path, model=model, data=data, labels=labels, device=device, batch_size=batch_size,
                         strict=strict, workers=workers, **columns(image_col, label_col, group_col))
-    if not quiet:
+    if not json_:  # no output file: the table is the result, on stdout as `skinaug models` prints its own
+        print_code_table(stats, stats["codebook_size"], file=sys.stdout)
+        return
+    if not quiet:  # beside the JSON, the table for a reader, on stderr
         print_code_table(stats, stats["codebook_size"])
-    emit(stats, json_, None)  # no output file: stdout carries only the --json summary
+    emit(stats, json_, None)
 
 
 @app.command("sweep")
@@ -216,7 +220,7 @@ def sweep(
     workers: WorkersOpt = None,
     image_col: ImageColOpt = None,
     label_col: LabelColOpt = None,
-    group_col: GroupColOpt = None,
+    group_col: GroupColOpt = None, class_map: ClassMapOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
 ):
@@ -242,7 +246,7 @@ def sweep(
 def fid(
     generated: SetsArg,
     real: RealArg,
-    features: Annotated[str, typer.Option("--features", help="inception (the standard FID, needs --inception-weights) or classifier (a classifier trained on the real labels).")] = "inception",
+    features: Annotated[str, typer.Option("--features", **choices("inception", "classifier"), help="inception (the standard FID, needs --inception-weights) or classifier (a classifier trained on the real labels).")] = "inception",
     inception_weights: Annotated[Optional[Path], typer.Option("--inception-weights", help="Local pt_inception-2015-12-05-6726825d.pth (default: the torch hub cache). Nothing is downloaded.")] = None,
     real_labels: Annotated[Optional[Path], typer.Option("--labels", help="Labels of REAL_DIR for --features classifier (else its class sub-folders or its labels.csv).")] = None,
     image_size: Annotated[Optional[int], typer.Option("--image-size", min=16, help="Both sets are decoded at this side first (default: the generated images').")] = None,
@@ -257,7 +261,7 @@ def fid(
     workers: WorkersOpt = None,
     image_col: ImageColOpt = None,
     label_col: LabelColOpt = None,
-    group_col: GroupColOpt = None,
+    group_col: GroupColOpt = None, class_map: ClassMapOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
 ):
@@ -313,7 +317,7 @@ def memorization(
     workers: WorkersOpt = None,
     image_col: ImageColOpt = None,
     label_col: LabelColOpt = None,
-    group_col: GroupColOpt = None,
+    group_col: GroupColOpt = None, class_map: ClassMapOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
 ):

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import UsageError
-from .options import (BatchOpt, DataArg, DeviceOpt, GroupColOpt, ImageColOpt, JsonOpt, LabelColOpt, LabelsOpt,
+from .options import (ClassMapOpt, BatchOpt, DataArg, DeviceOpt, choices, GroupColOpt, ImageColOpt, JsonOpt, LabelColOpt, LabelsOpt,
                       OverwriteOpt, QuietOpt, ResumeOpt, SeedOpt, StrictOpt, WorkersOpt, columns, emit, finite_number,
                       model_path)
 
@@ -29,7 +29,7 @@ def vqvae(
     out: Annotated[Path, typer.Option("--out", help="Model directory to create.", show_default=False)],
     labels: LabelsOpt = None,
     init: VqvaeInitOpt = None,
-    image_size: Annotated[Optional[int], typer.Option("--image-size", help="Side of the square training images: a multiple of 8 from 32 to 512 (default 256; with --init the source's).")] = None,
+    image_size: Annotated[Optional[int], typer.Option("--image-size", help="Side of the square training images: a multiple of 8 from 32 to 512 (default 64, as the shipped model; with --init the source's).")] = None,
     levels: Annotated[Optional[int], typer.Option("--levels", min=1, max=2, help="1 (bottom codes only) or 2 (top and bottom) (default 2).")] = None,
     codebook_size: Annotated[Optional[int], typer.Option("--codebook-size", min=2, max=65535, help="Codes per level, K (default 256).")] = None,
     code_dim: Annotated[Optional[int], typer.Option("--code-dim", min=1, help="Dimension of each code, D (default 8).")] = None,
@@ -43,7 +43,7 @@ def vqvae(
     val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.0, max=0.9, help="Share of lesion groups held out for validation.")] = 0.1,
     restart_after: Annotated[Optional[int], typer.Option("--restart-after", min=1, help="Steps a code may go unused before it is re-seeded (default 200; with --init the source's).")] = None,
     no_augment: Annotated[bool, typer.Option("--no-augment", help="Train without flips, rotations and colour jitter.")] = False,
-    loss: Annotated[str, typer.Option("--loss", help="mse, mse+ssim, mse+gan or mse+ssim+gan: ssim adds 1 - SSIM, gan a "
+    loss: Annotated[str, typer.Option("--loss", **choices("mse", "mse+ssim", "mse+gan", "mse+ssim+gan"), help="mse, mse+ssim, mse+gan or mse+ssim+gan: ssim adds 1 - SSIM, gan a "
                                       "PatchGAN discriminator trained alongside (VQGAN's adaptive weight); both keep "
                                       "finer texture than mse alone.")] = "mse",
     ssim_weight: Annotated[Optional[float], typer.Option("--ssim-weight", show_default=False,
@@ -63,7 +63,7 @@ def vqvae(
     workers: WorkersOpt = None,
     image_col: ImageColOpt = None,
     label_col: LabelColOpt = None,
-    group_col: GroupColOpt = None,
+    group_col: GroupColOpt = None, class_map: ClassMapOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
 ):
@@ -95,14 +95,14 @@ def vqvae(
 
 @app.command("prior")
 def prior(
-    model: Annotated[Path, typer.Option("--model", callback=model_path, show_default=False,
+    model: Annotated[Path, typer.Option("--model", metavar="MODEL", callback=model_path, show_default=False,
                                         help="Model directory with a trained VQ-VAE (the priors are written into it).")],
-    data: Annotated[Optional[Path], typer.Argument(help="Image folder to encode on the fly (instead of --codes).", show_default=False)] = None,
+    data: Annotated[Optional[Path], typer.Argument(metavar="DATA", help="Image folder to encode on the fly (instead of --codes).", show_default=False)] = None,
     codes: Annotated[Optional[Path], typer.Option("--codes", help="Code file from `skinaug encode`.")] = None,
     labels: LabelsOpt = None,
-    level: Annotated[str, typer.Option("--level", help="top, bottom or both.")] = "both",
+    level: Annotated[str, typer.Option("--level", **choices("top", "bottom", "both"), help="top, bottom or both.")] = "both",
     init: PriorInitOpt = None,
-    arch: Annotated[Optional[str], typer.Option("--arch", help="pixelsnail or gated-pixelcnn (default pixelsnail; with --init the source's).")] = None,
+    arch: Annotated[Optional[str], typer.Option("--arch", **choices("pixelsnail", "gated-pixelcnn"), help="pixelsnail or gated-pixelcnn (default pixelsnail; with --init the source's).")] = None,
     classes: Annotated[str, typer.Option("--classes", help="'all', or a comma-separated list of classes to train on.")] = "all",
     unconditional: Annotated[bool, typer.Option("--unconditional", help="Ignore labels: no class conditioning.")] = False,
     epochs: Annotated[int, typer.Option("--epochs", min=0, help="Passes over the codes; 0 (with --init) copies the source's priors.")] = 20,
@@ -116,7 +116,7 @@ def prior(
     n_res_blocks: Annotated[Optional[int], typer.Option("--res-blocks", min=1, help="Gated residual blocks per block.")] = None,
     kernel_size: Annotated[Optional[int], typer.Option("--kernel-size", min=2, help="Causal convolution kernel.")] = None,
     dropout: Annotated[Optional[float], typer.Option("--dropout", min=0.0, max=0.9, help="Dropout while training (default 0.1; with --init the source's, but it may change).")] = None,
-    attention: Annotated[Optional[str], typer.Option("--attention", help="fixed (attention sees every earlier code, as in PixelSNAIL; default) or legacy (the priors of skinaug 0.1); with --init the source's.")] = None,
+    attention: Annotated[Optional[str], typer.Option("--attention", **choices("fixed", "legacy"), help="fixed (attention sees every earlier code, as in PixelSNAIL; default) or legacy (the priors of skinaug 0.1); with --init the source's.")] = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     resume: ResumeOpt = False,
@@ -124,7 +124,7 @@ def prior(
     strict: StrictOpt = False,
     image_col: ImageColOpt = None,
     label_col: LabelColOpt = None,
-    group_col: GroupColOpt = None,
+    group_col: GroupColOpt = None, class_map: ClassMapOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
 ):
@@ -169,7 +169,7 @@ def _widths(value: Optional[str]) -> Optional[tuple[int, ...]]:
 @app.command("baseline")
 def baseline(
     data: DataArg,
-    arch: Annotated[str, typer.Option("--arch", help="dcgan, cvae, vae, msssim-vae or vae-gan.", show_default=False)],
+    arch: Annotated[str, typer.Option("--arch", **choices("dcgan", "cvae", "vae", "msssim-vae", "vae-gan"), help="dcgan, cvae, vae, msssim-vae or vae-gan.", show_default=False)],
     out: Annotated[Path, typer.Option("--out", help="Model directory to create.", show_default=False)],
     labels: LabelsOpt = None,
     image_size: Annotated[int, typer.Option("--image-size", help="Side of the square training images (a multiple of 8 from 32 to 512, halved once per width; msssim-vae needs 40 or more).")] = 64,
@@ -193,7 +193,7 @@ def baseline(
     workers: WorkersOpt = None,
     image_col: ImageColOpt = None,
     label_col: LabelColOpt = None,
-    group_col: GroupColOpt = None,
+    group_col: GroupColOpt = None, class_map: ClassMapOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
 ):

@@ -77,19 +77,6 @@ def file_digest(path) -> str:
     return digest.hexdigest()[:12]
 
 
-def no_export_message(path: Path) -> str:
-    """What to do about a model without graphs: export it (where PyTorch is installed), into a directory of its own
-    for a shipped (read-only) model."""
-    from ..io import is_shipped
-    from ..runtime import torch_installed
-
-    where = "" if torch_installed() else " where PyTorch is installed"
-    if is_shipped(path):
-        return (f"the shipped model {path.name} has no ONNX export: run `skinaug export onnx --model {path.name} --out DIR`"
-                f"{where}, then pass {{model=DIR}}")
-    return f"{path} has no ONNX export: run `skinaug export onnx --model {path}`{where}"
-
-
 class OnnxModel:
     """A model directory's exported graphs: one onnxruntime session per graph, opened on first use."""
 
@@ -102,7 +89,7 @@ class OnnxModel:
         if manifest is None:
             manifest = self.config.get("onnx")
             if not manifest or not self.onnx_dir.is_dir():
-                raise SkinaugError(no_export_message(self.model_dir.path))
+                raise SkinaugError(f"{self.model_dir.path} has no ONNX export: run {self._export_advice()}")
             self._check_fresh(manifest)
         self.manifest = manifest
         self.device = device or "auto"
@@ -111,18 +98,29 @@ class OnnxModel:
         self.provider: str | None = None
         self._priors: dict = {}
 
+    def _export_advice(self, again: bool = False) -> str:
+        """The export command that works: a shipped model is read-only, so its graphs go into a model dir of its own."""
+        from ..io import is_shipped
+        from ..runtime import torch_installed
+
+        path, where = self.model_dir.path, "" if torch_installed() else " where PyTorch is installed"
+        if is_shipped(path):
+            return (f"`skinaug export onnx --model {path.name} --out {path.name}-onnx`{where} (a shipped model is "
+                    f"read-only), then use --model {path.name}-onnx")
+        return f"`skinaug export onnx --model {path}{' --overwrite' if again else ''}`{where}"
+
     def _check_fresh(self, manifest: dict) -> None:
         """An export made from other weights than the ones in the folder now, or by a skinaug whose graphs this
         runtime does not drive, is stale: say how to refresh it."""
         if manifest.get("format", 1) != EXPORT_FORMAT:
             raise SkinaugError(f"{self.onnx_dir} was exported by another version of skinaug: run "
-                               f"`skinaug export onnx --model {self.model_dir.path} --overwrite`")
+                               f"{self._export_advice(again=True)}")
         weights = {"vqvae": VQVAE_WEIGHTS, **{f"prior_{lv}": name for lv, name in PRIOR_WEIGHTS.items()}}
         for key, digest in manifest.get("weights", {}).items():
             path = self.model_dir.path / weights[key]
             if not path.is_file() or file_digest(path) != digest:
                 raise SkinaugError(f"{self.onnx_dir} was exported from other {weights[key]} weights: run "
-                                   f"`skinaug export onnx --model {self.model_dir.path} --overwrite`")
+                                   f"{self._export_advice(again=True)}")
 
     def session_options(self, *, spinning: bool = False, threads: int | None = None):
         """One intra-op thread per usable CPU core (or `threads`), no inter-op pool (the graphs are chains:

@@ -8,7 +8,7 @@ from ..errors import UsageError
 
 ARCHS = ("pixelsnail", "gated-pixelcnn")
 # keys of a config.json["priors"][level] entry that are not PriorConfig fields
-ENTRY_METADATA = ("classes", "metrics", "init")
+ENTRY_METADATA = ("classes", "metrics", "init", "base_model")
 LEVELS = ("top", "bottom")
 OWN_CODE_FIELD = "attention_sees_own_code"  # absent from configs written before it: False there
 ATTENTION_KINDS = {"fixed": True, "legacy": False}  # `train prior --attention`: values of attention_sees_own_code

@@ -441,9 +441,10 @@ def benefit_generator(data, work: Path, model, test, class_names: list[str], opt
         generator = BaselineSampler(model_path, options.device, options.temperature)
     else:
         generator = open_generator(model_path, options.device, temperature=options.temperature, top_k=options.top_k)
-    if list(generator.class_names) != list(class_names):
-        raise SkinaugError(f"the generator's classes ({', '.join(generator.class_names)}) are not the data's "
-                           f"({', '.join(class_names)})")
+    missing = [name for name in class_names if name not in generator.class_names]
+    if missing:  # a generator of more classes (the shipped model's seven) serves data of a few, as augment does
+        raise SkinaugError(f"the generator's classes ({', '.join(generator.class_names)}) lack the data's "
+                           f"{', '.join(missing)}")
     return generator
 
 
@@ -527,19 +528,18 @@ class ShareLabels:
 
 
 def share_source(generator, data, share_csv: Path, class_names: list[str], labels: np.ndarray):
-    """The share as the generator's jobs see it: its codes, labelled by the data's class list (a share may lack a
-    class, and its CSV with it); only its labels for a baseline generator; None without a generator."""
+    """The share as the generator's jobs see it, labelled by the generator's class list (which may hold more classes
+    than the data; the generated labels.csv names each class, and `read_generated` maps them back to the data's):
+    its codes, or only its labels for a baseline generator; None without a generator."""
     from ..encode import codes_from_images
     from ..generate import Generator
 
     if generator is None:
         return None
     if not isinstance(generator, Generator):  # a baseline's BaselineSampler
-        return ShareLabels(labels)
-    source = codes_from_images(generator.code_model, data, share_csv)
-    remap = np.array([class_names.index(name) for name in source.class_names], dtype=np.int64)
-    source.labels = np.where(source.labels >= 0, remap[np.maximum(source.labels, 0)], -1)
-    return source
+        to_generator = np.array([list(generator.class_names).index(name) for name in class_names], dtype=np.int64)
+        return ShareLabels(to_generator[labels])
+    return codes_from_images(generator.code_model, data, share_csv)  # scanned with the generator's classes
 
 
 def json_round_trip(value):

@@ -41,12 +41,22 @@ def model_attrs(spec: ModelSpec | dict) -> dict:
 
 
 class CodeWriter:
-    """Appends batches of codes to an HDF5 file (chunked, gzip-compressed)."""
+    """Appends batches of codes to an HDF5 file (chunked, gzip-compressed).
+
+    The file is built in memory and written out with plain file I/O on a clean exit: HDF5 itself never writes to
+    disk, since a write that fails inside it (a full disk) leaves its objects half-closed and crashes the process
+    when they are freed (a segfault, with the temporary file and the lock left behind). A failure then is an
+    ordinary OSError, which `atomic_path` names and cleans up. Code maps are small (8 KB per 64x64 map, compressed).
+    """
 
     def __init__(self, path, attrs: dict, grid: dict[str, tuple[int, int]]):
+        import io
+
         import h5py
 
-        self.file = h5py.File(path, "w")
+        self.path = Path(path)
+        self.buffer = io.BytesIO()
+        self.file = h5py.File(self.buffer, "w")
         for key, value in attrs.items():
             self.file.attrs[key] = value
         self.count = 0
@@ -71,14 +81,22 @@ class CodeWriter:
             dataset.resize(self.count, axis=0)
             dataset[start:] = values
 
-    def close(self) -> None:
+    def close(self, write: bool = True) -> None:
+        """Finishes the file in memory and, when `write`, puts it at `path` (an OSError there is the caller's)."""
+        if self.file is None:
+            return
         self.file.close()
+        self.file = None
+        if write:
+            with open(self.path, "wb") as handle:
+                handle.write(self.buffer.getbuffer())
+        self.buffer = None
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, error_type, error, traceback):
+        self.close(write=error_type is None)
 
 
 def write_codes(path, attrs: dict, grid: dict, codes: dict[str, np.ndarray], images, labels, groups) -> None:

@@ -383,6 +383,18 @@ def _finish_cut_swap(final: Path) -> None:
     _remove(old)
 
 
+def _remove_stale_temporaries(final: Path) -> None:
+    """The temporary files (`atomic_path`'s `.NAME.*.tmp`) of a run that was killed before it could remove them.
+    Called under the output's lock, so no other writer owns them; left alone they would hold the space for ever."""
+    prefix = f".{final.name}."
+    with contextlib.suppress(OSError), os.scandir(final.parent) as entries:
+        stale = [entry.path for entry in entries if entry.name.startswith(prefix) and entry.name.endswith(".tmp")
+                 and not entry.is_dir(follow_symlinks=False)]
+    for path in stale:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
 def swap_into_place(work: Path, final: Path) -> None:
     """Renames `work` onto `final`; an existing `final` is moved aside first and removed once `work` is in place."""
     old = _sibling(final, "old")
@@ -485,6 +497,7 @@ def _refuse_shipped(path: Path, final: Path) -> None:
 def _where_to_write(path: Path, final: Path, kind: OutputKind, *, overwrite: bool, resume: bool) -> tuple[Path, bool]:
     """(work folder, resuming) under the lock."""
     _finish_cut_swap(final)
+    _remove_stale_temporaries(final)
     staging = _sibling(final, "new")
     in_place = kind.resumable or kind.single_file
     if resume and staging.exists():

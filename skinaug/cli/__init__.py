@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
     spell = flag_spelling(argv if argv is not None else sys.argv[1:])
     with reporting(StderrHandler(spell)):  # progress lines on stderr (--quiet lowers the level), as before once done
-        return _run(argv, spell)
+        return _run(argv if argv is not None else sys.argv[1:], spell)
 
 
 def flag_spelling(argv: list[str]):
@@ -115,7 +115,7 @@ def _run(argv: list[str] | None, spell) -> int:
     try:
         result = app(args=argv, prog_name="skinaug", standalone_mode=False)
         if result == 130:  # typer turns Ctrl-C into Exit(130), which click returns when not standalone
-            return _interrupted()
+            return _interrupted(argv)
         return result if isinstance(result, int) else 0
     except SkinaugError as error:
         if os.environ.get("SKINAUG_DEBUG"):
@@ -123,7 +123,7 @@ def _run(argv: list[str] | None, spell) -> int:
         print(f"error: {_one_line(error.render(spell))}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
-        return _interrupted()
+        return _interrupted(argv)
     except SystemExit as error:  # typer's completion options exit themselves
         return error.code if isinstance(error.code, int) else (0 if error.code is None else 1)
     except OSError as error:
@@ -143,7 +143,7 @@ def _run(argv: list[str] | None, spell) -> int:
     except Exception as error:
         # typer's (click's) own signals, matched by shape: their classes moved between typer releases
         if type(error).__name__ == "Abort":
-            return _interrupted()
+            return _interrupted(argv)
         if hasattr(error, "exit_code") and not hasattr(error, "show"):  # Exit (e.g. after --help or --version)
             return error.exit_code
         if hasattr(error, "show") and hasattr(error, "exit_code"):  # usage errors
@@ -161,8 +161,18 @@ def _one_line(message) -> str:
     return " ".join(str(message).splitlines()).strip()
 
 
-def _interrupted() -> int:
-    print("interrupted: finished batches are kept; run the same command with --resume to continue", file=sys.stderr)
+def _interrupted(argv: list[str]) -> int:
+    """Ctrl-C: what is kept, and how to go on; --resume only where the command has it (encode writes its code
+    file whole or not at all)."""
+    try:
+        resumable = "resume" in _flags_of(argv)
+    except Exception:  # an incomplete command line: no command to name
+        resumable = False
+    if resumable:
+        print("interrupted: finished batches are kept; run the same command with --resume to continue", file=sys.stderr)
+    else:
+        print("interrupted: the output was not finished (an earlier one is kept); run the same command again",
+              file=sys.stderr)
     return 130
 
 

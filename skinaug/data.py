@@ -212,15 +212,41 @@ def _file(rel: str, path: Path) -> _File | None:
     return None
 
 
+# File systems of the machine, not of data: their folders name other processes' working directories (/proc/*/cwd)
+SYSTEM_FOLDERS = tuple(Path(p) for p in ("/proc", "/sys", "/dev", "/run"))
+LINK_NOT_FOLLOWED = "folder link not followed"
+
+
+def _within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _link_refusal(target: Path, tree: Path, root: Path) -> str | None:
+    """Why a folder link to `target` (real path), met in the tree `tree` (DATA's or a linked folder's), is not
+    followed; None to follow it. A link inside DATA may name a folder elsewhere (`ln -s /data/isic/mel melanoma`),
+    but not one that holds DATA (`/`, home: the whole machine around it), nor the system's folders, and a folder
+    reached that way is read without leaving it again."""
+    if _within(target, tree) or _within(target, root):
+        return None
+    if tree != root:
+        return f"{LINK_NOT_FOLLOWED}: it leaves the linked folder {tree} for {target}"
+    if _within(root, target):
+        return f"{LINK_NOT_FOLLOWED}: {target} holds DATA itself"
+    if any(_within(target, system) for system in SYSTEM_FOLDERS):
+        return f"{LINK_NOT_FOLLOWED}: {target} is a system folder"
+    return None
+
+
 def _walk(root: Path) -> list[_File]:
-    """Files under root, sorted by path. Symlinked files and folders are followed wherever they point, as
-    torchvision's ImageFolder does: the user made them, and `ln -s /data/isic/*.jpg subset/` is how subsets
-    are built. Each real folder is entered once, which ends link loops; files reached through a link are
-    given by their real path."""
+    """Files under root, sorted by path. Symlinked files are followed wherever they point, and symlinked folders
+    as `_link_refusal` allows, as torchvision's ImageFolder does: the user made them, and `ln -s /data/isic/*.jpg
+    subset/` is how subsets are built. Each real folder is entered once, which ends link loops; files reached
+    through a link are given by their real path."""
     found: list[_File] = []
     entered: set[tuple[int, int]] = set()
+    real_root = root.resolve()
 
-    def visit(folder: Path, prefix: str, linked: bool) -> None:
+    def visit(folder: Path, prefix: str, linked: bool, tree: Path) -> None:
         where = prefix.rstrip("/") or str(folder)
         try:
             info = folder.stat()
@@ -236,22 +262,32 @@ def _walk(root: Path) -> list[_File]:
         for entry in entries:
             if entry.name.startswith(".") or entry.name == "__MACOSX":
                 continue
-            rel, path = prefix + entry.name, Path(entry.path)
-            through_link = linked or entry.is_symlink()
-            try:
-                is_dir, is_file = entry.is_dir(), entry.is_file()  # both follow symlinks
-            except OSError:
-                is_dir = is_file = False
-            if is_dir:
-                visit(path, rel + "/", through_link)
-            elif is_file:
-                found_file = _file(rel, path.resolve() if through_link else path)
-                if found_file is not None:
-                    found.append(found_file)
-            elif entry.is_symlink() and _file(rel, path) is not None:
-                found.append(_File(rel, path, "broken link: its target is missing or not a file"))
+            _visit_entry(entry, prefix, linked, tree)
 
-    visit(root, "", False)
+    def _visit_entry(entry, prefix: str, linked: bool, tree: Path) -> None:
+        rel, path = prefix + entry.name, Path(entry.path)
+        through_link = linked or entry.is_symlink()
+        try:
+            is_dir, is_file = entry.is_dir(), entry.is_file()  # both follow symlinks
+        except OSError:
+            is_dir = is_file = False
+        if is_dir and entry.is_symlink():
+            target = path.resolve()
+            refusal = _link_refusal(target, tree, real_root)
+            if refusal is not None:
+                found.append(_File(rel, path, refusal))
+            else:
+                visit(path, rel + "/", True, tree if _within(target, tree) else target)
+        elif is_dir:
+            visit(path, rel + "/", through_link, tree)
+        elif is_file:
+            found_file = _file(rel, path.resolve() if through_link else path)
+            if found_file is not None:
+                found.append(found_file)
+        elif entry.is_symlink() and _file(rel, path) is not None:
+            found.append(_File(rel, path, "broken link: its target is missing or not a file"))
+
+    visit(root, "", False, real_root)
     return found
 
 

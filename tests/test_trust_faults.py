@@ -103,3 +103,62 @@ def test_ctrl_c_during_encode_does_not_advise_a_resume_it_lacks(tiny_model, tmp_
     assert code == 130
     assert err.startswith("interrupted:") and "--resume" not in err and "run the same command again" in err
     assert leftovers(tmp_path) == [] and not out.exists()
+
+
+# ------------------------------------------------------------------------------------ item 9: links leaving DATA
+
+
+def _entered_folders(monkeypatch) -> list[str]:
+    """The folders the intake walker lists (os.scandir), recorded as real paths."""
+    from skinaug import data
+
+    entered, real_scandir = [], os.scandir
+
+    def scandir(path="."):
+        entered.append(os.path.realpath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(data.os, "scandir", scandir)
+    return entered
+
+
+def test_a_folder_link_to_the_root_or_a_system_folder_is_not_walked(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    from skinaug.data import scan_dataset
+
+    root = tmp_path / "data"
+    (root / "nevus").mkdir(parents=True)
+    Image.new("RGB", (16, 16), "blue").save(root / "nevus" / "n1.png")
+    (root / "everything").symlink_to("/", target_is_directory=True)
+    (root / "home").symlink_to(tmp_path, target_is_directory=True)  # a folder that holds DATA
+    (root / "processes").symlink_to("/proc", target_is_directory=True)
+    elsewhere = tmp_path / "elsewhere" / "mel"
+    elsewhere.mkdir(parents=True)
+    Image.new("RGB", (16, 16), "red").save(elsewhere / "m1.png")
+    (elsewhere / "up").symlink_to("/proc/self", target_is_directory=True)  # leaves the linked folder again
+    (root / "melanoma").symlink_to(elsewhere, target_is_directory=True)  # a class folder kept elsewhere: followed
+    entered = _entered_folders(monkeypatch)
+    dataset = scan_dataset(root)
+    assert [(s.name, dataset.class_names[s.label]) for s in dataset.samples] == [("m1", "melanoma"), ("n1", "nevus")]
+    assert sorted(entered) == sorted(os.path.realpath(p) for p in (root, root / "nevus", elsewhere))
+    reasons = dict(dataset.skipped)
+    assert reasons["everything"] == "folder link not followed: / holds DATA itself"
+    assert reasons["home"] == f"folder link not followed: {os.path.realpath(tmp_path)} holds DATA itself"
+    assert reasons["processes"] == "folder link not followed: /proc is a system folder"
+    assert reasons["melanoma/up"].startswith("folder link not followed: it leaves the linked folder")
+    err = capsys.readouterr().err
+    assert "folder link not followed: 4" in err and "/proc/1/" not in err
+
+
+def test_files_that_are_links_out_of_data_stay_readable(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from skinaug.data import scan_dataset
+
+    root = tmp_path / "data"
+    (root / "nevus").mkdir(parents=True)
+    Image.new("RGB", (16, 16), "blue").save(tmp_path / "n1.png")
+    (root / "nevus" / "n1.png").symlink_to(tmp_path / "n1.png")
+    dataset = scan_dataset(root)
+    assert [s.name for s in dataset.samples] == ["n1"] and dataset.skipped == []

@@ -686,8 +686,15 @@ def _check_decoded_size(img: Image.Image) -> None:
                        f"{needed / 2**20:.1f} MiB, over the limit of {MAX_DECODED_BYTES / 2**20:.1f} MiB")
 
 
-def load_image(path, image_size: int) -> np.ndarray:
-    """Decode one image file into (S, S, 3) uint8, or raise BadImage with the reason. The file is only read."""
+@contextlib.contextmanager
+def open_image(path):
+    """Image.open through skinaug's decoders, within the size limits, with every way Pillow fails on a bad file
+    (and on the block's decoding) raised as BadImage with the reason: what makes an input "skipped, unreadable".
+
+    Pillow fails in many classes: UnidentifiedImageError, DecompressionBombError (not an OSError), ValueError for
+    an oversized zTXt/iCCP chunk or a bad palette, SyntaxError and EOFError from damaged headers, struct.error."""
+    import struct
+
     path = Path(path)
     try:
         if path.stat().st_size == 0:
@@ -696,19 +703,32 @@ def load_image(path, image_size: int) -> np.ndarray:
             width, height = img.size
             if width * height > MAX_IMAGE_PIXELS:
                 raise BadImage(f"decompression bomb: {width}x{height} pixels is over the limit of {MAX_IMAGE_PIXELS}")
-            img.draft(None, (image_size, image_size))  # JPEG: decode at 1/2..1/8 scale when that still covers S
-            _check_decoded_size(img)  # after draft, which shrinks JPEGs without decoding them; before load
-            try:
-                img.load()  # PIL is lazy: truncation only shows when every byte is decoded
-            except (OSError, SyntaxError, ValueError, EOFError):
-                raise BadImage("truncated or corrupt") from None
-            return preprocess(img, image_size)
+            yield img
     except UnidentifiedImageError:
         raise BadImage("not an image") from None
     except Image.DecompressionBombError as error:
         raise BadImage(f"decompression bomb: {error}") from None
+    except (ValueError, SyntaxError, EOFError, struct.error, IndexError, KeyError, TypeError) as error:
+        raise BadImage(f"truncated or corrupt: {_first_line(error)}") from None
     except OSError as error:
-        raise BadImage(f"cannot read: {error.strerror or error}") from None
+        raise BadImage(f"cannot read: {error.strerror or _first_line(error)}") from None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def load_image(path, image_size: int) -> np.ndarray:
+    """Decode one image file into (S, S, 3) uint8, or raise BadImage with the reason. The file is only read."""
+    with open_image(path) as img:
+        img.draft(None, (image_size, image_size))  # JPEG: decode at 1/2..1/8 scale when that still covers S
+        _check_decoded_size(img)  # after draft, which shrinks JPEGs without decoding them; before load
+        try:
+            img.load()  # PIL is lazy: truncation only shows when every byte is decoded
+        except (OSError, SyntaxError, ValueError, EOFError):
+            raise BadImage("truncated or corrupt") from None
+        return preprocess(img, image_size)
 
 
 def load_images(

@@ -64,6 +64,35 @@ def load_weights(path) -> dict:
             for name, tensor in state.items()}
 
 
+def weight_shapes(path) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape, read from a safetensors file's header without loading a tensor."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as handle:
+            return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    except FileNotFoundError:
+        raise SkinaugError(f"{path} does not exist") from None
+    except Exception as error:  # safetensors raises its own error types for corrupt files
+        raise SkinaugError(f"{path} is not a readable safetensors file ({error})") from None
+
+
+def build_matching(build, weights):
+    """`build()`, once the network it makes is known to match the shapes in `weights`: it is first built on torch's
+    meta device, which allocates nothing, so a config.json that asks for an absurd width is refused, not allocated."""
+    import torch
+
+    with torch.device("meta"):
+        wanted = {name: tuple(tensor.shape) for name, tensor in build().state_dict().items()}
+    stored = weight_shapes(weights)
+    if wanted != stored:
+        name = next(name for name in sorted(set(wanted) | set(stored)) if wanted.get(name) != stored.get(name))
+        shown = lambda shape: "absent" if shape is None else "x".join(map(str, shape)) or "a scalar"  # noqa: E731
+        raise SkinaugError(f"{weights} does not match its config.json: {name} is {shown(stored.get(name))} in the "
+                           f"weights but {shown(wanted.get(name))} by config.json")
+    return build()
+
+
 COMPACT_MIN_ELEMENTS = 4096
 
 
@@ -217,7 +246,8 @@ class ModelDir:
         """The stage-1 network in eval mode on `device`."""
         from .vqvae import VQVAE2, VQVAEConfig
 
-        model = VQVAE2(VQVAEConfig.from_dict(vqvae_config(self.config())))
+        config = VQVAEConfig.from_dict(vqvae_config(self.config()))
+        model = build_matching(lambda: VQVAE2(config), self.path / VQVAE_WEIGHTS)
         state = load_weights(self.path / VQVAE_WEIGHTS)
         try:
             model.load_state_dict(state)
@@ -261,9 +291,18 @@ class ModelDir:
         from .priors import PriorConfig, build_prior
 
         self.require_prior(level)
-        entry = self.config()["priors"][level]
-        prior = build_prior(PriorConfig.from_entry(entry))
+        config = self.config()
+        entry = config["priors"][level]
+        try:
+            prior_config = PriorConfig.from_entry(entry)
+        except SkinaugError as error:  # the file is wrong, not the command line: exit 1, naming the file
+            raise SkinaugError(f"{self.config_path}: priors.{level}: {error}") from None
+        if prior_config.num_classes not in (0, len(config.get("class_names", []))):
+            raise SkinaugError(f"{self.config_path}: priors.{level}.num_classes is {prior_config.num_classes} but "
+                               f"class_names lists {len(config.get('class_names', []))} classes: the file was edited or "
+                               "damaged (train the prior again, or restore class_names)")
         weights = self.path / PRIOR_WEIGHTS[level]
+        prior = build_matching(lambda: build_prior(prior_config), weights)
         try:
             prior.load_state_dict(load_weights(weights))
         except RuntimeError as error:

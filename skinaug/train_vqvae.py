@@ -24,6 +24,7 @@ from .distributed import Distributed
 from .errors import SkinaugError, UsageError
 from .image_cache import build_cache
 from .io import MODEL_DIRECTORY, atomic_path, claim_output, write_json
+from .limits import check_network_memory
 from .losses import (GAN_START_SHARE, Adversary, LossSettings, discriminator_width, loss_settings, ssim_loss,
                      ssim_module)
 from .modeldir import PRIOR_WEIGHTS, VQVAE_WEIGHTS, ModelDir, fingerprint, load_weights, vqvae_config
@@ -284,6 +285,7 @@ def _start(data, out, labels, model_config, options: TrainOptions, resume: bool,
     settings = loss_settings(options.loss, options.ssim_weight, options.gan_weight, options.gan_start)
     if options.decoder_only and init is None and not (resume and has_checkpoint):
         raise UsageError("{decoder_only=True} needs {init=MODEL}: it trains the decoder of MODEL's VQ-VAE, keeping its codes")
+    check_network_memory(lambda: VQVAE2(model_config), "a VQ-VAE", "give a smaller {channels} or {res_channels}")
     # rank 0 alone applies the output policy and holds the lock; the others follow its decision and write where it
     # says: in place, or beside an earlier model that --overwrite replaces only once the new one is saved
     claim = claim_output(out, kind=MODEL_DIRECTORY, inputs=(data, labels, init_source.path if init_source else None),

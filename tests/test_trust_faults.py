@@ -162,3 +162,97 @@ def test_files_that_are_links_out_of_data_stay_readable(tmp_path, monkeypatch):
     (root / "nevus" / "n1.png").symlink_to(tmp_path / "n1.png")
     dataset = scan_dataset(root)
     assert [s.name for s in dataset.samples] == ["n1"] and dataset.skipped == []
+
+
+# ------------------------------------------------------------------------------------ item 8: upper bounds
+
+
+@pytest.fixture
+def refuse_allocation(monkeypatch):
+    """Fails the test if a large image is allocated: a refusal must come before the allocation."""
+    from PIL import Image
+
+    real_new = Image.new
+
+    def new(mode, size, *args, **kwargs):
+        assert size[0] * size[1] < 10**8, f"allocated a {size} image"
+        return real_new(mode, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "new", new)
+
+
+def test_a_huge_contact_sheet_is_refused_before_it_is_allocated(generator_model, tmp_path, refuse_allocation, capsys):
+    out = tmp_path / "synth"
+    assert run(["synthesize", "--model", generator_model["model"], "--out", out, "--class", "nevus", "-n", 2,
+                "--device", "cpu", "--quiet"], capsys)[0] == 0
+    code, err = run(["preview", out, "--out", tmp_path / "sheet.png", "--size", 100000], capsys)
+    line = error_line(err)
+    assert code == 2
+    assert "contact sheet" in line and "GiB of memory, over the limit of" in line and "--size" in line
+    assert not (tmp_path / "sheet.png").exists() and leftovers(tmp_path) == []
+
+
+def test_a_preview_names_its_png_format(generator_model, tmp_path, capsys):
+    out = tmp_path / "synth"
+    assert run(["synthesize", "--model", generator_model["model"], "--out", out, "--class", "nevus", "-n", 1,
+                "--device", "cpu", "--quiet"], capsys)[0] == 0
+    code, err = run(["preview", out, "--out", tmp_path / "sheet.jpg"], capsys)
+    assert code == 2 and "a contact sheet is a PNG file" in error_line(err)
+    assert not (tmp_path / "sheet.jpg").exists()
+
+
+@pytest.mark.parametrize("args", [
+    ["synthesize", "--class", "nevus", "-n", "1000000000"],
+    ["synthesize", "--per-class", "400000000"],
+])
+def test_a_huge_image_count_is_refused_with_the_limit(generator_model, tmp_path, args, capsys):
+    out = tmp_path / "out"
+    code, err = run([*args, "--model", generator_model["model"], "--out", out, "--device", "cpu", "--quiet"], capsys)
+    line = error_line(err)
+    assert code == 2 and "images would take" in line and "over the limit of" in line
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_a_huge_augment_factor_is_refused_in_a_dry_run_too(generator_model, tmp_path, capsys):
+    data, out = generator_model["data"], tmp_path / "out"
+    code, err = run(["augment", data.images, "--labels", data.labels_csv, "--model", generator_model["model"], "--out",
+                     out, "--factor", "1e9", "--dry-run", "--device", "cpu", "--quiet"], capsys)
+    assert code == 2 and "planning 12000000000 images would take" in error_line(err)
+    assert not out.exists()
+
+
+def test_the_memory_limit_can_be_set_and_names_itself(generator_model, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SKINAUG_MEMORY_LIMIT", "64K")
+    code, err = run(["synthesize", "--model", generator_model["model"], "--out", tmp_path / "out", "--class", "nevus",
+                     "-n", 100, "--device", "cpu", "--quiet"], capsys)
+    assert code == 2 and "over the limit of 64.0 KiB (SKINAUG_MEMORY_LIMIT)" in error_line(err)
+
+
+def test_a_code_file_declaring_more_maps_than_it_stores_is_refused_before_reading(generator_model, tmp_path, capsys):
+    import h5py
+
+    codes = tmp_path / "codes.h5"
+    with h5py.File(generator_model["codes"], "r") as source, h5py.File(codes, "w") as file:
+        for key, value in source.attrs.items():
+            file.attrs[key] = value
+        for name in ("codes/top", "codes/bottom", "image", "label", "group"):
+            shape = (40_000_000, *source[name].shape[1:])  # declared, never written: the file stays a few KB
+            file.create_dataset(name, shape=shape, dtype=source[name].dtype, chunks=(64, *source[name].shape[1:]))
+    assert codes.stat().st_size < 100_000
+    out = tmp_path / "out"
+    code, err = run(["decode", codes, "--model", generator_model["model"], "--out", out, "--device", "cpu", "--quiet"],
+                    capsys)
+    line = error_line(err)
+    assert code == 1 and "declares 40000000 entries" in line and "damaged or not from skinaug" in line
+    assert not out.exists()
+
+
+def test_training_an_absurdly_wide_vqvae_is_refused_before_anything_is_made(tiny_dataset, tmp_path,
+                                                                            capsys):
+    # 100000 channels are 5 TiB of weights and optimiser state: counted on the meta device, never allocated
+    out = tmp_path / "model"
+    code, err = run(["train", "vqvae", tiny_dataset.images, "--labels", tiny_dataset.labels_csv, "--out", out,
+                     "--channels", 100000, "--image-size", 32, "--epochs", 1, "--device", "cpu", "--quiet"], capsys)
+    line = error_line(err)
+    assert code == 2 and "training a VQ-VAE of" in line and "over the limit of" in line and "--channels" in line
+    assert not out.exists() and leftovers(tmp_path) == []

@@ -256,3 +256,93 @@ def test_training_an_absurdly_wide_vqvae_is_refused_before_anything_is_made(tiny
     line = error_line(err)
     assert code == 2 and "training a VQ-VAE of" in line and "over the limit of" in line and "--channels" in line
     assert not out.exists() and leftovers(tmp_path) == []
+
+
+# ------------------------------------------------------------------------------------ item 11: nameable causes
+
+
+def _edited_model(generator_model, tmp_path, change) -> Path:
+    import json
+    import shutil
+
+    model = Path(shutil.copytree(generator_model["model"], tmp_path / "model"))
+    config = json.loads((model / "config.json").read_text())
+    change(config)
+    (model / "config.json").write_text(json.dumps(config))
+    return model
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda c: c["class_names"].append("zzz"), "priors.top.num_classes is 3 but class_names lists 4 classes"),
+    (lambda c: c["priors"]["top"].update(arch="transformer"), "priors.top: invalid prior config: arch must be one of"),
+    (lambda c: c["priors"]["top"].update(channels=10**6), "prior_top.safetensors does not match its config.json"),
+    (lambda c: c["vqvae"].update(channels=10**6), "vqvae.safetensors does not match its config.json"),
+], ids=["extra-class", "unknown-arch", "absurd-prior-width", "absurd-vqvae-width"])
+def test_an_edited_config_json_is_named_not_an_internal_error(generator_model, tmp_path, change, expected, capsys):
+    model = _edited_model(generator_model, tmp_path, change)
+    code, err = run(["synthesize", "--model", model, "--out", tmp_path / "out", "--per-class", 1, "--device", "cpu",
+                     "--quiet"], capsys)
+    line = error_line(err)
+    assert code == 1 and expected in line and str(model) in line
+
+
+def test_method_weights_near_the_float_limit_split_like_small_ones():
+    from skinaug.generate import parse_methods, weighted_counts
+
+    huge = weighted_counts(10, parse_methods("mix:1e308,resample:1e308,synthesize:2e307"))
+    assert huge == weighted_counts(10, parse_methods("mix:10,resample:10,synthesize:2")) == {"mix": 5, "resample": 4,
+                                                                                              "synthesize": 1}
+
+
+def test_a_code_file_attribute_stored_as_an_array_is_named(generator_model, tmp_path, capsys):
+    import shutil
+
+    import h5py
+
+    codes = Path(shutil.copy(generator_model["codes"], tmp_path / "codes.h5"))
+    with h5py.File(codes, "a") as file:
+        file.attrs["codebook_size"] = [16, 16]
+    code, err = run(["decode", codes, "--model", generator_model["model"], "--out", tmp_path / "out", "--device", "cpu",
+                     "--quiet"], capsys)
+    assert code == 1 and "the codebook_size attribute is an array of shape (2,)" in error_line(err)
+
+
+def _png_with_huge_text_chunk(path: Path) -> None:
+    """A valid PNG whose zTXt chunk inflates past Pillow's limit for text (ValueError on open, not an OSError)."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), "red").save(path)
+    data = path.read_bytes()
+    payload = b"Comment\0\0" + zlib.compress(b"x" * (64 * 2**20))
+    chunk = struct.pack(">I", len(payload)) + b"zTXt" + payload
+    chunk += struct.pack(">I", zlib.crc32(b"zTXt" + payload) & 0xFFFFFFFF)
+    path.write_bytes(data[:33] + chunk + data[33:])  # after the 8-byte signature and the 25-byte IHDR chunk
+
+
+def test_a_png_with_an_oversized_text_chunk_is_skipped_as_unreadable(tiny_dataset, tiny_model, tmp_path, capsys):
+    _png_with_huge_text_chunk(tiny_dataset.images / "img_00.png")
+    out = tmp_path / "codes.h5"
+    code, err = run(["encode", tiny_dataset.images, "--labels", tiny_dataset.labels_csv, "--model", tiny_model.path,
+                     "--out", out, "--device", "cpu", "--quiet"], capsys)
+    assert code == 0, err
+    assert "internal error" not in err and "img_00 (truncated or corrupt" in err
+    from skinaug.codes import read_codes
+
+    assert len(read_codes(out)) == 11
+
+
+def test_a_decompression_bomb_mask_is_one_line(generator_model, tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for name in generator_model["data"].names:
+        Image.new("L", (64, 64), 255).save(masks / f"{name}.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow's own limit: a 64x64 mask is then a bomb
+    code, err = run(["resample", "--codes", generator_model["codes"], "--model", generator_model["model"], "--out",
+                     tmp_path / "out", "--mask-dir", masks, "--device", "cpu", "--quiet"], capsys)
+    line = error_line(err)
+    assert code == 1 and "cannot read mask" in line and "decompression bomb" in line

@@ -338,7 +338,10 @@ def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
         raise SkinaugError(f"{path} is not UTF-8 text") from None
     first = text.split("\n", 1)[0]
     delimiter = max(",;\t", key=first.count)  # Excel in many locales writes ';'
-    rows = [row for row in csv.reader(io.StringIO(text), delimiter=delimiter) if any(cell.strip() for cell in row)]
+    try:
+        rows = [row for row in csv.reader(io.StringIO(text), delimiter=delimiter) if any(cell.strip() for cell in row)]
+    except csv.Error as error:  # a cell over csv's 131072-character limit, a NUL byte
+        raise SkinaugError(f"{path} cannot be read as CSV ({error}): it is no labels file, or it is damaged") from None
     if not rows:
         raise SkinaugError(f"{path} is empty: expected a header such as image,label")
     return [cell.strip() for cell in rows[0]], rows[1:]

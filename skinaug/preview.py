@@ -39,6 +39,8 @@ def _rows(folder: Path) -> list[dict]:
             return list(csv.DictReader(handle))
     except UnicodeDecodeError:
         raise SkinaugError(f"{labels} is not UTF-8 text: give folders written by skinaug") from None
+    except csv.Error as error:  # a cell over csv's 131072-character limit
+        raise SkinaugError(f"{labels} cannot be read as CSV ({error}): give folders written by skinaug") from None
 
 
 def folder_captions(folders: list[Path]) -> dict[Path, str]:

@@ -346,3 +346,23 @@ def test_a_decompression_bomb_mask_is_one_line(generator_model, tmp_path, monkey
                      tmp_path / "out", "--mask-dir", masks, "--device", "cpu", "--quiet"], capsys)
     line = error_line(err)
     assert code == 1 and "cannot read mask" in line and "decompression bomb" in line
+
+
+@pytest.mark.parametrize("where", ["labels", "generated"])
+def test_a_csv_cell_over_the_csv_limit_is_named(tiny_dataset, generator_model, tmp_path, where, capsys):
+    huge = "x" * 131_073
+    if where == "labels":
+        tiny_dataset.labels_csv.write_text(tiny_dataset.labels_csv.read_text() + f"{huge},nevus,l9\n")
+        args = ["encode", tiny_dataset.images, "--labels", tiny_dataset.labels_csv, "--model", generator_model["model"],
+                "--out", tmp_path / "codes.h5", "--device", "cpu", "--quiet"]
+        named = tiny_dataset.labels_csv
+    else:
+        out = tmp_path / "synth"
+        assert run(["synthesize", "--model", generator_model["model"], "--out", out, "--class", "nevus", "-n", 1,
+                    "--device", "cpu", "--quiet"], capsys)[0] == 0
+        with open(out / "labels.csv", "a") as handle:
+            handle.write(f'"{huge}",nevus,synthesize,,,1.0,0,x\n')
+        args, named = ["preview", out, "--out", tmp_path / "sheet.png"], out / "labels.csv"
+    code, err = run(args, capsys)
+    line = error_line(err)
+    assert code == 1 and f"{named} cannot be read as CSV (field larger than field limit (131072))" in line

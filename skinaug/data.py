@@ -202,9 +202,29 @@ def _other_image_types() -> frozenset[str]:
     return frozenset(Image.registered_extensions()) - set(IMAGE_EXTENSIONS) - set(NOT_IMAGE_TYPES) | set(OTHER_IMAGE_TYPES)
 
 
+NAME_NOT_UTF8 = "file name not UTF-8"
+
+
+def _is_text(name: str) -> bool:
+    """False for a name with bytes that are not UTF-8 (Python holds them as lone surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable_name(name: str) -> str:
+    """`name` with each byte that is not UTF-8 shown as '?'."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace").replace("\ufffd", "?")
+
+
 def _file(rel: str, path: Path) -> _File | None:
     """An image file, an image of a type skinaug does not read, or None for anything else (labels.csv...)."""
     suffix = os.path.splitext(rel)[1].lower()
+    if suffix in IMAGE_EXTENSIONS and not _is_text(rel):
+        # its name could be written to no labels.csv, code file or JSON line: reported with the bytes shown as '?'
+        return _File(printable_name(rel), path, f"{NAME_NOT_UTF8}: rename it")
     if suffix in IMAGE_EXTENSIONS:
         return _File(rel, path)
     if suffix in _other_image_types():

@@ -366,3 +366,38 @@ def test_a_csv_cell_over_the_csv_limit_is_named(tiny_dataset, generator_model, t
     code, err = run(args, capsys)
     line = error_line(err)
     assert code == 1 and f"{named} cannot be read as CSV (field larger than field limit (131072))" in line
+
+
+@pytest.mark.parametrize("command", ["encode", "encode-stdin", "augment", "resample"])
+def test_an_image_whose_name_is_not_utf8_is_left_out_with_a_word(generator_model, tiny_dataset, tmp_path, command,
+                                                                  monkeypatch, capsys):
+    import io
+    import shutil
+
+    from skinaug.data import _stdin_files
+
+    bad = os.fsdecode(b"bad\xff.png")  # what os.listdir gives for these bytes
+    shutil.copy(tiny_dataset.images / "img_00.png", tiny_dataset.images / bad)
+    model, images, labels = generator_model["model"], tiny_dataset.images, tiny_dataset.labels_csv
+    out = tmp_path / "out"
+    args = {
+        "encode": ["encode", images, "--model", model, "--out", out],
+        "encode-stdin": ["encode", "-", "--model", model, "--out", out],
+        "augment": ["augment", images, "--model", model, "--out", out, "--factor", 2, "--dry-run"],
+        "resample": ["resample", images, "--model", model, "--out", out],
+    }[command]
+    if command == "encode-stdin":
+        _stdin_files.cache_clear()
+        paths = [os.path.join(images, name) for name in (bad, "img_01.png")]
+        monkeypatch.setattr(sys, "stdin", io.StringIO("".join(path + "\n" for path in paths)))
+    elif command == "augment":
+        (images / "nevus").mkdir()  # class folders: augment needs labels
+        for name in (bad, "img_01.png", "img_02.png"):
+            shutil.move(images / name, images / "nevus" / name)
+    try:
+        code, err = run([*args, "--device", "cpu", "--quiet"], capsys)
+    finally:
+        _stdin_files.cache_clear()
+    assert code == 0, err
+    shown = "nevus/bad?.png" if command == "augment" else "bad?.png"
+    assert "internal error" not in err and f"file name not UTF-8: 1 ({shown})" in err

@@ -384,7 +384,7 @@ def test_an_image_whose_name_is_not_utf8_is_left_out_with_a_word(generator_model
         "encode": ["encode", images, "--model", model, "--out", out],
         "encode-stdin": ["encode", "-", "--model", model, "--out", out],
         "augment": ["augment", images, "--model", model, "--out", out, "--factor", 2, "--dry-run"],
-        "resample": ["resample", images, "--model", model, "--out", out],
+        "resample": ["resample", images, "--labels", labels, "--model", model, "--out", out],
     }[command]
     if command == "encode-stdin":
         _stdin_files.cache_clear()

@@ -661,6 +661,9 @@ def augment(data, out, *, model=None, labels=None, factor=None, balance=False, m
     images, `factor` times the input per class or every class up to the largest (`balance`). `methods`:
     "mix:1,resample:2,synthesize:1" or {"mix": 1, ...}; classic: albumentations copies (`classic_config`: a pipeline
     A.save wrote). With dry_run nothing is written and the summary holds the plan (images per class and method)."""
+    if no_originals and copy_originals:
+        raise UsageError("{no_originals=True} leaves the originals out, so {copy_originals=True} has nothing to copy: "
+                         "choose one")
     check_streaming(out, jsonl, overwrite)
     weights, transforms = augment_methods(methods, classic_config)
     model = model_location(model)

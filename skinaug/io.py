@@ -292,6 +292,8 @@ class OutputLock:
         try:
             descriptor = os.open(self.path, flags, 0o666)
         except OSError as error:
+            if not os.path.lexists(self.path):  # the folder refuses a new file (read-only, permissions, full): its fault
+                raise SkinaugError(os_error_message(error, self.path.parent, f"cannot write {shown} in")) from None
             raise SkinaugError(f"cannot lock {shown}: {self.path} cannot be opened as a plain file "
                                f"({error.strerror}); remove it if no skinaug process is running") from None
         status = os.fstat(descriptor)
@@ -507,6 +509,9 @@ def _where_to_write(path: Path, final: Path, kind: OutputKind, *, overwrite: boo
         return (final if in_place else staging), False
     if resume:
         return final, True
+    if not overwrite and not kind.recognise(final):  # something else: a folder of the user's, not ours to name
+        raise SkinaugError(f"{path} already exists and is not a {kind.name} (no {kind.marker}): "
+                           "choose another {out}, or remove it yourself")
     if not overwrite:
         hint = " or {resume=True} to continue it" if kind.resumable else ""
         raise SkinaugError(f"{kind.name} {path} already exists: pass {{overwrite=True}} to replace it{hint}")

@@ -20,6 +20,7 @@ from pathlib import Path
 from . import io as skinaug_io
 from .errors import SkinaugError
 from .io import atomic_path, is_shipped, read_json, write_json, write_text
+from .runtime import warn
 from .spec import SHAPE_FIELDS, ModelSpec, code_grid
 from .version import __version__
 
@@ -457,11 +458,22 @@ def describe(path) -> dict:
     }
 
 
+def _env_model() -> list[Path]:
+    """$SKINAUG_MODEL's model, if set; a bad one is what `skinaug models` is run to sort out: a warning, not an error."""
+    if not os.environ.get(MODEL_ENV, "").strip():
+        return []
+    try:
+        path = resolve_model(None)
+        describe(path)
+    except SkinaugError as error:
+        warn(f"{error.args[0]} (the other models are listed)")  # its placeholders, for the CLI to spell
+        return []
+    return [path]
+
+
 def find_models(paths) -> list[dict]:
     """`describe` rows for the shipped models, $SKINAUG_MODEL, and each given model dir or folder of model dirs."""
-    candidates = list(shipped_models().values())
-    if os.environ.get(MODEL_ENV, "").strip():
-        candidates.append(resolve_model(None))
+    candidates = list(shipped_models().values()) + _env_model()
     for path in map(Path, paths):
         if not path.is_dir():
             raise SkinaugError(f"{path} is not a folder")

@@ -6,6 +6,7 @@ Heavy libraries (torch, h5py, PIL) are imported inside commands so that `skinaug
 from __future__ import annotations
 
 import ast
+import contextlib
 import os
 import sys
 
@@ -75,8 +76,31 @@ def main(argv: list[str] | None = None) -> int:
     from ..runtime import StderrHandler, reporting
 
     spell = flag_spelling(argv if argv is not None else sys.argv[1:])
-    with reporting(StderrHandler(spell)):  # progress lines on stderr (--quiet lowers the level), as before once done
+    with reporting(StderrHandler(spell)), _pillow_warnings_as_lines():  # on stderr (--quiet lowers the level)
         return _run(argv if argv is not None else sys.argv[1:], spell)
+
+
+@contextlib.contextmanager
+def _pillow_warnings_as_lines():
+    """Pillow's warnings about a file (a large image, odd EXIF, a palette with transparency) as skinaug's own lines,
+    hidden by --quiet, instead of Python's two-line `file:line: Warning` form; other warnings are left as they are."""
+    import warnings
+
+    from ..runtime import log
+
+    shown = warnings.showwarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if f"{os.sep}PIL{os.sep}" in str(filename):
+            log(f"Pillow: {_one_line(message)}")
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = showwarning
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
 
 
 def flag_spelling(argv: list[str]):
@@ -124,7 +148,11 @@ def _run(argv: list[str] | None, spell) -> int:
         return error.exit_code
     except KeyboardInterrupt:
         return _interrupted(argv)
+    except BrokenPipeError:
+        return _closed_stdout()
     except SystemExit as error:  # typer's completion options exit themselves
+        if type(sys.stdout).__name__ == "PacifyFlushWrapper":  # click's exit(1) on EPIPE: the reader went away
+            return _closed_stdout()
         return error.code if isinstance(error.code, int) else (0 if error.code is None else 1)
     except OSError as error:
         # a failed read or write with a cause the user can act on (permissions, a full disk, a file where a
@@ -154,6 +182,19 @@ def _run(argv: list[str] | None, spell) -> int:
         print(f"error: internal error: {type(error).__name__}: {_one_line(error)} (set SKINAUG_DEBUG=1 for the traceback)",
               file=sys.stderr)
         return 1
+
+
+# what a shell reports for a process ended by SIGPIPE (128 + 13), as `head` leaves `yes`
+SIGPIPE_EXIT = 141
+
+
+def _closed_stdout() -> int:
+    """The reader of stdout went away (`... | head -1`): stop quietly, as Unix tools do. A generated folder stays
+    marked unfinished (.progress/, for --resume) and a file output is never put in place half written."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's final flush of stdout must not fail again
+    return SIGPIPE_EXIT
 
 
 def _one_line(message) -> str:

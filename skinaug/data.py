@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import numpy as np
 from PIL import Image, ImageMode, ImageOps, UnidentifiedImageError
 
-from .errors import BadImage, SkinaugError, UsageError
+from .errors import BadImage, SkinaugError, UsageError, literal
 from .runtime import log, warn
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
@@ -104,7 +104,7 @@ def _kind(reason: str) -> str:
 
 
 def _examples(items: Sequence[tuple[str, str]], limit: int = 3) -> str:
-    names = ", ".join(name for name, _ in items[:limit])
+    names = ", ".join(literal(name) for name, _ in items[:limit])  # names from a CSV or a folder: data, not flags
     return names + (", ..." if len(items) > limit else "")
 
 
@@ -181,7 +181,7 @@ def report_unreadable(skipped: Sequence[tuple[str, str]]) -> None:
     if recording is not None:
         recording.add(Intake(-len(skipped), 0, list(skipped)))
     if skipped:
-        shown = ", ".join(f"{name} ({reason})" for name, reason in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        shown = ", ".join(literal(f"{name} ({reason})") for name, reason in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
         warn(f"{len(skipped)} unreadable image{'s' if len(skipped) != 1 else ''} left out: {shown}. "
              "{strict=True} makes this an error")
 
@@ -598,9 +598,9 @@ def _entries_from_folders(files) -> _Scan:
 
 def _check_usable(root, files, scan: _Scan, skipped: list, strict: bool, where: str) -> None:
     if strict and (skipped or scan.missing):
-        problems = [f"{name}: {reason}" for name, reason in skipped[:3]]
+        problems = [literal(f"{name}: {reason}") for name, reason in skipped[:3]]
         if scan.missing:
-            problems.append(f"{len(scan.missing)} CSV rows have no image file (e.g. {', '.join(scan.missing[:3])})")
+            problems.append(f"{len(scan.missing)} CSV rows have no image file (e.g. {literal(', '.join(scan.missing[:3]))})")
         raise SkinaugError(f"{len(skipped) + len(scan.missing)} unusable inputs ({{strict=True}}): " + "; ".join(problems))
     if not scan.entries:
         example = f" (e.g. no file for {scan.missing[0]!r})" if scan.missing else ""
@@ -785,7 +785,7 @@ def load_images(
             i = futures[future]
             if strict and reasons[i] is not None:
                 pool.shutdown(cancel_futures=True)
-                raise SkinaugError(f"unusable image {samples[i].path} ({{strict=True}}): {reasons[i]}")
+                raise SkinaugError(f"unusable image {literal(samples[i].path)} ({{strict=True}}): {literal(reasons[i])}")
             if progress is not None:
                 progress(1)
 

@@ -23,9 +23,21 @@ def python_spelling(name: str, value: str | None) -> str:
     return name if value is None else f"{name}={value}"
 
 
+# a doubled brace is a brace of the data (see `literal`), never part of a placeholder
+_LITERAL_BRACE = re.compile(r"(\{\{|\}\})")
+
+
 def render(text: str, spell=python_spelling) -> str:
-    """`text` with each parameter placeholder written as spell(name, value) (value None for a bare `{name}`)."""
-    return PARAMETER.sub(lambda match: spell(match.group(1), match.group(2)), str(text))
+    """`text` with each parameter placeholder written as spell(name, value) (value None for a bare `{name}`), and
+    each doubled brace (from `literal`) as one brace."""
+    return "".join(part[0] if part in ("{{", "}}") else PARAMETER.sub(lambda match: spell(match.group(1), match.group(2)), part)
+                   for part in _LITERAL_BRACE.split(str(text)))
+
+
+def literal(text) -> str:
+    """Data (a file name, a CSV cell, a class name) as it goes into a message: a name such as `{overwrite}` is shown
+    as it is, never read as a placeholder and spelled as a flag."""
+    return str(text).replace("{", "{{").replace("}", "}}")
 
 
 class Message:

@@ -401,3 +401,102 @@ def test_an_image_whose_name_is_not_utf8_is_left_out_with_a_word(generator_model
     assert code == 0, err
     shown = "nevus/bad?.png" if command == "augment" else "bad?.png"
     assert "internal error" not in err and f"file name not UTF-8: 1 ({shown})" in err
+
+
+# ------------------------------------------------------------------------------------ item 12: the rest
+
+
+def test_csv_names_with_braces_are_shown_as_they_are(tiny_dataset, tiny_model, tmp_path, capsys):
+    tiny_dataset.labels_csv.write_text(tiny_dataset.labels_csv.read_text() + "{overwrite},nevus,l9\n")
+    (tiny_dataset.images / "{strict=True}.png").write_bytes(b"not an image")
+    code, err = run(["encode", tiny_dataset.images, "--labels", tiny_dataset.labels_csv, "--model", tiny_model.path,
+                     "--out", tmp_path / "codes.h5", "--device", "cpu", "--quiet"], capsys)
+    assert code == 0, err
+    assert "no image file: 1 ({overwrite})" in err and "--overwrite" not in err
+
+
+def test_pillow_warnings_are_hidden_by_quiet_and_one_line_otherwise(tiny_dataset, tiny_model, tmp_path, monkeypatch,
+                                                                    capsys):
+    import warnings
+
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 48x40 images: Pillow's DecompressionBombWarning
+    args = ["encode", tiny_dataset.images, "--labels", tiny_dataset.labels_csv, "--model", tiny_model.path, "--device", "cpu"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        code, err = run([*args, "--out", tmp_path / "a.h5", "--quiet"], capsys)
+        assert code == 0 and err == ""
+        code, err = run([*args, "--out", tmp_path / "b.h5"], capsys)
+    assert code == 0
+    shown = [line for line in err.splitlines() if "DecompressionBomb" in line or "exceeds limit" in line]
+    assert shown and all(line.startswith("Pillow: Image size (1920 pixels) exceeds limit") for line in shown)
+
+
+def test_a_closed_stdout_ends_quietly_and_leaves_the_output_marked_unfinished(generator_model, tmp_path, monkeypatch,
+                                                                               capsys):
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+        def flush(self):
+            pass
+
+    out = tmp_path / "out"
+    capsys.readouterr()
+    with monkeypatch.context() as patch:
+        patch.setattr(sys, "stdout", ClosedPipe())
+        code = main(["synthesize", "--model", str(generator_model["model"]), "--out", str(out), "--class", "nevus",
+                     "-n", "4", "--batch-size", "2", "--jsonl", "--device", "cpu", "--quiet"])
+    assert code == 141 and capsys.readouterr().err == ""
+    assert (out / ".progress").is_dir() and not (out / "run.json").exists()  # unfinished, and says so: --resume
+    assert not (tmp_path / ".out.skinaug.lock").exists()
+
+
+def test_a_read_only_folder_is_blamed_not_the_lock_file(tiny_dataset, tiny_model, tmp_path, monkeypatch, capsys):
+    real_open = os.open
+
+    def read_only(path, flags, *args, **kwargs):
+        if os.fsdecode(path).startswith(str(tmp_path / "ro")) and flags & os.O_CREAT:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fsdecode(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    (tmp_path / "ro").mkdir()
+    monkeypatch.setattr(os, "open", read_only)
+    code, err = run(["encode", tiny_dataset.images, "--labels", tiny_dataset.labels_csv, "--model", tiny_model.path,
+                     "--out", tmp_path / "ro" / "codes.h5", "--device", "cpu", "--quiet"], capsys)
+    line = error_line(err)
+    assert code == 1 and f"in {tmp_path / 'ro'}: Read-only file system" in line and "lock" not in line
+
+
+@pytest.mark.parametrize("value", ["/nonexistent/model", "a-folder"])
+def test_models_lists_the_others_when_skinaug_model_is_bad(tmp_path, monkeypatch, value, capsys):
+    (tmp_path / "a-folder").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SKINAUG_MODEL", value)
+    capsys.readouterr()
+    code = main(["models"])
+    captured = capsys.readouterr()
+    assert code == 0 and "ham10000-64" in captured.out
+    assert captured.err.startswith(f"warning: ") and value in captured.err and "the other models are listed" in captured.err
+    assert "--resume" in captured.err or "no such model" in captured.err
+
+
+def test_an_existing_folder_is_not_called_an_output_of_the_kind(tiny_dataset, tiny_model, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    code, err = run(["train", "vqvae", tiny_dataset.images, "--labels", tiny_dataset.labels_csv, "--out", mine,
+                     "--image-size", 32, "--epochs", 1, "--device", "cpu", "--quiet"], capsys)
+    line = error_line(err)
+    assert code == 1 and f"{mine} already exists and is not a model directory" in line
+    assert "model directory " + str(mine) not in line and (mine / "notes.txt").read_text() == "mine"
+
+
+def test_no_originals_with_copy_originals_is_a_usage_error(generator_model, tmp_path, capsys):
+    data, out = generator_model["data"], tmp_path / "out"
+    code, err = run(["augment", data.images, "--labels", data.labels_csv, "--model", generator_model["model"], "--out", out,
+                     "--factor", 2, "--no-originals", "--copy-originals", "--device", "cpu", "--quiet"], capsys)
+    line = error_line(err)
+    assert code == 2 and "--no-originals" in line and "--copy-originals" in line
+    assert not out.exists()

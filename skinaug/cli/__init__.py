@@ -191,7 +191,7 @@ SIGPIPE_EXIT = 141
 def _closed_stdout() -> int:
     """The reader of stdout went away (`... | head -1`): stop quietly, as Unix tools do. A generated folder stays
     marked unfinished (.progress/, for --resume) and a file output is never put in place half written."""
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError, AttributeError, ValueError):  # a stdout without a descriptor needs nothing
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # Python's final flush of stdout must not fail again
     return SIGPIPE_EXIT

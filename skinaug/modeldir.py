@@ -94,6 +94,23 @@ def build_matching(build, weights):
     return build()
 
 
+def torch_load_tensors(path, what: str):
+    """torch.load(path, weights_only=True), its failure one line: `cannot read {what} {path} (reason)`. A file that
+    holds other Python objects is refused as such: PyTorch's own message advises weights_only=False, which would run
+    whatever code the file carries, and is not repeated."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        reason = "it holds Python objects besides tensors, and skinaug loads only tensors (nothing is unpickled)"
+    except Exception as error:  # noqa: BLE001  (torch raises many types for a damaged file)
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    raise SkinaugError(f"cannot read {what} {path} ({reason})")
+
+
 COMPACT_MIN_ELEMENTS = 4096
 
 

@@ -1,6 +1,7 @@
 """Issue 21, trust round two: faults that ended in a crash, a traceback or `internal error` now end in one line and a
 non-zero exit, with nothing left behind (no temporary file, no lock, no stub)."""
 
+import argparse
 import errno
 import os
 import resource
@@ -500,3 +501,39 @@ def test_no_originals_with_copy_originals_is_a_usage_error(generator_model, tmp_
     line = error_line(err)
     assert code == 2 and "--no-originals" in line and "--copy-originals" in line
     assert not out.exists()
+
+
+def test_without_validation_images_no_training_error_is_stored_as_validation(tiny_dataset, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "model"
+    code, err = run(["train", "vqvae", tiny_dataset.images, "--labels", tiny_dataset.labels_csv, "--out", out,
+                     "--image-size", 32, "--channels", 8, "--res-channels", 4, "--codebook-size", 16, "--code-dim", 4,
+                     "--epochs", 1, "--batch-size", 4, "--val-fraction", 0, "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert "val MSE none (no validation images)" in err
+    line = json.loads((out / "train" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert line["val_mse"] is None and 0 < line["train_sample_mse"] < 1
+    assert json.loads((out / "config.json").read_text())["metrics"]["val_mse"] is None
+
+
+@pytest.mark.parametrize("reader", ["checkpoint", "classifier weights"])
+def test_a_refused_weights_file_does_not_repeat_pytorchs_advice(tmp_path, reader):
+    import torch
+
+    from skinaug.errors import SkinaugError
+
+    path = tmp_path / "weights.pt"
+    torch.save({"weight": torch.zeros(2), "extra": argparse.Namespace(a=1)}, path)  # an object: pickle only
+    with pytest.raises(SkinaugError) as caught:
+        if reader == "checkpoint":
+            from skinaug.training import load_checkpoint
+
+            load_checkpoint(path)
+        else:
+            from skinaug.scores.classifier import read_weights
+
+            read_weights(path)
+    message = str(caught.value)
+    assert "weights_only" not in message and "False" not in message and "\x1b" not in message
+    assert f"cannot read" in message and str(path) in message and "nothing is unpickled" in message

@@ -400,6 +400,9 @@ def check_masks(generator: Generator, jobs: list[Job], source: CodeFile | None) 
         path = generator.mask_dir / f"{name}.png"
         if not path.is_file():
             raise SkinaugError(f"no mask for {name}: {path} is missing")
+        if not generator.mask_array(name).any():  # nothing drawn anew: a reconstruction, not a resample
+            raise SkinaugError(f"mask {path} marks no part of {name} at the code grid's resolution (no region of "
+                               "pixels >= 128): its resample would be a plain reconstruction; give a mask of the lesion")
 
 
 def job_plan(jobs: list[Job], **options) -> dict:

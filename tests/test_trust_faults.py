@@ -537,3 +537,18 @@ def test_a_refused_weights_file_does_not_repeat_pytorchs_advice(tmp_path, reader
     message = str(caught.value)
     assert "weights_only" not in message and "False" not in message and "\x1b" not in message
     assert f"cannot read" in message and str(path) in message and "nothing is unpickled" in message
+
+
+def test_an_all_zero_mask_is_refused_rather_than_labelled_resample(generator_model, tmp_path, capsys):
+    from PIL import Image
+
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for index, name in enumerate(generator_model["data"].names):
+        Image.new("L", (64, 64), 0 if index == 3 else 255).save(masks / f"{name}.png")
+    out = tmp_path / "out"
+    code, err = run(["resample", "--codes", generator_model["codes"], "--model", generator_model["model"], "--out", out,
+                     "--mask-dir", masks, "--device", "cpu", "--quiet"], capsys)
+    line = error_line(err)
+    assert code == 1 and f"mask {masks / 'img_03.png'} marks no part of img_03" in line
+    assert not out.exists() and leftovers(tmp_path) == []

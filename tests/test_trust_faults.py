@@ -552,3 +552,49 @@ def test_an_all_zero_mask_is_refused_rather_than_labelled_resample(generator_mod
     line = error_line(err)
     assert code == 1 and f"mask {masks / 'img_03.png'} marks no part of img_03" in line
     assert not out.exists() and leftovers(tmp_path) == []
+
+
+@pytest.fixture(scope="module")
+def onnx_model(generator_model, tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    import shutil
+
+    model = tmp_path_factory.mktemp("onnx") / "model"
+    shutil.copytree(generator_model["model"], model)
+    assert main(["export", "onnx", "--model", str(model), "--quiet"]) == 0
+    return model
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("truncated", "onnxruntime cannot load"),
+    ("missing", "is missing: the ONNX export"),
+    ("swapped", "is not the graph the export recorded under that name"),
+    ("external", "External data path validation failed"),
+])
+def test_a_damaged_onnx_export_is_named(onnx_model, generator_model, tmp_path, damage, expected, capsys):
+    import shutil
+
+    model = Path(shutil.copytree(onnx_model, tmp_path / "model"))
+    graphs = model / "onnx"
+    encoder, decoder = graphs / "encoder.onnx", graphs / "decoder.onnx"
+    if damage == "truncated":
+        encoder.write_bytes(encoder.read_bytes()[:1000])
+    elif damage == "missing":
+        encoder.unlink()
+    elif damage == "swapped":
+        encoder.write_bytes(decoder.read_bytes())
+    else:
+        onnx = pytest.importorskip("onnx")
+        graph = onnx.load(str(encoder))
+        weight = next(init for init in graph.graph.initializer if init.raw_data)
+        weight.data_location = onnx.TensorProto.EXTERNAL
+        del weight.external_data[:]
+        weight.external_data.add(key="location", value="/etc/hostname")  # outside the model: refused by onnxruntime
+        weight.ClearField("raw_data")
+        onnx.save(graph, str(encoder))
+    data = generator_model["data"]
+    code, err = run(["encode", data.images, "--labels", data.labels_csv, "--model", model, "--backend", "onnx", "--out",
+                     tmp_path / "codes.h5", "--device", "cpu", "--quiet"], capsys)
+    line = error_line(err)
+    assert code == 1 and expected in line and str(encoder) in line and "export onnx" in line
+    assert not (tmp_path / "codes.h5").exists()

@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import numpy as np
 from PIL import Image, ImageMode, ImageOps, UnidentifiedImageError
 
-from .errors import BadImage, SkinaugError, UsageError, literal
+from .errors import BadImage, SkinaugError, UsageError, first_line, literal
 from .runtime import log, warn
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
@@ -732,14 +732,9 @@ def open_image(path):
     except Image.DecompressionBombError as error:
         raise BadImage(f"decompression bomb: {error}") from None
     except (ValueError, SyntaxError, EOFError, struct.error, IndexError, KeyError, TypeError) as error:
-        raise BadImage(f"truncated or corrupt: {_first_line(error)}") from None
+        raise BadImage(f"truncated or corrupt: {first_line(error)}") from None
     except OSError as error:
-        raise BadImage(f"cannot read: {error.strerror or _first_line(error)}") from None
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+        raise BadImage(f"cannot read: {error.strerror or first_line(error)}") from None
 
 
 def load_image(path, image_size: int) -> np.ndarray:

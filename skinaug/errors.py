@@ -96,7 +96,7 @@ def os_error_message(error: OSError, path=None, action: str = "cannot access") -
     """
     where = path if path is not None else error.filename
     code = _errno_of(error)
-    cause = error.strerror or (os.strerror(code) if code else _first_line(error))
+    cause = error.strerror or (os.strerror(code) if code else first_line(error))
     line = f"{action} {_file_name(where)}: {cause}" if where is not None else f"{action}: {cause}"
     hint = _OS_ERROR_HINTS.get(code)
     return f"{line} ({hint})" if hint else line
@@ -108,7 +108,8 @@ def _errno_of(error: OSError) -> int | None:
     return error.errno
 
 
-def _first_line(error: Exception) -> str:
+def first_line(error: Exception) -> str:
+    """The first line of another library's error (its later lines are tracebacks or advice), or its type's name."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 

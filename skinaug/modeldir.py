@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from . import io as skinaug_io
-from .errors import SkinaugError
+from .errors import SkinaugError, first_line
 from .io import atomic_path, is_shipped, read_json, write_json, write_text
 from .runtime import warn
 from .spec import SHAPE_FIELDS, ModelSpec, code_grid
@@ -107,7 +107,7 @@ def torch_load_tensors(path, what: str):
     except pickle.UnpicklingError:
         reason = "it holds Python objects besides tensors, and skinaug loads only tensors (nothing is unpickled)"
     except Exception as error:  # noqa: BLE001  (torch raises many types for a damaged file)
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        reason = first_line(error)
     raise SkinaugError(f"cannot read {what} {path} ({reason})")
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..backends.base import PIXEL_SCALE, CodeModel, PriorSampler, check_draw_args
-from ..errors import SkinaugError
+from ..errors import SkinaugError, first_line
 from ..modeldir import PRIOR_WEIGHTS, VQVAE_WEIGHTS, ModelDir
 from ..runtime import log, warn
 from ..spec import ModelSpec
@@ -173,8 +173,7 @@ class OnnxModel:
         try:
             session = self.ort.InferenceSession(str(path), options, providers=self.providers)
         except Exception as error:  # noqa: BLE001  (onnxruntime's own error classes, one per kind of fault)
-            cause = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise SkinaugError(f"onnxruntime cannot load {path}: {cause}; the export is damaged: {remedy}") from None
+            raise SkinaugError(f"onnxruntime cannot load {path}: {first_line(error)}; the export is damaged: {remedy}") from None
         entry = _recorded_entry(self.manifest.get("files", {}), file)
         outputs = [output.name for output in session.get_outputs()]
         inputs = {graph_input.name for graph_input in session.get_inputs()}

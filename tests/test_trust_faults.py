@@ -598,3 +598,16 @@ def test_a_damaged_onnx_export_is_named(onnx_model, generator_model, tmp_path, d
     line = error_line(err)
     assert code == 1 and expected in line and str(encoder) in line and "export onnx" in line
     assert not (tmp_path / "codes.h5").exists()
+
+
+def test_training_an_absurdly_wide_prior_is_refused_before_anything_is_written(generator_model, tmp_path, capsys):
+    import shutil
+
+    model = Path(shutil.copytree(generator_model["model"], tmp_path / "model"))
+    (model / "prior_top.safetensors").unlink()
+    before = sorted(path.name for path in model.rglob("*"))
+    code, err = run(["train", "prior", "--model", model, "--codes", generator_model["codes"], "--level", "top",
+                     "--channels", 200000, "--epochs", 1, "--device", "cpu", "--quiet"], capsys)
+    line = error_line(err)
+    assert code == 2 and "training the top prior of" in line and "over the limit of" in line and "--channels" in line
+    assert sorted(path.name for path in model.rglob("*")) == before and leftovers(tmp_path) == []

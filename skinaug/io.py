@@ -388,7 +388,7 @@ def _finish_cut_swap(final: Path) -> None:
 def _remove_stale_temporaries(final: Path) -> None:
     """The temporary files (`atomic_path`'s `.NAME.*.tmp`) of a run that was killed before it could remove them.
     Called under the output's lock, so no other writer owns them; left alone they would hold the space for ever."""
-    prefix = f".{final.name}."
+    prefix, stale = f".{final.name}.", []
     with contextlib.suppress(OSError), os.scandir(final.parent) as entries:
         stale = [entry.path for entry in entries if entry.name.startswith(prefix) and entry.name.endswith(".tmp")
                  and not entry.is_dir(follow_symlinks=False)]

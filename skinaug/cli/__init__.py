@@ -193,7 +193,10 @@ def _closed_stdout() -> int:
     marked unfinished (.progress/, for --resume) and a file output is never put in place half written."""
     with contextlib.suppress(OSError, AttributeError, ValueError):  # a stdout without a descriptor needs nothing
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # Python's final flush of stdout must not fail again
+        try:
+            os.dup2(devnull, sys.stdout.fileno())  # Python's final flush of stdout must not fail again
+        finally:
+            os.close(devnull)
     return SIGPIPE_EXIT
 
 

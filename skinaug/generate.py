@@ -28,7 +28,7 @@ import numpy as np
 from . import iterative as iterative_module
 from .backends import open_backend
 from .codes import CodeFile, read_codes
-from .errors import BadImage, SkinaugError, UsageError
+from .errors import BadImage, SkinaugError, UsageError, literal
 from .limits import check_planned_images, code_bytes
 from .modeldir import ModelDir, model_location
 from .naming import name_key, unique_names
@@ -103,6 +103,7 @@ class Generator:
         self.sampler = sampler  # "reference": one full forward per position, the ground truth (slow)
         self.class_names = list(self.spec.class_names)
         self.levels = list(self.spec.level_names)
+        self.unmasked: set[int] = set()  # sources whose mask marks no code: their "resample" is a reconstruction
 
     def require(self, methods) -> None:
         """Fails early, naming the missing prior file and the command that trains it."""
@@ -195,8 +196,10 @@ class Generator:
 
     def image_details(self, method: str, jobs: list[Job], seed: int) -> list[dict]:
         """Per image of a batch, what its row records beyond labels.csv's columns (the iterative resample's boxes:
-        skinaug/iterative.py); none here."""
-        return [{} for _ in jobs]
+        skinaug/iterative.py), or in place of them: a resample under a mask that marks nothing draws no code, so
+        its image is a reconstruction and its row says so."""
+        reconstruction = {"method": "reconstruction", "temperature": "", "seed": ""}
+        return [reconstruction if method == "resample" and job.source_top in self.unmasked else {} for job in jobs]
 
     def images_for(self, codes: dict[str, np.ndarray]) -> np.ndarray:
         return self.code_model.decode(codes)
@@ -396,13 +399,18 @@ def check_masks(generator: Generator, jobs: list[Job], source: CodeFile | None) 
     """Every lesion mask a resample job needs, looked for before anything is written (not half-way through)."""
     if generator.mask_dir is None:
         return
-    for name in sorted({source.images[job.source_top] for job in jobs if job.method == "resample"}):
+    for index in sorted({job.source_top for job in jobs if job.method == "resample"}):
+        name = source.images[index]
         path = generator.mask_dir / f"{name}.png"
         if not path.is_file():
             raise SkinaugError(f"no mask for {name}: {path} is missing")
-        if not generator.mask_array(name).any():  # nothing drawn anew: a reconstruction, not a resample
-            raise SkinaugError(f"mask {path} marks no part of {name} at the code grid's resolution (no region of "
-                               "pixels >= 128): its resample would be a plain reconstruction; give a mask of the lesion")
+        if not generator.mask_array(name).any():  # nothing drawn anew: a reconstruction, labelled as one
+            generator.unmasked.add(index)
+    if generator.unmasked:
+        names = sorted(source.images[index] for index in generator.unmasked)
+        warn(f"{len(names)} masks mark no part of their image at the code grid's resolution (no region of pixels >= "
+             f"128), so nothing is resampled: {literal(', '.join(names[:3]))}{', ...' if len(names) > 3 else ''} "
+             "are labelled reconstruction")
 
 
 def job_plan(jobs: list[Job], **options) -> dict:

@@ -539,7 +539,10 @@ def test_a_refused_weights_file_does_not_repeat_pytorchs_advice(tmp_path, reader
     assert f"cannot read" in message and str(path) in message and "nothing is unpickled" in message
 
 
-def test_an_all_zero_mask_is_refused_rather_than_labelled_resample(generator_model, tmp_path, capsys):
+def test_an_all_zero_mask_gives_a_row_labelled_reconstruction_not_resample(generator_model, tmp_path, capsys):
+    import csv
+    import json
+
     from PIL import Image
 
     masks = tmp_path / "masks"
@@ -549,9 +552,13 @@ def test_an_all_zero_mask_is_refused_rather_than_labelled_resample(generator_mod
     out = tmp_path / "out"
     code, err = run(["resample", "--codes", generator_model["codes"], "--model", generator_model["model"], "--out", out,
                      "--mask-dir", masks, "--device", "cpu", "--quiet"], capsys)
-    line = error_line(err)
-    assert code == 1 and f"mask {masks / 'img_03.png'} marks no part of img_03" in line
-    assert not out.exists() and leftovers(tmp_path) == []
+    assert code == 0, err
+    assert "1 masks mark no part of their image" in err and "img_03 are labelled reconstruction" in err
+    with open(out / "labels.csv", newline="") as handle:
+        methods = {row["source_top"]: (row["method"], row["temperature"]) for row in csv.DictReader(handle)}
+    assert methods.pop("img_03") == ("reconstruction", "")
+    assert {method for method, _ in methods.values()} == {"resample"}
+    assert json.loads((out / "run.json").read_text())["counts"]["bkl"] == {"reconstruction": 1, "resample": 3}
 
 
 @pytest.fixture(scope="module")

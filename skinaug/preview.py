@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -59,13 +60,15 @@ def check_sheet_path(out, folders: list[Path]) -> None:
         seen[real_path(folder)] = folder
     if Path(out).is_dir():
         raise UsageError(f"{{out}} {out} is a folder: give a file name such as {Path(out) / 'sheet.png'}")
-    if Path(out).suffix.lower() != ".png":  # the sheet is a PNG (its text chunk marks it): no other bytes under another name
-        raise UsageError(f"{{out}} {out}: a contact sheet is a PNG file; give a name ending in .png")
     final = real_path(out)
     for folder in folders:
         if real_path(folder / "images") in final.parents:
             raise UsageError(f"{{out}} {out} is inside {folder / 'images'}, where it would be read as a generated "
                              "image: write the sheet elsewhere")
+    # the sheet is a PNG (its text chunk marks it): no PNG bytes under another name. An existing file is left to the
+    # output policy, which refuses it unless it is an earlier contact sheet and --overwrite is given.
+    if Path(out).suffix.lower() != ".png" and not os.path.lexists(out):
+        raise UsageError(f"{{out}} {out}: a contact sheet is a PNG file; give a name ending in .png")
 
 
 def contact_sheet(folders, out, *, per_row: int = 8, size: int = 64, by: str = "method", seed: int = 0,

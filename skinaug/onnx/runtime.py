@@ -97,6 +97,9 @@ def _recorded_entry(files, file: str) -> dict | None:
 class OnnxModel:
     """A model directory's exported graphs: one onnxruntime session per graph, opened on first use."""
 
+    model_dir: ModelDir | None = None  # both set in __init__
+    manifest: dict | None = None  # what `export onnx` recorded
+
     def __init__(self, model, device: str = "auto", *, manifest: dict | None = None, onnx_dir=None):
         self.ort = import_onnxruntime()
         self.model_dir = model if isinstance(model, ModelDir) else ModelDir(model)
@@ -167,14 +170,15 @@ class OnnxModel:
         (truncated, not ONNX, external data that onnxruntime will not read) or is not the graph the manifest
         recorded under that name (files swapped or replaced)."""
         path = self.onnx_dir / file
-        remedy = f"run `skinaug export onnx --model {self.model_dir.path} --overwrite`"
+        model = self.model_dir.path if self.model_dir is not None else self.onnx_dir.parent
+        remedy = f"run `skinaug export onnx --model {model} --overwrite`"
         if not path.is_file():
             raise SkinaugError(f"{path} is missing: the ONNX export in {self.onnx_dir} is incomplete; {remedy}")
         try:
             session = self.ort.InferenceSession(str(path), options, providers=self.providers)
         except Exception as error:  # noqa: BLE001  (onnxruntime's own error classes, one per kind of fault)
             raise SkinaugError(f"onnxruntime cannot load {path}: {first_line(error)}; the export is damaged: {remedy}") from None
-        entry = _recorded_entry(self.manifest.get("files", {}), file)
+        entry = _recorded_entry((self.manifest or {}).get("files", {}), file)
         outputs = [output.name for output in session.get_outputs()]
         inputs = {graph_input.name for graph_input in session.get_inputs()}
         if entry is not None and (outputs != list(entry["outputs"]) or not inputs <= set(entry["inputs"])):

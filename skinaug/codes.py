@@ -41,12 +41,22 @@ def model_attrs(spec: ModelSpec | dict) -> dict:
 
 
 class CodeWriter:
-    """Appends batches of codes to an HDF5 file (chunked, gzip-compressed)."""
+    """Appends batches of codes to an HDF5 file (chunked, gzip-compressed).
+
+    The file is built in memory and written out with plain file I/O on a clean exit: HDF5 itself never writes to
+    disk, since a write that fails inside it (a full disk) leaves its objects half-closed and crashes the process
+    when they are freed (a segfault, with the temporary file and the lock left behind). A failure then is an
+    ordinary OSError, which `atomic_path` names and cleans up. Code maps are small (8 KB per 64x64 map, compressed).
+    """
 
     def __init__(self, path, attrs: dict, grid: dict[str, tuple[int, int]]):
+        import io
+
         import h5py
 
-        self.file = h5py.File(path, "w")
+        self.path = Path(path)
+        self.buffer = io.BytesIO()
+        self.file = h5py.File(self.buffer, "w")
         for key, value in attrs.items():
             self.file.attrs[key] = value
         self.count = 0
@@ -71,14 +81,22 @@ class CodeWriter:
             dataset.resize(self.count, axis=0)
             dataset[start:] = values
 
-    def close(self) -> None:
+    def close(self, write: bool = True) -> None:
+        """Finishes the file in memory and, when `write`, puts it at `path` (an OSError there is the caller's)."""
+        if self.file is None:
+            return
         self.file.close()
+        self.file = None
+        if write:
+            with open(self.path, "wb") as handle:
+                handle.write(self.buffer.getbuffer())
+        self.buffer = None
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, error_type, error, traceback):
+        self.close(write=error_type is None)
 
 
 def write_codes(path, attrs: dict, grid: dict, codes: dict[str, np.ndarray], images, labels, groups) -> None:
@@ -137,7 +155,7 @@ def read_codes(path) -> CodeFile:
         raise SkinaugError(f"code file {path} {'is not a file' if path.exists() else 'does not exist'}")
     try:
         with h5py.File(path, "r") as file:
-            attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in file.attrs.items()}
+            attrs = _read_attrs(file, path)
             if "codes" not in file or "bottom" not in file["codes"] or "model_fingerprint" not in attrs:
                 raise SkinaugError(f"{path} is not a skinaug code file (no /codes/bottom or model_fingerprint)")
             _check_layout(file, path)
@@ -165,6 +183,7 @@ def _check_layout(file, path: Path) -> None:
     if missing:
         raise SkinaugError(f"{path} lacks /{', /'.join(missing)}: it is not a complete skinaug code file")
     count = _check_entries(file, path)
+    _check_declared_sizes(file, path)
     levels = [level for level in ("top", "bottom") if level in file["codes"]]
     expected_levels = file.attrs.get("levels")
     if expected_levels is not None and len(levels) != expected_levels:
@@ -176,6 +195,39 @@ def _check_layout(file, path: Path) -> None:
             raise SkinaugError(f"{path}: /codes/{level} must be (N, H, W) integer codes, not {dataset.ndim}-d {dataset.dtype}")
         if dataset.shape[0] != count:
             raise SkinaugError(f"{path}: /codes/{level} holds {dataset.shape[0]} code maps for {count} images")
+
+
+def _read_attrs(file, path: Path) -> dict:
+    """The attributes as Python values: a one-element array is its element; a longer one is no skinaug value."""
+    attrs = {}
+    for key, value in file.attrs.items():
+        if isinstance(value, np.ndarray) and value.size != 1:
+            raise SkinaugError(f"{path}: the {key} attribute is an array of shape {value.shape}, not a single value: "
+                               "the file is damaged or not from skinaug")
+        attrs[key] = value.item() if hasattr(value, "item") else value
+    return attrs
+
+
+# Deflate shrinks data at most about 1032:1: a dataset that declares more bytes than that over what it stores holds
+# entries that were never written (a 20 KB file can declare 40 M code maps), which reading would materialise.
+MAX_COMPRESSION = 1100
+
+
+def _check_declared_sizes(file, path: Path) -> None:
+    """What the datasets declare against what the file stores, and against the memory limit, before reading."""
+    from .limits import check_memory, size_text
+
+    total = 0
+    names = [f"codes/{level}" for level in ("top", "bottom") if level in file["codes"]] + ["image", "label", "group"]
+    for name in names:
+        dataset = file[name]
+        declared, stored = dataset.size * dataset.dtype.itemsize, dataset.id.get_storage_size()
+        if declared > MAX_COMPRESSION * stored + 2**20:
+            raise SkinaugError(f"{path}: /{name} declares {dataset.shape[0]} entries ({size_text(declared)}) but the file "
+                               f"stores {size_text(stored)} of them: it is damaged or not from skinaug")
+        total += declared
+    check_memory(total, f"reading the {file['image'].shape[0]} entries of {path}", "split the code file",
+                 error=SkinaugError)
 
 
 def _check_entries(file, path: Path) -> int:

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image, ImageMode, ImageOps, UnidentifiedImageError
 
 from .class_map import NOT_A_CLASS, chosen_class_map, relabel
-from .errors import BadImage, SkinaugError, UsageError
+from .errors import BadImage, SkinaugError, UsageError, first_line, literal
 from .layout import images_root
 from .runtime import log, warn
 from .spec import DOWNSAMPLES, TOP_STRIDE_FACTOR
@@ -111,7 +111,7 @@ def _kind(reason: str) -> str:
 
 
 def _examples(items: Sequence[tuple[str, str]], limit: int = 3) -> str:
-    names = ", ".join(name for name, _ in items[:limit])
+    names = ", ".join(literal(name) for name, _ in items[:limit])  # names from a CSV or a folder: data, not flags
     return names + (", ..." if len(items) > limit else "")
 
 
@@ -188,7 +188,7 @@ def report_unreadable(skipped: Sequence[tuple[str, str]]) -> None:
     if recording is not None:
         recording.add(Intake(-len(skipped), 0, list(skipped)))
     if skipped:
-        shown = ", ".join(f"{name} ({reason})" for name, reason in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        shown = ", ".join(literal(f"{name} ({reason})") for name, reason in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
         warn(f"{len(skipped)} unreadable image{'s' if len(skipped) != 1 else ''} left out: {shown}. "
              "{strict=True} makes this an error")
 
@@ -209,9 +209,29 @@ def _other_image_types() -> frozenset[str]:
     return frozenset(Image.registered_extensions()) - set(IMAGE_EXTENSIONS) - set(NOT_IMAGE_TYPES) | set(OTHER_IMAGE_TYPES)
 
 
+NAME_NOT_UTF8 = "file name not UTF-8"
+
+
+def _is_text(name: str) -> bool:
+    """False for a name with bytes that are not UTF-8 (Python holds them as lone surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable_name(name: str) -> str:
+    """`name` with each byte that is not UTF-8 shown as '?'."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace").replace("\ufffd", "?")
+
+
 def _file(rel: str, path: Path) -> _File | None:
     """An image file, an image of a type skinaug does not read, or None for anything else (labels.csv...)."""
     suffix = os.path.splitext(rel)[1].lower()
+    if suffix in IMAGE_EXTENSIONS and not _is_text(rel):
+        # its name could be written to no labels.csv, code file or JSON line: reported with the bytes shown as '?'
+        return _File(printable_name(rel), path, f"{NAME_NOT_UTF8}: rename it")
     if suffix in IMAGE_EXTENSIONS:
         return _File(rel, path)
     if suffix in _other_image_types():
@@ -219,15 +239,41 @@ def _file(rel: str, path: Path) -> _File | None:
     return None
 
 
+# File systems of the machine, not of data: their folders name other processes' working directories (/proc/*/cwd)
+SYSTEM_FOLDERS = tuple(Path(p) for p in ("/proc", "/sys", "/dev", "/run"))
+LINK_NOT_FOLLOWED = "folder link not followed"
+
+
+def _within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _link_refusal(target: Path, tree: Path, root: Path) -> str | None:
+    """Why a folder link to `target` (real path), met in the tree `tree` (DATA's or a linked folder's), is not
+    followed; None to follow it. A link inside DATA may name a folder elsewhere (`ln -s /data/isic/mel melanoma`),
+    but not one that holds DATA (`/`, home: the whole machine around it), nor the system's folders, and a folder
+    reached that way is read without leaving it again."""
+    if _within(target, tree) or _within(target, root):
+        return None
+    if tree != root:
+        return f"{LINK_NOT_FOLLOWED}: it leaves the linked folder {tree} for {target}"
+    if _within(root, target):
+        return f"{LINK_NOT_FOLLOWED}: {target} holds DATA itself"
+    if any(_within(target, system) for system in SYSTEM_FOLDERS):
+        return f"{LINK_NOT_FOLLOWED}: {target} is a system folder"
+    return None
+
+
 def _walk(root: Path) -> list[_File]:
-    """Files under root, sorted by path. Symlinked files and folders are followed wherever they point, as
-    torchvision's ImageFolder does: the user made them, and `ln -s /data/isic/*.jpg subset/` is how subsets
-    are built. Each real folder is entered once, which ends link loops; files reached through a link are
-    given by their real path."""
+    """Files under root, sorted by path. Symlinked files are followed wherever they point, and symlinked folders
+    as `_link_refusal` allows, as torchvision's ImageFolder does: the user made them, and `ln -s /data/isic/*.jpg
+    subset/` is how subsets are built. Each real folder is entered once, which ends link loops; files reached
+    through a link are given by their real path."""
     found: list[_File] = []
     entered: set[tuple[int, int]] = set()
+    real_root = root.resolve()
 
-    def visit(folder: Path, prefix: str, linked: bool) -> None:
+    def visit(folder: Path, prefix: str, linked: bool, tree: Path) -> None:
         where = prefix.rstrip("/") or str(folder)
         try:
             info = folder.stat()
@@ -243,22 +289,32 @@ def _walk(root: Path) -> list[_File]:
         for entry in entries:
             if entry.name.startswith(".") or entry.name == "__MACOSX":
                 continue
-            rel, path = prefix + entry.name, Path(entry.path)
-            through_link = linked or entry.is_symlink()
-            try:
-                is_dir, is_file = entry.is_dir(), entry.is_file()  # both follow symlinks
-            except OSError:
-                is_dir = is_file = False
-            if is_dir:
-                visit(path, rel + "/", through_link)
-            elif is_file:
-                found_file = _file(rel, path.resolve() if through_link else path)
-                if found_file is not None:
-                    found.append(found_file)
-            elif entry.is_symlink() and _file(rel, path) is not None:
-                found.append(_File(rel, path, "broken link: its target is missing or not a file"))
+            _visit_entry(entry, prefix, linked, tree)
 
-    visit(root, "", False)
+    def _visit_entry(entry, prefix: str, linked: bool, tree: Path) -> None:
+        rel, path = prefix + entry.name, Path(entry.path)
+        through_link = linked or entry.is_symlink()
+        try:
+            is_dir, is_file = entry.is_dir(), entry.is_file()  # both follow symlinks
+        except OSError:
+            is_dir = is_file = False
+        if is_dir and entry.is_symlink():
+            target = path.resolve()
+            refusal = _link_refusal(target, tree, real_root)
+            if refusal is not None:
+                found.append(_File(rel, path, refusal))
+            else:
+                visit(path, rel + "/", True, tree if _within(target, tree) else target)
+        elif is_dir:
+            visit(path, rel + "/", through_link, tree)
+        elif is_file:
+            found_file = _file(rel, path.resolve() if through_link else path)
+            if found_file is not None:
+                found.append(found_file)
+        elif entry.is_symlink() and _file(rel, path) is not None:
+            found.append(_File(rel, path, "broken link: its target is missing or not a file"))
+
+    visit(root, "", False, real_root)
     return found
 
 
@@ -309,7 +365,10 @@ def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
         raise SkinaugError(f"{path} is not UTF-8 text") from None
     first = text.split("\n", 1)[0]
     delimiter = max(",;\t", key=first.count)  # Excel in many locales writes ';'
-    rows = [row for row in csv.reader(io.StringIO(text), delimiter=delimiter) if any(cell.strip() for cell in row)]
+    try:
+        rows = [row for row in csv.reader(io.StringIO(text), delimiter=delimiter) if any(cell.strip() for cell in row)]
+    except csv.Error as error:  # a cell over csv's 131072-character limit, a NUL byte
+        raise SkinaugError(f"{path} cannot be read as CSV ({error}): it is no labels file, or it is damaged") from None
     if not rows:
         raise SkinaugError(f"{path} is empty: expected a header such as image,label")
     return [cell.strip() for cell in rows[0]], rows[1:]
@@ -569,9 +628,9 @@ def _entries_from_folders(files) -> _Scan:
 
 def _check_usable(root, files, scan: _Scan, skipped: list, strict: bool, where: str) -> None:
     if strict and (skipped or scan.missing):
-        problems = [f"{name}: {reason}" for name, reason in skipped[:3]]
+        problems = [literal(f"{name}: {reason}") for name, reason in skipped[:3]]
         if scan.missing:
-            problems.append(f"{len(scan.missing)} CSV rows have no image file (e.g. {', '.join(scan.missing[:3])})")
+            problems.append(f"{len(scan.missing)} CSV rows have no image file (e.g. {literal(', '.join(scan.missing[:3]))})")
         raise SkinaugError(f"{len(skipped) + len(scan.missing)} unusable inputs ({{strict=True}}): " + "; ".join(problems))
     if not scan.entries:
         example = f" (e.g. no file for {scan.missing[0]!r})" if scan.missing else ""
@@ -680,8 +739,15 @@ def _check_decoded_size(img: Image.Image) -> None:
                        f"{needed / 2**20:.1f} MiB, over the limit of {MAX_DECODED_BYTES / 2**20:.1f} MiB")
 
 
-def load_image(path, image_size: int) -> np.ndarray:
-    """Decode one image file into (S, S, 3) uint8, or raise BadImage with the reason. The file is only read."""
+@contextlib.contextmanager
+def open_image(path):
+    """Image.open through skinaug's decoders, within the size limits, with every way Pillow fails on a bad file
+    (and on the block's decoding) raised as BadImage with the reason: what makes an input "skipped, unreadable".
+
+    Pillow fails in many classes: UnidentifiedImageError, DecompressionBombError (not an OSError), ValueError for
+    an oversized zTXt/iCCP chunk or a bad palette, SyntaxError and EOFError from damaged headers, struct.error."""
+    import struct
+
     path = Path(path)
     try:
         if path.stat().st_size == 0:
@@ -690,19 +756,27 @@ def load_image(path, image_size: int) -> np.ndarray:
             width, height = img.size
             if width * height > MAX_IMAGE_PIXELS:
                 raise BadImage(f"decompression bomb: {width}x{height} pixels is over the limit of {MAX_IMAGE_PIXELS}")
-            img.draft(None, (image_size, image_size))  # JPEG: decode at 1/2..1/8 scale when that still covers S
-            _check_decoded_size(img)  # after draft, which shrinks JPEGs without decoding them; before load
-            try:
-                img.load()  # PIL is lazy: truncation only shows when every byte is decoded
-            except (OSError, SyntaxError, ValueError, EOFError):
-                raise BadImage("truncated or corrupt") from None
-            return preprocess(img, image_size)
+            yield img
     except UnidentifiedImageError:
         raise BadImage("not an image") from None
     except Image.DecompressionBombError as error:
         raise BadImage(f"decompression bomb: {error}") from None
+    except (ValueError, SyntaxError, EOFError, struct.error, IndexError, KeyError, TypeError) as error:
+        raise BadImage(f"truncated or corrupt: {first_line(error)}") from None
     except OSError as error:
-        raise BadImage(f"cannot read: {error.strerror or error}") from None
+        raise BadImage(f"cannot read: {error.strerror or first_line(error)}") from None
+
+
+def load_image(path, image_size: int) -> np.ndarray:
+    """Decode one image file into (S, S, 3) uint8, or raise BadImage with the reason. The file is only read."""
+    with open_image(path) as img:
+        img.draft(None, (image_size, image_size))  # JPEG: decode at 1/2..1/8 scale when that still covers S
+        _check_decoded_size(img)  # after draft, which shrinks JPEGs without decoding them; before load
+        try:
+            img.load()  # PIL is lazy: truncation only shows when every byte is decoded
+        except (OSError, SyntaxError, ValueError, EOFError):
+            raise BadImage("truncated or corrupt") from None
+        return preprocess(img, image_size)
 
 
 def load_images(
@@ -736,7 +810,7 @@ def load_images(
             i = futures[future]
             if strict and reasons[i] is not None:
                 pool.shutdown(cancel_futures=True)
-                raise SkinaugError(f"unusable image {samples[i].path} ({{strict=True}}): {reasons[i]}")
+                raise SkinaugError(f"unusable image {literal(samples[i].path)} ({{strict=True}}): {literal(reasons[i])}")
             if progress is not None:
                 progress(1)
 

@@ -23,9 +23,21 @@ def python_spelling(name: str, value: str | None) -> str:
     return name if value is None else f"{name}={value}"
 
 
+# a doubled brace is a brace of the data (see `literal`), never part of a placeholder
+_LITERAL_BRACE = re.compile(r"(\{\{|\}\})")
+
+
 def render(text: str, spell=python_spelling) -> str:
-    """`text` with each parameter placeholder written as spell(name, value) (value None for a bare `{name}`)."""
-    return PARAMETER.sub(lambda match: spell(match.group(1), match.group(2)), str(text))
+    """`text` with each parameter placeholder written as spell(name, value) (value None for a bare `{name}`), and
+    each doubled brace (from `literal`) as one brace."""
+    return "".join(part[0] if part in ("{{", "}}") else PARAMETER.sub(lambda match: spell(match.group(1), match.group(2)), part)
+                   for part in _LITERAL_BRACE.split(str(text)))
+
+
+def literal(text) -> str:
+    """Data (a file name, a CSV cell, a class name) as it goes into a message: a name such as `{overwrite}` is shown
+    as it is, never read as a placeholder and spelled as a flag."""
+    return str(text).replace("{", "{{").replace("}", "}}")
 
 
 class Message:
@@ -102,7 +114,7 @@ def os_error_message(error: OSError, path=None, action: str = "cannot access") -
     """
     where = path if path is not None else error.filename
     code = _errno_of(error)
-    cause = error.strerror or (os.strerror(code) if code else _first_line(error))
+    cause = error.strerror or (os.strerror(code) if code else first_line(error))
     line = f"{action} {_file_name(where)}: {cause}" if where is not None else f"{action}: {cause}"
     hint = _OS_ERROR_HINTS.get(code)
     return f"{line} ({hint})" if hint else line
@@ -114,7 +126,8 @@ def _errno_of(error: OSError) -> int | None:
     return error.errno
 
 
-def _first_line(error: Exception) -> str:
+def first_line(error: Exception) -> str:
+    """The first line of another library's error (its later lines are tracebacks or advice), or its type's name."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 

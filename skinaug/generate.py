@@ -28,8 +28,9 @@ import numpy as np
 from . import iterative as iterative_module
 from .backends import open_backend
 from .codes import CodeFile, read_codes
-from .errors import SkinaugError, UsageError
+from .errors import BadImage, SkinaugError, UsageError, literal
 from .layout import as_layout, plan_layout
+from .limits import check_planned_images, code_bytes
 from .modeldir import ModelDir, model_location
 from .naming import name_key, unique_names
 from .output import DatasetWriter, check_streaming  # noqa: F401  (generate.check_streaming: generators.py uses it)
@@ -103,6 +104,7 @@ class Generator:
         self.sampler = sampler  # "reference": one full forward per position, the ground truth (slow)
         self.class_names = list(self.spec.class_names)
         self.levels = list(self.spec.level_names)
+        self.unmasked: set[int] = set()  # sources whose mask marks no code: their "resample" is a reconstruction
 
     def require(self, methods) -> None:
         """Fails early, naming the missing prior file and the command that trains it."""
@@ -151,15 +153,17 @@ class Generator:
         """A lesion mask (DIR/<image>.png) reduced to the bottom grid: True where codes are resampled."""
         from PIL import Image
 
+        from .data import open_image
+
         path = self.mask_dir / f"{name}.png"
         if not path.is_file():
             raise SkinaugError(f"no mask for {name}: {path} is missing")
         height, width = self.spec.grid["bottom"]
         try:
-            with Image.open(path) as image:
+            with open_image(path) as image:
                 mask = np.asarray(image.convert("L").resize((width, height), Image.Resampling.BOX)) >= 128
-        except OSError as error:
-            raise SkinaugError(f"cannot read mask {path} ({error})") from None
+        except BadImage as error:  # a mask is needed for its image: no skipping it
+            raise SkinaugError(f"cannot read mask {path}: {error}") from None
         return mask
 
     def codes_for(self, method: str, jobs: list[Job], source: CodeFile | None, seed: int) -> dict[str, np.ndarray]:
@@ -193,8 +197,10 @@ class Generator:
 
     def image_details(self, method: str, jobs: list[Job], seed: int) -> list[dict]:
         """Per image of a batch, what its row records beyond labels.csv's columns (the iterative resample's boxes:
-        skinaug/iterative.py); none here."""
-        return [{} for _ in jobs]
+        skinaug/iterative.py), or in place of them: a resample under a mask that marks nothing draws no code, so
+        its image is a reconstruction and its row says so."""
+        reconstruction = {"method": "reconstruction", "temperature": "", "seed": ""}
+        return [reconstruction if method == "resample" and job.source_top in self.unmasked else {} for job in jobs]
 
     def images_for(self, codes: dict[str, np.ndarray]) -> np.ndarray:
         return self.code_model.decode(codes)
@@ -227,6 +233,7 @@ def class_index(class_names: list[str], name: str) -> int:
 
 def plan_mix(source: CodeFile, n: int, rng: np.random.Generator, *, any_label=False, label: int | None = None) -> list[Job]:
     """n (top source, bottom source) pairs: same label unless any_label; a different image when there is one."""
+    check_planned_images(n)
     candidates = np.flatnonzero(source.labels == label) if label is not None else np.arange(len(source))
     if label is None and not any_label:
         candidates = candidates[source.labels[candidates] >= 0]
@@ -251,6 +258,7 @@ def plan_mix(source: CodeFile, n: int, rng: np.random.Generator, *, any_label=Fa
 
 
 def plan_per_source(method: str, indices, per_image: int, source: CodeFile) -> list[Job]:
+    check_planned_images(len(indices) * per_image)
     return [Job(method, int(source.labels[i]), int(i), int(i)) for i in indices for _ in range(per_image)]
 
 
@@ -392,10 +400,18 @@ def check_masks(generator: Generator, jobs: list[Job], source: CodeFile | None) 
     """Every lesion mask a resample job needs, looked for before anything is written (not half-way through)."""
     if generator.mask_dir is None:
         return
-    for name in sorted({source.images[job.source_top] for job in jobs if job.method == "resample"}):
+    for index in sorted({job.source_top for job in jobs if job.method == "resample"}):
+        name = source.images[index]
         path = generator.mask_dir / f"{name}.png"
         if not path.is_file():
             raise SkinaugError(f"no mask for {name}: {path} is missing")
+        if not generator.mask_array(name).any():  # nothing drawn anew: a reconstruction, labelled as one
+            generator.unmasked.add(index)
+    if generator.unmasked:
+        names = sorted(source.images[index] for index in generator.unmasked)
+        warn(f"{len(names)} masks mark no part of their image at the code grid's resolution (no region of pixels >= "
+             f"128), so nothing is resampled: {literal(', '.join(names[:3]))}{', ...' if len(names) > 3 else ''} "
+             "are labelled reconstruction")
 
 
 def job_plan(jobs: list[Job], **options) -> dict:
@@ -404,8 +420,10 @@ def job_plan(jobs: list[Job], **options) -> dict:
 
 def weighted_counts(total: int, weights: dict[str, float]) -> dict[str, int]:
     """Splits total by weights with the largest-remainder rule, so the parts add up exactly."""
-    weight_sum = sum(weights.values())
-    raw = {m: total * w / weight_sum for m, w in weights.items()}
+    largest = max(weights.values())  # shares of the largest weight: weights near the float limit cannot overflow
+    shares = {m: w / largest for m, w in weights.items()}
+    share_sum = sum(shares.values())
+    raw = {m: total * share / share_sum for m, share in shares.items()}
     counts = {m: int(np.floor(v)) for m, v in raw.items()}
     for m in sorted(raw, key=lambda m: raw[m] - counts[m], reverse=True)[: total - sum(counts.values())]:
         counts[m] += 1
@@ -445,10 +463,12 @@ def plan_augment(source: CodeFile, class_names: list[str], *, factor=None, balan
     if not present:
         raise SkinaugError("no labelled image to augment: give {labels} or class sub-folders")
     largest = max(present.values())
+    targets = {label: round(factor * count) if factor is not None else largest for label, count in present.items()}
+    check_planned_images(sum(targets.values()))
     jobs: list[Job] = []
     table: dict = {}
     for label, count in present.items():
-        target = round(factor * count) if factor is not None else largest
+        target = targets[label]
         to_make = max(0, target - (count if originals else 0))
         split = weighted_counts(to_make, weights)
         table[class_names[label]] = {"originals": count if originals else 0, **split, "total": target}
@@ -654,6 +674,8 @@ def synthesize(out, *, model=None, class_name=None, n=None, per_class=None, temp
     generator = open_generator(model, device, backend=backend, temperature=temperature, top_k=top_k,
                                dtype=sampling_dtype(bf16), sampler=sampler, compile_step=compile_step)
     generator.require(["synthesize"])
+    count = n if class_name is not None else per_class * len(generator.class_names)
+    check_planned_images(count, code_bytes(generator.spec))
     if class_name is not None:
         jobs = [Job("synthesize", class_index(generator.class_names, class_name)) for _ in range(n)]
     else:
@@ -676,6 +698,9 @@ def augment(data, out, *, model=None, labels=None, factor=None, balance=False, m
     images, `factor` times the input per class or every class up to the largest (`balance`). `methods`:
     "mix:1,resample:2,synthesize:1" or {"mix": 1, ...}; classic: albumentations copies (`classic_config`: a pipeline
     A.save wrote). With dry_run nothing is written and the summary holds the plan (images per class and method)."""
+    if no_originals and copy_originals:
+        raise UsageError("{no_originals=True} leaves the originals out, so {copy_originals=True} has nothing to copy: "
+                         "choose one")
     check_streaming(out, jsonl, overwrite)
     as_layout(layout)
     weights, transforms = augment_methods(methods, classic_config)

@@ -292,6 +292,8 @@ class OutputLock:
         try:
             descriptor = os.open(self.path, flags, 0o666)
         except OSError as error:
+            if not os.path.lexists(self.path):  # the folder refuses a new file (read-only, permissions, full): its fault
+                raise SkinaugError(os_error_message(error, self.path.parent, f"cannot write {shown} in")) from None
             raise SkinaugError(f"cannot lock {shown}: {self.path} cannot be opened as a plain file "
                                f"({error.strerror}); remove it if no skinaug process is running") from None
         status = os.fstat(descriptor)
@@ -381,6 +383,18 @@ def _finish_cut_swap(final: Path) -> None:
         os.replace(old, final)
         return
     _remove(old)
+
+
+def _remove_stale_temporaries(final: Path) -> None:
+    """The temporary files (`atomic_path`'s `.NAME.*.tmp`) of a run that was killed before it could remove them.
+    Called under the output's lock, so no other writer owns them; left alone they would hold the space for ever."""
+    prefix, stale = f".{final.name}.", []
+    with contextlib.suppress(OSError), os.scandir(final.parent) as entries:
+        stale = [entry.path for entry in entries if entry.name.startswith(prefix) and entry.name.endswith(".tmp")
+                 and not entry.is_dir(follow_symlinks=False)]
+    for path in stale:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def swap_into_place(work: Path, final: Path) -> None:
@@ -485,6 +499,7 @@ def _refuse_shipped(path: Path, final: Path) -> None:
 def _where_to_write(path: Path, final: Path, kind: OutputKind, *, overwrite: bool, resume: bool) -> tuple[Path, bool]:
     """(work folder, resuming) under the lock."""
     _finish_cut_swap(final)
+    _remove_stale_temporaries(final)
     staging = _sibling(final, "new")
     in_place = kind.resumable or kind.single_file
     if resume and staging.exists():
@@ -494,6 +509,9 @@ def _where_to_write(path: Path, final: Path, kind: OutputKind, *, overwrite: boo
         return (final if in_place else staging), False
     if resume:
         return final, True
+    if not overwrite and not kind.recognise(final):  # something else: a folder of the user's, not ours to name
+        raise SkinaugError(f"{path} already exists and is not a {kind.name} (no {kind.marker}): "
+                           "choose another {out}, or remove it yourself")
     if not overwrite:
         hint = " or {resume=True} to continue it" if kind.resumable else ""
         raise SkinaugError(f"{kind.name} {path} already exists: pass {{overwrite=True}} to replace it{hint}")

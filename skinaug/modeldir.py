@@ -18,8 +18,9 @@ import os
 from pathlib import Path
 
 from . import io as skinaug_io
-from .errors import SkinaugError
+from .errors import SkinaugError, first_line
 from .io import atomic_path, is_shipped, read_json, write_json, write_text
+from .runtime import warn
 from .spec import DOWNSAMPLES, SHAPE_FIELDS, ModelSpec, code_grid
 from .version import __version__
 
@@ -62,6 +63,52 @@ def load_weights(path) -> dict:
     # shipped weights are stored in float16 to halve the download; every network computes in float32
     return {name: tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
             for name, tensor in state.items()}
+
+
+def weight_shapes(path) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape, read from a safetensors file's header without loading a tensor."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as handle:
+            return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    except FileNotFoundError:
+        raise SkinaugError(f"{path} does not exist") from None
+    except Exception as error:  # safetensors raises its own error types for corrupt files
+        raise SkinaugError(f"{path} is not a readable safetensors file ({error})") from None
+
+
+def build_matching(build, weights):
+    """`build()`, once the network it makes is known to match the shapes in `weights`: it is first built on torch's
+    meta device, which allocates nothing, so a config.json that asks for an absurd width is refused, not allocated."""
+    import torch
+
+    with torch.device("meta"):
+        wanted = {name: tuple(tensor.shape) for name, tensor in build().state_dict().items()}
+    stored = weight_shapes(weights)
+    if wanted != stored:
+        name = next(name for name in sorted(set(wanted) | set(stored)) if wanted.get(name) != stored.get(name))
+        shown = lambda shape: "absent" if shape is None else "x".join(map(str, shape)) or "a scalar"  # noqa: E731
+        raise SkinaugError(f"{weights} does not match its config.json: {name} is {shown(stored.get(name))} in the "
+                           f"weights but {shown(wanted.get(name))} by config.json")
+    return build()
+
+
+def torch_load_tensors(path, what: str):
+    """torch.load(path, weights_only=True), its failure one line: `cannot read {what} {path} (reason)`. A file that
+    holds other Python objects is refused as such: PyTorch's own message advises weights_only=False, which would run
+    whatever code the file carries, and is not repeated."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        reason = "it holds Python objects besides tensors, and skinaug loads only tensors (nothing is unpickled)"
+    except Exception as error:  # noqa: BLE001  (torch raises many types for a damaged file)
+        reason = first_line(error)
+    raise SkinaugError(f"cannot read {what} {path} ({reason})")
 
 
 COMPACT_MIN_ELEMENTS = 4096
@@ -220,7 +267,8 @@ class ModelDir:
         """The stage-1 network in eval mode on `device`."""
         from .vqvae import VQVAE2, VQVAEConfig
 
-        model = VQVAE2(VQVAEConfig.from_dict(vqvae_config(self.config())))
+        config = VQVAEConfig.from_dict(vqvae_config(self.config()))
+        model = build_matching(lambda: VQVAE2(config), self.path / VQVAE_WEIGHTS)
         state = load_weights(self.path / VQVAE_WEIGHTS)
         try:
             model.load_state_dict(state)
@@ -269,9 +317,18 @@ class ModelDir:
         from .priors import PriorConfig, build_prior
 
         self.require_prior(level)
-        entry = self.config()["priors"][level]
-        prior = build_prior(PriorConfig.from_entry(entry))
+        config = self.config()
+        entry = config["priors"][level]
+        try:
+            prior_config = PriorConfig.from_entry(entry)
+        except SkinaugError as error:  # the file is wrong, not the command line: exit 1, naming the file
+            raise SkinaugError(f"{self.config_path}: priors.{level}: {error}") from None
+        if prior_config.num_classes not in (0, len(config.get("class_names", []))):
+            raise SkinaugError(f"{self.config_path}: priors.{level}.num_classes is {prior_config.num_classes} but "
+                               f"class_names lists {len(config.get('class_names', []))} classes: the file was edited or "
+                               "damaged (train the prior again, or restore class_names)")
         weights = self.path / PRIOR_WEIGHTS[level]
+        prior = build_matching(lambda: build_prior(prior_config), weights)
         try:
             prior.load_state_dict(load_weights(weights))
         except RuntimeError as error:
@@ -454,11 +511,22 @@ def describe(path) -> dict:
     }
 
 
+def _env_model() -> list[Path]:
+    """$SKINAUG_MODEL's model, if set; a bad one is what `skinaug models` is run to sort out: a warning, not an error."""
+    if not os.environ.get(MODEL_ENV, "").strip():
+        return []
+    try:
+        path = resolve_model(None)
+        describe(path)
+    except SkinaugError as error:
+        warn(f"{error.args[0]} (the other models are listed)")  # its placeholders, for the CLI to spell
+        return []
+    return [path]
+
+
 def find_models(paths) -> list[dict]:
     """`describe` rows for the shipped models, $SKINAUG_MODEL, and each given model dir or folder of model dirs."""
-    candidates = list(shipped_models().values())
-    if os.environ.get(MODEL_ENV, "").strip():
-        candidates.append(resolve_model(None))
+    candidates = list(shipped_models().values()) + _env_model()
     for path in map(Path, paths):
         if not path.is_dir():
             raise SkinaugError(f"{path} is not a folder")

@@ -54,7 +54,7 @@ def is_generated_dataset(path: Path) -> bool:
     try:
         with open(path / "labels.csv", encoding="utf-8", newline="") as handle:
             return next(csv.reader(handle), None) == LABEL_COLUMNS
-    except (OSError, UnicodeDecodeError):
+    except (OSError, UnicodeDecodeError, csv.Error):
         return False
 
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import csv
+import os
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from .errors import SkinaugError, UsageError
+from .errors import BadImage, SkinaugError, UsageError
 from .io import OutputKind, atomic_path, claim_output, real_path
 from .layout import images_root
+from .limits import check_memory
 
 SOFTWARE = "skinaug preview"  # the PNG text chunk that marks a contact sheet: --overwrite replaces only those
 ROW_KEYS = ("folder", "method", "label")
@@ -39,6 +41,8 @@ def _rows(folder: Path) -> list[dict]:
             return list(csv.DictReader(handle))
     except UnicodeDecodeError:
         raise SkinaugError(f"{labels} is not UTF-8 text: give folders written by skinaug") from None
+    except csv.Error as error:  # a cell over csv's 131072-character limit
+        raise SkinaugError(f"{labels} cannot be read as CSV ({error}): give folders written by skinaug") from None
 
 
 def folder_captions(folders: list[Path]) -> dict[Path, str]:
@@ -63,6 +67,10 @@ def check_sheet_path(out, folders: list[Path]) -> None:
         if real_path(root) in final.parents and (root != folder or final.parent != real_path(folder)):
             raise UsageError(f"{{out}} {out} is inside {final.parent}, where it would be read as a generated "
                              "image: write the sheet elsewhere")
+    # the sheet is a PNG (its text chunk marks it): no PNG bytes under another name. An existing file is left to the
+    # output policy, which refuses it unless it is an earlier contact sheet and --overwrite is given.
+    if Path(out).suffix.lower() != ".png" and not os.path.lexists(out):
+        raise UsageError(f"{{out}} {out}: a contact sheet is a PNG file; give a name ending in .png")
 
 
 def contact_sheet(folders, out, *, per_row: int = 8, size: int = 64, by: str = "method", seed: int = 0,
@@ -75,6 +83,8 @@ def contact_sheet(folders, out, *, per_row: int = 8, size: int = 64, by: str = "
     is an earlier contact sheet.
     """
     from PIL import Image, ImageDraw, PngImagePlugin
+
+    from .data import open_image
 
     keys = [key.strip() for key in by.split(",")]
     if not keys or any(key not in ROW_KEYS for key in keys) or len(set(keys)) != len(keys):
@@ -95,18 +105,24 @@ def contact_sheet(folders, out, *, per_row: int = 8, size: int = 64, by: str = "
     if not groups:
         raise SkinaugError("no images found in " + ", ".join(map(str, folders)))
     rows = sorted(groups, key=lambda name: (first_folder[name], name))  # with folder, in the order given
+    caption = 14
+    check_memory(3 * per_row * size * len(rows) * (size + caption),
+                 f"a contact sheet of {len(rows)} rows of {per_row} thumbnails of {size} pixels",
+                 "give a smaller {size} or {per_row}")
     claim = claim_output(out, kind=CONTACT_SHEET, inputs=folders, overwrite=overwrite)
     with claim:
         rng = np.random.default_rng(seed)
-        caption = 14
         sheet = Image.new("RGB", (per_row * size, len(rows) * (size + caption)), "white")
         draw = ImageDraw.Draw(sheet)
         for row_index, name in enumerate(rows):
             paths, top = groups[name], row_index * (size + caption)
             draw.text((2, top + 1), f"{name} ({len(paths)})", fill="black")
             for column, pick in enumerate(rng.choice(len(paths), size=min(per_row, len(paths)), replace=False)):
-                with Image.open(paths[pick]) as image:
-                    sheet.paste(image.convert("RGB").resize((size, size)), (column * size, top + caption))
+                try:
+                    with open_image(paths[pick]) as image:
+                        sheet.paste(image.convert("RGB").resize((size, size)), (column * size, top + caption))
+                except BadImage as error:
+                    raise SkinaugError(f"cannot show {paths[pick]}: {error}") from None
         marks = PngImagePlugin.PngInfo()
         marks.add_text("Software", SOFTWARE)
         with atomic_path(claim.work) as tmp:

@@ -31,6 +31,7 @@ from .distributed import Distributed
 from .encode import codes_from_images, open_code_model
 from .errors import SkinaugError, UsageError
 from .io import OutputLock, real_path
+from .limits import check_network_memory
 from .modeldir import PRIOR_WEIGHTS, ModelDir, base_model, fingerprint, load_weights, require_writable, save_weights
 from .priors import PriorConfig, build_prior
 from .priors.config import ATTENTION_KINDS
@@ -277,6 +278,7 @@ def train_prior_level(model_dir: ModelDir, code_file: CodeFile, level: str, opti
     if checkpoint is not None:
         init = None  # the checkpoint holds the weights; --init only sets the start of a run
     prior_config = _level_config(level, config, options, checkpoint, init, model_dir)
+    check_network_memory(lambda: build_prior(prior_config), f"the {level} prior", "give a smaller {channels}")
     data = _level_data(code_file, level, config, prior_config, options, device)
     prior, state, init_record = _build_level(prior_config, level, config, options, init, dist, device, len(data.train))
     if checkpoint is not None:

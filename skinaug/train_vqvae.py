@@ -24,6 +24,7 @@ from .distributed import Distributed
 from .errors import SkinaugError, UsageError
 from .image_cache import build_cache
 from .io import MODEL_DIRECTORY, atomic_path, claim_output, write_json
+from .limits import check_network_memory
 from .losses import (GAN_START_SHARE, Adversary, LossSettings, discriminator_width, loss_settings, ssim_loss,
                      ssim_module)
 from .modeldir import PRIOR_WEIGHTS, VQVAE_WEIGHTS, ModelDir, fingerprint, load_weights, vqvae_config
@@ -117,8 +118,10 @@ def check_init_is_not_output(source: InitSource, out) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: VQVAE2, batches, source: BatchSource, autocast) -> dict:
-    """Validation MSE on [0, 1] pixels and per-level code usage and perplexity."""
+def evaluate(model: VQVAE2, batches, source: BatchSource, autocast, held_out: bool = True) -> dict:
+    """Validation MSE on [0, 1] pixels and per-level code usage and perplexity. Without validation images (not
+    `held_out`: `batches` are training images) there is no validation MSE: val_mse is None and the MSE on those
+    training images is train_sample_mse, so that no training error is stored as a validation one."""
     model.eval()
     squared_error, pixels = 0.0, 0
     codes: dict[str, list[np.ndarray]] = {level: [] for level in model.quantizers}
@@ -133,7 +136,8 @@ def evaluate(model: VQVAE2, batches, source: BatchSource, autocast) -> dict:
             codes[level].append(values.cpu().numpy())
     model.train()
     stats = code_statistics({k: np.concatenate(v) for k, v in codes.items()}, model.config.codebook_size)
-    return {"val_mse": squared_error / max(1, pixels), **stats}
+    mse = squared_error / max(1, pixels)
+    return {"val_mse": mse, **stats} if held_out else {"val_mse": None, "train_sample_mse": mse, **stats}
 
 
 def reconstruction_grid(model: VQVAE2, images: torch.Tensor, path: Path) -> None:
@@ -245,6 +249,7 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig | dict | No
 
     source = BatchSource(dataset.cache, device)
     autocast = partial(autocast_for, device)
+    held_out = len(dataset.val_index) > 0  # else code usage is measured on training images, and no val_mse is made up
     val_batches = ([dataset.val_index[i : i + 2 * batch_size] for i in range(0, len(dataset.val_index), 2 * batch_size)]
                    or [dataset.train_index[:batch_size]])
     meta = _meta(start, options, dataset, data, labels)
@@ -257,7 +262,7 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig | dict | No
         _log_start(start, options, dataset, device, total_steps)
     step = VQVAEStep(model, network, state.objects["optimizer"], source, autocast, settings=start.settings,
                      adversary=adversary, augment=options.augment)
-    hooks = _epoch_hooks(model, state, start, source, val_batches, autocast, dist)
+    hooks = _epoch_hooks(model, state, start, source, val_batches, autocast, dist, held_out)
     run = Run("training", start.checkpoint_path, meta, metrics_log,
               restart="start again with {overwrite=True} and a lower {lr}")
     batches = partial(shuffled_batches, dataset.train_index, batch_size, seed=options.seed, dist=dist)
@@ -265,7 +270,7 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig | dict | No
     if dist.is_main:
         if options.epochs == 0:
             # the --init VQ-VAE as it is: how well it reconstructs and covers the new data
-            metrics = metrics_log.append({"epoch": 0, "step": 0, **evaluate(model, val_batches, source, autocast)})
+            metrics = metrics_log.append({"epoch": 0, "step": 0, **evaluate(model, val_batches, source, autocast, held_out)})
         metrics = metrics or metrics_log.last()  # a resumed run with no epoch left: the checkpoint's last line
         _finish(start, dataset, model, metrics, meta, options, state.step, data, device, out)
     dist.barrier()
@@ -289,6 +294,7 @@ def _start(data, out, labels, model_config, options: TrainOptions, resume: bool,
     settings = loss_settings(options.loss, options.ssim_weight, options.gan_weight, options.gan_start)
     if options.decoder_only and init is None and not (resume and has_checkpoint):
         raise UsageError("{decoder_only=True} needs {init=MODEL}: it trains the decoder of MODEL's VQ-VAE, keeping its codes")
+    check_network_memory(lambda: VQVAE2(model_config), "a VQ-VAE", "give a smaller {channels} or {res_channels}")
     # rank 0 alone applies the output policy and holds the lock; the others follow its decision and write where it
     # says: in place, or beside an earlier model that --overwrite replaces only once the new one is saved
     claim = claim_output(out, kind=MODEL_DIRECTORY, inputs=(data, labels, init_source.path if init_source else None),
@@ -387,7 +393,7 @@ def _build(start: _Start, options: TrainOptions, dist: Distributed, device, tota
 
 
 def _epoch_hooks(model: VQVAE2, state: TrainState, start: _Start, source: BatchSource, val_batches, autocast,
-                 dist: Distributed) -> Hooks:
+                 dist: Distributed, held_out: bool = True) -> Hooks:
     """The end of an epoch: codebooks synchronised, the metrics line, the reconstruction grid, the log line."""
     restarted = {level: q.restarted_total for level, q in model.quantizers.items()}  # at the epoch's start
     grid_images = source(val_batches[0][:8])
@@ -398,7 +404,7 @@ def _epoch_hooks(model: VQVAE2, state: TrainState, start: _Start, source: BatchS
             "lr": state.objects["scheduler"].get_last_lr()[0],
             "train_loss": epoch.mean("loss"),
             "train_mse": epoch.mean("mse") / 4.0,  # [-1, 1] -> [0, 1] halves the scale, so squared errors shrink by 4
-            **evaluate(model, val_batches, source, autocast),
+            **evaluate(model, val_batches, source, autocast, held_out),
             **{f"codes_restarted_{level}": q.restarted_total - restarted[level] for level, q in model.quantizers.items()},
             **loss_term_metrics(start.settings, epoch.sums, epoch.steps, epoch.sums.get("gan_steps", 0)),
             "images_per_s": epoch.items * dist.world_size / epoch.seconds,
@@ -413,8 +419,9 @@ def _epoch_hooks(model: VQVAE2, state: TrainState, start: _Start, source: BatchS
         terms = "".join(f", {name} {metrics[key]:.4f}" for name, key in
                         (("1-SSIM", "train_ssim"), ("gan", "train_gan"), ("discriminator", "train_discriminator"))
                         if metrics.get(key) is not None)
-        log(f"epoch {epoch.number}/{epoch.epochs}: train MSE {metrics['train_mse']:.5f}{terms}, val MSE "
-            f"{metrics['val_mse']:.5f}, {usage}, {metrics['images_per_s']:.0f} img/s")
+        val = "none (no validation images)" if metrics["val_mse"] is None else f"{metrics['val_mse']:.5f}"
+        log(f"epoch {epoch.number}/{epoch.epochs}: train MSE {metrics['train_mse']:.5f}{terms}, val MSE {val}, "
+            f"{usage}, {metrics['images_per_s']:.0f} img/s")
 
     def postfix(outputs: dict) -> dict:
         used = {f"codes_{level}": int(q.steps_unused.eq(0).sum()) for level, q in model.quantizers.items()}

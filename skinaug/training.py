@@ -218,10 +218,9 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 def load_checkpoint(path: Path) -> dict:
     """A checkpoint, read without unpickling arbitrary objects (weights_only=True)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise SkinaugError(f"cannot read checkpoint {path} ({str(error).splitlines()[0]})") from None
+    from .modeldir import torch_load_tensors
+
+    return torch_load_tensors(path, "checkpoint")
 
 
 # ------------------------------------------------------------------------------------------- metrics log

@@ -24,6 +24,7 @@ import torch
 
 from ..codes import CodeFile
 from ..errors import UsageError
+from ..limits import check_planned_images
 from ..generate import Job, batch_seed, class_index, classic_batch, job_plan, make_batches, name_jobs, original_rows, plan_augment
 from ..layout import plan_layout
 from ..output import DatasetWriter
@@ -62,6 +63,7 @@ def synthesize(model, out, *, class_name=None, n=None, per_class=None, temperatu
     if (class_name is None) == (per_class is None) or (class_name is not None and n is None):
         raise UsageError("give {class_name=NAME} with {n=N}, or {per_class=N}")
     sampler = BaselineSampler(model, device, temperature)
+    check_planned_images(n if class_name is not None else per_class * len(sampler.class_names))
     if class_name is not None:
         jobs = [Job("synthesize", class_index(sampler.class_names, class_name)) for _ in range(n)]
     else:

@@ -6,6 +6,7 @@ Heavy libraries (torch, h5py, PIL) are imported inside commands so that `skinaug
 from __future__ import annotations
 
 import ast
+import contextlib
 import os
 import sys
 
@@ -103,9 +104,32 @@ def main(argv: list[str] | None = None) -> int:
     from ..runtime import StderrHandler, reporting
 
     spell = flag_spelling(argv if argv is not None else sys.argv[1:])
-    # progress lines on stderr (--quiet lowers the level), as before once done; --class-map holds for this command only
-    with reporting(StderrHandler(spell)), using_class_map(None):
-        return _run(argv, spell)
+    # progress lines on stderr (--quiet lowers the level); --class-map holds for this command only
+    with reporting(StderrHandler(spell)), _pillow_warnings_as_lines(), using_class_map(None):
+        return _run(argv if argv is not None else sys.argv[1:], spell)
+
+
+@contextlib.contextmanager
+def _pillow_warnings_as_lines():
+    """Pillow's warnings about a file (a large image, odd EXIF, a palette with transparency) as skinaug's own lines,
+    hidden by --quiet, instead of Python's two-line `file:line: Warning` form; other warnings are left as they are."""
+    import warnings
+
+    from ..runtime import log
+
+    shown = warnings.showwarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if f"{os.sep}PIL{os.sep}" in str(filename):
+            log(f"Pillow: {_one_line(message)}")
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = showwarning
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
 
 
 def flag_spelling(argv: list[str]):
@@ -144,7 +168,7 @@ def _run(argv: list[str] | None, spell) -> int:
     try:
         result = app(args=argv, prog_name="skinaug", standalone_mode=False)
         if result == 130:  # typer turns Ctrl-C into Exit(130), which click returns when not standalone
-            return _interrupted()
+            return _interrupted(argv)
         return result if isinstance(result, int) else 0
     except SkinaugError as error:
         if os.environ.get("SKINAUG_DEBUG"):
@@ -152,8 +176,12 @@ def _run(argv: list[str] | None, spell) -> int:
         print(f"error: {_one_line(error.render(spell))}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
-        return _interrupted()
+        return _interrupted(argv)
+    except BrokenPipeError:
+        return _closed_stdout()
     except SystemExit as error:  # typer's completion options exit themselves
+        if type(sys.stdout).__name__ == "PacifyFlushWrapper":  # click's exit(1) on EPIPE: the reader went away
+            return _closed_stdout()
         return error.code if isinstance(error.code, int) else (0 if error.code is None else 1)
     except OSError as error:
         # a failed read or write with a cause the user can act on (permissions, a full disk, a file where a
@@ -172,7 +200,7 @@ def _run(argv: list[str] | None, spell) -> int:
     except Exception as error:
         # typer's (click's) own signals, matched by shape: their classes moved between typer releases
         if type(error).__name__ == "Abort":
-            return _interrupted()
+            return _interrupted(argv)
         if hasattr(error, "exit_code") and not hasattr(error, "show"):  # Exit (e.g. after --help or --version)
             return error.exit_code
         if hasattr(error, "show") and hasattr(error, "exit_code"):  # usage errors
@@ -185,13 +213,39 @@ def _run(argv: list[str] | None, spell) -> int:
         return 1
 
 
+# what a shell reports for a process ended by SIGPIPE (128 + 13), as `head` leaves `yes`
+SIGPIPE_EXIT = 141
+
+
+def _closed_stdout() -> int:
+    """The reader of stdout went away (`... | head -1`): stop quietly, as Unix tools do. A generated folder stays
+    marked unfinished (.progress/, for --resume) and a file output is never put in place half written."""
+    with contextlib.suppress(OSError, AttributeError, ValueError):  # a stdout without a descriptor needs nothing
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())  # Python's final flush of stdout must not fail again
+        finally:
+            os.close(devnull)
+    return SIGPIPE_EXIT
+
+
 def _one_line(message) -> str:
     """The contract promises one line: messages quoting other libraries' errors may hold several."""
     return " ".join(str(message).splitlines()).strip()
 
 
-def _interrupted() -> int:
-    print("interrupted: finished batches are kept; run the same command with --resume to continue", file=sys.stderr)
+def _interrupted(argv: list[str]) -> int:
+    """Ctrl-C: what is kept, and how to go on; --resume only where the command has it (encode writes its code
+    file whole or not at all)."""
+    try:
+        resumable = "resume" in _flags_of(argv)
+    except Exception:  # an incomplete command line: no command to name
+        resumable = False
+    if resumable:
+        print("interrupted: finished batches are kept; run the same command with --resume to continue", file=sys.stderr)
+    else:
+        print("interrupted: the output was not finished (an earlier one is kept); run the same command again",
+              file=sys.stderr)
     return 130
 
 

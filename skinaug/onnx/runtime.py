@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..backends.base import PIXEL_SCALE, CodeModel, PriorSampler, check_draw_args
-from ..errors import SkinaugError
+from ..errors import SkinaugError, first_line
 from ..modeldir import PRIOR_WEIGHTS, VQVAE_WEIGHTS, ModelDir
 from ..runtime import log, warn
 from ..spec import ModelSpec
@@ -77,8 +77,28 @@ def file_digest(path) -> str:
     return digest.hexdigest()[:12]
 
 
+def _recorded_entry(files, file: str) -> dict | None:
+    """The manifest's record ({"file", "inputs", "outputs"}) of the graph in `file`, wherever it is nested."""
+    if isinstance(files, dict):
+        if files.get("file") == file and "outputs" in files and "inputs" in files:
+            return files
+        values = files.values()
+    elif isinstance(files, list):
+        values = files
+    else:
+        return None
+    for value in values:
+        found = _recorded_entry(value, file)
+        if found is not None:
+            return found
+    return None
+
+
 class OnnxModel:
     """A model directory's exported graphs: one onnxruntime session per graph, opened on first use."""
+
+    model_dir: ModelDir | None = None  # both set in __init__
+    manifest: dict | None = None  # what `export onnx` recorded
 
     def __init__(self, model, device: str = "auto", *, manifest: dict | None = None, onnx_dir=None):
         self.ort = import_onnxruntime()
@@ -143,8 +163,7 @@ class OnnxModel:
     def session(self, file: str, *, spinning: bool = False, threads: int | None = None):
         """The graph's session, opened on first use (with `session_options(spinning, threads)`)."""
         if file not in self._sessions:
-            options = self.session_options(spinning=spinning, threads=threads)
-            session = self.ort.InferenceSession(str(self.onnx_dir / file), options, providers=self.providers)
+            session = self._open(file, self.session_options(spinning=spinning, threads=threads))
             used = session.get_providers()[0]
             if self.provider is None:
                 wanted = self.providers[0][0] if isinstance(self.providers[0], tuple) else self.providers[0]
@@ -156,6 +175,27 @@ class OnnxModel:
             self.provider = used
             self._sessions[file] = session
         return self._sessions[file]
+
+    def _open(self, file: str, options):
+        """A session on one graph of the export, refused in one line when the file is missing, cannot be loaded
+        (truncated, not ONNX, external data that onnxruntime will not read) or is not the graph the manifest
+        recorded under that name (files swapped or replaced)."""
+        path = self.onnx_dir / file
+        model = self.model_dir.path if self.model_dir is not None else self.onnx_dir.parent
+        remedy = f"run `skinaug export onnx --model {model} --overwrite`"
+        if not path.is_file():
+            raise SkinaugError(f"{path} is missing: the ONNX export in {self.onnx_dir} is incomplete; {remedy}")
+        try:
+            session = self.ort.InferenceSession(str(path), options, providers=self.providers)
+        except Exception as error:  # noqa: BLE001  (onnxruntime's own error classes, one per kind of fault)
+            raise SkinaugError(f"onnxruntime cannot load {path}: {first_line(error)}; the export is damaged: {remedy}") from None
+        entry = _recorded_entry((self.manifest or {}).get("files", {}), file)
+        outputs = [output.name for output in session.get_outputs()]
+        inputs = {graph_input.name for graph_input in session.get_inputs()}
+        if entry is not None and (outputs != list(entry["outputs"]) or not inputs <= set(entry["inputs"])):
+            raise SkinaugError(f"{path} is not the graph the export recorded under that name (it computes "
+                               f"{', '.join(outputs)}, not {', '.join(entry['outputs'])}): {remedy}")
+        return session
 
     @property
     def device_name(self) -> str:

@@ -81,15 +81,17 @@ def read_weights(path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise SkinaugError(f"weights file {path} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
 
+        try:
             state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise SkinaugError(f"cannot read weights {path} ({str(error).splitlines()[0]})") from None
+        except Exception as error:
+            raise SkinaugError(f"cannot read weights {path} ({str(error).splitlines()[0]})") from None
+    else:
+        from ..modeldir import torch_load_tensors
+
+        state = torch_load_tensors(path, "weights")
     for key in ("state_dict", "model"):  # common checkpoint wrappers
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

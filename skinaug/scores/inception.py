@@ -173,14 +173,13 @@ def default_weights_path() -> Path:
 
 def load_fid_inception(weights=None, device="cpu") -> FIDInceptionV3:
     """The network with the FID weights from a local file; nothing is ever downloaded."""
+    from ..modeldir import torch_load_tensors
+
     path = Path(weights).expanduser() if weights is not None else default_weights_path()
     if not path.is_file():
         raise SkinaugError(f"FID needs the Inception weights file {WEIGHTS_NAME} (pytorch-fid's): pass it with "
                            f"{{inception_weights=PATH}} ({path} does not exist; skinaug downloads nothing)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise SkinaugError(f"cannot read Inception weights {path} ({str(error).splitlines()[0]})") from None
+    state = torch_load_tensors(path, "Inception weights")
     model = FIDInceptionV3()
     try:
         model.load_state_dict(state)

@@ -218,21 +218,35 @@ def real_path(path) -> Path:
     return Path(os.path.realpath(Path(path).expanduser()))
 
 
-def refuse_output_over_inputs(out, inputs: Iterable) -> None:
-    """--out may neither be nor hold an input: --overwrite would delete what the command reads."""
-    final = real_path(out)
+def _input_paths(inputs: Iterable) -> list[tuple[object, Path]]:
+    """(as given, real path) of every input; DATA '-' stands for each image listed on stdin, wherever it lies
+    (their common folder says nothing about a file listed from inside the output)."""
+    found = []
     for given in inputs:
         if given is None or str(given) == "":
             continue
-        if str(given) == "-":  # DATA read from stdin: the folder that holds every listed image
+        if str(given) == "-":
             from .data import _stdin_files
 
-            given = _stdin_files()[0]
-        source = real_path(given)
+            found += [(file.path, real_path(file.path)) for file in _stdin_files()[1]]
+        else:
+            found.append((given, real_path(given)))
+    return found
+
+
+def refuse_output_over_inputs(out, inputs: Iterable) -> None:
+    """--out may neither be nor hold an input (--overwrite would delete what the command reads), nor lie inside an
+    input folder (the next run would read the output as input: new images, a new class; a model directory would
+    gain files that are not the model's)."""
+    final = real_path(out)
+    for given, source in _input_paths(inputs):
         if source == final or final in source.parents:
             relation = "is" if source == final else "holds"
             raise SkinaugError(f"{{out}} {out} {relation} the input {given}: skinaug never writes over its inputs, "
                                "choose another {out}")
+        if source in final.parents:
+            raise SkinaugError(f"{{out}} {out} lies inside the input {given}: skinaug never writes into its inputs, "
+                               "choose an {out} outside it")
 
 
 # ------------------------------------------------------------------------- the lock

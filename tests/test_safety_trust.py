@@ -1,0 +1,91 @@
+"""Issue 21, "Trust, round two": what a run may read and write. Inputs listed on stdin are seen one by one, an output
+never lies inside an input, originals are copies, labels in code files travel by class name, provenance survives any
+number of augment passes, and --resume refuses a run that would mix two plans."""
+
+import csv
+import hashlib
+import io
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from skinaug.cli import main
+from skinaug.data import _stdin_files
+
+from conftest import make_tiny_dataset
+
+
+def run(capsys, *args):
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def digests(folder: Path) -> dict:
+    """relative path -> sha256 of every file under folder."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def rows(out: Path) -> dict:
+    with open(out / "labels.csv", encoding="utf-8", newline="") as handle:
+        return {row["image"]: row for row in csv.DictReader(handle)}
+
+
+@pytest.fixture
+def model(generator_model, tmp_path):
+    """A private copy of the model with priors (a test may then be refused into it without risk)."""
+    return Path(shutil.copytree(generator_model["model"], tmp_path / "model"))
+
+
+# ------------------------------------------------------------------------- 1: DATA '-' and --overwrite
+
+
+def test_overwrite_never_deletes_an_image_listed_on_stdin_from_inside_the_output(model, tmp_path, capsys, monkeypatch):
+    """`find st -name '*.png' | skinaug resample - --out st/gen --overwrite`: the listed images' common folder (st)
+    lies outside st/gen, but some of them lie inside it."""
+    st = tmp_path / "st"
+    data = make_tiny_dataset(st / "data")
+    gen = st / "gen"
+    code, _, err = run(capsys, "synthesize", "--model", model, "--out", gen, "--class", "bkl", "-n", 2, "--device", "cpu",
+                       "--quiet")
+    assert code == 0, err
+    labels = tmp_path / "labels.csv"
+    labels.write_text(data.labels_csv.read_text() + "".join(f"{p.stem},bkl,\n" for p in (gen / "images").iterdir()))
+    before = digests(gen)
+    _stdin_files.cache_clear()
+    monkeypatch.setattr(sys, "stdin", io.StringIO("".join(f"{p}\n" for p in sorted(st.rglob("*.png")))))
+    try:
+        code, _, err = run(capsys, "resample", "-", "--labels", labels, "--model", model, "--out", gen, "--overwrite",
+                           "--device", "cpu", "--quiet")
+    finally:
+        _stdin_files.cache_clear()
+    assert code == 1 and "holds the input" in err and "gen/images/" in err and err.count("\n") == 1, err
+    assert digests(gen) == before
+
+
+# ------------------------------------------------------------------------- 10: --out inside an input
+
+
+def test_an_output_inside_the_data_folder_is_refused(model, tiny_dataset, capsys):
+    before = digests(tiny_dataset.images)
+    code, _, err = run(capsys, "augment", tiny_dataset.images, "--labels", tiny_dataset.labels_csv, "--model", model,
+                       "--out", tiny_dataset.images / "aug", "--factor", 2, "--device", "cpu", "--quiet")
+    assert code == 1 and "lies inside the input" in err and err.count("\n") == 1, err
+    assert digests(tiny_dataset.images) == before and not (tiny_dataset.images / "aug").exists()
+    assert not any(".skinaug" in p.name for p in tiny_dataset.images.iterdir())
+
+
+@pytest.mark.parametrize("command", ["encode", "synthesize"])
+def test_nothing_is_written_into_a_users_model_directory(model, tiny_dataset, capsys, command):
+    before = digests(model)
+    args = {"encode": ["encode", tiny_dataset.images, "--labels", tiny_dataset.labels_csv, "--out", model / "codes.h5"],
+            "synthesize": ["synthesize", "--class", "bkl", "-n", 1, "--out", model / "synth"]}[command]
+    code, _, err = run(capsys, *args, "--model", model, "--device", "cpu", "--quiet")
+    assert code == 1 and "lies inside the input" in err, err
+    assert digests(model) == before and sorted(p.name for p in model.iterdir() if ".skinaug" in p.name) == []

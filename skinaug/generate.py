@@ -285,7 +285,7 @@ def make_batches(jobs: list[Job], batch_size: int) -> list[tuple[str, list[Job]]
 
 def run_jobs(generator: Generator, jobs: list[Job], source: CodeFile | None, out, *, seed: int, batch_size: int,
              command: str, plan: dict, overwrite=False, resume=False, image_format="png", quality=95,
-             originals: list | None = None, link_originals=True, extra: dict | None = None, inputs=(), jsonl=False,
+             originals: list | None = None, link_originals=False, extra: dict | None = None, inputs=(), jsonl=False,
              classic_transforms: list | None = None) -> dict:
     """Makes every job's image into OUT_DIR (streamed, resumable, sharded under torchrun).
 
@@ -642,15 +642,18 @@ def synthesize(out, *, model=None, class_name=None, n=None, per_class=None, temp
 
 
 def augment(data, out, *, model=None, labels=None, factor=None, balance=False, methods="mix,resample,synthesize",
-            classic_config=None, no_originals=False, copy_originals=False, dry_run=False, temperature=1.0, top_k=None,
+            classic_config=None, no_originals=False, link_originals=False, copy_originals=False, dry_run=False,
+            temperature=1.0, top_k=None,
             device="auto", backend=None, seed=0, batch_size=64, bf16=False, compile_step=False, image_format="png",
             quality=95, overwrite=False, resume=False, strict=False, jsonl=False, image_col=None, label_col=None,
             group_col=None) -> dict:
-    """A labelled folder expanded into a training-ready one: its originals (hard-linked, or copied) plus generated
-    images, `factor` times the input per class or every class up to the largest (`balance`). `methods`:
+    """A labelled folder expanded into a training-ready one: its originals (copies, reflinks where the file system
+    offers them; hard links to the inputs with `link_originals`; `copy_originals` is the default, kept for old
+    callers) plus generated images, `factor` times the input per class or every class up to the largest (`balance`). `methods`:
     "mix:1,resample:2,synthesize:1" or {"mix": 1, ...}; classic: albumentations copies (`classic_config`: a pipeline
     A.save wrote). With dry_run nothing is written and the summary holds the plan (images per class and method)."""
     check_streaming(out, jsonl, overwrite)
+    link_originals = linking_originals(link_originals, copy_originals)
     weights, transforms = augment_methods(methods, classic_config)
     model = model_location(model)
     generator = open_generator(model, device, backend=backend, temperature=temperature, top_k=top_k,
@@ -675,7 +678,7 @@ def augment(data, out, *, model=None, labels=None, factor=None, balance=False, m
                     **({"classic_config": file_record(classic_config)} if classic_config is not None else {}))
     return run_jobs(generator, jobs, source, out, seed=seed, batch_size=batch_size, command="augment", plan=plan,
                     overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
-                    originals=originals, link_originals=not copy_originals, extra={"plan": table, "input": read},
+                    originals=originals, link_originals=link_originals, extra={"plan": table, "input": read},
                     inputs=[labels, classic_config], jsonl=jsonl, classic_transforms=transforms)
 
 
@@ -699,6 +702,13 @@ def augment_methods(methods, classic_config=None):
     if weights.get("classic", 0) <= 0:
         raise UsageError("{classic_config} sets the classic pipeline: add classic to {methods}")
     return weights, load_transforms(classic_config)
+
+
+def linking_originals(link_originals: bool, copy_originals: bool) -> bool:
+    """Whether augment hard-links its originals: only on request, since a linked output file IS the input file."""
+    if link_originals and copy_originals:
+        raise UsageError("{link_originals=True} and {copy_originals=True} contradict each other: choose one")
+    return bool(link_originals)
 
 
 def check_streaming(out, jsonl: bool, overwrite: bool) -> None:

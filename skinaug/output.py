@@ -17,6 +17,7 @@ Rank 0 claims the output (see `skinaug.io.claim_output`): the command's inputs a
 from __future__ import annotations
 
 import csv
+import fcntl
 import hashlib
 import io
 import json
@@ -60,17 +61,36 @@ GENERATED_DATASET = OutputKind("generated dataset", is_generated_dataset,
                                "run.json or .progress/plan.json, and skinaug's labels.csv", resumable=True)
 
 
+# Linux's FICLONE ioctl (fcntl names it from Python 3.12): a copy that shares the source's blocks until either is
+# written, on file systems that offer it (btrfs, XFS, bcachefs, ...)
+FICLONE = getattr(fcntl, "FICLONE", 0x40049409) if sys.platform.startswith("linux") else None
+
+
+def clone_or_copy(source: Path, target: Path) -> None:
+    """A copy of `source` at `target`: a reflink where the file system offers one (no extra space, yet a file of its
+    own: editing one never changes the other), else the bytes copied."""
+    if FICLONE is not None:
+        try:
+            with open(source, "rb") as src, open(target, "wb") as dst:
+                fcntl.ioctl(dst.fileno(), FICLONE, src.fileno())
+            return
+        except OSError:
+            target.unlink(missing_ok=True)  # not offered here (another file system, or across two): copy
+    shutil.copyfile(source, target)
+
+
 def link_or_copy(source: Path, target: Path, link: bool) -> None:
-    """A hard link when asked and allowed (no extra space), else a copy; atomic either way."""
+    """A copy (see clone_or_copy), or a hard link when asked and allowed: then the output's file IS the input, and
+    editing one edits the other. Atomic either way."""
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.unlink(missing_ok=True)
     if link:
         try:
             os.link(source, tmp)
         except OSError:
-            shutil.copyfile(source, tmp)
+            clone_or_copy(source, tmp)
     else:
-        shutil.copyfile(source, tmp)
+        clone_or_copy(source, tmp)
     os.replace(tmp, target)
 
 
@@ -165,8 +185,8 @@ class DatasetWriter:
         self._record(batch_index, rows, codes)
         self._announce(rows, [self.image_path(row["image"]).name for row in rows])
 
-    def write_originals(self, batch_index: int, rows: list[dict], codes: dict[str, np.ndarray], *, link: bool = True) -> None:
-        """The input images themselves (rows carry their "file"), linked or copied, never re-encoded."""
+    def write_originals(self, batch_index: int, rows: list[dict], codes: dict[str, np.ndarray], *, link: bool = False) -> None:
+        """The input images themselves (rows carry their "file"), copied (hard-linked with `link`), never re-encoded."""
         for row in rows:
             source = Path(row["file"])
             target = self.work / "images" / f"{row['image']}{source.suffix.lower()}"

@@ -89,3 +89,33 @@ def test_nothing_is_written_into_a_users_model_directory(model, tiny_dataset, ca
     code, _, err = run(capsys, *args, "--model", model, "--device", "cpu", "--quiet")
     assert code == 1 and "lies inside the input" in err, err
     assert digests(model) == before and sorted(p.name for p in model.iterdir() if ".skinaug" in p.name) == []
+
+
+# ------------------------------------------------------------------------- 3: originals are copies
+
+
+def test_augment_copies_its_originals_so_editing_the_output_leaves_the_input_alone(model, tiny_dataset, tmp_path, capsys):
+    before = digests(tiny_dataset.images)
+    out = tmp_path / "aug"
+    code, _, err = run(capsys, "augment", tiny_dataset.images, "--labels", tiny_dataset.labels_csv, "--model", model,
+                       "--out", out, "--factor", 1.25, "--methods", "mix", "--device", "cpu", "--quiet")
+    assert code == 0, err
+    name = tiny_dataset.names[0]
+    copied = out / "images" / f"{name}.png"
+    assert copied.read_bytes() == (tiny_dataset.images / f"{name}.png").read_bytes()
+    assert not os.path.samefile(copied, tiny_dataset.images / f"{name}.png")
+    with open(copied, "r+b") as handle:  # an edit in place, as an image editor saving over the file does
+        handle.write(b"edited")
+    assert digests(tiny_dataset.images) == before
+
+
+def test_link_originals_hard_links_them_and_says_so_in_the_help(model, tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "aug"
+    code, _, err = run(capsys, "augment", tiny_dataset.images, "--labels", tiny_dataset.labels_csv, "--model", model,
+                       "--out", out, "--factor", 1.25, "--methods", "mix", "--link-originals", "--device", "cpu", "--quiet")
+    assert code == 0, err
+    name = tiny_dataset.names[0]
+    assert os.path.samefile(out / "images" / f"{name}.png", tiny_dataset.images / f"{name}.png")
+    code, out_text, _ = run(capsys, "augment", "--help")
+    help_text = " ".join(out_text.replace("│", " ").split())
+    assert code == 0 and "--link-originals" in help_text and "your input too" in help_text

@@ -72,7 +72,7 @@ def synthesize(model, out, *, class_name=None, n=None, per_class=None, temperatu
 
 
 def augment(model, data, out, *, weights: dict, labels=None, factor=None, balance=False, originals=True,
-            link_originals=True, dry_run=False, temperature=1.0, device="auto", seed=0, batch_size=64,
+            link_originals=False, dry_run=False, temperature=1.0, device="auto", seed=0, batch_size=64,
             image_format="png", quality=95, overwrite=False, resume=False, strict=False, columns=None, jsonl=False,
             classic_transforms=None, classic_config=None) -> dict:
     """DATA's originals plus synthesized (and classic) images per class (--factor or --balance); with dry_run only
@@ -120,7 +120,7 @@ def sources(config: dict, data, labels, strict: bool, columns: dict) -> tuple[Co
 
 def write_jobs(sampler: BaselineSampler, jobs: list[Job], out, *, seed: int, batch_size: int, command: str, plan: dict,
                overwrite=False, resume=False, image_format="png", quality=95, jsonl=False, source: CodeFile | None = None,
-               originals: list | None = None, link_originals=True, inputs=(), classic_transforms=None,
+               originals: list | None = None, link_originals=False, inputs=(), classic_transforms=None,
                extra: dict | None = None) -> dict:
     """Every job's image into OUT_DIR through DatasetWriter, batch by batch (resumable), without codes.h5."""
     generated = any(job.method != "classic" for job in jobs)

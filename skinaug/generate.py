@@ -211,9 +211,10 @@ def load_sources(model, codes=None, data=None, labels=None, device="auto", backe
     if (codes is None) == (data is None):
         raise UsageError("give either an image folder {data} or {codes=CODES.h5}")
     if codes is not None:
+        spec = model_dir.spec()
         source = read_codes(codes)
-        source.check_model(model_dir.spec())
-        return source
+        source.check_model(spec)
+        return source.relabel(spec.class_names)  # label numbers are the file's; the model's may differ
     return codes_from_images(open_code_model(model_dir, device, backend), data, labels, **scan_options)
 
 

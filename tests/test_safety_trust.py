@@ -119,3 +119,52 @@ def test_link_originals_hard_links_them_and_says_so_in_the_help(model, tiny_data
     code, out_text, _ = run(capsys, "augment", "--help")
     help_text = " ".join(out_text.replace("│", " ").split())
     assert code == 0 and "--link-originals" in help_text and "your input too" in help_text
+
+
+# ------------------------------------------------------------------------- 2: labels in code files travel by name
+
+
+def with_classes(model: Path, class_names: list[str]) -> Path:
+    """The model with other class names in config.json (the same VQ-VAE, hence the same fingerprint)."""
+    config = json.loads((model / "config.json").read_text())
+    config["class_names"] = class_names
+    (model / "config.json").write_text(json.dumps(config))
+    return model
+
+
+def test_mix_from_codes_labels_by_class_name_under_a_model_with_another_class_order(model, generator_model, tmp_path,
+                                                                                    capsys):
+    data = generator_model["data"]
+    with_classes(model, ["nevus", "melanoma", "bkl"])  # the code file says bkl, melanoma, nevus
+    out = tmp_path / "mix"
+    code, _, err = run(capsys, "mix", "--codes", generator_model["codes"], "--model", model, "--out", out, "-n", 12,
+                       "--device", "cpu", "--quiet")
+    assert code == 0, err
+    label_of = dict(zip(data.names, data.labels))
+    made = rows(out).values()
+    assert len(made) == 12
+    for row in made:
+        assert row["label"] == label_of[row["source_top"]] == label_of[row["source_bottom"]]
+        assert row["image"].startswith(f"mix_{row['label']}_")
+
+
+def test_codes_labelled_with_a_class_the_model_does_not_know_are_refused(model, generator_model, tmp_path, capsys):
+    with_classes(model, ["melanoma", "nevus"])
+    out = tmp_path / "resample"
+    code, _, err = run(capsys, "resample", "--codes", generator_model["codes"], "--model", model, "--out", out,
+                       "--method", "rand-bottom", "--device", "cpu", "--quiet")
+    assert code == 1 and "bkl" in err and "does not know" in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_a_code_file_without_class_names_reads_its_labels_as_the_models_classes(model, generator_model, tmp_path, capsys):
+    import h5py
+
+    old = Path(shutil.copyfile(generator_model["codes"], tmp_path / "old.h5"))
+    with h5py.File(old, "a") as file:
+        del file.attrs["class_names"]
+    out = tmp_path / "mix"
+    code, _, err = run(capsys, "mix", "--codes", old, "--model", model, "--out", out, "-n", 6, "--device", "cpu")
+    assert code == 0 and "records no class names" in err, err
+    label_of = dict(zip(generator_model["data"].names, generator_model["data"].labels))
+    assert all(row["label"] == label_of[row["source_top"]] for row in rows(out).values())

@@ -31,7 +31,7 @@ from .codes import CodeFile, read_codes
 from .errors import SkinaugError, UsageError
 from .modeldir import ModelDir, model_location
 from .naming import name_key, unique_names
-from .output import DatasetWriter
+from .output import DatasetWriter, read_provenance
 from .runtime import log, progress, resolve_backend, warn
 
 SOURCE_METHODS = ("mix", "resample", "rand-bottom", "rand-top")
@@ -468,19 +468,33 @@ def plan_augment(source: CodeFile, class_names: list[str], *, factor=None, balan
     return jobs, table
 
 
-def original_rows(source: CodeFile, class_names: list[str], fingerprint: str) -> list[dict]:
-    """labels.csv rows for the input images themselves (method 'original'), with their files."""
+def original_rows(source: CodeFile, class_names: list[str], fingerprint: str, labels_csv=None) -> list[dict]:
+    """labels.csv rows for the input images themselves, with their files: method 'original', unless `labels_csv` (the
+    labels the sources were read with) is a generated dataset's, whose images keep the method and sources it gives
+    them (so a folder augmented again still tells its synthetic images from the real ones)."""
     if source.files is None:
         raise UsageError("originals need the image files: give {data} rather than {codes}")
+    earlier = read_provenance(labels_csv) if labels_csv is not None else {}
     rows = []
     # the file keeps the source's name where that is a safe, distinct file name; source_* keep it as it is
     for index, (name, file_name) in enumerate(zip(source.images, unique_names(source.images))):
         label = int(source.labels[index])
         rows.append({"image": file_name, "label": class_names[label] if label >= 0 else "", "method": "original",
                      "source_top": name, "source_bottom": name, "temperature": "", "seed": "",
-                     "model_fingerprint": fingerprint, "group": source.groups[index], "file": str(source.files[name]),
-                     "index": index})
+                     "model_fingerprint": fingerprint, **earlier.get(name, {}), "group": source.groups[index],
+                     "file": str(source.files[name]), "index": index})
     return rows
+
+
+def labels_of(data, labels) -> Path | None:
+    """The labels CSV that DATA is read with: `labels`, or a generated OUT_DIR's own labels.csv."""
+    from .data import STDIN, is_generated_folder
+
+    if labels is not None:
+        return Path(labels)
+    if str(data) != STDIN and Path(data).is_dir() and is_generated_folder(Path(data)):
+        return Path(data) / "labels.csv"
+    return None
 
 
 class IterativeGenerator(Generator):
@@ -671,7 +685,8 @@ def augment(data, out, *, model=None, labels=None, factor=None, balance=False, m
                                originals=not no_originals, seed=seed)
     if dry_run:
         return {"plan": table, "input": read}
-    originals = None if no_originals else original_rows(source, generator.class_names, generator.spec.fingerprint)
+    originals = None if no_originals else original_rows(source, generator.class_names, generator.spec.fingerprint,
+                                                            labels_of(data, labels))
     name_jobs(jobs, generator.class_names, prefix="gen_", taken=[row["image"] for row in originals or []])
     plan = job_plan(jobs, command="augment", data=str(data), seed=seed, batch_size=batch_size, temperature=temperature,
                     top_k=top_k, originals=not no_originals, format=image_format, bf16=bf16,

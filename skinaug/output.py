@@ -46,6 +46,24 @@ PROGRESS = ".progress"
 BOXES = "boxes.jsonl"
 
 
+# what an image keeps from an earlier pass when it is augmented again (its labels.csv row beside "image" and "label")
+PROVENANCE_COLUMNS = ("method", "source_top", "source_bottom", "temperature", "seed", "model_fingerprint")
+
+
+def read_provenance(labels_csv) -> dict[str, dict]:
+    """image name -> its provenance columns, from a labels.csv skinaug wrote (one with a known `method` per row);
+    {} for any other CSV (a real dataset's labels): its images are originals."""
+    try:
+        with open(labels_csv, encoding="utf-8-sig", newline="") as handle:
+            reader = csv.DictReader(handle)
+            if not set(("image", *PROVENANCE_COLUMNS)) <= set(reader.fieldnames or ()):
+                return {}
+            return {row["image"]: {column: row[column] or "" for column in PROVENANCE_COLUMNS}
+                    for row in reader if row.get("method") in (*METHODS, "classic")}
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return {}
+
+
 def is_generated_dataset(path: Path) -> bool:
     """A finished (run.json) or interrupted (.progress/plan.json) dataset with skinaug's labels.csv header."""
     if not ((path / "run.json").is_file() or (path / PROGRESS / "plan.json").is_file()):

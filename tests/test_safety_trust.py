@@ -168,3 +168,29 @@ def test_a_code_file_without_class_names_reads_its_labels_as_the_models_classes(
     assert code == 0 and "records no class names" in err, err
     label_of = dict(zip(generator_model["data"].names, generator_model["data"].labels))
     assert all(row["label"] == label_of[row["source_top"]] for row in rows(out).values())
+
+
+# ------------------------------------------------------------------------- 5: provenance through augment passes
+
+PROVENANCE = ("label", "method", "source_top", "source_bottom", "seed", "model_fingerprint")
+
+
+def test_augmenting_a_generated_folder_again_keeps_each_images_method_and_sources(model, tiny_dataset, tmp_path, capsys):
+    first, second, third = tmp_path / "first", tmp_path / "second", tmp_path / "third"
+    code, _, err = run(capsys, "augment", tiny_dataset.images, "--labels", tiny_dataset.labels_csv, "--model", model,
+                       "--out", first, "--factor", 1.5, "--methods", "mix", "--device", "cpu", "--quiet")
+    assert code == 0, err
+    made = rows(first)
+    assert sorted(r["method"] for r in made.values()) == ["mix"] * 6 + ["original"] * 12
+    # a generated folder as DATA (its own labels.csv), then its images/ with its labels.csv given
+    for earlier, later, source in ((first, second, [first]), (second, third, [second / "images", "--labels",
+                                                                              second / "labels.csv"])):
+        code, _, err = run(capsys, "augment", *source, "--model", model, "--out", later, "--factor", 1.2,
+                           "--methods", "resample", "--device", "cpu", "--quiet")
+        assert code == 0, err
+        again = rows(later)
+        for name, row in rows(earlier).items():  # every earlier image, as it was
+            assert {k: again[name][k] for k in PROVENANCE} == {k: row[k] for k in PROVENANCE}
+    summary = json.loads((third / "run.json").read_text())
+    assert sum(summary["counts"][label].get("mix", 0) for label in summary["counts"]) == 6
+    assert sum(summary["counts"][label].get("original", 0) for label in summary["counts"]) == 12

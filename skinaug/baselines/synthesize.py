@@ -24,7 +24,8 @@ import torch
 
 from ..codes import CodeFile
 from ..errors import UsageError
-from ..generate import Job, batch_seed, class_index, classic_batch, job_plan, make_batches, name_jobs, original_rows, plan_augment
+from ..generate import (Job, batch_seed, class_index, classic_batch, job_plan, labels_of, make_batches, name_jobs,
+                        original_rows, plan_augment)
 from ..output import DatasetWriter
 from ..runtime import log, progress, resolve_device
 from ..vqvae import to_uint8
@@ -92,7 +93,8 @@ def augment(model, data, out, *, weights: dict, labels=None, factor=None, balanc
                                originals=originals, seed=seed)
     if dry_run:
         return {"plan": table, "input": read}
-    rows = original_rows(source, sampler.class_names, sampler.config["fingerprint"]) if originals else None
+    rows = (original_rows(source, sampler.class_names, sampler.config["fingerprint"], labels_of(data, labels))
+            if originals else None)
     name_jobs(jobs, sampler.class_names, prefix="gen_", taken=[row["image"] for row in rows or []])
     plan = job_plan(jobs, command="augment", data=str(data), seed=seed, batch_size=batch_size, temperature=temperature,
                     originals=originals, format=image_format, model=sampler.config["fingerprint"],

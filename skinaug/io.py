@@ -249,6 +249,39 @@ def refuse_output_over_inputs(out, inputs: Iterable) -> None:
                                "choose an {out} outside it")
 
 
+def _content_digest(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def _file_state(path: Path) -> list[int]:
+    status = path.stat()
+    return [status.st_size, status.st_mtime_ns]
+
+
+def input_state(inputs: Iterable) -> dict:
+    """What a resumable run's plan records of its inputs, so that --resume refuses to finish a run whose inputs
+    changed since it began: a model directory by its weights' content (a copy of the same model resumes, another
+    model with the same VQ-VAE does not), any other file or folder by each file's size and modification time.
+    Keyed by real path; DATA '-' is each listed image."""
+    state: dict = {}
+    for _, source in _input_paths(inputs):
+        key = str(source)
+        if is_model_directory(source):
+            state[key] = {weights.name: _content_digest(weights) for weights in sorted(source.glob("*.safetensors"))}
+        elif source.is_dir():
+            state[key] = {str(file.relative_to(source)): _file_state(file)
+                          for file in sorted(source.rglob("*")) if file.is_file()}
+        else:
+            state[key] = _file_state(source) if source.is_file() else None
+    return state
+
+
 # ------------------------------------------------------------------------- the lock
 
 _LOCKS_HERE: "weakref.WeakValueDictionary[str, OutputLock]" = weakref.WeakValueDictionary()

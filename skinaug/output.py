@@ -33,7 +33,8 @@ import numpy as np
 
 from .codes import CodeWriter, model_attrs
 from .errors import SkinaugError
-from .io import OutputKind, atomic_path, claim_output, naming_write_errors, read_json, write_json, write_text
+from .io import (OutputKind, atomic_path, claim_output, input_state, naming_write_errors, read_json, write_json,
+                 write_text)
 from .spec import ModelSpec
 from .trained_on import TRAINED_ON, read_record
 from .version import __version__
@@ -128,6 +129,33 @@ def plan_digest(plan) -> str:
     return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:16]
 
 
+ABSENT = object()
+
+
+def plan_difference(saved, current, where: tuple = ()) -> str:
+    """The first place where two plans differ, said for a person: "inputs: /d/images/a.png changed", "seed: 0, now 1"."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        for key in sorted(set(saved) | set(current), key=str):
+            found = plan_difference(saved.get(key, ABSENT), current.get(key, ABSENT), (*where, key))
+            if found:
+                return found
+        return ""
+    if saved == current:
+        return ""
+    if where[:1] == ("inputs",) and len(where) > 1:
+        file = Path(where[1], *where[2:]) if len(where) > 2 else Path(where[1])
+        if saved is ABSENT:
+            return f"{file} was not an input of the run"
+        if current is ABSENT:
+            return f"{file}, an input of the run, is not one now"
+        return f"the input {file} changed since the run began"
+    shown = lambda value: "absent" if value is ABSENT else json.dumps(value)  # noqa: E731
+    name = "/".join(map(str, where)) or "the plan"
+    if len(shown(saved)) + len(shown(current)) > 120:
+        return f"{name} differs"
+    return f"{name} was {shown(saved)}, now {shown(current)}"
+
+
 class DatasetWriter:
     """Writes a generated dataset batch by batch; see the module docstring for the resume design."""
 
@@ -149,7 +177,9 @@ class DatasetWriter:
         if self.image_format not in ("png", "jpg"):
             raise SkinaugError(f"{{image_format}} must be png or jpg, not {image_format}")
         self.quality = quality
-        self.digest = plan_digest(plan)
+        if is_main:  # the inputs' content is part of the plan: --resume after they changed would mix two runs
+            plan = {**plan, "inputs": input_state(inputs)}
+        self.plan, self.digest = plan, plan_digest(plan)
         self.started = time.perf_counter()
         self.claim = None
         if is_main:
@@ -176,10 +206,12 @@ class DatasetWriter:
             if (self.work / "run.json").is_file():
                 raise SkinaugError(f"{self.out} is already complete: nothing to resume (use {{overwrite=True}} to generate it again)")
             raise SkinaugError(f"{self.out} exists but was not written by an interrupted skinaug run: choose another {{out}}")
-        saved = read_json(self.progress_dir / "plan.json").get("digest") if (self.progress_dir / "plan.json").is_file() else None
-        if saved != self.digest:
-            raise SkinaugError(f"{self.out} holds an interrupted run of a different command or options: "
-                               "repeat the original command with {resume=True}, or pass {overwrite=True}")
+        saved = read_json(self.progress_dir / "plan.json") if (self.progress_dir / "plan.json").is_file() else {}
+        if saved.get("digest") != self.digest:
+            difference = plan_difference(saved.get("plan", {}), self.plan) if "plan" in saved else "no plan recorded"
+            raise SkinaugError(f"{self.out} holds an interrupted run of a different command or options, or of other "
+                               f"inputs ({difference}): repeat the original command with {{resume=True}} on the same inputs, "
+                               "or pass {overwrite=True}")
 
     def done_batches(self) -> set[int]:
         return {int(path.stem.split("-")[1]) for path in self.progress_dir.glob("batch-*.npz")}

@@ -194,3 +194,58 @@ def test_augmenting_a_generated_folder_again_keeps_each_images_method_and_source
     summary = json.loads((third / "run.json").read_text())
     assert sum(summary["counts"][label].get("mix", 0) for label in summary["counts"]) == 6
     assert sum(summary["counts"][label].get("original", 0) for label in summary["counts"]) == 12
+
+
+# ------------------------------------------------------------------------- 6: --resume never mixes two runs
+
+
+def cut_after(monkeypatch, batches: int):
+    """The next run stops with Ctrl-C once `batches` batches are written."""
+    from skinaug import output
+
+    original, calls = output.DatasetWriter.write_batch, {"n": 0}
+
+    def interrupted(self, *a, **k):
+        if calls["n"] == batches:
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(output.DatasetWriter, "write_batch", interrupted)
+    return lambda: monkeypatch.setattr(output.DatasetWriter, "write_batch", original)
+
+
+def test_resume_with_another_model_of_the_same_vqvae_is_refused(model, tmp_path, capsys, monkeypatch):
+    from safetensors.torch import load_file, save_file
+
+    other = Path(shutil.copytree(model, tmp_path / "other"))  # the same VQ-VAE (fingerprint), another top prior
+    weights = load_file(other / "prior_top.safetensors")
+    save_file({name: tensor + 0.01 if tensor.is_floating_point() else tensor for name, tensor in weights.items()},
+              other / "prior_top.safetensors")
+    out = tmp_path / "synth"
+    args = ["synthesize", "--class", "bkl", "-n", 6, "--batch-size", 2, "--out", out, "--device", "cpu", "--quiet"]
+    restore = cut_after(monkeypatch, 1)
+    assert run(capsys, *args, "--model", model)[0] == 130
+    restore()
+    code, _, err = run(capsys, *args, "--model", other, "--resume")
+    assert code == 1 and "different command or options, or of other inputs" in err and err.count("\n") == 1, err
+    assert str(model) in err or str(other) in err, err
+    assert len(list((out / "images").glob("*.png"))) == 2
+    assert run(capsys, *args, "--model", model, "--resume")[0] == 0  # the same model finishes it
+    assert {row["model_fingerprint"] for row in rows(out).values()} == {json.loads((model / "config.json").read_text())["fingerprint"]}
+
+
+def test_resume_after_an_input_image_changed_is_refused_naming_it(model, tiny_dataset, tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    out = tmp_path / "resampled"
+    args = ["resample", tiny_dataset.images, "--labels", tiny_dataset.labels_csv, "--model", model, "--out", out,
+            "--batch-size", 4, "--device", "cpu", "--quiet"]
+    restore = cut_after(monkeypatch, 1)
+    assert run(capsys, *args)[0] == 130
+    restore()
+    changed = tiny_dataset.images / f"{tiny_dataset.names[-1]}.png"
+    Image.new("RGB", (48, 40), (1, 2, 3)).save(changed)
+    code, _, err = run(capsys, *args, "--resume")
+    assert code == 1 and f"the input {changed} changed since the run began" in err, err
+    assert len(list((out / "images").glob("*.png"))) == 4

@@ -282,6 +282,16 @@ def input_state(inputs: Iterable) -> dict:
     return state
 
 
+def files_digest(paths: Iterable) -> str:
+    """One short digest of the files' names, sizes and modification times: whether a set of inputs is as it was."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(str(path) for path in paths):
+        digest.update(json.dumps([path, _file_state(Path(path)) if Path(path).is_file() else None]).encode())
+    return digest.hexdigest()[:16]
+
+
 # ------------------------------------------------------------------------- the lock
 
 _LOCKS_HERE: "weakref.WeakValueDictionary[str, OutputLock]" = weakref.WeakValueDictionary()

@@ -249,3 +249,47 @@ def test_resume_after_an_input_image_changed_is_refused_naming_it(model, tiny_da
     code, _, err = run(capsys, *args, "--resume")
     assert code == 1 and f"the input {changed} changed since the run began" in err, err
     assert len(list((out / "images").glob("*.png"))) == 4
+
+
+def train_vqvae_cli(data, out, *extra, image_size="32"):
+    from conftest import TINY_VQVAE_ARGS
+
+    args = list(TINY_VQVAE_ARGS)
+    args[args.index("--image-size") + 1] = image_size
+    return main(["train", "vqvae", str(data.images), "--labels", str(data.labels_csv), "--out", str(out), *args,
+                 "--epochs", "1", "--batch-size", "4", "--quiet", *map(str, extra)])
+
+
+@pytest.fixture
+def trained(tiny_dataset, tmp_path, single_thread):
+    out = tmp_path / "vqvae"
+    assert train_vqvae_cli(tiny_dataset, out) == 0
+    return out
+
+
+def test_train_vqvae_resume_with_other_data_is_refused_and_keeps_the_model(trained, tmp_path, capsys):
+    other = make_tiny_dataset(tmp_path / "other")
+    before = digests(trained)
+    assert train_vqvae_cli(other, trained, "--resume") == 1
+    err = capsys.readouterr().err
+    assert "continues a run on the data it began with, but DATA was" in err and str(other.images) in err, err
+    assert digests(trained) == before
+
+
+def test_train_vqvae_resume_after_an_image_changed_is_refused(trained, tiny_dataset, capsys):
+    from PIL import Image
+
+    Image.new("RGB", (48, 40), (1, 2, 3)).save(tiny_dataset.images / f"{tiny_dataset.names[0]}.png")
+    before = digests(trained)
+    assert train_vqvae_cli(tiny_dataset, trained, "--resume") == 1
+    assert "the images of DATA changed" in capsys.readouterr().err
+    assert digests(trained) == before
+
+
+def test_train_vqvae_resume_with_a_contradicting_image_size_is_refused(trained, tiny_dataset, capsys):
+    before = digests(trained)
+    assert train_vqvae_cli(tiny_dataset, trained, "--resume", image_size="64") == 2
+    err = capsys.readouterr().err
+    assert "--image-size 32" in err and "--image-size 64 contradicts it" in err, err
+    assert digests(trained) == before
+    assert json.loads((trained / "config.json").read_text())["image_size"] == 32

@@ -93,7 +93,9 @@ def contact_sheet(folders, out, *, per_row: int = 8, size: int = 64, by: str = "
     if not groups:
         raise SkinaugError("no images found in " + ", ".join(map(str, folders)))
     rows = sorted(groups, key=lambda name: (first_folder[name], name))  # with folder, in the order given
-    claim = claim_output(out, kind=CONTACT_SHEET, inputs=folders, overwrite=overwrite)
+    # what it reads of each folder: a sheet beside images/ (not among them) is where the README puts it
+    claim = claim_output(out, kind=CONTACT_SHEET, inputs=[folder / part for folder in folders
+                                                          for part in ("images", "labels.csv")], overwrite=overwrite)
     with claim:
         rng = np.random.default_rng(seed)
         caption = 14

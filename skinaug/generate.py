@@ -296,14 +296,7 @@ def run_jobs(generator: Generator, jobs: list[Job], source: CodeFile | None, out
     `inputs`: what else the command reads (a labels CSV), never to be written over; the model, the sources
     and the mask folder are known here."""
     dist = generator.distributed()
-    generator.require({job.method for job in jobs})
-    generator.check_classes(jobs)
-    if any(job.method in PRIORS_NEEDED and job.label < 0 for job in jobs) and generator.class_names:
-        raise SkinaugError("a class-conditional prior cannot resample unlabelled images: give {labels}")
-    check_masks(generator, jobs, source)
-    if any(job.method == "classic" for job in jobs) and (source is None or source.files is None):
-        raise UsageError("classic augments the image files themselves: give {data} rather than {codes}")
-    fingerprint = generator.spec.fingerprint
+    check_jobs(generator, jobs, source)
     inputs = [generator.model_dir.path, generator.mask_dir, source.path if source is not None else None, *inputs]
     if dist.is_main:
         writer = DatasetWriter(out, model_config=generator.spec, plan=plan, overwrite=overwrite, resume=resume,
@@ -326,7 +319,6 @@ def run_jobs(generator: Generator, jobs: list[Job], source: CodeFile | None, out
     batches = make_batches(jobs, batch_size)
     timings: Counter = Counter()
     counts: Counter = Counter()
-    class_names = generator.class_names
     started = time.perf_counter()
     todo = [(index + offset, method, batch) for index, (method, batch) in enumerate(batches)
             if (index + offset) % dist.world_size == dist.rank and (index + offset) not in done]
@@ -335,20 +327,7 @@ def run_jobs(generator: Generator, jobs: list[Job], source: CodeFile | None, out
             began = time.perf_counter()
             seed_value = batch_seed(seed, batch_index)
             codes, images = make_batch(generator, method, batch, source, seed_value, classic_transforms)
-            rows = [{
-                "image": job.name,
-                "label": class_names[job.label] if 0 <= job.label < len(class_names) else "",
-                "method": method,
-                "source_top": source.images[job.source_top] if job.source_top >= 0 else "",
-                "source_bottom": source.images[job.source_bottom] if job.source_bottom >= 0 else "",
-                "temperature": generator.temperature if method in PRIORS_NEEDED else "",
-                "seed": seed_value,
-                "model_fingerprint": fingerprint,
-                "group": source.groups[job.source_top] if job.source_top >= 0 and source.groups[job.source_top] else "",
-            } for job in batch]
-            for row, details in zip(rows, generator.image_details(method, batch, seed_value)):
-                row.update(details)
-            writer.write_batch(batch_index, images, rows, codes)
+            writer.write_batch(batch_index, images, batch_rows(generator, method, batch, source, seed_value), codes)
             timings[method] += time.perf_counter() - began
             counts[method] += len(batch)
             bar.update(len(batch))
@@ -356,13 +335,49 @@ def run_jobs(generator: Generator, jobs: list[Job], source: CodeFile | None, out
     dist.barrier()
     if not dist.is_main:
         return {}
+    return finish_run(writer, generator, command=command, seed=seed, counts=counts, timings=timings,
+                      seconds=time.perf_counter() - started, extra=extra)
+
+
+def check_jobs(generator: Generator, jobs: list[Job], source: CodeFile | None) -> None:
+    """What the jobs need (priors trained on their classes, labels, masks, image files), before anything is written."""
+    generator.require({job.method for job in jobs})
+    generator.check_classes(jobs)
+    if any(job.method in PRIORS_NEEDED and job.label < 0 for job in jobs) and generator.class_names:
+        raise SkinaugError("a class-conditional prior cannot resample unlabelled images: give {labels}")
+    check_masks(generator, jobs, source)
+    if any(job.method == "classic" for job in jobs) and (source is None or source.files is None):
+        raise UsageError("classic augments the image files themselves: give {data} rather than {codes}")
+
+
+def batch_rows(generator: Generator, method: str, jobs: list[Job], source: CodeFile | None, seed: int) -> list[dict]:
+    """labels.csv rows of a batch's images (with a "group" for codes.h5, and the method's details)."""
+    class_names = generator.class_names
+    rows = [{
+        "image": job.name,
+        "label": class_names[job.label] if 0 <= job.label < len(class_names) else "",
+        "method": method,
+        "source_top": source.images[job.source_top] if job.source_top >= 0 else "",
+        "source_bottom": source.images[job.source_bottom] if job.source_bottom >= 0 else "",
+        "temperature": generator.temperature if method in PRIORS_NEEDED else "",
+        "seed": seed,
+        "model_fingerprint": generator.spec.fingerprint,
+        "group": source.groups[job.source_top] if job.source_top >= 0 and source.groups[job.source_top] else "",
+    } for job in jobs]
+    for row, details in zip(rows, generator.image_details(method, jobs, seed)):
+        row.update(details)
+    return rows
+
+
+def finish_run(writer: DatasetWriter, generator: Generator, *, command: str, seed: int, counts: Counter,
+               timings: Counter, seconds: float, extra: dict | None) -> dict:
+    """Rank 0, once every batch is written: the log line, then the dataset assembled (see DatasetWriter.finish)."""
     made = sum(counts.values())
-    elapsed = time.perf_counter() - started
-    log(f"made {made} images in {elapsed:.1f}s ({made / max(elapsed, 1e-9):.1f} img/s)")
+    log(f"made {made} images in {seconds:.1f}s ({made / max(seconds, 1e-9):.1f} img/s)")
     return writer.finish(command=command, seed=seed, device=str(generator.device), extra={
         "temperature": generator.temperature,
         "seconds_per_method_this_run": {k: round(v, 3) for k, v in timings.items()},
-        "images_per_s_this_run": made / max(elapsed, 1e-9),
+        "images_per_s_this_run": made / max(seconds, 1e-9),
         **generator.backend_info(),
         **(extra or {}),
     })

@@ -133,7 +133,8 @@ ABSENT = object()
 
 
 def plan_difference(saved, current, where: tuple = ()) -> str:
-    """The first place where two plans differ, said for a person: "inputs: /d/images/a.png changed", "seed: 0, now 1"."""
+    """The first place where two plans differ, said for a person: "the input /d/images/a.png changed since the run
+    began", "seed was 0, now 1"; "" when they agree."""
     if isinstance(saved, dict) and isinstance(current, dict):
         for key in sorted(set(saved) | set(current), key=str):
             found = plan_difference(saved.get(key, ABSENT), current.get(key, ABSENT), (*where, key))

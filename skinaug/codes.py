@@ -124,6 +124,39 @@ class CodeFile:
         return json.loads(self.attrs.get("class_names", "[]"))
 
     @property
+    def names_recorded(self) -> bool:
+        """Whether the file says which class each label number means (every file skinaug writes does)."""
+        return "class_names" in self.attrs
+
+    def relabel(self, class_names: list[str]) -> "CodeFile":
+        """This file with its labels as indices into `class_names` (a model's), matched by name: the same numbers
+        may mean other classes in another model. A label the model does not know is refused; a file that records no
+        class names is read with the model's (the only reading it allows), with a warning."""
+        from dataclasses import replace
+
+        from .runtime import warn
+
+        class_names = list(class_names)
+        labelled = sorted({int(label) for label in self.labels if label >= 0})
+        if not self.names_recorded:
+            outside = [label for label in labelled if label >= len(class_names)]
+            if outside:
+                raise SkinaugError(f"{self.path} records no class names and holds label {outside[0]}, which this model "
+                                   f"(classes {', '.join(class_names) or 'none'}) does not have: re-encode the images")
+            if labelled:
+                warn(f"{self.path} records no class names: its labels are read as this model's classes "
+                     f"({', '.join(class_names)}); re-encode the images to be sure")
+            return replace(self, attrs={**self.attrs, "class_names": json.dumps(class_names)})
+        own = self.class_names
+        unknown = [own[label] for label in labelled if own[label] not in class_names]
+        if unknown:
+            raise SkinaugError(f"{self.path} labels images {', '.join(unknown)}, a class this model does not know (it knows "
+                               f"{', '.join(class_names) or 'no classes'}): use the model the codes are for, or "
+                               "re-encode the images with their labels")
+        mapping = np.array([class_names.index(name) if name in class_names else -1 for name in own] + [-1], np.int64)
+        return replace(self, labels=mapping[self.labels], attrs={**self.attrs, "class_names": json.dumps(class_names)})
+
+    @property
     def fingerprint(self) -> str:
         return self.attrs["model_fingerprint"]
 
@@ -257,6 +290,10 @@ def _check_values(code_file: CodeFile) -> None:
         if outside.size:
             raise SkinaugError(f"{path}: /codes/{level} holds code {int(outside[0])}, outside the codebook's "
                                f"0..{codebook_size - 1}: the file is damaged or from another model")
+    if not code_file.names_recorded:  # an older or hand-made file: its labels get their names from a model (relabel)
+        if (code_file.labels < -1).any():
+            raise SkinaugError(f"{path}: /label holds {int(code_file.labels.min())}; -1 is unlabelled, and labels are 0 or more")
+        return
     try:
         class_names = code_file.class_names
     except (TypeError, ValueError):  # not JSON

@@ -33,7 +33,7 @@ from .layout import as_layout, plan_layout
 from .limits import check_planned_images, code_bytes
 from .modeldir import ModelDir, model_location
 from .naming import name_key, unique_names
-from .output import DatasetWriter, check_streaming  # noqa: F401  (generate.check_streaming: generators.py uses it)
+from .output import DatasetWriter, check_streaming, read_provenance  # noqa: F401  (generate.check_streaming: generators.py uses it)
 from .runtime import log, progress, resolve_backend, warn
 
 SOURCE_METHODS = ("mix", "resample", "rand-bottom", "rand-top")
@@ -218,9 +218,10 @@ def load_sources(model, codes=None, data=None, labels=None, device="auto", backe
     if (codes is None) == (data is None):
         raise UsageError("give either an image folder {data} or {codes=CODES.h5}")
     if codes is not None:
+        spec = model_dir.spec()
         source = read_codes(codes)
-        source.check_model(model_dir.spec())
-        return source
+        source.check_model(spec)
+        return source.relabel(spec.class_names)  # label numbers are the file's; the model's may differ
     return codes_from_images(open_code_model(model_dir, device, backend), data, labels, **scan_options)
 
 
@@ -294,7 +295,7 @@ def make_batches(jobs: list[Job], batch_size: int) -> list[tuple[str, list[Job]]
 
 def run_jobs(generator: Generator, jobs: list[Job], source: CodeFile | None, out, *, seed: int, batch_size: int,
              command: str, plan: dict, overwrite=False, resume=False, image_format="png", quality=95,
-             originals: list | None = None, link_originals=True, extra: dict | None = None, inputs=(), jsonl=False,
+             originals: list | None = None, link_originals=False, extra: dict | None = None, inputs=(), jsonl=False,
              classic_transforms: list | None = None) -> dict:
     """Makes every job's image into OUT_DIR (streamed, resumable, sharded under torchrun).
 
@@ -304,14 +305,7 @@ def run_jobs(generator: Generator, jobs: list[Job], source: CodeFile | None, out
     `inputs`: what else the command reads (a labels CSV), never to be written over; the model, the sources
     and the mask folder are known here."""
     dist = generator.distributed()
-    generator.require({job.method for job in jobs})
-    generator.check_classes(jobs)
-    if any(job.method in PRIORS_NEEDED and job.label < 0 for job in jobs) and generator.class_names:
-        raise SkinaugError("a class-conditional prior cannot resample unlabelled images: give {labels}")
-    check_masks(generator, jobs, source)
-    if any(job.method == "classic" for job in jobs) and (source is None or source.files is None):
-        raise UsageError("classic augments the image files themselves: give {data} rather than {codes}")
-    fingerprint = generator.spec.fingerprint
+    check_jobs(generator, jobs, source)
     inputs = [generator.model_dir.path, generator.mask_dir, source.path if source is not None else None, *inputs]
     if dist.is_main:
         writer = DatasetWriter(out, model_config=generator.spec, plan=plan, overwrite=overwrite, resume=resume,
@@ -334,7 +328,6 @@ def run_jobs(generator: Generator, jobs: list[Job], source: CodeFile | None, out
     batches = make_batches(jobs, batch_size)
     timings: Counter = Counter()
     counts: Counter = Counter()
-    class_names = generator.class_names
     started = time.perf_counter()
     todo = [(index + offset, method, batch) for index, (method, batch) in enumerate(batches)
             if (index + offset) % dist.world_size == dist.rank and (index + offset) not in done]
@@ -343,20 +336,7 @@ def run_jobs(generator: Generator, jobs: list[Job], source: CodeFile | None, out
             began = time.perf_counter()
             seed_value = batch_seed(seed, batch_index)
             codes, images = make_batch(generator, method, batch, source, seed_value, classic_transforms)
-            rows = [{
-                "image": job.name,
-                "label": class_names[job.label] if 0 <= job.label < len(class_names) else "",
-                "method": method,
-                "source_top": source.images[job.source_top] if job.source_top >= 0 else "",
-                "source_bottom": source.images[job.source_bottom] if job.source_bottom >= 0 else "",
-                "temperature": generator.temperature if method in PRIORS_NEEDED else "",
-                "seed": seed_value,
-                "model_fingerprint": fingerprint,
-                "group": source.groups[job.source_top] if job.source_top >= 0 and source.groups[job.source_top] else "",
-            } for job in batch]
-            for row, details in zip(rows, generator.image_details(method, batch, seed_value)):
-                row.update(details)
-            writer.write_batch(batch_index, images, rows, codes)
+            writer.write_batch(batch_index, images, batch_rows(generator, method, batch, source, seed_value), codes)
             timings[method] += time.perf_counter() - began
             counts[method] += len(batch)
             bar.update(len(batch))
@@ -364,13 +344,49 @@ def run_jobs(generator: Generator, jobs: list[Job], source: CodeFile | None, out
     dist.barrier()
     if not dist.is_main:
         return {}
+    return finish_run(writer, generator, command=command, seed=seed, counts=counts, timings=timings,
+                      seconds=time.perf_counter() - started, extra=extra)
+
+
+def check_jobs(generator: Generator, jobs: list[Job], source: CodeFile | None) -> None:
+    """What the jobs need (priors trained on their classes, labels, masks, image files), before anything is written."""
+    generator.require({job.method for job in jobs})
+    generator.check_classes(jobs)
+    if any(job.method in PRIORS_NEEDED and job.label < 0 for job in jobs) and generator.class_names:
+        raise SkinaugError("a class-conditional prior cannot resample unlabelled images: give {labels}")
+    check_masks(generator, jobs, source)
+    if any(job.method == "classic" for job in jobs) and (source is None or source.files is None):
+        raise UsageError("classic augments the image files themselves: give {data} rather than {codes}")
+
+
+def batch_rows(generator: Generator, method: str, jobs: list[Job], source: CodeFile | None, seed: int) -> list[dict]:
+    """labels.csv rows of a batch's images (with a "group" for codes.h5, and the method's details)."""
+    class_names = generator.class_names
+    rows = [{
+        "image": job.name,
+        "label": class_names[job.label] if 0 <= job.label < len(class_names) else "",
+        "method": method,
+        "source_top": source.images[job.source_top] if job.source_top >= 0 else "",
+        "source_bottom": source.images[job.source_bottom] if job.source_bottom >= 0 else "",
+        "temperature": generator.temperature if method in PRIORS_NEEDED else "",
+        "seed": seed,
+        "model_fingerprint": generator.spec.fingerprint,
+        "group": source.groups[job.source_top] if job.source_top >= 0 and source.groups[job.source_top] else "",
+    } for job in jobs]
+    for row, details in zip(rows, generator.image_details(method, jobs, seed)):
+        row.update(details)
+    return rows
+
+
+def finish_run(writer: DatasetWriter, generator: Generator, *, command: str, seed: int, counts: Counter,
+               timings: Counter, seconds: float, extra: dict | None) -> dict:
+    """Rank 0, once every batch is written: the log line, then the dataset assembled (see DatasetWriter.finish)."""
     made = sum(counts.values())
-    elapsed = time.perf_counter() - started
-    log(f"made {made} images in {elapsed:.1f}s ({made / max(elapsed, 1e-9):.1f} img/s)")
+    log(f"made {made} images in {seconds:.1f}s ({made / max(seconds, 1e-9):.1f} img/s)")
     return writer.finish(command=command, seed=seed, device=str(generator.device), extra={
         "temperature": generator.temperature,
         "seconds_per_method_this_run": {k: round(v, 3) for k, v in timings.items()},
-        "images_per_s_this_run": made / max(elapsed, 1e-9),
+        "images_per_s_this_run": made / max(seconds, 1e-9),
         **generator.backend_info(),
         **(extra or {}),
     })
@@ -509,19 +525,33 @@ def warn_unequal_generated_shares(table: dict) -> None:
              "sampler balance classes without it")
 
 
-def original_rows(source: CodeFile, class_names: list[str], fingerprint: str) -> list[dict]:
-    """labels.csv rows for the input images themselves (method 'original'), with their files."""
+def original_rows(source: CodeFile, class_names: list[str], fingerprint: str, labels_csv=None) -> list[dict]:
+    """labels.csv rows for the input images themselves, with their files: method 'original', unless `labels_csv` (the
+    labels the sources were read with) is a generated dataset's, whose images keep the method and sources it gives
+    them (so a folder augmented again still tells its synthetic images from the real ones)."""
     if source.files is None:
         raise UsageError("originals need the image files: give {data} rather than {codes}")
+    earlier = read_provenance(labels_csv) if labels_csv is not None else {}
     rows = []
     # the file keeps the source's name where that is a safe, distinct file name; source_* keep it as it is
     for index, (name, file_name) in enumerate(zip(source.images, unique_names(source.images))):
         label = int(source.labels[index])
         rows.append({"image": file_name, "label": class_names[label] if label >= 0 else "", "method": "original",
                      "source_top": name, "source_bottom": name, "temperature": "", "seed": "",
-                     "model_fingerprint": fingerprint, "group": source.groups[index], "file": str(source.files[name]),
-                     "index": index})
+                     "model_fingerprint": fingerprint, **earlier.get(name, {}), "group": source.groups[index],
+                     "file": str(source.files[name]), "index": index})
     return rows
+
+
+def labels_of(data, labels) -> Path | None:
+    """The labels CSV that DATA is read with: `labels`, or a generated OUT_DIR's own labels.csv."""
+    from .data import STDIN, is_generated_folder
+
+    if labels is not None:
+        return Path(labels)
+    if str(data) != STDIN and Path(data).is_dir() and is_generated_folder(Path(data)):
+        return Path(data) / "labels.csv"
+    return None
 
 
 class IterativeGenerator(Generator):
@@ -690,12 +720,14 @@ def synthesize(out, *, model=None, class_name=None, n=None, per_class=None, temp
 
 
 def augment(data, out, *, model=None, labels=None, factor=None, balance=False, methods="mix,resample,synthesize",
-            classic_config=None, no_originals=False, copy_originals=False, dry_run=False, temperature=1.0, top_k=None,
+            classic_config=None, no_originals=False, link_originals=False, copy_originals=False, dry_run=False,
+            temperature=1.0, top_k=None,
             device="auto", backend=None, seed=0, batch_size=64, bf16=False, compile_step=False, image_format="png",
             quality=95, overwrite=False, resume=False, strict=False, jsonl=False, image_col=None, label_col=None,
             group_col=None, layout="images") -> dict:
-    """A labelled folder expanded into a training-ready one: its originals (hard-linked, or copied) plus generated
-    images, `factor` times the input per class or every class up to the largest (`balance`). `methods`:
+    """A labelled folder expanded into a training-ready one: its originals (copies, reflinks where the file system
+    offers them; hard links to the inputs with `link_originals`; `copy_originals` is the default, kept for old
+    callers) plus generated images, `factor` times the input per class or every class up to the largest (`balance`). `methods`:
     "mix:1,resample:2,synthesize:1" or {"mix": 1, ...}; classic: albumentations copies (`classic_config`: a pipeline
     A.save wrote). With dry_run nothing is written and the summary holds the plan (images per class and method)."""
     if no_originals and copy_originals:
@@ -703,6 +735,7 @@ def augment(data, out, *, model=None, labels=None, factor=None, balance=False, m
                          "choose one")
     check_streaming(out, jsonl, overwrite)
     as_layout(layout)
+    link_originals = linking_originals(link_originals, copy_originals)
     weights, transforms = augment_methods(methods, classic_config)
     model = model_location(model)
     generator = open_generator(model, device, backend=backend, temperature=temperature, top_k=top_k,
@@ -719,7 +752,8 @@ def augment(data, out, *, model=None, labels=None, factor=None, balance=False, m
                                originals=not no_originals, seed=seed)
     if dry_run:
         return {"plan": table, "input": read}
-    originals = None if no_originals else original_rows(source, generator.class_names, generator.spec.fingerprint)
+    originals = None if no_originals else original_rows(source, generator.class_names, generator.spec.fingerprint,
+                                                            labels_of(data, labels))
     name_jobs(jobs, generator.class_names, prefix="gen_", taken=[row["image"] for row in originals or []])
     plan = job_plan(jobs, command="augment", data=str(data), seed=seed, batch_size=batch_size, temperature=temperature,
                     top_k=top_k, originals=not no_originals, format=image_format, bf16=bf16,
@@ -728,7 +762,7 @@ def augment(data, out, *, model=None, labels=None, factor=None, balance=False, m
                     **({"classic_config": file_record(classic_config)} if classic_config is not None else {}))
     return run_jobs(generator, jobs, source, out, seed=seed, batch_size=batch_size, command="augment", plan=plan,
                     overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
-                    originals=originals, link_originals=not copy_originals, extra={"plan": table, "input": read},
+                    originals=originals, link_originals=link_originals, extra={"plan": table, "input": read},
                     inputs=[labels, classic_config], jsonl=jsonl, classic_transforms=transforms)
 
 
@@ -754,6 +788,13 @@ def augment_methods(methods, classic_config=None):
     if weights.get("classic", 0) <= 0:
         raise UsageError("{classic_config} sets the classic pipeline: add classic to {methods}")
     return weights, load_transforms(classic_config)
+
+
+def linking_originals(link_originals: bool, copy_originals: bool) -> bool:
+    """Whether augment hard-links its originals: only on request, since a linked output file IS the input file."""
+    if link_originals and copy_originals:
+        raise UsageError("{link_originals=True} and {copy_originals=True} contradict each other: choose one")
+    return bool(link_originals)
 
 
 def sampling_dtype(bf16: bool):

@@ -26,13 +26,14 @@ def synthesize(out, *, model=None, top_k=None, backend=None, bf16=False, compile
 
 
 def augment(data, out, *, model=None, methods="mix,resample,synthesize", classic_config=None, no_originals=False,
-            copy_originals=False, top_k=None, backend=None, bf16=False, compile_step=False, image_col=None,
+            link_originals=False, copy_originals=False, top_k=None, backend=None, bf16=False, compile_step=False, image_col=None,
             label_col=None, group_col=None, **arguments) -> dict:
     """generate.augment's parameters; a baseline generator makes `synthesize` (and `classic`) images only."""
     model = model_location(model)
     if not _is_baseline(model, backend=backend, top_k=top_k, bf16=bf16, compile_step=compile_step):
         return generate.augment(data, out, model=model, methods=methods, classic_config=classic_config,
-                                no_originals=no_originals, copy_originals=copy_originals, top_k=top_k, backend=backend,
+                                no_originals=no_originals, link_originals=link_originals,
+                                copy_originals=copy_originals, top_k=top_k, backend=backend,
                                 bf16=bf16, compile_step=compile_step, image_col=image_col, label_col=label_col,
                                 group_col=group_col, **arguments)
     from .baselines import synthesize as baseline
@@ -40,7 +41,8 @@ def augment(data, out, *, model=None, methods="mix,resample,synthesize", classic
     generate.check_streaming(out, arguments.get("jsonl", False), arguments.get("overwrite", False))
     weights, transforms = generate.augment_methods(methods, classic_config)
     return baseline.augment(
-        model, data, out, weights=weights, originals=not no_originals, link_originals=not copy_originals,
+        model, data, out, weights=weights, originals=not no_originals,
+        link_originals=generate.linking_originals(link_originals, copy_originals),
         columns={"image_col": image_col, "label_col": label_col, "group_col": group_col}, classic_transforms=transforms,
         classic_config=generate.file_record(classic_config) if classic_config is not None else None, **arguments)
 

@@ -218,21 +218,78 @@ def real_path(path) -> Path:
     return Path(os.path.realpath(Path(path).expanduser()))
 
 
-def refuse_output_over_inputs(out, inputs: Iterable) -> None:
-    """--out may neither be nor hold an input: --overwrite would delete what the command reads."""
-    final = real_path(out)
+def _input_paths(inputs: Iterable) -> list[tuple[object, Path]]:
+    """(as given, real path) of every input; DATA '-' stands for each image listed on stdin, wherever it lies
+    (their common folder says nothing about a file listed from inside the output)."""
+    found = []
     for given in inputs:
         if given is None or str(given) == "":
             continue
-        if str(given) == "-":  # DATA read from stdin: the folder that holds every listed image
+        if str(given) == "-":
             from .data import _stdin_files
 
-            given = _stdin_files()[0]
-        source = real_path(given)
+            found += [(file.path, real_path(file.path)) for file in _stdin_files()[1]]
+        else:
+            found.append((given, real_path(given)))
+    return found
+
+
+def refuse_output_over_inputs(out, inputs: Iterable) -> None:
+    """--out may neither be nor hold an input (--overwrite would delete what the command reads), nor lie inside an
+    input folder (the next run would read the output as input: new images, a new class; a model directory would
+    gain files that are not the model's)."""
+    final = real_path(out)
+    for given, source in _input_paths(inputs):
         if source == final or final in source.parents:
             relation = "is" if source == final else "holds"
             raise SkinaugError(f"{{out}} {out} {relation} the input {given}: skinaug never writes over its inputs, "
                                "choose another {out}")
+        if source in final.parents:
+            raise SkinaugError(f"{{out}} {out} lies inside the input {given}: skinaug never writes into its inputs, "
+                               "choose an {out} outside it")
+
+
+def _content_digest(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def _file_state(path: Path) -> list[int]:
+    status = path.stat()
+    return [status.st_size, status.st_mtime_ns]
+
+
+def input_state(inputs: Iterable) -> dict:
+    """What a resumable run's plan records of its inputs, so that --resume refuses to finish a run whose inputs
+    changed since it began: a model directory by its weights' content (a copy of the same model resumes, another
+    model with the same VQ-VAE does not), any other file or folder by each file's size and modification time.
+    Keyed by real path; DATA '-' is each listed image."""
+    state: dict = {}
+    for _, source in _input_paths(inputs):
+        key = str(source)
+        if is_model_directory(source):
+            state[key] = {weights.name: _content_digest(weights) for weights in sorted(source.glob("*.safetensors"))}
+        elif source.is_dir():
+            state[key] = {str(file.relative_to(source)): _file_state(file)
+                          for file in sorted(source.rglob("*")) if file.is_file()}
+        else:
+            state[key] = _file_state(source) if source.is_file() else None
+    return state
+
+
+def files_digest(paths: Iterable) -> str:
+    """One short digest of the files' names, sizes and modification times: whether a set of inputs is as it was."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(str(path) for path in paths):
+        digest.update(json.dumps([path, _file_state(Path(path)) if Path(path).is_file() else None]).encode())
+    return digest.hexdigest()[:16]
 
 
 # ------------------------------------------------------------------------- the lock

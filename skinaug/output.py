@@ -18,6 +18,7 @@ Rank 0 claims the output (see `skinaug.io.claim_output`): the command's inputs a
 from __future__ import annotations
 
 import csv
+import fcntl
 import hashlib
 import io
 import json
@@ -33,7 +34,8 @@ import numpy as np
 
 from .codes import CodeWriter, model_attrs
 from .errors import SkinaugError, UsageError
-from .io import OutputKind, atomic_path, claim_output, naming_write_errors, read_json, write_json, write_text
+from .io import (OutputKind, atomic_path, claim_output, input_state, naming_write_errors, read_json, write_json,
+                 write_text)
 from .layout import DEFAULT_LAYOUT, METADATA, Layout, as_layout, class_folders
 from .spec import ModelSpec
 from .trained_on import TRAINED_ON, read_record
@@ -45,6 +47,24 @@ PROGRESS = ".progress"
 # rows of resample --iterative carry "boxes" (the cells each step re-drew): in their --jsonl lines, and in this file,
 # one {"image", "boxes"} a line
 BOXES = "boxes.jsonl"
+
+
+# what an image keeps from an earlier pass when it is augmented again (its labels.csv row beside "image" and "label")
+PROVENANCE_COLUMNS = ("method", "source_top", "source_bottom", "temperature", "seed", "model_fingerprint")
+
+
+def read_provenance(labels_csv) -> dict[str, dict]:
+    """image name -> its provenance columns, from a labels.csv skinaug wrote (one with a known `method` per row);
+    {} for any other CSV (a real dataset's labels): its images are originals."""
+    try:
+        with open(labels_csv, encoding="utf-8-sig", newline="") as handle:
+            reader = csv.DictReader(handle)
+            if not set(("image", *PROVENANCE_COLUMNS)) <= set(reader.fieldnames or ()):
+                return {}
+            return {row["image"]: {column: row[column] or "" for column in PROVENANCE_COLUMNS}
+                    for row in reader if row.get("method") in (*METHODS, "classic")}
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return {}
 
 
 def is_generated_dataset(path: Path) -> bool:
@@ -62,17 +82,36 @@ GENERATED_DATASET = OutputKind("generated dataset", is_generated_dataset,
                                "run.json or .progress/plan.json, and skinaug's labels.csv", resumable=True)
 
 
+# Linux's FICLONE ioctl (fcntl names it from Python 3.12): a copy that shares the source's blocks until either is
+# written, on file systems that offer it (btrfs, XFS, bcachefs, ...)
+FICLONE = getattr(fcntl, "FICLONE", 0x40049409) if sys.platform.startswith("linux") else None
+
+
+def clone_or_copy(source: Path, target: Path) -> None:
+    """A copy of `source` at `target`: a reflink where the file system offers one (no extra space, yet a file of its
+    own: editing one never changes the other), else the bytes copied."""
+    if FICLONE is not None:
+        try:
+            with open(source, "rb") as src, open(target, "wb") as dst:
+                fcntl.ioctl(dst.fileno(), FICLONE, src.fileno())
+            return
+        except OSError:
+            target.unlink(missing_ok=True)  # not offered here (another file system, or across two): copy
+    shutil.copyfile(source, target)
+
+
 def link_or_copy(source: Path, target: Path, link: bool) -> None:
-    """A hard link when asked and allowed (no extra space), else a copy; atomic either way."""
+    """A copy (see clone_or_copy), or a hard link when asked and allowed: then the output's file IS the input, and
+    editing one edits the other. Atomic either way."""
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.unlink(missing_ok=True)
     if link:
         try:
             os.link(source, tmp)
         except OSError:
-            shutil.copyfile(source, tmp)
+            clone_or_copy(source, tmp)
     else:
-        shutil.copyfile(source, tmp)
+        clone_or_copy(source, tmp)
     os.replace(tmp, target)
 
 
@@ -97,6 +136,34 @@ def check_streaming(out, jsonl: bool, overwrite: bool) -> None:
         # the replacement is staged beside the old output: its images reach the printed paths only at the end
         raise UsageError("{jsonl=True} prints paths as images land, and {overwrite=True} lands them only when the run ends: "
                          "remove the old output yourself, or choose another {out}")
+
+
+ABSENT = object()
+
+
+def plan_difference(saved, current, where: tuple = ()) -> str:
+    """The first place where two plans differ, said for a person: "the input /d/images/a.png changed since the run
+    began", "seed was 0, now 1"; "" when they agree."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        for key in sorted(set(saved) | set(current), key=str):
+            found = plan_difference(saved.get(key, ABSENT), current.get(key, ABSENT), (*where, key))
+            if found:
+                return found
+        return ""
+    if saved == current:
+        return ""
+    if where[:1] == ("inputs",) and len(where) > 1:
+        file = Path(where[1], *where[2:]) if len(where) > 2 else Path(where[1])
+        if saved is ABSENT:
+            return f"{file} was not an input of the run"
+        if current is ABSENT:
+            return f"{file}, an input of the run, is not one now"
+        return f"the input {file} changed since the run began"
+    shown = lambda value: "absent" if value is ABSENT else json.dumps(value)  # noqa: E731
+    name = "/".join(map(str, where)) or "the plan"
+    if len(shown(saved)) + len(shown(current)) > 120:
+        return f"{name} differs"
+    return f"{name} was {shown(saved)}, now {shown(current)}"
 
 
 class DatasetWriter:
@@ -125,7 +192,9 @@ class DatasetWriter:
         if self.image_format not in ("png", "jpg"):
             raise SkinaugError(f"{{image_format}} must be png or jpg, not {image_format}")
         self.quality = quality
-        self.digest = plan_digest(plan)
+        if is_main:  # the inputs' content is part of the plan: --resume after they changed would mix two runs
+            plan = {**plan, "inputs": input_state(inputs)}
+        self.plan, self.digest = plan, plan_digest(plan)
         self.started = time.perf_counter()
         self.claim = None
         if is_main:
@@ -152,10 +221,12 @@ class DatasetWriter:
             if (self.work / "run.json").is_file():
                 raise SkinaugError(f"{self.out} is already complete: nothing to resume (use {{overwrite=True}} to generate it again)")
             raise SkinaugError(f"{self.out} exists but was not written by an interrupted skinaug run: choose another {{out}}")
-        saved = read_json(self.progress_dir / "plan.json").get("digest") if (self.progress_dir / "plan.json").is_file() else None
-        if saved != self.digest:
-            raise SkinaugError(f"{self.out} holds an interrupted run of a different command or options: "
-                               "repeat the original command with {resume=True}, or pass {overwrite=True}")
+        saved = read_json(self.progress_dir / "plan.json") if (self.progress_dir / "plan.json").is_file() else {}
+        if saved.get("digest") != self.digest:
+            difference = plan_difference(saved.get("plan", {}), self.plan) if "plan" in saved else "no plan recorded"
+            raise SkinaugError(f"{self.out} holds an interrupted run of a different command or options, or of other "
+                               f"inputs ({difference}): repeat the original command with {{resume=True}} on the same inputs, "
+                               "or pass {overwrite=True}")
 
     def done_batches(self) -> set[int]:
         return {int(path.stem.split("-")[1]) for path in self.progress_dir.glob("batch-*.npz")}
@@ -192,8 +263,8 @@ class DatasetWriter:
         self._record(batch_index, rows, codes)
         self._announce(rows)
 
-    def write_originals(self, batch_index: int, rows: list[dict], codes: dict[str, np.ndarray], *, link: bool = True) -> None:
-        """The input images themselves (rows carry their "file"), linked or copied, never re-encoded."""
+    def write_originals(self, batch_index: int, rows: list[dict], codes: dict[str, np.ndarray], *, link: bool = False) -> None:
+        """The input images themselves (rows carry their "file"), copied (hard-linked with `link`), never re-encoded."""
         for row in rows:
             source = Path(row["file"])
             target = self.image_path(row)

@@ -45,6 +45,14 @@ def _rows(folder: Path) -> list[dict]:
         raise SkinaugError(f"{labels} cannot be read as CSV ({error}): give folders written by skinaug") from None
 
 
+def _read_parts(folder: Path) -> list[Path]:
+    """What preview reads of a folder: its labels.csv and image folders (images/, or the class folders of the
+    imagefolder layout), so that a sheet beside them, where the README puts it, is no input."""
+    root = images_root(folder)
+    folders = [root] if root != folder else [child for child in sorted(folder.iterdir()) if child.is_dir()]
+    return [folder / "labels.csv", *folders]
+
+
 def folder_captions(folders: list[Path]) -> dict[Path, str]:
     """Each folder's caption: its name, or the path as given where two folders share a name."""
     names = [folder.name or str(folder) for folder in folders]
@@ -109,7 +117,8 @@ def contact_sheet(folders, out, *, per_row: int = 8, size: int = 64, by: str = "
     check_memory(3 * per_row * size * len(rows) * (size + caption),
                  f"a contact sheet of {len(rows)} rows of {per_row} thumbnails of {size} pixels",
                  "give a smaller {size} or {per_row}")
-    claim = claim_output(out, kind=CONTACT_SHEET, inputs=folders, overwrite=overwrite)
+    claim = claim_output(out, kind=CONTACT_SHEET, inputs=[part for folder in folders for part in _read_parts(folder)],
+                         overwrite=overwrite)
     with claim:
         rng = np.random.default_rng(seed)
         sheet = Image.new("RGB", (per_row * size, len(rows) * (size + caption)), "white")

@@ -23,7 +23,7 @@ from .data import check_image_size, group_split, scan_dataset
 from .distributed import Distributed
 from .errors import SkinaugError, UsageError
 from .image_cache import build_cache
-from .io import MODEL_DIRECTORY, atomic_path, claim_output, write_json
+from .io import MODEL_DIRECTORY, atomic_path, claim_output, files_digest, write_json
 from .limits import check_network_memory
 from .losses import (GAN_START_SHARE, Adversary, LossSettings, discriminator_width, loss_settings, ssim_loss,
                      ssim_module)
@@ -222,6 +222,7 @@ class _Data:
     cache: np.ndarray
     train_index: np.ndarray
     val_index: np.ndarray
+    images: str = ""  # files_digest of the images scanned: what --resume checks
 
 
 def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig | dict | None = None, options: TrainOptions,
@@ -282,6 +283,7 @@ def _start(data, out, labels, model_config, options: TrainOptions, resume: bool,
     """Claims the output (rank 0; the others follow its decision) and settles the config: a resumed run's comes
     from its checkpoint, a new run's from --init or the options."""
     has_checkpoint = (ModelDir(out).train_dir / CHECKPOINT).is_file()
+    requested = model_config.to_dict() if isinstance(model_config, VQVAEConfig) else dict(model_config or {})
     init_source = None
     if init is not None and not (resume and has_checkpoint):  # a resumed run continues its checkpoint
         init_source = open_init(init)
@@ -303,7 +305,7 @@ def _start(data, out, labels, model_config, options: TrainOptions, resume: bool,
     start = _Start(claim, ModelDir(work), None, model_config, settings, init_source,
                    init_source.record() if init_source is not None else None)
     if resuming:
-        _resume_from_checkpoint(start, out, options, init is not None, dist)
+        _resume_from_checkpoint(start, out, options, init is not None, dist, requested)
     elif resume and dist.is_main:
         log(f"nothing to resume in {out}: starting a new run")
     check_image_size(start.model_config.image_size, start.model_config.downsample)
@@ -312,8 +314,10 @@ def _start(data, out, labels, model_config, options: TrainOptions, resume: bool,
     return start
 
 
-def _resume_from_checkpoint(start: _Start, out, options: TrainOptions, with_init: bool, dist: Distributed) -> None:
-    """Loads the checkpoint into `start`; the shape-defining config, seed, loss and --decoder-only come from it."""
+def _resume_from_checkpoint(start: _Start, out, options: TrainOptions, with_init: bool, dist: Distributed,
+                            requested: dict) -> None:
+    """Loads the checkpoint into `start`; the shape-defining config, seed, loss and --decoder-only come from it, and
+    a `requested` config field that contradicts it is refused (it would be ignored)."""
     if not start.checkpoint_path.is_file():
         raise SkinaugError(f"{out} has no checkpoint to resume ({start.checkpoint_path} is missing)")
     if _has_priors(start.model_dir):
@@ -321,7 +325,12 @@ def _resume_from_checkpoint(start: _Start, out, options: TrainOptions, with_init
         raise SkinaugError(f"{out} is a finished model with trained priors: {{resume=True}} would retrain the VQ-VAE under "
                            f"them; fine-tune into a new directory instead ({{init}} {out} {{out=NEW_DIR}})")
     checkpoint = start.checkpoint = load_checkpoint(start.checkpoint_path)
-    start.model_config = VQVAEConfig.from_dict(checkpoint["meta"]["vqvae"])
+    made = checkpoint["meta"]["vqvae"]
+    for name, value in sorted(requested.items()):
+        if value is not None and name in made and made[name] != value:
+            raise UsageError(f"{{resume=True}} continues {out} as its checkpoint was made, with {{{name}}} {made[name]}: "
+                             f"{{{name}}} {value} contradicts it (leave it out, or start again with {{overwrite=True}})")
+    start.model_config = VQVAEConfig.from_dict(made)
     options.seed = checkpoint["meta"]["seed"]
     if with_init and dist.is_main:
         log("resuming: the weights come from the checkpoint ({init} only sets the start of a run)")
@@ -346,6 +355,9 @@ def _load_data(data, labels, start: _Start, options: TrainOptions, dist: Distrib
         log(f"skipped {name}: {reason}")
     if dataset.rows_without_file or dataset.files_without_row:
         log(f"{dataset.rows_without_file} CSV rows without a file, {dataset.files_without_row} files without a CSV row (left out)")
+    images = files_digest(sample.path for sample in dataset.samples)
+    if start.checkpoint is not None:  # before the image cache is rebuilt from this DATA
+        _check_resumed_data(start.checkpoint["meta"], _data_record(data, labels, dataset.class_names, images))
     train_dir, image_size = start.model_dir.train_dir, start.model_config.image_size
     train_dir.mkdir(parents=True, exist_ok=True)
     if dist.is_main:
@@ -359,7 +371,25 @@ def _load_data(data, labels, start: _Start, options: TrainOptions, dist: Distrib
     if len(train_index) == 0:
         raise SkinaugError("not enough images to train: the training split is empty")
     skipped = len(dataset.skipped) + len(dataset.samples) - len(samples)
-    return _Data(dataset.class_names, dataset.dialect, samples, skipped, cache, train_index, val_index)
+    return _Data(dataset.class_names, dataset.dialect, samples, skipped, cache, train_index, val_index, images)
+
+
+def _data_record(data, labels, class_names: list[str], images: str) -> dict:
+    """What a checkpoint keeps of the data it was trained on (its meta), for --resume to check against."""
+    return {"data": str(Path(data).resolve()), "labels": str(Path(labels).resolve()) if labels else None,
+            "class_names": list(class_names), "images": images}
+
+
+def _check_resumed_data(saved: dict, current: dict) -> None:
+    """--resume continues a run on the data it began with: other DATA, labels, classes or changed images (names, sizes,
+    modification times) would make a model trained on two datasets, recorded as trained on the second."""
+    said = {"data": "DATA", "labels": "{labels}", "class_names": "the classes", "images": "the images of DATA"}
+    for key, name in said.items():
+        if key in saved and saved[key] != current[key]:  # checkpoints from before "images" was kept skip that check
+            shown = "changed (names, sizes or modification times)" if key == "images" else \
+                f"was {saved[key]} when the run began and is {current[key]} now"
+            raise SkinaugError(f"{{resume=True}} continues a run on the data it began with, but {name} {shown}: give "
+                               "the run's data, or start again with {overwrite=True}")
 
 
 def _build(start: _Start, options: TrainOptions, dist: Distributed, device, total_steps: int):
@@ -436,9 +466,7 @@ def _meta(start: _Start, options: TrainOptions, dataset: _Data, data, labels) ->
     return {
         "vqvae": start.model_config.to_dict(),
         "seed": options.seed,
-        "class_names": dataset.class_names,
-        "data": str(Path(data).resolve()),
-        "labels": str(Path(labels).resolve()) if labels else None,
+        **_data_record(data, labels, dataset.class_names, dataset.images),
         "init": start.init_record,
         "loss": start.settings.to_dict(),
         "decoder_only": options.decoder_only,

@@ -163,9 +163,10 @@ def test_resume_after_a_crash_is_bit_identical_to_an_uninterrupted_run(uninterru
 def test_resume_takes_the_shape_defining_config_from_the_checkpoint(tiny_dataset, tmp_path):
     out = tmp_path / "model"
     assert train_cli(tiny_dataset, out, "--epochs", "1", "--batch-size", "4", "--quiet") == 0
-    # a different --codebook-size on resume is ignored: the checkpoint's model is continued
+    # a different --codebook-size on resume contradicts the checkpoint: refused (issue 21; it used to be ignored)
     assert train_cli(tiny_dataset, out, "--epochs", "2", "--batch-size", "4", "--quiet", "--resume",
-                     "--codebook-size", "64") == 0
+                     "--codebook-size", "64") == 2
+    assert train_cli(tiny_dataset, out, "--epochs", "2", "--batch-size", "4", "--quiet", "--resume") == 0
     config = ModelDir(out).config()
     assert config["codebook_size"] == 16 and config["metrics"]["epochs"] == 2
     assert [line["epoch"] for line in read_metrics(out)] == [1, 2]

@@ -24,9 +24,10 @@ import torch
 
 from ..codes import CodeFile
 from ..errors import UsageError
-from ..limits import check_planned_images
-from ..generate import Job, batch_seed, class_index, classic_batch, job_plan, make_batches, name_jobs, original_rows, plan_augment
+from ..generate import (Job, batch_seed, class_index, classic_batch, job_plan, labels_of, make_batches, name_jobs,
+                        original_rows, plan_augment)
 from ..layout import plan_layout
+from ..limits import check_planned_images
 from ..output import DatasetWriter
 from ..runtime import log, progress, resolve_device
 from ..vqvae import to_uint8
@@ -76,7 +77,7 @@ def synthesize(model, out, *, class_name=None, n=None, per_class=None, temperatu
 
 
 def augment(model, data, out, *, weights: dict, labels=None, factor=None, balance=False, originals=True,
-            link_originals=True, dry_run=False, temperature=1.0, device="auto", seed=0, batch_size=64,
+            link_originals=False, dry_run=False, temperature=1.0, device="auto", seed=0, batch_size=64,
             image_format="png", quality=95, overwrite=False, resume=False, strict=False, columns=None, jsonl=False,
             classic_transforms=None, classic_config=None, layout="images") -> dict:
     """DATA's originals plus synthesized (and classic) images per class (--factor or --balance); with dry_run only
@@ -96,7 +97,8 @@ def augment(model, data, out, *, weights: dict, labels=None, factor=None, balanc
                                originals=originals, seed=seed)
     if dry_run:
         return {"plan": table, "input": read}
-    rows = original_rows(source, sampler.class_names, sampler.config["fingerprint"]) if originals else None
+    rows = (original_rows(source, sampler.class_names, sampler.config["fingerprint"], labels_of(data, labels))
+            if originals else None)
     name_jobs(jobs, sampler.class_names, prefix="gen_", taken=[row["image"] for row in rows or []])
     plan = job_plan(jobs, command="augment", data=str(data), seed=seed, batch_size=batch_size, temperature=temperature,
                     originals=originals, format=image_format, model=sampler.config["fingerprint"],
@@ -125,7 +127,7 @@ def sources(config: dict, data, labels, strict: bool, columns: dict) -> tuple[Co
 
 def write_jobs(sampler: BaselineSampler, jobs: list[Job], out, *, seed: int, batch_size: int, command: str, plan: dict,
                overwrite=False, resume=False, image_format="png", quality=95, jsonl=False, source: CodeFile | None = None,
-               originals: list | None = None, link_originals=True, inputs=(), classic_transforms=None,
+               originals: list | None = None, link_originals=False, inputs=(), classic_transforms=None,
                extra: dict | None = None) -> dict:
     """Every job's image into OUT_DIR through DatasetWriter, batch by batch (resumable), without codes.h5."""
     generated = any(job.method != "classic" for job in jobs)

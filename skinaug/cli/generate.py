@@ -208,7 +208,8 @@ def augment(
     methods: Annotated[str, typer.Option("--methods", help="Methods with optional weights, e.g. mix:1,resample:2,synthesize:1; classic: albumentations copies of the inputs (the baseline).")] = "mix,resample,synthesize",
     classic_config: Annotated[Optional[Path], typer.Option("--classic-config", help="Your own albumentations pipeline for classic (a file A.save wrote, yaml or json).")] = None,
     no_originals: Annotated[bool, typer.Option("--no-originals", help="Leave the input images out of the output.")] = False,
-    copy_originals: Annotated[bool, typer.Option("--copy-originals", help="Copy the input images instead of hard-linking them.")] = False,
+    link_originals: Annotated[bool, typer.Option("--link-originals", help="Hard-link the originals to the input files instead of copying them: no extra space, but each is then the same file as its input, so editing or deleting its content in OUT_DIR does so to your input too. (Copies are reflinks, which cost no space, where the file system offers them.)")] = False,
+    copy_originals: Annotated[bool, typer.Option("--copy-originals", hidden=True, help="The default now; kept for old scripts.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (images per class and method) and stop.")] = False,
     temperature: TemperatureOpt = 1.0,
     top_k: TopKOpt = None,
@@ -229,8 +230,8 @@ def augment(
     from .. import generators
 
     summary = generators.augment(data, out, model=model, labels=labels, factor=factor, balance=balance, methods=methods,
-                               classic_config=classic_config, no_originals=no_originals, copy_originals=copy_originals,
-                               dry_run=dry_run, temperature=temperature, top_k=top_k, device=device, backend=backend,
+                               classic_config=classic_config, no_originals=no_originals, link_originals=link_originals,
+                               copy_originals=copy_originals, dry_run=dry_run, temperature=temperature, top_k=top_k, device=device, backend=backend,
                                seed=seed, batch_size=batch_size, bf16=bf16, compile_step=compile_step,
                                image_format=image_format, quality=quality, overwrite=overwrite, resume=resume,
                                strict=strict, jsonl=jsonl, layout=layout, **columns(image_col, label_col, group_col))

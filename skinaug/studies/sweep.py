@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -92,9 +93,13 @@ def _sweep_into(work: Path, out: Path, data, labels, codebook_sizes, code_dims, 
             train_vqvae(data, folder, labels=labels, model_config=replace(base, codebook_size=codebook_size, code_dim=code_dim),
                         options=replace(options), resume=resume, overwrite=not resume)
         config = model_dir.config()
-        stats = encode_dataset(data, folder / "codes.h5", model=folder, labels=labels, device=options.device,
+        # encoded beside the model directory (no command writes inside a model it reads), then moved into it: the
+        # sweep's own configuration folder, which it owns
+        encoded = folder.parent / f".{folder.name}.codes.h5"
+        stats = encode_dataset(data, encoded, model=folder, labels=labels, device=options.device,
                                batch_size=encode_batch_size, overwrite=True, strict=options.strict, workers=options.workers,
                                **columns)
+        os.replace(encoded, folder / "codes.h5")
         row = {
             "codebook_size": codebook_size, "code_dim": code_dim,
             "used_codes_top": stats.get("used_codes_top"), "used_codes_bottom": stats.get("used_codes_bottom"),

@@ -80,10 +80,12 @@ def test_an_imagefolder_output_is_data_for_augment_and_scores(generator_model, t
     assert run(["augment", first, "--model", generator_model["model"], "--out", out, "--factor", 2,
                 "--methods", "resample", "--layout", "imagefolder", "--device", "cpu", "--quiet"]) == 0
     rows = read_csv(out / "labels.csv")
-    originals = [row for row in rows if row["method"] == "original"]
-    assert len(rows) == 12 and len(originals) == 6
+    kept = [row for row in rows if row["method"] == "synthesize"]  # the first run's images keep their provenance
+    assert len(rows) == 12 and len(kept) == 6 and not any(row["method"] == "original" for row in rows)
     source_rows = {row["image"]: row["label"] for row in read_csv(first / "labels.csv")}
-    assert all(source_rows[row["source_top"]] == row["label"] for row in rows)  # labels came from the folder's CSV
+    resampled = [row for row in rows if row["method"] == "resample"]
+    assert len(resampled) == 6  # labels came from the folder's CSV
+    assert all(source_rows[row["source_top"]] == row["label"] for row in resampled)
     _, _, samples = image_folder_samples(out)
     assert len(samples) == 12
     capsys.readouterr()

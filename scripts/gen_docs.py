@@ -135,7 +135,10 @@ def reference() -> str:
 
 # (module, what it is for, names): what the README calls public, in the order a reader meets it
 PUBLIC_API = [
-    ("skinaug", None, ["load_model", "Model", "GeneratedDataset"]),
+    ("skinaug", None, ["load_model", "Model", "GeneratedDataset", "ConcatDataset"]),
+    ("skinaug.recipes", "Training with generated images without losing the real ones' exposure (also as "
+                        "`skinaug.ExposureSampler`, ...): pieces for your own PyTorch training loop.",
+     ["ExposureSampler", "sample_weights", "weighted_loss", "WithIndex", "PretrainSchedule", "is_real"]),
     ("skinaug.generate", "The commands that write a generated dataset (OUT_DIR), as functions with the commands' options "
                          "as parameters: each writes what the command writes and returns its `--json` summary.",
      ["synthesize", "mix", "resample", "augment"]),

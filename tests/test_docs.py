@@ -53,8 +53,8 @@ def test_the_reference_lists_every_command_with_its_options_and_defaults():
         assert f"## `{title}`" in text
     synthesize = text.split("## `skinaug synthesize`")[1].split("\n## ")[0]
     assert "```\nskinaug synthesize [OPTIONS]\n```" in synthesize
-    assert "| `--temperature <float>` | Sampling temperature (lower: closer to the most likely codes). [default: 1.0] |" in synthesize
-    assert "| `-n, --count <int range>` |" in synthesize and "| `--backend <str>` |" in synthesize
+    assert "| `--temperature NUMBER` | Sampling temperature (lower: closer to the most likely codes). [default: 1.0] |" in synthesize
+    assert "| `-n, --count N` | Images of --class to make. [x>=1] |" in synthesize and "| `--backend [torch\\|onnx]` |" in synthesize
     assert "```\nskinaug encode [OPTIONS] DATA\n```" in text  # the argument by name, not a placeholder
     assert "\x1b[" not in text and "╭" not in text  # no colour, no boxes
 
@@ -150,7 +150,7 @@ def test_formats_states_the_exit_codes_the_command_line_returns(capsys):
 
     table = formats().split("## Exit codes")[1].split("\n## ")[0]
     documented = {int(code) for code in re.findall(r"^\| (\d+) \|", table, re.M)}
-    assert documented == {0, SkinaugError.exit_code, UsageError.exit_code, _interrupted()} == {0, 1, 2, 130}
+    assert documented == {0, SkinaugError.exit_code, UsageError.exit_code, _interrupted([])} == {0, 1, 2, 130}
     assert main(["--version"]) == 0
     assert main(["synthesize", "--out", "x", "--per-class", "1", "--device", "banana"]) == UsageError.exit_code
     capsys.readouterr()

@@ -153,3 +153,43 @@ def generator_model(tiny_model, tmp_path_factory):
                  "--device", "cpu", "--quiet"]) == 0
     assert main(["train", "prior", "--model", str(model), "--codes", str(codes), "--quiet", *PRIOR_ARGS]) == 0
     return {"model": model, "codes": codes, "data": data}
+
+
+# ------------------------------------------------------------------- one CLI call and its one error line
+
+
+def run_cli(args, capsys) -> tuple[int, str]:
+    """(exit code, stderr) of one CLI call."""
+    capsys.readouterr()
+    from skinaug.cli import main
+
+    code = main([str(arg) for arg in args])
+    return code, capsys.readouterr().err
+
+
+def error_line(err: str) -> str:
+    """The one `error:` line the contract promises, checked to be neither a bug report nor a traceback."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ") and "internal error" not in lines[0] and "Traceback" not in err, err
+    return lines[0]
+
+
+@contextlib.contextmanager
+def interrupted_after_batches(monkeypatch, batches: int):
+    """Ctrl-C as a generated dataset's writer is about to write batch `batches` + 1 (the first `batches` land)."""
+    from skinaug import output
+
+    original, calls = output.DatasetWriter.write_batch, {"n": 0}
+
+    def interrupted(self, *args, **kwargs):
+        if calls["n"] == batches:
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(output.DatasetWriter, "write_batch", interrupted)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(output.DatasetWriter, "write_batch", original)

@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import interrupted_after_batches
 from PIL import Image
 
 from skinaug.cli import main
@@ -125,24 +126,12 @@ def test_same_seed_same_images_and_another_seed_differs(generator_model, tmp_pat
 
 
 def test_resume_after_an_interruption_neither_duplicates_nor_loses(generator_model, tmp_path, monkeypatch):
-    from skinaug import output
-
     args = ["synthesize", "--model", generator_model["model"], "--class", "bkl", "-n", 7, "--batch-size", 2,
             "--device", "cpu", "--quiet"]
     assert run([*args, "--out", tmp_path / "whole"]) == 0
 
-    original = output.DatasetWriter.write_batch
-    calls = {"n": 0}
-
-    def interrupted(self, *a, **k):
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        calls["n"] += 1
-        return original(self, *a, **k)
-
-    monkeypatch.setattr(output.DatasetWriter, "write_batch", interrupted)
-    assert run([*args, "--out", tmp_path / "cut"]) == 130
-    monkeypatch.setattr(output.DatasetWriter, "write_batch", original)
+    with interrupted_after_batches(monkeypatch, 2):
+        assert run([*args, "--out", tmp_path / "cut"]) == 130
     assert len(list((tmp_path / "cut" / "images").glob("*.png"))) == 4
     assert run([*args, "--out", tmp_path / "cut"]) == 1  # exists: needs --resume
     assert run([*args, "--out", tmp_path / "cut", "--resume"]) == 0

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import interrupted_after_batches
 from PIL import Image
 
 import skinaug
@@ -94,22 +95,10 @@ def test_an_imagefolder_output_is_data_for_augment_and_scores(generator_model, t
 
 
 def test_an_interrupted_imagefolder_run_resumes_without_loss_or_duplicates(generator_model, tmp_path, monkeypatch):
-    from skinaug import output
-
     args = ["--layout", "imagefolder", "--batch-size", 2]
     assert synthesize(generator_model, tmp_path / "whole", *args) == 0
-    original = output.DatasetWriter.write_batch
-    calls = {"n": 0}
-
-    def interrupted(self, *a, **k):
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        calls["n"] += 1
-        return original(self, *a, **k)
-
-    monkeypatch.setattr(output.DatasetWriter, "write_batch", interrupted)
-    assert synthesize(generator_model, tmp_path / "cut", *args) == 130
-    monkeypatch.setattr(output.DatasetWriter, "write_batch", original)
+    with interrupted_after_batches(monkeypatch, 2):
+        assert synthesize(generator_model, tmp_path / "cut", *args) == 130
     assert len(image_folder_samples(tmp_path / "cut")[2]) == 4
     assert synthesize(generator_model, tmp_path / "cut", "--batch-size", 2, "--resume") == 1  # another layout: refused
     assert synthesize(generator_model, tmp_path / "cut", *args, "--resume") == 0

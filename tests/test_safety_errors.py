@@ -15,25 +15,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import error_line, run_cli
 
-from skinaug.cli import main
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def run(args, capsys) -> tuple[int, str]:
-    """(exit code, stderr) of one CLI call."""
-    capsys.readouterr()
-    code = main([str(arg) for arg in args])
-    return code, capsys.readouterr().err
-
-
-def error_line(err: str) -> str:
-    """The one `error:` line the contract promises, checked to be neither a bug report nor a traceback."""
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: ") and "internal error" not in lines[0] and "Traceback" not in err, err
-    return lines[0]
+run = run_cli  # (exit code, stderr) of one CLI call
 
 
 def synthesize_args(model, out, *extra):

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import error_line, run_cli
 
 from skinaug.cli import main
 
@@ -19,19 +20,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(args, capsys) -> tuple[int, str]:
-    """(exit code, stderr) of one CLI call."""
-    capsys.readouterr()
-    code = main([str(arg) for arg in args])
-    return code, capsys.readouterr().err
-
-
-def error_line(err: str) -> str:
-    """The one `error:` line: neither a bug report nor a traceback."""
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: ") and "internal error" not in lines[0] and "Traceback" not in err, err
-    return lines[0]
+run = run_cli  # (exit code, stderr) of one CLI call
 
 
 def leftovers(folder: Path) -> list[str]:

@@ -22,6 +22,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import stat
 import shutil
 import tempfile
@@ -445,10 +446,11 @@ def _finish_cut_swap(final: Path) -> None:
 def _remove_stale_temporaries(final: Path) -> None:
     """The temporary files (`atomic_path`'s `.NAME.*.tmp`) of a run that was killed before it could remove them.
     Called under the output's lock, so no other writer owns them; left alone they would hold the space for ever."""
-    prefix, stale = f".{final.name}.", []
+    # exactly mkstemp's names for this output: `.synth.png.k2j3h4g5.tmp`, another output's (`--out synth.png` beside
+    # `--out synth`), or a user's `.synth.notes.tmp`, is not ours
+    ours, stale = re.compile(re.escape(f".{final.name}.") + r"[a-z0-9_]{8}\.tmp"), []
     with contextlib.suppress(OSError), os.scandir(final.parent) as entries:
-        stale = [entry.path for entry in entries if entry.name.startswith(prefix) and entry.name.endswith(".tmp")
-                 and not entry.is_dir(follow_symlinks=False)]
+        stale = [entry.path for entry in entries if ours.fullmatch(entry.name) and not entry.is_dir(follow_symlinks=False)]
     for path in stale:
         with contextlib.suppress(OSError):
             os.unlink(path)

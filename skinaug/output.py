@@ -84,7 +84,9 @@ GENERATED_DATASET = OutputKind("generated dataset", is_generated_dataset,
 
 # Linux's FICLONE ioctl (fcntl names it from Python 3.12): a copy that shares the source's blocks until either is
 # written, on file systems that offer it (btrfs, XFS, bcachefs, ...)
-FICLONE = getattr(fcntl, "FICLONE", 0x40049409) if sys.platform.startswith("linux") else None
+# the number is the generic one (x86, Arm); other architectures number their ioctls differently
+FICLONE = getattr(fcntl, "FICLONE", 0x40049409 if platform.machine() in ("x86_64", "aarch64") else None) \
+    if sys.platform.startswith("linux") else None
 
 
 def clone_or_copy(source: Path, target: Path) -> None:

@@ -80,6 +80,21 @@ def test_a_killed_encodes_temporary_file_is_removed_by_the_next_run(tiny_model, 
     assert not stale.exists() and leftovers(tmp_path) == []
 
 
+def test_only_this_outputs_own_temporaries_are_removed(tiny_model, tmp_path, capsys):
+    """Another output's temporary (`preview --out codes.h5.png` writing beside it) and a user's own dot-file are
+    not the killed run's: they stay."""
+    data, out = tiny_model.dataset, tmp_path / "codes.h5"
+    others = [tmp_path / ".codes.h5.png.k2j4x9q1.tmp", tmp_path / ".codes.h5.my-notes.tmp", tmp_path / ".codes.h5.tmp"]
+    for path in others:
+        path.write_bytes(b"mine")
+    stale = tmp_path / ".codes.h5.k2j4x9q1.tmp"
+    stale.write_bytes(b"\0")
+    code, err = run(["encode", data.images, "--labels", data.labels_csv, "--model", tiny_model.path, "--out", out,
+                     "--device", "cpu", "--quiet"], capsys)
+    assert code == 0, err
+    assert not stale.exists() and all(path.read_bytes() == b"mine" for path in others)
+
+
 def test_ctrl_c_during_encode_does_not_advise_a_resume_it_lacks(tiny_model, tmp_path, monkeypatch, capsys):
     import skinaug.codes as codes_module
 

@@ -11,7 +11,7 @@ needed to continue bit-exactly on CPU with --resume.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -325,12 +325,12 @@ def _resume_from_checkpoint(start: _Start, out, options: TrainOptions, with_init
         raise SkinaugError(f"{out} is a finished model with trained priors: {{resume=True}} would retrain the VQ-VAE under "
                            f"them; fine-tune into a new directory instead ({{init}} {out} {{out=NEW_DIR}})")
     checkpoint = start.checkpoint = load_checkpoint(start.checkpoint_path)
-    made = checkpoint["meta"]["vqvae"]
+    made = asdict(VQVAEConfig.from_dict(checkpoint["meta"]["vqvae"]))  # with the fields its dict leaves at default
     for name, value in sorted(requested.items()):
         if value is not None and name in made and made[name] != value:
             raise UsageError(f"{{resume=True}} continues {out} as its checkpoint was made, with {{{name}}} {made[name]}: "
                              f"{{{name}}} {value} contradicts it (leave it out, or start again with {{overwrite=True}})")
-    start.model_config = VQVAEConfig.from_dict(made)
+    start.model_config = VQVAEConfig(**made)
     options.seed = checkpoint["meta"]["seed"]
     if with_init and dist.is_main:
         log("resuming: the weights come from the checkpoint ({init} only sets the start of a run)")

@@ -293,3 +293,12 @@ def test_train_vqvae_resume_with_a_contradicting_image_size_is_refused(trained, 
     assert "--image-size 32" in err and "--image-size 64 contradicts it" in err, err
     assert digests(trained) == before
     assert json.loads((trained / "config.json").read_text())["image_size"] == 32
+
+
+def test_train_vqvae_resume_with_another_downsample_is_refused(trained, tiny_dataset, capsys):
+    """The checkpoint's config leaves downsample out at its default (4): a resume asking for 8 still contradicts it."""
+    before = digests(trained)
+    assert train_vqvae_cli(tiny_dataset, trained, "--resume", "--downsample", "8") == 2
+    err = capsys.readouterr().err
+    assert "--downsample 4" in err and "--downsample 8 contradicts it" in err, err
+    assert digests(trained) == before

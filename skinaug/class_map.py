@@ -54,6 +54,8 @@ STANDARD_LABELS = (
 )
 
 NOT_A_CLASS = "class not in the model"  # the reason a skipped row is counted under
+# labels that say no diagnosis was made: never a class, not even a new one when fine-tuning
+NO_DIAGNOSIS = frozenset(entry.label for entry in STANDARD_LABELS if entry.why == "no diagnosis")
 
 
 def _key(label: str) -> str:
@@ -143,7 +145,8 @@ def relabel(entries: list, class_names, class_map: dict[str, str], onto=None) ->
     """Each entry's label through `class_map` (always), then, against a model's `class_names`, through the
     standard table when it is not one of them already; what then is no class of the model is `unknown`.
     `onto` (a fine-tuning source's classes, without `class_names`): the table maps labels onto those names where it
-    can, and every other label stays as written, a new class."""
+    can, every other label stays as written, a new class, except the table's "no diagnosis" labels (UNK, unknown),
+    which are `unknown`: a class of images nobody diagnosed would teach nothing."""
     result = Relabelled([], Counter(), [])
     class_map = {_key(name): target for name, target in class_map.items()}
     classes = set(class_names) if class_names is not None else None
@@ -153,6 +156,9 @@ def relabel(entries: list, class_names, class_map: dict[str, str], onto=None) ->
         if label is not None and _key(label) in class_map:
             target = class_map[_key(label)]
         elif label is not None and towards is not None and label not in towards:
+            if classes is None and _key(label) in NO_DIAGNOSIS:
+                result.unknown.append((file, written))
+                continue
             standard = standard_class(label)[1]
             target = standard if classes is not None or standard in towards else label
         if label is not None and classes is not None and target not in classes:

@@ -517,11 +517,12 @@ def _to_classes(scan: "_Scan", class_names, class_map: dict[str, str], strict: b
     is no class of the model moved to `skipped` (`strict`: refused)."""
     result = relabel(scan.entries, class_names, class_map, onto=map_onto)
     unknown = sorted({label for _, label in result.unknown})
+    classes = list(class_names if class_names is not None else map_onto or [])
     if unknown and not result.entries and not strict:
-        raise SkinaugError(f"no label is among the classes {list(class_names)}: {', '.join(unknown[:EXAMPLES])} "
+        raise SkinaugError(f"no label is among the classes {classes}: {', '.join(unknown[:EXAMPLES])} "
                            "(map them with {class_map}, e.g. mel=melanoma)")
     if unknown and strict:
-        raise SkinaugError(f"labels not among the classes {list(class_names)}: {', '.join(unknown)} "
+        raise SkinaugError(f"labels not among the classes {classes}: {', '.join(unknown)} "
                            f"({len(result.unknown)} rows; without {{strict=True}} they are skipped, "
                            "or map them with {class_map})")
     if result.mapped:

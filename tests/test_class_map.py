@@ -183,3 +183,17 @@ def test_fine_tuning_maps_public_labels_onto_the_source_classes_and_keeps_new_on
     config = json.loads((out / "config.json").read_text())
     assert config["class_names"] == ["melanoma", "nevus", "vitiligo"]  # vitiligo: a new class, as written
     assert "labels mapped to the classes: mel -> melanoma (2), nv -> nevus (2)" in capsys.readouterr().err
+
+
+def test_fine_tuning_leaves_out_labels_that_say_no_diagnosis_instead_of_making_them_a_class(tmp_path, capsys):
+    make_images(tmp_path / "img", [f"ISIC_{i}.jpg" for i in range(6)], size=(64, 64))
+    csv = write_csv(tmp_path / "meta.csv", "image_name,diagnosis", *[
+        f"ISIC_{i},{('melanoma', 'unknown', 'UNK')[i % 3]}" for i in range(6)])
+    out = tmp_path / "mine"
+    assert main(["train", "vqvae", str(tmp_path / "img"), "--labels", str(csv), "--init", "ham10000-64", "--epochs", "0",
+                 "--out", str(out), "--device", "cpu"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["class_names"] == ["melanoma"] and config["training_data"]["images"] == 2
+    assert main(["train", "vqvae", str(tmp_path / "img"), "--labels", str(csv), "--init", "ham10000-64", "--epochs", "0",
+                 "--out", str(tmp_path / "strict"), "--device", "cpu", "--strict"]) == 1
+    assert "labels not among the classes" in capsys.readouterr().err

@@ -204,7 +204,8 @@ class GeneratedDataset(_dataset_base()):
 
     `classes` fixes the numbering, so that datasets concatenated for training agree on it: by default the generating
     model's class list where the folder has one (a generated OUT_DIR records it), else the sorted labels found (as
-    torchvision's ImageFolder numbers its folders). A label outside `classes` is an error.
+    torchvision's ImageFolder numbers its folders). Images whose label is outside `classes` are left out with a
+    count (an error when no image is left).
 
     Item i is (image, target). Without `transform` the image is a float32 tensor (3, S, S) in [0, 1]. A
     `transform` receives what its library expects: an albumentations transform or Compose is called as

@@ -164,6 +164,8 @@ def decode_codes(codes_path, out, *, model, device="auto", batch_size=64, overwr
     spec = model_dir.spec()
     code_file = read_codes(codes_path)
     code_file.check_model(spec)
+    if not code_file.names_recorded:  # its labels can only be the model's classes (said once, with a warning)
+        code_file = code_file.relabel(spec.class_names)
     code_model = open_code_model(model_dir, device, backend)
     class_names = code_file.class_names
     plan = {"command": "decode", "codes": str(Path(codes_path).resolve()), "n": len(code_file), "batch_size": batch_size,

@@ -414,6 +414,7 @@ def classic_batch(source: CodeFile, jobs: list[Job], image_size: int, seed: int,
 
 def check_masks(generator: Generator, jobs: list[Job], source: CodeFile | None) -> None:
     """Every lesion mask a resample job needs, looked for before anything is written (not half-way through)."""
+    generator.unmasked = set()  # of this run's sources (a generator may serve several runs)
     if generator.mask_dir is None:
         return
     for index in sorted({job.source_top for job in jobs if job.method == "resample"}):
@@ -730,12 +731,9 @@ def augment(data, out, *, model=None, labels=None, factor=None, balance=False, m
     callers) plus generated images, `factor` times the input per class or every class up to the largest (`balance`). `methods`:
     "mix:1,resample:2,synthesize:1" or {"mix": 1, ...}; classic: albumentations copies (`classic_config`: a pipeline
     A.save wrote). With dry_run nothing is written and the summary holds the plan (images per class and method)."""
-    if no_originals and copy_originals:
-        raise UsageError("{no_originals=True} leaves the originals out, so {copy_originals=True} has nothing to copy: "
-                         "choose one")
+    link_originals = linking_originals(link_originals, copy_originals, no_originals)
     check_streaming(out, jsonl, overwrite)
     as_layout(layout)
-    link_originals = linking_originals(link_originals, copy_originals)
     weights, transforms = augment_methods(methods, classic_config)
     model = model_location(model)
     generator = open_generator(model, device, backend=backend, temperature=temperature, top_k=top_k,
@@ -790,10 +788,14 @@ def augment_methods(methods, classic_config=None):
     return weights, load_transforms(classic_config)
 
 
-def linking_originals(link_originals: bool, copy_originals: bool) -> bool:
+def linking_originals(link_originals: bool, copy_originals: bool, no_originals: bool = False) -> bool:
     """Whether augment hard-links its originals: only on request, since a linked output file IS the input file."""
     if link_originals and copy_originals:
         raise UsageError("{link_originals=True} and {copy_originals=True} contradict each other: choose one")
+    for given, verb in ((copy_originals, "copy"), (link_originals, "link")):
+        if no_originals and given:
+            raise UsageError(f"{{no_originals=True}} leaves the originals out, so {{{verb}_originals=True}} has nothing to "
+                             f"{verb}: choose one")
     return bool(link_originals)
 
 

@@ -42,7 +42,7 @@ def augment(data, out, *, model=None, methods="mix,resample,synthesize", classic
     weights, transforms = generate.augment_methods(methods, classic_config)
     return baseline.augment(
         model, data, out, weights=weights, originals=not no_originals,
-        link_originals=generate.linking_originals(link_originals, copy_originals),
+        link_originals=generate.linking_originals(link_originals, copy_originals, no_originals),
         columns={"image_col": image_col, "label_col": label_col, "group_col": group_col}, classic_transforms=transforms,
         classic_config=generate.file_record(classic_config) if classic_config is not None else None, **arguments)
 

@@ -83,3 +83,16 @@ def test_fid_says_when_every_image_has_the_same_features_and_strict_refuses(tiny
     monkeypatch.setattr(fid, "classifier_feature_pair", lambda *args: (varied, varied + 0.1))
     result = fid.compute_fid(tiny_dataset.images, tiny_dataset.images, strict=True, **options)
     assert result["degenerate"] is None and result["feature_rank"] == 8
+
+
+def test_benefit_says_when_a_classifier_gives_every_test_image_one_score(tmp_path, capsys):
+    from skinaug.studies.benefit import classifier_run, save_array
+
+    constant, ranking = tmp_path / "constant.npy", tmp_path / "ranking.npy"
+    save_array(constant, np.full((5, 2), 0.5))
+    save_array(ranking, np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.5, 0.5], [0.1, 0.9]]))
+    capsys.readouterr()
+    for path in (constant, ranking):  # a stored run is read back, not trained again
+        classifier_run(path, None, None, 2, None, 3, "cpu", None, None, "the classic arm")
+    err = capsys.readouterr().err
+    assert err.count("degenerate classifier") == 1 and "the classic arm (seed 3)" in err

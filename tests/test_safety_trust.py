@@ -302,3 +302,19 @@ def test_train_vqvae_resume_with_another_downsample_is_refused(trained, tiny_dat
     err = capsys.readouterr().err
     assert "--downsample 4" in err and "--downsample 8 contradicts it" in err, err
     assert digests(trained) == before
+
+
+def test_decode_of_a_code_file_without_class_names_labels_its_images_with_the_models_classes(model, generator_model,
+                                                                                                tmp_path, capsys):
+    import h5py
+
+    old = Path(shutil.copyfile(generator_model["codes"], tmp_path / "old.h5"))
+    with h5py.File(old, "a") as file:
+        del file.attrs["class_names"]
+    out = tmp_path / "decoded"
+    code, _, err = run(capsys, "decode", old, "--model", model, "--out", out, "--layout", "imagefolder")
+    assert code == 0 and "records no class names" in err, err
+    label_of = dict(zip(generator_model["data"].names, generator_model["data"].labels))
+    decoded = rows(out)
+    assert len(decoded) == len(label_of) and all(row["label"] for row in decoded.values())
+    assert all(row["label"] == label_of[row["source_top"]] for row in decoded.values())

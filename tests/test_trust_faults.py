@@ -622,3 +622,18 @@ def test_training_an_absurdly_wide_prior_is_refused_before_anything_is_written(g
     line = error_line(err)
     assert code == 2 and "training the top prior of" in line and "over the limit of" in line and "--channels" in line
     assert sorted(path.name for path in model.rglob("*")) == before and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("link, copy, message", [
+    (True, False, "{no_originals=True} leaves the originals out, so {link_originals=True} has nothing to link"),
+    (False, True, "{no_originals=True} leaves the originals out, so {copy_originals=True} has nothing to copy"),
+])
+def test_no_originals_contradicts_linking_or_copying_them_for_every_generator(link, copy, message):
+    """One check, which both generators' augment (VQ-VAE-2 and baselines) call before anything is written."""
+    from skinaug.errors import UsageError
+    from skinaug.generate import linking_originals
+
+    with pytest.raises(UsageError) as refused:
+        linking_originals(link, copy, no_originals=True)
+    assert refused.value.args == (f"{message}: choose one",)  # str() spells the parameters as Python does
+    assert linking_originals(link, copy, no_originals=False) is link

@@ -33,8 +33,8 @@ import numpy as np
 from ..data import Sample, group_split, load_images, scan_dataset
 from ..errors import SkinaugError, UsageError
 from ..io import atomic_path, claim_output, marked_folder, read_json, write_json, write_text
-from ..runtime import log, resolve_device
-from ..scores.classifier import Budget, predict, steps_for, train_classifier
+from ..runtime import log, resolve_device, warn
+from ..scores.classifier import Budget, constant_predictions, predict, steps_for, train_classifier
 from ..scores.roc import PALETTE, roc_auc
 from .power import minimum_detectable_effect
 
@@ -555,11 +555,16 @@ def classifier_run(path: Path, images, labels, num_classes, budget, seed, device
     from ..recipes import train_with_recipe
 
     if path.is_file():
-        return np.load(path)
-    model = train_with_recipe(options.training_recipe(), images, labels, len(images) if real_count is None else real_count,
-                              num_classes, budget, seed=seed, device=device, weights=options.weights, desc=desc)
-    probabilities = predict(model, test_images, device)
-    save_array(path, probabilities)
+        probabilities = np.load(path)
+    else:
+        model = train_with_recipe(options.training_recipe(), images, labels,
+                                  len(images) if real_count is None else real_count, num_classes, budget, seed=seed,
+                                  device=device, weights=options.weights, desc=desc)
+        probabilities = predict(model, test_images, device)
+        save_array(path, probabilities)
+    if constant_predictions(probabilities):  # its AUC (0.5) and any gain against it measure nothing
+        warn(f"degenerate classifier: {desc} (seed {seed}) gives every test image the same scores, so its AUC and "
+             "the gains against it measure nothing; give it more steps")
     return probabilities
 
 

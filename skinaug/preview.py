@@ -45,6 +45,14 @@ def _rows(folder: Path) -> list[dict]:
         raise SkinaugError(f"{labels} cannot be read as CSV ({error}): give folders written by skinaug") from None
 
 
+def _image_file(folder: Path, name: str) -> Path | None:
+    """The file of image `name`: images/NAME.*, or in the imagefolder layout CLASS/NAME.* (never the output's own
+    labels.csv, run.json, ... nor anything under a hidden folder such as .progress/)."""
+    root = images_root(folder)
+    found = sorted(root.glob(f"{name}.*" if root != folder else f"*/{name}.*"))
+    return next((path for path in found if path.is_file() and not path.relative_to(root).parts[0].startswith(".")), None)
+
+
 def _read_parts(folder: Path) -> list[Path]:
     """What preview reads of a folder: its labels.csv and image folders (images/, or the class folders of the
     imagefolder layout), so that a sheet beside them, where the README puts it, is no input."""
@@ -104,7 +112,7 @@ def contact_sheet(folders, out, *, per_row: int = 8, size: int = 64, by: str = "
     first_folder: dict[str, int] = {}  # each row's first folder, by its place among the folders given
     for index, folder in enumerate(folders):
         for row in _rows(folder):
-            path = next(iter(sorted(images_root(folder).rglob(f"{row['image']}.*"))), None)
+            path = _image_file(folder, row["image"])
             if path is not None:
                 values = {**row, "folder": captions[folder]}
                 name = " / ".join(values.get(key) or "-" for key in keys)

@@ -151,3 +151,14 @@ def test_preview_reads_an_imagefolder_output_and_keeps_its_sheet_out_of_the_clas
     capsys.readouterr()
     assert run(["preview", out, "--out", out / "nevus" / "sheet.png", "--quiet"]) == 2
     assert "where it would be read as a generated image" in capsys.readouterr().err
+
+
+def test_preview_of_an_imagefolder_output_never_takes_the_outputs_own_files_for_images(generator_model, tmp_path):
+    from skinaug.preview import _image_file
+
+    out = tmp_path / "synth"
+    assert synthesize(generator_model, out, "--layout", "imagefolder") == 0
+    rows = read_csv(out / "labels.csv")
+    assert all(_image_file(out, row["image"]) == out / row["label"] / f"{row['image']}.png" for row in rows)
+    # images named like the output's own files find nothing of the output's own
+    assert _image_file(out, "labels") is None and _image_file(out, "run") is None and _image_file(out, "plan") is None

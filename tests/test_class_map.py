@@ -173,27 +173,27 @@ def test_the_readme_table_is_the_code_table():
     assert rows == [[f"`{e.label}`", e.source, e.class_name or "(no class: skipped)", e.why] for e in STANDARD_LABELS]
 
 
-def test_fine_tuning_maps_public_labels_onto_the_source_classes_and_keeps_new_ones(tmp_path, capsys):
+def fine_tune(tmp_path, header: str, rows: list[str], out, *extra) -> int:
+    """`train vqvae --init ham10000-64 --epochs 0` on six 64px images labelled by a CSV of `header` and `rows`."""
     make_images(tmp_path / "img", [f"ISIC_{i}.jpg" for i in range(6)], size=(64, 64))
-    csv = write_csv(tmp_path / "meta.csv", "lesion_id,image_id,dx", *[
-        f"H{i},ISIC_{i},{('mel', 'nv', 'vitiligo')[i % 3]}" for i in range(6)])
+    csv = write_csv(tmp_path / "meta.csv", header, *rows)
+    return main(["train", "vqvae", str(tmp_path / "img"), "--labels", str(csv), "--init", "ham10000-64", "--epochs", "0",
+                 "--out", str(out), "--device", "cpu", *extra])
+
+
+def test_fine_tuning_maps_public_labels_onto_the_source_classes_and_keeps_new_ones(tmp_path, capsys):
     out = tmp_path / "mine"
-    assert main(["train", "vqvae", str(tmp_path / "img"), "--labels", str(csv), "--init", "ham10000-64", "--epochs", "0",
-                 "--out", str(out), "--device", "cpu"]) == 0
+    assert fine_tune(tmp_path, "lesion_id,image_id,dx",
+                     [f"H{i},ISIC_{i},{('mel', 'nv', 'vitiligo')[i % 3]}" for i in range(6)], out) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["class_names"] == ["melanoma", "nevus", "vitiligo"]  # vitiligo: a new class, as written
     assert "labels mapped to the classes: mel -> melanoma (2), nv -> nevus (2)" in capsys.readouterr().err
 
 
 def test_fine_tuning_leaves_out_labels_that_say_no_diagnosis_instead_of_making_them_a_class(tmp_path, capsys):
-    make_images(tmp_path / "img", [f"ISIC_{i}.jpg" for i in range(6)], size=(64, 64))
-    csv = write_csv(tmp_path / "meta.csv", "image_name,diagnosis", *[
-        f"ISIC_{i},{('melanoma', 'unknown', 'UNK')[i % 3]}" for i in range(6)])
-    out = tmp_path / "mine"
-    assert main(["train", "vqvae", str(tmp_path / "img"), "--labels", str(csv), "--init", "ham10000-64", "--epochs", "0",
-                 "--out", str(out), "--device", "cpu"]) == 0
+    rows, out = [f"ISIC_{i},{('melanoma', 'unknown', 'UNK')[i % 3]}" for i in range(6)], tmp_path / "mine"
+    assert fine_tune(tmp_path, "image_name,diagnosis", rows, out) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["class_names"] == ["melanoma"] and config["training_data"]["images"] == 2
-    assert main(["train", "vqvae", str(tmp_path / "img"), "--labels", str(csv), "--init", "ham10000-64", "--epochs", "0",
-                 "--out", str(tmp_path / "strict"), "--device", "cpu", "--strict"]) == 1
+    assert fine_tune(tmp_path, "image_name,diagnosis", rows, tmp_path / "strict", "--strict") == 1
     assert "labels not among the classes" in capsys.readouterr().err

@@ -11,13 +11,12 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from skinaug.cli import main
 from skinaug.data import _stdin_files
 
-from conftest import make_tiny_dataset
+from conftest import interrupted_after_batches, make_tiny_dataset
 
 
 def run(capsys, *args):
@@ -199,22 +198,6 @@ def test_augmenting_a_generated_folder_again_keeps_each_images_method_and_source
 # ------------------------------------------------------------------------- 6: --resume never mixes two runs
 
 
-def cut_after(monkeypatch, batches: int):
-    """The next run stops with Ctrl-C once `batches` batches are written."""
-    from skinaug import output
-
-    original, calls = output.DatasetWriter.write_batch, {"n": 0}
-
-    def interrupted(self, *a, **k):
-        if calls["n"] == batches:
-            raise KeyboardInterrupt
-        calls["n"] += 1
-        return original(self, *a, **k)
-
-    monkeypatch.setattr(output.DatasetWriter, "write_batch", interrupted)
-    return lambda: monkeypatch.setattr(output.DatasetWriter, "write_batch", original)
-
-
 def test_resume_with_another_model_of_the_same_vqvae_is_refused(model, tmp_path, capsys, monkeypatch):
     from safetensors.torch import load_file, save_file
 
@@ -224,9 +207,8 @@ def test_resume_with_another_model_of_the_same_vqvae_is_refused(model, tmp_path,
               other / "prior_top.safetensors")
     out = tmp_path / "synth"
     args = ["synthesize", "--class", "bkl", "-n", 6, "--batch-size", 2, "--out", out, "--device", "cpu", "--quiet"]
-    restore = cut_after(monkeypatch, 1)
-    assert run(capsys, *args, "--model", model)[0] == 130
-    restore()
+    with interrupted_after_batches(monkeypatch, 1):
+        assert run(capsys, *args, "--model", model)[0] == 130
     code, _, err = run(capsys, *args, "--model", other, "--resume")
     assert code == 1 and "different command or options, or of other inputs" in err and err.count("\n") == 1, err
     assert str(model) in err or str(other) in err, err
@@ -241,9 +223,8 @@ def test_resume_after_an_input_image_changed_is_refused_naming_it(model, tiny_da
     out = tmp_path / "resampled"
     args = ["resample", tiny_dataset.images, "--labels", tiny_dataset.labels_csv, "--model", model, "--out", out,
             "--batch-size", 4, "--device", "cpu", "--quiet"]
-    restore = cut_after(monkeypatch, 1)
-    assert run(capsys, *args)[0] == 130
-    restore()
+    with interrupted_after_batches(monkeypatch, 1):
+        assert run(capsys, *args)[0] == 130
     changed = tiny_dataset.images / f"{tiny_dataset.names[-1]}.png"
     Image.new("RGB", (48, 40), (1, 2, 3)).save(changed)
     code, _, err = run(capsys, *args, "--resume")

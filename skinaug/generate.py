@@ -33,7 +33,7 @@ from .layout import as_layout, plan_layout
 from .limits import check_planned_images, code_bytes
 from .modeldir import ModelDir, model_location
 from .naming import name_key, unique_names
-from .output import DatasetWriter, check_streaming, read_provenance  # noqa: F401  (generate.check_streaming: generators.py uses it)
+from .output import DatasetWriter, check_streaming, read_provenance
 from .runtime import log, progress, resolve_backend, warn
 
 SOURCE_METHODS = ("mix", "resample", "rand-bottom", "rand-top")

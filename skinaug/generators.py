@@ -9,6 +9,7 @@ from __future__ import annotations
 from . import generate
 from .errors import UsageError
 from .modeldir import baseline_arch, model_location
+from .output import check_streaming
 
 
 def synthesize(out, *, model=None, top_k=None, backend=None, bf16=False, compile_step=False, sampler="fast",
@@ -19,7 +20,7 @@ def synthesize(out, *, model=None, top_k=None, backend=None, bf16=False, compile
     if _is_baseline(model, backend=backend, top_k=top_k, bf16=bf16, compile_step=compile_step, sampler=sampler):
         from .baselines import synthesize as baseline
 
-        generate.check_streaming(out, arguments.get("jsonl", False), arguments.get("overwrite", False))
+        check_streaming(out, arguments.get("jsonl", False), arguments.get("overwrite", False))
         return baseline.synthesize(model, out, **arguments)
     return generate.synthesize(out, model=model, top_k=top_k, backend=backend, bf16=bf16, compile_step=compile_step,
                                sampler=sampler, **arguments)
@@ -38,7 +39,7 @@ def augment(data, out, *, model=None, methods="mix,resample,synthesize", classic
                                 group_col=group_col, **arguments)
     from .baselines import synthesize as baseline
 
-    generate.check_streaming(out, arguments.get("jsonl", False), arguments.get("overwrite", False))
+    check_streaming(out, arguments.get("jsonl", False), arguments.get("overwrite", False))
     weights, transforms = generate.augment_methods(methods, classic_config)
     return baseline.augment(
         model, data, out, weights=weights, originals=not no_originals,

@@ -147,7 +147,7 @@ def test_draws_follow_the_tempered_top_k_softmax():
 
 
 def test_a_uniform_past_the_rounded_cdf_never_draws_a_code_top_k_excluded():
-    from skinaug.onnx.runtime import draw_codes as draw_codes_numpy
+    from skinaug.sampling import draw_codes as draw_codes_numpy
 
     # the largest logits sit first and the excluded ones last: a uniform at or above the float32 cdf[-1] used to
     # fall on the last code, which top-k gives probability 0

@@ -4,9 +4,9 @@ Providers: CUDA then CPU (`--device auto`), CPU only (`--device cpu`), CUDA devi
 onnxruntime drops a provider it cannot start without a word; `OnnxModel` says so on stderr when CUDA was asked for
 and the session ended up elsewhere, and reports the provider actually used.
 
-Sampling draws codes exactly like `skinaug.priors.sampling.draw_codes` (inverse CDF with pre-drawn uniforms), so
-given the same uniforms the onnx and torch samplers draw the same codes, up to positions where a uniform falls
-within float rounding of a CDF step. Seeded runs draw their uniforms from numpy's Generator rather than torch's:
+Sampling draws codes with `skinaug.sampling.draw_codes`, the numpy twin of `skinaug.priors.sampling.draw_codes`
+(inverse CDF with pre-drawn uniforms), so given the same uniforms the onnx and torch samplers draw the same codes, up
+to positions where a uniform falls within float rounding of a CDF step. Seeded runs draw their uniforms from numpy's Generator rather than torch's:
 onnx-backend samples are reproducible per seed but differ from torch-backend samples of the same seed.
 """
 
@@ -20,6 +20,7 @@ from ..backends.base import PIXEL_SCALE, CodeModel, PriorSampler, check_draw_arg
 from ..errors import SkinaugError, first_line
 from ..modeldir import PRIOR_WEIGHTS, VQVAE_WEIGHTS, ModelDir
 from ..runtime import log, warn
+from ..sampling import draw_codes, sampling_steps
 from ..spec import ModelSpec
 from . import EXPORT_FORMAT, ONNX_DIR
 
@@ -264,20 +265,6 @@ class OnnxVQVAE(CodeModel):
         return np.ascontiguousarray(pixels.astype(np.uint8).transpose(0, 2, 3, 1))
 
 
-def draw_codes(logits: np.ndarray, uniforms: np.ndarray, temperature: float = 1.0, top_k: int | None = None) -> np.ndarray:
-    """numpy twin of `skinaug.priors.sampling.draw_codes`: logits (B, K), uniforms (B,) -> codes (B,) int64."""
-    logits = logits.astype(np.float32) / np.float32(temperature)
-    size = logits.shape[-1]
-    if top_k is not None and top_k < size:
-        kth_largest = np.partition(logits, size - top_k, axis=-1)[:, size - top_k : size - top_k + 1]
-        logits = np.where(logits < kth_largest, np.float32(-np.inf), logits)
-    probabilities = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    cdf = np.cumsum(probabilities / probabilities.sum(axis=-1, keepdims=True), axis=-1, dtype=np.float32)
-    codes = (cdf <= np.asarray(uniforms, np.float32).reshape(-1, 1)).sum(axis=-1)  # searchsorted(right=True)
-    last_possible = size - 1 - np.argmax(probabilities[:, ::-1] > 0, axis=-1)  # as in the torch twin
-    return np.minimum(codes, last_possible).astype(np.int64)
-
-
 class OnnxPrior(PriorSampler):
     """A prior's graphs: `logits` (full forward), `sample` (cached steps) and `sample_reference` (full forwards).
     trained_classes: the classes it was trained on (None: every class of the model)."""
@@ -322,20 +309,15 @@ class OnnxPrior(PriorSampler):
     def schedule(self) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
         """(steps, windows, row windows) of the step graph's schedule and cell layout.
 
-        steps: the raster positions of each step, as `skinaug.priors.cache.GridLayout.plan` orders them (raster
-        order with attention, else the wavefront). Cells: 0 is a zero cell that every padding tap reads, then one
-        cell per position in the order they are sampled, so a step's positions are one contiguous block of cells.
-        windows: (H * W, taps) the cells of each position's window, in the packed weights' tap order. row windows:
+        steps: the raster positions of each step (`skinaug.sampling.sampling_steps`, which the torch sampler's
+        `GridLayout.plan` follows too: raster order with attention, else the wavefront). Cells: 0 is a zero cell that
+        every padding tap reads, then one cell per position in the order they are sampled, so a step's positions are
+        one contiguous block of cells. windows: (H * W, taps) the cells of each position's window, in the packed weights' tap order. row windows:
         (H, W, r * k) the cells of the above taps of every position of each row."""
         if self._schedule is None:
             step = self.entry["step"]
             height, width, r = self.height, self.width, step["kernel_size"] // 2
-            skew = step.get("skew")
-            if skew is None:
-                steps = [np.array([p]) for p in range(height * width)]
-            else:
-                steps = [np.array([i * width + t - skew * i for i in range(height) if 0 <= t - skew * i < width])
-                         for t in range(width + skew * (height - 1))]
+            steps = [np.array(members) for members in sampling_steps(height, width, step.get("skew"))]
             cell = np.zeros((height + 2 * r, width + 2 * r), np.int64)  # 0 around the grid: the zero cell
             order = np.concatenate(steps)
             cell[order // width + r, order % width + r] = np.arange(1, len(order) + 1)

@@ -25,10 +25,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .backends import open_backend
 from .codes import CodeFile, read_codes
 from .data import group_split
 from .distributed import Distributed
-from .encode import codes_from_images, open_code_model
+from .encode import codes_from_images
 from .errors import SkinaugError, UsageError
 from .io import OutputLock, real_path
 from .limits import check_network_memory
@@ -452,7 +453,7 @@ def _train_priors(model, *, codes=None, data=None, labels=None, level="both", op
         if code_file.class_names and code_file.class_names != config.get("class_names", []):
             raise SkinaugError(f"{codes} uses classes {code_file.class_names}, the model {config.get('class_names')}")
     else:
-        code_file = codes_from_images(open_code_model(model_dir, options.device, "torch"), data, labels,
+        code_file = codes_from_images(open_backend(model_dir, options.device, "torch").code_model, data, labels,
                                       **scan_options)
     return {lvl: train_prior_level(model_dir, code_file, lvl, options, resume=resume, overwrite=overwrite, init=source)
             for lvl in levels}

@@ -227,7 +227,7 @@ class OnnxModel:
 
 
 class OnnxVQVAE(CodeModel):
-    """The VQ-VAE's `CodeModel` through encoder.onnx and decoder.onnx (`encode.TorchCodeModel`'s twin)."""
+    """The VQ-VAE's `CodeModel` through encoder.onnx and decoder.onnx (`backends.torch.TorchCodeModel`'s twin)."""
 
     def __init__(self, model: OnnxModel):
         self.model, self.spec = model, model.spec

@@ -100,11 +100,12 @@ class TorchPrior(PriorSampler):
 
     def sample(self, labels=None, condition=None, *, n: int, uniforms: np.ndarray, temperature: float = 1.0,
                top_k: int | None = None, keep=None) -> np.ndarray:
-        from ..priors import sample
+        from ..priors import StepOptions, sample
 
         with torch.no_grad():
-            codes = sample(self.network, n=n, temperature=temperature, top_k=top_k, dtype=self.dtype,
-                           compile=self.compile_step, **self._inputs(labels, condition, uniforms, keep))
+            codes = sample(self.network, n=n, temperature=temperature, top_k=top_k,
+                           step=StepOptions(dtype=self.dtype, compile=self.compile_step),
+                           **self._inputs(labels, condition, uniforms, keep))
         return codes.cpu().numpy()
 
     def sample_reference(self, labels=None, condition=None, *, n: int, uniforms: np.ndarray, temperature: float = 1.0,

@@ -12,6 +12,7 @@ onnx-backend samples are reproducible per seed but differ from torch-backend sam
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -343,12 +344,33 @@ class OnnxPrior(PriorSampler):
         gathers only the taps to its left. Only the logits come back to the host, where codes are drawn. Keys that see
         their own code wait for it: the embed graph completes them on their way into the cache (`EmbedGraph`)."""
         check_draw_args(temperature, top_k)
-        positions, width = self.height * self.width, self.width
+        positions = self.height * self.width
         uniforms = self._uniforms(uniforms, rng, n, positions)
         kept_codes, kept = self._keep(keep, n)
-        extra = self._extra(labels, condition, n)
-        step = self.entry["step"]
         steps, windows, row_windows = self.schedule()
+        run = self._bind(n, self._extra(labels, condition, n), max(len(members) for members in steps))
+        codes = np.zeros((n, positions), np.int64)
+        logits_out = np.zeros((n, positions, self.codebook_size), np.float32) if return_logits else None
+        cell = 1
+        for members in steps:
+            slots = len(members)
+            step_logits = run.step(members, cell, windows, row_windows)  # image-major: (n, slots)
+            drawn = draw_codes(step_logits, uniforms[:, members].reshape(-1), temperature, top_k).reshape(n, slots)
+            if kept is not None:
+                drawn = np.where(kept[:, members], kept_codes[:, members], drawn)
+            codes[:, members] = drawn
+            if logits_out is not None:
+                logits_out[:, members] = step_logits.reshape(n, slots, -1)
+            run.embed_codes(drawn, cell)
+            cell += slots
+        codes = codes.reshape(n, self.height, self.width)
+        if not return_logits:
+            return codes
+        return codes, logits_out.transpose(0, 2, 1).reshape(n, -1, self.height, self.width)
+
+    def _bind(self, n: int, extra: dict, widest: int) -> "_StepRun":
+        """The step and embed graphs' sessions with their caches bound, ready for `_StepRun.step`."""
+        step = self.entry["step"]
         # the step spins between runs; the embedding lookup is too small for a second thread
         session = self.model.session(step["file"], spinning=True)
         embed = self.model.session(self.entry["embed"]["file"], threads=1)
@@ -366,57 +388,14 @@ class OnnxPrior(PriorSampler):
         grids, key_values = self._caches(buffer, binding, wanted, n)
         # raster order: the convs' above-tap sums of the current row, written by the row graph and read by the
         # steps; zero for row 0, whose rows above are padding
-        sums = [buffer(("above", k), (width, n, channels)) for k, channels in enumerate(step["above"])]
-        if sums:
-            rows, row_binding = self._row_graph(grids, sums, binding, wanted)
-        widest = max(len(members) for members in steps)
-        logits = np.empty((n * widest, self.codebook_size), np.float32)
+        sums = [buffer(("above", k), (self.width, n, channels)) for k, channels in enumerate(step["above"])]
+        rows = self._row_graph(grids, sums, binding, wanted) if sums else None
         embed_binding = embed.io_binding()
         own_code = step.get("own_code", False)  # keys that see their own code: completed by the embed graph
         if own_code:
             self._bind_partial(binding, embed_binding, key_values, buffer)
-        codes = np.zeros((n, positions), np.int64)
-        logits_out = np.zeros((n, positions, self.codebook_size), np.float32) if return_logits else None
-        size = np.dtype(np.float32).itemsize
-
-        def at(value, index: int, channels: int) -> int:  # the address of block `index` of a (blocks, n, C) buffer
-            return value.data_ptr() + index * n * channels * size
-
-        cell = 1
-        for members in steps:
-            slots, first = len(members), int(members[0])
-            if sums and slots == 1 and first % width == 0 and first:  # a new row: sums from the rows now complete
-                row_binding.bind_cpu_input("row_windows", np.ascontiguousarray(row_windows[first // width]))
-                rows.run_with_iobinding(row_binding)
-            raster, step_windows = np.ascontiguousarray(members), np.ascontiguousarray(windows[members])
-            binding.bind_cpu_input("raster", raster)
-            binding.bind_cpu_input("windows", step_windows)
-            for index, (grid, channels) in enumerate(zip(grids[1:], step["grids"][1:]), start=1):
-                binding.bind_output(f"rows_{index}", device, device_id, np.float32, [slots, n, channels],
-                                    at(grid, cell, channels))
-            if key_values:
-                self._bind_key_values(binding, embed_binding if own_code else binding, key_values, wanted, first, n,
-                                      device, device_id)
-            binding.bind_output("logits", "cpu", 0, np.float32, [n * slots, self.codebook_size], logits.ctypes.data)
-            session.run_with_iobinding(binding)
-            if device != "cpu":
-                binding.synchronize_outputs()
-            step_logits = logits[: n * slots]  # image-major: (n, slots)
-            drawn = draw_codes(step_logits, uniforms[:, members].reshape(-1), temperature, top_k).reshape(n, slots)
-            if kept is not None:
-                drawn = np.where(kept[:, members], kept_codes[:, members], drawn)
-            codes[:, members] = drawn
-            if logits_out is not None:
-                logits_out[:, members] = step_logits.reshape(n, slots, -1)
-            embed_binding.bind_cpu_input("codes", np.ascontiguousarray(drawn.T))
-            embed_binding.bind_output("embedded", device, device_id, np.float32, [slots, n, step["grids"][0]],
-                                      at(grids[0], cell, step["grids"][0]))
-            embed.run_with_iobinding(embed_binding)
-            cell += slots
-        codes = codes.reshape(n, self.height, self.width)
-        if not return_logits:
-            return codes
-        return codes, logits_out.transpose(0, 2, 1).reshape(n, -1, self.height, self.width)
+        return _StepRun(self, session, binding, embed, embed_binding, grids, key_values, rows, wanted, own_code,
+                        device, device_id, n, np.empty((n * widest, self.codebook_size), np.float32))
 
     def _caches(self, buffer, binding, wanted: set, n: int) -> tuple[list, list]:
         """The grids, bound as the step's inputs, and the key/value caches with their channels, all zeroed:
@@ -509,3 +488,62 @@ class OnnxPrior(PriorSampler):
             return None, None
         codes, mask = keep
         return (np.asarray(codes, np.int64).reshape(n, -1), np.asarray(mask, bool).reshape(n, -1))
+
+
+@dataclass
+class _StepRun:
+    """One `OnnxPrior.sample` call's bound graphs: runs a step into the logits buffer, then embeds its drawn codes."""
+
+    prior: OnnxPrior
+    session: object  # the step graph's, and its IOBinding
+    binding: object
+    embed: object  # the embed graph's, and its IOBinding
+    embed_binding: object
+    grids: list  # the caches (OrtValues)
+    key_values: list
+    rows: tuple | None  # the row graph's session and binding (raster order), else None
+    wanted: set  # the step graph's inputs
+    own_code: bool
+    device: str
+    device_id: int
+    n: int
+    logits: np.ndarray  # (n * widest step, K), on the host
+
+    @property
+    def step_entry(self) -> dict:
+        return self.prior.entry["step"]
+
+    def at(self, value, index: int, channels: int) -> int:
+        """The address of block `index` of a (blocks, n, C) buffer."""
+        return value.data_ptr() + index * self.n * channels * np.dtype(np.float32).itemsize
+
+    def step(self, members: np.ndarray, cell: int, windows: np.ndarray, row_windows: np.ndarray) -> np.ndarray:
+        """Runs the step of positions `members` (their cells from `cell` on); returns its logits (n * slots, K)."""
+        binding, device, device_id, n, width = self.binding, self.device, self.device_id, self.n, self.prior.width
+        slots, first = len(members), int(members[0])
+        if self.rows is not None and slots == 1 and first % width == 0 and first:  # a new row: sums from rows done
+            rows, row_binding = self.rows
+            row_binding.bind_cpu_input("row_windows", np.ascontiguousarray(row_windows[first // width]))
+            rows.run_with_iobinding(row_binding)
+        binding.bind_cpu_input("raster", np.ascontiguousarray(members))
+        binding.bind_cpu_input("windows", np.ascontiguousarray(windows[members]))
+        for index, (grid, channels) in enumerate(zip(self.grids[1:], self.step_entry["grids"][1:]), start=1):
+            binding.bind_output(f"rows_{index}", device, device_id, np.float32, [slots, n, channels],
+                                self.at(grid, cell, channels))
+        if self.key_values:
+            self.prior._bind_key_values(binding, self.embed_binding if self.own_code else binding, self.key_values,
+                                        self.wanted, first, n, device, device_id)
+        binding.bind_output("logits", "cpu", 0, np.float32, [n * slots, self.prior.codebook_size],
+                            self.logits.ctypes.data)
+        self.session.run_with_iobinding(binding)
+        if device != "cpu":
+            binding.synchronize_outputs()
+        return self.logits[: n * slots]
+
+    def embed_codes(self, drawn: np.ndarray, cell: int) -> None:
+        """The drawn codes (n, slots) into grid 0 at their cells, through the embed graph."""
+        channels = self.step_entry["grids"][0]
+        self.embed_binding.bind_cpu_input("codes", np.ascontiguousarray(drawn.T))
+        self.embed_binding.bind_output("embedded", self.device, self.device_id, np.float32,
+                                       [drawn.shape[1], self.n, channels], self.at(self.grids[0], cell, channels))
+        self.embed.run_with_iobinding(self.embed_binding)

@@ -24,7 +24,7 @@ sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).re
 import numpy as np
 import torch
 
-from skinaug.encode import decode_batch, encode_batch
+from skinaug.backends.torch import decode_batch, encode_batch
 from skinaug.modeldir import PRIOR_WEIGHTS, ModelDir, save_weights
 from skinaug.onnx.export import export_onnx
 from skinaug.onnx.runtime import OnnxModel

@@ -26,7 +26,7 @@ from _common import timed
 import numpy as np
 import torch
 
-from skinaug.priors import PriorConfig, build_prior, draw_codes, sample
+from skinaug.priors import PriorConfig, StepOptions, build_prior, draw_codes, sample
 
 IMAGE_SIDE = {"small": 64, "reference": 256}
 DEFAULT_BATCH = {"small": 16, "reference": 64}
@@ -102,13 +102,14 @@ def main() -> None:
 
     compile_option = {"auto": "auto", "on": True, "off": False}[args.compile]
 
-    def fast(return_logits: bool = False, **options):
-        options.setdefault("compile", compile_option)
-        top_out, top_s = timed(lambda: sample(top, labels, generator=generator(), dtype=dtype,
-                                              return_logits=return_logits, **options), device)
+    step = StepOptions(dtype=dtype, compile=compile_option)
+
+    def fast(return_logits: bool = False):
+        top_out, top_s = timed(lambda: sample(top, labels, generator=generator(), step=step,
+                                              return_logits=return_logits), device)
         top_codes = top_out[0] if return_logits else top_out
-        bottom_out, bottom_s = timed(lambda: sample(bottom, labels, top_codes, generator=generator(), dtype=dtype,
-                                                    return_logits=return_logits, **options), device)
+        bottom_out, bottom_s = timed(lambda: sample(bottom, labels, top_codes, generator=generator(), step=step,
+                                                    return_logits=return_logits), device)
         return top_out, bottom_out, top_s, bottom_s
 
     fast()  # warm-up: allocator, cuBLAS/cuDNN, torch.compile, first graph capture
@@ -122,8 +123,9 @@ def main() -> None:
     (top_codes, top_logits), (bottom_codes, bottom_logits), _, _ = fast(return_logits=True)
     eager = None
     if args.check_eager and device.type == "cuda":  # same seed, no CUDA graph; the bottom from the graph's top codes
-        eager_top = sample(top, labels, generator=generator(), dtype=dtype, use_cuda_graph=False)
-        eager_bottom = sample(bottom, labels, top_codes, generator=generator(), dtype=dtype, use_cuda_graph=False)
+        without_graph = StepOptions(dtype=dtype, use_cuda_graph=False)
+        eager_top = sample(top, labels, generator=generator(), step=without_graph)
+        eager_bottom = sample(bottom, labels, top_codes, generator=generator(), step=without_graph)
         eager = {level: f"{int((a == b).flatten(1).all(1).sum())}/{batch}"
                  for level, a, b in (("top", eager_top, top_codes), ("bottom", eager_bottom, bottom_codes))}
         log(f"images with identical codes, CUDA graph vs eager: {eager}")

@@ -1,6 +1,7 @@
 """Images <-> code maps with a trained VQ-VAE: `skinaug encode` and `skinaug decode`, and DATA's codes in memory.
 
-The VQ-VAE runs as a `backends.base.CodeModel`: `TorchCodeModel` here, or `onnx.runtime.OnnxVQVAE` (`--backend onnx`).
+The VQ-VAE runs as a `backends.base.CodeModel`, the `code_model` of the backend `open_backend` opens:
+`backends.torch.TorchCodeModel`, or `onnx.runtime.OnnxVQVAE` (`--backend onnx`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .backends import open_backend
 from .backends.base import CodeModel
 from .codes import CodeFile, CodeWriter, code_statistics, model_attrs, read_codes
 from .data import Intake, scan_dataset
@@ -21,71 +23,14 @@ from .layout import plan_layout
 from .modeldir import ModelDir
 from .naming import unique_names
 from .output import DatasetWriter, check_streaming
-from .runtime import progress, resolve_backend, resolve_device
+from .runtime import progress, resolve_backend
 from .spec import ModelSpec
 
 
-def encode_batch(model, images_uint8, device) -> tuple[dict[str, np.ndarray], "torch.Tensor"]:
-    """uint8 (B,S,S,3) -> (code maps per level as uint16 arrays, squared error sum on [0, 1] pixels)."""
-    import torch
-
-    from .training import autocast_for
-    from .vqvae import to_model_input
-
-    images = to_model_input(torch.as_tensor(np.asarray(images_uint8)).to(device))
-    if device.type == "cuda":
-        images = images.contiguous(memory_format=torch.channels_last)
-    with torch.no_grad(), autocast_for(device):
-        quantized, codes, _ = model.encode(images)
-        reconstruction = model.decode(quantized)
-    squared_error = ((reconstruction.float().clamp(-1, 1) - images) ** 2).sum() / 4.0
-    return {level: values.to(torch.int32).cpu().numpy().astype(np.uint16) for level, values in codes.items()}, squared_error
-
-
-def decode_batch(model, codes: dict[str, np.ndarray], device) -> np.ndarray:
-    """Code maps per level (B,H,W) -> uint8 images (B,S,S,3)."""
-    import torch
-
-    from .training import autocast_for
-    from .vqvae import to_uint8
-
-    tensors = {level: torch.as_tensor(np.asarray(values, dtype=np.int64)).to(device) for level, values in codes.items()}
-    with torch.no_grad(), autocast_for(device):
-        images = model.decode_codes(tensors)
-    return to_uint8(images.clamp(-1, 1)).cpu().numpy()
-
-
-class TorchCodeModel(CodeModel):
-    """The model directory's VQ-VAE in PyTorch on `device` (channels-last on CUDA), as a `CodeModel`."""
-
-    def __init__(self, model_dir: ModelDir, device="auto"):
-        import torch
-
-        self.spec = model_dir.spec()
-        self.device = resolve_device(device)
-        self.device_name = str(self.device)
-        self.network = model_dir.load_vqvae(self.device)
-        if self.device.type == "cuda":
-            self.network = self.network.to(memory_format=torch.channels_last)
-
-    def info(self) -> dict:
-        return {"backend": "torch", "provider": self.device_name}
-
-    def encode_with_error(self, images: np.ndarray) -> tuple[dict[str, np.ndarray], float]:
-        codes, squared_error = encode_batch(self.network, images, self.device)
-        return codes, float(squared_error)
-
-    def decode(self, codes: dict[str, np.ndarray]) -> np.ndarray:
-        return decode_batch(self.network, codes, self.device)
-
-
 def open_code_model(model_dir: ModelDir, device="auto", backend: str | None = None) -> CodeModel:
-    """The VQ-VAE on --backend: PyTorch, or the exported graphs through onnxruntime (which never import torch)."""
-    if resolve_backend(backend) == "onnx":
-        from .onnx.runtime import OnnxModel
-
-        return OnnxModel(model_dir, device).vqvae
-    return TorchCodeModel(model_dir, device)
+    """Deprecated, kept while `generate.load_sources` calls it: callers use
+    `open_backend(model_dir, device, resolve_backend(backend)).code_model`."""
+    return open_backend(model_dir, device, resolve_backend(backend)).code_model
 
 
 def dataset_for_model(data, labels, spec: ModelSpec | dict, **scan_options):
@@ -122,7 +67,7 @@ def encode_dataset(data, out, *, model, labels=None, device="auto", batch_size=6
     dataset = dataset_for_model(data, labels, spec, strict=strict, **columns)  # warns about what it leaves out
     unreadable: list[tuple[str, str]] = []
     claim = claim_output(out, kind=CODE_FILE, inputs=(data, labels, model_dir.path), overwrite=overwrite)
-    code_model = open_code_model(model_dir, device, backend)
+    code_model = open_backend(model_dir, device, resolve_backend(backend)).code_model
     attrs = {**model_attrs(spec), "class_names": json.dumps(dataset.class_names)}
     started = time.perf_counter()
     all_codes: dict[str, list[np.ndarray]] = {level: [] for level in spec.grid}
@@ -166,7 +111,7 @@ def decode_codes(codes_path, out, *, model, device="auto", batch_size=64, overwr
     code_file.check_model(spec)
     if not code_file.names_recorded:  # its labels can only be the model's classes (said once, with a warning)
         code_file = code_file.relabel(spec.class_names)
-    code_model = open_code_model(model_dir, device, backend)
+    code_model = open_backend(model_dir, device, resolve_backend(backend)).code_model
     class_names = code_file.class_names
     plan = {"command": "decode", "codes": str(Path(codes_path).resolve()), "n": len(code_file), "batch_size": batch_size,
             "format": image_format, **plan_layout(layout, code_file.labels)}

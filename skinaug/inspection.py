@@ -316,7 +316,7 @@ def _summarise(dataset, facts: list[ImageFacts], unreadable, *, near: int, z: fl
 def _worst_reconstructions(model, facts: list[ImageFacts], show: int, device) -> tuple[dict, bytes]:
     """Per-image reconstruction MSE (images scaled to [0, 1]) under the model's VQ-VAE; the worst shown."""
     from .data import load_image
-    from .encode import TorchCodeModel
+    from .backends.torch import TorchCodeModel
     from .modeldir import ModelDir, resolve_model
 
     model_dir = ModelDir(resolve_model(model))

@@ -267,7 +267,10 @@ class ModelDir:
         """The stage-1 network in eval mode on `device`."""
         from .vqvae import VQVAE2, VQVAEConfig
 
-        config = VQVAEConfig.from_dict(vqvae_config(self.config()))
+        try:
+            config = VQVAEConfig.from_dict(vqvae_config(self.config()))
+        except SkinaugError as error:  # the file is wrong, not the command line: exit 1, naming the file
+            raise SkinaugError(f"{self.config_path}: vqvae: {error}") from None
         model = build_matching(lambda: VQVAE2(config), self.path / VQVAE_WEIGHTS)
         state = load_weights(self.path / VQVAE_WEIGHTS)
         try:

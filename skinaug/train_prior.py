@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -25,10 +25,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .backends import open_backend
 from .codes import CodeFile, read_codes
 from .data import group_split
 from .distributed import Distributed
-from .encode import codes_from_images, open_code_model
+from .encode import codes_from_images
 from .errors import SkinaugError, UsageError
 from .io import OutputLock, real_path
 from .limits import check_network_memory
@@ -94,10 +95,9 @@ def prior_config_for(level: str, config: ModelSpec | dict, options: PriorOptions
         top_shape=spec.grid["top"] if conditioned else None,
         top_codebook_size=spec.codebook_size if conditioned else None,
     )
-    for key, value in options.overrides.items():
-        if value is not None:
-            setattr(prior_config, key, value)
-    return prior_config
+    given = {key: value for key, value in options.overrides.items() if value is not None}
+    # through from_dict, so that the options are checked like any config (an unknown key, channels per head, ...)
+    return PriorConfig.from_dict({**asdict(prior_config), **given})
 
 
 def source_prior_config(source: InitSource, level: str) -> PriorConfig:
@@ -277,7 +277,7 @@ def train_prior_level(model_dir: ModelDir, code_file: CodeFile, level: str, opti
     checkpoint = load_checkpoint(checkpoint_path) if resuming else None
     if checkpoint is not None:
         init = None  # the checkpoint holds the weights; --init only sets the start of a run
-    prior_config = _level_config(level, config, options, checkpoint, init, model_dir)
+    prior_config, options = _level_config(level, config, options, checkpoint, init, model_dir)
     check_network_memory(lambda: build_prior(prior_config), f"the {level} prior", "give a smaller {channels}")
     data = _level_data(code_file, level, config, prior_config, options, device)
     prior, state, init_record = _build_level(prior_config, level, config, options, init, dist, device, len(data.train))
@@ -316,15 +316,15 @@ def train_prior_level(model_dir: ModelDir, code_file: CodeFile, level: str, opti
 
 
 def _level_config(level: str, config: dict, options: PriorOptions, checkpoint: dict | None, init: InitSource | None,
-                  model_dir: ModelDir) -> PriorConfig:
-    """The level's prior config: a resumed run's from its checkpoint (with its seed and classes, set in `options`),
-    a new run's from --init or from the options."""
+                  model_dir: ModelDir) -> tuple[PriorConfig, PriorOptions]:
+    """The level's prior config and the options it trains with: a resumed run's config, seed and classes from its
+    checkpoint (in a copy of `options`), a new run's config from --init or from the options."""
     if checkpoint is not None:
-        options.seed, options.classes = checkpoint["meta"]["seed"], checkpoint["meta"]["classes"]
-        return PriorConfig.from_dict(checkpoint["meta"]["prior"])
+        meta = checkpoint["meta"]
+        return PriorConfig.from_dict(meta["prior"]), replace(options, seed=meta["seed"], classes=meta["classes"])
     if init is not None:
-        return prior_config_from_init(level, config, options, init, model_dir.path)
-    return prior_config_for(level, config, options)
+        return prior_config_from_init(level, config, options, init, model_dir.path), options
+    return prior_config_for(level, config, options), options
 
 
 def _level_data(code_file: CodeFile, level: str, config: dict, prior_config: PriorConfig, options: PriorOptions,
@@ -414,7 +414,7 @@ def _train_priors(model, *, codes=None, data=None, labels=None, level="both", op
     config = model_dir.config()
     if options.lr is None:
         # measured (benchmarks/finetune.py): on ~300 images, 3e-4 undoes much of what an --init prior knew
-        options.lr = FINE_TUNE_LR if init is not None else DEFAULT_LR
+        options = replace(options, lr=FINE_TUNE_LR if init is not None else DEFAULT_LR)
     require_writable(model_dir.path, f"train your priors into your own model directory (`skinaug train vqvae ... "
                                      f"--init {model_dir.path.name} --epochs 0 --out MINE`, then {{model=MINE}})")
     if (codes is None) == (data is None):
@@ -452,7 +452,7 @@ def _train_priors(model, *, codes=None, data=None, labels=None, level="both", op
         if code_file.class_names and code_file.class_names != config.get("class_names", []):
             raise SkinaugError(f"{codes} uses classes {code_file.class_names}, the model {config.get('class_names')}")
     else:
-        code_file = codes_from_images(open_code_model(model_dir, options.device, "torch"), data, labels,
+        code_file = codes_from_images(open_backend(model_dir, options.device, "torch").code_model, data, labels,
                                       **scan_options)
     return {lvl: train_prior_level(model_dir, code_file, lvl, options, resume=resume, overwrite=overwrite, init=source)
             for lvl in levels}

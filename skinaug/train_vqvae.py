@@ -235,7 +235,7 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig | dict | No
     """
     dist = Distributed.from_environment(options.device)
     device = dist.device if dist.enabled else resolve_device(options.device)
-    start = _start(data, out, labels, model_config, options, resume, overwrite, init, dist)
+    start, options = _start(data, out, labels, model_config, options, resume, overwrite, init, dist)
     dataset = _load_data(data, labels, start, options, dist)
     batch_size = max(1, options.batch_size // dist.world_size)
     total_steps = options.epochs * steps_per_epoch(len(dataset.train_index), batch_size, dist=dist)
@@ -279,9 +279,10 @@ def train_vqvae(data, out, *, labels=None, model_config: VQVAEConfig | dict | No
 
 
 def _start(data, out, labels, model_config, options: TrainOptions, resume: bool, overwrite: bool, init,
-           dist: Distributed) -> _Start:
+           dist: Distributed) -> tuple[_Start, TrainOptions]:
     """Claims the output (rank 0; the others follow its decision) and settles the config: a resumed run's comes
-    from its checkpoint, a new run's from --init or the options."""
+    from its checkpoint, a new run's from --init or the options. Returns the options the run trains with (a
+    resumed run's seed, loss and --decoder-only are its checkpoint's), a copy: the caller's stay as they are."""
     has_checkpoint = (ModelDir(out).train_dir / CHECKPOINT).is_file()
     requested = model_config.to_dict() if isinstance(model_config, VQVAEConfig) else dict(model_config or {})
     init_source = None
@@ -305,19 +306,17 @@ def _start(data, out, labels, model_config, options: TrainOptions, resume: bool,
     start = _Start(claim, ModelDir(work), None, model_config, settings, init_source,
                    init_source.record() if init_source is not None else None)
     if resuming:
-        _resume_from_checkpoint(start, out, options, init is not None, dist, requested)
+        options = _resume_from_checkpoint(start, out, options, init is not None, dist, requested)
     elif resume and dist.is_main:
         log(f"nothing to resume in {out}: starting a new run")
     check_image_size(start.model_config.image_size, start.model_config.downsample)
-    if start.model_config.levels not in (1, 2):
-        raise UsageError(f"{{levels}} must be 1 or 2, not {start.model_config.levels}")
-    return start
+    return start, options
 
 
 def _resume_from_checkpoint(start: _Start, out, options: TrainOptions, with_init: bool, dist: Distributed,
-                            requested: dict) -> None:
-    """Loads the checkpoint into `start`; the shape-defining config, seed, loss and --decoder-only come from it, and
-    a `requested` config field that contradicts it is refused (it would be ignored)."""
+                            requested: dict) -> TrainOptions:
+    """Loads the checkpoint into `start`; the shape-defining config, seed, loss and --decoder-only come from it (the
+    options returned, a copy), and a `requested` config field that contradicts it is refused (it would be ignored)."""
     if not start.checkpoint_path.is_file():
         raise SkinaugError(f"{out} has no checkpoint to resume ({start.checkpoint_path} is missing)")
     if _has_priors(start.model_dir):
@@ -331,7 +330,6 @@ def _resume_from_checkpoint(start: _Start, out, options: TrainOptions, with_init
             raise UsageError(f"{{resume=True}} continues {out} as its checkpoint was made, with {{{name}}} {made[name]}: "
                              f"{{{name}}} {value} contradicts it (leave it out, or start again with {{overwrite=True}})")
     start.model_config = VQVAEConfig(**made)
-    options.seed = checkpoint["meta"]["seed"]
     if with_init and dist.is_main:
         log("resuming: the weights come from the checkpoint ({init} only sets the start of a run)")
     # so do the loss and what is trained: the checkpoint's discriminator and optimizer state fit only those
@@ -339,8 +337,8 @@ def _resume_from_checkpoint(start: _Start, out, options: TrainOptions, with_init
                               checkpoint["meta"].get("decoder_only", False))
     if (settings.terms, decoder_only) != (start.settings.terms, options.decoder_only) and dist.is_main:
         log(f"resuming: {{loss}} {settings.terms}{' {decoder_only=True}' * decoder_only}, as the checkpoint was made")
-    start.settings, options.decoder_only, options.loss = settings, decoder_only, settings.terms
-    start.init_record = checkpoint["meta"].get("init")
+    start.settings, start.init_record = settings, checkpoint["meta"].get("init")
+    return replace(options, seed=checkpoint["meta"]["seed"], decoder_only=decoder_only, loss=settings.terms)
 
 
 def _load_data(data, labels, start: _Start, options: TrainOptions, dist: Distributed) -> _Data:

@@ -7,15 +7,22 @@ whole lesion coarsely; the bottom level, conditioned on the decoded top, adds te
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, fields
+from numbers import Integral, Real
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .backends.base import PIXEL_SCALE
+from .errors import UsageError
 from .quantize import VectorQuantizer
-from .spec import code_grid
+from .spec import DOWNSAMPLES, TOP_STRIDE_FACTOR, code_grid
+
+# (field, least value, greatest value or None) of the integer fields; codes are stored as uint16
+_INTEGER_RANGES = (("codebook_size", 2, 65535), ("code_dim", 1, None), ("channels", 2, None), ("res_channels", 1, None),
+                   ("n_res_blocks", 0, None), ("restart_after", 1, None))
 
 
 @dataclass
@@ -34,6 +41,36 @@ class VQVAEConfig:
     # 16x16 and 8x8, so its priors cost the same (VQGAN compresses by 16 for the same reason)
     downsample: int = 4
 
+    def __post_init__(self) -> None:
+        problems = [*self._integer_problems(), *self._shape_problems()]
+        if not (_is_real(self.commitment_weight) and self.commitment_weight >= 0):
+            problems.append(f"{{commitment_weight}} must be a finite number of at least 0, not {self.commitment_weight!r}")
+        if not (_is_real(self.ema_decay) and 0 <= self.ema_decay < 1):
+            problems.append(f"{{ema_decay}} must be in [0, 1), not {self.ema_decay!r}")
+        if problems:  # placeholders: the CLI names its flags (--image-size), Python callers the fields
+            raise UsageError("invalid VQ-VAE config: " + "; ".join(problems))
+
+    def _integer_problems(self) -> list[str]:
+        problems = []
+        for name, least, greatest in _INTEGER_RANGES:
+            value = getattr(self, name)
+            if not (_is_integer(value) and value >= least and (greatest is None or value <= greatest)):
+                bounds = f"from {least} to {greatest}" if greatest is not None else f"of at least {least}"
+                problems.append(f"{{{name}}} must be an integer {bounds}, not {value!r}")
+        return problems
+
+    def _shape_problems(self) -> list[str]:
+        """levels, downsample, and an image_size whose every level's grid is whole."""
+        if self.levels not in (1, 2) or not _is_integer(self.levels):
+            return [f"{{levels}} must be 1 or 2, not {self.levels!r}"]
+        if self.downsample not in DOWNSAMPLES or not _is_integer(self.downsample):
+            return [f"{{downsample}} must be one of {', '.join(map(str, DOWNSAMPLES))}, not {self.downsample!r}"]
+        step = self.downsample * (TOP_STRIDE_FACTOR if self.levels == 2 else 1)  # the coarsest level's stride
+        if not (_is_integer(self.image_size) and self.image_size >= step and self.image_size % step == 0):
+            return [f"{{image_size}} must be a multiple of {step} (the stride of the coarsest codes), at least {step}, "
+                    f"not {self.image_size!r}"]
+        return []
+
     def grid_shapes(self) -> dict[str, tuple[int, int]]:
         """Code-map shape per level (`spec.code_grid`, the one source of truth for grid sizes)."""
         return code_grid(self.image_size, self.levels, self.downsample)
@@ -46,8 +83,19 @@ class VQVAEConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "VQVAEConfig":
-        known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+        """The config of `to_dict`'s dict (a field it leaves out takes its default); an unknown key is refused."""
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise UsageError(f"unknown VQ-VAE config keys: {', '.join(map(str, unknown))}")
+        return cls(**values)
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class ResBlock(nn.Module):

@@ -257,14 +257,14 @@ def test_decode_writes_the_reconstruction_set(tiny_model, tiny_codes, tmp_path, 
 
 
 def test_interrupted_decode_resumes_to_the_same_dataset(tiny_model, tiny_codes, tmp_path, monkeypatch, capsys):
-    import skinaug.encode as encode_module
+    import skinaug.backends.torch as torch_backend
 
     def decode(out, *extra):
         return main(["decode", str(tiny_codes), "--model", str(tiny_model.path), "--out", str(out), "--device", "cpu",
                      "--batch-size", "5", "--quiet", *extra])
 
     assert decode(tmp_path / "straight") == 0
-    original, calls = encode_module.decode_batch, []
+    original, calls = torch_backend.decode_batch, []
 
     def crash_on_second_batch(*args, **kwargs):
         calls.append(1)
@@ -274,7 +274,7 @@ def test_interrupted_decode_resumes_to_the_same_dataset(tiny_model, tiny_codes, 
 
     out = tmp_path / "resumed"
     with monkeypatch.context() as patch:
-        patch.setattr(encode_module, "decode_batch", crash_on_second_batch)
+        patch.setattr(torch_backend, "decode_batch", crash_on_second_batch)
         assert decode(out) in (1, 130)  # click reports Ctrl-C as "Aborted!" with 130 (older versions: 1)
     with open(out / "labels.csv", newline="") as handle:
         assert [row["image"] for row in csv.DictReader(handle)] == [f"img_{i:02d}_rec" for i in range(5)]

@@ -7,7 +7,7 @@ import torch
 
 from near_ties import assert_same_draws, close_draws
 from skinaug.errors import UsageError
-from skinaug.priors import PriorConfig, build_prior, draw_codes, sample, sample_reference
+from skinaug.priors import PriorConfig, StepOptions, build_prior, draw_codes, sample, sample_reference
 from skinaug.priors import fast
 from skinaug.priors.cache import GridLayout
 
@@ -147,7 +147,7 @@ def test_draws_follow_the_tempered_top_k_softmax():
 
 
 def test_a_uniform_past_the_rounded_cdf_never_draws_a_code_top_k_excluded():
-    from skinaug.onnx.runtime import draw_codes as draw_codes_numpy
+    from skinaug.sampling import draw_codes as draw_codes_numpy
 
     # the largest logits sit first and the excluded ones last: a uniform at or above the float32 cdf[-1] used to
     # fall on the last code, which top-k gives probability 0
@@ -179,7 +179,7 @@ def test_kept_codes_stay_and_the_rest_is_drawn_given_them(attention):
 def test_bfloat16_sampling_stays_close_to_float32():
     model = random_prior("pixelsnail", classes=3, conditioned=True, kernel_size=5)
     labels, condition = conditioning(model)
-    codes, logits = sample(model, labels, condition, dtype=torch.bfloat16, return_logits=True,
+    codes, logits = sample(model, labels, condition, step=StepOptions(dtype=torch.bfloat16), return_logits=True,
                            generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         difference = (logits - model.eval()(codes, labels, condition)).abs().max()
@@ -212,9 +212,9 @@ def test_sampling_arguments_are_checked():
     with pytest.raises(UsageError, match="keep must be"):
         sample(model, torch.tensor([0, 1]), keep=(torch.zeros(2, HEIGHT, WIDTH), torch.ones(2, 1, 1)))
     with pytest.raises(UsageError, match="CUDA graphs"):
-        sample(model, torch.tensor([0, 1]), use_cuda_graph=True)
+        sample(model, torch.tensor([0, 1]), step=StepOptions(use_cuda_graph=True))
     with pytest.raises(UsageError, match="compile must be"):
-        sample(model, torch.tensor([0, 1]), compile="yes")
+        sample(model, torch.tensor([0, 1]), step=StepOptions(compile="yes"))
 
 
 def test_a_failing_compilation_falls_back_to_the_plain_step_unless_compile_was_asked_for(monkeypatch):
@@ -228,14 +228,14 @@ def test_a_failing_compilation_falls_back_to_the_plain_step_unless_compile_was_a
     labels = torch.tensor([0, 1])
     uniforms = torch.rand(2, HEIGHT * WIDTH, generator=torch.Generator().manual_seed(0))
     with pytest.raises(RuntimeError, match="no compiler here"):
-        sample(model, labels, uniforms=uniforms, compile=True)
+        sample(model, labels, uniforms=uniforms, step=StepOptions(compile=True))
     with torch.no_grad():  # "fallback" is what compile="auto" means on CUDA
         sampler = fast._CachedSampler(model.eval(), 2, labels, None, uniforms, (None, None), 1.0, None,
                                       torch.float32, False, compile="fallback")
         with pytest.warns(RuntimeWarning, match="torch.compile failed"):
             sampler.run(cuda_graph=False)
     codes = sampler.codes[:, : HEIGHT * WIDTH].view(2, HEIGHT, WIDTH)
-    assert torch.equal(codes, sample(model, labels, uniforms=uniforms, compile=False))
+    assert torch.equal(codes, sample(model, labels, uniforms=uniforms, step=StepOptions(compile=False)))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -251,7 +251,7 @@ def test_cuda_graph_replays_give_the_eager_and_the_reference_codes(arch, attenti
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # float32 on both sides
         codes, logits = sample(model, labels, condition, generator=seeded(), return_logits=True)
         eager_codes, eager_logits = sample(model, labels, condition, generator=seeded(), return_logits=True,
-                                           use_cuda_graph=False)
+                                           step=StepOptions(use_cuda_graph=False))
         reference = sample_reference(model, labels, condition, generator=seeded())
         with torch.no_grad():
             teacher_forced = model.eval()(codes, labels, condition)
@@ -269,8 +269,8 @@ def test_the_compiled_step_gives_the_reference_codes_on_cuda(attention):
     uniforms = torch.rand(3, HEIGHT * WIDTH, generator=generator, device="cuda")
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
         for cuda_graph in (True, False):
-            codes, logits = sample(model, labels, condition, uniforms=uniforms, return_logits=True, compile=True,
-                                   use_cuda_graph=cuda_graph)
+            codes, logits = sample(model, labels, condition, uniforms=uniforms, return_logits=True,
+                                   step=StepOptions(compile=True, use_cuda_graph=cuda_graph))
             reference = sample_reference(model, labels, condition, uniforms=uniforms)
             with torch.no_grad():
                 teacher_forced = model.eval()(codes, labels, condition)

@@ -234,7 +234,7 @@ def test_the_onnx_samplers_draw_the_torch_codes_from_the_same_uniforms(exported,
 
 
 def test_numpy_draw_codes_is_the_torch_draw_codes():
-    from skinaug.onnx.runtime import draw_codes as draw_numpy
+    from skinaug.sampling import draw_codes as draw_numpy
     from skinaug.priors import draw_codes as draw_torch
 
     generator = torch.Generator().manual_seed(0)

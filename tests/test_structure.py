@@ -7,8 +7,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "skinaug"
 # never import torch, directly or through another skinaug module: the onnx backend and `--help` run without it
-TORCH_FREE = ("skinaug.spec", "skinaug.backends", "skinaug.backends.base", "skinaug.backends.onnx", "skinaug.onnx.runtime",
-              "skinaug.io", "skinaug.errors", "skinaug.distributed", "skinaug.modeldir", "skinaug.codes",
+TORCH_FREE = ("skinaug.spec", "skinaug.sampling", "skinaug.backends", "skinaug.backends.base", "skinaug.backends.onnx",
+              "skinaug.onnx.runtime", "skinaug.io", "skinaug.errors", "skinaug.distributed", "skinaug.modeldir", "skinaug.codes",
               "skinaug.encode", "skinaug.generate", "skinaug.output", "skinaug.runtime", "skinaug.cli", "skinaug.preview",
               "skinaug.inspection", "skinaug.scores.sets")
 

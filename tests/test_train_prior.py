@@ -94,3 +94,21 @@ def test_priors_from_images_encoded_on_the_fly_and_errors(model_with_codes, caps
         code = run("train", "prior", "--model", model, *args, "--epochs", 1, *TINY_PRIOR)
         err = capsys.readouterr().err
         assert code in (1, 2) and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"kernel_size": 4}, "kernel_size must be odd and at least 3, not 4"),
+    ({"channels": 12}, "channels (12) must be divisible by n_heads (8)"),
+    ({"widths": 3}, "unknown prior config keys: widths"),
+])
+def test_the_options_sizes_are_checked_like_any_prior_config(overrides, message):
+    from skinaug.errors import UsageError
+    from skinaug.spec import ModelSpec
+    from skinaug.train_prior import PriorOptions, prior_config_for
+
+    spec = ModelSpec(image_size=32, levels=2, codebook_size=16, code_dim=4, grid={"bottom": (8, 8), "top": (4, 4)},
+                     class_names=("a", "b"))
+    assert prior_config_for("top", spec, PriorOptions(overrides={"channels": 16, "kernel_size": 3})).channels == 16
+    with pytest.raises(UsageError) as raised:
+        prior_config_for("top", spec, PriorOptions(overrides=overrides))
+    assert message in str(raised.value)

@@ -319,3 +319,37 @@ def test_a_config_with_an_unknown_downsample_is_refused(tiny_model, tmp_path):
     (copy / "config.json").write_text(json.dumps(config))
     with pytest.raises(SkinaugError, match="vqvae.downsample must be one of 4, 8, not 3"):
         ModelDir(copy).config()
+
+
+def test_a_resumed_run_takes_its_checkpoints_settings_and_leaves_the_callers_options_as_they_were(tiny_dataset, tmp_path):
+    from dataclasses import replace
+
+    from conftest import TINY_VQVAE
+
+    from skinaug.train_vqvae import TrainOptions, train_vqvae
+
+    out = tmp_path / "model"
+    assert train_cli(tiny_dataset, out, "--epochs", "1", "--batch-size", "4", "--quiet") == 0  # seed 0, mse
+    (out / "vqvae.safetensors").unlink()  # as if cut off after its checkpoint: --resume continues it
+    options = TrainOptions(epochs=2, batch_size=4, seed=7, device="cpu", loss="mse+ssim")
+    asked = replace(options)
+    train_vqvae(tiny_dataset.images, out, labels=tiny_dataset.labels_csv, model_config=VQVAEConfig(**TINY_VQVAE),
+                options=options, resume=True)
+    assert options == asked  # seed 7 and mse+ssim, as the caller made them
+    run = json.loads((out / "train" / "train_config.json").read_text())
+    assert (run["seed"], run["loss"]["terms"], run["options"]["seed"]) == (0, "mse", 0)  # the checkpoint's
+
+
+def test_a_config_with_an_unknown_vqvae_key_is_refused_naming_the_file_and_the_key(tiny_model, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model.path, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["vqvae"]["dropout"] = 0.1  # no VQ-VAE field: it used to be dropped without a word
+    (copy / "config.json").write_text(json.dumps(config))
+    code = main(["encode", str(tiny_model.dataset.images), "--model", str(copy), "--out", str(tmp_path / "codes.h5"),
+                 "--device", "cpu", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1
+    assert err[0] == f"error: {copy / 'config.json'}: vqvae: unknown VQ-VAE config keys: dropout"

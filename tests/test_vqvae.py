@@ -57,11 +57,63 @@ def test_grid_shapes_are_a_quarter_and_an_eighth_of_the_image(levels, expected):
     assert VQVAEConfig(image_size=48, levels=2).grid_shapes() == {"bottom": (12, 12), "top": (6, 6)}
 
 
-def test_config_round_trips_through_a_dict_and_ignores_unknown_keys():
+def test_config_round_trips_through_a_dict_and_refuses_unknown_keys_naming_them():
+    from skinaug.errors import UsageError
+
     config = VQVAEConfig(image_size=64, levels=1, codebook_size=32, code_dim=4, restart_after=7)
     values = config.to_dict()
     assert VQVAEConfig.from_dict(values) == config
-    assert VQVAEConfig.from_dict({**values, "added_in_a_later_version": 1}) == config
+    with pytest.raises(UsageError, match="unknown VQ-VAE config keys: added_in_a_later_version, zz$"):
+        VQVAEConfig.from_dict({**values, "zz": 0, "added_in_a_later_version": 1})
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("image_size", 36, "image_size must be a multiple of 8"),
+    ("image_size", 0, "image_size must be a multiple of 8"),
+    ("levels", 3, "levels must be 1 or 2, not 3"),
+    ("downsample", 2, "downsample must be one of 4, 8, not 2"),
+    ("codebook_size", 1, "codebook_size must be an integer from 2 to 65535, not 1"),
+    ("code_dim", 0, "code_dim must be an integer of at least 1, not 0"),
+    ("channels", 8.5, "channels must be an integer of at least 2, not 8.5"),
+    ("n_res_blocks", -1, "n_res_blocks must be an integer of at least 0, not -1"),
+    ("restart_after", True, "restart_after must be an integer of at least 1, not True"),
+    ("commitment_weight", float("nan"), "commitment_weight must be a finite number of at least 0, not nan"),
+    ("ema_decay", 1.0, "ema_decay must be in [0, 1), not 1.0"),
+])
+def test_a_bad_config_value_is_refused_naming_the_field(field, value, message):
+    from skinaug.errors import UsageError
+
+    with pytest.raises(UsageError, match="^invalid VQ-VAE config: ") as raised:
+        VQVAEConfig(**{field: value})
+    assert message in str(raised.value)
+    with pytest.raises(UsageError, match="invalid VQ-VAE config"):
+        VQVAEConfig.from_dict({**VQVAEConfig().to_dict(), field: value})
+
+
+def test_the_coarsest_grid_sets_the_image_size_multiple():
+    from skinaug.errors import UsageError
+
+    assert VQVAEConfig(image_size=36, levels=1).grid_shapes() == {"bottom": (9, 9)}  # one level: a multiple of 4
+    assert VQVAEConfig(image_size=48, downsample=8, levels=1).grid_shapes() == {"bottom": (6, 6)}
+    with pytest.raises(UsageError, match="image_size must be a multiple of 16"):
+        VQVAEConfig(image_size=40, downsample=8)
+
+
+def test_the_shipped_config_loads_with_its_fingerprint():
+    """config.json of ham10000-64 predates `downsample` (no key): it loads as 4 and hashes as it always did."""
+    import json
+
+    from skinaug import modeldir
+
+    shipped = Path(modeldir.__file__).parent / "models" / "ham10000-64"
+    config = json.loads((shipped / "config.json").read_text())
+    assert "downsample" not in config["vqvae"]
+    loaded = VQVAEConfig.from_dict(modeldir.vqvae_config(modeldir.validate_config(config, shipped / "config.json")))
+    assert (loaded.image_size, loaded.levels, loaded.downsample) == (64, 2, 4)
+    assert loaded.to_dict() == modeldir.vqvae_config(config)  # what the fingerprint hashes, unchanged
+    if (shipped / "vqvae.safetensors").is_file():
+        state = modeldir.load_weights(shipped / modeldir.VQVAE_WEIGHTS)
+        assert modeldir.fingerprint(loaded.to_dict(), state) == config["fingerprint"]
 
 
 def test_uint8_pixels_round_trip_exactly_in_both_layouts():

@@ -10,11 +10,59 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..encode import TorchCodeModel
 from ..runtime import resolve_device
-from .base import Backend, PriorSampler
+from .base import Backend, CodeModel, PriorSampler
 
 __all__ = ["TorchBackend", "TorchCodeModel", "TorchPrior", "TorchRandom"]
+
+
+def encode_batch(model, images_uint8, device) -> tuple[dict[str, np.ndarray], torch.Tensor]:
+    """uint8 (B,S,S,3) -> (code maps per level as uint16 arrays, squared error sum on [0, 1] pixels)."""
+    from ..training import autocast_for
+    from ..vqvae import to_model_input
+
+    images = to_model_input(torch.as_tensor(np.asarray(images_uint8)).to(device))
+    if device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), autocast_for(device):
+        quantized, codes, _ = model.encode(images)
+        reconstruction = model.decode(quantized)
+    squared_error = ((reconstruction.float().clamp(-1, 1) - images) ** 2).sum() / 4.0
+    return {level: values.to(torch.int32).cpu().numpy().astype(np.uint16) for level, values in codes.items()}, squared_error
+
+
+def decode_batch(model, codes: dict[str, np.ndarray], device) -> np.ndarray:
+    """Code maps per level (B,H,W) -> uint8 images (B,S,S,3)."""
+    from ..training import autocast_for
+    from ..vqvae import to_uint8
+
+    tensors = {level: torch.as_tensor(np.asarray(values, dtype=np.int64)).to(device) for level, values in codes.items()}
+    with torch.no_grad(), autocast_for(device):
+        images = model.decode_codes(tensors)
+    return to_uint8(images.clamp(-1, 1)).cpu().numpy()
+
+
+class TorchCodeModel(CodeModel):
+    """The model directory's VQ-VAE in PyTorch on `device` (channels-last on CUDA), as a `CodeModel`
+    (`onnx.runtime.OnnxVQVAE` is its onnx twin)."""
+
+    def __init__(self, model_dir, device="auto"):
+        self.spec = model_dir.spec()
+        self.device = resolve_device(device)
+        self.device_name = str(self.device)
+        self.network = model_dir.load_vqvae(self.device)
+        if self.device.type == "cuda":
+            self.network = self.network.to(memory_format=torch.channels_last)
+
+    def info(self) -> dict:
+        return {"backend": "torch", "provider": self.device_name}
+
+    def encode_with_error(self, images: np.ndarray) -> tuple[dict[str, np.ndarray], float]:
+        codes, squared_error = encode_batch(self.network, images, self.device)
+        return codes, float(squared_error)
+
+    def decode(self, codes: dict[str, np.ndarray]) -> np.ndarray:
+        return decode_batch(self.network, codes, self.device)
 
 
 class TorchRandom:
@@ -52,11 +100,12 @@ class TorchPrior(PriorSampler):
 
     def sample(self, labels=None, condition=None, *, n: int, uniforms: np.ndarray, temperature: float = 1.0,
                top_k: int | None = None, keep=None) -> np.ndarray:
-        from ..priors import sample
+        from ..priors import StepOptions, sample
 
         with torch.no_grad():
-            codes = sample(self.network, n=n, temperature=temperature, top_k=top_k, dtype=self.dtype,
-                           compile=self.compile_step, **self._inputs(labels, condition, uniforms, keep))
+            codes = sample(self.network, n=n, temperature=temperature, top_k=top_k,
+                           step=StepOptions(dtype=self.dtype, compile=self.compile_step),
+                           **self._inputs(labels, condition, uniforms, keep))
         return codes.cpu().numpy()
 
     def sample_reference(self, labels=None, condition=None, *, n: int, uniforms: np.ndarray, temperature: float = 1.0,

@@ -22,6 +22,21 @@ PriorInitOpt = Annotated[Optional[Path], typer.Option(
     "--init", help="Fine-tune: start from this model's priors (a model directory or a shipped model's name) and keep "
     "their shape; classes they know keep their embeddings, new classes get new ones.", show_default=False)]
 
+# `train vqvae`'s loss options
+LossOpt = Annotated[str, typer.Option(
+    "--loss", **choices("mse", "mse+ssim", "mse+gan", "mse+ssim+gan"), help="mse, mse+ssim, mse+gan or mse+ssim+gan: "
+    "ssim adds 1 - SSIM, gan a PatchGAN discriminator trained alongside (VQGAN's adaptive weight); both keep finer "
+    "texture than mse alone.")]
+SsimWeightOpt = Annotated[Optional[float], typer.Option("--ssim-weight", show_default=False,
+                                                        help="Weight of 1 - SSIM (default 0.2).")]
+GanWeightOpt = Annotated[Optional[float], typer.Option(
+    "--gan-weight", show_default=False, help="Weight of the adversarial term, before its adaptive factor (default 0.1).")]
+GanStartOpt = Annotated[Optional[int], typer.Option(
+    "--gan-start", show_default=False, help="Training steps before the discriminator joins (default: a quarter of the run).")]
+DecoderOnlyOpt = Annotated[bool, typer.Option(
+    "--decoder-only", help="With --init: train only the decoder. The encoder and codebooks stay the --init model's, so "
+    "its priors are copied and the new model generates right away.")]
+
 
 @app.command("vqvae")
 def vqvae(
@@ -43,18 +58,11 @@ def vqvae(
     val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.0, max=0.9, help="Share of lesion groups held out for validation.")] = 0.1,
     restart_after: Annotated[Optional[int], typer.Option("--restart-after", min=1, help="Steps a code may go unused before it is re-seeded (default 200; with --init the source's).")] = None,
     no_augment: Annotated[bool, typer.Option("--no-augment", help="Train without flips, rotations and colour jitter.")] = False,
-    loss: Annotated[str, typer.Option("--loss", **choices("mse", "mse+ssim", "mse+gan", "mse+ssim+gan"), help="mse, mse+ssim, mse+gan or mse+ssim+gan: ssim adds 1 - SSIM, gan a "
-                                      "PatchGAN discriminator trained alongside (VQGAN's adaptive weight); both keep "
-                                      "finer texture than mse alone.")] = "mse",
-    ssim_weight: Annotated[Optional[float], typer.Option("--ssim-weight", show_default=False,
-                                                         help="Weight of 1 - SSIM (default 0.2).")] = None,
-    gan_weight: Annotated[Optional[float], typer.Option("--gan-weight", show_default=False,
-                                                        help="Weight of the adversarial term, before its adaptive factor (default 0.1).")] = None,
-    gan_start: Annotated[Optional[int], typer.Option("--gan-start", show_default=False,
-                                                     help="Training steps before the discriminator joins (default: a quarter of the run).")] = None,
-    decoder_only: Annotated[bool, typer.Option("--decoder-only", help="With --init: train only the decoder. The encoder "
-                                               "and codebooks stay the --init model's, so its priors are copied and the "
-                                               "new model generates right away.")] = False,
+    loss: LossOpt = "mse",
+    ssim_weight: SsimWeightOpt = None,
+    gan_weight: GanWeightOpt = None,
+    gan_start: GanStartOpt = None,
+    decoder_only: DecoderOnlyOpt = False,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     resume: ResumeOpt = False,

@@ -527,6 +527,16 @@ def _export_prior(prior, level: str, out: Path, opset: int, batch: int, generato
             step_extra.append(ConditionGraph(prior)(condition))
         step_names.append("condition_features")
     graph = StepGraph(prior)
+    entry.update(_export_step(prior, graph, level, out, opset, batch, generator, step_extra, step_names))
+    entry["embed"] = _export_embed(prior, graph, level, out, opset, batch, generator)
+    return entry
+
+
+def _export_step(prior, graph: StepGraph, level: str, out: Path, opset: int, batch: int, generator, step_extra: list,
+                 step_names: list[str]) -> dict:
+    """The manifest entries of the cached sampler's graphs: the step (`StepGraph`) and, in raster order, the row
+    graph (`RowGraph`). step_extra/step_names: the labels and condition features the step reads, if any."""
+    config = prior.config
     grid_channels, attention_channels, row_channels = graph.grid_channels, graph.attention_channels, graph.row_channels
     layout, positions = graph.layout, config.height * config.width
     taps = len(layout.window_offsets())
@@ -551,9 +561,9 @@ def _export_prior(prior, level: str, out: Path, opset: int, batch: int, generato
         dynamic["condition_features"] = {1: "batch"}
     dynamic.update({name: {1: "batch"} for name in grid_names + above_names})
     dynamic.update({name: {0: "prefix", 1: "batch"} for name in kv_names})
-    entry["step"] = _export(graph, (raster, windows, *step_extra, *caches, *sums), out / f"prior_{level}_step.onnx",
-                            ["raster", "windows", *step_names, *grid_names, *kv_names, *above_names],
-                            ["logits", *row_names, *new_kv_names], dynamic, opset)
+    entry = {"step": _export(graph, (raster, windows, *step_extra, *caches, *sums), out / f"prior_{level}_step.onnx",
+                             ["raster", "windows", *step_names, *grid_names, *kv_names, *above_names],
+                             ["logits", *row_names, *new_kv_names], dynamic, opset)}
     entry["step"].update(grids=grid_channels, attention=attention_channels, above=row_channels,
                          kernel_size=config.kernel_size, schedule="raster" if graph.rows_above else "wavefront",
                          skew=prior.wavefront_skew, own_code=bool(graph.code_readers))
@@ -562,7 +572,6 @@ def _export_prior(prior, level: str, out: Path, opset: int, batch: int, generato
         entry["row"] = _export(RowGraph(graph), (row_windows, *caches[: len(grid_channels)]),
                                out / f"prior_{level}_row.onnx", ["row_windows", *grid_names], above_names,
                                {name: {1: "batch"} for name in grid_names + above_names}, opset)
-    entry["embed"] = _export_embed(prior, graph, level, out, opset, batch, generator)
     return entry
 
 

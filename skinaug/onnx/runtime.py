@@ -4,14 +4,15 @@ Providers: CUDA then CPU (`--device auto`), CPU only (`--device cpu`), CUDA devi
 onnxruntime drops a provider it cannot start without a word; `OnnxModel` says so on stderr when CUDA was asked for
 and the session ended up elsewhere, and reports the provider actually used.
 
-Sampling draws codes exactly like `skinaug.priors.sampling.draw_codes` (inverse CDF with pre-drawn uniforms), so
-given the same uniforms the onnx and torch samplers draw the same codes, up to positions where a uniform falls
-within float rounding of a CDF step. Seeded runs draw their uniforms from numpy's Generator rather than torch's:
+Sampling draws codes with `skinaug.sampling.draw_codes`, the numpy twin of `skinaug.priors.sampling.draw_codes`
+(inverse CDF with pre-drawn uniforms), so given the same uniforms the onnx and torch samplers draw the same codes, up
+to positions where a uniform falls within float rounding of a CDF step. Seeded runs draw their uniforms from numpy's Generator rather than torch's:
 onnx-backend samples are reproducible per seed but differ from torch-backend samples of the same seed.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from ..backends.base import PIXEL_SCALE, CodeModel, PriorSampler, check_draw_arg
 from ..errors import SkinaugError, first_line
 from ..modeldir import PRIOR_WEIGHTS, VQVAE_WEIGHTS, ModelDir
 from ..runtime import log, warn
+from ..sampling import draw_codes, sampling_steps
 from ..spec import ModelSpec
 from . import EXPORT_FORMAT, ONNX_DIR
 
@@ -226,7 +228,7 @@ class OnnxModel:
 
 
 class OnnxVQVAE(CodeModel):
-    """The VQ-VAE's `CodeModel` through encoder.onnx and decoder.onnx (`encode.TorchCodeModel`'s twin)."""
+    """The VQ-VAE's `CodeModel` through encoder.onnx and decoder.onnx (`backends.torch.TorchCodeModel`'s twin)."""
 
     def __init__(self, model: OnnxModel):
         self.model, self.spec = model, model.spec
@@ -262,20 +264,6 @@ class OnnxVQVAE(CodeModel):
         """Code maps per level (B, H, W) -> uint8 images (B, S, S, 3), rounded like `skinaug.vqvae.to_uint8`."""
         pixels = np.clip(np.round((self.decode_float(codes) + np.float32(1.0)) * np.float32(PIXEL_SCALE)), 0, 255)
         return np.ascontiguousarray(pixels.astype(np.uint8).transpose(0, 2, 3, 1))
-
-
-def draw_codes(logits: np.ndarray, uniforms: np.ndarray, temperature: float = 1.0, top_k: int | None = None) -> np.ndarray:
-    """numpy twin of `skinaug.priors.sampling.draw_codes`: logits (B, K), uniforms (B,) -> codes (B,) int64."""
-    logits = logits.astype(np.float32) / np.float32(temperature)
-    size = logits.shape[-1]
-    if top_k is not None and top_k < size:
-        kth_largest = np.partition(logits, size - top_k, axis=-1)[:, size - top_k : size - top_k + 1]
-        logits = np.where(logits < kth_largest, np.float32(-np.inf), logits)
-    probabilities = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    cdf = np.cumsum(probabilities / probabilities.sum(axis=-1, keepdims=True), axis=-1, dtype=np.float32)
-    codes = (cdf <= np.asarray(uniforms, np.float32).reshape(-1, 1)).sum(axis=-1)  # searchsorted(right=True)
-    last_possible = size - 1 - np.argmax(probabilities[:, ::-1] > 0, axis=-1)  # as in the torch twin
-    return np.minimum(codes, last_possible).astype(np.int64)
 
 
 class OnnxPrior(PriorSampler):
@@ -322,20 +310,15 @@ class OnnxPrior(PriorSampler):
     def schedule(self) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
         """(steps, windows, row windows) of the step graph's schedule and cell layout.
 
-        steps: the raster positions of each step, as `skinaug.priors.cache.GridLayout.plan` orders them (raster
-        order with attention, else the wavefront). Cells: 0 is a zero cell that every padding tap reads, then one
-        cell per position in the order they are sampled, so a step's positions are one contiguous block of cells.
-        windows: (H * W, taps) the cells of each position's window, in the packed weights' tap order. row windows:
+        steps: the raster positions of each step (`skinaug.sampling.sampling_steps`, which the torch sampler's
+        `GridLayout.plan` follows too: raster order with attention, else the wavefront). Cells: 0 is a zero cell that
+        every padding tap reads, then one cell per position in the order they are sampled, so a step's positions are
+        one contiguous block of cells. windows: (H * W, taps) the cells of each position's window, in the packed weights' tap order. row windows:
         (H, W, r * k) the cells of the above taps of every position of each row."""
         if self._schedule is None:
             step = self.entry["step"]
             height, width, r = self.height, self.width, step["kernel_size"] // 2
-            skew = step.get("skew")
-            if skew is None:
-                steps = [np.array([p]) for p in range(height * width)]
-            else:
-                steps = [np.array([i * width + t - skew * i for i in range(height) if 0 <= t - skew * i < width])
-                         for t in range(width + skew * (height - 1))]
+            steps = [np.array(members) for members in sampling_steps(height, width, step.get("skew"))]
             cell = np.zeros((height + 2 * r, width + 2 * r), np.int64)  # 0 around the grid: the zero cell
             order = np.concatenate(steps)
             cell[order // width + r, order % width + r] = np.arange(1, len(order) + 1)
@@ -361,12 +344,33 @@ class OnnxPrior(PriorSampler):
         gathers only the taps to its left. Only the logits come back to the host, where codes are drawn. Keys that see
         their own code wait for it: the embed graph completes them on their way into the cache (`EmbedGraph`)."""
         check_draw_args(temperature, top_k)
-        positions, width = self.height * self.width, self.width
+        positions = self.height * self.width
         uniforms = self._uniforms(uniforms, rng, n, positions)
         kept_codes, kept = self._keep(keep, n)
-        extra = self._extra(labels, condition, n)
-        step = self.entry["step"]
         steps, windows, row_windows = self.schedule()
+        run = self._bind(n, self._extra(labels, condition, n), max(len(members) for members in steps))
+        codes = np.zeros((n, positions), np.int64)
+        logits_out = np.zeros((n, positions, self.codebook_size), np.float32) if return_logits else None
+        cell = 1
+        for members in steps:
+            slots = len(members)
+            step_logits = run.step(members, cell, windows, row_windows)  # image-major: (n, slots)
+            drawn = draw_codes(step_logits, uniforms[:, members].reshape(-1), temperature, top_k).reshape(n, slots)
+            if kept is not None:
+                drawn = np.where(kept[:, members], kept_codes[:, members], drawn)
+            codes[:, members] = drawn
+            if logits_out is not None:
+                logits_out[:, members] = step_logits.reshape(n, slots, -1)
+            run.embed_codes(drawn, cell)
+            cell += slots
+        codes = codes.reshape(n, self.height, self.width)
+        if not return_logits:
+            return codes
+        return codes, logits_out.transpose(0, 2, 1).reshape(n, -1, self.height, self.width)
+
+    def _bind(self, n: int, extra: dict, widest: int) -> "_StepRun":
+        """The step and embed graphs' sessions with their caches bound, ready for `_StepRun.step`."""
+        step = self.entry["step"]
         # the step spins between runs; the embedding lookup is too small for a second thread
         session = self.model.session(step["file"], spinning=True)
         embed = self.model.session(self.entry["embed"]["file"], threads=1)
@@ -384,57 +388,14 @@ class OnnxPrior(PriorSampler):
         grids, key_values = self._caches(buffer, binding, wanted, n)
         # raster order: the convs' above-tap sums of the current row, written by the row graph and read by the
         # steps; zero for row 0, whose rows above are padding
-        sums = [buffer(("above", k), (width, n, channels)) for k, channels in enumerate(step["above"])]
-        if sums:
-            rows, row_binding = self._row_graph(grids, sums, binding, wanted)
-        widest = max(len(members) for members in steps)
-        logits = np.empty((n * widest, self.codebook_size), np.float32)
+        sums = [buffer(("above", k), (self.width, n, channels)) for k, channels in enumerate(step["above"])]
+        rows = self._row_graph(grids, sums, binding, wanted) if sums else None
         embed_binding = embed.io_binding()
         own_code = step.get("own_code", False)  # keys that see their own code: completed by the embed graph
         if own_code:
             self._bind_partial(binding, embed_binding, key_values, buffer)
-        codes = np.zeros((n, positions), np.int64)
-        logits_out = np.zeros((n, positions, self.codebook_size), np.float32) if return_logits else None
-        size = np.dtype(np.float32).itemsize
-
-        def at(value, index: int, channels: int) -> int:  # the address of block `index` of a (blocks, n, C) buffer
-            return value.data_ptr() + index * n * channels * size
-
-        cell = 1
-        for members in steps:
-            slots, first = len(members), int(members[0])
-            if sums and slots == 1 and first % width == 0 and first:  # a new row: sums from the rows now complete
-                row_binding.bind_cpu_input("row_windows", np.ascontiguousarray(row_windows[first // width]))
-                rows.run_with_iobinding(row_binding)
-            raster, step_windows = np.ascontiguousarray(members), np.ascontiguousarray(windows[members])
-            binding.bind_cpu_input("raster", raster)
-            binding.bind_cpu_input("windows", step_windows)
-            for index, (grid, channels) in enumerate(zip(grids[1:], step["grids"][1:]), start=1):
-                binding.bind_output(f"rows_{index}", device, device_id, np.float32, [slots, n, channels],
-                                    at(grid, cell, channels))
-            if key_values:
-                self._bind_key_values(binding, embed_binding if own_code else binding, key_values, wanted, first, n,
-                                      device, device_id)
-            binding.bind_output("logits", "cpu", 0, np.float32, [n * slots, self.codebook_size], logits.ctypes.data)
-            session.run_with_iobinding(binding)
-            if device != "cpu":
-                binding.synchronize_outputs()
-            step_logits = logits[: n * slots]  # image-major: (n, slots)
-            drawn = draw_codes(step_logits, uniforms[:, members].reshape(-1), temperature, top_k).reshape(n, slots)
-            if kept is not None:
-                drawn = np.where(kept[:, members], kept_codes[:, members], drawn)
-            codes[:, members] = drawn
-            if logits_out is not None:
-                logits_out[:, members] = step_logits.reshape(n, slots, -1)
-            embed_binding.bind_cpu_input("codes", np.ascontiguousarray(drawn.T))
-            embed_binding.bind_output("embedded", device, device_id, np.float32, [slots, n, step["grids"][0]],
-                                      at(grids[0], cell, step["grids"][0]))
-            embed.run_with_iobinding(embed_binding)
-            cell += slots
-        codes = codes.reshape(n, self.height, self.width)
-        if not return_logits:
-            return codes
-        return codes, logits_out.transpose(0, 2, 1).reshape(n, -1, self.height, self.width)
+        return _StepRun(self, session, binding, embed, embed_binding, grids, key_values, rows, wanted, own_code,
+                        device, device_id, n, np.empty((n * widest, self.codebook_size), np.float32))
 
     def _caches(self, buffer, binding, wanted: set, n: int) -> tuple[list, list]:
         """The grids, bound as the step's inputs, and the key/value caches with their channels, all zeroed:
@@ -527,3 +488,62 @@ class OnnxPrior(PriorSampler):
             return None, None
         codes, mask = keep
         return (np.asarray(codes, np.int64).reshape(n, -1), np.asarray(mask, bool).reshape(n, -1))
+
+
+@dataclass
+class _StepRun:
+    """One `OnnxPrior.sample` call's bound graphs: runs a step into the logits buffer, then embeds its drawn codes."""
+
+    prior: OnnxPrior
+    session: object  # the step graph's, and its IOBinding
+    binding: object
+    embed: object  # the embed graph's, and its IOBinding
+    embed_binding: object
+    grids: list  # the caches (OrtValues)
+    key_values: list
+    rows: tuple | None  # the row graph's session and binding (raster order), else None
+    wanted: set  # the step graph's inputs
+    own_code: bool
+    device: str
+    device_id: int
+    n: int
+    logits: np.ndarray  # (n * widest step, K), on the host
+
+    @property
+    def step_entry(self) -> dict:
+        return self.prior.entry["step"]
+
+    def at(self, value, index: int, channels: int) -> int:
+        """The address of block `index` of a (blocks, n, C) buffer."""
+        return value.data_ptr() + index * self.n * channels * np.dtype(np.float32).itemsize
+
+    def step(self, members: np.ndarray, cell: int, windows: np.ndarray, row_windows: np.ndarray) -> np.ndarray:
+        """Runs the step of positions `members` (their cells from `cell` on); returns its logits (n * slots, K)."""
+        binding, device, device_id, n, width = self.binding, self.device, self.device_id, self.n, self.prior.width
+        slots, first = len(members), int(members[0])
+        if self.rows is not None and slots == 1 and first % width == 0 and first:  # a new row: sums from rows done
+            rows, row_binding = self.rows
+            row_binding.bind_cpu_input("row_windows", np.ascontiguousarray(row_windows[first // width]))
+            rows.run_with_iobinding(row_binding)
+        binding.bind_cpu_input("raster", np.ascontiguousarray(members))
+        binding.bind_cpu_input("windows", np.ascontiguousarray(windows[members]))
+        for index, (grid, channels) in enumerate(zip(self.grids[1:], self.step_entry["grids"][1:]), start=1):
+            binding.bind_output(f"rows_{index}", device, device_id, np.float32, [slots, n, channels],
+                                self.at(grid, cell, channels))
+        if self.key_values:
+            self.prior._bind_key_values(binding, self.embed_binding if self.own_code else binding, self.key_values,
+                                        self.wanted, first, n, device, device_id)
+        binding.bind_output("logits", "cpu", 0, np.float32, [n * slots, self.prior.codebook_size],
+                            self.logits.ctypes.data)
+        self.session.run_with_iobinding(binding)
+        if device != "cpu":
+            binding.synchronize_outputs()
+        return self.logits[: n * slots]
+
+    def embed_codes(self, drawn: np.ndarray, cell: int) -> None:
+        """The drawn codes (n, slots) into grid 0 at their cells, through the embed graph."""
+        channels = self.step_entry["grids"][0]
+        self.embed_binding.bind_cpu_input("codes", np.ascontiguousarray(drawn.T))
+        self.embed_binding.bind_output("embedded", self.device, self.device_id, np.float32,
+                                       [drawn.shape[1], self.n, channels], self.at(self.grids[0], cell, channels))
+        self.embed.run_with_iobinding(self.embed_binding)

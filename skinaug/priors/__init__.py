@@ -11,14 +11,14 @@
 from torch import nn
 
 from .config import PriorConfig
-from .fast import sample
+from .fast import StepOptions, sample
 from .gated_pixelcnn import GatedPixelCNN
 from .pixelsnail import PixelSNAIL
 from .refine import conditional_log_probs, log_likelihood, refine_codes
 from .sampling import draw_codes, sample_reference
 
-__all__ = ["GatedPixelCNN", "PixelSNAIL", "PriorConfig", "build_prior", "conditional_log_probs", "draw_codes",
-           "log_likelihood", "refine_codes", "sample", "sample_reference"]
+__all__ = ["GatedPixelCNN", "PixelSNAIL", "PriorConfig", "StepOptions", "build_prior", "conditional_log_probs",
+           "draw_codes", "log_likelihood", "refine_codes", "sample", "sample_reference"]
 
 
 def build_prior(config: PriorConfig) -> nn.Module:

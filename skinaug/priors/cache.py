@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ..sampling import sampling_steps
+
 
 def tap_slice(kernel_size: int, above: bool, left: str | None) -> slice:
     """The taps of one causal conv within the shared window order (see `GridLayout.window_offsets`).
@@ -68,17 +70,12 @@ class GridLayout:
     def plan(self, skew: int | None) -> Tensor:
         """The sampling schedule as a (steps, slots, 2 + taps) table: per slot [cell, raster index, window cells].
 
-        skew None: raster order, one position per step (attention needs every earlier position). skew s: row i runs
-        s columns behind row i - 1, and every row whose turn it is advances in the same step, which is exact when a
-        position's dependencies on row i - m reach at most m * (s - 1) columns to its right. Unused slots point at
-        the scratch cell and raster index H * W, where the sampler keeps a scratch code and uniform.
+        The steps are `skinaug.sampling.sampling_steps` (raster order for skew None, else the wavefront), which the
+        onnx sampler follows too. Unused slots point at the scratch cell and raster index H * W, where the sampler
+        keeps a scratch code and uniform.
         """
         height, width, n = self.height, self.width, self.positions
-        if skew is None:
-            steps = [[p] for p in range(n)]
-        else:
-            steps = [[i * width + t - skew * i for i in range(height) if 0 <= t - skew * i < width]
-                     for t in range(width + skew * (height - 1))]
+        steps = sampling_steps(height, width, skew)
         raster = torch.full((len(steps), max(map(len, steps))), n)
         for t, members in enumerate(steps):
             raster[t, : len(members)] = torch.tensor(members)

@@ -40,6 +40,7 @@ i.e. O(B * L * C * H * W). The reference bottom prior (64x64, C 256, L 16) at ba
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from functools import cache, partial
 
 import torch
@@ -52,21 +53,38 @@ from .sampling import (check_draw_args, draw_codes, evaluating, resolve_batch, r
                        to_device)
 
 
-def sample(model: nn.Module, labels: Tensor | None = None, condition: Tensor | None = None, *, n: int | None = None,
-           temperature: float = 1.0, top_k: int | None = None, generator: torch.Generator | None = None,
-           uniforms: Tensor | None = None, keep: tuple[Tensor, Tensor] | None = None, dtype: torch.dtype | None = None,
-           use_cuda_graph: bool | str = "auto", compile: bool | str = "auto",
-           return_logits: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-    """Codes (B, H, W) from the prior, the same as `sample_reference` given the same uniforms, much faster.
+@dataclass(frozen=True)
+class StepOptions:
+    """How `sample` runs its step (never which codes it draws, up to the dtype's rounding).
 
-    n: the batch size when neither labels nor condition gives it. uniforms: (B, H * W) in raster order, else drawn
-    once from `generator`. keep: (codes, mask), both (B, H, W): keep the given code where the mask is True (see
-    `sample_reference`). dtype: compute dtype of the caches and matmuls (e.g. torch.bfloat16); codes are always
-    drawn from float32 logits. use_cuda_graph: "auto" (on CUDA), True or False. compile: run the step through
+    dtype: compute dtype of the caches and matmuls (e.g. torch.bfloat16; None: the model's); codes are always drawn
+    from float32 logits. use_cuda_graph: "auto" (on CUDA), True or False. compile: run the step through
     torch.compile (inductor, static shapes, one compiled step per width), which fuses its gathers, cache writes and
     element-wise chains; "auto": on CUDA, back to the plain step with a warning if compilation fails; True: on any
     device, errors raised. The first call in a process pays the compilation (about 20 s per step width; a wavefront
     has about log2(widest) + 1 widths); later calls of the same shapes reuse it.
+    """
+
+    dtype: torch.dtype | None = None
+    use_cuda_graph: bool | str = "auto"
+    compile: bool | str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.use_cuda_graph not in (True, False, "auto"):
+            raise UsageError(f"use_cuda_graph must be True, False or 'auto', not {self.use_cuda_graph!r}")
+        if self.compile not in (True, False, "auto"):
+            raise UsageError(f"compile must be True, False or 'auto', not {self.compile!r}")
+
+
+def sample(model: nn.Module, labels: Tensor | None = None, condition: Tensor | None = None, *, n: int | None = None,
+           temperature: float = 1.0, top_k: int | None = None, generator: torch.Generator | None = None,
+           uniforms: Tensor | None = None, keep: tuple[Tensor, Tensor] | None = None,
+           step: StepOptions = StepOptions(), return_logits: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """Codes (B, H, W) from the prior, the same as `sample_reference` given the same uniforms, much faster.
+
+    n: the batch size when neither labels nor condition gives it. uniforms: (B, H * W) in raster order, else drawn
+    once from `generator`. keep: (codes, mask), both (B, H, W): keep the given code where the mask is True (see
+    `sample_reference`). step: dtype, CUDA graphs and torch.compile (`StepOptions`).
     return_logits: also return the logits (B, K, H, W) the codes were drawn from, before temperature and top_k.
     """
     config = model.config
@@ -76,18 +94,13 @@ def sample(model: nn.Module, labels: Tensor | None = None, condition: Tensor | N
     check_draw_args(temperature, top_k)
     uniforms = resolve_uniforms(uniforms, batch, config.height * config.width, generator, device)
     keep = resolve_keep(keep, batch, config.height, config.width, device)
-    if use_cuda_graph not in (True, False, "auto"):
-        raise UsageError(f"use_cuda_graph must be True, False or 'auto', not {use_cuda_graph!r}")
-    if use_cuda_graph is True and device.type != "cuda":
+    if step.use_cuda_graph is True and device.type != "cuda":
         raise UsageError(f"CUDA graphs need the model on a CUDA device, not {device}")
-    if compile not in (True, False, "auto"):
-        raise UsageError(f"compile must be True, False or 'auto', not {compile!r}")
-    if compile == "auto":
-        compile = "fallback" if device.type == "cuda" else False
+    compile = ("fallback" if device.type == "cuda" else False) if step.compile == "auto" else step.compile
     with torch.no_grad(), evaluating(model):
-        cuda_graph = use_cuda_graph is True or (use_cuda_graph == "auto" and device.type == "cuda")
+        cuda_graph = step.use_cuda_graph is True or (step.use_cuda_graph == "auto" and device.type == "cuda")
         sampler = _CachedSampler(model, batch, labels, condition, uniforms, keep, temperature, top_k,
-                                 dtype or next(model.parameters()).dtype, return_logits, compile,
+                                 step.dtype or next(model.parameters()).dtype, return_logits, compile,
                                  eager=not compile and not cuda_graph)
         sampler.run(cuda_graph=cuda_graph)
     positions = config.height * config.width

@@ -12,6 +12,7 @@ from ..backends.base import check_draw_args  # noqa: F401  (also imported from h
 from ..errors import UsageError
 
 
+# Twin of skinaug.sampling.draw_codes (numpy, for the onnx backend): change both together.
 def draw_codes(logits: Tensor, uniforms: Tensor, temperature: float = 1.0, top_k: int | None = None) -> Tensor:
     """logits (B, K), uniforms (B,) in [0, 1) -> codes (B,).
 

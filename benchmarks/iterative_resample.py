@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from skinaug.generate import batch_seed, load_sources, make_batches, plan_per_source
+from skinaug.sampler import SamplingOptions
 from skinaug.generate import IterativeGenerator
 from skinaug.iterative import IterativeRequest
 from skinaug.runtime import resolve_device
@@ -58,18 +59,18 @@ def main() -> None:
     count = len(source) if args.limit <= 0 else min(args.limit, len(source))
     chosen = np.sort(np.random.default_rng(0).choice(len(source), count, replace=False))
     request = IterativeRequest(args.steps, args.box_size, args.box_schedule, args.levels)
-    generator = IterativeGenerator(args.model, device, iterative=request, temperature=args.temperature,
-                                   refine=args.refine, refine_candidates=args.candidates)
+    generator = IterativeGenerator(args.model, device, iterative=request)
+    sampling = SamplingOptions(temperature=args.temperature, refine=args.refine, refine_candidates=args.candidates)
     jobs = plan_per_source("resample", chosen, 1, source)
     generator.require(["resample"])
     generator.check_classes(jobs)
     batches = make_batches(jobs, args.batch_size)
     # warm-up, untimed: the sampler's first call packs weights (and captures CUDA graphs)
-    generator.images_for(generator.codes_for("resample", batches[0][1][:2], source, batch_seed(args.seed, 0)))
+    generator.images_for(generator.codes_for("resample", batches[0][1][:2], source, batch_seed(args.seed, 0), sampling))
     drawing = decoding = 0.0
     for index, (_, batch) in enumerate(batches):
         seed = batch_seed(args.seed, index)
-        codes, took = timed(lambda: generator.codes_for("resample", batch, source, seed), device)
+        codes, took = timed(lambda: generator.codes_for("resample", batch, source, seed, sampling), device)
         drawing += took
         _, took = timed(lambda: generator.images_for(codes), device)
         decoding += took

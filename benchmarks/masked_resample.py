@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from skinaug.generate import Generator, batch_seed, load_sources, make_batches, plan_per_source
+from skinaug.sampler import SamplingOptions
 from skinaug.modeldir import ModelDir
 from skinaug.runtime import resolve_device
 
@@ -121,15 +122,15 @@ def main() -> None:
         batches = make_batches(jobs, args.batch_size)
         results, raster = [], {}
         for sweeps in args.refine:
-            generator = Generator(args.model, device, temperature=args.temperature, mask_dir=mask_dir, refine=sweeps,
-                                  refine_candidates=args.candidates)
+            generator = Generator(args.model, device, mask_dir=mask_dir)
+            sampling = SamplingOptions(temperature=args.temperature, refine=sweeps, refine_candidates=args.candidates)
             if sweeps == 0:  # warm-up, untimed: the sampler's first call packs weights (and captures CUDA graphs)
-                generator.codes_for("resample", batches[0][1], source, batch_seed(args.seeds[0], 0))
+                generator.codes_for("resample", batches[0][1], source, batch_seed(args.seeds[0], 0), sampling)
             scores, seconds, changed = [], [], []
             for seed in args.seeds:
                 bottoms, elapsed = [], 0.0
                 for index, (_, batch) in enumerate(batches):
-                    codes, took = timed(lambda: generator.codes_for("resample", batch, source, batch_seed(seed, index)),
+                    codes, took = timed(lambda: generator.codes_for("resample", batch, source, batch_seed(seed, index), sampling),
                                         device)
                     bottoms.append(codes["bottom"])
                     elapsed += took

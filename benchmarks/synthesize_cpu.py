@@ -8,12 +8,12 @@ Speed depends on sizes, not on weights: `--random` builds a model directory with
 sizes of a 64px model (VQ-VAE K=256, D=8; priors from `PriorConfig.default_for`; the 7 HAM10000 classes).
 
 For each backend and batch size, `-n` images of one class (default: melanoma, else the model's second class):
-- `write`: the whole `run_jobs` loop of `skinaug synthesize` (sampling, decoding, PNG files, labels.csv, codes.h5,
+- `write`: the whole `write_dataset` loop of `skinaug synthesize` (sampling, decoding, PNG files, labels.csv, codes.h5,
   run.json) into a fresh folder; model loading is excluded (the generator, its priors and onnxruntime sessions are
   opened and warmed up first).
 - `no_write`: the same batches (same seeds), codes and images only, nothing written.
 - `split`: seconds of the `write` run in the top prior, the bottom prior, the decoder and the rest (PNG writing
-  and the bookkeeping of `run_jobs`), so what bounds each configuration is visible.
+  and the bookkeeping of `write_dataset`), so what bounds each configuration is visible.
 The onnx backend runs on graphs exported to a temporary folder (`export_onnx(..., out=TMP)`), the model directory
 is left untouched. Timings: the best of `--repeats`. Prints one JSON object on its last stdout line; its
 "loadavg_before" and "loadavg_after" tell whether other work shared the cores (on 2 cores, another busy process
@@ -92,7 +92,8 @@ def run_backend(backend: str, model: Path, label: str, n: int, batch_sizes: list
                 scratch: Path, log) -> dict:
     import logging
 
-    from skinaug.generate import Job, class_index, job_plan, make_batches, name_jobs, open_generator, run_jobs
+    from skinaug.generate import Job, class_index, job_plan, make_batches, name_jobs, open_generator, write_dataset
+    from skinaug.sampler import RunOptions
 
     logging.getLogger("skinaug").setLevel(logging.WARNING)  # no progress lines inside the timings
     generator = open_generator(model, "cpu", backend=backend)
@@ -118,7 +119,8 @@ def run_backend(backend: str, model: Path, label: str, n: int, batch_sizes: list
             plan = job_plan(jobs, command="synthesize", seed=seed, batch_size=batch_size)
             timer.seconds.clear()
             started = time.perf_counter()
-            run_jobs(generator, jobs, None, out, seed=seed, batch_size=batch_size, command="synthesize", plan=plan)
+            write_dataset(generator, jobs, None, out, plan=plan,
+                          run=RunOptions(seed=seed, batch_size=batch_size))
             seconds = time.perf_counter() - started
             if best_write is None or seconds < best_write:
                 best_write = seconds

@@ -142,6 +142,9 @@ PUBLIC_API = [
     ("skinaug.generate", "The commands that write a generated dataset (OUT_DIR), as functions with the commands' options "
                          "as parameters: each writes what the command writes and returns its `--json` summary.",
      ["synthesize", "mix", "resample", "augment"]),
+    ("skinaug.sampler", "The settings the generating functions take: how codes are drawn (per call), where and in which "
+                        "batches a run goes, what it reads, how its OUT_DIR is written.",
+     ["SamplingOptions", "RunOptions", "InputOptions", "OutputOptions"]),
     ("skinaug.generators", "`synthesize` and `augment` for any generator directory: a VQ-VAE-2 with priors, or a "
                            "baseline from `skinaug train baseline` (which has no codes).",
      ["synthesize", "augment"]),

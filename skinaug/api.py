@@ -116,20 +116,15 @@ class Model:
         return self._generate("resample", jobs, source, temperature, top_k, seed)
 
     def _generate(self, method: str, jobs, source, temperature: float, top_k: int | None, seed) -> np.ndarray:
+        """The jobs' images, drawn with this call's settings (the generator keeps none of them)."""
         from .generate import batch_seed, make_batch, make_batches
-        from .backends.base import check_draw_args
+        from .sampler import SamplingOptions
 
-        check_draw_args(temperature, top_k)
+        sampling = SamplingOptions(temperature=temperature, top_k=top_k)
         seed = seed_value(seed)
-        generator = self._generator
-        generator.check_classes(jobs)
-        saved = generator.temperature, generator.top_k
-        generator.temperature, generator.top_k = temperature, top_k
-        try:
-            parts = [make_batch(generator, method, batch, source, batch_seed(seed, index))[1]
-                     for index, (_, batch) in enumerate(make_batches(jobs, self.batch_size))]
-        finally:
-            generator.temperature, generator.top_k = saved
+        self._generator.check_classes(jobs)
+        parts = [make_batch(self._generator, method, batch, source, batch_seed(seed, index), sampling)[1]
+                 for index, (_, batch) in enumerate(make_batches(jobs, self.batch_size))]
         return np.concatenate(parts) if parts else np.zeros((0, self.image_size, self.image_size, 3), np.uint8)
 
     # ------------------------------------------------------------------ checks
@@ -219,6 +214,7 @@ class GeneratedDataset(_dataset_base()):
 
     def __init__(self, path, labels=None, *, classes=None, image_size: int | None = None, transform=None,
                  target_transform=None, **columns):
+        from .layout import row_methods
         from .scores.sets import open_set
 
         if classes is None and labels is None:
@@ -236,7 +232,7 @@ class GeneratedDataset(_dataset_base()):
         self.image_size = image_size
         self.transform = transform
         self.target_transform = target_transform
-        self._methods = _methods(Path(path) / "labels.csv") if self.set.generated and labels is None else {}
+        self._methods = row_methods(Path(path) / "labels.csv") if self.set.generated and labels is None else {}
 
     @property
     def class_names(self) -> list[str]:
@@ -353,7 +349,7 @@ def _model_classes(path: Path) -> list[str] | None:
     codes.h5 holds it), or None for a real image folder or a folder that does not say."""
     import json
 
-    from .data import is_generated_folder
+    from .layout import is_generated_folder
 
     if not path.is_dir() or not is_generated_folder(path):
         return None
@@ -368,9 +364,3 @@ def _model_classes(path: Path) -> list[str] | None:
             names = json.loads(handle.attrs.get("class_names", "null"))
     return list(names) if isinstance(names, list) and all(isinstance(name, str) for name in names) else None
 
-
-def _methods(labels_csv: Path) -> dict[str, str]:
-    import csv
-
-    with open(labels_csv, encoding="utf-8-sig", newline="") as handle:
-        return {row["image"]: row.get("method") or "real" for row in csv.DictReader(handle)}

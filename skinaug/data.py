@@ -28,7 +28,7 @@ from PIL import Image, ImageMode, ImageOps, UnidentifiedImageError
 
 from .class_map import NOT_A_CLASS, chosen_class_map, relabel
 from .errors import BadImage, SkinaugError, UsageError, first_line, literal
-from .layout import images_root
+from .layout import images_root, is_generated_folder
 from .runtime import log, warn
 from .spec import DOWNSAMPLES, TOP_STRIDE_FACTOR
 
@@ -445,25 +445,6 @@ def _as_float(text: str) -> float | None:
         return float(text)
     except ValueError:
         return None
-
-
-GENERATED_HEADER = ("image", "label", "source_top", "source_bottom")
-
-
-def is_generated_folder(path: Path) -> bool:
-    """A folder skinaug generated: its images (images/, or class folders: skinaug/layout.py) beside a labels.csv with
-    provenance columns. An unfinished one (.progress/ still there) is refused: its labels.csv holds only part of the run."""
-    labels = path / "labels.csv"
-    if not (images_root(path).is_dir() and labels.is_file()):
-        return False
-    if (path / ".progress").is_dir():
-        raise SkinaugError(f"{path} is an unfinished generated folder (.progress/ is there): finish it with {{resume=True}} first")
-    try:
-        with open(labels, encoding="utf-8-sig", newline="") as handle:
-            header = next(csv.reader(handle), [])
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return False
-    return all(column in header for column in GENERATED_HEADER)
 
 
 def scan_dataset(

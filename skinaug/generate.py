@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,15 +29,15 @@ from . import iterative as iterative_module
 from .backends import open_backend
 from .codes import CodeFile, read_codes
 from .errors import BadImage, SkinaugError, UsageError, literal
-from .layout import as_layout, plan_layout
-from .limits import check_planned_images, code_bytes
-from .modeldir import ModelDir, model_location
+from .layout import AUGMENT_METHODS, DRAWN_METHODS, as_layout, is_generated_folder, label_row, plan_layout, read_provenance
+from .limits import check_planned_images
+from .limits import code_bytes as grid_code_bytes
+from .modeldir import ModelDir, baseline_arch, model_location
 from .naming import name_key, unique_names
-from .output import DatasetWriter, check_streaming, read_provenance
+from .output import DatasetWriter, check_streaming
 from .runtime import log, progress, resolve_backend, warn
+from .sampler import REFINE_CANDIDATES, InputOptions, OutputOptions, RunOptions, Sampler, SamplingOptions
 
-SOURCE_METHODS = ("mix", "resample", "rand-bottom", "rand-top")
-AUGMENT_METHODS = ("mix", "resample", "synthesize", "rand-bottom", "rand-top", "classic")
 PRIORS_NEEDED = {"resample": ("bottom",), "synthesize": ("top", "bottom")}
 
 
@@ -56,18 +56,14 @@ def batch_seed(seed: int, batch_index: int) -> int:
     return (seed * 1_000_003 + batch_index * 7919 + 17) % (2**63 - 1)
 
 
-REFINE_CANDIDATES = 32  # codes weighed per position by --refine; a sweep's cost is proportional to it
-
-
-def check_refine(refine: int, candidates: int, mask_dir) -> None:
-    """--refine N sweeps need a mask (they re-draw codes given kept ones) and a non-empty candidate set."""
-    if refine < 0:
-        raise UsageError(f"{{refine}} must be 0 or more sweeps, not {refine}")
-    if candidates < 1:
-        raise UsageError(f"{{refine_candidates}} must be at least 1, not {candidates}")
-    if refine and mask_dir is None:
+def check_refine(sampling: SamplingOptions, mask_dir, backend) -> None:
+    """refine sweeps re-draw codes given kept ones: they need a mask (or the iterative boxes, IterativeGenerator),
+    and the PyTorch priors."""
+    if sampling.refine and mask_dir is None:
         raise UsageError("{refine} re-draws the codes inside the lesion masks given the kept ones: give {mask_dir} "
                          "(or {iterative=STEPS}, whose boxes it refines)")
+    if sampling.refine and resolve_backend(backend) == "onnx":
+        raise UsageError("{refine} teacher-forces the bottom prior in PyTorch: it does not apply to {backend='onnx'}")
 
 
 def open_generator(model, device="auto", *, backend=None, **options) -> "Generator":
@@ -75,36 +71,70 @@ def open_generator(model, device="auto", *, backend=None, **options) -> "Generat
     return Generator(model, device, backend=backend, **options)
 
 
+def open_sampler(model, run: RunOptions | None = None, sampling: SamplingOptions | None = None, *,
+                 mask_dir=None, iterative=None) -> Sampler:
+    """THE choice between the two kinds of generator: a baseline's directory (`skinaug train baseline`) opens its
+    BaselineSampler (PyTorch only: the priors' options are refused), any other a VQ-VAE-2 Generator on
+    `run.backend` (an IterativeGenerator with an `iterative` request). `sampling` is only checked here."""
+    run, sampling = run or RunOptions(), sampling or SamplingOptions()
+    arch = baseline_arch(model) if model is not None else None
+    if arch is not None:
+        from .baselines.synthesize import BaselineSampler
+
+        BaselineSampler.check_options(model, arch, run, sampling)
+        return BaselineSampler(model, run.device)
+    return open_model_generator(model, run, sampling, mask_dir=mask_dir, iterative=iterative)
+
+
+def open_model_generator(model, run: RunOptions | None = None, sampling: SamplingOptions | None = None, *,
+                         mask_dir=None, iterative=None) -> "Generator":
+    """A VQ-VAE-2 model's Generator (what mix and resample, which read codes, need whatever `model` is)."""
+    run, sampling = run or RunOptions(), sampling or SamplingOptions()
+    options = dict(mask_dir=mask_dir, dtype=sampling_dtype(run.bf16), compile_step=run.compile_step)
+    if iterative is not None:  # its refine sweeps refine the boxes (and the request refused the onnx backend)
+        return IterativeGenerator(model, run.device, iterative=iterative, **options)
+    check_refine(sampling, mask_dir, run.backend)  # before the backend opens (an onnx one may be missing)
+    return Generator(model, run.device, backend=run.backend, **options)
+
+
 class Generator:
-    """Turns batches of jobs into code maps and images with one model directory on one backend and device.
+    """Turns batches of jobs into code maps and images with one model directory on one backend and device: the
+    VQ-VAE-2 `Sampler`. How codes are drawn (SamplingOptions) comes with each call; nothing of it is kept here.
 
     The backend (`skinaug.backends`) holds the networks and the random numbers; everything here is numpy, so both
     backends make the same plans, names, seeds per batch and outputs."""
 
-    def __init__(self, model, device="auto", *, backend=None, temperature=1.0, top_k=None, mask_dir=None, dtype=None,
-                 sampler="fast", compile_step=False, refine=0, refine_candidates=None):
-        refine_candidates = REFINE_CANDIDATES if refine_candidates is None else refine_candidates
-        check_refine(refine, refine_candidates, mask_dir)
-        name = resolve_backend(backend)
-        if refine and name == "onnx":
-            raise UsageError("{refine} teacher-forces the bottom prior in PyTorch: it does not apply to {backend='onnx'}")
-        if sampler not in ("fast", "reference"):
-            raise UsageError(f"{{sampler}} must be fast or reference, not {sampler}")
-        if not (np.isfinite(temperature) and temperature > 0):  # nan passes a plain `<= 0` and fails only when sampling
-            raise UsageError(f"{{temperature}} must be a positive number, not {temperature}")
+    writes_codes = True
+
+    def __init__(self, model, device="auto", *, backend=None, mask_dir=None, dtype=None, compile_step=False):
+        self.backend_name = resolve_backend(backend)
         self.model_dir = ModelDir(model)
         self.config = self.model_dir.config()  # config.json as read (priors, export, ...); shapes: self.spec
-        self.backend = open_backend(self.model_dir, device, name, dtype=dtype, compile_step=compile_step)
+        self.backend = open_backend(self.model_dir, device, self.backend_name, dtype=dtype, compile_step=compile_step)
         self.spec, self.code_model, self.device = self.backend.spec, self.backend.code_model, self.backend.device
-        self.temperature = temperature
-        self.top_k = top_k
         self.mask_dir = Path(mask_dir) if mask_dir else None
-        self.refine = refine  # Gibbs sweeps over the masked bottom codes after the raster draw (0: none)
-        self.refine_candidates = refine_candidates
-        self.sampler = sampler  # "reference": one full forward per position, the ground truth (slow)
         self.class_names = list(self.spec.class_names)
         self.levels = list(self.spec.level_names)
         self.unmasked: set[int] = set()  # sources whose mask marks no code: their "resample" is a reconstruction
+
+    fingerprint = property(lambda self: self.spec.fingerprint)
+    image_size = property(lambda self: self.spec.image_size)
+    model_path = property(lambda self: self.model_dir.path)
+    model_config = property(lambda self: self.spec)
+    code_bytes = property(lambda self: grid_code_bytes(self.spec))  # of one image's code maps
+
+    def check_sampling(self, sampling: SamplingOptions) -> None:
+        check_refine(sampling, self.mask_dir, self.backend_name)
+
+    def inputs(self) -> list:
+        return [self.model_dir.path, self.mask_dir]
+
+    def plan_fields(self, plan: dict) -> dict:
+        return plan
+
+    def read_sources(self, inputs: InputOptions, run: RunOptions) -> tuple[CodeFile, dict | None]:
+        return read_sources(self.model_dir.path, inputs.codes, inputs.data, inputs.labels, run.device, run.backend,
+                            inputs.strict, **inputs.columns)
 
     def require(self, methods) -> None:
         """Fails early, naming the missing prior file and the command that trains it."""
@@ -135,19 +165,20 @@ class Generator:
         """This process's share of the work (torchrun ranks take disjoint batches on the torch backend)."""
         return self.backend.distributed()
 
-    def _sample(self, level: str, labels: np.ndarray, condition, random, keep=None) -> np.ndarray:
+    def _sample(self, level: str, labels: np.ndarray, condition, random, sampling: SamplingOptions,
+                keep=None) -> np.ndarray:
         prior = self.backend.prior(level)
-        draw = prior.sample_reference if self.sampler == "reference" else prior.sample
+        draw = prior.sample_reference if sampling.sampler == "reference" else prior.sample
         return draw(labels if prior.num_classes else None, condition, n=len(labels),
-                    uniforms=random.uniforms(len(labels), prior.height * prior.width), temperature=self.temperature,
-                    top_k=self.top_k, keep=keep)
+                    uniforms=random.uniforms(len(labels), prior.height * prior.width), temperature=sampling.temperature,
+                    top_k=sampling.top_k, keep=keep)
 
-    def _refine(self, codes, region, labels, condition, random) -> np.ndarray:
-        """Gibbs sweeps over the masked codes, after the raster draw and from the same random numbers (torch only)."""
-        prior = self.backend.prior("bottom")
+    def _refine(self, level, codes, region, labels, condition, random, sampling: SamplingOptions) -> np.ndarray:
+        """Gibbs sweeps over the codes in `region`, after the raster draw and from the same random numbers (torch)."""
+        prior = self.backend.prior(level)
         return prior.refine(codes, region, labels if prior.num_classes else None, condition, random=random,
-                            sweeps=self.refine, candidates=self.refine_candidates, temperature=self.temperature,
-                            top_k=self.top_k)
+                            sweeps=sampling.refine, candidates=sampling.candidates, temperature=sampling.temperature,
+                            top_k=sampling.top_k)
 
     def mask_array(self, name: str) -> np.ndarray:
         """A lesion mask (DIR/<image>.png) reduced to the bottom grid: True where codes are resampled."""
@@ -166,8 +197,10 @@ class Generator:
             raise SkinaugError(f"cannot read mask {path}: {error}") from None
         return mask
 
-    def codes_for(self, method: str, jobs: list[Job], source: CodeFile | None, seed: int) -> dict[str, np.ndarray]:
+    def codes_for(self, method: str, jobs: list[Job], source: CodeFile | None, seed: int,
+                  sampling: SamplingOptions | None = None) -> dict[str, np.ndarray]:
         """Code maps (uint16 per level) for a batch of jobs of one method; its random numbers come from `seed`."""
+        sampling = sampling or SamplingOptions()
         random = self.backend.random(seed)
         labels = np.array([job.label for job in jobs], np.int64)
         take = lambda level, attr: source.codes[level][[getattr(job, attr) for job in jobs]].astype(np.int64)  # noqa: E731
@@ -185,12 +218,13 @@ class Generator:
             if self.mask_dir is not None:
                 resampled = np.stack([self.mask_array(source.images[job.source_top]) for job in jobs])
                 keep = (codes["bottom"], ~resampled)
-            codes["bottom"] = self._sample("bottom", labels, codes.get("top"), random, keep)
-            if self.refine:
-                codes["bottom"] = self._refine(codes["bottom"], resampled, labels, codes.get("top"), random)
+            codes["bottom"] = self._sample("bottom", labels, codes.get("top"), random, sampling, keep)
+            if sampling.refine:
+                codes["bottom"] = self._refine("bottom", codes["bottom"], resampled, labels, codes.get("top"), random,
+                                               sampling)
         elif method == "synthesize":
-            codes = {"top": self._sample("top", labels, None, random)}
-            codes["bottom"] = self._sample("bottom", labels, codes["top"], random)
+            codes = {"top": self._sample("top", labels, None, random, sampling)}
+            codes["bottom"] = self._sample("bottom", labels, codes["top"], random, sampling)
         else:
             raise UsageError(f"unknown method {method}")
         return {level: codes[level].astype(np.uint16) for level in self.levels}
@@ -204,6 +238,20 @@ class Generator:
 
     def images_for(self, codes: dict[str, np.ndarray]) -> np.ndarray:
         return self.code_model.decode(codes)
+
+    def make_images(self, method: str, jobs: list[Job], source: CodeFile | None, seed: int,
+                    sampling: SamplingOptions) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        codes = self.codes_for(method, jobs, source, seed, sampling)
+        return codes, self.images_for(codes)
+
+    def check_jobs(self, jobs: list[Job], source: CodeFile | None, sampling: SamplingOptions) -> None:
+        """What the jobs need (priors trained on their classes, labels, masks), before anything is written."""
+        self.require({job.method for job in jobs})
+        self.check_sampling(sampling)
+        self.check_classes(jobs)
+        if any(job.method in PRIORS_NEEDED and job.label < 0 for job in jobs) and self.class_names:
+            raise SkinaugError("a class-conditional prior cannot resample unlabelled images: give {labels}")
+        check_masks(self, jobs, source)
 
     def encode_images(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """uint8 images (B, S, S, 3) -> code maps per level: what codes.h5 keeps of a classically augmented image."""
@@ -293,50 +341,41 @@ def make_batches(jobs: list[Job], batch_size: int) -> list[tuple[str, list[Job]]
     return batches
 
 
-def run_jobs(generator: Generator, jobs: list[Job], source: CodeFile | None, out, *, seed: int, batch_size: int,
-             command: str, plan: dict, overwrite=False, resume=False, image_format="png", quality=95,
-             originals: list | None = None, link_originals=False, extra: dict | None = None, inputs=(), jsonl=False,
-             classic_transforms: list | None = None) -> dict:
-    """Makes every job's image into OUT_DIR (streamed, resumable, sharded under torchrun).
+def write_dataset(sampler: Sampler, jobs: list[Job], source: CodeFile | None, out, *, plan: dict,
+                  run: RunOptions | None = None, sampling: SamplingOptions | None = None,
+                  output: OutputOptions | None = None, originals: list | None = None, extra: dict | None = None,
+                  inputs=(), classic_transforms: list | None = None) -> dict:
+    """THE batch loop: every job's image into OUT_DIR, for any Sampler (streamed, resumable, sharded under torchrun).
+    `plan` (job_plan) names the command; its digest is what --resume checks.
 
+    Batch i is drawn with batch_seed(run.seed, i) (batch 0 holds the `originals` rows when there are some).
     `classic` jobs are their source image through the albumentations pipeline (skinaug.classic; `classic_transforms`
-    a user's own), encoded for codes.h5; every other method draws codes and decodes them.
-
-    `inputs`: what else the command reads (a labels CSV), never to be written over; the model, the sources
-    and the mask folder are known here."""
-    dist = generator.distributed()
-    check_jobs(generator, jobs, source)
-    inputs = [generator.model_dir.path, generator.mask_dir, source.path if source is not None else None, *inputs]
-    if dist.is_main:
-        writer = DatasetWriter(out, model_config=generator.spec, plan=plan, overwrite=overwrite, resume=resume,
-                               image_format=image_format, quality=quality, inputs=inputs, jsonl=jsonl,
-                               # only images the generator made carry its training record (classic copies do not)
-                               model_dir=generator.model_dir.path if any(job.method != "classic" for job in jobs) else None)
-    # rank 0 alone claims the output; the other ranks write their batches where it says (staged under --overwrite)
-    work_dir = dist.broadcast_object(str(writer.work) if dist.is_main else None) if dist.world_size > 1 else None
-    if not dist.is_main:
-        writer = DatasetWriter(out, model_config=generator.spec, plan=plan, resume=True, image_format=image_format,
-                               quality=quality, is_main=False, work_dir=work_dir, jsonl=jsonl)
+    a user's own), encoded for codes.h5 where the sampler has codes; every other method is the sampler's.
+    `inputs`: what else the command reads (a labels CSV), never to be written over; the sampler's own (model, masks)
+    and the sources are known here."""
+    run, sampling, output = run or RunOptions(), sampling or SamplingOptions(), output or OutputOptions()
+    command = plan["command"]
+    dist = sampler.distributed()
+    check_jobs(sampler, jobs, source, sampling)
+    writer = open_writer(sampler, jobs, out, plan, output, dist,
+                         [*sampler.inputs(), source.path if source is not None else None, *inputs])
     done = writer.done_batches()
-    offset = 0
-    if originals:
-        offset = 1
-        if dist.is_main and 0 not in done:
-            indices = [row["index"] for row in originals]
-            writer.write_originals(0, originals, {level: values[indices] for level, values in source.codes.items()},
-                                   link=link_originals)
-    batches = make_batches(jobs, batch_size)
-    timings: Counter = Counter()
-    counts: Counter = Counter()
+    offset = 1 if originals else 0
+    if originals and dist.is_main and 0 not in done:
+        indices = [row["index"] for row in originals]
+        writer.write_originals(0, originals, {level: values[indices] for level, values in source.codes.items()},
+                               link=output.originals == "link")
+    timings, counts = Counter(), Counter()
     started = time.perf_counter()
-    todo = [(index + offset, method, batch) for index, (method, batch) in enumerate(batches)
+    todo = [(index + offset, method, batch) for index, (method, batch) in enumerate(make_batches(jobs, run.batch_size))
             if (index + offset) % dist.world_size == dist.rank and (index + offset) not in done]
     with progress(sum(len(batch) for _, _, batch in todo), desc=command) as bar:
         for batch_index, method, batch in todo:
             began = time.perf_counter()
-            seed_value = batch_seed(seed, batch_index)
-            codes, images = make_batch(generator, method, batch, source, seed_value, classic_transforms)
-            writer.write_batch(batch_index, images, batch_rows(generator, method, batch, source, seed_value), codes)
+            seed_value = batch_seed(run.seed, batch_index)
+            codes, images = make_batch(sampler, method, batch, source, seed_value, sampling, classic_transforms)
+            writer.write_batch(batch_index, images, batch_rows(sampler, method, batch, source, seed_value, sampling),
+                               codes)
             timings[method] += time.perf_counter() - began
             counts[method] += len(batch)
             bar.update(len(batch))
@@ -344,63 +383,70 @@ def run_jobs(generator: Generator, jobs: list[Job], source: CodeFile | None, out
     dist.barrier()
     if not dist.is_main:
         return {}
-    return finish_run(writer, generator, command=command, seed=seed, counts=counts, timings=timings,
-                      seconds=time.perf_counter() - started, extra=extra)
+    return finish_run(writer, sampler, command=command, seed=run.seed, temperature=sampling.temperature,
+                      counts=counts, timings=timings, seconds=time.perf_counter() - started, extra=extra)
 
 
-def check_jobs(generator: Generator, jobs: list[Job], source: CodeFile | None) -> None:
-    """What the jobs need (priors trained on their classes, labels, masks, image files), before anything is written."""
-    generator.require({job.method for job in jobs})
-    generator.check_classes(jobs)
-    if any(job.method in PRIORS_NEEDED and job.label < 0 for job in jobs) and generator.class_names:
-        raise SkinaugError("a class-conditional prior cannot resample unlabelled images: give {labels}")
-    check_masks(generator, jobs, source)
+def open_writer(sampler: Sampler, jobs: list[Job], out, plan: dict, output: OutputOptions, dist, inputs) -> DatasetWriter:
+    """Rank 0 claims the output; the other ranks write their batches where it says (staged under --overwrite)."""
+    options = dict(model_config=sampler.model_config, plan=plan, image_format=output.image_format,
+                   quality=output.quality, jsonl=output.jsonl, codes=sampler.writes_codes)
+    if dist.is_main:
+        # only images the generator made carry its training record (classic copies do not)
+        made = any(job.method != "classic" for job in jobs)
+        writer = DatasetWriter(out, overwrite=output.overwrite, resume=output.resume, inputs=inputs,
+                               model_dir=sampler.model_path if made else None, **options)
+    work_dir = dist.broadcast_object(str(writer.work) if dist.is_main else None) if dist.world_size > 1 else None
+    if not dist.is_main:
+        writer = DatasetWriter(out, resume=True, is_main=False, work_dir=work_dir, **options)
+    return writer
+
+
+def check_jobs(sampler: Sampler, jobs: list[Job], source: CodeFile | None, sampling: SamplingOptions) -> None:
+    """What the jobs need (the sampler's checks, the image files of classic copies), before anything is written."""
+    sampler.check_jobs(jobs, source, sampling)
     if any(job.method == "classic" for job in jobs) and (source is None or source.files is None):
         raise UsageError("classic augments the image files themselves: give {data} rather than {codes}")
 
 
-def batch_rows(generator: Generator, method: str, jobs: list[Job], source: CodeFile | None, seed: int) -> list[dict]:
+def batch_rows(sampler: Sampler, method: str, jobs: list[Job], source: CodeFile | None, seed: int,
+               sampling: SamplingOptions) -> list[dict]:
     """labels.csv rows of a batch's images (with a "group" for codes.h5, and the method's details)."""
-    class_names = generator.class_names
-    rows = [{
-        "image": job.name,
-        "label": class_names[job.label] if 0 <= job.label < len(class_names) else "",
-        "method": method,
-        "source_top": source.images[job.source_top] if job.source_top >= 0 else "",
-        "source_bottom": source.images[job.source_bottom] if job.source_bottom >= 0 else "",
-        "temperature": generator.temperature if method in PRIORS_NEEDED else "",
-        "seed": seed,
-        "model_fingerprint": generator.spec.fingerprint,
-        "group": source.groups[job.source_top] if job.source_top >= 0 and source.groups[job.source_top] else "",
-    } for job in jobs]
-    for row, details in zip(rows, generator.image_details(method, jobs, seed)):
-        row.update(details)
+    class_names = sampler.class_names
+    rows = []
+    for job, details in zip(jobs, sampler.image_details(method, jobs, seed)):
+        top, bottom = job.source_top, job.source_bottom
+        rows.append({**label_row(
+            job.name, class_names[job.label] if 0 <= job.label < len(class_names) else "", method,
+            source_top=source.images[top] if top >= 0 else "", source_bottom=source.images[bottom] if bottom >= 0 else "",
+            temperature=sampling.temperature if method in DRAWN_METHODS else "", seed=seed, fingerprint=sampler.fingerprint,
+            group=source.groups[top] if top >= 0 and source.groups[top] else ""), **details})
     return rows
 
 
-def finish_run(writer: DatasetWriter, generator: Generator, *, command: str, seed: int, counts: Counter,
+def finish_run(writer: DatasetWriter, sampler: Sampler, *, command: str, seed: int, temperature: float, counts: Counter,
                timings: Counter, seconds: float, extra: dict | None) -> dict:
     """Rank 0, once every batch is written: the log line, then the dataset assembled (see DatasetWriter.finish)."""
     made = sum(counts.values())
     log(f"made {made} images in {seconds:.1f}s ({made / max(seconds, 1e-9):.1f} img/s)")
-    return writer.finish(command=command, seed=seed, device=str(generator.device), extra={
-        "temperature": generator.temperature,
+    return writer.finish(command=command, seed=seed, device=str(sampler.device), extra={
+        "temperature": temperature,
         "seconds_per_method_this_run": {k: round(v, 3) for k, v in timings.items()},
         "images_per_s_this_run": made / max(seconds, 1e-9),
-        **generator.backend_info(),
+        **sampler.backend_info(),
         **(extra or {}),
     })
 
 
-def make_batch(generator: Generator, method: str, jobs: list[Job], source: CodeFile | None, seed: int,
-               classic_transforms=None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def make_batch(sampler: Sampler, method: str, jobs: list[Job], source: CodeFile | None, seed: int,
+               sampling: SamplingOptions | None = None, classic_transforms=None) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """One batch of one method: its code maps per level and its uint8 images (what the commands write and the Python
-    API returns). `classic` is the sources through the albumentations pipeline, encoded; the others draw and decode."""
+    API returns). `classic` is the sources through the albumentations pipeline, encoded; the others the sampler's."""
+    sampling = sampling or SamplingOptions()
     if method == "classic":
-        images = classic_batch(source, jobs, generator.spec.image_size, seed, classic_transforms)
-        return generator.encode_images(images), images
-    codes = generator.codes_for(method, jobs, source, seed)
-    return codes, generator.images_for(codes)
+        images = classic_batch(source, jobs, sampler.image_size, seed, classic_transforms)
+        return sampler.encode_images(images), images
+    return sampler.make_images(method, jobs, source, seed, sampling)
 
 
 def classic_batch(source: CodeFile, jobs: list[Job], image_size: int, seed: int, transforms) -> np.ndarray:
@@ -537,16 +583,16 @@ def original_rows(source: CodeFile, class_names: list[str], fingerprint: str, la
     # the file keeps the source's name where that is a safe, distinct file name; source_* keep it as it is
     for index, (name, file_name) in enumerate(zip(source.images, unique_names(source.images))):
         label = int(source.labels[index])
-        rows.append({"image": file_name, "label": class_names[label] if label >= 0 else "", "method": "original",
-                     "source_top": name, "source_bottom": name, "temperature": "", "seed": "",
-                     "model_fingerprint": fingerprint, **earlier.get(name, {}), "group": source.groups[index],
-                     "file": str(source.files[name]), "index": index})
+        row = label_row(file_name, class_names[label] if label >= 0 else "", "original", source_top=name,
+                        source_bottom=name, fingerprint=fingerprint)
+        rows.append({**row, **earlier.get(name, {}), "group": source.groups[index], "file": str(source.files[name]),
+                     "index": index})
     return rows
 
 
 def labels_of(data, labels) -> Path | None:
     """The labels CSV that DATA is read with: `labels`, or a generated OUT_DIR's own labels.csv."""
-    from .data import STDIN, is_generated_folder
+    from .data import STDIN
 
     if labels is not None:
         return Path(labels)
@@ -559,16 +605,15 @@ class IterativeGenerator(Generator):
     """The Generator whose `resample` jobs re-draw one box per step (other methods are the Generator's): iterative
     inpainting in code space, skinaug/iterative.py (the boxes and their placement)."""
 
-    def __init__(self, model, device="auto", *, iterative, refine=0, refine_candidates=None,
-                 mask_dir=None, **options):
+    def __init__(self, model, device="auto", *, iterative, mask_dir=None, **options):
         if mask_dir is not None:
             raise UsageError(iterative_module.WITH_MASK)
-        if refine < 0:
-            raise UsageError(f"{{refine}} must be 0 or more sweeps, not {refine}")
-        # the sweeps refine each box, not a lesion mask: the Generator's check that --refine has a mask does not apply
-        super().__init__(model, device, refine_candidates=refine_candidates, **options)
-        self.refine = refine
+        super().__init__(model, device, **options)
         self.iterative = iterative_module.resolve_settings(iterative, self.spec.grid)
+
+    def check_sampling(self, sampling: SamplingOptions) -> None:
+        """The refine sweeps refine each box, not a lesion mask: the Generator's check that they have one does not
+        apply (and the iterative request already refused the onnx backend)."""
 
     def require(self, methods) -> None:
         super().require(methods)
@@ -586,9 +631,10 @@ class IterativeGenerator(Generator):
             return super().image_details(method, jobs, seed)
         return [{"boxes": iterative_module.image_boxes(self.iterative, seed, index)} for index in range(len(jobs))]
 
-    def codes_for(self, method, jobs, source, seed):
+    def codes_for(self, method, jobs, source, seed, sampling: SamplingOptions | None = None):
+        sampling = sampling or SamplingOptions()
         if method != "resample":
-            return super().codes_for(method, jobs, source, seed)
+            return super().codes_for(method, jobs, source, seed, sampling)
         random = self.backend.random(seed)
         labels = np.array([job.label for job in jobs], np.int64)
         sources = [job.source_top for job in jobs]
@@ -599,169 +645,169 @@ class IterativeGenerator(Generator):
                 grid = tuple(self.spec.grid[level])
                 region = np.stack([iterative_module.boxes_mask(records, level, grid, step) for records in boxes])
                 condition = codes.get("top") if level == "bottom" else None
-                codes[level] = self._redraw(level, codes[level], region, labels, condition, random)
+                codes[level] = self._redraw(level, codes[level], region, labels, condition, random, sampling)
         return {level: codes[level].astype(np.uint16) for level in self.levels}
 
-    def _redraw(self, level, codes, region, labels, condition, random):
+    def _redraw(self, level, codes, region, labels, condition, random, sampling: SamplingOptions):
         """The codes inside `region` drawn again given the others (raster draw, then the {refine} sweeps)."""
-        drawn = self._sample(level, labels, condition, random, keep=(codes, ~region))
-        if not self.refine:
+        drawn = self._sample(level, labels, condition, random, sampling, keep=(codes, ~region))
+        if not sampling.refine:
             return drawn
-        prior = self.backend.prior(level)
-        return prior.refine(drawn, region, labels if prior.num_classes else None, condition, random=random,
-                            sweeps=self.refine, candidates=self.refine_candidates, temperature=self.temperature,
-                            top_k=self.top_k)
+        return self._refine(level, drawn, region, labels, condition, random, sampling)
 
 
 # ------------------------------------------------------------------ the generating commands as library functions
 #
 # Each writes a generated dataset into OUT_DIR (images/, labels.csv, codes.h5, run.json) and returns the run's summary
 # (what run.json records); `skinaug mix|resample|synthesize|augment` call them with their options. `model`: a model
-# directory or a shipped model's name (None: $SKINAUG_MODEL, else the shipped default). Sources are an image folder
-# `data` (labels from `labels` or class sub-folders) or a code file `codes`.
+# directory or a shipped model's name (None: $SKINAUG_MODEL, else the shipped default). Sources (`inputs`) are an
+# image folder (labels from a CSV or class sub-folders) or a code file. Settings come as options objects
+# (skinaug.sampler): how codes are drawn (SamplingOptions), where and in which batches (RunOptions), how OUT_DIR is
+# written (OutputOptions).
 
 
-def mix(out, n: int, *, model=None, data=None, codes=None, labels=None, class_name=None, any_label=False, device="auto",
-        backend=None, seed=0, batch_size=64, image_format="png", quality=95, overwrite=False, resume=False, strict=False,
-        jsonl=False, image_col=None, label_col=None, group_col=None, layout="images") -> dict:
+def mix(out, n: int, *, model=None, class_name=None, any_label=False, inputs: InputOptions | None = None,
+        run: RunOptions | None = None, output: OutputOptions | None = None) -> dict:
     """n images, each the top codes of one source image with the bottom codes of another of the same label (of any
     label with `any_label`; only of `class_name` when given)."""
-    check_streaming(out, jsonl, overwrite)
-    as_layout(layout)
-    model = model_location(model)
-    generator = open_generator(model, device, backend=backend)
+    inputs, run, output = inputs or InputOptions(), run or RunOptions(), output or OutputOptions()
+    check_output(out, output)
+    generator = open_model_generator(model_location(model), run)
     generator.require(["mix"])
-    source, read = read_sources(model, codes, data, labels, device, backend, strict, image_col=image_col,
-                                label_col=label_col, group_col=group_col)
+    source, read = generator.read_sources(inputs, run)
     label = class_index(generator.class_names, class_name) if class_name else None
-    jobs = plan_mix(source, n, np.random.default_rng(seed), any_label=any_label, label=label)
+    jobs = plan_mix(source, n, np.random.default_rng(run.seed), any_label=any_label, label=label)
     name_jobs(jobs, generator.class_names)
-    plan = job_plan(jobs, command="mix", source=str(codes or data), seed=seed, batch_size=batch_size, format=image_format,
-                    **plan_layout(layout, [job.label for job in jobs]))
-    return run_jobs(generator, jobs, source, out, seed=seed, batch_size=batch_size, command="mix", plan=plan,
-                    overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
-                    extra={"any_label": any_label, "input": read}, inputs=[labels], jsonl=jsonl)
+    plan = job_plan(jobs, command="mix", source=str(inputs.codes or inputs.data), seed=run.seed,
+                    batch_size=run.batch_size, format=output.image_format,
+                    **plan_layout(output.layout, [job.label for job in jobs]))
+    return write_dataset(generator, jobs, source, out, plan=plan, run=run, output=output,
+                         extra={"any_label": any_label, "input": read}, inputs=[inputs.labels])
 
 
-def resample(out, *, model=None, data=None, codes=None, labels=None, per_image=1, temperature=1.0, top_k=None,
-             method="resample", mask_dir=None, refine=0, refine_candidates=None, iterative=None, box_size=None,
-             box_schedule=None, iterative_levels=None, class_name=None, device="auto",
-             backend=None, seed=0, batch_size=64, bf16=False, sampler="fast", compile_step=False, image_format="png",
-             quality=95, overwrite=False, resume=False, strict=False, jsonl=False, image_col=None, label_col=None,
-             group_col=None, layout="images") -> dict:
+def resample(out, *, model=None, per_image=1, method="resample", iterative=None, class_name=None,
+             inputs: InputOptions | None = None, run: RunOptions | None = None,
+             sampling: SamplingOptions | None = None, output: OutputOptions | None = None) -> dict:
     """per_image variants of every source image (of `class_name` when given): its top codes kept, its bottom codes
-    drawn again by the bottom prior (only inside its lesion mask mask_dir/<image>.png when given), or one level
-    replaced by random codes (method rand-bottom | rand-top, the baselines). With iterative=STEPS, one box of codes
-    (box_size bottom-grid cells, or one size per step in box_schedule) is re-drawn per step instead, STEPS times
-    (iterative inpainting, skinaug/iterative.py)."""
-    check_streaming(out, jsonl, overwrite)
-    as_layout(layout)
-    request = iterative_module.iterative_request(iterative, box_size, box_schedule, iterative_levels, method=method,
-                                                 mask_dir=mask_dir, backend=backend)
-    if method not in ("resample", "rand-bottom", "rand-top"):
-        raise UsageError(f"{{method}} must be resample, rand-bottom or rand-top, not {method}")
-    if mask_dir is not None and method != "resample":
-        raise UsageError("{mask_dir} goes with {method='resample'}")
-    if mask_dir is not None and not Path(mask_dir).is_dir():
-        raise UsageError(f"{{mask_dir}} {mask_dir} is not a folder")
-    if refine_candidates is not None and not refine:
-        raise UsageError("{refine_candidates} goes with {refine=N}")
-    model = model_location(model)
-    options = dict(temperature=temperature, top_k=top_k, mask_dir=mask_dir, dtype=sampling_dtype(bf16), sampler=sampler,
-                   compile_step=compile_step, refine=refine, refine_candidates=refine_candidates)
-    generator = (IterativeGenerator(model, device, iterative=request, **options) if request
-                 else open_generator(model, device, backend=backend, **options))
+    drawn again by the bottom prior (only inside its lesion mask inputs.masks/<image>.png when given), or one level
+    replaced by random codes (method rand-bottom | rand-top, the baselines). With iterative=STEPS (or an
+    iterative.IterativeRequest: box size and schedule too), one box of codes is re-drawn per step instead, STEPS
+    times (iterative inpainting, skinaug/iterative.py)."""
+    inputs, run, output = inputs or InputOptions(), run or RunOptions(), output or OutputOptions()
+    sampling = sampling or SamplingOptions()
+    check_output(out, output)
+    mask_dir = inputs.masks
+    request = check_resample(method, iterative, mask_dir, run.backend, sampling)
+    generator = open_model_generator(model_location(model), run, sampling, mask_dir=mask_dir, iterative=request)
     generator.require([method])
-    source, read = read_sources(model, codes, data, labels, device, backend, strict, image_col=image_col,
-                                label_col=label_col, group_col=group_col)
+    source, read = generator.read_sources(inputs, run)
     indices = np.arange(len(source))
     if class_name:
         indices = indices[source.labels == class_index(generator.class_names, class_name)]
     jobs = plan_per_source(method, indices, per_image, source)
     name_jobs(jobs, generator.class_names)
     # in the plan only when on: the plans (and --resume) of runs without refinement stay as they were
-    refine_candidates = generator.refine_candidates if refine else None
-    refined = {"refine": refine, "refine_candidates": refine_candidates} if refine else {}
+    candidates = sampling.candidates if sampling.refine else None
+    refined = {"refine": sampling.refine, "refine_candidates": candidates} if sampling.refine else {}
     iterated = {"iterative": generator.iterative.to_json()} if request else {}
-    plan = job_plan(jobs, command=method, source=str(codes or data), seed=seed, batch_size=batch_size,
-                    temperature=temperature, top_k=top_k, mask_dir=str(mask_dir) if mask_dir else None, format=image_format,
-                    bf16=bf16, sampler=sampler, **refined, **iterated, **plan_layout(layout, [job.label for job in jobs]))
-    return run_jobs(generator, jobs, source, out, seed=seed, batch_size=batch_size, command=method, plan=plan,
-                    overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
-                    extra={"mask_dir": str(mask_dir) if mask_dir else None, "refine": refine,
-                           "refine_candidates": refine_candidates, "input": read, **iterated},
-                    inputs=[labels], jsonl=jsonl)
+    masks = str(mask_dir) if mask_dir else None
+    plan = job_plan(jobs, command=method, source=str(inputs.codes or inputs.data), seed=run.seed,
+                    batch_size=run.batch_size, temperature=sampling.temperature, top_k=sampling.top_k, mask_dir=masks,
+                    format=output.image_format, bf16=run.bf16, sampler=sampling.sampler, **refined, **iterated,
+                    **plan_layout(output.layout, [job.label for job in jobs]))
+    return write_dataset(generator, jobs, source, out, plan=plan, run=run, sampling=sampling,
+                         output=output, inputs=[inputs.labels],
+                         extra={"mask_dir": masks, "refine": sampling.refine, "refine_candidates": candidates,
+                                "input": read, **iterated})
 
 
-def synthesize(out, *, model=None, class_name=None, n=None, per_class=None, temperature=1.0, top_k=None, device="auto",
-               backend=None, seed=0, batch_size=64, bf16=False, sampler="fast", compile_step=False, image_format="png",
-               quality=95, overwrite=False, resume=False, jsonl=False, layout="images") -> dict:
-    """New images from the priors alone: n of `class_name`, or per_class of every class."""
-    check_streaming(out, jsonl, overwrite)
-    as_layout(layout)
+def check_resample(method: str, iterative, mask_dir, backend, sampling: SamplingOptions):
+    """resample's options checked for what they go with; its iterative request (None: not iterative)."""
+    if isinstance(iterative, iterative_module.IterativeRequest):
+        steps, box = iterative.steps, (iterative.box_size, iterative.schedule, iterative.levels)
+    else:
+        steps, box = iterative, (None, None, None)
+    request = iterative_module.iterative_request(steps, *box, method=method, mask_dir=mask_dir, backend=backend)
+    if method not in ("resample", "rand-bottom", "rand-top"):
+        raise UsageError(f"{{method}} must be resample, rand-bottom or rand-top, not {method}")
+    if mask_dir is not None and method != "resample":
+        raise UsageError("{mask_dir} goes with {method='resample'}")
+    if mask_dir is not None and not Path(mask_dir).is_dir():
+        raise UsageError(f"{{mask_dir}} {mask_dir} is not a folder")
+    if sampling.refine_candidates is not None and not sampling.refine:
+        raise UsageError("{refine_candidates} goes with {refine=N}")
+    return request
+
+
+def synthesize(out, *, model=None, class_name=None, n=None, per_class=None, run: RunOptions | None = None,
+               sampling: SamplingOptions | None = None, output: OutputOptions | None = None) -> dict:
+    """New images: n of `class_name`, or per_class of every class; from the priors alone, or from a baseline
+    generator's noise when `model` is one (`skinaug train baseline`; its OUT_DIR has no codes.h5)."""
+    run, sampling, output = run or RunOptions(), sampling or SamplingOptions(), output or OutputOptions()
+    check_output(out, output)
     if (class_name is None) == (per_class is None) or (class_name is not None and n is None):
         raise UsageError("give {class_name=NAME} with {n=N}, or {per_class=N}")
-    model = model_location(model)
-    generator = open_generator(model, device, backend=backend, temperature=temperature, top_k=top_k,
-                               dtype=sampling_dtype(bf16), sampler=sampler, compile_step=compile_step)
-    generator.require(["synthesize"])
-    count = n if class_name is not None else per_class * len(generator.class_names)
-    check_planned_images(count, code_bytes(generator.spec))
+    sampler = open_sampler(model_location(model), run, sampling)
+    sampler.require(["synthesize"])
+    count = n if class_name is not None else per_class * len(sampler.class_names)
+    check_planned_images(count, sampler.code_bytes)
     if class_name is not None:
-        jobs = [Job("synthesize", class_index(generator.class_names, class_name)) for _ in range(n)]
+        jobs = [Job("synthesize", class_index(sampler.class_names, class_name)) for _ in range(n)]
     else:
-        if not generator.class_names:
+        if not sampler.class_names:
             raise UsageError("this model has no classes: use {class_name} with a class name of a labelled model")
-        jobs = [Job("synthesize", label) for label in range(len(generator.class_names)) for _ in range(per_class)]
-    name_jobs(jobs, generator.class_names)
-    plan = job_plan(jobs, command="synthesize", seed=seed, batch_size=batch_size, temperature=temperature, top_k=top_k,
-                    format=image_format, bf16=bf16, sampler=sampler, **plan_layout(layout, [job.label for job in jobs]))
-    return run_jobs(generator, jobs, None, out, seed=seed, batch_size=batch_size, command="synthesize", plan=plan,
-                    overwrite=overwrite, resume=resume, image_format=image_format, quality=quality, jsonl=jsonl)
+        jobs = [Job("synthesize", label) for label in range(len(sampler.class_names)) for _ in range(per_class)]
+    name_jobs(jobs, sampler.class_names)
+    plan = job_plan(jobs, command="synthesize", seed=run.seed, batch_size=run.batch_size,
+                    temperature=sampling.temperature, top_k=sampling.top_k, format=output.image_format, bf16=run.bf16,
+                    sampler=sampling.sampler, **plan_layout(output.layout, [job.label for job in jobs]))
+    return write_dataset(sampler, jobs, None, out, plan=sampler.plan_fields(plan), run=run,
+                         sampling=sampling, output=output)
 
 
-def augment(data, out, *, model=None, labels=None, factor=None, balance=False, methods="mix,resample,synthesize",
-            classic_config=None, no_originals=False, link_originals=False, copy_originals=False, dry_run=False,
-            temperature=1.0, top_k=None,
-            device="auto", backend=None, seed=0, batch_size=64, bf16=False, compile_step=False, image_format="png",
-            quality=95, overwrite=False, resume=False, strict=False, jsonl=False, image_col=None, label_col=None,
-            group_col=None, layout="images") -> dict:
-    """A labelled folder expanded into a training-ready one: its originals (copies, reflinks where the file system
-    offers them; hard links to the inputs with `link_originals`; `copy_originals` is the default, kept for old
-    callers) plus generated images, `factor` times the input per class or every class up to the largest (`balance`). `methods`:
-    "mix:1,resample:2,synthesize:1" or {"mix": 1, ...}; classic: albumentations copies (`classic_config`: a pipeline
-    A.save wrote). With dry_run nothing is written and the summary holds the plan (images per class and method)."""
-    link_originals = linking_originals(link_originals, copy_originals, no_originals)
-    check_streaming(out, jsonl, overwrite)
-    as_layout(layout)
-    weights, transforms = augment_methods(methods, classic_config)
-    model = model_location(model)
-    generator = open_generator(model, device, backend=backend, temperature=temperature, top_k=top_k,
-                               dtype=sampling_dtype(bf16), compile_step=compile_step)
-    generator.require([m for m, w in weights.items() if w > 0])
+def augment(data, out, *, model=None, factor=None, balance=False, methods="mix,resample,synthesize",
+            inputs: InputOptions | None = None, run: RunOptions | None = None,
+            sampling: SamplingOptions | None = None, output: OutputOptions | None = None) -> dict:
+    """A labelled folder expanded into a training-ready one: its originals (output.originals: copies, reflinks where
+    the file system offers them; "link": hard links to the inputs; "none") plus generated images, `factor` times
+    the input per class or every class up to the largest (`balance`). `methods`: "mix:1,resample:2,synthesize:1" or
+    {"mix": 1, ...}; classic: albumentations copies (inputs.classic_config: a pipeline A.save wrote). A baseline
+    generator makes synthesize (and classic) images only. With output.dry_run nothing is written and the summary
+    holds the plan (images per class and method)."""
+    inputs, run, output = inputs or InputOptions(), run or RunOptions(), output or OutputOptions()
+    sampling = sampling or SamplingOptions()
+    check_output(out, output)
+    inputs = replace(inputs, data=data)
+    weights, transforms = augment_methods(methods, inputs.classic_config)
+    sampler = open_sampler(model_location(model), run, sampling)
+    sampler.require([m for m, w in weights.items() if w > 0])
     if transforms is not None:  # a pipeline that cannot give the model's images fails before anything is written
         from .classic import augment_images
 
-        side = generator.spec.image_size
+        side = sampler.image_size
         augment_images(np.full((1, side, side, 3), 128, np.uint8), 0, transforms)
-    source, read = read_sources(model, None, data, labels, device, backend, strict, image_col=image_col,
-                                label_col=label_col, group_col=group_col)
-    jobs, table = plan_augment(source, generator.class_names, factor=factor, balance=balance, weights=weights,
-                               originals=not no_originals, seed=seed)
-    if dry_run:
+    source, read = sampler.read_sources(inputs, run)
+    keep = output.originals != "none"
+    jobs, table = plan_augment(source, sampler.class_names, factor=factor, balance=balance, weights=weights,
+                               originals=keep, seed=run.seed)
+    if output.dry_run:
         return {"plan": table, "input": read}
-    originals = None if no_originals else original_rows(source, generator.class_names, generator.spec.fingerprint,
-                                                            labels_of(data, labels))
-    name_jobs(jobs, generator.class_names, prefix="gen_", taken=[row["image"] for row in originals or []])
-    plan = job_plan(jobs, command="augment", data=str(data), seed=seed, batch_size=batch_size, temperature=temperature,
-                    top_k=top_k, originals=not no_originals, format=image_format, bf16=bf16,
-                    **plan_layout(layout, [job.label for job in jobs] + ([] if no_originals else source.labels.tolist())),
+    originals = original_rows(source, sampler.class_names, sampler.fingerprint, labels_of(data, inputs.labels)) if keep else None
+    name_jobs(jobs, sampler.class_names, prefix="gen_", taken=[row["image"] for row in originals or []])
+    plan = job_plan(jobs, command="augment", data=str(data), seed=run.seed, batch_size=run.batch_size,
+                    temperature=sampling.temperature, top_k=sampling.top_k, originals=keep, format=output.image_format,
+                    bf16=run.bf16, **plan_layout(output.layout, [job.label for job in jobs] + (source.labels.tolist() if keep else [])),
                     # the pipeline's content, so that --resume after an edit of the file is refused
-                    **({"classic_config": file_record(classic_config)} if classic_config is not None else {}))
-    return run_jobs(generator, jobs, source, out, seed=seed, batch_size=batch_size, command="augment", plan=plan,
-                    overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
-                    originals=originals, link_originals=link_originals, extra={"plan": table, "input": read},
-                    inputs=[labels, classic_config], jsonl=jsonl, classic_transforms=transforms)
+                    **({"classic_config": file_record(inputs.classic_config)} if inputs.classic_config is not None else {}))
+    return write_dataset(sampler, jobs, source, out, plan=sampler.plan_fields(plan), run=run,
+                         sampling=sampling, output=output, originals=originals, extra={"plan": table, "input": read},
+                         inputs=[inputs.labels, inputs.classic_config], classic_transforms=transforms)
+
+
+def check_output(out, output: OutputOptions) -> None:
+    """The output options checked before anything is read."""
+    check_streaming(out, output.jsonl, output.overwrite)
+    as_layout(output.layout)
 
 
 def read_sources(model, codes, data, labels, device, backend, strict, **columns) -> tuple[CodeFile, dict | None]:
@@ -797,6 +843,13 @@ def linking_originals(link_originals: bool, copy_originals: bool, no_originals: 
             raise UsageError(f"{{no_originals=True}} leaves the originals out, so {{{verb}_originals=True}} has nothing to "
                              f"{verb}: choose one")
     return bool(link_originals)
+
+
+def originals_policy(no_originals=False, link_originals=False, copy_originals=False) -> str:
+    """OutputOptions.originals from augment's three flags: "none", "link" or "copy" (the default)."""
+    if linking_originals(link_originals, copy_originals, no_originals):
+        return "link"
+    return "none" if no_originals else "copy"
 
 
 def sampling_dtype(bf16: bool):

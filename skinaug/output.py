@@ -36,47 +36,15 @@ from .codes import CodeWriter, model_attrs
 from .errors import SkinaugError, UsageError
 from .io import (OutputKind, atomic_path, claim_output, input_state, naming_write_errors, read_json, write_json,
                  write_text)
-from .layout import DEFAULT_LAYOUT, METADATA, Layout, as_layout, class_folders
+from .layout import (DEFAULT_LAYOUT, LABEL_COLUMNS, METADATA, PROGRESS, Layout, as_layout, class_folders,
+                     is_generated_dataset)
 from .spec import ModelSpec
 from .trained_on import TRAINED_ON, read_record
 from .version import __version__
 
-LABEL_COLUMNS = ["image", "label", "method", "source_top", "source_bottom", "temperature", "seed", "model_fingerprint"]
-METHODS = ("original", "reconstruction", "mix", "resample", "synthesize", "rand-bottom", "rand-top")
-PROGRESS = ".progress"
 # rows of resample --iterative carry "boxes" (the cells each step re-drew): in their --jsonl lines, and in this file,
 # one {"image", "boxes"} a line
 BOXES = "boxes.jsonl"
-
-
-# what an image keeps from an earlier pass when it is augmented again (its labels.csv row beside "image" and "label")
-PROVENANCE_COLUMNS = ("method", "source_top", "source_bottom", "temperature", "seed", "model_fingerprint")
-
-
-def read_provenance(labels_csv) -> dict[str, dict]:
-    """image name -> its provenance columns, from a labels.csv skinaug wrote (one with a known `method` per row);
-    {} for any other CSV (a real dataset's labels): its images are originals."""
-    try:
-        with open(labels_csv, encoding="utf-8-sig", newline="") as handle:
-            reader = csv.DictReader(handle)
-            if not set(("image", *PROVENANCE_COLUMNS)) <= set(reader.fieldnames or ()):
-                return {}
-            return {row["image"]: {column: row[column] or "" for column in PROVENANCE_COLUMNS}
-                    for row in reader if row.get("method") in (*METHODS, "classic")}
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return {}
-
-
-def is_generated_dataset(path: Path) -> bool:
-    """A finished (run.json) or interrupted (.progress/plan.json) dataset with skinaug's labels.csv header."""
-    if not ((path / "run.json").is_file() or (path / PROGRESS / "plan.json").is_file()):
-        return False
-    try:
-        with open(path / "labels.csv", encoding="utf-8", newline="") as handle:
-            return next(csv.reader(handle), None) == LABEL_COLUMNS
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return False
-
 
 GENERATED_DATASET = OutputKind("generated dataset", is_generated_dataset,
                                "run.json or .progress/plan.json, and skinaug's labels.csv", resumable=True)

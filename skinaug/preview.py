@@ -11,7 +11,7 @@ import numpy as np
 
 from .errors import BadImage, SkinaugError, UsageError
 from .io import OutputKind, atomic_path, claim_output, real_path
-from .layout import images_root
+from .layout import images_root, read_labels
 from .limits import check_memory
 
 SOFTWARE = "skinaug preview"  # the PNG text chunk that marks a contact sheet: --overwrite replaces only those
@@ -37,8 +37,7 @@ def _rows(folder: Path) -> list[dict]:
     if not labels.is_file():
         raise SkinaugError(f"{folder} has no labels.csv: give folders written by skinaug")
     try:
-        with open(labels, newline="", encoding="utf-8") as handle:
-            return list(csv.DictReader(handle))
+        return read_labels(labels)[1]
     except UnicodeDecodeError:
         raise SkinaugError(f"{labels} is not UTF-8 text: give folders written by skinaug") from None
     except csv.Error as error:  # a cell over csv's 131072-character limit

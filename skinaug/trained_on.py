@@ -136,7 +136,7 @@ def record_stage(folder, names: Iterable[str], groups: Iterable[str], stage: str
 
 
 def _made_by_skinaug(path: Path) -> bool:
-    from .data import is_generated_folder
+    from .layout import is_generated_folder
 
     folder = path if path.is_dir() else path.parent
     try:

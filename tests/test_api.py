@@ -61,7 +61,8 @@ def test_the_generating_commands_are_library_functions_that_write_what_the_comma
     model, codes = str(generator_model["model"]), str(generator_model["codes"])
     assert main(["mix", "--codes", codes, "--model", model, "--out", str(tmp_path / "cli"), "-n", "6", "--seed", "2",
                  "--batch-size", "4", "--device", "cpu", "--quiet"]) == 0
-    summary = generate.mix(tmp_path / "lib", 6, model=model, codes=codes, seed=2, batch_size=4, device="cpu")
+    summary = generate.mix(tmp_path / "lib", 6, model=model, inputs=generate.InputOptions(codes=codes),
+                           run=generate.RunOptions(seed=2, batch_size=4, device="cpu"))
     assert summary["images"] == 6 and summary["out"] == str(tmp_path / "lib")
     rows = {name: _rows(tmp_path / name) for name in ("cli", "lib")}
     assert rows["lib"] == rows["cli"] and len(rows["lib"]) == 6
@@ -70,8 +71,9 @@ def test_the_generating_commands_are_library_functions_that_write_what_the_comma
         np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "lib" / file)), np.asarray(Image.open(tmp_path / "cli" / file)))
 
     data = generator_model["data"]
-    plan = generate.augment(data.images, tmp_path / "aug", model=model, labels=data.labels_csv, factor=2.5,
-                            methods={"mix": 1, "resample": 3}, dry_run=True, device="cpu")["plan"]
+    plan = generate.augment(data.images, tmp_path / "aug", model=model, factor=2.5, methods={"mix": 1, "resample": 3},
+                            inputs=generate.InputOptions(labels=data.labels_csv), run=generate.RunOptions(device="cpu"),
+                            output=generate.OutputOptions(dry_run=True))["plan"]
     assert plan["nevus"] == {"originals": 4, "mix": 2, "resample": 4, "total": 10} and not (tmp_path / "aug").exists()
 
 

@@ -12,6 +12,7 @@ from skinaug.backends.torch import TorchRandom
 from skinaug.cli import main
 from skinaug.codes import read_codes
 from skinaug.generate import Generator, Job, batch_seed, plan_mix, plan_per_source
+from skinaug.sampler import SamplingOptions
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -80,8 +81,9 @@ def test_onnx_synthesis_draws_from_numpy_seeded_with_the_batch_seed(generators):
     runtime = generators["onnx"].backend.runtime
     seed, labels = batch_seed(3, 1), np.array([2, 0, 1])
     for sampler in ("fast", "reference"):
-        generator = Generator(runtime.model_dir.path, "cpu", backend="onnx", sampler=sampler, top_k=4)
-        made = generator.codes_for("synthesize", [Job("synthesize", int(label)) for label in labels], None, seed)
+        generator = Generator(runtime.model_dir.path, "cpu", backend="onnx")
+        made = generator.codes_for("synthesize", [Job("synthesize", int(label)) for label in labels], None, seed,
+                                   SamplingOptions(sampler=sampler, top_k=4))
         rng = np.random.default_rng(seed)
         draw = {level: getattr(runtime.prior(level), "sample_reference" if sampler == "reference" else "sample")
                 for level in ("top", "bottom")}

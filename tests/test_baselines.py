@@ -23,6 +23,7 @@ from skinaug.cli import main
 from skinaug.errors import UsageError
 from skinaug.generate import batch_seed
 from skinaug.modeldir import fingerprint, load_weights
+from skinaug.sampler import SamplingOptions
 from skinaug.trained_on import read_record
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -248,11 +249,11 @@ def test_synthesize_makes_every_class_with_its_provenance_and_no_codes(trained, 
 
 
 def test_temperature_scales_the_noise_and_the_label_chooses_the_class(trained):
-    sampler = BaselineSampler(trained["vae"], "cpu", temperature=0.5)
+    sampler = BaselineSampler(trained["vae"], "cpu")
     noise = torch.randn(3, 8, generator=torch.Generator().manual_seed(11))
     with torch.no_grad():
         by_hand = sampler.model.generate(0.5 * noise, torch.tensor([0, 1, 2]))
-    assert np.array_equal(sampler.images([0, 1, 2], 11), ((by_hand + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy())
+    assert np.array_equal(sampler.images([0, 1, 2], 11, SamplingOptions(temperature=0.5)), ((by_hand + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy())
     with torch.no_grad():
         same_noise = sampler.model.generate(noise[:1].repeat(3, 1), torch.tensor([0, 1, 2]))
     assert not torch.equal(same_noise[0], same_noise[1]) and not torch.equal(same_noise[1], same_noise[2])

@@ -118,8 +118,7 @@ def formats() -> str:
 
 
 def test_formats_names_the_labels_columns_and_methods_the_code_writes():
-    from skinaug.generate import AUGMENT_METHODS
-    from skinaug.output import LABEL_COLUMNS, METHODS
+    from skinaug.layout import AUGMENT_METHODS, LABEL_COLUMNS, METHODS
 
     assert "\n" + ",".join(LABEL_COLUMNS) + "\n" in formats()
     line = next(line for line in formats().splitlines() if line.startswith("The methods a row can name:"))

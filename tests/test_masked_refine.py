@@ -14,6 +14,7 @@ from skinaug.cli import main
 from skinaug.codes import read_codes
 from skinaug.generate import Generator, batch_seed, plan_per_source
 from skinaug.modeldir import ModelDir
+from skinaug.sampler import SamplingOptions
 from skinaug.priors import PriorConfig, build_prior, conditional_log_probs, refine_codes, sample
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest: tiny models, busy shared cores
@@ -186,7 +187,7 @@ def test_refine_zero_draws_exactly_the_codes_of_a_masked_draw(generator_model, s
     source = read_codes(generator_model["codes"])
     jobs = plan_per_source("resample", range(len(source)), 1, source)
     seed = batch_seed(0, 0)
-    made = Generator(model, "cpu", mask_dir=masks, refine=0).codes_for("resample", jobs, source, seed)
+    made = Generator(model, "cpu", mask_dir=masks).codes_for("resample", jobs, source, seed, SamplingOptions(refine=0))
     # the masked draw without refinement, straight from the sampler
     prior, _ = ModelDir(model).load_prior("bottom", "cpu")
     bottom = torch.as_tensor(source.codes["bottom"].astype(np.int64))
@@ -229,8 +230,9 @@ def test_refined_codes_depend_only_on_the_seed(generator_model, square_masks):
     masks, inside = square_masks
     source = read_codes(generator_model["codes"])
     jobs = plan_per_source("resample", range(len(source)), 1, source)
-    generator = Generator(generator_model["model"], "cpu", mask_dir=masks, refine=1, refine_candidates=5)
-    first, again, other = (generator.codes_for("resample", jobs, source, seed)["bottom"] for seed in (3, 3, 4))
+    generator = Generator(generator_model["model"], "cpu", mask_dir=masks)
+    sampling = SamplingOptions(refine=1, refine_candidates=5)
+    first, again, other = (generator.codes_for("resample", jobs, source, seed, sampling)["bottom"] for seed in (3, 3, 4))
     np.testing.assert_array_equal(first, again)
     assert (first[:, inside] != other[:, inside]).any()
     np.testing.assert_array_equal(first[:, ~inside], source.codes["bottom"][:, ~inside])

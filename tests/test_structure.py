@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "skinaug"
 TORCH_FREE = ("skinaug.spec", "skinaug.sampling", "skinaug.backends", "skinaug.backends.base", "skinaug.backends.onnx",
               "skinaug.onnx.runtime", "skinaug.io", "skinaug.errors", "skinaug.distributed", "skinaug.modeldir", "skinaug.codes",
               "skinaug.encode", "skinaug.generate", "skinaug.output", "skinaug.runtime", "skinaug.cli", "skinaug.preview",
-              "skinaug.inspection", "skinaug.scores.sets")
+              "skinaug.inspection", "skinaug.scores.sets", "skinaug.sampler", "skinaug.layout", "skinaug.generators")
 
 
 def module_name(path: Path) -> str:

@@ -104,11 +104,15 @@ def mix(
     """
     check_outputs(json_, jsonl)
     from .. import generate
+    from ..sampler import InputOptions, OutputOptions, RunOptions
 
-    summary = generate.mix(out, n, model=model, data=data, codes=codes, labels=labels, class_name=class_name,
-                           any_label=any_label, device=device, backend=backend, seed=seed, batch_size=batch_size,
-                           image_format=image_format, quality=quality, overwrite=overwrite, resume=resume, strict=strict,
-                           jsonl=jsonl, layout=layout, **columns(image_col, label_col, group_col))
+    summary = generate.mix(
+        out, n, model=model, class_name=class_name, any_label=any_label,
+        inputs=InputOptions(data=data, codes=codes, labels=labels, strict=strict,
+                            columns=columns(image_col, label_col, group_col)),
+        run=RunOptions(device=device, backend=backend, seed=seed, batch_size=batch_size),
+        output=OutputOptions(overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
+                             jsonl=jsonl, layout=layout))
     finish(summary, json_, out, jsonl)
 
 
@@ -148,16 +152,21 @@ def resample(
     """
     check_outputs(json_, jsonl)
     from .. import generate
+    from ..iterative import iterative_request
+    from ..sampler import InputOptions, OutputOptions, RunOptions, SamplingOptions
 
-    summary = generate.resample(out, model=model, data=data, codes=codes, labels=labels, per_image=per_image,
-                                temperature=temperature, top_k=top_k, method=method, mask_dir=mask_dir, refine=refine,
-                                refine_candidates=refine_candidates, iterative=iterative, box_size=box_size,
-                                box_schedule=box_schedule, iterative_levels=iterative_levels, class_name=class_name,
-                                device=device,
-                                backend=backend, seed=seed, batch_size=batch_size, bf16=bf16, sampler=sampler,
-                                compile_step=compile_step, image_format=image_format, quality=quality,
-                                overwrite=overwrite, resume=resume, strict=strict, jsonl=jsonl, layout=layout,
-                                **columns(image_col, label_col, group_col))
+    request = iterative_request(iterative, box_size, box_schedule, iterative_levels, method=method, mask_dir=mask_dir,
+                                backend=backend)
+    summary = generate.resample(
+        out, model=model, per_image=per_image, method=method, iterative=request, class_name=class_name,
+        inputs=InputOptions(data=data, codes=codes, labels=labels, masks=mask_dir, strict=strict,
+                            columns=columns(image_col, label_col, group_col)),
+        run=RunOptions(device=device, backend=backend, seed=seed, batch_size=batch_size, bf16=bf16,
+                       compile_step=compile_step),
+        sampling=SamplingOptions(temperature=temperature, top_k=top_k, sampler=sampler, refine=refine,
+                                 refine_candidates=refine_candidates),
+        output=OutputOptions(overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
+                             jsonl=jsonl, layout=layout))
     finish(summary, json_, out, jsonl)
 
 
@@ -184,13 +193,16 @@ def synthesize(
     Example: skinaug synthesize --model models/derm64 --out synth/ --class melanoma -n 2000
     """
     check_outputs(json_, jsonl)
-    from .. import generators
+    from .. import generate
+    from ..sampler import OutputOptions, RunOptions, SamplingOptions
 
-    summary = generators.synthesize(out, model=model, class_name=class_name, n=n, per_class=per_class,
-                                  temperature=temperature, top_k=top_k, device=device, backend=backend, seed=seed,
-                                  batch_size=batch_size, bf16=bf16, sampler=sampler, compile_step=compile_step,
-                                  image_format=image_format, quality=quality, overwrite=overwrite, resume=resume,
-                                  jsonl=jsonl, layout=layout)
+    summary = generate.synthesize(
+        out, model=model, class_name=class_name, n=n, per_class=per_class,
+        run=RunOptions(device=device, backend=backend, seed=seed, batch_size=batch_size, bf16=bf16,
+                       compile_step=compile_step),
+        sampling=SamplingOptions(temperature=temperature, top_k=top_k, sampler=sampler),
+        output=OutputOptions(overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
+                             jsonl=jsonl, layout=layout))
     finish(summary, json_, out, jsonl)
 
 
@@ -227,14 +239,19 @@ def augment(
     Example: skinaug augment images/ --labels labels.csv --model models/derm64 --out train_aug/ --factor 2
     """
     check_outputs(json_, jsonl)
-    from .. import generators
+    from .. import generate
+    from ..sampler import InputOptions, OutputOptions, RunOptions, SamplingOptions
 
-    summary = generators.augment(data, out, model=model, labels=labels, factor=factor, balance=balance, methods=methods,
-                               classic_config=classic_config, no_originals=no_originals, link_originals=link_originals,
-                               copy_originals=copy_originals, dry_run=dry_run, temperature=temperature, top_k=top_k, device=device, backend=backend,
-                               seed=seed, batch_size=batch_size, bf16=bf16, compile_step=compile_step,
-                               image_format=image_format, quality=quality, overwrite=overwrite, resume=resume,
-                               strict=strict, jsonl=jsonl, layout=layout, **columns(image_col, label_col, group_col))
+    summary = generate.augment(
+        data, out, model=model, factor=factor, balance=balance, methods=methods,
+        inputs=InputOptions(labels=labels, classic_config=classic_config, strict=strict,
+                            columns=columns(image_col, label_col, group_col)),
+        run=RunOptions(device=device, backend=backend, seed=seed, batch_size=batch_size, bf16=bf16,
+                       compile_step=compile_step),
+        sampling=SamplingOptions(temperature=temperature, top_k=top_k),
+        output=OutputOptions(overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
+                             jsonl=jsonl, layout=layout, dry_run=dry_run,
+                             originals=generate.originals_policy(no_originals, link_originals, copy_originals)))
     if dry_run:  # the plan is the result: the --json summary, else its table, on stdout
         if json_:
             emit(summary, True)

@@ -6,16 +6,12 @@ provenance that `score cas` checks against the real test images, and `score memo
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..data import IMAGE_EXTENSIONS, Dataset, scan_dataset
 from ..errors import SkinaugError
-from ..layout import images_root
-
-SOURCE_COLUMNS = ("source_top", "source_bottom")
-
+from ..layout import SOURCE_COLUMNS, images_root, laid_out, read_labels
 
 @dataclass
 class ImageSet:
@@ -29,22 +25,16 @@ class ImageSet:
         return self.sources is not None
 
 
-def is_generated(path) -> bool:
-    path = Path(path)
-    return images_root(path).is_dir() and (path / "labels.csv").is_file()
-
-
 def read_sources(labels_csv) -> dict[str, tuple[str, ...]] | None:
     """image name -> the real images it was made from, or None when the CSV has no provenance columns."""
-    with open(labels_csv, encoding="utf-8-sig", newline="") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is None or not all(c in reader.fieldnames for c in ("image", *SOURCE_COLUMNS)):
-            return None
-        sources = {}
-        for row in reader:
-            names = [_stem(row[c] or "") for c in SOURCE_COLUMNS]
-            sources[_stem(row["image"] or "")] = tuple(dict.fromkeys(name for name in names if name))
-        return sources
+    header, rows = read_labels(labels_csv)
+    if not all(c in header for c in ("image", *SOURCE_COLUMNS)):
+        return None
+    sources = {}
+    for row in rows:
+        names = [_stem(row[c] or "") for c in SOURCE_COLUMNS]
+        sources[_stem(row["image"] or "")] = tuple(dict.fromkeys(name for name in names if name))
+    return sources
 
 
 def _stem(name: str) -> str:
@@ -60,7 +50,7 @@ def open_set(path, labels=None, *, labelled: bool = True, strict: bool = False, 
     fixes the label numbering (see `scan_dataset`).
     """
     path = Path(path).expanduser()
-    if is_generated(path) and labels is None:
+    if laid_out(path) and labels is None:  # an OUT_DIR (with provenance columns: a generated one)
         dataset = scan_dataset(images_root(path), path / "labels.csv" if labelled else None, strict=strict,
                                class_names=class_names)
         sources = read_sources(path / "labels.csv")

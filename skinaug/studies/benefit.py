@@ -25,13 +25,14 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from ..data import Sample, group_split, load_images, scan_dataset
 from ..errors import SkinaugError, UsageError
+from ..layout import MODEL_METHODS
 from ..io import atomic_path, claim_output, marked_folder, read_json, write_json, write_text
 from ..runtime import log, resolve_device, warn
 from ..scores.classifier import Budget, constant_predictions, predict, steps_for, train_classifier
@@ -40,7 +41,7 @@ from .power import minimum_detectable_effect
 
 PLAN = "benefit_plan.json"
 BENEFIT_FOLDER = marked_folder("benefit folder", PLAN, resumable=True)
-GENERATED_METHODS = ("mix", "resample", "synthesize")
+GENERATED_METHODS = MODEL_METHODS  # the methods a generator makes
 METHODS = ("classic", *GENERATED_METHODS)
 
 
@@ -116,6 +117,12 @@ class BenefitOptions:
             raise UsageError("{synthetic_weight} is the loss weight of {train_recipe='exposure'}")
         if self.synthetic_weight is not None and not (np.isfinite(self.synthetic_weight) and self.synthetic_weight > 0):
             raise UsageError(f"{{synthetic_weight}} must be a positive number, got {self.synthetic_weight}")
+
+    def sampling(self):
+        """How the generated sets are drawn (skinaug.sampler.SamplingOptions)."""
+        from ..sampler import SamplingOptions
+
+        return SamplingOptions(temperature=self.temperature, top_k=self.top_k)
 
     def training_recipe(self):
         """The classifiers' recipe: exposure adds round(ratio x batch) added images to each real batch."""
@@ -221,7 +228,8 @@ def classic_copies(images: np.ndarray, labels: np.ndarray, ratio: float, seed: i
 
 def generate_set(method: str, generator, source, out: Path, options: BenefitOptions, seed: int) -> None:
     """`ratio` x each class's real images made by `method` from the fraction's real images, into OUT_DIR `out`."""
-    from ..generate import job_plan, name_jobs, plan_augment, run_jobs
+    from ..generate import job_plan, name_jobs, plan_augment, write_dataset
+    from ..sampler import OutputOptions, RunOptions
 
     if (out / "run.json").is_file():
         return
@@ -231,14 +239,9 @@ def generate_set(method: str, generator, source, out: Path, options: BenefitOpti
     name_jobs(jobs, generator.class_names, prefix="gen_")
     plan = job_plan(jobs, command="score benefit", seed=seed, batch_size=options.generation_batch_size,
                     temperature=options.temperature, top_k=options.top_k)
-    if isinstance(source, ShareLabels):  # a baseline generator: images from noise, no codes.h5
-        from ..baselines.synthesize import write_jobs
-
-        write_jobs(generator, jobs, out, seed=seed, batch_size=options.generation_batch_size, command="score benefit",
-                   plan=plan, resume=True, extra={"plan": table})
-        return
-    run_jobs(generator, jobs, source, out, seed=seed, batch_size=options.generation_batch_size, command="score benefit",
-             plan=plan, resume=True, extra={"plan": table})
+    write_dataset(generator, jobs, source, out, plan=plan,
+                  run=RunOptions(seed=seed, batch_size=options.generation_batch_size),
+                  sampling=options.sampling(), output=OutputOptions(resume=True), extra={"plan": table})
 
 
 def read_generated(out: Path, class_names: list[str], image_size: int, workers) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -340,6 +343,7 @@ def run_benefit(data, labels_csv_path, out, options: BenefitOptions, *, model=No
         class_names = dataset.class_names
         if len(class_names) < 2:
             raise SkinaugError(f"the data has {len(class_names)} class(es): a benefit needs two or more")
+        options = with_default_pair(options, class_names)  # a copy: the caller's options stay as they were
         pair = benefit_pair(options, class_names)
         train, test = split_and_plan(dataset, data, out, work, model, options)
         generator = benefit_generator(data, work, model, test, class_names, options)
@@ -379,10 +383,15 @@ def check_baseline_methods(model, options: BenefitOptions) -> None:
                          f"{given}. Use {{methods=synthesize}} (classic may be added)")
 
 
-def benefit_pair(options: BenefitOptions, class_names: list[str]) -> tuple[int, int] | None:
-    """The classes of the pairwise AUC (melanoma vs nevus when both are there), as label indices; None: none."""
+def with_default_pair(options: BenefitOptions, class_names: list[str]) -> BenefitOptions:
+    """`options`, or a copy of them naming melanoma vs nevus as the pair when none is named and both are classes."""
     if options.positive is None and {"melanoma", "nevus"} <= set(class_names):
-        options.positive, options.negative = "melanoma", "nevus"
+        return replace(options, positive="melanoma", negative="nevus")
+    return options
+
+
+def benefit_pair(options: BenefitOptions, class_names: list[str]) -> tuple[int, int] | None:
+    """The classes of the pairwise AUC, as label indices; None: none."""
     if options.positive is None:
         return None
     for name in (options.positive, options.negative):
@@ -424,8 +433,8 @@ def benefit_generator(data, work: Path, model, test, class_names: list[str], opt
     """The generator of the generated methods (None when only classic is asked for): `model`, or one trained here on
     the train side; either must have recorded no test image or lesion. A baseline generator (`train baseline`)
     serves `synthesize` only: it has no codes to mix or resample."""
-    from ..generate import open_generator
-    from ..modeldir import baseline_arch
+    from ..generate import open_sampler
+    from ..sampler import RunOptions
 
     if not any(m in GENERATED_METHODS for m in options.methods):
         return None
@@ -433,14 +442,8 @@ def benefit_generator(data, work: Path, model, test, class_names: list[str], opt
         model_path = Path(model)
     else:
         model_path = train_generator(data, work / "train.csv", work / "generator", options.recipe, options)
-    arch = baseline_arch(model_path)
     check_model(model_path, test)  # also the one trained here: what it recorded must be the train side only
-    if arch is not None:
-        from ..baselines.synthesize import BaselineSampler
-
-        generator = BaselineSampler(model_path, options.device, options.temperature)
-    else:
-        generator = open_generator(model_path, options.device, temperature=options.temperature, top_k=options.top_k)
+    generator = open_sampler(model_path, RunOptions(device=options.device), options.sampling())
     missing = [name for name in class_names if name not in generator.class_names]
     if missing:  # a generator of more classes (the shipped model's seven) serves data of a few, as augment does
         raise SkinaugError(f"the generator's classes ({', '.join(generator.class_names)}) lack the data's "
@@ -525,6 +528,7 @@ class ShareLabels:
     """What a baseline generator's set is planned from: the share's labels (it draws from noise, not from codes)."""
 
     labels: np.ndarray
+    path = None  # not a file: nothing of it is an input of the run
 
 
 def share_source(generator, data, share_csv: Path, class_names: list[str], labels: np.ndarray):
@@ -532,11 +536,10 @@ def share_source(generator, data, share_csv: Path, class_names: list[str], label
     than the data; the generated labels.csv names each class, and `read_generated` maps them back to the data's):
     its codes, or only its labels for a baseline generator; None without a generator."""
     from ..encode import codes_from_images
-    from ..generate import Generator
 
     if generator is None:
         return None
-    if not isinstance(generator, Generator):  # a baseline's BaselineSampler
+    if not generator.writes_codes:  # a baseline generator: it draws from noise
         to_generator = np.array([list(generator.class_names).index(name) for name in class_names], dtype=np.int64)
         return ShareLabels(to_generator[labels])
     return codes_from_images(generator.code_model, data, share_csv)  # scanned with the generator's classes

@@ -343,9 +343,11 @@ def synthesize(model: ModelInfo, label: str, n: int, seed: int, out: Path, devic
     if (out / "run.json").is_file() and cache.get(name, key) is not None:
         return
     out.parent.mkdir(parents=True, exist_ok=True)
-    summary = run_synthesize(out, model=model.path, class_name=label, n=n, seed=seed, temperature=1.0, device=device,
-                             batch_size=batch_size, overwrite=(out / "run.json").is_file(),
-                             resume=out.exists() and not (out / "run.json").is_file())
+    from skinaug.sampler import OutputOptions, RunOptions, SamplingOptions
+
+    output = OutputOptions(overwrite=(out / "run.json").is_file(), resume=out.exists() and not (out / "run.json").is_file())
+    summary = run_synthesize(out, model=model.path, class_name=label, n=n, run=RunOptions(device=device, seed=seed,
+                             batch_size=batch_size), sampling=SamplingOptions(temperature=1.0), output=output)
     cache.put(name, key, summary.get("images", n))
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SkinaugError
+from .errors import SkinaugError, literal
 
 __all__ = ["Model", "load_model", "GeneratedDataset", "ConcatDataset"]
 
@@ -210,7 +210,13 @@ class GeneratedDataset(_dataset_base()):
     sources (`method` is "real" for real images), so a training script can mix real and generated images and keep
     track. `real + generated` (or `skinaug.ConcatDataset([...])`) concatenates datasets after checking that they
     number their classes alike. `image(i)` is the uint8 array (S, S, 3); it, `info`, and items with a `transform`
-    need no PyTorch."""
+    need no PyTorch.
+
+    S is `image_size` for every item: each image is read at that side (EXIF-rotated, RGB, the shorter side scaled
+    with LANCZOS, centre-cropped), real and generated alike. Without it, S is the folder's one size: the one its
+    run.json records (an OUT_DIR written at one size, as `augment` writes by default), else the one its files
+    have (the shorter side when they are not square); a folder whose files differ in size is refused, naming the
+    sizes found, since reading them at one side would resize some images and not others (a cue for "generated")."""
 
     def __init__(self, path, labels=None, *, classes=None, image_size: int | None = None, transform=None,
                  target_transform=None, **columns):
@@ -224,12 +230,8 @@ class GeneratedDataset(_dataset_base()):
         self.classes = list(self.set.dataset.class_names)
         self.class_to_idx = {name: index for index, name in enumerate(self.classes)}
         self.targets = [sample.label for sample in self.samples]
-        if image_size is None and self.samples:  # one size for every item, so that a DataLoader can batch them
-            from PIL import Image
-
-            with Image.open(self.samples[0].path) as first:
-                image_size = max(first.size)
-        self.image_size = image_size
+        # one side for every item, real or generated alike, so that a DataLoader can batch them
+        self.image_size = image_size if image_size is not None else one_size(Path(path), self.samples, self.set.generated)
         self.transform = transform
         self.target_transform = target_transform
         self._methods = row_methods(Path(path) / "labels.csv") if self.set.generated and labels is None else {}
@@ -273,6 +275,34 @@ class GeneratedDataset(_dataset_base()):
         return {"image": sample.name, "path": str(sample.path),
                 "label": self.classes[sample.label] if sample.label >= 0 else None,
                 "method": self._methods.get(sample.name, "real"), "sources": list(sources), "group": sample.group}
+
+
+def one_size(path: Path, samples, generated: bool) -> int | None:
+    """The side every item of a folder is read at when no image_size= is given (see GeneratedDataset): run.json's
+    recorded one, else the files' one size (read from their headers); an error naming the sizes when they differ."""
+    from collections import Counter
+
+    from PIL import Image
+
+    from .layout import recorded_size
+
+    if not samples:
+        return None
+    recorded = recorded_size(path) if generated and path.is_dir() else None
+    if recorded is not None:
+        return recorded
+    sizes: Counter = Counter()
+    for sample in samples:
+        with Image.open(sample.path) as image:  # the header only: no pixel is decoded
+            sizes[image.size] += 1
+    if len(sizes) > 1:
+        found = ", ".join(f"{count} of {width}x{height}" for (width, height), count in sizes.most_common(4))
+        more = f" and {len(sizes) - 4} more sizes" if len(sizes) > 4 else ""
+        raise SkinaugError(f"the images of {literal(path)} differ in size ({found}{more}): reading them at one side "
+                           "would resize some and not others; give {image_size=S} to read every image at S x S, or "
+                           "write the folder at one size (augment does unless it keeps its originals byte for byte)")
+    (width, height), = sizes
+    return min(width, height)
 
 
 def _concat_base():

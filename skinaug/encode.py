@@ -19,11 +19,12 @@ from .data import Intake, scan_dataset
 from .errors import SkinaugError
 from .image_cache import decode_in_chunks
 from .io import CODE_FILE, atomic_path, claim_output
-from .layout import plan_layout
+from .layout import plan_layout, plan_size
 from .modeldir import ModelDir
 from .naming import unique_names
 from .output import DatasetWriter, check_streaming
 from .runtime import progress, resolve_backend
+from .sampler import OutputOptions, RunOptions
 from .spec import ModelSpec
 
 
@@ -100,24 +101,27 @@ def encode_dataset(data, out, *, model, labels=None, device="auto", batch_size=6
     return stats
 
 
-def decode_codes(codes_path, out, *, model, device="auto", batch_size=64, overwrite=False, resume=False,
-                 image_format="png", quality=95, backend=None, layout="images", jsonl=False) -> dict:
-    """The paper's 'reconstruction' set: every code map decoded, in the generated-dataset layout (`layout`: images/ or
-    one folder per class, skinaug/layout.py)."""
-    check_streaming(out, jsonl, overwrite)
+def decode_codes(codes_path, out, *, model, run: RunOptions | None = None, output: OutputOptions | None = None) -> dict:
+    """The paper's 'reconstruction' set: every code map decoded, in the generated-dataset layout (output.layout: images/
+    or one folder per class, skinaug/layout.py), at output.image_size (None: the model's). `run`: device, backend and
+    batch size (the other settings of RunOptions and OutputOptions do not apply)."""
+    run, output = run or RunOptions(), output or OutputOptions()
+    check_streaming(out, output.jsonl, output.overwrite)
     model_dir = ModelDir(model)
     spec = model_dir.spec()
     code_file = read_codes(codes_path)
     code_file.check_model(spec)
     if not code_file.names_recorded:  # its labels can only be the model's classes (said once, with a warning)
         code_file = code_file.relabel(spec.class_names)
-    code_model = open_backend(model_dir, device, resolve_backend(backend)).code_model
+    code_model = open_backend(model_dir, run.device, resolve_backend(run.backend)).code_model
     class_names = code_file.class_names
+    batch_size = run.batch_size
     plan = {"command": "decode", "codes": str(Path(codes_path).resolve()), "n": len(code_file), "batch_size": batch_size,
-            "format": image_format, **plan_layout(layout, code_file.labels)}
-    writer = DatasetWriter(out, model_config=spec, plan=plan, overwrite=overwrite, resume=resume,
-                           image_format=image_format, quality=quality, inputs=(codes_path, model_dir.path),
-                           model_dir=model_dir.path, jsonl=jsonl)  # the VQ-VAE made these images: its training record goes with them
+            "format": output.image_format, **plan_layout(output.layout, code_file.labels),
+            **plan_size(output.image_size, spec.image_size)}
+    writer = DatasetWriter(out, model_config=spec, plan=plan, overwrite=output.overwrite, resume=output.resume,
+                           image_format=output.image_format, quality=output.quality, inputs=(codes_path, model_dir.path),
+                           model_dir=model_dir.path, jsonl=output.jsonl)  # the VQ-VAE made these images: its training record goes with them
     done = writer.done_batches()
     file_names = unique_names(f"{name}_rec" for name in code_file.images)  # names in a code file may be anything
     with progress(len(code_file), desc="decoding codes") as bar:

@@ -29,7 +29,8 @@ from . import iterative as iterative_module
 from .backends import open_backend
 from .codes import CodeFile, read_codes
 from .errors import BadImage, SkinaugError, UsageError, literal
-from .layout import AUGMENT_METHODS, DRAWN_METHODS, as_layout, is_generated_folder, label_row, plan_layout, read_provenance
+from .layout import (AUGMENT_METHODS, DRAWN_METHODS, as_layout, is_generated_folder, label_row, plan_layout, plan_size,
+                     read_provenance)
 from .limits import check_planned_images
 from .limits import code_bytes as grid_code_bytes
 from .modeldir import ModelDir, baseline_arch, model_location
@@ -352,8 +353,10 @@ def write_dataset(sampler: Sampler, jobs: list[Job], source: CodeFile | None, ou
     `classic` jobs are their source image through the albumentations pipeline (skinaug.classic; `classic_transforms`
     a user's own), encoded for codes.h5 where the sampler has codes; every other method is the sampler's.
     `inputs`: what else the command reads (a labels CSV), never to be written over; the sampler's own (model, masks)
-    and the sources are known here."""
+    and the sources are known here. Every image is written at output.image_size (None: the sampler's), the
+    `originals` too unless output.originals keeps them byte for byte: the plan records it (layout.plan_size)."""
     run, sampling, output = run or RunOptions(), sampling or SamplingOptions(), output or OutputOptions()
+    plan = {**plan, **plan_size(output.image_size, sampler.image_size, output.originals if originals else None)}
     command = plan["command"]
     dist = sampler.distributed()
     check_jobs(sampler, jobs, source, sampling)
@@ -768,8 +771,10 @@ def synthesize(out, *, model=None, class_name=None, n=None, per_class=None, run:
 def augment(data, out, *, model=None, factor=None, balance=False, methods="mix,resample,synthesize",
             inputs: InputOptions | None = None, run: RunOptions | None = None,
             sampling: SamplingOptions | None = None, output: OutputOptions | None = None) -> dict:
-    """A labelled folder expanded into a training-ready one: its originals (output.originals: copies, reflinks where
-    the file system offers them; "link": hard links to the inputs; "none") plus generated images, `factor` times
+    """A labelled folder expanded into a training-ready one: its originals (output.originals: "resize", the default,
+    at output.image_size (else the model's) in output.image_format, as every image of OUT_DIR; "copy": byte for byte,
+    reflinks where the file system offers them; "link": hard links to the inputs; "none") plus generated images
+    (decoded, then resized to output.image_size where it differs from the model's), `factor` times
     the input per class or every class up to the largest (`balance`). `methods`: "mix:1,resample:2,synthesize:1" or
     {"mix": 1, ...}; classic: albumentations copies (inputs.classic_config: a pipeline A.save wrote). A baseline
     generator makes synthesize (and classic) images only. With output.dry_run nothing is written and the summary
@@ -845,11 +850,16 @@ def linking_originals(link_originals: bool, copy_originals: bool, no_originals: 
     return bool(link_originals)
 
 
-def originals_policy(no_originals=False, link_originals=False, copy_originals=False) -> str:
-    """OutputOptions.originals from augment's three flags: "none", "link" or "copy" (the default)."""
+def originals_policy(no_originals=False, link_originals=False, copy_originals=False, keep_originals=False) -> str:
+    """OutputOptions.originals from augment's flags: "resize" (the default: at the output's one size and format),
+    "copy" (`keep_originals`, or its earlier name `copy_originals`: byte for byte), "link" (hard links, which keep
+    them byte for byte too) or "none"."""
+    if no_originals and keep_originals:
+        raise UsageError("{no_originals=True} leaves the originals out, so {keep_originals=True} has nothing to keep: "
+                         "choose one")
     if linking_originals(link_originals, copy_originals, no_originals):
         return "link"
-    return "none" if no_originals else "copy"
+    return "none" if no_originals else "copy" if copy_originals or keep_originals else "resize"
 
 
 def sampling_dtype(bf16: bool):

@@ -2,8 +2,12 @@
 scores/sets.py, preview.py, api.py): labels.csv's columns and methods, the row builder, the reader, the recogniser,
 and where the images lie. Torch-free.
 
-labels.csv: one row per image, LABEL_COLUMNS. `method` is one of METHODS: original (an input image itself),
-reconstruction (a resample whose mask marked nothing), or one of AUGMENT_METHODS.
+labels.csv: one row per image, LABEL_COLUMNS. `image` is the file's name without extension (what codes.h5 and the
+source_* columns name), `path` the file under OUT_DIR (`relative_path`). `method` is one of METHODS: original (an
+input image itself), reconstruction (a resample whose mask marked nothing), or one of AUGMENT_METHODS.
+
+Every image of OUT_DIR has one side (run.json's "image_size"; `plan_size`), unless augment kept its originals byte for
+byte (run.json's "originals_kept").
 
 - `images` (the default): OUT_DIR/images/<name>.<ext>, with labels.csv, codes.h5 and run.json beside images/.
 - `imagefolder`: OUT_DIR/<class>/<name>.<ext>, one sub-folder per class, as torchvision's `ImageFolder` and Hugging
@@ -25,9 +29,12 @@ from pathlib import Path
 
 from .errors import SkinaugError, UsageError
 
-LABEL_COLUMNS = ["image", "label", "method", "source_top", "source_bottom", "temperature", "seed", "model_fingerprint"]
+# `path` (the file under OUT_DIR, extension included: images/<image>.png, <class>/<image>.png) came last, after the
+# provenance columns: older folders' labels.csv lack it, and their readers never needed it
+LABEL_COLUMNS = ["image", "label", "method", "source_top", "source_bottom", "temperature", "seed", "model_fingerprint",
+                 "path"]
 # what an image keeps from an earlier pass when it is augmented again (its row beside "image" and "label")
-PROVENANCE_COLUMNS = tuple(LABEL_COLUMNS[2:])
+PROVENANCE_COLUMNS = ("method", "source_top", "source_bottom", "temperature", "seed", "model_fingerprint")
 SOURCE_COLUMNS = ("source_top", "source_bottom")  # the real images an image was made from
 # the columns that tell a generated dataset's labels.csv from any other labels file (older outputs had no more)
 RECOGNISED_COLUMNS = ("image", "label", *SOURCE_COLUMNS)
@@ -73,6 +80,27 @@ def plan_layout(layout, labels) -> dict:
     return {} if layout is DEFAULT_LAYOUT else {"layout": layout.value}
 
 
+def plan_size(image_size, model_size: int, originals: str | None = None) -> dict:
+    """What a generating command's plan records of the images' one size, for the writer (output.DatasetWriter) to
+    read there: "image_size" when an image is resized (`image_size` differs from the model's, or augment's
+    `originals` are "resize"d), and "originals": "resize"; nothing otherwise, so that earlier plans resume as they
+    were (an augment that keeps its originals records `originals: true`, as every augment did before)."""
+    size = model_size if image_size is None else int(image_size)
+    fields = {"originals": "resize"} if originals == "resize" else {}
+    return {**fields, "image_size": size} if fields or size != model_size else fields
+
+
+def relative_path(layout: Layout, folders: dict[str, str], row: dict, suffix: str) -> str:
+    """labels.csv's `path`: where a row's image lies under OUT_DIR, images/<image><suffix> or
+    <class folder>/<image><suffix> (imagefolder; `folders`: class_folders)."""
+    if layout is Layout.images:
+        return f"images/{row['image']}{suffix}"
+    if row["label"] not in folders:
+        raise SkinaugError(f"{row['image']} has no class, and {{layout='imagefolder'}} files every image under its "
+                           "class: use the images layout for unlabelled images")
+    return f"{folders[row['label']]}/{row['image']}{suffix}"
+
+
 def class_folders(class_names) -> dict[str, str]:
     """Class name -> its folder in the imagefolder layout: one safe, distinct path component per class."""
     from .naming import unique_names
@@ -94,6 +122,17 @@ def recorded_layout(out_dir) -> Layout:
         if path.name == "run.json" or value is not None:
             return Layout(value) if isinstance(value, str) and value in Layout.__members__ else DEFAULT_LAYOUT
     return DEFAULT_LAYOUT
+
+
+def recorded_size(out_dir) -> int | None:
+    """The side of every image of a finished generated dataset, as its run.json records it; None when it does not
+    (folders written before sizes were recorded, or an augment that kept its originals at their own sizes)."""
+    try:
+        run = json.loads((Path(out_dir) / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    size = run.get("image_size") if isinstance(run, dict) and not run.get("originals_kept") else None
+    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
 
 
 def images_root(out_dir) -> Path:

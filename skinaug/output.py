@@ -37,7 +37,7 @@ from .errors import SkinaugError, UsageError
 from .io import (OutputKind, atomic_path, claim_output, input_state, naming_write_errors, read_json, write_json,
                  write_text)
 from .layout import (DEFAULT_LAYOUT, LABEL_COLUMNS, METADATA, PROGRESS, Layout, as_layout, class_folders,
-                     is_generated_dataset)
+                     is_generated_dataset, relative_path)
 from .spec import ModelSpec
 from .trained_on import TRAINED_ON, read_record
 from .version import __version__
@@ -97,6 +97,11 @@ def versions() -> dict:
     return found
 
 
+def model_size(model_config: ModelSpec | dict) -> int:
+    """The side of the images a generator makes (a baseline's config.json is a dict)."""
+    return int(model_config["image_size"] if isinstance(model_config, dict) else model_config.image_size)
+
+
 def plan_digest(plan) -> str:
     return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -148,7 +153,8 @@ class DatasetWriter:
         `model_config`: the generator's ModelSpec (or its config.json as a dict).
         `codes`: False for a generator without codes (a baseline, skinaug/baselines/): no codes.h5 is written, and
         `model_config` is its config.json dict (a baseline has no code grid, hence no ModelSpec).
-        The plan's "layout" (layout.plan_layout) puts the images in images/ (the default) or one folder per class."""
+        The plan's "layout" (layout.plan_layout) puts the images in images/ (the default) or one folder per class;
+        its "image_size" and "originals" (layout.plan_size) say which images are resized (LANCZOS) to one side."""
         self.out = Path(out_dir)
         self.layout = as_layout(plan.get("layout", DEFAULT_LAYOUT.value))
         class_names = model_config.get("class_names", []) if isinstance(model_config, dict) else model_config.class_names
@@ -162,6 +168,10 @@ class DatasetWriter:
         if self.image_format not in ("png", "jpg"):
             raise SkinaugError(f"{{image_format}} must be png or jpg, not {image_format}")
         self.quality = quality
+        # what a resumed run must write as the run began, hence read from the plan
+        self.image_size = plan.get("image_size")  # None: every image as it was made
+        self.resize_originals = plan.get("originals") == "resize"
+        self.originals_kept = plan.get("originals") is True  # augment's, byte for byte at their own sizes
         if is_main:  # the inputs' content is part of the plan: --resume after they changed would mix two runs
             plan = {**plan, "inputs": input_state(inputs)}
         self.plan, self.digest = plan, plan_digest(plan)
@@ -202,15 +212,15 @@ class DatasetWriter:
         return {int(path.stem.split("-")[1]) for path in self.progress_dir.glob("batch-*.npz")}
 
     def relative_path(self, row: dict) -> str:
-        """Where a row's image lies under OUT_DIR: images/<name>.<ext>, or <class folder>/<name>.<ext> (imagefolder).
-        An original (its row carries the "file" it comes from) keeps that file's extension."""
-        suffix = Path(row["file"]).suffix.lower() if "file" in row else f".{self.image_format}"
-        if self.layout is Layout.images:
-            return f"images/{row['image']}{suffix}"
-        if row["label"] not in self.folders:
-            raise SkinaugError(f"{row['image']} has no class, and {{layout='imagefolder'}} files every image under its "
-                               "class: use the images layout for unlabelled images")
-        return f"{self.folders[row['label']]}/{row['image']}{suffix}"
+        """labels.csv's `path` of a row's image (layout.relative_path). An original kept byte for byte (its row
+        carries the "file" it comes from) keeps that file's extension; every other image is in the output's format."""
+        kept = "file" in row and not self.resize_originals
+        suffix = Path(row["file"]).suffix.lower() if kept else f".{self.image_format}"
+        return relative_path(self.layout, self.folders, row, suffix)
+
+    def with_paths(self, rows: list[dict]) -> list[dict]:
+        """The rows with their `path` (also those an earlier version recorded without one)."""
+        return [{**row, "path": self.relative_path(row)} for row in rows]
 
     def image_path(self, row: dict) -> Path:
         path = self.work / self.relative_path(row)
@@ -222,21 +232,35 @@ class DatasetWriter:
 
         Rows hold the LABEL_COLUMNS and may carry a "group" (the source's lesion id) for codes.h5.
         """
-        from PIL import Image
-
         for image, row in zip(images, rows):
-            with atomic_path(self.image_path(row)) as tmp:
-                if self.image_format == "png":
-                    Image.fromarray(image).save(tmp, format="PNG")
-                else:
-                    Image.fromarray(image).save(tmp, format="JPEG", quality=self.quality)
+            self._save(image, row)
         self._record(batch_index, rows, codes)
         self._announce(rows)
 
+    def _save(self, image: np.ndarray, row: dict) -> None:
+        """One uint8 image (S, S, 3) in the output's format, resized to the plan's image_size where it differs."""
+        from PIL import Image
+
+        picture = Image.fromarray(image)
+        if self.image_size is not None and picture.size != (self.image_size, self.image_size):
+            picture = picture.resize((self.image_size, self.image_size), Image.Resampling.LANCZOS, reducing_gap=3.0)
+        with atomic_path(self.image_path(row)) as tmp:
+            if self.image_format == "png":
+                picture.save(tmp, format="PNG")
+            else:
+                picture.save(tmp, format="JPEG", quality=self.quality)
+
     def write_originals(self, batch_index: int, rows: list[dict], codes: dict[str, np.ndarray], *, link: bool = False) -> None:
-        """The input images themselves (rows carry their "file"), copied (hard-linked with `link`), never re-encoded."""
+        """The input images themselves (rows carry their "file"): read as every command reads images (EXIF-rotated,
+        RGB, the shorter side scaled to image_size with LANCZOS, centre-cropped) and written in the output's format
+        when the plan resizes originals; else copied (hard-linked with `link`), never re-encoded."""
+        from .data import load_image
+
         for row in rows:
             source = Path(row["file"])
+            if self.resize_originals:
+                self._save(load_image(source, self.image_size), row)
+                continue
             target = self.image_path(row)
             with naming_write_errors(target):
                 link_or_copy(source, target, link)
@@ -248,7 +272,8 @@ class DatasetWriter:
         --jsonl with an --overwrite that would stage them). A resumed run announces only the batches it makes."""
         if not self.jsonl:
             return
-        lines = [json.dumps({"path": str(self.out / self.relative_path(row)), **{k: row.get(k, "") for k in LABEL_COLUMNS},
+        columns = [column for column in LABEL_COLUMNS if column != "path"]  # "path" is the absolute one here
+        lines = [json.dumps({"path": str(self.out / self.relative_path(row)), **{k: row.get(k, "") for k in columns},
                              **({"boxes": row["boxes"]} if "boxes" in row else {})})
                  for row in rows]
         sys.stdout.write("".join(line + "\n" for line in lines))
@@ -259,7 +284,7 @@ class DatasetWriter:
             np.savez(handle, rows=np.array(json.dumps(rows)), **{f"codes_{level}": np.asarray(v, np.uint16) for level, v in codes.items()})
         labels = self.work / "labels.csv"
         with naming_write_errors(labels), open(labels, "a", encoding="utf-8", newline="") as handle:
-            csv.DictWriter(handle, LABEL_COLUMNS, extrasaction="ignore", lineterminator="\n").writerows(rows)
+            csv.DictWriter(handle, LABEL_COLUMNS, extrasaction="ignore", lineterminator="\n").writerows(self.with_paths(rows))
 
     def _records(self):
         """(rows, codes) of every finished batch, in batch order."""
@@ -276,15 +301,16 @@ class DatasetWriter:
         writer = csv.DictWriter(buffer, LABEL_COLUMNS, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         for rows, _ in records:
-            writer.writerows(rows)
+            writer.writerows(self.with_paths(rows))
         write_text(self.work / "labels.csv", buffer.getvalue())
 
     def _write_metadata(self, rows: list[dict]) -> None:
         """metadata.csv (imagefolder layout): labels.csv's rows after a file_name column, as Hugging Face reads it."""
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["file_name", *LABEL_COLUMNS])
-        writer.writerows([self.relative_path(row), *(row.get(column, "") for column in LABEL_COLUMNS)] for row in rows)
+        columns = [column for column in LABEL_COLUMNS if column != "path"]  # file_name is the path
+        writer.writerow(["file_name", *columns])
+        writer.writerows([self.relative_path(row), *(row.get(column, "") for column in columns)] for row in rows)
         write_text(self.work / METADATA, buffer.getvalue())
 
     def finish(self, *, command: str, seed, device: str, extra: dict | None = None) -> dict:
@@ -335,6 +361,8 @@ class DatasetWriter:
             "device": device,
             "format": self.image_format,
             "layout": self.layout.value,
+            "image_size": self.image_size or model_size(self.model_config),  # of every image skinaug decoded or resized
+            **({"originals_kept": True} if self.originals_kept else {}),  # augment's originals: their own sizes
             "class_names": self.class_names,
             **summary,
         })

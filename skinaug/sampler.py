@@ -84,14 +84,19 @@ class InputOptions:
     columns: dict = field(default_factory=dict)
 
 
-ORIGINALS = ("copy", "link", "none")
+# what augment does with its input images: resized to the output's one size and format (the default), kept byte for
+# byte (copied, or hard-linked), or left out
+ORIGINALS = ("resize", "copy", "link", "none")
+IMAGE_SIZES = (8, 4096)  # the sides OUT_DIR's images may be written at
 
 
 @dataclass(frozen=True)
 class OutputOptions:
     """How OUT_DIR is written: replace an earlier output (overwrite) or finish an interrupted one (resume), image
-    format and JPEG quality, one JSON line per image on stdout (jsonl), the layout (images or imagefolder), and
-    what augment does with the input images (originals: copy, link or none); with dry_run nothing is written."""
+    format and JPEG quality, one JSON line per image on stdout (jsonl), the layout (images or imagefolder), the side
+    of every image (image_size; None: the model's: generated images are decoded, then resized to it), and what
+    augment does with the input images (originals: resize, to image_size and image_format like the generated ones;
+    copy or link, byte for byte at their own size and format; none); with dry_run nothing is written."""
 
     overwrite: bool = False
     resume: bool = False
@@ -99,12 +104,22 @@ class OutputOptions:
     quality: int = 95
     jsonl: bool = False
     layout: str = "images"
-    originals: str = "copy"
+    originals: str = "resize"
     dry_run: bool = False
+    image_size: int | None = None
 
     def __post_init__(self):
         if self.originals not in ORIGINALS:
-            raise UsageError(f"{{originals}} must be copy, link or none, not {self.originals!r}")
+            raise UsageError(f"{{originals}} must be resize, copy, link or none, not {self.originals!r}")
+        check_image_size(self.image_size)
+
+
+def check_image_size(image_size) -> None:
+    """{image_size}: None (the model's), or a side in pixels within IMAGE_SIZES."""
+    low, high = IMAGE_SIZES
+    if image_size is not None and not (isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool)
+                                       and low <= image_size <= high):
+        raise UsageError(f"{{image_size}} must be a side in pixels from {low} to {high}, not {image_size!r}")
 
 
 @runtime_checkable

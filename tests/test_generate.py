@@ -99,9 +99,11 @@ def test_every_row_names_a_file_that_opens_with_provenance(generator_model, tmp_
                 "--format", "jpg", "--quality", "90", "--quiet"]) == 0
     rows = read_rows(out)
     fingerprint = json.loads((generator_model["model"] / "config.json").read_text())["fingerprint"]
-    assert list(rows[0]) == ["image", "label", "method", "source_top", "source_bottom", "temperature", "seed", "model_fingerprint"]
+    assert list(rows[0]) == ["image", "label", "method", "source_top", "source_bottom", "temperature", "seed",
+                             "model_fingerprint", "path"]
     for row in rows:
-        with Image.open(out / "images" / f"{row['image']}.jpg") as image:
+        assert row["path"] == f"images/{row['image']}.jpg"
+        with Image.open(out / row["path"]) as image:
             assert image.format == "JPEG" and image.size == (32, 32)
         assert row["model_fingerprint"] == fingerprint and int(row["seed"]) >= 0
     run_info = json.loads((out / "run.json").read_text())

@@ -62,7 +62,8 @@ def test_a_run_in_one_go_assembles_labels_codes_and_run_json(tmp_path):
     rows = label_rows(out)
     assert [row["image"] for row in rows] == [f"gen_{i}_{j}" for i in range(BATCHES) for j in range(BATCH_SIZE)]
     assert rows[4] == {"image": "gen_1_1", "label": "nevus", "method": "synthesize", "source_top": "", "source_bottom": "",
-                       "temperature": "1.0", "seed": "101", "model_fingerprint": "0123456789ab"}  # no "group" column
+                       "temperature": "1.0", "seed": "101", "model_fingerprint": "0123456789ab",
+                       "path": "images/gen_1_1.png"}  # no "group" column
 
     codes = read_codes(out / "codes.h5")
     assert codes.images == [row["image"] for row in rows]

@@ -93,11 +93,13 @@ def test_nothing_is_written_into_a_users_model_directory(model, tiny_dataset, ca
 # ------------------------------------------------------------------------- 3: originals are copies
 
 
-def test_augment_copies_its_originals_so_editing_the_output_leaves_the_input_alone(model, tiny_dataset, tmp_path, capsys):
+def test_augment_copies_its_kept_originals_so_editing_the_output_leaves_the_input_alone(model, tiny_dataset, tmp_path,
+                                                                                        capsys):
     before = digests(tiny_dataset.images)
     out = tmp_path / "aug"
     code, _, err = run(capsys, "augment", tiny_dataset.images, "--labels", tiny_dataset.labels_csv, "--model", model,
-                       "--out", out, "--factor", 1.25, "--methods", "mix", "--device", "cpu", "--quiet")
+                       "--out", out, "--factor", 1.25, "--methods", "mix", "--keep-originals", "--device", "cpu",
+                       "--quiet")
     assert code == 0, err
     name = tiny_dataset.names[0]
     copied = out / "images" / f"{name}.png"

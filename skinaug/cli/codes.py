@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 
 from .options import (BackendOpt, BatchOpt, ClassMapOpt, DataArg, DeviceOpt, FormatOpt, GroupColOpt, ImageColOpt, JsonOpt,
-                      JsonlOpt, LabelColOpt, LabelsOpt, Layout, LayoutOpt, ModelOpt, OverwriteOpt, QualityOpt, QuietOpt,
-                      ResumeOpt, StrictOpt, WorkersOpt, columns, emit)
+                      JsonlOpt, LabelColOpt, LabelsOpt, Layout, LayoutOpt, ModelOpt, OutputSizeOpt, OverwriteOpt,
+                      QualityOpt, QuietOpt, ResumeOpt, StrictOpt, WorkersOpt, columns, emit)
 
 
 def print_code_table(stats: dict, codebook_size: int, file=None) -> None:
@@ -80,6 +80,7 @@ def decode(
     image_format: FormatOpt = "png",
     quality: QualityOpt = 95,
     layout: LayoutOpt = Layout.images,
+    image_size: OutputSizeOpt = None,
     overwrite: OverwriteOpt = False,
     resume: ResumeOpt = False,
     backend: BackendOpt = None,
@@ -92,10 +93,12 @@ def decode(
     Example: skinaug decode codes.h5 --model models/derm128 --out recon/
     """
     from ..encode import decode_codes
+    from ..sampler import OutputOptions, RunOptions
     from .generate import check_outputs, finish
 
     check_outputs(json_, jsonl)
-    summary = decode_codes(codes, out, model=model, device=device, batch_size=batch_size, overwrite=overwrite,
-                           resume=resume, image_format=image_format, quality=quality, backend=backend, layout=layout,
-                           jsonl=jsonl)
+    summary = decode_codes(codes, out, model=model,
+                           run=RunOptions(device=device, backend=backend, batch_size=batch_size),
+                           output=OutputOptions(overwrite=overwrite, resume=resume, image_format=image_format,
+                                                quality=quality, layout=layout, jsonl=jsonl, image_size=image_size))
     finish(summary, json_, out, jsonl)

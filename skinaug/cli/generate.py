@@ -10,8 +10,8 @@ import typer
 
 from ..errors import UsageError
 from .options import (BackendOpt, BatchOpt, ClassMapOpt, DeviceOpt, FormatOpt, GroupColOpt, ImageColOpt, JsonOpt, JsonlOpt,
-                      LabelColOpt, LabelsOpt, Layout, LayoutOpt, ModelOpt, OverwriteOpt, QualityOpt, QuietOpt, ResumeOpt,
-                      SeedOpt, StrictOpt, choices, columns, emit, finite_number)
+                      LabelColOpt, LabelsOpt, Layout, LayoutOpt, ModelOpt, OutputSizeOpt, OverwriteOpt, QualityOpt,
+                      QuietOpt, ResumeOpt, SeedOpt, StrictOpt, choices, columns, emit, finite_number)
 
 SourceArg = Annotated[Optional[Path], typer.Argument(metavar="DATA", help="Image folder (or use --codes).", show_default=False)]
 CodesOpt = Annotated[Optional[Path], typer.Option("--codes", help="Code file from `skinaug encode` (instead of DATA).")]
@@ -93,7 +93,7 @@ def mix(
     any_label: Annotated[bool, typer.Option("--any-label", help="Allow the two sources to have different labels (the top's label is kept).")] = False,
     device: DeviceOpt = "auto", backend: BackendOpt = None, seed: SeedOpt = 0, batch_size: BatchOpt = 64,
     image_format: FormatOpt = "png", quality: QualityOpt = 95,
-    layout: LayoutOpt = Layout.images,
+    layout: LayoutOpt = Layout.images, image_size: OutputSizeOpt = None,
     overwrite: OverwriteOpt = False, resume: ResumeOpt = False, strict: StrictOpt = False,
     image_col: ImageColOpt = None, label_col: LabelColOpt = None, group_col: GroupColOpt = None, class_map: ClassMapOpt = None,
     json_: JsonOpt = False, jsonl: JsonlOpt = False, quiet: QuietOpt = False,
@@ -112,7 +112,7 @@ def mix(
                             columns=columns(image_col, label_col, group_col)),
         run=RunOptions(device=device, backend=backend, seed=seed, batch_size=batch_size),
         output=OutputOptions(overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
-                             jsonl=jsonl, layout=layout))
+                             jsonl=jsonl, layout=layout, image_size=image_size))
     finish(summary, json_, out, jsonl)
 
 
@@ -136,7 +136,7 @@ def resample(
     device: DeviceOpt = "auto", backend: BackendOpt = None, seed: SeedOpt = 0, batch_size: BatchOpt = 64, bf16: BF16Opt = False,
     sampler: SamplerOpt = "fast", compile_step: CompileOpt = False,
     image_format: FormatOpt = "png", quality: QualityOpt = 95,
-    layout: LayoutOpt = Layout.images,
+    layout: LayoutOpt = Layout.images, image_size: OutputSizeOpt = None,
     overwrite: OverwriteOpt = False, resume: ResumeOpt = False, strict: StrictOpt = False,
     image_col: ImageColOpt = None, label_col: LabelColOpt = None, group_col: GroupColOpt = None, class_map: ClassMapOpt = None,
     json_: JsonOpt = False, jsonl: JsonlOpt = False, quiet: QuietOpt = False,
@@ -166,7 +166,7 @@ def resample(
         sampling=SamplingOptions(temperature=temperature, top_k=top_k, sampler=sampler, refine=refine,
                                  refine_candidates=refine_candidates),
         output=OutputOptions(overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
-                             jsonl=jsonl, layout=layout))
+                             jsonl=jsonl, layout=layout, image_size=image_size))
     finish(summary, json_, out, jsonl)
 
 
@@ -182,7 +182,7 @@ def synthesize(
     device: DeviceOpt = "auto", backend: BackendOpt = None, seed: SeedOpt = 0, batch_size: BatchOpt = 64, bf16: BF16Opt = False,
     sampler: SamplerOpt = "fast", compile_step: CompileOpt = False,
     image_format: FormatOpt = "png", quality: QualityOpt = 95,
-    layout: LayoutOpt = Layout.images,
+    layout: LayoutOpt = Layout.images, image_size: OutputSizeOpt = None,
     overwrite: OverwriteOpt = False, resume: ResumeOpt = False,
     json_: JsonOpt = False, jsonl: JsonlOpt = False, quiet: QuietOpt = False,
 ):
@@ -202,7 +202,7 @@ def synthesize(
                        compile_step=compile_step),
         sampling=SamplingOptions(temperature=temperature, top_k=top_k, sampler=sampler),
         output=OutputOptions(overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
-                             jsonl=jsonl, layout=layout))
+                             jsonl=jsonl, layout=layout, image_size=image_size))
     finish(summary, json_, out, jsonl)
 
 
@@ -220,19 +220,25 @@ def augment(
     methods: Annotated[str, typer.Option("--methods", help="Methods with optional weights, e.g. mix:1,resample:2,synthesize:1; classic: albumentations copies of the inputs (the baseline).")] = "mix,resample,synthesize",
     classic_config: Annotated[Optional[Path], typer.Option("--classic-config", help="Your own albumentations pipeline for classic (a file A.save wrote, yaml or json).")] = None,
     no_originals: Annotated[bool, typer.Option("--no-originals", help="Leave the input images out of the output.")] = False,
-    link_originals: Annotated[bool, typer.Option("--link-originals", help="Hard-link the originals to the input files instead of copying them: no extra space, but each is then the same file as its input, so editing or deleting its content in OUT_DIR does so to your input too. (Copies are reflinks, which cost no space, where the file system offers them.)")] = False,
-    copy_originals: Annotated[bool, typer.Option("--copy-originals", hidden=True, help="The default now; kept for old scripts.")] = False,
+    keep_originals: Annotated[bool, typer.Option("--keep-originals", help="Copy the originals byte for byte, at their own size and format, instead of resizing them to the output's one size (the folder is then one size only if they already are). Copies are reflinks, which cost no space, where the file system offers them.")] = False,
+    link_originals: Annotated[bool, typer.Option("--link-originals", help="Hard-link the originals to the input files, byte for byte as --keep-originals: no extra space, but each is then the same file as its input, so editing or deleting its content in OUT_DIR does so to your input too.")] = False,
+    copy_originals: Annotated[bool, typer.Option("--copy-originals", hidden=True, help="An earlier name of --keep-originals; kept for old scripts.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (images per class and method) and stop.")] = False,
     temperature: TemperatureOpt = 1.0,
     top_k: TopKOpt = None,
     device: DeviceOpt = "auto", backend: BackendOpt = None, seed: SeedOpt = 0, batch_size: BatchOpt = 64, bf16: BF16Opt = False, compile_step: CompileOpt = False,
     image_format: FormatOpt = "png", quality: QualityOpt = 95,
-    layout: LayoutOpt = Layout.images,
+    layout: LayoutOpt = Layout.images, image_size: OutputSizeOpt = None,
     overwrite: OverwriteOpt = False, resume: ResumeOpt = False, strict: StrictOpt = False,
     image_col: ImageColOpt = None, label_col: LabelColOpt = None, group_col: GroupColOpt = None, class_map: ClassMapOpt = None,
     json_: JsonOpt = False, jsonl: JsonlOpt = False, quiet: QuietOpt = False,
 ):
-    """Expand a labelled folder into a training-ready one: originals plus generated images.
+    """Expand a labelled folder into a training-ready one: originals plus generated images, all of one size.
+
+    Every image of OUT_DIR is written at the model's image size (or --image-size S) in --format: the originals are read
+    as every command reads images (EXIF-rotated, RGB, the shorter side scaled with LANCZOS, centre-cropped when not
+    square), the generated ones decoded and resized. --keep-originals (or --link-originals) keeps the originals
+    byte for byte instead.
 
     With a baseline generator as --model (`skinaug train baseline`): --methods synthesize (classic may be added); the OUT_DIR has no codes.h5.
 
@@ -250,8 +256,9 @@ def augment(
                        compile_step=compile_step),
         sampling=SamplingOptions(temperature=temperature, top_k=top_k),
         output=OutputOptions(overwrite=overwrite, resume=resume, image_format=image_format, quality=quality,
-                             jsonl=jsonl, layout=layout, dry_run=dry_run,
-                             originals=generate.originals_policy(no_originals, link_originals, copy_originals)))
+                             jsonl=jsonl, layout=layout, dry_run=dry_run, image_size=image_size,
+                             originals=generate.originals_policy(no_originals, link_originals, copy_originals,
+                                                                 keep_originals)))
     if dry_run:  # the plan is the result: the --json summary, else its table, on stdout
         if json_:
             emit(summary, True)

@@ -120,6 +120,10 @@ FormatOpt = Annotated[str, typer.Option("--format", callback=_image_format, **ch
 BackendOpt = Annotated[Optional[str], typer.Option(
     "--backend", **choices("torch", "onnx"), help="torch or onnx (onnxruntime on an exported model: `skinaug export onnx`). Default: torch when installed.")]
 QualityOpt = Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG quality with --format jpg.")]
+OutputSizeOpt = Annotated[Optional[int], typer.Option(
+    "--image-size", metavar="S", show_default=False,
+    help="Side in pixels of every image written (default: the model's image size). Generated images are decoded at "
+         "the model's size, then resized to S x S (LANCZOS).")]
 LayoutOpt = Annotated[Layout, typer.Option(
     "--layout", help="Where the images go: images (images/ + labels.csv) or imagefolder (one folder per class, as "
                      "torchvision's ImageFolder and Hugging Face's imagefolder read; labels.csv and metadata.csv beside them).")]

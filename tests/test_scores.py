@@ -94,7 +94,7 @@ def test_macro_auc_is_the_mean_of_one_vs_rest_aucs():
 def cas_setup(tiny_dataset, tmp_path):
     """The split `score cas --seed 0 --test-fraction 0.5` makes, and a generated set built around it: one
     image made from each real image, so the images made from test images are known."""
-    from skinaug.data import scan_dataset
+    from skinaug.data.scan import scan_dataset
     from skinaug.scores.cas import CasOptions, choose_task, split_real
 
     options = CasOptions(positive="melanoma", negative="nevus", test_fraction=0.5, seed=0)
@@ -137,7 +137,7 @@ def test_no_test_image_or_image_made_from_one_reaches_training(tiny_dataset, tmp
 
 
 def test_real_fraction_thins_the_train_split_by_lesion_and_keeps_the_test_split(tiny_dataset):
-    from skinaug.data import scan_dataset
+    from skinaug.data.scan import scan_dataset
     from skinaug.scores.cas import CasOptions, choose_task, split_real
 
     real = scan_dataset(tiny_dataset.images, tiny_dataset.labels_csv)
@@ -416,7 +416,7 @@ def test_memorization_feature_distance_sees_through_rotation(tmp_path):
 def test_score_codes_reports_the_code_table_and_the_mse(tiny_model, tmp_path, capsys):
     import h5py
 
-    from skinaug.encode import encode_dataset
+    from skinaug.generation.encode_decode import encode_dataset
 
     data = tiny_model.dataset
     codes = tmp_path / "codes.h5"

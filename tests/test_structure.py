@@ -8,9 +8,11 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "skinaug"
 # never import torch, directly or through another skinaug module: the onnx backend and `--help` run without it
 TORCH_FREE = ("skinaug.spec", "skinaug.sampling", "skinaug.backends", "skinaug.backends.base", "skinaug.backends.onnx",
-              "skinaug.onnx.runtime", "skinaug.io", "skinaug.errors", "skinaug.distributed", "skinaug.modeldir", "skinaug.codes",
-              "skinaug.encode", "skinaug.generate", "skinaug.output", "skinaug.runtime", "skinaug.cli", "skinaug.preview",
-              "skinaug.inspection", "skinaug.scores.sets", "skinaug.sampler", "skinaug.layout", "skinaug.generators")
+              "skinaug.backends.onnx_runtime", "skinaug.storage.fs", "skinaug.errors", "skinaug.distributed",
+              "skinaug.storage.modeldir", "skinaug.storage.codefile", "skinaug.generation.encode_decode",
+              "skinaug.generation.commands", "skinaug.storage.writer", "skinaug.runtime", "skinaug.cli",
+              "skinaug.reports.preview", "skinaug.reports.inspection", "skinaug.scores.sets", "skinaug.generation.sampler",
+              "skinaug.data.layout")
 
 
 def module_name(path: Path) -> str:
@@ -74,9 +76,9 @@ def test_find_cycle_finds_a_cycle_and_only_a_cycle():
 def test_the_import_graph_reads_relative_lazy_and_submodule_imports():
     graph = import_graph()
     assert "skinaug.backends.torch" in graph["skinaug.backends"]  # inside open_backend
-    assert "skinaug.version" in graph["skinaug.modeldir"]  # from .version import __version__
-    assert "skinaug.backends.base" in graph["skinaug.onnx.runtime"]  # from ..backends.base import ...
-    assert "skinaug.io" in graph["skinaug.modeldir"]  # from . import io as skinaug_io
+    assert "skinaug.version" in graph["skinaug.storage.modeldir"]  # from ..version import __version__
+    assert "skinaug.backends.base" in graph["skinaug.backends.onnx_runtime"]  # from .base import ...
+    assert "skinaug.storage.fs" in graph["skinaug.storage.modeldir"]  # from . import fs as skinaug_io
 
 
 def test_the_package_has_no_import_cycle():

@@ -186,7 +186,7 @@ def codes(
     Example: skinaug score codes codes.h5 --model models/derm64 --data images/ --labels labels.csv
     """
     from ..scores.code_usage import score_codes
-    from .codes import print_code_table
+    from .encode_decode import print_code_table
 
     stats = score_codes(codes_path, model=model, data=data, labels=labels, device=device, batch_size=batch_size,
                         strict=strict, workers=workers, **columns(image_col, label_col, group_col))
@@ -229,8 +229,8 @@ def sweep(
     Example: skinaug score sweep images/ --labels labels.csv --codebook-size 128,256,512 --code-dim 8,32,64 --out sweep/
     """
     from ..studies.sweep import print_sweep_table, run_sweep
-    from ..train_vqvae import TrainOptions
-    from ..vqvae import VQVAEConfig
+    from ..training.vqvae import TrainOptions
+    from ..vqvae.model import VQVAEConfig
 
     sizes, dims = _int_list(codebook_size, "--codebook-size"), _int_list(code_dim, "--code-dim")
     base = VQVAEConfig(image_size=image_size, levels=levels, channels=channels, res_channels=res_channels, n_res_blocks=res_blocks)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import load_images
+from ..data.scan import load_images
 from ..errors import SkinaugError, UsageError
 from ..runtime import log, resolve_device, warn
 from .sets import open_set

@@ -18,9 +18,9 @@ import io
 import numpy as np
 import torch
 
-from ..data import load_images
+from ..data.scan import load_images
 from ..errors import SkinaugError, UsageError
-from ..io import atomic_path, claim_output, marked_folder, write_json, write_text
+from ..storage.fs import atomic_path, claim_output, marked_folder, write_json, write_text
 from ..runtime import log, resolve_device
 from .sets import open_set
 
@@ -170,7 +170,7 @@ def draw_pairs(pairs, path, tile: int = 96, per_row: int = 4) -> None:
     """Generated | nearest real, side by side, closest first, each pair captioned with its pixel distance."""
     from PIL import Image, ImageDraw
 
-    from ..data import load_image
+    from ..data.scan import load_image
 
     rows = max(1, (len(pairs) + per_row - 1) // per_row)
     pair_width, caption = 2 * tile + 12, 28

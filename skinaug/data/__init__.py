@@ -1,0 +1,8 @@
+"""Reading image datasets: `scan` (folders, CSV dialects, labels, decoding), `layout` (what a generated dataset is:
+labels.csv's columns, the methods, the recogniser and reader), `class_map` (relabelling) and `classic`
+(albumentations copies). Torch-free.
+
+`skinaug.data` was one module before the package was regrouped: its names (`scan_dataset`, `open_image`,
+`is_generated_folder`, ...) stay importable from here; new code imports them from `skinaug.data.scan`."""
+
+from .scan import *  # noqa: F401,F403  (the names of the former module skinaug.data)

@@ -167,18 +167,19 @@ def test_overwrite_replaces_an_earlier_output_of_the_same_kind(project, tmp_path
 
 def test_a_score_folder_is_replaced_only_by_a_score_of_its_own_kind(tiny_dataset, tmp_path):
     from skinaug.scores.memorization import check_memorization
+    from skinaug.scores.options import ScoreOptions
 
     images, out = tiny_dataset.images, tmp_path / "memorization"
-    check_memorization(images, images, out=out, device="cpu")
+    check_memorization(images, images, out=out, options=ScoreOptions(device="cpu"))
     (out / "memorization.json").write_text("{}")  # marks the earlier output, to see it replaced
-    summary = check_memorization(images, images, out=out, device="cpu", overwrite=True)
+    summary = check_memorization(images, images, out=out, overwrite=True, options=ScoreOptions(device="cpu"))
     assert summary["flagged"] == 12 and '"flagged": 12' in (out / "memorization.json").read_text()
 
     cas = tmp_path / "cas"
     cas.mkdir()
     (cas / "cas.json").write_text('{"sets": []}')
     with pytest.raises(SkinaugError, match="replaces only an earlier memorization folder"):
-        check_memorization(images, images, out=cas, device="cpu", overwrite=True)
+        check_memorization(images, images, out=cas, overwrite=True, options=ScoreOptions(device="cpu"))
     assert sorted(p.name for p in cas.iterdir()) == ["cas.json"] and leftovers(tmp_path) == []
 
 

@@ -13,6 +13,7 @@ from PIL import Image
 
 from skinaug.cli import main
 from skinaug.errors import SkinaugError
+from skinaug.scores.options import ScoreOptions
 from skinaug.scores.roc import average_ranks, macro_auc, roc_auc, roc_curve
 
 # A classifier budget that trains in about a second on CPU: what is tested is the bookkeeping, not the skill.
@@ -367,8 +368,8 @@ def test_the_classifier_kid_is_that_of_the_z_scored_features(tiny_dataset, monke
     rng = np.random.default_rng(5)
     generated, real = rng.gamma(2.0, 3.0, size=(12, 6)), rng.gamma(2.0, 1.0, size=(12, 6))
     monkeypatch.setattr(fid, "classifier_feature_pair", lambda *args: (generated, real))
-    result = fid.compute_fid(tiny_dataset.images, tiny_dataset.images, features="classifier",
-                             real_labels=tiny_dataset.labels_csv, image_size=16, device="cpu")
+    result = fid.compute_fid(tiny_dataset.images, tiny_dataset.images, features="classifier", image_size=16,
+                             options=ScoreOptions(real_labels=tiny_dataset.labels_csv, device="cpu"))
     mean, std = fid.standardiser(generated, real)
     expected = fid.kernel_distance((generated - mean) / std, (real - mean) / std, seed=0)
     assert (result["kid"], result["kid_std"], result["kid_subset_size"]) == expected

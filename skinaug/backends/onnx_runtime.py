@@ -23,7 +23,11 @@ from ..storage.modeldir import PRIOR_WEIGHTS, VQVAE_WEIGHTS, ModelDir
 from ..runtime import log, warn
 from ..sampling import draw_codes, sampling_steps
 from ..spec import ModelSpec
-from ..onnx import EXPORT_FORMAT, ONNX_DIR
+
+ONNX_DIR = "onnx"
+OPSET = 17
+# the graphs' contract with this module; 2: caches bound in place (IOBinding), row and embed graphs, wavefront steps
+EXPORT_FORMAT = 2
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 

@@ -46,8 +46,7 @@ from ..storage.modeldir import PRIOR_WEIGHTS, VQVAE_WEIGHTS, ModelDir
 from ..runtime import log
 from ..spec import ModelSpec
 from ..storage.trained_on import TRAINED_ON
-from ..onnx import EXPORT_FORMAT, ONNX_DIR, OPSET
-from ..backends.onnx_runtime import file_digest
+from ..backends.onnx_runtime import EXPORT_FORMAT, ONNX_DIR, OPSET, file_digest
 
 EXPORTER = "torch.onnx.export(dynamo=False) (TorchScript tracer)"
 LOGIT_TOLERANCE = 1e-3  # max |onnxruntime - torch| on logits and images

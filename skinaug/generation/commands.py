@@ -260,7 +260,7 @@ class Generator:
 
 def load_sources(model, codes=None, data=None, labels=None, device="auto", backend=None, **scan_options) -> CodeFile:
     """Source images' codes: from a code file (checked against the model) or encoded from DATA now."""
-    from .encode_decode import codes_from_images, open_code_model
+    from .encode_decode import codes_from_images
 
     model_dir = ModelDir(model)
     if (codes is None) == (data is None):
@@ -270,7 +270,8 @@ def load_sources(model, codes=None, data=None, labels=None, device="auto", backe
         source = read_codes(codes)
         source.check_model(spec)
         return source.relabel(spec.class_names)  # label numbers are the file's; the model's may differ
-    return codes_from_images(open_code_model(model_dir, device, backend), data, labels, **scan_options)
+    code_model = open_backend(model_dir, device, resolve_backend(backend)).code_model
+    return codes_from_images(code_model, data, labels, **scan_options)
 
 
 def class_index(class_names: list[str], name: str) -> int:

@@ -27,12 +27,6 @@ from ..runtime import progress, resolve_backend
 from ..spec import ModelSpec
 
 
-def open_code_model(model_dir: ModelDir, device="auto", backend: str | None = None) -> CodeModel:
-    """Deprecated, kept while `generate.load_sources` calls it: callers use
-    `open_backend(model_dir, device, resolve_backend(backend)).code_model`."""
-    return open_backend(model_dir, device, resolve_backend(backend)).code_model
-
-
 def dataset_for_model(data, labels, spec: ModelSpec | dict, **scan_options):
     """Scans DATA with the model's class names fixed, so label indices mean the same everywhere."""
     class_names = list(ModelSpec.of(spec).class_names) or None

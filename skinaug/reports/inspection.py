@@ -261,16 +261,7 @@ def _summarise(dataset, facts: list[ImageFacts], unreadable, *, near: int, z: fl
         return [{"image": facts[i].sample.name, what: round(float(values[i]), 4), "z": round(float(scores[i]), 2)}
                 for i in order if abs(scores[i]) > z]
 
-    by_sha: dict[str, list[int]] = {}
-    for i, f in enumerate(facts):
-        by_sha.setdefault(f.sha256, []).append(i)
-    exact = [members for members in by_sha.values() if len(members) > 1]
-    # hash neighbours are candidates; a pair counts when the thumbnails also agree pixel for pixel (a small dark
-    # lesion centred on plain skin shares its low frequencies with many others)
-    pairs = [(i, j, d) for i, j, d in near_duplicate_pairs(np.array([f.phash for f in facts], dtype=np.uint64), near)
-             if np.abs(facts[i].thumbnail.astype(np.int16) - facts[j].thumbnail).mean() <= NEAR_PIXELS]
-    near_groups = _groups_of_pairs([(i, j) for i, j, _ in pairs], len(facts))
-    crossing = [g for g in near_groups if len({facts[i].sample.group or facts[i].sample.name for i in g}) > 1]
+    exact, near_groups, crossing = _duplicate_groups(facts, near)
     report = {
         "data": str(dataset.root), "images": len(facts), "unreadable": [{"image": n, "reason": r} for n, r in unreadable],
         "classes": {c: {"images": per_class[c], "lesions": len(lesions[c])} for c in classes},
@@ -292,6 +283,26 @@ def _summarise(dataset, facts: list[ImageFacts], unreadable, *, near: int, z: fl
         },
         "z": z,
     }
+    return report, _plots(report, facts, classes, per_class, lesions, histogram, sat, light, near_groups, show)
+
+
+def _duplicate_groups(facts: list[ImageFacts], near: int) -> tuple[list, list, list]:
+    """Groups of byte-identical images, groups of near-duplicates, and the near groups that cross lesion ids."""
+    by_sha: dict[str, list[int]] = {}
+    for i, f in enumerate(facts):
+        by_sha.setdefault(f.sha256, []).append(i)
+    exact = [members for members in by_sha.values() if len(members) > 1]
+    # hash neighbours are candidates; a pair counts when the thumbnails also agree pixel for pixel (a small dark
+    # lesion centred on plain skin shares its low frequencies with many others)
+    pairs = [(i, j, d) for i, j, d in near_duplicate_pairs(np.array([f.phash for f in facts], dtype=np.uint64), near)
+             if np.abs(facts[i].thumbnail.astype(np.int16) - facts[j].thumbnail).mean() <= NEAR_PIXELS]
+    near_groups = _groups_of_pairs([(i, j) for i, j, _ in pairs], len(facts))
+    crossing = [g for g in near_groups if len({facts[i].sample.group or facts[i].sample.name for i in g}) > 1]
+    return exact, near_groups, crossing
+
+
+def _plots(report, facts, classes, per_class, lesions, histogram, sat, light, near_groups, show) -> dict:
+    """The report's pictures: classes, colour histograms, the outliers' and near-duplicates' contact sheets."""
     plots = {
         "classes.png": bar_chart("images and lesions per class", classes,
                                  {"images": [per_class[c] for c in classes], "lesions": [len(lesions[c]) for c in classes]}),

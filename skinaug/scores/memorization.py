@@ -22,6 +22,7 @@ from ..data.scan import load_images
 from ..errors import SkinaugError, UsageError
 from ..storage.fs import atomic_path, claim_output, marked_folder, write_json, write_text
 from ..runtime import log, resolve_device
+from .options import ScoreOptions
 from .sets import open_set
 
 EMBEDDINGS = ("fixed", "classifier")
@@ -85,10 +86,11 @@ def nearest_by_embedding(generated: np.ndarray, real: np.ndarray, embed) -> tupl
 
 
 def check_memorization(generated, real, *, out=None, threshold: float = 0.02, feature_threshold: float | None = None,
-                       size: int = 32, embedding: str = "fixed", real_labels=None, pairs: int = 16, device="auto",
-                       budget=None, epochs: int = 3, seed: int = 0, strict: bool = False, workers=None,
-                       columns: dict | None = None, overwrite: bool = False) -> dict:
+                       size: int = 32, embedding: str = "fixed", pairs: int = 16, overwrite: bool = False,
+                       options: ScoreOptions = ScoreOptions()) -> dict:
     """Nearest real neighbours of every generated image; writes memorization.csv and closest_pairs.png to `out`."""
+    real_labels, columns, device, budget = options.real_labels, options.columns, options.device, options.budget
+    epochs, seed, strict, workers = options.epochs, options.seed, options.strict, options.workers
     if embedding not in EMBEDDINGS:
         raise UsageError(f"{{embedding}} must be fixed or classifier, not {embedding!r}")
     # the folder is written whole at the end; --overwrite replaces an earlier one only then

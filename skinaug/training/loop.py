@@ -51,11 +51,6 @@ CHECK_EVERY_ON_GPU = 25  # steps between finite-loss checks on a GPU, where each
 SEED_STRIDE = 1_000_003  # epoch seeds are seed * SEED_STRIDE + epoch: runs with nearby seeds never share an order
 
 
-def autocast_for(device):
-    """bf16 autocast on CUDA (the quantizer itself stays fp32); nothing on CPU."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     """Linear warm-up to 1, then cosine decay to 0 at total_steps."""
     if step < warmup_steps:

@@ -36,11 +36,11 @@ from ..limits import check_network_memory
 from ..storage.modeldir import PRIOR_WEIGHTS, ModelDir, base_model, fingerprint, load_weights, require_writable, save_weights
 from ..priors import PriorConfig, build_prior
 from ..priors.config import ATTENTION_KINDS
-from ..runtime import log, resolve_device, warn
+from ..runtime import autocast_for, log, resolve_device, warn
 from ..spec import ModelSpec
 from ..storage.trained_on import record_stage
 from .vqvae import InitSource, open_init
-from .loop import (Bar, Epoch, Hooks, MetricsLog, Run, TrainState, autocast_for, fit, load_checkpoint,
+from .loop import (Bar, Epoch, Hooks, MetricsLog, Run, TrainState, fit, load_checkpoint,
                        optimizer_step, shuffled_batches, steps_per_epoch, warmup_cosine)
 
 # --init: of the PriorConfig fields a caller may set (arch and `PriorOptions.overrides`), those that do not define

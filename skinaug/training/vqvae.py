@@ -28,9 +28,9 @@ from ..limits import check_network_memory
 from .losses import (GAN_START_SHARE, Adversary, LossSettings, discriminator_width, loss_settings, ssim_loss,
                      ssim_module)
 from ..storage.modeldir import PRIOR_WEIGHTS, VQVAE_WEIGHTS, ModelDir, fingerprint, load_weights, vqvae_config
-from ..runtime import log, resolve_device, warn
+from ..runtime import autocast_for, log, resolve_device, warn
 from ..storage.trained_on import record_stage
-from .loop import (CHECKPOINT, BatchSource, Epoch, Hooks, MetricsLog, Run, TrainState, augment_batch, autocast_for,
+from .loop import (CHECKPOINT, BatchSource, Epoch, Hooks, MetricsLog, Run, TrainState, augment_batch,
                        fit, load_checkpoint, optimizer_step, shuffled_batches, steps_per_epoch, warmup_cosine)
 from ..vqvae.model import VQVAE2, VQVAEConfig, to_uint8, vqvae_loss
 

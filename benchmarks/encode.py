@@ -17,9 +17,9 @@ from _common import SHARED_DATA, device_name, print_json, timed
 import numpy as np
 import torch
 
-from skinaug.data import scan_dataset
-from skinaug.image_cache import build_cache, decode_in_chunks
-from skinaug.vqvae import VQVAE2, VQVAEConfig, to_model_input
+from skinaug.data.scan import scan_dataset
+from skinaug.storage.image_cache import build_cache, decode_in_chunks
+from skinaug.vqvae.model import VQVAE2, VQVAEConfig, to_model_input
 
 
 def main() -> None:

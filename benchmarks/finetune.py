@@ -35,10 +35,10 @@ import numpy as np
 import torch
 
 from skinaug.cli import main as cli
-from skinaug.codes import read_codes
-from skinaug.data import group_split
-from skinaug.modeldir import ModelDir
-from skinaug.train_prior import CodeBatches
+from skinaug.storage.codefile import read_codes
+from skinaug.data.scan import group_split
+from skinaug.storage.modeldir import ModelDir
+from skinaug.training.prior import CodeBatches
 
 
 def run(*args) -> None:

@@ -23,10 +23,10 @@ from _common import add_source_arguments, device_name, print_json, timed
 import numpy as np
 import torch
 
-from skinaug.generate import batch_seed, load_sources, make_batches, plan_per_source
-from skinaug.sampler import SamplingOptions
-from skinaug.generate import IterativeGenerator
-from skinaug.iterative import IterativeRequest
+from skinaug.generation.commands import batch_seed, load_sources, make_batches, plan_per_source
+from skinaug.generation.sampler import SamplingOptions
+from skinaug.generation.commands import IterativeGenerator
+from skinaug.generation.iterative import IterativeRequest
 from skinaug.runtime import resolve_device
 
 GLIDE_REFERENCE = {"method": "GLIDE iterative inpainting (seed report 003)", "device": "NVIDIA A100",

@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from skinaug.generate import Generator, batch_seed, load_sources, make_batches, plan_per_source
-from skinaug.sampler import SamplingOptions
-from skinaug.modeldir import ModelDir
+from skinaug.generation.commands import Generator, batch_seed, load_sources, make_batches, plan_per_source
+from skinaug.generation.sampler import SamplingOptions
+from skinaug.storage.modeldir import ModelDir
 from skinaug.runtime import resolve_device
 
 REGIONS = ("bits_per_code", "in_mask", "kept_after_mask")

@@ -25,11 +25,11 @@ import numpy as np
 import torch
 
 from skinaug.backends.torch import decode_batch, encode_batch
-from skinaug.modeldir import PRIOR_WEIGHTS, ModelDir, save_weights
-from skinaug.onnx.export import export_onnx
-from skinaug.onnx.runtime import OnnxModel
+from skinaug.storage.modeldir import PRIOR_WEIGHTS, ModelDir, save_weights
+from skinaug.export.onnx import export_onnx
+from skinaug.backends.onnx_runtime import OnnxModel
 from skinaug.priors import PriorConfig, build_prior, sample
-from skinaug.vqvae import VQVAE2, VQVAEConfig
+from skinaug.vqvae.model import VQVAE2, VQVAEConfig
 
 
 def make_model(path: Path, image_size: int, prior_channels: int | None) -> None:

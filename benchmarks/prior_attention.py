@@ -33,11 +33,11 @@ from pathlib import Path
 
 from _common import device_name, print_json
 
-from skinaug.modeldir import CONFIG, VQVAE_WEIGHTS, ModelDir
+from skinaug.storage.modeldir import CONFIG, VQVAE_WEIGHTS, ModelDir
 from skinaug.priors.config import ATTENTION_KINDS
 from skinaug.runtime import resolve_device
-from skinaug.train_prior import DEFAULT_LR, PriorOptions, train_priors
-from skinaug.trained_on import TRAINED_ON
+from skinaug.training.prior import DEFAULT_LR, PriorOptions, train_priors
+from skinaug.storage.trained_on import TRAINED_ON
 
 
 def fresh_model(source: Path, folder: Path) -> Path:

@@ -43,9 +43,9 @@ HAM_CLASSES = ["akiec", "bcc", "bkl", "df", "melanoma", "nevus", "vasc"]
 
 def make_random_model(path: Path, image_size: int = 64, classes: list[str] = HAM_CLASSES) -> Path:
     """A model directory with random weights and the default sizes for `image_size`."""
-    from skinaug.modeldir import PRIOR_WEIGHTS, ModelDir, save_weights
+    from skinaug.storage.modeldir import PRIOR_WEIGHTS, ModelDir, save_weights
     from skinaug.priors import PriorConfig, build_prior
-    from skinaug.vqvae import VQVAE2, VQVAEConfig
+    from skinaug.vqvae.model import VQVAE2, VQVAEConfig
 
     torch.manual_seed(0)
     vqvae = VQVAE2(VQVAEConfig(image_size=image_size)).eval()
@@ -92,8 +92,8 @@ def run_backend(backend: str, model: Path, label: str, n: int, batch_sizes: list
                 scratch: Path, log) -> dict:
     import logging
 
-    from skinaug.generate import Job, class_index, job_plan, make_batches, name_jobs, open_generator, write_dataset
-    from skinaug.sampler import RunOptions
+    from skinaug.generation.commands import Job, class_index, job_plan, make_batches, name_jobs, open_generator, write_dataset
+    from skinaug.generation.sampler import RunOptions
 
     logging.getLogger("skinaug").setLevel(logging.WARNING)  # no progress lines inside the timings
     generator = open_generator(model, "cpu", backend=backend)
@@ -129,7 +129,7 @@ def run_backend(backend: str, model: Path, label: str, n: int, batch_sizes: list
             shutil.rmtree(out, ignore_errors=True)
             started = time.perf_counter()
             for index, (_, batch) in enumerate(make_batches(jobs, batch_size)):
-                from skinaug.generate import batch_seed
+                from skinaug.generation.commands import batch_seed
 
                 generator.images_for(generator.codes_for("synthesize", batch, None, batch_seed(seed, index)))
             seconds = time.perf_counter() - started
@@ -164,7 +164,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="synth_bench.") as tmp:
         tmp = Path(tmp)
         model = args.model or make_random_model(tmp / "model")
-        from skinaug.modeldir import ModelDir
+        from skinaug.storage.modeldir import ModelDir
 
         config = ModelDir(model).config()
         label = args.label or config["class_names"][min(1, len(config["class_names"]) - 1)]
@@ -178,7 +178,7 @@ def main() -> None:
         for backend in backends:
             run_model = model
             if backend == "onnx":
-                from skinaug.onnx.export import export_onnx
+                from skinaug.export.onnx import export_onnx
 
                 run_model = tmp / "onnx_model"
                 started = time.perf_counter()

@@ -19,11 +19,11 @@ from _common import SHARED_DATA, device_name, print_json, synchronize, timed
 
 import torch
 
-from skinaug.data import scan_dataset
-from skinaug.image_cache import build_cache
-from skinaug.train_vqvae import VQVAEStep
-from skinaug.training import BatchSource
-from skinaug.vqvae import VQVAE2, VQVAEConfig
+from skinaug.data.scan import scan_dataset
+from skinaug.storage.image_cache import build_cache
+from skinaug.training.vqvae import VQVAEStep
+from skinaug.training.loop import BatchSource
+from skinaug.vqvae.model import VQVAE2, VQVAEConfig
 
 
 def main() -> None:

@@ -139,22 +139,24 @@ PUBLIC_API = [
     ("skinaug.recipes", "Training with generated images without losing the real ones' exposure (also as "
                         "`skinaug.ExposureSampler`, ...): pieces for your own PyTorch training loop.",
      ["ExposureSampler", "sample_weights", "weighted_loss", "WithIndex", "PretrainSchedule", "is_real"]),
-    ("skinaug.generate", "The commands that write a generated dataset (OUT_DIR), as functions with the commands' options "
-                         "as parameters: each writes what the command writes and returns its `--json` summary.",
+    ("skinaug.generation.commands", "The commands that write a generated dataset (OUT_DIR), as functions with the "
+                                    "commands' options as parameters: each writes what the command writes and returns "
+                                    "its `--json` summary. `synthesize` and `augment` take any generator directory: a "
+                                    "VQ-VAE-2 with priors, or a baseline from `skinaug train baseline` (which has no "
+                                    "codes). Earlier names: `skinaug.generate`, `skinaug.generators`.",
      ["synthesize", "mix", "resample", "augment"]),
-    ("skinaug.sampler", "The settings the generating functions take: how codes are drawn (per call), where and in which "
-                        "batches a run goes, what it reads, how its OUT_DIR is written.",
+    ("skinaug.generation.sampler", "The settings the generating functions take: how codes are drawn (per call), where "
+                                   "and in which batches a run goes, what it reads, how its OUT_DIR is written. "
+                                   "Earlier name: `skinaug.sampler`.",
      ["SamplingOptions", "RunOptions", "InputOptions", "OutputOptions"]),
-    ("skinaug.generators", "`synthesize` and `augment` for any generator directory: a VQ-VAE-2 with priors, or a "
-                           "baseline from `skinaug train baseline` (which has no codes).",
-     ["synthesize", "augment"]),
 ]
 API_INTRO = """# Python API
 
 {header}
 The functions and classes below are the public Python API; the command line is a thin layer over them. Everything
 else under `skinaug.` may change between releases. Errors are `skinaug.errors.SkinaugError` (a runtime problem) and
-its subclass `UsageError` (a bad argument), with one-line messages that name the Python parameters.
+its subclass `UsageError` (a bad argument), with one-line messages that name the Python parameters. How the
+package is laid out, and where the modules of earlier releases moved: [architecture.md](architecture.md).
 
 Progress and warnings go through the standard `logging` logger `"skinaug"` (stderr by default):
 `logging.getLogger("skinaug").setLevel(logging.WARNING)` silences progress as the commands' `--quiet` does.

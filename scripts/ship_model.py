@@ -13,10 +13,10 @@ import argparse
 import shutil
 from pathlib import Path
 
-from skinaug.io import SHIPPED_MODELS, write_json
-from skinaug.modeldir import (CONFIG, PRIOR_WEIGHTS, VQVAE_WEIGHTS, ModelDir, compact_weights, fingerprint,
+from skinaug.storage.fs import SHIPPED_MODELS, write_json
+from skinaug.storage.modeldir import (CONFIG, PRIOR_WEIGHTS, VQVAE_WEIGHTS, ModelDir, compact_weights, fingerprint,
                               load_weights, vqvae_config)
-from skinaug.trained_on import TRAINED_ON
+from skinaug.storage.trained_on import TRAINED_ON
 
 
 def ship(source: Path, name: str, licence: str) -> Path:

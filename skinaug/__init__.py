@@ -1,6 +1,9 @@
 """skinaug: expand skin-lesion image datasets with a VQ-VAE-2 and autoregressive priors over its codes."""
 
+from .moved import install as _install_moved
 from .version import __version__  # noqa: F401  (skinaug.__version__)
+
+_install_moved()  # the old names of the modules that moved (skinaug.generate, skinaug.io, ...): skinaug.moved
 
 _RECIPE_NAMES = ("ExposureSampler", "PretrainSchedule", "sample_weights", "weighted_loss", "WithIndex", "is_real")
 

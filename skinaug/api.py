@@ -34,8 +34,8 @@ class Model:
     """A model directory ready to encode, decode and generate; see the module docstring."""
 
     def __init__(self, path=None, device: str = "auto", batch_size: int = 64):
-        from .generate import open_generator
-        from .modeldir import resolve_model
+        from .generation.commands import open_generator
+        from .storage.modeldir import resolve_model
 
         self.path = resolve_model(path)
         self._generator = open_generator(self.path, device)
@@ -81,7 +81,7 @@ class Model:
         """n new images of one class: top codes from the top prior, bottom codes given them, decoded. `seed`: None
         draws fresh randomness (new images on every call); an int (the same images as `synthesize --seed`) or a
         numpy Generator gives reproducible ones."""
-        from .generate import Job
+        from .generation.commands import Job
 
         if int(n) < 0:
             raise SkinaugError(f"n must be 0 or more, not {n}")
@@ -101,8 +101,8 @@ class Model:
     def resample(self, images, labels, *, temperature: float = 1.0, top_k: int | None = None, seed=None) -> np.ndarray:
         """Each image's top codes kept and its bottom codes drawn anew by the bottom prior, given them and the label
         (one class for all images, or one per image). `seed` as in `synthesize`."""
-        from .codes import CodeFile
-        from .generate import plan_per_source
+        from .storage.codefile import CodeFile
+        from .generation.commands import plan_per_source
 
         codes = self.encode(images)
         n = len(codes["bottom"])
@@ -117,8 +117,8 @@ class Model:
 
     def _generate(self, method: str, jobs, source, temperature: float, top_k: int | None, seed) -> np.ndarray:
         """The jobs' images, drawn with this call's settings (the generator keeps none of them)."""
-        from .generate import batch_seed, make_batch, make_batches
-        from .sampler import SamplingOptions
+        from .generation.commands import batch_seed, make_batch, make_batches
+        from .generation.sampler import SamplingOptions
 
         sampling = SamplingOptions(temperature=temperature, top_k=top_k)
         seed = seed_value(seed)
@@ -220,7 +220,7 @@ class GeneratedDataset(_dataset_base()):
 
     def __init__(self, path, labels=None, *, classes=None, image_size: int | None = None, transform=None,
                  target_transform=None, **columns):
-        from .layout import row_methods
+        from .data.layout import row_methods
         from .scores.sets import open_set
 
         if classes is None and labels is None:
@@ -262,7 +262,7 @@ class GeneratedDataset(_dataset_base()):
 
     def image(self, index: int) -> np.ndarray:
         """Image i as uint8 (S, S, 3) at `image_size` (EXIF-rotated, RGB, resized and centre-cropped)."""
-        from .data import load_image
+        from .data.scan import load_image
 
         return load_image(self.samples[index].path, self.image_size)
 
@@ -284,7 +284,7 @@ def one_size(path: Path, samples, generated: bool) -> int | None:
 
     from PIL import Image
 
-    from .layout import recorded_size
+    from .data.layout import recorded_size
 
     if not samples:
         return None
@@ -379,7 +379,7 @@ def _model_classes(path: Path) -> list[str] | None:
     codes.h5 holds it), or None for a real image folder or a folder that does not say."""
     import json
 
-    from .layout import is_generated_folder
+    from .data.layout import is_generated_folder
 
     if not path.is_dir() or not is_generated_folder(path):
         return None

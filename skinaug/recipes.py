@@ -29,7 +29,7 @@ from torch.utils.data import Dataset, Sampler
 
 from .errors import SkinaugError, UsageError
 from .scores.classifier import balanced_batches, balanced_weights, train_classifier
-from .training import epoch_order
+from .training.loop import epoch_order
 
 REAL_METHODS = ("original", "real")  # the methods whose items are real images; everything else is generated
 DEFAULT_SYNTHETIC_WEIGHT = 0.5  # the loss weight of a generated image when none is given for its method

@@ -80,6 +80,14 @@ def progress(total: int | None = None, desc: str = "", unit: str = "img", **kwar
 DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
+def autocast_for(device):
+    """bf16 autocast on CUDA (the quantizer itself stays fp32); nothing on CPU. Used by the trainers and the torch
+    backend alike, so it lives beside resolve_device rather than in the training loop."""
+    import torch
+
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
 def check_device_name(name: str) -> str:
     """--device is auto, cpu, cuda or cuda:N; anything else is a usage error (checked without importing torch).
 

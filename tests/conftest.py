@@ -76,7 +76,7 @@ def single_thread():
 @contextlib.contextmanager
 def interrupted_at_validation(monkeypatch, call: int):
     """`train prior` stops with Ctrl-C at its `call`-th validation: the end of that epoch, before its checkpoint."""
-    from skinaug import train_prior
+    from skinaug.training import prior as train_prior
 
     real_evaluate, calls = train_prior.evaluate, {"n": 0}
 
@@ -107,8 +107,8 @@ class TinyModel:
 
 
 def _train_tiny_model(tmp_path_factory, levels: int, seed: int) -> TinyModel:
-    from skinaug.train_vqvae import TrainOptions, train_vqvae
-    from skinaug.vqvae import VQVAEConfig
+    from skinaug.training.vqvae import TrainOptions, train_vqvae
+    from skinaug.vqvae.model import VQVAEConfig
 
     root = tmp_path_factory.mktemp(f"tiny_model_{levels}level")
     dataset = make_tiny_dataset(root / "data")
@@ -178,7 +178,7 @@ def error_line(err: str) -> str:
 @contextlib.contextmanager
 def interrupted_after_batches(monkeypatch, batches: int):
     """Ctrl-C as a generated dataset's writer is about to write batch `batches` + 1 (the first `batches` land)."""
-    from skinaug import output
+    from skinaug.storage import writer as output
 
     original, calls = output.DatasetWriter.write_batch, {"n": 0}
 

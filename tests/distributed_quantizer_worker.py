@@ -14,7 +14,7 @@ import sys
 import torch
 
 from skinaug.distributed import Distributed
-from skinaug.quantize import VectorQuantizer
+from skinaug.vqvae.quantize import VectorQuantizer
 
 
 class RecordingQuantizer(VectorQuantizer):

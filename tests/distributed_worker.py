@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from skinaug.distributed import Distributed
-from skinaug.vqvae import VQVAE2, VQVAEConfig, vqvae_loss
+from skinaug.vqvae.model import VQVAE2, VQVAEConfig, vqvae_loss
 
 GLOBAL_BATCH, STEPS = 8, 3
 

@@ -9,8 +9,8 @@ from PIL import Image
 
 import skinaug
 from skinaug.cli import main
-from skinaug.codes import read_codes
-from skinaug.data import load_image
+from skinaug.storage.codefile import read_codes
+from skinaug.data.scan import load_image
 from skinaug.errors import SkinaugError
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -56,7 +56,7 @@ def test_synthesize_gives_the_images_of_the_command_with_the_same_seed(model, ge
 
 
 def test_the_generating_commands_are_library_functions_that_write_what_the_commands_write(generator_model, tmp_path):
-    from skinaug import generate
+    from skinaug.generation import commands as generate
 
     model, codes = str(generator_model["model"]), str(generator_model["codes"])
     assert main(["mix", "--codes", codes, "--model", model, "--out", str(tmp_path / "cli"), "-n", "6", "--seed", "2",

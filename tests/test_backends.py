@@ -10,9 +10,9 @@ from skinaug.backends.base import Backend, CodeModel, PriorSampler
 from skinaug.backends.onnx import NumpyRandom
 from skinaug.backends.torch import TorchRandom
 from skinaug.cli import main
-from skinaug.codes import read_codes
-from skinaug.generate import Generator, Job, batch_seed, plan_mix, plan_per_source
-from skinaug.sampler import SamplingOptions
+from skinaug.storage.codefile import read_codes
+from skinaug.generation.commands import Generator, Job, batch_seed, plan_mix, plan_per_source
+from skinaug.generation.sampler import SamplingOptions
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -104,9 +104,9 @@ def test_the_random_sources_draw_in_the_order_asked(generators):
 
 
 def test_codes_from_images_is_the_encode_command_in_memory(generators, exported, tmp_path):
-    from skinaug.encode import codes_from_images
+    from skinaug.generation.encode_decode import codes_from_images
 
-    from skinaug.data import load_image
+    from skinaug.data.scan import load_image
 
     data = exported["data"]
     expected = read_codes(exported["codes"])  # written by `skinaug encode`

@@ -17,14 +17,14 @@ from safetensors.torch import load_file
 import skinaug.baselines.networks as networks
 from skinaug.baselines.config import ARCHS, baseline_config, msssim_window
 from skinaug.baselines.dcgan import REAL_TARGET, discriminator_loss, generator_loss
-from skinaug.baselines.synthesize import BaselineSampler
+from skinaug.generation.baseline_sampler import BaselineSampler
 from skinaug.baselines.vae import kl_divergence, msssim_loss
 from skinaug.cli import main
 from skinaug.errors import UsageError
-from skinaug.generate import batch_seed
-from skinaug.modeldir import fingerprint, load_weights
-from skinaug.sampler import SamplingOptions
-from skinaug.trained_on import read_record
+from skinaug.generation.commands import batch_seed
+from skinaug.storage.modeldir import fingerprint, load_weights
+from skinaug.generation.sampler import SamplingOptions
+from skinaug.storage.trained_on import read_record
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -147,7 +147,7 @@ def test_resume_after_a_crash_is_bit_identical_to_an_uninterrupted_run(trained, 
 
 def test_resume_after_the_metrics_line_but_before_the_checkpoint_trains_that_epoch_once(trained, data, tmp_path,
                                                                                         monkeypatch):
-    import skinaug.baselines.train as train_module
+    import skinaug.training.baseline as train_module
 
     out, real_grid, calls = tmp_path / "dcgan", train_module.sample_grid, []
 
@@ -282,7 +282,7 @@ def test_augment_with_a_baseline_adds_synthesized_images_to_the_originals(traine
         assert sum(row["label"] == name and row["method"] == "original" for row in rows) == 8
     assert len(list((out / "images").iterdir())) == 36 and not (out / "codes.h5").exists()
     # the folder is DATA for every other command: its own labels.csv labels its images
-    from skinaug.data import scan_dataset
+    from skinaug.data.scan import scan_dataset
 
     dataset = scan_dataset(out)
     assert len(dataset.samples) == 36 and sorted(dataset.class_names) == list(CLASSES)

@@ -13,7 +13,7 @@ from skinaug.errors import SkinaugError, UsageError
 from skinaug.studies.benefit import (BenefitOptions, GeneratorRecipe, aucs, bootstrap_gain, classic_copies, real_share,
                                     run_benefit, split_for_benefit)
 from skinaug.scores.classifier import Budget
-from skinaug.trained_on import read_record
+from skinaug.storage.trained_on import read_record
 from test_scores import mann_whitney_auc, run_cli
 
 CLASSES = ("bkl", "melanoma", "nevus")
@@ -48,7 +48,7 @@ def tiny_options(**changes) -> BenefitOptions:
 
 
 def test_the_split_and_the_shares_keep_lesions_whole():
-    from skinaug.data import Sample
+    from skinaug.data.scan import Sample
 
     samples = [Sample(Path(f"{i}.png"), f"im_{i}", i // 8, f"les_{i // 2}") for i in range(24)]
     train, test = split_for_benefit(samples, 0.5, seed=0)
@@ -188,7 +188,7 @@ def benefit_with_baseline(capsys, data: Path, out: Path, model: Path, *extra):
 
 def test_benefit_with_a_baseline_generator_synthesizes_the_same_share_and_refuses_codes(tmp_path, capsys):
     from skinaug.cli import main
-    from skinaug.data import scan_dataset
+    from skinaug.data.scan import scan_dataset
 
     data = make_lesion_data(tmp_path / "data")
     train, _ = split_for_benefit(scan_dataset(data / "images", data / "labels.csv").samples, 0.5, seed=0)

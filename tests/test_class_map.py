@@ -9,9 +9,9 @@ from pathlib import Path
 import h5py
 import pytest
 
-from skinaug.class_map import STANDARD_LABELS, parse_class_map, using_class_map
+from skinaug.data.class_map import STANDARD_LABELS, parse_class_map, using_class_map
 from skinaug.cli import main
-from skinaug.data import scan_dataset
+from skinaug.data.scan import scan_dataset
 from skinaug.errors import SkinaugError, UsageError
 from tests.test_data import by_name, make_images, write_csv
 

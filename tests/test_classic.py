@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from skinaug.classic import augment_images, default_transforms
+from skinaug.data.classic import augment_images, default_transforms
 from skinaug.cli import main
-from skinaug.codes import read_codes
+from skinaug.storage.codefile import read_codes
 
 
 def rows_of(out):
@@ -56,7 +56,7 @@ def test_a_pipeline_file_replaces_the_default(generator_model, tmp_path):
     A.save(A.Compose([A.HorizontalFlip(p=1.0)]), str(flip), data_format="yaml")
     out = tmp_path / "flipped"
     assert augment(data, model, out, "--methods", "classic", "--classic-config", flip) == 0
-    from skinaug.data import load_image
+    from skinaug.data.scan import load_image
 
     classic = [r for r in rows_of(out) if r["method"] == "classic"]
     assert len(classic) == 12

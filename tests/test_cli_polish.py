@@ -85,12 +85,12 @@ def test_export_without_onnxruntime_names_the_extra(generator_model, tmp_path, c
 
 @pytest.mark.parametrize("package, hint", [("onnx", "pip install 'skinaug[onnx]'"), ("h5py", "reinstall skinaug with its dependencies")])
 def test_any_missing_package_is_one_line_that_says_what_to_install(package, hint, capsys, monkeypatch):
-    import skinaug.modeldir
+    import skinaug.storage.modeldir
 
     def missing(*args, **kwargs):
         raise ModuleNotFoundError(f"No module named '{package}'", name=package)
 
-    monkeypatch.setattr(skinaug.modeldir, "find_models", missing)
+    monkeypatch.setattr(skinaug.storage.modeldir, "find_models", missing)
     assert main(["models"]) == 1
     err = capsys.readouterr().err.strip()
     assert err == f"error: this needs the package {package}, which is not installed: {hint}"

@@ -19,11 +19,11 @@ from PIL import Image
 
 from skinaug import __version__
 from skinaug.cli import main
-from skinaug.codes import code_statistics, read_codes
-from skinaug.data import load_images, scan_dataset
-from skinaug.encode import encode_dataset
-from skinaug.modeldir import ModelDir
-from skinaug.vqvae import to_model_input, to_uint8
+from skinaug.storage.codefile import code_statistics, read_codes
+from skinaug.data.scan import load_images, scan_dataset
+from skinaug.generation.encode_decode import encode_dataset
+from skinaug.storage.modeldir import ModelDir
+from skinaug.vqvae.model import to_model_input, to_uint8
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from skinaug import data
-from skinaug.data import (
+from skinaug.data import scan as data
+from skinaug.data.scan import (
     Dataset,
     check_image_size,
     group_split,

@@ -2,6 +2,7 @@
 (score cas) and features of rank 0 (score fid --features classifier); --strict refuses them."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from skinaug.cli import main
 from skinaug.errors import SkinaugError
 from skinaug.scores import cas, fid
 from skinaug.scores.classifier import constant_predictions
+from skinaug.scores.options import ScoreOptions
 
 TINY_CAS = ["--arch", "resnet10", "--image-size", "32", "--steps", "1", "--batch-size", "4", "--device", "cpu"]
 
@@ -71,17 +73,18 @@ def test_a_classifier_that_ranks_images_is_no_degenerate_one(tiny_dataset, capsy
 def test_fid_says_when_every_image_has_the_same_features_and_strict_refuses(tiny_dataset, monkeypatch, capsys):
     constant = np.tile(np.arange(1.0, 9.0), (12, 1))
     monkeypatch.setattr(fid, "classifier_feature_pair", lambda *args: (constant, constant.copy()))
-    options = dict(features="classifier", real_labels=tiny_dataset.labels_csv, image_size=16, device="cpu")
-    result = fid.compute_fid(tiny_dataset.images, tiny_dataset.images, **options)
+    run = ScoreOptions(real_labels=tiny_dataset.labels_csv, device="cpu")
+    options = dict(features="classifier", image_size=16)
+    result = fid.compute_fid(tiny_dataset.images, tiny_dataset.images, options=run, **options)
     assert result["feature_rank"] == 0 and result["precision"] == 1.0  # what used to be reported as a result
     assert "all 24 images have the same features" in result["degenerate"]
     assert "degenerate classifier features" in capsys.readouterr().err
     with pytest.raises(SkinaugError, match=r"degenerate classifier features.*strict=True refuses"):
-        fid.compute_fid(tiny_dataset.images, tiny_dataset.images, strict=True, **options)
+        fid.compute_fid(tiny_dataset.images, tiny_dataset.images, options=replace(run, strict=True), **options)
     rng = np.random.default_rng(1)
     varied = rng.normal(size=(12, 8))
     monkeypatch.setattr(fid, "classifier_feature_pair", lambda *args: (varied, varied + 0.1))
-    result = fid.compute_fid(tiny_dataset.images, tiny_dataset.images, strict=True, **options)
+    result = fid.compute_fid(tiny_dataset.images, tiny_dataset.images, options=replace(run, strict=True), **options)
     assert result["degenerate"] is None and result["feature_rank"] == 8
 
 

@@ -61,7 +61,7 @@ def test_torchrun_training_makes_a_model_that_encode_uses_and_resumes_on_one_pro
     codes = tmp_path / "codes.h5"
     assert main(["encode", str(tiny_dataset.images), "--labels", str(tiny_dataset.labels_csv), "--model", str(model),
                  "--out", str(codes), "--device", "cpu", "--quiet"]) == 0
-    from skinaug.codes import read_codes
+    from skinaug.storage.codefile import read_codes
 
     assert len(read_codes(codes)) == 12
 
@@ -84,6 +84,6 @@ def test_sharded_synthesis_writes_each_requested_image_once(generator_model, tmp
     with torch_threads(1):
         assert main(["synthesize", "--model", str(generator_model["model"]), "--out", str(single), "--class", "melanoma",
                      "-n", "7", "--batch-size", "2", "--device", "cpu", "--quiet"]) == 0
-    from skinaug.codes import read_codes
+    from skinaug.storage.codefile import read_codes
 
     np.testing.assert_array_equal(read_codes(out / "codes.h5").codes["bottom"], read_codes(single / "codes.h5").codes["bottom"])

@@ -118,7 +118,7 @@ def formats() -> str:
 
 
 def test_formats_names_the_labels_columns_and_methods_the_code_writes():
-    from skinaug.layout import AUGMENT_METHODS, LABEL_COLUMNS, METHODS
+    from skinaug.data.layout import AUGMENT_METHODS, LABEL_COLUMNS, METHODS
 
     assert "\n" + ",".join(LABEL_COLUMNS) + "\n" in formats()
     line = next(line for line in formats().splitlines() if line.startswith("The methods a row can name:"))
@@ -126,7 +126,7 @@ def test_formats_names_the_labels_columns_and_methods_the_code_writes():
 
 
 def test_formats_names_the_code_files_attributes_and_datasets():
-    from skinaug.codes import model_attrs
+    from skinaug.storage.codefile import model_attrs
 
     config = json.loads((ROOT / "skinaug" / "models" / "ham10000-64" / "config.json").read_text(encoding="utf-8"))
     line = re.search(r"^File attributes:(.*?)\.$", formats(), re.S | re.M).group(1)
@@ -136,7 +136,7 @@ def test_formats_names_the_code_files_attributes_and_datasets():
 
 
 def test_formats_names_every_file_a_model_directory_may_hold():
-    from skinaug.io import MODEL_ENTRIES
+    from skinaug.storage.fs import MODEL_ENTRIES
 
     layout = formats().split("## Model directory")[1].split("```")[1]
     assert {re.match(r"\s*([\w.]+)", line).group(1) for line in layout.splitlines()[2:] if line.strip()} == \

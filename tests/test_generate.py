@@ -10,7 +10,7 @@ from conftest import interrupted_after_batches
 from PIL import Image
 
 from skinaug.cli import main
-from skinaug.codes import read_codes
+from skinaug.storage.codefile import read_codes
 
 
 def read_rows(out):
@@ -307,7 +307,7 @@ def test_a_generated_folder_is_data_with_its_labels_so_commands_chain(generator_
 
 
 def test_generated_shares_count_every_generator_method_but_not_classic_copies():
-    from skinaug.generate import generated_shares
+    from skinaug.generation.commands import generated_shares
 
     table = {"melanoma": {"originals": 2, "mix": 3, "synthesize": 3, "classic": 2, "total": 10},
              "nevus": {"originals": 8, "resample": 1, "rand-top": 1, "total": 10}}

@@ -241,7 +241,7 @@ def test_class_rows_are_matched_by_name_in_both_architectures(arch):
     import torch
 
     from skinaug.priors import PriorConfig, build_prior
-    from skinaug.train_prior import class_embedding_keys, init_prior_weights
+    from skinaug.training.prior import class_embedding_keys, init_prior_weights
 
     def prior(num_classes, seed):
         torch.manual_seed(seed)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from skinaug.cli import main
-from skinaug.inspection import lightness, near_duplicate_pairs, perceptual_hash, saturation
+from skinaug.reports.inspection import lightness, near_duplicate_pairs, perceptual_hash, saturation
 
 
 def test_lightness_and_saturation_are_the_cielab_and_hsv_definitions():
@@ -116,10 +116,10 @@ def test_a_headless_browser_renders_the_report_with_its_plots(tmp_path, capsys):
 
 
 def test_inspect_refuses_decompression_bombs_like_every_reader(tmp_path, monkeypatch, capsys):
-    import skinaug.data
+    import skinaug.data.scan
 
     data = make_noise_data(tmp_path / "data")
-    monkeypatch.setattr(skinaug.data, "MAX_IMAGE_PIXELS", 48 * 48 - 1)  # every 48x48 image is now "too large"
+    monkeypatch.setattr(skinaug.data.scan, "MAX_IMAGE_PIXELS", 48 * 48 - 1)  # every 48x48 image is now "too large"
     Image.new("RGB", (16, 16), "red").save(data / "images" / "small.png")
     with open(data / "labels.csv", "a") as handle:
         handle.write("small,nevus,les_s\n")

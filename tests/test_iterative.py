@@ -11,11 +11,11 @@ import pytest
 from PIL import Image
 
 from skinaug.cli import main
-from skinaug.codes import read_codes
+from skinaug.storage.codefile import read_codes
 from skinaug.errors import UsageError
-from skinaug.iterative import (IterativeRequest, boxes_mask, covering_box, image_boxes, parse_sizes, place_boxes,
+from skinaug.generation.iterative import (IterativeRequest, boxes_mask, covering_box, image_boxes, parse_sizes, place_boxes,
                                resolve_settings, schedule_sizes, window_sums)
-from skinaug.output import LABEL_COLUMNS
+from skinaug.storage.writer import LABEL_COLUMNS
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest: tiny models, busy shared cores
 
@@ -220,7 +220,7 @@ def test_jsonl_lines_carry_the_boxes(generator_model, tmp_path, capsys):
 
 
 def test_resume_after_an_interruption_gives_the_uninterrupted_output(generator_model, tmp_path, monkeypatch):
-    from skinaug import output
+    from skinaug.storage import writer as output
 
     options = ["--iterative", 2, "--box-size", 3, "--batch-size", 5]
     assert resample(generator_model, tmp_path / "whole", *options) == 0

@@ -124,7 +124,7 @@ def test_imagefolder_needs_a_class_for_every_image_and_a_known_layout(generator_
 
 @pytest.mark.parametrize("name", ["images", "labels.csv"])
 def test_a_class_named_like_a_file_of_the_output_gets_a_folder_of_its_own(name):
-    from skinaug.layout import class_folders
+    from skinaug.data.layout import class_folders
 
     folders = class_folders([name, "nevus"])
     assert folders["nevus"] == "nevus" and folders[name] != name and "/" not in folders[name]
@@ -154,7 +154,7 @@ def test_preview_reads_an_imagefolder_output_and_keeps_its_sheet_out_of_the_clas
 
 
 def test_preview_of_an_imagefolder_output_never_takes_the_outputs_own_files_for_images(generator_model, tmp_path):
-    from skinaug.preview import _image_file
+    from skinaug.reports.preview import _image_file
 
     out = tmp_path / "synth"
     assert synthesize(generator_model, out, "--layout", "imagefolder") == 0

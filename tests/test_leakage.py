@@ -9,7 +9,7 @@ import pytest
 
 from conftest import TINY_VQVAE_ARGS
 from skinaug.errors import SkinaugError
-from skinaug.trained_on import TRAINED_ON, TrainingRecord, hash_each, read_record
+from skinaug.storage.trained_on import TRAINED_ON, TrainingRecord, hash_each, read_record
 from test_scores import TINY_CAS, make_generated_set, run_cli
 
 
@@ -162,7 +162,7 @@ def test_a_generator_trained_on_the_test_images_is_caught(generator_model, tiny_
 
 
 def test_an_unknown_generator_is_flagged_and_a_clean_one_passes_strict(tiny_dataset, tmp_path, capsys):
-    from skinaug.io import write_json
+    from skinaug.storage.fs import write_json
 
     test = make_test_set(tmp_path / "test", tiny_dataset, {"t_mel": "img_04", "t_nev": "img_08"})
     real = make_test_set(tmp_path / "real", tiny_dataset, {f"r{i}": n for i, n in enumerate(tiny_dataset.names[4:12]) if i not in (0, 4)})
@@ -188,7 +188,7 @@ def test_an_unknown_generator_is_flagged_and_a_clean_one_passes_strict(tiny_data
 def test_the_shipped_model_records_the_images_it_saw():
     from pathlib import Path
 
-    from skinaug.modeldir import resolve_model
+    from skinaug.storage.modeldir import resolve_model
 
     record = read_record(resolve_model())
     assert record.complete and record.stages == ["vqvae", "prior_top", "prior_bottom"]

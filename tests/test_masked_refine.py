@@ -11,10 +11,10 @@ from PIL import Image
 
 from near_ties import close_draws
 from skinaug.cli import main
-from skinaug.codes import read_codes
-from skinaug.generate import Generator, batch_seed, plan_per_source
-from skinaug.modeldir import ModelDir
-from skinaug.sampler import SamplingOptions
+from skinaug.storage.codefile import read_codes
+from skinaug.generation.commands import Generator, batch_seed, plan_per_source
+from skinaug.storage.modeldir import ModelDir
+from skinaug.generation.sampler import SamplingOptions
 from skinaug.priors import PriorConfig, build_prior, conditional_log_probs, refine_codes, sample
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest: tiny models, busy shared cores

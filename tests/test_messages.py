@@ -5,9 +5,10 @@ import logging
 
 import pytest
 
-from skinaug import generate, runtime
+from skinaug import runtime
+from skinaug.generation import commands as generate
 from skinaug.cli import flag_spelling, main
-from skinaug.data import scan_dataset
+from skinaug.data.scan import scan_dataset
 from skinaug.errors import Message, SkinaugError, UsageError, render
 
 TEMPLATE = "give {class_name=NAME} with {n=N}; {overwrite=True}, {level='bottom'}, {epochs=0} or {device}"
@@ -81,7 +82,7 @@ def test_quiet_lowers_the_level_for_one_run_and_progress_bars_follow_it(tmp_path
             seen.append((logger.getEffectiveLevel(), bar.disable))
         return {}
 
-    monkeypatch.setattr("skinaug.preview.contact_sheet", contact_sheet)
+    monkeypatch.setattr("skinaug.reports.preview.contact_sheet", contact_sheet)
     monkeypatch.setattr("sys.stderr.isatty", lambda: True)
     logger.setLevel(logging.DEBUG)  # a caller's own setting, which a command run leaves as it found it
     try:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from skinaug import io as skinaug_io
-from skinaug import modeldir
+from skinaug.storage import fs as skinaug_io
+from skinaug.storage import modeldir
 from skinaug.cli import main
 from skinaug.errors import SkinaugError
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from near_ties import assert_same_draws, close_draws, same_context
 from skinaug.cli import main
-from skinaug.generate import batch_seed
+from skinaug.generation.commands import batch_seed
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 SAMPLER_LOGIT_TOLERANCE = 1e-4  # |onnxruntime - torch| on the priors' logits
@@ -71,7 +71,7 @@ def test_export_refuses_to_replace_an_export_without_overwrite(exported, capsys)
 
 
 def test_a_failed_parity_check_fails_the_export_and_leaves_nothing(generator_model, tmp_path, monkeypatch, capsys):
-    import skinaug.onnx.export as export
+    import skinaug.export.onnx as export
 
     model = tmp_path / "model"
     shutil.copytree(generator_model["model"], model)
@@ -153,9 +153,9 @@ def test_encode_through_onnx_gives_the_torch_codes(exported, tmp_path):
     agree within tolerance, and so do the codes wherever the nearest code leads the second by more than the
     distances can disagree."""
     from near_ties import nearest_code_margins
-    from skinaug.data import load_image
-    from skinaug.modeldir import ModelDir
-    from skinaug.vqvae import to_model_input
+    from skinaug.data.scan import load_image
+    from skinaug.storage.modeldir import ModelDir
+    from skinaug.vqvae.model import to_model_input
 
     data, model = exported["data"], exported["model"]
     out = tmp_path / "onnx.h5"
@@ -197,8 +197,8 @@ def test_decode_through_onnx_matches_torch_within_one_grey_level(exported, tmp_p
 
 @pytest.mark.parametrize("level", ["top", "bottom"])
 def test_the_onnx_samplers_draw_the_torch_codes_from_the_same_uniforms(exported, level):
-    from skinaug.modeldir import ModelDir
-    from skinaug.onnx.runtime import OnnxModel
+    from skinaug.storage.modeldir import ModelDir
+    from skinaug.backends.onnx_runtime import OnnxModel
     from skinaug.priors import sample
 
     prior, _ = ModelDir(exported["model"]).load_prior(level, "cpu")

@@ -55,8 +55,8 @@ CASES = [("pixelsnail", "fixed", 3, True, 5), ("pixelsnail", "legacy", 3, True, 
 
 @pytest.mark.parametrize("arch, attention, classes, conditioned, kernel_size", CASES)
 def test_the_bound_step_and_row_graphs_sample_exactly(arch, attention, classes, conditioned, kernel_size, tmp_path):
-    from skinaug.onnx.export import _export_prior
-    from skinaug.onnx.runtime import OnnxPrior
+    from skinaug.export.onnx import _export_prior
+    from skinaug.backends.onnx_runtime import OnnxPrior
     from skinaug.priors import sample
 
     prior = random_prior(arch, attention, classes, conditioned, kernel_size)
@@ -94,8 +94,8 @@ def test_the_bound_step_and_row_graphs_sample_exactly(arch, attention, classes, 
 def test_sessions_use_every_core_sequentially_with_all_graph_optimisations(tmp_path):
     import onnxruntime
 
-    from skinaug.onnx.export import EmbedGraph, _export
-    from skinaug.onnx.runtime import OnnxModel, usable_cpus
+    from skinaug.export.onnx import EmbedGraph, _export
+    from skinaug.backends.onnx_runtime import OnnxModel, usable_cpus
 
     prior = random_prior("pixelsnail", None, 0, False, 3)
     for name in ("a", "b", "c"):
@@ -175,7 +175,7 @@ def test_export_out_folders_follow_the_umask(exported_elsewhere):
 
 
 def test_export_refuses_a_read_only_model_with_one_line_naming_out(generator_model, tmp_path, monkeypatch, capsys):
-    import skinaug.onnx.export as export
+    import skinaug.export.onnx as export
 
     model = tmp_path / "model"
     shutil.copytree(generator_model["model"], model)
@@ -191,7 +191,7 @@ def test_export_refuses_a_read_only_model_with_one_line_naming_out(generator_mod
 
 
 def test_export_refuses_a_shipped_model(generator_model, tmp_path, monkeypatch, capsys):
-    import skinaug.io as skinaug_io
+    import skinaug.storage.fs as skinaug_io
 
     shipped = tmp_path / "models"
     shutil.copytree(generator_model["model"], shipped / "tiny")

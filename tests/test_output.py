@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import skinaug.output as output_module
-from skinaug.codes import read_codes
+import skinaug.storage.writer as output_module
+from skinaug.storage.codefile import read_codes
 from skinaug.errors import SkinaugError
-from skinaug.output import LABEL_COLUMNS, DatasetWriter
+from skinaug.storage.writer import LABEL_COLUMNS, DatasetWriter
 
 MODEL_CONFIG = {
     "fingerprint": "0123456789ab", "codebook_size": 16, "code_dim": 4, "levels": 2, "image_size": 8,

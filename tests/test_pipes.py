@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from skinaug.cli import main
-from skinaug.codes import read_codes
-from skinaug.data import _stdin_files
+from skinaug.storage.codefile import read_codes
+from skinaug.data.scan import _stdin_files
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

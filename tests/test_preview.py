@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image
 
 from skinaug.cli import main
-from skinaug.preview import SOFTWARE, is_contact_sheet
+from skinaug.reports.preview import SOFTWARE, is_contact_sheet
 
 
 def run(args, capsys) -> tuple[int, str, str]:

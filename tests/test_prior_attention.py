@@ -16,7 +16,7 @@ import torch
 import skinaug
 from near_ties import assert_same_draws, close_draws
 from skinaug.cli import main
-from skinaug.modeldir import ModelDir
+from skinaug.storage.modeldir import ModelDir
 from skinaug.priors import sample
 from skinaug.priors.config import ENTRY_METADATA
 

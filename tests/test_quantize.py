@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from skinaug.quantize import VectorQuantizer, nearest_codes
+from skinaug.vqvae.quantize import VectorQuantizer, nearest_codes
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from skinaug import data, runtime
+from skinaug import runtime
+from skinaug.data import scan as data
 from skinaug.cli import main
-from skinaug.codes import read_codes, write_codes
-from skinaug.data import Sample, load_image, load_images, scan_dataset
+from skinaug.storage.codefile import read_codes, write_codes
+from skinaug.data.scan import Sample, load_image, load_images, scan_dataset
 from skinaug.errors import BadImage, SkinaugError
-from skinaug.image_cache import build_cache
+from skinaug.storage.image_cache import build_cache
 from skinaug.naming import safe_name, unique_names
 
 READS = "(skinaug reads .jpg, .jpeg, .png, .bmp, .tif, .tiff, .webp, .gif)"
@@ -311,7 +312,7 @@ def test_the_image_cache_follows_a_replaced_image(tiny_dataset, tmp_path, monkey
         raise AssertionError("a matching cache must be reused")
 
     with monkeypatch.context() as patch:
-        patch.setattr("skinaug.image_cache.load_images", no_decoding)
+        patch.setattr("skinaug.storage.image_cache.load_images", no_decoding)
         cache, kept = build_cache(scan_dataset(tiny_dataset.images, tiny_dataset.labels_csv).samples, 32, cache_path)
         assert len(kept) == 12
 

@@ -13,7 +13,7 @@ import pytest
 import skinaug
 from skinaug.cli import main
 from skinaug.errors import SkinaugError
-from skinaug.io import CODE_FILE, claim_output
+from skinaug.storage.fs import CODE_FILE, claim_output
 
 from conftest import TINY_VQVAE, TINY_VQVAE_ARGS, make_tiny_dataset
 
@@ -101,8 +101,8 @@ def test_a_symlink_to_an_input_is_seen_through(project, capsys):
 
 def test_library_callers_are_protected_too(project):
     """The policy lives in the functions that write, not in the CLI."""
-    from skinaug.encode import encode_dataset
-    from skinaug.output import DatasetWriter
+    from skinaug.generation.encode_decode import encode_dataset
+    from skinaug.storage.writer import DatasetWriter
     from skinaug.scores.cas import CasOptions, run_cas
     from skinaug.scores.memorization import check_memorization
 
@@ -146,7 +146,7 @@ def test_overwrite_refuses_a_folder_that_is_not_an_earlier_output_of_the_same_ki
 
 
 def test_overwrite_replaces_an_earlier_output_of_the_same_kind(project, tmp_path):
-    from skinaug.codes import read_codes
+    from skinaug.storage.codefile import read_codes
 
     codes = tmp_path / "codes.h5"
     shutil.copy(project["codes"], codes)
@@ -167,18 +167,19 @@ def test_overwrite_replaces_an_earlier_output_of_the_same_kind(project, tmp_path
 
 def test_a_score_folder_is_replaced_only_by_a_score_of_its_own_kind(tiny_dataset, tmp_path):
     from skinaug.scores.memorization import check_memorization
+    from skinaug.scores.options import ScoreOptions
 
     images, out = tiny_dataset.images, tmp_path / "memorization"
-    check_memorization(images, images, out=out, device="cpu")
+    check_memorization(images, images, out=out, options=ScoreOptions(device="cpu"))
     (out / "memorization.json").write_text("{}")  # marks the earlier output, to see it replaced
-    summary = check_memorization(images, images, out=out, device="cpu", overwrite=True)
+    summary = check_memorization(images, images, out=out, overwrite=True, options=ScoreOptions(device="cpu"))
     assert summary["flagged"] == 12 and '"flagged": 12' in (out / "memorization.json").read_text()
 
     cas = tmp_path / "cas"
     cas.mkdir()
     (cas / "cas.json").write_text('{"sets": []}')
     with pytest.raises(SkinaugError, match="replaces only an earlier memorization folder"):
-        check_memorization(images, images, out=cas, device="cpu", overwrite=True)
+        check_memorization(images, images, out=cas, overwrite=True, options=ScoreOptions(device="cpu"))
     assert sorted(p.name for p in cas.iterdir()) == ["cas.json"] and leftovers(tmp_path) == []
 
 
@@ -193,7 +194,7 @@ def test_an_invalid_option_with_overwrite_keeps_the_earlier_dataset(project, tmp
 
 def test_a_crash_under_overwrite_keeps_the_earlier_dataset_and_resume_finishes_the_replacement(project, tmp_path,
                                                                                             monkeypatch):
-    from skinaug import output
+    from skinaug.storage import writer as output
 
     out, straight = tmp_path / "synth", tmp_path / "straight"
     assert synthesize(project["model"], out, "--seed", 0) == 0
@@ -293,8 +294,8 @@ def test_a_dataset_and_its_replacement_follow_the_umask(project, tmp_path, umask
 
 
 def test_a_model_directory_follows_the_umask(tmp_path, umask, single_thread):
-    from skinaug.train_vqvae import TrainOptions, train_vqvae
-    from skinaug.vqvae import VQVAEConfig
+    from skinaug.training.vqvae import TrainOptions, train_vqvae
+    from skinaug.vqvae.model import VQVAEConfig
 
     umask(0o022)
     data = make_tiny_dataset(tmp_path / "data")
@@ -337,7 +338,7 @@ def test_a_released_claim_leaves_neither_folders_nor_lock(tmp_path):
 
 def test_a_planted_lock_link_never_truncates_its_target(tmp_path):
     from skinaug.errors import SkinaugError
-    from skinaug.io import CODE_FILE, claim_output
+    from skinaug.storage.fs import CODE_FILE, claim_output
 
     victim = tmp_path / "victim.txt"
     victim.write_text("precious data")
@@ -350,7 +351,7 @@ def test_a_planted_lock_link_never_truncates_its_target(tmp_path):
 def test_nothing_is_written_over_a_shipped_model(tmp_path, monkeypatch, generator_model):
     import shutil
 
-    from skinaug import io as skinaug_io
+    from skinaug.storage import fs as skinaug_io
     from skinaug.cli import main
 
     shipped = tmp_path / "installed" / "ham10000-64"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from skinaug.cli import main
-from skinaug.data import _stdin_files
+from skinaug.data.scan import _stdin_files
 
 from conftest import interrupted_after_batches, make_tiny_dataset
 

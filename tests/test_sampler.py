@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from skinaug.codes import read_codes
+from skinaug.storage.codefile import read_codes
 from skinaug.errors import SkinaugError, UsageError
-from skinaug.generate import Generator, Job, batch_seed, job_plan, name_jobs, write_dataset
-from skinaug.layout import (LABEL_COLUMNS, METHODS, generated_state, is_generated_dataset, is_generated_folder,
+from skinaug.generation.commands import Generator, Job, batch_seed, job_plan, name_jobs, write_dataset
+from skinaug.data.layout import (LABEL_COLUMNS, METHODS, generated_state, is_generated_dataset, is_generated_folder,
                             label_row, laid_out, read_labels, read_provenance)
-from skinaug.sampler import OutputOptions, RunOptions, Sampler, SamplingOptions
+from skinaug.generation.sampler import OutputOptions, RunOptions, Sampler, SamplingOptions
 
 
 def test_sampling_options_are_frozen_and_checked():

@@ -13,6 +13,7 @@ from PIL import Image
 
 from skinaug.cli import main
 from skinaug.errors import SkinaugError
+from skinaug.scores.options import ScoreOptions
 from skinaug.scores.roc import average_ranks, macro_auc, roc_auc, roc_curve
 
 # A classifier budget that trains in about a second on CPU: what is tested is the bookkeeping, not the skill.
@@ -94,7 +95,7 @@ def test_macro_auc_is_the_mean_of_one_vs_rest_aucs():
 def cas_setup(tiny_dataset, tmp_path):
     """The split `score cas --seed 0 --test-fraction 0.5` makes, and a generated set built around it: one
     image made from each real image, so the images made from test images are known."""
-    from skinaug.data import scan_dataset
+    from skinaug.data.scan import scan_dataset
     from skinaug.scores.cas import CasOptions, choose_task, split_real
 
     options = CasOptions(positive="melanoma", negative="nevus", test_fraction=0.5, seed=0)
@@ -137,7 +138,7 @@ def test_no_test_image_or_image_made_from_one_reaches_training(tiny_dataset, tmp
 
 
 def test_real_fraction_thins_the_train_split_by_lesion_and_keeps_the_test_split(tiny_dataset):
-    from skinaug.data import scan_dataset
+    from skinaug.data.scan import scan_dataset
     from skinaug.scores.cas import CasOptions, choose_task, split_real
 
     real = scan_dataset(tiny_dataset.images, tiny_dataset.labels_csv)
@@ -367,8 +368,8 @@ def test_the_classifier_kid_is_that_of_the_z_scored_features(tiny_dataset, monke
     rng = np.random.default_rng(5)
     generated, real = rng.gamma(2.0, 3.0, size=(12, 6)), rng.gamma(2.0, 1.0, size=(12, 6))
     monkeypatch.setattr(fid, "classifier_feature_pair", lambda *args: (generated, real))
-    result = fid.compute_fid(tiny_dataset.images, tiny_dataset.images, features="classifier",
-                             real_labels=tiny_dataset.labels_csv, image_size=16, device="cpu")
+    result = fid.compute_fid(tiny_dataset.images, tiny_dataset.images, features="classifier", image_size=16,
+                             options=ScoreOptions(real_labels=tiny_dataset.labels_csv, device="cpu"))
     mean, std = fid.standardiser(generated, real)
     expected = fid.kernel_distance((generated - mean) / std, (real - mean) / std, seed=0)
     assert (result["kid"], result["kid_std"], result["kid_subset_size"]) == expected
@@ -416,7 +417,7 @@ def test_memorization_feature_distance_sees_through_rotation(tmp_path):
 def test_score_codes_reports_the_code_table_and_the_mse(tiny_model, tmp_path, capsys):
     import h5py
 
-    from skinaug.encode import encode_dataset
+    from skinaug.generation.encode_decode import encode_dataset
 
     data = tiny_model.dataset
     codes = tmp_path / "codes.h5"

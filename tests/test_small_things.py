@@ -78,7 +78,7 @@ def test_score_codes_takes_a_shipped_model_name(tmp_path, capsys):
 
 
 def test_score_benefit_takes_a_generator_of_more_classes_than_the_data(generator_model, tmp_path):
-    from skinaug.data import scan_dataset
+    from skinaug.data.scan import scan_dataset
     from skinaug.studies.benefit import benefit_generator, generate_set, read_generated, share_source
     from test_benefit import tiny_options
 
@@ -105,7 +105,7 @@ def test_backend_onnx_on_the_shipped_model_advises_an_export_that_works(tmp_path
 
 
 def test_train_vqvae_defaults_to_64px_as_the_shipped_model(tiny_dataset, tmp_path):
-    from skinaug.train_vqvae import TrainOptions, train_vqvae
+    from skinaug.training.vqvae import TrainOptions, train_vqvae
 
     shape = dict(channels=8, res_channels=4, n_res_blocks=1, codebook_size=8, code_dim=2)
     train_vqvae(tiny_dataset.images, tmp_path / "m", labels=tiny_dataset.labels_csv, model_config=shape,

@@ -9,7 +9,7 @@ import pytest
 
 from skinaug.cli import main
 from skinaug.errors import SkinaugError
-from skinaug.modeldir import FORMAT_VERSION, ModelDir, fingerprint, load_weights, vqvae_config
+from skinaug.storage.modeldir import FORMAT_VERSION, ModelDir, fingerprint, load_weights, vqvae_config
 from skinaug.spec import SHAPE_FIELDS, ModelSpec, code_grid
 
 NETWORK_FIELDS = {"channels", "res_channels", "n_res_blocks", "commitment_weight", "ema_decay", "restart_after"}
@@ -86,7 +86,7 @@ def test_a_format_1_model_generates_what_the_format_2_model_does(generator_model
 
 
 def test_the_shipped_model_s_config_reads_as_a_spec():
-    from skinaug.io import SHIPPED_MODELS
+    from skinaug.storage.fs import SHIPPED_MODELS
 
     path = SHIPPED_MODELS / "ham10000-64"
     if not (path / "config.json").is_file():

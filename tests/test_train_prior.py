@@ -104,7 +104,7 @@ def test_priors_from_images_encoded_on_the_fly_and_errors(model_with_codes, caps
 def test_the_options_sizes_are_checked_like_any_prior_config(overrides, message):
     from skinaug.errors import UsageError
     from skinaug.spec import ModelSpec
-    from skinaug.train_prior import PriorOptions, prior_config_for
+    from skinaug.training.prior import PriorOptions, prior_config_for
 
     spec = ModelSpec(image_size=32, levels=2, codebook_size=16, code_dim=4, grid={"bottom": (8, 8), "top": (4, 4)},
                      class_names=("a", "b"))

@@ -11,11 +11,11 @@ from conftest import TINY_CLASSES, TINY_VQVAE_ARGS
 from PIL import Image
 from safetensors.torch import load_file
 
-import skinaug.train_vqvae as train_module
+import skinaug.training.vqvae as train_module
 from skinaug.cli import main
-from skinaug.modeldir import ModelDir, fingerprint, vqvae_config
-from skinaug.training import lr_factor
-from skinaug.vqvae import VQVAE2, VQVAEConfig
+from skinaug.storage.modeldir import ModelDir, fingerprint, vqvae_config
+from skinaug.training.loop import lr_factor
+from skinaug.vqvae.model import VQVAE2, VQVAEConfig
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -264,7 +264,7 @@ def test_lr_warms_up_linearly_then_decays_by_cosine(step, expected):
 
 
 def test_augmentation_keeps_solid_images_in_range_and_is_seeded():
-    from skinaug.training import augment_batch
+    from skinaug.training.loop import augment_batch
 
     images = torch.linspace(-1, 1, 4).view(4, 1, 1, 1).expand(4, 3, 8, 8).contiguous()
     torch.manual_seed(0)
@@ -326,7 +326,7 @@ def test_a_resumed_run_takes_its_checkpoints_settings_and_leaves_the_callers_opt
 
     from conftest import TINY_VQVAE
 
-    from skinaug.train_vqvae import TrainOptions, train_vqvae
+    from skinaug.training.vqvae import TrainOptions, train_vqvae
 
     out = tmp_path / "model"
     assert train_cli(tiny_dataset, out, "--epochs", "1", "--batch-size", "4", "--quiet") == 0  # seed 0, mse

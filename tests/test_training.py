@@ -10,7 +10,7 @@ import torch
 
 from skinaug.distributed import Distributed
 from skinaug.errors import SkinaugError
-from skinaug.training import (Diverged, Group, Hooks, MetricsLog, Run, TrainState, fit, load_checkpoint, lr_factor,
+from skinaug.training.loop import (Diverged, Group, Hooks, MetricsLog, Run, TrainState, fit, load_checkpoint, lr_factor,
                               optimizer_step, shuffled_batches, steps_per_epoch, warmup_cosine)
 
 

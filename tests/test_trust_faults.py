@@ -56,7 +56,7 @@ def test_a_disk_filling_up_inside_hdf5_is_one_line_and_leaves_neither_temporary_
 
 
 def test_a_code_file_written_in_memory_reads_back_the_same(tiny_model, tmp_path, capsys):
-    from skinaug.codes import read_codes
+    from skinaug.storage.codefile import read_codes
 
     data, out = tiny_model.dataset, tmp_path / "codes.h5"
     code, err = run(["encode", data.images, "--labels", data.labels_csv, "--model", tiny_model.path, "--out", out,
@@ -96,7 +96,7 @@ def test_only_this_outputs_own_temporaries_are_removed(tiny_model, tmp_path, cap
 
 
 def test_ctrl_c_during_encode_does_not_advise_a_resume_it_lacks(tiny_model, tmp_path, monkeypatch, capsys):
-    import skinaug.codes as codes_module
+    import skinaug.storage.codefile as codes_module
 
     def interrupted(self, *args, **kwargs):
         raise KeyboardInterrupt
@@ -115,7 +115,7 @@ def test_ctrl_c_during_encode_does_not_advise_a_resume_it_lacks(tiny_model, tmp_
 
 def _entered_folders(monkeypatch) -> list[str]:
     """The folders the intake walker lists (os.scandir), recorded as real paths."""
-    from skinaug import data
+    from skinaug.data import scan as data
 
     entered, real_scandir = [], os.scandir
 
@@ -130,7 +130,7 @@ def _entered_folders(monkeypatch) -> list[str]:
 def test_a_folder_link_to_the_root_or_a_system_folder_is_not_walked(tmp_path, monkeypatch, capsys):
     from PIL import Image
 
-    from skinaug.data import scan_dataset
+    from skinaug.data.scan import scan_dataset
 
     root = tmp_path / "data"
     (root / "nevus").mkdir(parents=True)
@@ -159,7 +159,7 @@ def test_a_folder_link_to_the_root_or_a_system_folder_is_not_walked(tmp_path, mo
 def test_files_that_are_links_out_of_data_stay_readable(tmp_path, monkeypatch):
     from PIL import Image
 
-    from skinaug.data import scan_dataset
+    from skinaug.data.scan import scan_dataset
 
     root = tmp_path / "data"
     (root / "nevus").mkdir(parents=True)
@@ -292,7 +292,7 @@ def test_an_edited_config_json_is_named_not_an_internal_error(generator_model, t
 
 
 def test_method_weights_near_the_float_limit_split_like_small_ones():
-    from skinaug.generate import parse_methods, weighted_counts
+    from skinaug.generation.commands import parse_methods, weighted_counts
 
     huge = weighted_counts(10, parse_methods("mix:1e308,resample:1e308,synthesize:2e307"))
     assert huge == weighted_counts(10, parse_methods("mix:10,resample:10,synthesize:2")) == {"mix": 5, "resample": 4,
@@ -334,7 +334,7 @@ def test_a_png_with_an_oversized_text_chunk_is_skipped_as_unreadable(tiny_datase
                      "--out", out, "--device", "cpu", "--quiet"], capsys)
     assert code == 0, err
     assert "internal error" not in err and "img_00 (truncated or corrupt" in err
-    from skinaug.codes import read_codes
+    from skinaug.storage.codefile import read_codes
 
     assert len(read_codes(out)) == 11
 
@@ -379,7 +379,7 @@ def test_an_image_whose_name_is_not_utf8_is_left_out_with_a_word(generator_model
     import io
     import shutil
 
-    from skinaug.data import _stdin_files
+    from skinaug.data.scan import _stdin_files
 
     bad = os.fsdecode(b"bad\xff.png")  # what os.listdir gives for these bytes
     shutil.copy(tiny_dataset.images / "img_00.png", tiny_dataset.images / bad)
@@ -531,7 +531,7 @@ def test_a_refused_weights_file_does_not_repeat_pytorchs_advice(tmp_path, reader
     torch.save({"weight": torch.zeros(2), "extra": argparse.Namespace(a=1)}, path)  # an object: pickle only
     with pytest.raises(SkinaugError) as caught:
         if reader == "checkpoint":
-            from skinaug.training import load_checkpoint
+            from skinaug.training.loop import load_checkpoint
 
             load_checkpoint(path)
         else:
@@ -631,7 +631,7 @@ def test_training_an_absurdly_wide_prior_is_refused_before_anything_is_written(g
 def test_no_originals_contradicts_linking_or_copying_them_for_every_generator(link, copy, message):
     """One check, which both generators' augment (VQ-VAE-2 and baselines) call before anything is written."""
     from skinaug.errors import UsageError
-    from skinaug.generate import linking_originals
+    from skinaug.generation.commands import linking_originals
 
     with pytest.raises(UsageError) as refused:
         linking_originals(link, copy, no_originals=True)

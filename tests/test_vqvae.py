@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from skinaug.vqvae import VQVAE2, VQVAEConfig, to_model_input, to_uint8, vqvae_loss
+from skinaug.vqvae.model import VQVAE2, VQVAEConfig, to_model_input, to_uint8, vqvae_loss
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -103,7 +103,7 @@ def test_the_shipped_config_loads_with_its_fingerprint():
     """config.json of ham10000-64 predates `downsample` (no key): it loads as 4 and hashes as it always did."""
     import json
 
-    from skinaug import modeldir
+    from skinaug.storage import modeldir
 
     shipped = Path(modeldir.__file__).parent / "models" / "ham10000-64"
     config = json.loads((shipped / "config.json").read_text())
@@ -169,7 +169,7 @@ def test_downsample_8_halves_both_grids_and_decodes_to_the_full_image(levels):
 def test_downsample_4_builds_the_networks_models_were_saved_with():
     """The shipped model's weights were saved before `downsample` existed: the default must name and shape every
     tensor as then, and leave the config dict (which the fingerprint hashes) as it was."""
-    from skinaug import modeldir
+    from skinaug.storage import modeldir
 
     shipped = Path(modeldir.__file__).parent / "models" / "ham10000-64"
     if not (shipped / "vqvae.safetensors").is_file():

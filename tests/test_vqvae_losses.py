@@ -10,11 +10,11 @@ import torch
 from conftest import TINY_VQVAE_ARGS
 from safetensors.torch import load_file
 
-import skinaug.train_vqvae as train_module
+import skinaug.training.vqvae as train_module
 from skinaug.cli import main
-from skinaug.codes import read_codes
-from skinaug.losses import adaptive_weight, hinge_discriminator_loss, hinge_generator_loss, ssim_loss
-from skinaug.trained_on import read_record
+from skinaug.storage.codefile import read_codes
+from skinaug.training.losses import adaptive_weight, hinge_discriminator_loss, hinge_generator_loss, ssim_loss
+from skinaug.storage.trained_on import read_record
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest: tiny models, busy shared cores
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..distributed import Distributed
 from ..errors import UsageError
-from ..onnx.runtime import OnnxModel, OnnxPrior
+from .onnx_runtime import OnnxModel, OnnxPrior
 from .base import Backend
 
 

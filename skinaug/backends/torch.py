@@ -18,8 +18,8 @@ __all__ = ["TorchBackend", "TorchCodeModel", "TorchPrior", "TorchRandom"]
 
 def encode_batch(model, images_uint8, device) -> tuple[dict[str, np.ndarray], torch.Tensor]:
     """uint8 (B,S,S,3) -> (code maps per level as uint16 arrays, squared error sum on [0, 1] pixels)."""
-    from ..training import autocast_for
-    from ..vqvae import to_model_input
+    from ..runtime import autocast_for
+    from ..vqvae.model import to_model_input
 
     images = to_model_input(torch.as_tensor(np.asarray(images_uint8)).to(device))
     if device.type == "cuda":
@@ -33,8 +33,8 @@ def encode_batch(model, images_uint8, device) -> tuple[dict[str, np.ndarray], to
 
 def decode_batch(model, codes: dict[str, np.ndarray], device) -> np.ndarray:
     """Code maps per level (B,H,W) -> uint8 images (B,S,S,3)."""
-    from ..training import autocast_for
-    from ..vqvae import to_uint8
+    from ..runtime import autocast_for
+    from ..vqvae.model import to_uint8
 
     tensors = {level: torch.as_tensor(np.asarray(values, dtype=np.int64)).to(device) for level, values in codes.items()}
     with torch.no_grad(), autocast_for(device):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from ..data import check_image_size
+from ..data.scan import check_image_size
 from ..errors import UsageError
 
 ARCHS = ("dcgan", "cvae", "vae", "msssim-vae", "vae-gan")

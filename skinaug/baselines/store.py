@@ -18,8 +18,8 @@ from pathlib import Path
 
 from ..version import __version__
 from ..errors import SkinaugError
-from ..io import read_json, write_json, write_text
-from ..modeldir import BASELINE_KIND, BASELINE_WEIGHTS, CONFIG, FORMAT_VERSION, fingerprint, load_weights, save_weights
+from ..storage.fs import read_json, write_json, write_text
+from ..storage.modeldir import BASELINE_KIND, BASELINE_WEIGHTS, CONFIG, FORMAT_VERSION, fingerprint, load_weights, save_weights
 from .config import ARCHS, BaselineConfig
 
 

@@ -87,11 +87,11 @@ def _root(
     """Expand skin-lesion image datasets with a VQ-VAE-2 and class-conditional priors over its codes."""
 
 
-from . import codes, export, generate, inspect, models, preview, score, train  # noqa: E402
+from . import encode_decode, export, generate, inspect, models, preview, score, train  # noqa: E402
 
 # Every module holds one command group as its own `app`: the groups of top-level commands are merged into this one
 # (in the order `skinaug --help` lists them), the others become sub-commands (`skinaug train vqvae`).
-for _group in (codes, generate, models, preview, inspect):
+for _group in (encode_decode, generate, models, preview, inspect):
     app.registered_commands += _group.app.registered_commands
 app.add_typer(train.app, name="train")
 app.add_typer(score.app, name="score")
@@ -100,7 +100,7 @@ app.add_typer(export.app, name="export")
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the CLI; returns the exit code: 0 success, 1 runtime error (one line), 2 usage error, 130 interrupted."""
-    from ..class_map import using_class_map
+    from ..data.class_map import using_class_map
     from ..runtime import StderrHandler, reporting
 
     spell = flag_spelling(argv if argv is not None else sys.argv[1:])

@@ -30,7 +30,7 @@ def onnx(
     Example: skinaug export onnx --model models/derm64
     Example: skinaug export onnx --model ham10000-64 --out ~/ham64-onnx   (then --model ~/ham64-onnx --backend onnx)
     """
-    from ..onnx.export import export_onnx
+    from ..export.onnx import export_onnx
     from ..runtime import log
 
     manifest = export_onnx(model, out=out, overwrite=overwrite, opset=opset)

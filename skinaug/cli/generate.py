@@ -103,8 +103,8 @@ def mix(
     Example: skinaug mix images/ --labels labels.csv --model models/derm64 --out mixed/ -n 500
     """
     check_outputs(json_, jsonl)
-    from .. import generate
-    from ..sampler import InputOptions, OutputOptions, RunOptions
+    from ..generation import commands as generate
+    from ..generation.sampler import InputOptions, OutputOptions, RunOptions
 
     summary = generate.mix(
         out, n, model=model, class_name=class_name, any_label=any_label,
@@ -151,9 +151,9 @@ def resample(
     Example: skinaug resample images/ --labels labels.csv --out inpainted/ --iterative 10 --box-size 4 --refine 1
     """
     check_outputs(json_, jsonl)
-    from .. import generate
-    from ..iterative import iterative_request
-    from ..sampler import InputOptions, OutputOptions, RunOptions, SamplingOptions
+    from ..generation import commands as generate
+    from ..generation.iterative import iterative_request
+    from ..generation.sampler import InputOptions, OutputOptions, RunOptions, SamplingOptions
 
     request = iterative_request(iterative, box_size, box_schedule, iterative_levels, method=method, mask_dir=mask_dir,
                                 backend=backend)
@@ -193,8 +193,8 @@ def synthesize(
     Example: skinaug synthesize --model models/derm64 --out synth/ --class melanoma -n 2000
     """
     check_outputs(json_, jsonl)
-    from .. import generate
-    from ..sampler import OutputOptions, RunOptions, SamplingOptions
+    from ..generation import commands as generate
+    from ..generation.sampler import OutputOptions, RunOptions, SamplingOptions
 
     summary = generate.synthesize(
         out, model=model, class_name=class_name, n=n, per_class=per_class,
@@ -245,8 +245,8 @@ def augment(
     Example: skinaug augment images/ --labels labels.csv --model models/derm64 --out train_aug/ --factor 2
     """
     check_outputs(json_, jsonl)
-    from .. import generate
-    from ..sampler import InputOptions, OutputOptions, RunOptions, SamplingOptions
+    from ..generation import commands as generate
+    from ..generation.sampler import InputOptions, OutputOptions, RunOptions, SamplingOptions
 
     summary = generate.augment(
         data, out, model=model, factor=factor, balance=balance, methods=methods,

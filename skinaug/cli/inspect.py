@@ -36,7 +36,7 @@ def inspect(
 
     Example: skinaug inspect images/ --labels labels.csv --out report/ --model ham10000-64
     """
-    from ..inspection import inspect_dataset
+    from ..reports.inspection import inspect_dataset
 
     report = inspect_dataset(data, labels, out=out, model=model, near=near, z=z, show=show, device=device, workers=workers,
                              overwrite=overwrite, **columns(image_col, label_col, group_col))

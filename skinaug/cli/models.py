@@ -26,7 +26,7 @@ def models(
 
     Example: skinaug models models/ --json
     """
-    from ..modeldir import list_models
+    from ..storage.modeldir import list_models
 
     rows = list_models(paths or [])
     if json_:

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import UsageError
-from ..layout import Layout
+from ..data.layout import Layout
 from ..runtime import check_device_name
 
 IMAGE_FORMATS = ("png", "jpg")
@@ -51,14 +51,14 @@ LabelsOpt = Annotated[Optional[Path], typer.Option("--labels", metavar="CSV", he
 
 def model_path(value: Path) -> Path:
     """A required model directory: a path, or the name of a shipped model when no such path exists."""
-    from ..modeldir import model_location
+    from ..storage.modeldir import model_location
 
     return model_location(value)
 
 
 def optional_model(value: Optional[Path]) -> Optional[Path]:
     """An optional model with no default (score codes' --model): a path, or the name of a shipped model."""
-    from ..modeldir import model_location
+    from ..storage.modeldir import model_location
 
     return None if value is None else model_location(value)
 
@@ -66,7 +66,7 @@ def optional_model(value: Optional[Path]) -> Optional[Path]:
 def _resolve_model(value: Optional[Path]) -> Path:
     """--model > $SKINAUG_MODEL > the shipped default; a path that does not exist is left for the command to
     report (after the usage checks), unless it names a shipped model."""
-    from ..modeldir import model_location
+    from ..storage.modeldir import model_location
 
     return model_location(value)
 
@@ -104,7 +104,7 @@ GroupColOpt = Annotated[Optional[str], typer.Option("--group-col", help="CSV col
 
 def _class_map(value: Optional[str]) -> Optional[str]:
     # parsed while parsing (a bad map is a usage error before a model loads), and in force until the command ends
-    from ..class_map import choose_class_map, parse_class_map
+    from ..data.class_map import choose_class_map, parse_class_map
 
     if value is not None:
         choose_class_map(parse_class_map(value))

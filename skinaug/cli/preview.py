@@ -29,6 +29,6 @@ def preview(
 
     Example: skinaug preview aug/ synth/ --out sheet.png --by method,label
     """
-    from ..preview import contact_sheet
+    from ..reports.preview import contact_sheet
 
     emit(contact_sheet(folders, out, per_row=per_row, size=size, by=by, seed=seed, overwrite=overwrite), json_, out)

@@ -127,20 +127,10 @@ def benefit(
 
     Example: skinaug score benefit images/ --labels labels.csv --out benefit/ --fractions 0.1,1.0 --seeds 3
     """
-    from ..errors import UsageError
-    from ..studies.benefit import BenefitOptions, GeneratorRecipe, print_benefit_table, run_benefit
+    from ..studies.benefit import BenefitOptions, print_benefit_table, run_benefit
 
-    try:
-        shares = [float(part) for part in fractions.split(",") if part.strip()]
-    except ValueError:
-        raise UsageError(f"--fractions takes comma-separated shares, e.g. 0.1,1.0; got {fractions!r}") from None
-    try:
-        stages = [int(part) for part in generator_epochs.split(",")]
-    except ValueError:
-        stages = []
-    if len(stages) != 3 or min(stages) < 1:
-        raise UsageError(f"--generator-epochs takes three positive integers (VQ-VAE,top,bottom), e.g. 16,14,10; got {generator_epochs!r}")
-    recipe = GeneratorRecipe(image_size=generator_image_size, vqvae_epochs=stages[0], top_epochs=stages[1], bottom_epochs=stages[2])
+    shares = _fractions(fractions)  # checked first, as before
+    recipe = _generator_recipe(generator_epochs, generator_image_size)
     options = BenefitOptions(fractions=shares, methods=[m.strip() for m in methods.split(",") if m.strip()], ratio=ratio,
                              seeds=seeds, seed=seed, test_fraction=test_fraction, positive=positive, negative=negative,
                              epochs=epochs, steps=steps, budget=_budget(arch, image_size, batch_size, lr), temperature=temperature, top_k=top_k,
@@ -151,6 +141,29 @@ def benefit(
     if not quiet:
         print_benefit_table(summary)
     emit(summary, json_, out)
+
+
+def _fractions(text: str) -> list[float]:
+    from ..errors import UsageError
+
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(f"--fractions takes comma-separated shares, e.g. 0.1,1.0; got {text!r}") from None
+
+
+def _generator_recipe(generator_epochs: str, image_size: int):
+    """--generator-epochs VQ-VAE,top,bottom and --generator-image-size as the study's GeneratorRecipe."""
+    from ..errors import UsageError
+    from ..studies.benefit import GeneratorRecipe
+
+    try:
+        stages = [int(part) for part in generator_epochs.split(",")]
+    except ValueError:
+        stages = []
+    if len(stages) != 3 or min(stages) < 1:
+        raise UsageError(f"--generator-epochs takes three positive integers (VQ-VAE,top,bottom), e.g. 16,14,10; got {generator_epochs!r}")
+    return GeneratorRecipe(image_size=image_size, vqvae_epochs=stages[0], top_epochs=stages[1], bottom_epochs=stages[2])
 
 
 def _int_list(text: str, option: str) -> list[int]:
@@ -186,7 +199,7 @@ def codes(
     Example: skinaug score codes codes.h5 --model models/derm64 --data images/ --labels labels.csv
     """
     from ..scores.code_usage import score_codes
-    from .codes import print_code_table
+    from .encode_decode import print_code_table
 
     stats = score_codes(codes_path, model=model, data=data, labels=labels, device=device, batch_size=batch_size,
                         strict=strict, workers=workers, **columns(image_col, label_col, group_col))
@@ -229,8 +242,8 @@ def sweep(
     Example: skinaug score sweep images/ --labels labels.csv --codebook-size 128,256,512 --code-dim 8,32,64 --out sweep/
     """
     from ..studies.sweep import print_sweep_table, run_sweep
-    from ..train_vqvae import TrainOptions
-    from ..vqvae import VQVAEConfig
+    from ..training.vqvae import TrainOptions
+    from ..vqvae.model import VQVAEConfig
 
     sizes, dims = _int_list(codebook_size, "--codebook-size"), _int_list(code_dim, "--code-dim")
     base = VQVAEConfig(image_size=image_size, levels=levels, channels=channels, res_channels=res_channels, n_res_blocks=res_blocks)
@@ -270,10 +283,12 @@ def fid(
     Example: skinaug score fid mixed/ images/ --inception-weights pt_inception-2015-12-05-6726825d.pth
     """
     from ..scores.fid import compute_fid
+    from ..scores.options import ScoreOptions
 
-    result = compute_fid(generated, real, features=features, inception_weights=inception_weights, real_labels=real_labels,
-                         image_size=image_size, k=k, device=device, batch_size=batch_size, budget=_budget(arch, 64, batch_size, lr),
-                         epochs=epochs, seed=seed, strict=strict, workers=workers, columns=columns(image_col, label_col, group_col))
+    options = ScoreOptions(real_labels=real_labels, columns=columns(image_col, label_col, group_col), device=device,
+                           budget=_budget(arch, 64, batch_size, lr), epochs=epochs, seed=seed, strict=strict, workers=workers)
+    result = compute_fid(generated, real, features=features, inception_weights=inception_weights, image_size=image_size,
+                         k=k, batch_size=batch_size, options=options)
     if not quiet:
         _print_fid(result)
     emit(result, json_, None)
@@ -326,11 +341,13 @@ def memorization(
     Example: skinaug score memorization synth/ images/ --out memo/ --threshold 0.02
     """
     from ..scores.memorization import check_memorization
+    from ..scores.options import ScoreOptions
 
-    summary = check_memorization(generated, real, out=out, threshold=threshold, feature_threshold=feature_threshold, size=size,
-                                 embedding=embedding, real_labels=real_labels, pairs=pairs, device=device,
-                                 budget=_budget(arch, size, batch_size, 1e-3), epochs=epochs, seed=seed, strict=strict,
-                                 workers=workers, columns=columns(image_col, label_col, group_col), overwrite=overwrite)
+    options = ScoreOptions(real_labels=real_labels, columns=columns(image_col, label_col, group_col), device=device,
+                           budget=_budget(arch, size, batch_size, 1e-3), epochs=epochs, seed=seed, strict=strict,
+                           workers=workers)
+    summary = check_memorization(generated, real, out=out, threshold=threshold, feature_threshold=feature_threshold,
+                                 size=size, embedding=embedding, pairs=pairs, overwrite=overwrite, options=options)
     if not quiet:
         from rich.console import Console
 

@@ -85,7 +85,7 @@ def vqvae(
 
     Sharper texture, same codes and priors: skinaug train vqvae images/ --labels labels.csv --init ham10000-64 --decoder-only --loss mse+gan --epochs 4 --out models/sharp
     """
-    from ..train_vqvae import TrainOptions, train_vqvae
+    from ..training.vqvae import TrainOptions, train_vqvae
 
     given = {"image_size": image_size, "levels": levels, "codebook_size": codebook_size, "code_dim": code_dim,
              "channels": channels, "res_channels": res_channels, "n_res_blocks": n_res_blocks, "restart_after": restart_after,
@@ -146,7 +146,7 @@ def prior(
 
     Fine-tune: skinaug train prior --model models/mine --codes mine.h5 --init ham10000-64 --epochs 20
     """
-    from ..train_prior import PriorOptions, train_priors
+    from ..training.prior import PriorOptions, train_priors
 
     from ..priors.config import ATTENTION_KINDS
 
@@ -213,7 +213,7 @@ def baseline(
 
     Example: skinaug train baseline images/ --labels labels.csv --arch dcgan --image-size 64 --epochs 50 --out models/dcgan64
     """
-    from ..baselines.train import BaselineOptions, train_baseline
+    from ..training.baseline import BaselineOptions, train_baseline
 
     shape = {"image_size": image_size, "widths": widths, "latent_dim": latent_dim, "hidden": hidden,
              "kl_weight": kl_weight, "gan_weight": gan_weight}

@@ -1,19 +1,11 @@
-"""ONNX export of a model directory and an onnxruntime backend that needs neither PyTorch nor a GPU.
+"""Moved: the ONNX export is `skinaug.export.onnx` and the onnxruntime side `skinaug.backends.onnx_runtime`.
 
-    skinaug export onnx --model MODEL_DIR          # writes MODEL_DIR/onnx/ and config.json["onnx"] (needs torch)
-    skinaug export onnx --model MODEL_DIR --out DIR   # MODEL_DIR only read: DIR becomes a model dir (read-only models)
-    skinaug encode DATA --model MODEL_DIR --out codes.h5 --backend onnx   # runs with onnxruntime alone
+`skinaug.onnx.export` and `skinaug.onnx.runtime` still import (skinaug.moved, with a DeprecationWarning) and the
+constants below are re-exported from their new home; import them from there."""
 
-- `export.py` (imports torch): the graphs, the parity check against PyTorch, the atomic write.
-- `runtime.py` (numpy + onnxruntime only): sessions and providers, and the VQ-VAE and the priors' samplers as the
-  `skinaug.backends.base` interfaces (a code model, prior samplers); `skinaug.backends.onnx` makes them a backend
-  that `skinaug.generate.Generator` drives.
+import warnings
 
-Nothing in this package's runtime half imports torch, directly or through another skinaug module: a CI test runs
-the commands in a process where `import torch` fails.
-"""
+from ..backends.onnx_runtime import EXPORT_FORMAT, ONNX_DIR, OPSET  # noqa: F401
 
-ONNX_DIR = "onnx"
-OPSET = 17
-# the graphs' contract with runtime.py; 2: caches bound in place (IOBinding), row and embed graphs, wavefront steps
-EXPORT_FORMAT = 2
+warnings.warn("skinaug.onnx moved to skinaug.export.onnx (exporting) and skinaug.backends.onnx_runtime (running): "
+              "import from there (the old name will be removed)", DeprecationWarning, stacklevel=2)

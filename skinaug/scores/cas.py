@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..data import Sample, group_split, load_images, scan_dataset
+from ..data.scan import Sample, group_split, load_images, scan_dataset
 from ..errors import SkinaugError, UsageError
-from ..io import claim_output, marked_folder, write_json, write_text
+from ..storage.fs import claim_output, marked_folder, write_json, write_text
 from ..runtime import log, resolve_device, warn
 from .classifier import Budget, constant_predictions, predict, steps_for, train_classifier
 from .roc import draw_roc_png, macro_auc, macro_roc_curve, roc_auc, roc_curve
@@ -177,8 +177,8 @@ def split_external(real, test, task: Task, options: CasOptions) -> Split:
 def check_generator(image_set, split: Split, options: CasOptions) -> dict | None:
     """What the generator of a generated set saw of the test side, from its trained_on.json: a warning, or
     refusal under strict, when it saw test images or lesions, or when nobody can tell."""
-    from ..io import read_json
-    from ..trained_on import read_record
+    from ..storage.fs import read_json
+    from ..storage.trained_on import read_record
 
     record = read_record(image_set.path)
     run_file = image_set.path / "run.json"

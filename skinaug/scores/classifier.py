@@ -17,8 +17,8 @@ from torch import nn
 
 from ..errors import SkinaugError, UsageError
 from ..runtime import log
-from ..training import Bar, Run, TrainState, augment_batch, fit, optimizer_step, warmup_cosine
-from ..vqvae import to_model_input
+from ..training.loop import Bar, Run, TrainState, augment_batch, fit, optimizer_step, warmup_cosine
+from ..vqvae.model import to_model_input
 
 ARCHS = ("efficientnet-b0", "resnet10", "resnet18")
 
@@ -89,7 +89,7 @@ def read_weights(path) -> dict[str, torch.Tensor]:
         except Exception as error:
             raise SkinaugError(f"cannot read weights {path} ({str(error).splitlines()[0]})") from None
     else:
-        from ..modeldir import torch_load_tensors
+        from ..storage.modeldir import torch_load_tensors
 
         state = torch_load_tensors(path, "weights")
     for key in ("state_dict", "model"):  # common checkpoint wrappers

@@ -4,11 +4,11 @@ pairs, perplexities, and the model's reconstruction MSE when the model and the i
 from __future__ import annotations
 
 from ..backends.torch import TorchCodeModel
-from ..codes import code_statistics, read_codes
-from ..encode import dataset_for_model
+from ..storage.codefile import code_statistics, read_codes
+from ..generation.encode_decode import dataset_for_model
 from ..errors import SkinaugError, UsageError
-from ..image_cache import decode_in_chunks
-from ..modeldir import ModelDir
+from ..storage.image_cache import decode_in_chunks
+from ..storage.modeldir import ModelDir
 from ..runtime import log
 
 

@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import load_images
+from ..data.scan import load_images
 from ..errors import SkinaugError, UsageError
 from ..runtime import log, resolve_device, warn
+from .options import ScoreOptions
 from .sets import open_set
 
 FEATURES = ("inception", "classifier")
@@ -157,10 +158,12 @@ def set_parts(spec) -> list[Path]:
     return [Path(part) for part in parts]
 
 
-def compute_fid(generated, real, *, features: str = "inception", inception_weights=None, real_labels=None,
-                image_size: int | None = None, k: int = 3, device="auto", batch_size: int = 64, budget=None,
-                epochs: int = 3, seed: int = 0, strict: bool = False, workers=None, columns: dict | None = None) -> dict:
-    """FID (or the classifier-feature Fréchet distance) of `generated` against `real`, with precision/recall."""
+def compute_fid(generated, real, *, features: str = "inception", inception_weights=None, image_size: int | None = None,
+                k: int = 3, batch_size: int = 64, options: ScoreOptions = ScoreOptions()) -> dict:
+    """FID (or the classifier-feature Fréchet distance) of `generated` against `real`, with precision/recall.
+    options: the real set's labels and columns, the device, the feature classifier's budget, strict, workers."""
+    real_labels, columns, device, budget = options.real_labels, options.columns, options.device, options.budget
+    epochs, seed, strict, workers = options.epochs, options.seed, options.strict, options.workers
     if features not in FEATURES:
         raise UsageError(f"{{features}} must be inception or classifier, not {features!r}")
     device = resolve_device(device)

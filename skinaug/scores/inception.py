@@ -173,7 +173,7 @@ def default_weights_path() -> Path:
 
 def load_fid_inception(weights=None, device="cpu") -> FIDInceptionV3:
     """The network with the FID weights from a local file; nothing is ever downloaded."""
-    from ..modeldir import torch_load_tensors
+    from ..storage.modeldir import torch_load_tensors
 
     path = Path(weights).expanduser() if weights is not None else default_weights_path()
     if not path.is_file():

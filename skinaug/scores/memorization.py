@@ -18,10 +18,11 @@ import io
 import numpy as np
 import torch
 
-from ..data import load_images
+from ..data.scan import load_images
 from ..errors import SkinaugError, UsageError
-from ..io import atomic_path, claim_output, marked_folder, write_json, write_text
+from ..storage.fs import atomic_path, claim_output, marked_folder, write_json, write_text
 from ..runtime import log, resolve_device
+from .options import ScoreOptions
 from .sets import open_set
 
 EMBEDDINGS = ("fixed", "classifier")
@@ -85,10 +86,11 @@ def nearest_by_embedding(generated: np.ndarray, real: np.ndarray, embed) -> tupl
 
 
 def check_memorization(generated, real, *, out=None, threshold: float = 0.02, feature_threshold: float | None = None,
-                       size: int = 32, embedding: str = "fixed", real_labels=None, pairs: int = 16, device="auto",
-                       budget=None, epochs: int = 3, seed: int = 0, strict: bool = False, workers=None,
-                       columns: dict | None = None, overwrite: bool = False) -> dict:
+                       size: int = 32, embedding: str = "fixed", pairs: int = 16, overwrite: bool = False,
+                       options: ScoreOptions = ScoreOptions()) -> dict:
     """Nearest real neighbours of every generated image; writes memorization.csv and closest_pairs.png to `out`."""
+    real_labels, columns, device, budget = options.real_labels, options.columns, options.device, options.budget
+    epochs, seed, strict, workers = options.epochs, options.seed, options.strict, options.workers
     if embedding not in EMBEDDINGS:
         raise UsageError(f"{{embedding}} must be fixed or classifier, not {embedding!r}")
     # the folder is written whole at the end; --overwrite replaces an earlier one only then
@@ -170,7 +172,7 @@ def draw_pairs(pairs, path, tile: int = 96, per_row: int = 4) -> None:
     """Generated | nearest real, side by side, closest first, each pair captioned with its pixel distance."""
     from PIL import Image, ImageDraw
 
-    from ..data import load_image
+    from ..data.scan import load_image
 
     rows = max(1, (len(pairs) + per_row - 1) // per_row)
     pair_width, caption = 2 * tile + 12, 28

@@ -79,7 +79,7 @@ def draw_roc_png(curves: list[tuple[str, list[tuple[np.ndarray, np.ndarray]]]], 
     """One colour per set; every seed's curve is drawn. `curves`: [(legend, [(fpr, tpr), ...]), ...]."""
     from PIL import Image, ImageDraw
 
-    from ..io import atomic_path
+    from ..storage.fs import atomic_path
 
     size, margin = 480, 56
     image = Image.new("RGB", (size + margin + 16, size + margin + 52), "white")

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data import IMAGE_EXTENSIONS, Dataset, scan_dataset
+from ..data.scan import IMAGE_EXTENSIONS, Dataset, scan_dataset
 from ..errors import SkinaugError
-from ..layout import SOURCE_COLUMNS, images_root, laid_out, read_labels
+from ..data.layout import SOURCE_COLUMNS, images_root, laid_out, read_labels
 
 @dataclass
 class ImageSet:

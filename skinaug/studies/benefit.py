@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import Sample, group_split, load_images, scan_dataset
+from ..data.scan import Sample, group_split, load_images, scan_dataset
 from ..errors import SkinaugError, UsageError
-from ..layout import MODEL_METHODS
-from ..io import atomic_path, claim_output, marked_folder, read_json, write_json, write_text
+from ..data.layout import MODEL_METHODS
+from ..storage.fs import atomic_path, claim_output, marked_folder, read_json, write_json, write_text
 from ..runtime import log, resolve_device, warn
 from ..scores.classifier import Budget, constant_predictions, predict, steps_for, train_classifier
 from ..scores.roc import PALETTE, roc_auc
@@ -120,7 +120,7 @@ class BenefitOptions:
 
     def sampling(self):
         """How the generated sets are drawn (skinaug.sampler.SamplingOptions)."""
-        from ..sampler import SamplingOptions
+        from ..generation.sampler import SamplingOptions
 
         return SamplingOptions(temperature=self.temperature, top_k=self.top_k)
 
@@ -173,7 +173,7 @@ def labels_csv(samples: list[Sample], class_names: list[str]) -> str:
 
 def check_model(model, test: list[Sample]) -> None:
     """Refuses a generator that saw a test image or test lesion, or whose training images are unknown."""
-    from ..trained_on import read_record
+    from ..storage.trained_on import read_record
 
     record = read_record(model)
     if record is None or not record.complete:
@@ -188,10 +188,10 @@ def check_model(model, test: list[Sample]) -> None:
 
 def train_generator(data, train_csv: Path, out: Path, recipe: GeneratorRecipe, options: BenefitOptions) -> Path:
     """VQ-VAE, then both priors, on the train side only; every stage resumes where it stopped."""
-    from ..modeldir import ModelDir
-    from ..train_prior import PriorOptions, train_priors
-    from ..train_vqvae import TrainOptions, train_vqvae
-    from ..vqvae import VQVAEConfig
+    from ..storage.modeldir import ModelDir
+    from ..training.prior import PriorOptions, train_priors
+    from ..training.vqvae import TrainOptions, train_vqvae
+    from ..vqvae.model import VQVAEConfig
 
     model_dir = ModelDir(out)
     if not model_dir.exists():
@@ -214,7 +214,7 @@ def train_generator(data, train_csv: Path, out: Path, recipe: GeneratorRecipe, o
 
 def classic_copies(images: np.ndarray, labels: np.ndarray, ratio: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """`ratio` x each class's images as classically augmented copies (skinaug.classic), seeded."""
-    from ..classic import augment_images
+    from ..data.classic import augment_images
 
     rng = np.random.default_rng(seed)
     picks = []
@@ -228,8 +228,8 @@ def classic_copies(images: np.ndarray, labels: np.ndarray, ratio: float, seed: i
 
 def generate_set(method: str, generator, source, out: Path, options: BenefitOptions, seed: int) -> None:
     """`ratio` x each class's real images made by `method` from the fraction's real images, into OUT_DIR `out`."""
-    from ..generate import job_plan, name_jobs, plan_augment, write_dataset
-    from ..sampler import OutputOptions, RunOptions
+    from ..generation.commands import job_plan, name_jobs, plan_augment, write_dataset
+    from ..generation.sampler import OutputOptions, RunOptions
 
     if (out / "run.json").is_file():
         return
@@ -329,7 +329,7 @@ def bootstrap_gains(method_probs: list[np.ndarray], real_probs: list[np.ndarray]
 
 def run_benefit(data, labels_csv_path, out, options: BenefitOptions, *, model=None, resume=False, overwrite=False) -> dict:
     """The benefit table (see the module docstring); writes everything into `out`."""
-    from ..modeldir import locate_model
+    from ..storage.modeldir import locate_model
 
     options.validate()
     if model is not None:
@@ -371,7 +371,7 @@ def run_benefit(data, labels_csv_path, out, options: BenefitOptions, *, model=No
 def check_baseline_methods(model, options: BenefitOptions) -> None:
     """A baseline generator (`train baseline`) makes images from noise: it serves synthesize (and classic), not the
     methods that read or draw codes."""
-    from ..modeldir import baseline_arch
+    from ..storage.modeldir import baseline_arch
 
     arch = baseline_arch(model)
     if arch is None:
@@ -433,8 +433,8 @@ def benefit_generator(data, work: Path, model, test, class_names: list[str], opt
     """The generator of the generated methods (None when only classic is asked for): `model`, or one trained here on
     the train side; either must have recorded no test image or lesion. A baseline generator (`train baseline`)
     serves `synthesize` only: it has no codes to mix or resample."""
-    from ..generate import open_sampler
-    from ..sampler import RunOptions
+    from ..generation.commands import open_sampler
+    from ..generation.sampler import RunOptions
 
     if not any(m in GENERATED_METHODS for m in options.methods):
         return None
@@ -535,7 +535,7 @@ def share_source(generator, data, share_csv: Path, class_names: list[str], label
     """The share as the generator's jobs see it, labelled by the generator's class list (which may hold more classes
     than the data; the generated labels.csv names each class, and `read_generated` maps them back to the data's):
     its codes, or only its labels for a baseline generator; None without a generator."""
-    from ..encode import codes_from_images
+    from ..generation.encode_decode import codes_from_images
 
     if generator is None:
         return None

@@ -17,13 +17,13 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from ..encode import encode_dataset
+from ..generation.encode_decode import encode_dataset
 from ..errors import SkinaugError
-from ..io import claim_output, marked_folder, read_json, write_json, write_text
-from ..modeldir import ModelDir
+from ..storage.fs import claim_output, marked_folder, read_json, write_json, write_text
+from ..storage.modeldir import ModelDir
 from ..runtime import log
-from ..train_vqvae import CHECKPOINT, TrainOptions, train_vqvae
-from ..vqvae import VQVAEConfig
+from ..training.vqvae import CHECKPOINT, TrainOptions, train_vqvae
+from ..vqvae.model import VQVAEConfig
 
 PLAN = "sweep_plan.json"
 ROW = "sweep_row.json"

@@ -1,0 +1,1 @@
+"""What a dataset looks like: `inspection` (the dataset report of `skinaug inspect`) and `preview` (contact sheets)."""

@@ -99,10 +99,104 @@ def check_device_name(name: str) -> str:
     return name
 
 
-def resolve_device(name: str = "auto"):
-    """'auto' picks CUDA when it is available; asking for CUDA without one is a clear error."""
+def cgroup_cpu_quota(proc_cgroup: str | None = None, root: str | os.PathLike = "/sys/fs/cgroup") -> float | None:
+    """The CPU bandwidth this process's cgroups allow, in CPUs (quota / period), or None where none is set.
+
+    proc_cgroup: the text of /proc/self/cgroup (read when None). cgroup v2 (a "0::PATH" line): `cpu.max`
+    ("QUOTA PERIOD" or "max PERIOD") of the process's cgroup and of each ancestor under `root`; cgroup v1 (a line
+    whose controllers include cpu): `cpu.cfs_quota_us` (-1: none) and `cpu.cfs_period_us` under root/<controllers>.
+    The tightest quota along the path counts. Inside a container the cgroup path that /proc names is often not
+    mounted as such (the container's own cgroup is the mount's root), so every suffix of the path is tried down to
+    the root. Unreadable or absent files mean no quota."""
+    from pathlib import Path
+
+    if proc_cgroup is None:
+        try:
+            proc_cgroup = Path("/proc/self/cgroup").read_text()
+        except OSError:
+            return None
+    root, quotas = Path(root), []
+    for line in proc_cgroup.splitlines():
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if not hierarchy or not path.startswith("/"):
+            continue
+        parts = [part for part in path.split("/") if part]
+        if hierarchy == "0" and controllers == "":  # cgroup v2
+            base, read = root, _cpu_max
+        elif "cpu" in controllers.split(","):  # cgroup v1
+            base = root / controllers
+            if not base.is_dir():
+                base = root / "cpu"
+            read = _cfs_quota
+        else:
+            continue
+        for depth in range(len(parts), -1, -1):
+            quota = read(base.joinpath(*parts[:depth]))
+            if quota is not None:
+                quotas.append(quota)
+    return min(quotas) if quotas else None
+
+
+def _cpu_max(folder) -> float | None:
+    try:
+        quota, period = (folder / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
+
+
+def _cfs_quota(folder) -> float | None:
+    try:
+        quota = int((folder / "cpu.cfs_quota_us").read_text())
+        period = int((folder / "cpu.cfs_period_us").read_text())
+        return None if quota <= 0 or period <= 0 else quota / period
+    except (OSError, ValueError):
+        return None
+
+
+def usable_cpus(affinity: int | None = None, quota: float | None = None) -> int:
+    """CPU cores this process can keep busy: its affinity mask (os.cpu_count where the OS has none), capped by its
+    cgroup's CPU quota (`cgroup_cpu_quota`), rounded down but at least 1. A container may see a host's 64 CPUs with
+    a quota of 2: threads beyond the quota only wait for each other (torch's OpenMP regions end in a barrier, and a
+    throttled thread holds every other one up). Both backends size their thread pools with it. The arguments are
+    for tests: None reads this process's."""
+    if affinity is None:
+        try:
+            affinity = len(os.sched_getaffinity(0))
+        except AttributeError:  # macOS, Windows
+            affinity = os.cpu_count() or 1
+    quota = cgroup_cpu_quota() if quota is None else quota
+    count = affinity if quota is None else min(affinity, int(quota))
+    return max(1, count)
+
+
+_torch_threads_fitted = False
+
+
+def fit_torch_threads() -> None:
+    """torch's intra-op threads at most `usable_cpus()`, once per process, when neither OMP_NUM_THREADS nor
+    MKL_NUM_THREADS chose them: torch sizes its pool by the CPUs it sees, ignoring affinity and cgroup quotas.
+    Never raises the count (a program that asked for fewer keeps them)."""
+    global _torch_threads_fitted
+    if _torch_threads_fitted:
+        return
+    _torch_threads_fitted = True
+    if os.environ.get("OMP_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS"):
+        return
     import torch
 
+    usable = usable_cpus()
+    if torch.get_num_threads() > usable:
+        torch.set_num_threads(usable)
+
+
+def resolve_device(name: str = "auto"):
+    """'auto' picks CUDA when it is available; asking for CUDA without one is a clear error. The first call also
+    fits torch's CPU threads to the usable CPUs (`fit_torch_threads`): the CPU runs host work on CUDA too."""
+    import torch
+
+    fit_torch_threads()
     if isinstance(name, torch.device):  # already resolved by a library caller
         return name
     if name == "auto":
@@ -119,7 +213,7 @@ def resolve_device(name: str = "auto"):
 
 
 def default_workers() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
+    return max(1, min(8, usable_cpus()))
 
 
 BACKENDS = ("torch", "onnx")

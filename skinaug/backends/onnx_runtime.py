@@ -20,7 +20,7 @@ import numpy as np
 from .base import PIXEL_SCALE, CodeModel, PriorSampler, check_draw_args
 from ..errors import SkinaugError, first_line
 from ..storage.modeldir import PRIOR_WEIGHTS, VQVAE_WEIGHTS, ModelDir
-from ..runtime import log, warn
+from ..runtime import log, usable_cpus, warn
 from ..sampling import draw_codes, sampling_steps
 from ..spec import ModelSpec
 
@@ -53,16 +53,6 @@ def requested_providers(device: str, available: list[str]) -> list:
             raise SkinaugError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
         return [(CUDA, {"device_id": int(index or 0)}), CPU]
     raise SkinaugError(f"unsupported device {device!r}: use auto, cpu, cuda or cuda:N")
-
-
-def usable_cpus() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
-    import os
-
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
 
 
 def session_device(session) -> tuple[str, int]:
@@ -149,9 +139,10 @@ class OnnxModel:
                                    f"{self._export_advice(again=True)}")
 
     def session_options(self, *, spinning: bool = False, threads: int | None = None):
-        """One intra-op thread per usable CPU core (or `threads`), no inter-op pool (the graphs are chains:
-        sequential execution), every graph optimisation; onnxruntime's own warnings (e.g. a provider that did not
-        start) stay quiet.
+        """One intra-op thread per usable CPU core (or `threads`): `skinaug.runtime.usable_cpus`, the affinity mask
+        capped by the cgroup's CPU quota, as for torch. No inter-op pool (the graphs are chains: sequential
+        execution), every graph optimisation; onnxruntime's own warnings (e.g. a provider that did not start) stay
+        quiet.
 
         spinning: whether the session's idle worker threads spin, waiting for the next parallel section. Only the
         sampling step gets it (it runs thousands of times in a row): the workers of every other session would spin

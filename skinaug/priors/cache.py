@@ -14,11 +14,14 @@ swaps grids and key/value caches for its own, which read graph inputs, through t
 
 from __future__ import annotations
 
+import os
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
+from ..errors import UsageError
 from ..sampling import sampling_steps
 
 
@@ -197,10 +200,13 @@ class KeyValueCache:
 class StepMatmul:
     """x @ weight (+ bias) (+ add) at a step's positions; weight (in, out), bias (out,), add (rows, out).
 
-    packed: the weight is prepacked once for oneDNN's matmul (`torch.ops.mkldnn._linear_pointwise`), which runs
-    float32 GEMMs with AVX-512 on any x86 CPU: 2.2 to 2.4x the speed of `torch.addmm` (MKL, which keeps its AVX-512
-    kernels for Intel CPUs) on the 2-core AMD EPYC of benchmarks/RESULTS.md, at every step size from 7 rows up.
-    Otherwise (CUDA, bfloat16, torch.compile, a torch without oneDNN) a plain addmm, as the step always did."""
+    packed: the weight is prepacked for oneDNN's matmul (`torch.ops.mkldnn._linear_pointwise`), which picks its
+    kernels by the CPU's features, on AMD as on Intel. Where the CPU has AVX-512 that is 1.7 to 3.4x the speed of
+    `torch.addmm` (MKL, which runs its AVX2 kernels on AMD CPUs) at the step shapes on one core of the AMD EPYC (Zen 5)
+    of benchmarks/RESULTS.md; on an AVX2-only CPU (AMD Zen 2/3, older Intel) both libraries run AVX2 kernels and
+    oneDNN is 1.0 to 1.5x addmm, the whole sampler 0.98 to 1.02x (RESULTS.md, "Synthesis ... on this CPU").
+    A weight is packed once per process (`_packed_if_faithful` keeps it for later calls with the same weight).
+    Otherwise (CUDA, bfloat16, torch.compile, a torch without oneDNN, SKINAUG_STEP_MATMUL=addmm) a plain addmm."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None = None, packed: bool = False):
         self.weight, self.bias, self.packed = weight, bias, None
@@ -215,7 +221,33 @@ class StepMatmul:
         return x @ self.weight if bias is None else torch.addmm(bias, x, self.weight)
 
 
+_PACKED: OrderedDict = OrderedDict()  # key -> (weight copy, bias copy, packed weight), least recently used first
+_PACKED_LIMIT = 512  # weights kept: a two-level model has about 80
+
+
 def _packed_if_faithful(weight: Tensor, bias: Tensor | None):
+    """The oneDNN-packed weight (`_pack`), or None for the plain addmm path; kept for the process's later calls.
+
+    Every sampling call builds its step matmuls again (a batch of `synthesize` is one call per prior); packing and
+    probing a model's weights took about 40 ms per call on 2 cores, 2.5% of a batch of 64 images. A kept packing is
+    reused only for a weight equal to the one it was made from (compared in full, about 0.1 ms for the largest
+    weight: a freed tensor's memory may come back holding other values) under the same matmul precision."""
+    key = (weight.data_ptr(), tuple(weight.shape), weight.stride(), weight.dtype,
+           None if bias is None else (bias.data_ptr(), tuple(bias.shape)), torch.get_float32_matmul_precision())
+    kept = _PACKED.get(key)
+    if kept is not None and torch.equal(kept[0], weight) and (bias is None or torch.equal(kept[1], bias)):
+        _PACKED.move_to_end(key)
+        return kept[2]
+    packed = _pack(weight, bias)
+    if packed is not None:
+        _PACKED[key] = (weight.clone(), None if bias is None else bias.clone(), packed)
+        _PACKED.move_to_end(key)
+        while len(_PACKED) > _PACKED_LIMIT:
+            _PACKED.popitem(last=False)
+    return packed
+
+
+def _pack(weight: Tensor, bias: Tensor | None):
     """The oneDNN-packed weight, or None (the plain addmm path) unless a probe through the packed op runs and agrees
     with addmm: an internal op may be missing, fail only when first run, or (under a host application's
     `set_float32_matmul_precision("medium")` or ONEDNN_DEFAULT_FPMATH_MODE) compute in lower precision."""
@@ -277,10 +309,24 @@ class ConvStep:
         return above if self.bias is None else above + self.bias
 
 
+STEP_MATMULS = ("packed", "addmm")
+
+
+def step_matmul_choice() -> str:
+    """How CPU float32 step matmuls run: "packed" (oneDNN, the default) or "addmm" (torch.addmm), from the
+    environment variable SKINAUG_STEP_MATMUL, read at every sampling call. benchmarks/synthesize_cpu.py measures its
+    baseline arm with "addmm" in the same process."""
+    choice = os.environ.get("SKINAUG_STEP_MATMUL", "packed").strip().lower() or "packed"
+    if choice not in STEP_MATMULS:
+        raise UsageError(f"SKINAUG_STEP_MATMUL={choice!r}: use packed or addmm")
+    return choice
+
+
 def onednn_matmuls(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether step matmuls should use prepacked oneDNN weights (`StepMatmul`): float32 on the CPU, with oneDNN."""
+    """Whether step matmuls should use prepacked oneDNN weights (`StepMatmul`): float32 on the CPU, with oneDNN,
+    unless SKINAUG_STEP_MATMUL=addmm (`step_matmul_choice`)."""
     return (device.type == "cpu" and dtype == torch.float32 and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise") and step_matmul_choice() == "packed")
 
 
 @dataclass(frozen=True)

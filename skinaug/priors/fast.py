@@ -14,12 +14,13 @@ all rows whose turn it is go in the same step: W + (r + 1)(H - 1) steps instead 
 64x64 bottom map), bit-for-bit the same algorithm per position.
 
 Eagerly (the host drives every step: the CPU, or CUDA without graphs), three things cut the work of a step without
-changing what it computes. On the CPU in float32, every step matmul uses a weight prepacked once for oneDNN
-(`cache.StepMatmul`), whose AVX-512 kernels run 2.2 to 2.4x faster than the BLAS behind torch.addmm on an AMD EPYC.
-In raster order, each conv sums its taps on the rows above once per image row, for the whole row in one matmul,
-and a step only gathers the taps to its left (`cache.ConvStep`). Attention reads only the key/value slots its
-positions reach (`cache.KeyValueCache`). Together: 1.9x the plain step's speed on one core, for the default 64px
-priors at batch 64 (benchmarks/synthesize_cpu.py). The wavefront stays the faster schedule without attention.
+changing what it computes. On the CPU in float32, every step matmul uses a weight prepacked once per process for
+oneDNN (`cache.StepMatmul`), whose AVX-512 kernels run 1.7 to 3.4x faster than the BLAS behind torch.addmm on an AMD
+EPYC with AVX-512 (on an AVX2-only CPU both run AVX2 kernels, and the two are within a few percent). In raster order,
+each conv sums its taps on the rows above once per image row, for the whole row in one matmul, and a step only
+gathers the taps to its left (`cache.ConvStep`). Attention reads only the key/value slots its positions reach
+(`cache.KeyValueCache`). Together: 1.9x the plain step's speed on one core, for the default 64px priors at batch 64
+with AVX-512 (benchmarks/synthesize_cpu.py). The wavefront stays the faster schedule without attention.
 
 On CUDA a step is captured in a CUDA graph and replayed for every step of its width: it reads its positions from
 the schedule through a counter on the device, so nothing in the loop waits on the host (uniforms are drawn up front,

@@ -161,7 +161,7 @@ class ModelInfo:
 
 
 def open_models(specs: list[str]) -> list[ModelInfo]:
-    from skinaug.modeldir import ModelDir, resolve_model
+    from skinaug.storage.modeldir import ModelDir, resolve_model
 
     models, tags = [], set()
     for spec in specs:
@@ -179,8 +179,8 @@ def open_models(specs: list[str]) -> list[ModelInfo]:
 
 def model_split(model: ModelInfo, images_dir: Path, labels_csv: Path, val_fraction: float, seed: int) -> dict:
     """The model's training and validation sides, recomputed as its training stages made them, with the checks."""
-    from skinaug.data import group_split, scan_dataset
-    from skinaug.trained_on import read_record
+    from skinaug.data.scan import group_split, scan_dataset
+    from skinaug.storage.trained_on import read_record
 
     dataset = scan_dataset(images_dir, labels_csv, class_names=model.class_names)
     samples = dataset.samples
@@ -214,7 +214,7 @@ def model_split(model: ModelInfo, images_dir: Path, labels_csv: Path, val_fracti
 
 def thin(samples: list, n: int | None, seed: int) -> list:
     """A lesion-stratified subset of about n samples (all of them when n is None or larger)."""
-    from skinaug.data import group_split
+    from skinaug.data.scan import group_split
 
     if n is None or n >= len(samples):
         return samples
@@ -311,10 +311,10 @@ def held_out_sets(models: list[ModelInfo], data: Path, budget: Budget, val_fract
 @torch.no_grad()
 def reconstruction(model: ModelInfo, samples: list, device: torch.device, batch_size: int = 64) -> dict:
     """MSE and SSIM of the float reconstructions (before rounding to uint8) at the model's size."""
-    from skinaug.data import load_images
-    from skinaug.losses import ssim_loss
-    from skinaug.modeldir import ModelDir
-    from skinaug.vqvae import to_model_input
+    from skinaug.data.scan import load_images
+    from skinaug.training.losses import ssim_loss
+    from skinaug.storage.modeldir import ModelDir
+    from skinaug.vqvae.model import to_model_input
 
     network = ModelDir(model.path).load_vqvae(device)
     images, kept, skipped = load_images(samples, model.image_size, strict=True)
@@ -336,14 +336,14 @@ def synthesize(model: ModelInfo, label: str, n: int, seed: int, out: Path, devic
                cache: Cache) -> None:
     """`skinaug synthesize` into `out` (its library call, in this process: one interpreter start instead of one per
     set), unless this very run (model, class, count, seed) finished there before."""
-    from skinaug.generators import synthesize as run_synthesize
+    from skinaug.generation.commands import synthesize as run_synthesize
 
     key = [model.fingerprint, str(model.path), label, n, seed, batch_size]
     name = f"synthesize_{out.parent.name}_{out.name}"
     if (out / "run.json").is_file() and cache.get(name, key) is not None:
         return
     out.parent.mkdir(parents=True, exist_ok=True)
-    from skinaug.sampler import OutputOptions, RunOptions, SamplingOptions
+    from skinaug.generation.sampler import OutputOptions, RunOptions, SamplingOptions
 
     output = OutputOptions(overwrite=(out / "run.json").is_file(), resume=out.exists() and not (out / "run.json").is_file())
     summary = run_synthesize(out, model=model.path, class_name=label, n=n, run=RunOptions(device=device, seed=seed,
@@ -427,7 +427,7 @@ def feature_scores(size: int, measured: list[ModelInfo], sets: dict, generated: 
                    device: torch.device, cache: Cache, work: Path) -> dict:
     """One feature classifier at `size`, trained on the training side less the reference sample; every set embedded
     with it; each generated set and the real reference scored against the held-out images."""
-    from skinaug.data import load_images
+    from skinaug.data.scan import load_images
     from skinaug.scores.classifier import Budget as ClassifierBudget
     from skinaug.scores.classifier import features, train_classifier
     from skinaug.scores.sets import open_set
@@ -489,7 +489,7 @@ def cas_steps_within(seconds_left: float, classifiers: int, s_per_step: float, r
 def cas_scores(models: list[ModelInfo], sets: dict, generated: dict, budget: Budget, seeds: int, seed: int,
                device: torch.device, cache: Cache, data: Path, clock: Clock, s_per_step: float | None) -> dict:
     """Synthetic-only CAS (replace mode) per model and the real training side, `seeds` classifiers each."""
-    from skinaug.data import load_images, scan_dataset
+    from skinaug.data.scan import load_images, scan_dataset
     from skinaug.scores.cas import CasOptions, choose_task, load_training_set, score_set, split_external
     from skinaug.scores.classifier import Budget as ClassifierBudget
 
@@ -564,6 +564,7 @@ def cas_scores(models: list[ModelInfo], sets: dict, generated: dict, budget: Bud
 
 def memorization(model: ModelInfo, generated: dict, sets: dict, budget: Budget, cache: Cache, work: Path) -> dict:
     from skinaug.scores.memorization import check_memorization
+    from skinaug.scores.options import ScoreOptions
 
     train = sets["model_train"][model.tag]
     key = [model.tag, model.fingerprint, generated[model.tag]["summary"], [s.name for s in train], budget.memorization_size]
@@ -572,7 +573,7 @@ def memorization(model: ModelInfo, generated: dict, sets: dict, budget: Budget, 
         return cached
     real = link_folder(work / "real" / f"train-{model.tag}", train, sets["class_names"])
     summary = check_memorization(generated[model.tag]["eval"], real, out=work / "memorization" / model.tag,
-                                 size=budget.memorization_size, device="cpu", overwrite=True)
+                                 size=budget.memorization_size, overwrite=True, options=ScoreOptions(device="cpu"))
     keep = ("generated_images", "real_images", "size", "threshold", "flagged", "pixel_distance", "feature_distance",
             "closest", "out")
     return cache.put(f"memorization_{model.tag}", key, {k: summary[k] for k in keep})
@@ -581,7 +582,7 @@ def memorization(model: ModelInfo, generated: dict, sets: dict, budget: Budget, 
 def contact_sheets(models: list[ModelInfo], generated: dict, sets: dict, sheets: Path, work: Path) -> dict:
     """Generated images only under `sheets` (they may be committed); the held-out real images' sheet goes to WORK, since
     copies of the dataset's images must not enter the repository."""
-    from skinaug.preview import contact_sheet
+    from skinaug.reports.preview import contact_sheet
 
     sheets.mkdir(parents=True, exist_ok=True)
     written = {}

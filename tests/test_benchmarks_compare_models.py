@@ -20,7 +20,7 @@ def test_cas_steps_fit_the_time_left(seconds_left, requested, expected):
 
 
 def test_thinning_keeps_whole_lesions_and_both_classes():
-    from skinaug.data import Sample
+    from skinaug.data.scan import Sample
 
     samples = [Sample(Path(f"{i}.jpg"), f"img{i}", i % 2, f"lesion{i // 2}") for i in range(40)]
     kept = compare_models.thin(samples, 10, seed=0)

@@ -12,7 +12,7 @@ from PIL import Image
 
 import skinaug
 from skinaug.cli import main
-from skinaug.data import load_image
+from skinaug.data.scan import load_image
 from skinaug.errors import SkinaugError
 
 MODEL_SIDE = 32  # the tiny model's; the tiny data's originals are 48x40 PNGs
@@ -142,7 +142,7 @@ def test_decode_refuses_a_bad_image_size_with_one_line(generator_model, tmp_path
 
 def test_the_plan_records_a_size_only_when_something_is_resized():
     """Runs begun before sizes were recorded resume: nothing resized, nothing added to their plans."""
-    from skinaug.layout import plan_size
+    from skinaug.data.layout import plan_size
 
     assert plan_size(None, 32) == {} and plan_size(32, 32) == {} and plan_size(None, 32, "copy") == {}
     assert plan_size(None, 32, "none") == {} and plan_size(None, 32, "link") == {}

@@ -141,8 +141,8 @@ def test_an_output_below_a_file_is_named_with_the_cause(generator_model, tmp_pat
 LOCK_HOLDER = """
 import sys
 
-from skinaug.io import claim_output
-from skinaug.output import GENERATED_DATASET
+from skinaug.storage.fs import claim_output
+from skinaug.storage.writer import GENERATED_DATASET
 
 claim = claim_output(sys.argv[1], kind=GENERATED_DATASET)
 print("claimed", flush=True)

@@ -226,8 +226,8 @@ def test_a_crash_under_overwrite_keeps_the_earlier_dataset_and_resume_finishes_t
 
 HOLD_THE_LOCK = """
 import sys
-from skinaug.io import claim_output
-from skinaug.output import GENERATED_DATASET
+from skinaug.storage.fs import claim_output
+from skinaug.storage.writer import GENERATED_DATASET
 claim = claim_output(sys.argv[1], kind=GENERATED_DATASET, resume=True)
 print("holding", flush=True)
 sys.stdin.read()

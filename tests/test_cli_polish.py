@@ -3,6 +3,7 @@ optional package names its extra."""
 
 import importlib.util
 import re
+import sys
 
 import pytest
 
@@ -72,6 +73,16 @@ def test_shell_completion_is_on(capsys):
     assert "--install-completion" in capsys.readouterr().out
     assert main(["--show-completion", "bash"]) == 0
     assert "_skinaug_completion" in capsys.readouterr().out
+
+
+def test_a_clean_exit_is_not_taken_for_a_closed_stdout(capsys, monkeypatch):
+    """click leaves sys.stdout wrapped in a PacifyFlushWrapper after an EPIPE; a later command in the same process
+    that exits cleanly (the completion script) must still return 0."""
+    PacifyFlushWrapper = type("PacifyFlushWrapper", (), {"__init__": lambda self, inner: setattr(self, "inner", inner),
+                                                         "write": lambda self, text: self.inner.write(text),
+                                                         "flush": lambda self: self.inner.flush()})
+    monkeypatch.setattr(sys, "stdout", PacifyFlushWrapper(sys.stdout))
+    assert main(["--show-completion", "bash"]) == 0
 
 
 def test_export_without_onnxruntime_names_the_extra(generator_model, tmp_path, capsys, monkeypatch):

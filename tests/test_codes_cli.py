@@ -28,7 +28,8 @@ from skinaug.vqvae.model import to_model_input, to_uint8
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-CONTRACT_COLUMNS = ["image", "label", "method", "source_top", "source_bottom", "temperature", "seed", "model_fingerprint"]
+CONTRACT_COLUMNS = ["image", "label", "method", "source_top", "source_bottom", "temperature", "seed", "model_fingerprint",
+                    "path"]
 
 
 @pytest.fixture(scope="module")
@@ -232,7 +233,8 @@ def test_decode_writes_the_reconstruction_set(tiny_model, tiny_codes, tmp_path, 
     assert [row["image"] for row in rows] == [f"{name}_rec" for name in names]
     for row, name, label in zip(rows, names, tiny_model.dataset.labels):
         assert row == {"image": f"{name}_rec", "label": label, "method": "reconstruction", "source_top": name,
-                       "source_bottom": name, "temperature": "", "seed": "", "model_fingerprint": config["fingerprint"]}
+                       "source_bottom": name, "temperature": "", "seed": "", "model_fingerprint": config["fingerprint"],
+                       "path": f"images/{name}_rec.png"}
 
     written = read_codes(out / "codes.h5")
     for level in ("top", "bottom"):

@@ -47,14 +47,15 @@ def test_the_layout_module_recognises_builds_and_reads_a_generated_dataset(tmp_p
     (out / "images").mkdir(parents=True)
     Image.new("RGB", (4, 4)).save(out / "images" / "a.png")
     row = label_row("a", "nevus", "mix", source_top="x", source_bottom="y", seed=7, fingerprint="f", group="l1")
-    assert list(row)[: len(LABEL_COLUMNS)] == LABEL_COLUMNS and row["group"] == "l1"
-    (out / "labels.csv").write_text(",".join(LABEL_COLUMNS) + "\n" + ",".join(str(row[c]) for c in LABEL_COLUMNS) + "\n")
+    columns = [column for column in LABEL_COLUMNS if column != "path"]  # the writer adds `path` (the file's place)
+    assert list(row)[: len(columns)] == columns and row["group"] == "l1"
+    (out / "labels.csv").write_text(",".join(columns) + "\n" + ",".join(str(row[c]) for c in columns) + "\n")
     assert laid_out(out) and generated_state(out) == "finished" and is_generated_folder(out)
     assert not is_generated_dataset(out)  # no run.json: not a run's output that a new run may replace
     (out / "run.json").write_text("{}")
     assert is_generated_dataset(out)
     header, rows = read_labels(out / "labels.csv")
-    assert header == LABEL_COLUMNS and rows[0]["source_bottom"] == "y" and rows[0]["seed"] == "7"
+    assert header == columns and rows[0]["source_bottom"] == "y" and rows[0]["seed"] == "7"
     assert read_provenance(out / "labels.csv") == {"a": {"method": "mix", "source_top": "x", "source_bottom": "y",
                                                          "temperature": "", "seed": "7", "model_fingerprint": "f"}}
     (out / ".progress").mkdir()
@@ -73,7 +74,7 @@ class NoiseSampler:
 
     class_names, device, writes_codes, code_bytes = ["a", "b"], "cpu", False, 0
     fingerprint, image_size, model_path, model_config = "noise", 4, None, {"class_names": ["a", "b"],
-                                                                             "fingerprint": "noise"}
+                                                                             "fingerprint": "noise", "image_size": 4}
 
     def require(self, methods): pass
     def read_sources(self, inputs, run): raise AssertionError("synthesize reads no sources")

@@ -180,7 +180,8 @@ def _run(argv: list[str] | None, spell) -> int:
     except BrokenPipeError:
         return _closed_stdout()
     except SystemExit as error:  # typer's completion options exit themselves
-        if type(sys.stdout).__name__ == "PacifyFlushWrapper":  # click's exit(1) on EPIPE: the reader went away
+        # click's exit(1) on EPIPE (the reader went away) leaves sys.stdout wrapped: a clean exit (0) is never that
+        if error.code not in (0, None) and type(sys.stdout).__name__ == "PacifyFlushWrapper":
             return _closed_stdout()
         return error.code if isinstance(error.code, int) else (0 if error.code is None else 1)
     except OSError as error:

@@ -65,6 +65,21 @@ class MovedModules(importlib.abc.MetaPathFinder):
         return importlib.util.spec_from_loader(name, _Alias(MOVED[name]))
 
 
+def former_module(package: str, module: str, submodules: tuple[str, ...]):
+    """The `__getattr__` of a package that replaced a module of the same name: the former module's names, from
+    `package.module`, imported on first use (so that importing one submodule does not import the others)."""
+
+    def __getattr__(name):
+        if name.startswith("__") or name in submodules:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        try:
+            return getattr(importlib.import_module(f"{package}.{module}"), name)
+        except AttributeError:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}") from None
+
+    return __getattr__
+
+
 def install() -> None:
     if not any(isinstance(finder, MovedModules) for finder in sys.meta_path):
         sys.meta_path.insert(0, MovedModules())  # before the path finders: an old name never finds a stale file

@@ -105,7 +105,7 @@ def test_the_shipped_config_loads_with_its_fingerprint():
 
     from skinaug.storage import modeldir
 
-    shipped = Path(modeldir.__file__).parent / "models" / "ham10000-64"
+    shipped = Path(modeldir.__file__).parents[1] / "models" / "ham10000-64"  # skinaug/models/
     config = json.loads((shipped / "config.json").read_text())
     assert "downsample" not in config["vqvae"]
     loaded = VQVAEConfig.from_dict(modeldir.vqvae_config(modeldir.validate_config(config, shipped / "config.json")))
@@ -171,7 +171,7 @@ def test_downsample_4_builds_the_networks_models_were_saved_with():
     tensor as then, and leave the config dict (which the fingerprint hashes) as it was."""
     from skinaug.storage import modeldir
 
-    shipped = Path(modeldir.__file__).parent / "models" / "ham10000-64"
+    shipped = Path(modeldir.__file__).parents[1] / "models" / "ham10000-64"  # skinaug/models/
     if not (shipped / "vqvae.safetensors").is_file():
         pytest.skip("the shipped model is not installed")
     config = modeldir.ModelDir(shipped).config()

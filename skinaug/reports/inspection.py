@@ -321,7 +321,7 @@ def _plots(report, facts, classes, per_class, lesions, histogram, sat, light, ne
     if shown:
         tiles = [facts[i].thumbnail for g in shown for i in g[:2]]
         plots["near_duplicates.png"] = contact_sheet(tiles, [facts[i].sample.name for g in shown for i in g[:2]])
-    return report, plots
+    return plots
 
 
 def _worst_reconstructions(model, facts: list[ImageFacts], show: int, device) -> tuple[dict, bytes]:

@@ -68,7 +68,10 @@ def test_flags_show_no_bool_type_in_the_help(command, capsys, monkeypatch):
         assert "Replace an existing output" in line
 
 
-def test_shell_completion_is_on(capsys):
+def test_shell_completion_is_on(capsys, monkeypatch):
+    # typer detects the parent shell (shellingham) unless told not to; under a runner whose parent is no shell (a
+    # detached job, a CI agent) detection fails, so the shell is named and detection is off
+    monkeypatch.setenv("_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION", "1")
     assert main(["--help"]) == 0
     assert "--install-completion" in capsys.readouterr().out
     assert main(["--show-completion", "bash"]) == 0
@@ -81,6 +84,7 @@ def test_a_clean_exit_is_not_taken_for_a_closed_stdout(capsys, monkeypatch):
     PacifyFlushWrapper = type("PacifyFlushWrapper", (), {"__init__": lambda self, inner: setattr(self, "inner", inner),
                                                          "write": lambda self, text: self.inner.write(text),
                                                          "flush": lambda self: self.inner.flush()})
+    monkeypatch.setenv("_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION", "1")
     monkeypatch.setattr(sys, "stdout", PacifyFlushWrapper(sys.stdout))
     assert main(["--show-completion", "bash"]) == 0
 

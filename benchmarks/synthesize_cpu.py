@@ -37,7 +37,10 @@ Speed depends on sizes, not on weights: `--random` builds a model directory with
 sizes of `--image-size` (with `--downsample`, `--codebook-size`). Timings: the best of `--repeats`. Prints one JSON
 object on its last stdout line; "loadavg_before"/"loadavg_after" tell whether other work shared the cores (on 2
 cores, another busy process slows torch's OpenMP threads many-fold: ratios within a run hold up far better than
-absolute figures).
+absolute figures). Each figure also comes as images per CPU-second of this process ("images_per_cpu_s"; with
+--process, the children's "cpu_seconds"): with `--threads 1` (one thread for torch and onnxruntime alike) that is
+the speed of one core, which other processes on the machine barely change, and the ratios of it are the ones to
+quote from a shared machine.
 """
 
 from __future__ import annotations
@@ -185,7 +188,8 @@ def run_in_process(arms: list[str], models: dict, label: str, n: int, batch_size
         results[arm]["open_seconds"] = round(generator._open_seconds, 3)
     for batch_size in batch_sizes:
         jobs = jobs_of(n)
-        best = {arm: {"write": None, "split": None, "no_write": None} for arm in arms}
+        best = {arm: {"write": None, "split": None, "no_write": None, "cpu_write": None, "cpu_no_write": None}
+                for arm in arms}
         for arm in arms:  # warm-up at this batch size
             matmul_env(arm)
             generators[arm].codes_for("synthesize", jobs[:batch_size], None, 1)
@@ -198,25 +202,29 @@ def run_in_process(arms: list[str], models: dict, label: str, n: int, batch_size
                 shutil.rmtree(out, ignore_errors=True)
                 plan = job_plan(jobs, command="synthesize", seed=seed, batch_size=batch_size)
                 timer.seconds.clear()
-                started = time.perf_counter()
+                started, cpu = time.perf_counter(), time.process_time()
                 write_dataset(generator, jobs, None, out, plan=plan, run=RunOptions(seed=seed, batch_size=batch_size))
-                seconds = time.perf_counter() - started
+                seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
                 mine = best[arm]
+                mine["cpu_write"] = cpu if mine["cpu_write"] is None else min(mine["cpu_write"], cpu)
                 if mine["write"] is None or seconds < mine["write"]:
                     mine["write"] = seconds
                     mine["split"] = {**{k: round(v, 3) for k, v in timer.seconds.items()},
                                      "write_and_rest": round(seconds - sum(timer.seconds.values()), 3)}
                 shutil.rmtree(out, ignore_errors=True)
-                started = time.perf_counter()
+                started, cpu = time.perf_counter(), time.process_time()
                 for index, (_, batch) in enumerate(make_batches(jobs, batch_size)):
                     generator.images_for(generator.codes_for("synthesize", batch, None, batch_seed(seed, index)))
-                seconds = time.perf_counter() - started
+                seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
                 mine["no_write"] = seconds if mine["no_write"] is None else min(mine["no_write"], seconds)
+                mine["cpu_no_write"] = cpu if mine["cpu_no_write"] is None else min(mine["cpu_no_write"], cpu)
         for arm in arms:
             mine = best[arm]
             results[arm]["results"][str(batch_size)] = {
                 "images_per_s": round(n / mine["write"], 2), "images_per_s_no_write": round(n / mine["no_write"], 2),
-                "seconds": round(mine["write"], 3), "split_seconds": mine["split"]}
+                "seconds": round(mine["write"], 3), "split_seconds": mine["split"],
+                "images_per_cpu_s": round(n / mine["cpu_write"], 2),
+                "images_per_cpu_s_no_write": round(n / mine["cpu_no_write"], 2)}
             log(f"{arm} batch {batch_size}: {n / mine['write']:.1f} img/s with PNG writing, "
                 f"{n / mine['no_write']:.1f} without; {mine['split']}")
     matmul_env("torch")
@@ -224,8 +232,10 @@ def run_in_process(arms: list[str], models: dict, label: str, n: int, batch_size
 
 
 def run_processes(arms: list[str], models: dict, label: str, n: int, batch_size: int, repeats: int, seed: int,
-                  scratch: Path, log) -> dict:
-    """Each arm as a whole `skinaug synthesize` process, repeats interleaved."""
+                  scratch: Path, log, threads: int | None = None) -> dict:
+    """Each arm as a whole `skinaug synthesize` process, repeats interleaved. threads: the children run on that many
+    of this process's CPUs (affinity) with OMP_NUM_THREADS set, a smaller machine for every arm alike."""
+    cpus = sorted(os.sched_getaffinity(0))[:threads] if threads and hasattr(os, "sched_getaffinity") else None
     results = {arm: {"runs": []} for arm in arms}
     for repeat in range(repeats):
         order = arms[repeat % len(arms):] + arms[:repeat % len(arms)]
@@ -239,6 +249,8 @@ def run_processes(arms: list[str], models: dict, label: str, n: int, batch_size:
             elif arm == "torch-addmm":
                 env["SKINAUG_STEP_MATMUL"] = "addmm"
             env["PYTHONPATH"] = os.pathsep.join([str(source), *filter(None, [os.environ.get("PYTHONPATH")])])
+            if threads:
+                env["OMP_NUM_THREADS"] = str(threads)
             out = scratch / f"process-{re.sub(r'[^A-Za-z0-9]+', '_', arm)}"
             shutil.rmtree(out, ignore_errors=True)
             command = [sys.executable, "-m", "skinaug", "synthesize", "--class", label, "-n", str(n), "--out", str(out),
@@ -248,7 +260,8 @@ def run_processes(arms: list[str], models: dict, label: str, n: int, batch_size:
                 command += ["--backend", "onnx"]
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             started = time.perf_counter()
-            done = subprocess.run(command, env=env, cwd=scratch, capture_output=True, text=True)
+            done = subprocess.run(command, env=env, cwd=scratch, capture_output=True, text=True,
+                                  preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
             seconds = time.perf_counter() - started
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             shutil.rmtree(out, ignore_errors=True)
@@ -265,7 +278,8 @@ def run_processes(arms: list[str], models: dict, label: str, n: int, batch_size:
         runs = results[arm]["runs"]
         fastest = min(runs, key=lambda r: r["seconds"])
         results[arm].update(seconds=fastest["seconds"], images_per_s=round(n / fastest["seconds"], 2),
-                            loop_seconds=fastest["loop_seconds"], startup_seconds=fastest["startup_seconds"])
+                            loop_seconds=fastest["loop_seconds"], startup_seconds=fastest["startup_seconds"],
+                            cpu_seconds=min(r["cpu_seconds"] for r in runs))
     return results
 
 
@@ -307,14 +321,15 @@ def ratios(result: dict, baseline: str, keys: list[str]) -> dict:
     if baseline not in arms:
         return {}
     if result["mode"] == "process":
-        base = arms[baseline]["images_per_s"]
-        return {arm: round(arms[arm]["images_per_s"] / base, 3) for arm in arms if arm != baseline}
+        base = arms[baseline]
+        return {arm: {"wall": round(arms[arm]["images_per_s"] / base["images_per_s"], 3),
+                      "cpu": round(base["cpu_seconds"] / arms[arm]["cpu_seconds"], 3)} for arm in arms if arm != baseline}
     out = {}
     for batch in keys:
         base = arms[baseline]["results"][batch]
-        out[batch] = {arm: {"write": round(arms[arm]["results"][batch]["images_per_s"] / base["images_per_s"], 3),
-                            "no_write": round(arms[arm]["results"][batch]["images_per_s_no_write"]
-                                              / base["images_per_s_no_write"], 3)}
+        out[batch] = {arm: {key: round(arms[arm]["results"][batch][f"images_per_{key_of}"] / base[f"images_per_{key_of}"], 3)
+                            for key, key_of in (("write", "s"), ("no_write", "s_no_write"), ("cpu_write", "cpu_s"),
+                                                ("cpu_no_write", "cpu_s_no_write"))}
                       for arm in arms if arm != baseline}
     return out
 
@@ -346,7 +361,9 @@ def main() -> None:
     parser.add_argument("--process", action="store_true", help="time whole `skinaug synthesize` processes")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: skinaug's choice)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads of both backends (default: skinaug's choice); with --process, the children's "
+                             "CPUs too. With 1, images_per_cpu_s holds up under other load")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     args = parser.parse_args()
@@ -357,8 +374,11 @@ def main() -> None:
     from skinaug.runtime import fit_torch_threads
 
     fit_torch_threads()  # what the CLI does when it opens the device
-    if args.threads:
+    if args.threads:  # both backends: torch's pool, and onnxruntime's sessions (skinaug's usable_cpus)
+        import skinaug.onnx.runtime
+
         torch.set_num_threads(args.threads)
+        skinaug.onnx.runtime.usable_cpus = lambda: args.threads
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     arms = [a.strip() for a in (args.backends or args.arms).split(",") if a.strip()]
     if args.matmul != "both":
@@ -404,7 +424,8 @@ def main() -> None:
             models["onnx"] = tmp / "onnx_model"
         if args.process:
             result["batch_size"] = batch_sizes[0]
-            result["arms"] = run_processes(arms, models, label, args.n, batch_sizes[0], args.repeats, args.seed, tmp, log)
+            result["arms"] = run_processes(arms, models, label, args.n, batch_sizes[0], args.repeats, args.seed, tmp, log,
+                                           args.threads)
         else:
             result["batch_sizes"] = batch_sizes
             result["arms"] = run_in_process(arms, models, label, args.n, batch_sizes, args.repeats, args.seed, tmp, log)

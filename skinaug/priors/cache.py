@@ -228,8 +228,8 @@ _PACKED_LIMIT = 512  # weights kept: a two-level model has about 80
 def _packed_if_faithful(weight: Tensor, bias: Tensor | None):
     """The oneDNN-packed weight (`_pack`), or None for the plain addmm path; kept for the process's later calls.
 
-    Every sampling call builds its step matmuls again (a batch of `synthesize` is one call per prior); packing and
-    probing a model's weights took about 40 ms per call on 2 cores, 2.5% of a batch of 64 images. A kept packing is
+    Every sampling call builds its step matmuls again (a batch of `synthesize` is one call per prior); packing them
+    afresh cost 58 ms of CPU per batch of 64 for the 64px model on one core, 5.7% of the batch. A kept packing is
     reused only for a weight equal to the one it was made from (compared in full, about 0.1 ms for the largest
     weight: a freed tensor's memory may come back holding other values) under the same matmul precision."""
     key = (weight.data_ptr(), tuple(weight.shape), weight.stride(), weight.dtype,

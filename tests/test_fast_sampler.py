@@ -28,6 +28,7 @@ def random_prior(arch, *, attention="fixed", classes=0, conditioned=False, kerne
     config = PriorConfig(arch=arch, codebook_size=11, height=HEIGHT, width=WIDTH, channels=16, n_blocks=2,
                          n_res_blocks=2, kernel_size=kernel_size, attention=attention is not None, n_heads=2,
                          dropout=0.1, num_classes=classes, attention_sees_own_code=attention != "legacy", **condition)
+    torch.manual_seed(0)  # the same weights whatever ran before in this process (a test must not depend on order)
     model = build_prior(config)
     with torch.no_grad():  # larger than the default init, so logits are far from uniform
         for parameter in model.parameters():
